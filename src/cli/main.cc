@@ -1,0 +1,37 @@
+// Entry point of the `lancet` program: parses the subcommand and turns every Error into one line.
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+
+int main(int argc, char** argv) {
+    CLI::App app{"lancet: quantize ByteDance's Lance to AWQ INT4 and run it natively"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "lancet 0.1.0");
+    bool verbose = false, quiet = false;
+    app.add_flag("-v,--verbose", verbose, "More output on stderr");
+    app.add_flag("-q,--quiet", quiet, "Only errors on stderr");
+    app.parse_complete_callback([&] {
+        if (verbose) lancet::log_level() = lancet::LogLevel::Debug;
+        if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
+    });
+
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? 0 : 1;
+    } catch (const lancet::Error& e) {
+        std::fprintf(stderr, "lancet: error: %s\n", e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "lancet: error: out of memory\n");
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "lancet: error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,33 @@
+// Minimal leveled logging to stderr; the CLI sets the level from -v / -q.
+#pragma once
+
+#include <cstdio>
+#include <sstream>
+#include <string>
+
+namespace lancet {
+
+enum class LogLevel { Quiet = 0, Info = 1, Debug = 2 };
+
+inline LogLevel& log_level() {
+    static LogLevel level = LogLevel::Info;
+    return level;
+}
+
+template <typename... Args>
+void log_info(const Args&... args) {
+    if (log_level() < LogLevel::Info) return;
+    std::ostringstream os;
+    (os << ... << args);
+    std::fprintf(stderr, "%s\n", os.str().c_str());
+}
+
+template <typename... Args>
+void log_debug(const Args&... args) {
+    if (log_level() < LogLevel::Debug) return;
+    std::ostringstream os;
+    (os << ... << args);
+    std::fprintf(stderr, "%s\n", os.str().c_str());
+}
+
+}  // namespace lancet

@@ -1,0 +1,40 @@
+// Helpers shared by the tests: temporary folders, running the `lancet` binary, the shared/ data path.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+namespace lancet::test {
+
+// A fresh folder under the system temp dir, removed with everything in it on destruction.
+class TempDir {
+public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const std::filesystem::path& path() const { return path_; }
+    std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+private:
+    std::filesystem::path path_;
+};
+
+struct RunResult {
+    int exit_code = -1;     // -1 when the process died on a signal
+    int signal = 0;         // the signal that killed it, or 0
+    std::string out, err;   // captured stdout and stderr
+};
+
+// Runs the built `lancet` with the given argument string (shell-quoted by the caller), with a
+// 120 s timeout so a hang fails the test instead of stalling the suite.
+RunResult run_lancet(const std::string& args);
+
+// ../shared relative to the source tree, or an empty path when it is absent (tests then skip).
+std::filesystem::path shared_dir();
+
+// Writes bytes to a file, replacing it.
+void write_file(const std::filesystem::path& p, const std::string& bytes);
+std::string read_file(const std::filesystem::path& p);
+
+}  // namespace lancet::test
