@@ -13,7 +13,7 @@ namespace {
 double bf16_reference(double v) {
     if (v == 0 || !std::isfinite(v)) return v;
     int e;
-    std::frexp(v, &e);                // v = m * 2^e, 0.5 <= |m| < 1
+    std::frexp(v, &e);                          // v = m * 2^e, 0.5 <= |m| < 1
     const double ulp = std::ldexp(1.0, e - 8);  // 8 significant bits
     return std::nearbyint(v / ulp) * ulp;
 }

@@ -1,4 +1,5 @@
-// Helpers shared by the tests: temporary folders, running the `lancet` binary, the shared/ data path.
+// Helpers shared by the tests: temporary folders, running the `lancet` binary, the shared/ data
+// path.
 #pragma once
 
 #include <filesystem>
@@ -8,7 +9,7 @@ namespace lancet::test {
 
 // A fresh folder under the system temp dir, removed with everything in it on destruction.
 class TempDir {
-public:
+  public:
     TempDir();
     ~TempDir();
     TempDir(const TempDir&) = delete;
@@ -16,14 +17,14 @@ public:
     const std::filesystem::path& path() const { return path_; }
     std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 
 struct RunResult {
-    int exit_code = -1;     // -1 when the process died on a signal
-    int signal = 0;         // the signal that killed it, or 0
-    std::string out, err;   // captured stdout and stderr
+    int exit_code = -1;    // -1 when the process died on a signal
+    int signal = 0;        // the signal that killed it, or 0
+    std::string out, err;  // captured stdout and stderr
 };
 
 // Runs the built `lancet` with the given argument string (shell-quoted by the caller), with a

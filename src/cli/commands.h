@@ -3,10 +3,4 @@
 
 #include <CLI/CLI.hpp>
 
-namespace lancet::cli {
-
-
-
-
-
-}  // namespace lancet::cli
+namespace lancet::cli {}  // namespace lancet::cli

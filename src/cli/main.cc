@@ -18,7 +18,6 @@ int main(int argc, char** argv) {
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
     });
 
-
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

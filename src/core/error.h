@@ -1,4 +1,5 @@
-// Error: the one exception type for user-facing failures; its message is one line saying what and where.
+// Error: the one exception type for user-facing failures; its message is one line saying what and
+// where.
 #pragma once
 
 #include <sstream>
@@ -10,7 +11,7 @@ namespace lancet {
 // Thrown for every failure caused by input (files, configs, flags). The CLI prints the message on
 // one line and exits with status 1. Programming errors use assert, not this.
 class Error : public std::runtime_error {
-public:
+  public:
     explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 

@@ -50,7 +50,7 @@ inline uint16_t f32_to_f16(float f) {
     const uint32_t au = u & 0x7fffffffu;
     if (au > 0x7f800000u) return sign | 0x7e00u;
     if (au >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: infinity
-    if (au < 0x38800000u) {                         // subnormal half (or zero)
+    if (au < 0x38800000u) {                        // subnormal half (or zero)
         const float a = f32_from_bits(au);
         return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));
     }

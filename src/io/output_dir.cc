@@ -1,0 +1,70 @@
+// Implementation of OutputDir.
+#include "io/output_dir.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace lancet {
+
+namespace fs = std::filesystem;
+
+OutputDir::OutputDir(std::string final_path, bool force)
+    : final_(std::move(final_path)), force_(force) {
+    while (final_.size() > 1 && final_.back() == '/') final_.pop_back();
+    std::error_code ec;
+    if (fs::exists(final_, ec) && !force_)
+        fail(final_, ": already exists (use --force to replace it)");
+    if (fs::exists(final_, ec) && !fs::is_directory(final_, ec))
+        fail(final_, ": exists and is not a folder");
+    tmp_ = final_ + ".tmp." + std::to_string(::getpid());
+    fs::remove_all(tmp_, ec);
+    if (!fs::create_directories(tmp_, ec) || ec)
+        fail(final_, ": cannot create ", tmp_, ": ", ec.message());
+}
+
+OutputDir::~OutputDir() {
+    if (!committed_) {
+        std::error_code ec;
+        fs::remove_all(tmp_, ec);
+    }
+}
+
+std::string OutputDir::file(const std::string& name) const {
+    return (fs::path(tmp_) / name).string();
+}
+
+void OutputDir::commit() {
+    std::error_code ec;
+    std::string old;
+    if (fs::exists(final_, ec)) {
+        old = final_ + ".old." + std::to_string(::getpid());
+        fs::rename(final_, old, ec);
+        if (ec) fail(final_, ": cannot move the old folder aside: ", ec.message());
+    }
+    fs::rename(tmp_, final_, ec);
+    if (ec) {
+        if (!old.empty()) fs::rename(old, final_, ec);
+        fail(final_, ": cannot rename ", tmp_, " into place");
+    }
+    committed_ = true;
+    if (!old.empty()) fs::remove_all(old, ec);
+}
+
+bool path_overlaps(const std::string& a, const std::string& b) {
+    std::error_code ec;
+    if (!fs::exists(a, ec) || !fs::exists(b, ec)) return false;
+    if (fs::equivalent(a, b, ec)) return true;
+    const fs::path ca = fs::weakly_canonical(a, ec), cb = fs::weakly_canonical(b, ec);
+    auto inside = [](const fs::path& inner, const fs::path& outer) {
+        auto o = outer.begin(), i = inner.begin();
+        for (; o != outer.end(); ++o, ++i)
+            if (i == inner.end() || *i != *o) return false;
+        return true;
+    };
+    return inside(cb, ca) || inside(ca, cb);
+}
+
+}  // namespace lancet

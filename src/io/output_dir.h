@@ -1,0 +1,32 @@
+// OutputDir: an output folder built under a temporary name and renamed into place only when
+// complete.
+#pragma once
+
+#include <string>
+
+namespace lancet {
+
+class OutputDir {
+  public:
+    // Refuses an existing `final_path` unless `force`. Creates `<final_path>.tmp.<pid>`.
+    OutputDir(std::string final_path, bool force);
+    ~OutputDir();  // removes the temporary folder unless commit() succeeded
+    OutputDir(const OutputDir&) = delete;
+    OutputDir& operator=(const OutputDir&) = delete;
+
+    // Path of `name` inside the temporary folder.
+    std::string file(const std::string& name) const;
+    const std::string& final_path() const { return final_; }
+    // Moves the finished folder into place (replacing an old one when forced).
+    void commit();
+
+  private:
+    std::string final_, tmp_;
+    bool force_, committed_ = false;
+};
+
+// True when a and b name the same existing file or folder (or b lies inside a), so writers can
+// refuse to put output over a source checkpoint.
+bool path_overlaps(const std::string& a, const std::string& b);
+
+}  // namespace lancet
