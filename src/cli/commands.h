@@ -3,4 +3,10 @@
 
 #include <CLI/CLI.hpp>
 
-namespace lancet::cli {}  // namespace lancet::cli
+namespace lancet::cli {
+
+void add_synth(CLI::App& app);
+void add_inspect(CLI::App& app);
+void add_demo(CLI::App& app);
+
+}  // namespace lancet::cli

@@ -18,6 +18,10 @@ int main(int argc, char** argv) {
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
     });
 
+    lancet::cli::add_synth(app);
+    lancet::cli::add_inspect(app);
+    lancet::cli::add_demo(app);
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -10,10 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json_file.h"
 
 namespace lancet {
 
@@ -26,36 +26,6 @@ uint64_t read_u64_le(const uint8_t* p) {
     uint64_t v = 0;
     for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
     return v;
-}
-
-// Parses JSON text, rejecting invalid UTF-8, syntax errors and duplicate object keys (which
-// nlohmann would otherwise silently resolve to the last one).
-json parse_strict_json(std::string_view text, const std::string& where) {
-    std::vector<std::set<std::string>> keys;
-    std::string duplicate;
-    auto cb = [&](int, json::parse_event_t ev, json& parsed) {
-        if (ev == json::parse_event_t::object_start) {
-            keys.emplace_back();
-        } else if (ev == json::parse_event_t::object_end) {
-            if (!keys.empty()) keys.pop_back();
-        } else if (ev == json::parse_event_t::key && !keys.empty()) {
-            const std::string k = parsed.get<std::string>();
-            if (!keys.back().insert(k).second && duplicate.empty()) duplicate = k;
-        }
-        return true;
-    };
-    json j;
-    try {
-        j = json::parse(text.begin(), text.end(), cb, /*allow_exceptions=*/true);
-    } catch (const json::exception& e) {
-        std::string msg = e.what();
-        // nlohmann prefixes "[json.exception.parse_error.101] "; keep the readable part.
-        const auto p = msg.find("] ");
-        if (p != std::string::npos) msg = msg.substr(p + 2);
-        fail(where, ": invalid JSON: ", msg);
-    }
-    if (!duplicate.empty()) fail(where, ": duplicate key \"", duplicate, "\"");
-    return j;
 }
 
 bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) {
