@@ -5,6 +5,9 @@
 
 namespace lancet::cli {
 
+// `lancet tokenize`: Qwen2 text <-> token ids.
+void add_tokenize(CLI::App& app);
+
 
 
 

@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
         if (verbose) lancet::log_level() = lancet::LogLevel::Debug;
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
     });
-
+    lancet::cli::add_tokenize(app);
 
     try {
         app.parse(argc, argv);
