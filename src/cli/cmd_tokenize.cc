@@ -1,4 +1,5 @@
 // `lancet tokenize`: text to Qwen2 token ids (a JSON array), or ids back to text with --decode.
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
 namespace lancet::cli {
@@ -72,7 +74,13 @@ std::vector<int64_t> parse_ids(const std::string& s) {
 
 void run_tokenize(const TokenizeArgs& a) {
     const std::string input = a.from_file ? read_input_file(a.file) : a.text;
+    using Clock = std::chrono::steady_clock;
+    const auto ms_since = [](Clock::time_point t0) {
+        return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    };
+    const auto t_load = Clock::now();
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(a.model);
+    log_debug("tokenize: loaded ", tok.size(), " tokens in ", ms_since(t_load), " ms");
     if (a.decode) {
         std::vector<int32_t> ids;
         for (int64_t id : parse_ids(input)) {
@@ -85,7 +93,11 @@ void run_tokenize(const TokenizeArgs& a) {
         std::fwrite(text.data(), 1, text.size(), stdout);
         return;
     }
+    const auto t_encode = Clock::now();
     const std::vector<int32_t> ids = tok.encode(input);
+    const double encode_ms = ms_since(t_encode);
+    log_debug("tokenize: ", input.size(), " bytes -> ", ids.size(), " tokens in ", encode_ms,
+              " ms (", encode_ms > 0 ? ids.size() / (encode_ms / 1000.0) : 0.0, " tokens/s)");
     std::string out = "[";
     for (size_t i = 0; i < ids.size(); ++i) {
         if (i) out += ", ";

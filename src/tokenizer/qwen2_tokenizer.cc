@@ -631,20 +631,15 @@ void Qwen2Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) 
         }
     };
     std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> heap;
-    const auto consider = [&](int32_t pos, std::vector<Entry>* into) {
+    const auto consider = [&](int32_t pos) {
         if (pos < 0 || next[pos] < 0) return;
         const int32_t l = sym[pos], r = sym[next[pos]];
         const auto it = merges_.find((static_cast<uint64_t>(l) << 32) | static_cast<uint32_t>(r));
         if (it == merges_.end()) return;
-        const Entry e{it->second.rank, pos, l, r, it->second.result};
-        if (into)
-            into->push_back(e);
-        else
-            heap.push(e);
+        heap.push(Entry{it->second.rank, pos, l, r, it->second.result});
     };
-    for (size_t i = 0; i + 1 < n; ++i) consider(static_cast<int32_t>(i), nullptr);
+    for (size_t i = 0; i + 1 < n; ++i) consider(static_cast<int32_t>(i));
     std::vector<int32_t> touched;
-    std::vector<Entry> fresh;
     while (!heap.empty()) {
         const int32_t rank = heap.top().rank;
         touched.clear();
@@ -660,13 +655,12 @@ void Qwen2Tokenizer::bpe_word(std::string_view word, std::vector<int32_t>& out) 
             if (next[right] >= 0) prev[next[right]] = e.pos;
             touched.push_back(e.pos);
         }
-        fresh.clear();
+        // Only now queue the pairs the pass created (see above).
         for (int32_t pos : touched) {
             if (sym[pos] < 0) continue;
-            consider(prev[pos], &fresh);
-            consider(pos, &fresh);
+            consider(prev[pos]);
+            consider(pos);
         }
-        for (const Entry& e : fresh) heap.push(e);
     }
     for (int32_t i = 0; i >= 0; i = next[i]) emit(sym[i]);
 }
