@@ -120,7 +120,8 @@ void add_tokenize(CLI::App& app) {
     auto* file = cmd->add_option("--file", args->file, "Read the input from this file");
     text->excludes(file);
     cmd->add_flag("--decode", args->decode,
-                  "The input is ids (JSON array, or comma/space separated); print the text");
+                  "The input is ids (JSON array, or comma/space separated); print the text as is, "
+                  "with no newline added");
     cmd->callback([args, text, file] {
         if (text->count() == 0 && file->count() == 0) fail("tokenize: give --text or --file");
         args->from_file = file->count() > 0;

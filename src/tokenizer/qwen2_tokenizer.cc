@@ -275,7 +275,8 @@ std::string nfc_normalize(std::string_view utf8) {
 Qwen2Tokenizer Qwen2Tokenizer::load(const std::string& dir) {
     const fs::path root(dir);
     std::error_code ec;
-    if (!fs::is_directory(root, ec)) fail(dir, ": tokenizer folder does not exist");
+    if (!fs::exists(root, ec)) fail(dir, ": tokenizer folder does not exist");
+    if (!fs::is_directory(root, ec)) fail(dir, ": is not a folder (expected the tokenizer folder)");
     const fs::path vocab_path = root / "vocab.json", merges_path = root / "merges.txt",
                    config_path = root / "tokenizer_config.json";
 
