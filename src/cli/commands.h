@@ -8,5 +8,6 @@ namespace lancet::cli {
 void add_synth(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_demo(CLI::App& app);
+void add_tokenize(CLI::App& app);
 
 }  // namespace lancet::cli

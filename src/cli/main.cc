@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
     lancet::cli::add_synth(app);
     lancet::cli::add_inspect(app);
     lancet::cli::add_demo(app);
+    lancet::cli::add_tokenize(app);
 
     try {
         app.parse(argc, argv);
