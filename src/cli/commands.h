@@ -5,8 +5,7 @@
 
 namespace lancet::cli {
 
-
-
-
+// `lancet bench kernels` (cmd_bench.cc).
+void add_bench(CLI::App& app);
 
 }  // namespace lancet::cli

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "kernels/linear_kernels.h"
+#include "kernels/probe.h"
 
 namespace lancet::kernels {
 namespace {
@@ -112,6 +113,8 @@ std::string runtime_description(const ThreadPool& pool) {
 }
 
 namespace detail {
+float probe_read_avx2(const float* p, size_t n);
+double probe_fma_avx2(size_t iters, float seed);
 
 LinearFn linear_kernel() {
     switch (active_isa()) {
@@ -126,4 +129,22 @@ LinearFn linear_kernel() {
 }
 
 }  // namespace detail
+
+float probe_read(const float* p, size_t n) {
+    if (active_isa() != Isa::Scalar) return detail::probe_read_avx2(p, n);
+    float a[4] = {};
+    for (size_t i = 0; i < n; i += 4)
+        for (int j = 0; j < 4; ++j) a[j] += p[i + j];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+double probe_fma(size_t iters, float seed) {
+    if (active_isa() != Isa::Scalar) return detail::probe_fma_avx2(iters, seed);
+    float acc[8];
+    for (int c = 0; c < 8; ++c) acc[c] = seed * float(c + 1);
+    for (size_t i = 0; i < iters; ++i)
+        for (int c = 0; c < 8; ++c) acc[c] = acc[c] * 0.999999f + 1e-7f;
+    return double(iters) * 16 + 0.0 * double(acc[0] + acc[7]);
+}
+
 }  // namespace lancet::kernels

@@ -53,6 +53,7 @@ inline __m256 sum_accumulators(const __m256* a) {
         return a[0];
     } else {
         __m256 s[NA / 2];
+#pragma GCC unroll 16
         for (int i = 0; i < NA / 2; ++i) s[i] = _mm256_add_ps(a[i], a[i + NA / 2]);
         return sum_accumulators<NA / 2>(s);
     }
@@ -71,10 +72,13 @@ void gemv_q4_block(const PackedView& p, size_t b, const float* xs, const float* 
     const uint16_t* sc = p.scales + b * groups * kRowBlock;
     const uint8_t* zr = p.zeros + b * groups * kRowBlock;
     __m256 tot[NR];
+#pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) tot[r] = _mm256_setzero_ps();
     for (size_t g = 0; g < groups; ++g) {
         __m256 acc[NR][NA];
+#pragma GCC unroll 16
         for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 16
             for (int a = 0; a < NA; ++a) acc[r][a] = _mm256_setzero_ps();
         for (size_t c = 0; c < cpg; ++c) {
             const size_t chunk = g * cpg + c;
@@ -82,6 +86,7 @@ void gemv_q4_block(const PackedView& p, size_t b, const float* xs, const float* 
             const float* xk = xs + chunk * 8;
             unroll8([&]<int T>() {
                 const __m256 qf = q4_column_scaled<T>(v);
+#pragma GCC unroll 16
                 for (int r = 0; r < NR; ++r)
                     acc[r][T % NA] =
                         _mm256_fmadd_ps(qf, _mm256_broadcast_ss(xk + r * in + T), acc[r][T % NA]);
@@ -89,11 +94,13 @@ void gemv_q4_block(const PackedView& p, size_t b, const float* xs, const float* 
         }
         const __m256 s = bf16x8_to_f32(sc + g * kRowBlock);
         const __m256 zs = _mm256_mul_ps(u8x8_to_f32(zr + g * kRowBlock), s);
+#pragma GCC unroll 16
         for (int r = 0; r < NR; ++r) {
             tot[r] = _mm256_fmadd_ps(s, sum_accumulators<NA>(acc[r]), tot[r]);
             tot[r] = _mm256_fnmadd_ps(zs, _mm256_broadcast_ss(xsum + r * groups + g), tot[r]);
         }
     }
+#pragma GCC unroll 16
     for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kRowBlock, tot[r]);
 }
 
@@ -110,20 +117,26 @@ void gemv_dense_block(const PackedView& p, size_t b, const float* x, float* out)
             return _mm256_load_ps(wf + k * kRowBlock);
     };
     __m256 acc[NR][NA];
+#pragma GCC unroll 16
     for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 16
         for (int a = 0; a < NA; ++a) acc[r][a] = _mm256_setzero_ps();
     size_t k = 0;
     for (; k + NA <= in; k += NA)
+#pragma GCC unroll 16
         for (int a = 0; a < NA; ++a) {
             const __m256 w = load(k + a);
+#pragma GCC unroll 16
             for (int r = 0; r < NR; ++r)
                 acc[r][a] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(x + r * in + k + a), acc[r][a]);
         }
     for (; k < in; ++k) {
         const __m256 w = load(k);
+#pragma GCC unroll 16
         for (int r = 0; r < NR; ++r)
             acc[r][0] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(x + r * in + k), acc[r][0]);
     }
+#pragma GCC unroll 16
     for (int r = 0; r < NR; ++r)
         _mm256_storeu_ps(out + r * kRowBlock, sum_accumulators<NA>(acc[r]));
 }
@@ -211,6 +224,7 @@ template <int MR>
 void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, size_t kc, float* c,
                   size_t ldc, bool init, const float* bias16) {
     __m256 c0[MR], c1[MR];
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
         c0[i] = init ? _mm256_load_ps(bias16) : _mm256_loadu_ps(c + i * ldc);
         c1[i] = init ? _mm256_load_ps(bias16 + 8) : _mm256_loadu_ps(c + i * ldc + 8);
@@ -218,12 +232,14 @@ void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, 
     for (size_t k = 0; k < kc; ++k) {
         const __m256 a = _mm256_load_ps(pa + k * 8);
         const __m256 b = _mm256_load_ps(pb + k * 8);
+#pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
             const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);
             c0[i] = _mm256_fmadd_ps(a, xv, c0[i]);
             c1[i] = _mm256_fmadd_ps(b, xv, c1[i]);
         }
     }
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
         _mm256_storeu_ps(c + i * ldc, c0[i]);
         _mm256_storeu_ps(c + i * ldc + 8, c1[i]);
