@@ -9,5 +9,6 @@ void add_synth(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_tokenize(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace lancet::cli

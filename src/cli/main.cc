@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/thread_pool.h"
 
 int main(int argc, char** argv) {
     CLI::App app{"lancet: quantize ByteDance's Lance to AWQ INT4 and run it natively"};
@@ -13,15 +14,20 @@ int main(int argc, char** argv) {
     bool verbose = false, quiet = false;
     app.add_flag("-v,--verbose", verbose, "More output on stderr");
     app.add_flag("-q,--quiet", quiet, "Only errors on stderr");
+    size_t threads = 0;
+    app.add_option("-t,--threads", threads, "Worker threads, caller included (default: all cores)")
+        ->check(CLI::Range(size_t{0}, size_t{1024}));
     app.parse_complete_callback([&] {
         if (verbose) lancet::log_level() = lancet::LogLevel::Debug;
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
+        lancet::set_default_threads(threads);
     });
 
     lancet::cli::add_synth(app);
     lancet::cli::add_inspect(app);
     lancet::cli::add_demo(app);
     lancet::cli::add_tokenize(app);
+    lancet::cli::add_bench(app);
 
     try {
         app.parse(argc, argv);

@@ -1,0 +1,368 @@
+// `lancet bench kernels`: times the fused linear kernels on Lance's shapes against the machine's
+// streaming-read and FMA limits and against the naive dequantize-then-bf16 path.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/aligned_buffer.h"
+#include "core/error.h"
+#include "core/numeric.h"
+#include "core/thread_pool.h"
+#include "kernels/dispatch.h"
+#include "kernels/linear.h"
+#include "kernels/probe.h"
+
+namespace lancet::cli {
+namespace {
+
+using kernels::LinearWeight;
+using kernels::WeightType;
+using Clock = std::chrono::steady_clock;
+
+struct BenchShape {
+    const char* name;  // the Lance linears that have this shape
+    size_t out, in;
+};
+
+// Lance's decoder linears (both experts share them) and the lm_head, as [out, in].
+const BenchShape kShapes[] = {
+    {"q_proj/o_proj", 2048, 2048}, {"k_proj/v_proj", 256, 2048}, {"gate_proj/up_proj", 11008, 2048},
+    {"down_proj", 2048, 11008},    {"lm_head", 151936, 2048},
+};
+
+const BenchShape& shape_by_key(const std::string& key) {
+    static const std::map<std::string, int> keys = {
+        {"qo", 0},      {"q_proj", 0}, {"o_proj", 0},    {"kv", 1},
+        {"k_proj", 1},  {"v_proj", 1}, {"gateup", 2},    {"gate_proj", 2},
+        {"up_proj", 2}, {"down", 3},   {"down_proj", 3}, {"lm_head", 4}};
+    auto it = keys.find(key);
+    if (it == keys.end())
+        fail("bench kernels: unknown shape '", key, "' (expected qo, kv, gateup, down or lm_head)");
+    return kShapes[it->second];
+}
+
+WeightType type_by_key(const std::string& key) {
+    if (key == "int4" || key == "q4") return WeightType::Q4;
+    if (key == "bf16") return WeightType::BF16;
+    if (key == "f32") return WeightType::F32;
+    fail("bench kernels: unknown weight type '", key, "' (expected int4, bf16 or f32)");
+}
+
+// splitmix64: fast, so random lm_head-sized weights take well under a second.
+struct Rng {
+    uint64_t s;
+    uint64_t next() {
+        uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) * 0x1p-24f; }
+};
+
+LinearWeight random_weight(WeightType type, size_t out, size_t in, size_t gs, uint64_t seed) {
+    Rng rng{seed};
+    switch (type) {
+        case WeightType::F32: {
+            std::vector<float> w(out * in);
+            for (auto& v : w) v = rng.uniform(-0.05f, 0.05f);
+            return LinearWeight::from_f32(w.data(), out, in);
+        }
+        case WeightType::BF16: {
+            std::vector<uint16_t> w(out * in);
+            for (auto& v : w) v = f32_to_bf16(rng.uniform(-0.05f, 0.05f));
+            return LinearWeight::from_bf16(w.data(), out, in);
+        }
+        case WeightType::Q4: {
+            if (gs == 0 || in % gs != 0)
+                fail("bench kernels: --group-size ", gs, " does not divide in=", in);
+            std::vector<uint8_t> q(out * in / 2), z(out * (in / gs));
+            std::vector<uint16_t> s(out * (in / gs));
+            for (auto& v : q) v = uint8_t(rng.next());
+            for (auto& v : z) v = uint8_t(rng.next() & 15);
+            for (auto& v : s) v = f32_to_bf16(rng.uniform(0.001f, 0.01f));
+            return LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), out, in, gs);
+        }
+    }
+    fail("bench kernels: bad weight type");
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t m = v.size() / 2;
+    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+// Median seconds per call of f over `reps` samples; each sample repeats the call until it lasts
+// >= 2 ms so the tiny decode shapes are not dominated by clock resolution.
+template <typename F>
+double time_call(F&& f, int reps) {
+    auto t0 = Clock::now();
+    f();  // warm-up: page faults, caches, pool wake-up
+    const double once = std::chrono::duration<double>(Clock::now() - t0).count();
+    const int calls = std::clamp(int(2e-3 / std::max(once, 1e-7)), 1, 1000);
+    std::vector<double> samples;
+    for (int r = 0; r < reps; ++r) {
+        t0 = Clock::now();
+        for (int c = 0; c < calls; ++c) f();
+        samples.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / calls);
+    }
+    return median(samples);
+}
+
+// Streaming read bandwidth of all pool threads over a buffer far larger than the LLC, on huge
+// pages, in GB/s (median of passes).
+double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
+    const size_t bytes = mib << 20;
+    AlignedBuffer buf(bytes);
+    float* p = buf.as<float>();
+    const size_t n = bytes / sizeof(float);
+    pool.parallel_for(n / 1024, [&](size_t b, size_t e) {
+        for (size_t i = b * 1024; i < e * 1024; ++i) p[i] = float(i & 7);
+    });
+    volatile float sink = 0;
+    std::vector<double> gbps;
+    for (int r = 0; r < std::max(reps, 3); ++r) {
+        const auto t0 = Clock::now();
+        pool.parallel_for(n / 1024, [&](size_t b, size_t e) {
+            sink = sink + kernels::probe_read(p + b * 1024, (e - b) * 1024);
+        });
+        gbps.push_back(bytes / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9);
+    }
+    return median(gbps);
+}
+
+double measure_fma_peak(ThreadPool& pool) {
+    const size_t iters = size_t{20} << 20;
+    std::vector<double> flops(pool.size());
+    pool.run([&](size_t t, size_t) { flops[t] = kernels::probe_fma(iters / 16, 1.0f); });
+    const auto t0 = Clock::now();
+    pool.run([&](size_t t, size_t) { flops[t] = kernels::probe_fma(iters, 1.0f + t); });
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    double total = 0;
+    for (double f : flops) total += f;
+    return total / s / 1e9;
+}
+
+struct Options {
+    std::vector<std::string> shapes;
+    std::vector<size_t> ns = {1, 4, 16, 128, 512};
+    std::vector<std::string> types = {"int4", "bf16"};
+    size_t group_size = 64;
+    int reps = 5;
+    bool quick = false;
+    bool no_naive = false;
+    std::string json;
+    size_t bandwidth_mib = 1024;
+};
+
+struct Cell {
+    double ms = NAN, gflops = NAN, gbps = NAN;
+};
+
+std::string fmt(const char* f, double v) {
+    if (std::isnan(v)) return "-";
+    char b[64];
+    std::snprintf(b, sizeof b, f, v);
+    return b;
+}
+
+void write_json_atomically(const std::string& path, const nlohmann::json& records) {
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        if (!out) fail(path, ": cannot write");
+        for (const auto& r : records) out << r.dump() << "\n";
+        out.flush();
+        if (!out) fail(path, ": write failed");
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) fail(path, ": cannot rename from ", tmp, ": ", ec.message());
+}
+
+void run_kernels_bench(Options opt) {
+    ThreadPool& pool = default_pool();
+    if (opt.reps < 1) fail("bench kernels: --reps must be >= 1");
+    if (opt.quick) {
+        opt.reps = std::min(opt.reps, 3);
+        if (opt.shapes.empty()) opt.shapes = {"qo", "kv", "gateup", "down"};
+    }
+    if (opt.shapes.empty()) opt.shapes = {"qo", "kv", "gateup", "down", "lm_head"};
+    std::vector<const BenchShape*> shapes;
+    for (const auto& s : opt.shapes) shapes.push_back(&shape_by_key(s));
+    std::vector<WeightType> types;
+    for (const auto& t : opt.types) types.push_back(type_by_key(t));
+    for (size_t n : opt.ns)
+        if (n == 0) fail("bench kernels: --n values must be >= 1");
+    const bool has_q4 = std::count(types.begin(), types.end(), WeightType::Q4) > 0;
+    if (has_q4)
+        for (const BenchShape* s : shapes)
+            if (opt.group_size == 0 || opt.group_size % 8 != 0 || s->in % opt.group_size != 0)
+                fail("bench kernels: --group-size ", opt.group_size,
+                     " must be a multiple of 8 dividing in=", s->in, " (", s->name, ")");
+    if (opt.bandwidth_mib < 1) fail("bench kernels: --bandwidth-mib must be >= 1");
+    std::printf("lancet bench kernels: %s\n", kernels::runtime_description(pool).c_str());
+    const bool has_bf16 = std::count(types.begin(), types.end(), WeightType::BF16) > 0;
+    const bool naive = has_q4 && !opt.no_naive;
+
+    const double read_gbps = measure_read_bandwidth(pool, opt.reps, opt.bandwidth_mib);
+    const double fma_gflops = measure_fma_peak(pool);
+    std::printf(
+        "streaming read: %.1f GB/s (%zu MiB on 2 MiB pages, %zu threads); FMA peak: %.1f "
+        "GFLOP/s (f32)\n\n",
+        read_gbps, opt.bandwidth_mib, pool.size(), fma_gflops);
+    nlohmann::json records = nlohmann::json::array();
+    records.push_back(
+        {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
+    records.push_back({{"kernel", "fma_peak"}, {"gflops", fma_gflops}, {"threads", pool.size()}});
+
+    // Header.
+    std::string head = "| shape | out x in | n |", sep = "|---|---|---:|";
+    for (WeightType t : types) {
+        const std::string tn = kernels::weight_type_name(t);
+        head += " " + tn + " ms | " + tn + " GFLOP/s | " + tn + " GB/s |";
+        sep += "---:|---:|---:|";
+    }
+    if (naive) {
+        head += " naive ms |";
+        sep += "---:|";
+    }
+    if (has_q4 && has_bf16) {
+        head += " int4/bf16 speedup |";
+        sep += "---:|";
+    }
+    if (has_q4) {
+        head += " int4 GB/s / read |";
+        sep += "---:|";
+    }
+    if (naive) {
+        head += " naive/int4 |";
+        sep += "---:|";
+    }
+    std::printf("%s\n%s\n", head.c_str(), sep.c_str());
+    std::fflush(stdout);
+
+    uint64_t seed = 1;
+    for (const BenchShape* s : shapes) {
+        std::map<WeightType, LinearWeight> weights;
+        for (WeightType t : types)
+            weights[t] = random_weight(t, s->out, s->in, opt.group_size, seed++);
+        LinearWeight naive_dst;
+        if (naive) naive_dst = kernels::dequantize_to_bf16(weights[WeightType::Q4], pool);
+        const size_t max_n = *std::max_element(opt.ns.begin(), opt.ns.end());
+        AlignedBuffer xbuf(max_n * s->in * sizeof(float)), ybuf(max_n * s->out * sizeof(float));
+        {
+            Rng rng{seed++};
+            float* x = xbuf.as<float>();
+            for (size_t i = 0; i < max_n * s->in; ++i) x[i] = rng.uniform(-1.0f, 1.0f);
+        }
+        for (size_t n : opt.ns) {
+            const double flops = 2.0 * double(n) * double(s->out) * double(s->in);
+            std::map<WeightType, Cell> cells;
+            for (WeightType t : types) {
+                const LinearWeight& w = weights[t];
+                const double sec = time_call(
+                    [&] {
+                        kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(), pool);
+                    },
+                    opt.reps);
+                Cell c{sec * 1e3, flops / sec / 1e9, double(w.file_bytes()) / sec / 1e9};
+                cells[t] = c;
+                records.push_back({{"kernel", "linear"},
+                                   {"shape", s->name},
+                                   {"weight_type", kernels::weight_type_name(t)},
+                                   {"group_size", t == WeightType::Q4 ? opt.group_size : 0},
+                                   {"m", s->out},
+                                   {"k", s->in},
+                                   {"n", n},
+                                   {"threads", pool.size()},
+                                   {"median_ms", c.ms},
+                                   {"gflops", c.gflops},
+                                   {"weight_gbps", c.gbps}});
+            }
+            Cell nv;
+            if (naive) {
+                const LinearWeight& q = weights[WeightType::Q4];
+                const double sec = time_call(
+                    [&] {
+                        kernels::dequantize_to_bf16(q, naive_dst, pool);
+                        kernels::linear(xbuf.as<float>(), n, naive_dst, nullptr, ybuf.as<float>(),
+                                        pool);
+                    },
+                    opt.reps);
+                nv = Cell{sec * 1e3, flops / sec / 1e9, double(q.file_bytes()) / sec / 1e9};
+                records.push_back({{"kernel", "naive_dequant_bf16"},
+                                   {"shape", s->name},
+                                   {"weight_type", "int4"},
+                                   {"group_size", opt.group_size},
+                                   {"m", s->out},
+                                   {"k", s->in},
+                                   {"n", n},
+                                   {"threads", pool.size()},
+                                   {"median_ms", nv.ms},
+                                   {"gflops", nv.gflops},
+                                   {"weight_gbps", nv.gbps}});
+            }
+            std::string row = std::string("| ") + s->name + " | " + std::to_string(s->out) + "x" +
+                              std::to_string(s->in) + " | " + std::to_string(n) + " |";
+            for (WeightType t : types) {
+                const Cell& c = cells[t];
+                row += " " + fmt("%.3f", c.ms) + " | " + fmt("%.1f", c.gflops) + " | " +
+                       fmt("%.1f", c.gbps) + " |";
+            }
+            if (naive) row += " " + fmt("%.3f", nv.ms) + " |";
+            if (has_q4 && has_bf16)
+                row += " " + fmt("%.2fx", cells[WeightType::BF16].ms / cells[WeightType::Q4].ms) +
+                       " |";
+            if (has_q4) row += " " + fmt("%.2f", cells[WeightType::Q4].gbps / read_gbps) + " |";
+            if (naive) row += " " + fmt("%.2fx", nv.ms / cells[WeightType::Q4].ms) + " |";
+            std::printf("%s\n", row.c_str());
+            std::fflush(stdout);
+        }
+    }
+    std::printf(
+        "\nn = rows of x (tokens); GB/s = weight bytes in the published format / time; "
+        "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
+        "kernel.\n");
+    if (!opt.json.empty()) write_json_atomically(opt.json, records);
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+    CLI::App* bench = app.add_subcommand("bench", "Measure performance (scenarios: kernels)");
+    bench->require_subcommand(1);
+    bench->fallthrough();
+    auto opt = std::make_shared<Options>();
+    CLI::App* k = bench->add_subcommand(
+        "kernels", "Time the linear kernels on Lance's shapes vs read bandwidth and naive dequant");
+    k->fallthrough();
+    k->add_option("--shapes", opt->shapes,
+                  "Shapes: qo, kv, gateup, down, lm_head (default all; --quick drops lm_head)")
+        ->delimiter(',');
+    k->add_option("--n", opt->ns, "Rows of x (tokens), default 1,4,16,128,512")->delimiter(',');
+    k->add_option("--types", opt->types, "Weight types: int4, bf16, f32 (default int4,bf16)")
+        ->delimiter(',');
+    k->add_option("--group-size", opt->group_size, "INT4 group size (default 64)");
+    k->add_option("--reps", opt->reps,
+                  "Timed samples per cell; the median is reported (default 5)");
+    k->add_flag("--quick", opt->quick, "At most 3 reps, no lm_head unless --shapes names it");
+    k->add_flag("--no-naive", opt->no_naive, "Skip the dequantize-then-bf16 baseline");
+    k->add_option("--bandwidth-mib", opt->bandwidth_mib,
+                  "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
+    k->add_option("--json", opt->json, "Also write one JSON record per line to this file");
+    k->callback([opt] { run_kernels_bench(*opt); });
+}
+
+}  // namespace lancet::cli

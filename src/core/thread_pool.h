@@ -1,0 +1,80 @@
+// ThreadPool: a fixed set of workers with static partitioning, so results never depend on timing.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace lancet {
+
+// n threads in all, the caller included (it runs share 0). Work is split statically: share t of
+// T gets items [n*t/T, n*(t+1)/T), so which thread computes an item depends only on the count, and
+// kernels that compute each output with a fixed instruction sequence give bit-identical results
+// for any thread count. Workers spin briefly after a job (decode issues many small jobs back to
+// back) and then sleep on a futex.
+class ThreadPool {
+  public:
+    explicit ThreadPool(size_t n_threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    size_t size() const { return n_threads_; }
+
+    // Calls fn(share, n_shares) once for every share 0..size()-1, share 0 on the calling thread,
+    // and returns when all have finished. fn must not throw. A call from inside a job (nested)
+    // runs all shares on the current thread, in order.
+    template <typename F>
+    void run(F&& fn) {
+        run_erased(&invoke<std::remove_reference_t<F>>, &fn);
+    }
+
+    // Splits [0, n_items) into size() contiguous ranges (in units of `grain` items, so a range
+    // never splits a block) and calls fn(begin, end) for each non-empty one.
+    template <typename F>
+    void parallel_for(size_t n_items, F&& fn, size_t grain = 1) {
+        const size_t units = (n_items + grain - 1) / grain;
+        if (units <= 1 || n_threads_ == 1) {
+            if (n_items > 0) fn(size_t{0}, n_items);
+            return;
+        }
+        run([&](size_t t, size_t nt) {
+            const size_t b = units * t / nt * grain;
+            const size_t e = std::min(n_items, units * (t + 1) / nt * grain);
+            if (b < e) fn(b, e);
+        });
+    }
+
+  private:
+    using Thunk = void (*)(void* ctx, size_t share, size_t n_shares);
+    template <typename F>
+    static void invoke(void* ctx, size_t share, size_t n_shares) {
+        (*static_cast<F*>(ctx))(share, n_shares);
+    }
+    void run_erased(Thunk thunk, void* ctx);
+    void worker(size_t share);
+
+    size_t n_threads_;
+    std::vector<std::thread> workers_;
+    std::mutex run_mutex_;  // one job at a time when several outside threads share the pool
+    Thunk thunk_ = nullptr;
+    void* ctx_ = nullptr;
+    std::atomic<uint32_t> generation_{0};  // bumped to start a job
+    std::atomic<uint32_t> pending_{0};     // workers still running the current job
+    std::atomic<bool> stop_{false};
+};
+
+// Number of CPUs this process may run on (at least 1).
+size_t hardware_threads();
+
+// The process-wide pool every kernel uses unless given one; created on first use with
+// hardware_threads() threads, or the count set before by set_default_threads.
+ThreadPool& default_pool();
+// Replaces the default pool with one of n threads (0 = hardware_threads()). Not thread-safe
+// against concurrent kernels: call it at start-up (the CLI's -t/--threads).
+void set_default_threads(size_t n);
+
+}  // namespace lancet

@@ -1,0 +1,150 @@
+// Run-time ISA selection; the only file that decides which kernel implementation runs.
+#include "kernels/dispatch.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+
+#include "core/error.h"
+#include "kernels/linear_kernels.h"
+#include "kernels/probe.h"
+
+namespace lancet::kernels {
+namespace {
+
+std::mutex g_mutex;
+std::optional<Isa> g_forced;
+std::optional<Isa> g_env;  // resolved once from LANCET_ISA
+
+Isa parse_env() {
+    const char* v = std::getenv("LANCET_ISA");
+    if (!v || !*v) return best_isa();
+    Isa isa;
+    if (std::strcmp(v, "scalar") == 0)
+        isa = Isa::Scalar;
+    else if (std::strcmp(v, "avx2") == 0)
+        isa = Isa::Avx2;
+    else if (std::strcmp(v, "avx512") == 0)
+        isa = Isa::Avx512;
+    else
+        fail("LANCET_ISA=", v, ": unknown ISA (expected scalar, avx2 or avx512)");
+    if (!cpu_supports(isa)) fail("LANCET_ISA=", v, ": this CPU does not support ", v);
+    return isa;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::Scalar:
+            return "scalar";
+        case Isa::Avx2:
+            return "avx2";
+        case Isa::Avx512:
+            return "avx512";
+    }
+    return "?";
+}
+
+bool cpu_supports(Isa isa) {
+#if defined(__x86_64__)
+    switch (isa) {
+        case Isa::Scalar:
+            return true;
+        case Isa::Avx2:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("f16c");
+        case Isa::Avx512:
+            // The avx512 file is compiled with F/BW/VL/DQ/VNNI/BF16 enabled; require them all so
+            // the compiler may use any of them.
+            return cpu_supports(Isa::Avx2) && __builtin_cpu_supports("avx512f") &&
+                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") &&
+                   __builtin_cpu_supports("avx512bf16");
+    }
+    return false;
+#else
+    return isa == Isa::Scalar;
+#endif
+}
+
+Isa best_isa() {
+    if (cpu_supports(Isa::Avx512)) return Isa::Avx512;
+    if (cpu_supports(Isa::Avx2)) return Isa::Avx2;
+    return Isa::Scalar;
+}
+
+Isa active_isa() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_forced) return *g_forced;
+    if (!g_env) g_env = parse_env();
+    return *g_env;
+}
+
+void force_isa(Isa isa) {
+    if (!cpu_supports(isa)) fail("ISA ", isa_name(isa), " is not supported by this CPU");
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_forced = isa;
+}
+
+void clear_forced_isa() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_forced.reset();
+}
+
+std::string runtime_description(const ThreadPool& pool) {
+    const Isa isa = active_isa();
+    std::string s = "ISA ";
+    switch (isa) {
+        case Isa::Scalar:
+            s += "scalar";
+            break;
+        case Isa::Avx2:
+            s += "avx2+fma";
+            break;
+        case Isa::Avx512:
+            s += "avx512 (f/bw/vl/dq/vnni/bf16)";
+            break;
+    }
+    s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
+    return s;
+}
+
+namespace detail {
+float probe_read_avx2(const float* p, size_t n);
+double probe_fma_avx2(size_t iters, float seed);
+
+LinearFn linear_kernel() {
+    switch (active_isa()) {
+        case Isa::Avx512:
+            return &linear_avx512;
+        case Isa::Avx2:
+            return &linear_avx2;
+        case Isa::Scalar:
+            break;
+    }
+    return &linear_scalar;
+}
+
+}  // namespace detail
+
+float probe_read(const float* p, size_t n) {
+    if (active_isa() != Isa::Scalar) return detail::probe_read_avx2(p, n);
+    float a[4] = {};
+    for (size_t i = 0; i < n; i += 4)
+        for (int j = 0; j < 4; ++j) a[j] += p[i + j];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+double probe_fma(size_t iters, float seed) {
+    if (active_isa() != Isa::Scalar) return detail::probe_fma_avx2(iters, seed);
+    float acc[8];
+    for (int c = 0; c < 8; ++c) acc[c] = seed * float(c + 1);
+    for (size_t i = 0; i < iters; ++i)
+        for (int c = 0; c < 8; ++c) acc[c] = acc[c] * 0.999999f + 1e-7f;
+    return double(iters) * 16 + 0.0 * double(acc[0] + acc[7]);
+}
+
+}  // namespace lancet::kernels

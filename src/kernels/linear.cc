@@ -1,0 +1,289 @@
+// LinearWeight repacking, the linear() entry point, the double-precision reference, naive dequant.
+#include "kernels/linear.h"
+
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/numeric.h"
+#include "kernels/linear_kernels.h"
+
+namespace lancet::kernels {
+
+const char* weight_type_name(WeightType t) {
+    switch (t) {
+        case WeightType::F32:
+            return "f32";
+        case WeightType::BF16:
+            return "bf16";
+        case WeightType::Q4:
+            return "int4";
+    }
+    return "?";
+}
+
+WeightView WeightView::from_f32(const float* w, size_t out, size_t in) {
+    WeightView v;
+    v.type = WeightType::F32;
+    v.out = out;
+    v.in = in;
+    v.f32 = w;
+    return v;
+}
+
+WeightView WeightView::from_bf16(const uint16_t* w, size_t out, size_t in) {
+    WeightView v;
+    v.type = WeightType::BF16;
+    v.out = out;
+    v.in = in;
+    v.bf16 = w;
+    return v;
+}
+
+WeightView WeightView::from_awq_int4(const uint8_t* qweight, const uint16_t* scales,
+                                     const uint8_t* zeros, size_t out, size_t in,
+                                     size_t group_size) {
+    WeightView v;
+    v.type = WeightType::Q4;
+    v.out = out;
+    v.in = in;
+    v.group_size = group_size;
+    v.qweight = qweight;
+    v.scales = scales;
+    v.zeros = zeros;
+    return v;
+}
+
+namespace {
+
+inline unsigned file_nibble(const WeightView& w, size_t o, size_t i) {
+    return (w.qweight[o * (w.in / 2) + i / 2] >> (4 * (i & 1))) & 0xfu;
+}
+
+void check_view(const WeightView& v) {
+    if (v.out == 0 || v.in == 0) fail("linear weight: empty shape [", v.out, ", ", v.in, "]");
+    switch (v.type) {
+        case WeightType::F32:
+            if (!v.f32) fail("linear weight: f32 data missing");
+            break;
+        case WeightType::BF16:
+            if (!v.bf16) fail("linear weight: bf16 data missing");
+            break;
+        case WeightType::Q4: {
+            if (!v.qweight || !v.scales || !v.zeros) fail("linear weight: int4 tensors missing");
+            const size_t gs = v.group_size;
+            if (gs == 0 || gs % 8 != 0 || v.in % gs != 0)
+                fail("linear weight: int4 group size ", gs,
+                     " must be a multiple of 8 dividing in=", v.in);
+            const size_t groups = v.in / gs;
+            for (size_t o = 0; o < v.out; ++o)
+                for (size_t g = 0; g < groups; ++g)
+                    if (v.zeros[o * groups + g] > 15)
+                        fail("linear weight: zero-point ", int(v.zeros[o * groups + g]), " at row ",
+                             o, ", group ", g, " is outside 0..15");
+            break;
+        }
+    }
+}
+
+}  // namespace
+
+double weight_ref(const WeightView& w, size_t o, size_t i) {
+    switch (w.type) {
+        case WeightType::F32:
+            return w.f32[o * w.in + i];
+        case WeightType::BF16:
+            return bf16_to_f32(w.bf16[o * w.in + i]);
+        case WeightType::Q4: {
+            const size_t groups = w.in / w.group_size, g = i / w.group_size;
+            const double s = bf16_to_f32(w.scales[o * groups + g]);
+            return (double(file_nibble(w, o, i)) - double(w.zeros[o * groups + g])) * s;
+        }
+    }
+    return 0;
+}
+
+LinearWeight::LinearWeight(const WeightView& v)
+    : type_(v.type),
+      out_(v.out),
+      in_(v.in),
+      group_size_(v.type == WeightType::Q4 ? v.group_size : 0) {
+    check_view(v);
+    const size_t nb = n_blocks(), in = in_;
+    ThreadPool& pool = default_pool();
+    switch (type_) {
+        case WeightType::F32: {
+            data_ = AlignedBuffer(nb * in * kRowBlock * sizeof(float));
+            float* d = data_.as<float>();
+            pool.parallel_for(nb, [&](size_t b0, size_t b1) {
+                for (size_t b = b0; b < b1; ++b)
+                    for (size_t r = 0; r < kRowBlock && b * kRowBlock + r < out_; ++r) {
+                        const float* src = v.f32 + (b * kRowBlock + r) * in;
+                        for (size_t i = 0; i < in; ++i) d[(b * in + i) * kRowBlock + r] = src[i];
+                    }
+            });
+            break;
+        }
+        case WeightType::BF16: {
+            data_ = AlignedBuffer(nb * in * kRowBlock * sizeof(uint16_t));
+            uint16_t* d = data_.as<uint16_t>();
+            pool.parallel_for(nb, [&](size_t b0, size_t b1) {
+                for (size_t b = b0; b < b1; ++b)
+                    for (size_t r = 0; r < kRowBlock && b * kRowBlock + r < out_; ++r) {
+                        const uint16_t* src = v.bf16 + (b * kRowBlock + r) * in;
+                        for (size_t i = 0; i < in; ++i) d[(b * in + i) * kRowBlock + r] = src[i];
+                    }
+            });
+            break;
+        }
+        case WeightType::Q4: {
+            const size_t chunks = in / 8, groups = in / group_size_;
+            data_ = AlignedBuffer(nb * chunks * kRowBlock * 4);
+            scales_ = AlignedBuffer(nb * groups * kRowBlock * sizeof(uint16_t));
+            zeros_ = AlignedBuffer(nb * groups * kRowBlock);
+            uint32_t* d = data_.as<uint32_t>();
+            uint16_t* s = scales_.as<uint16_t>();
+            uint8_t* z = zeros_.as<uint8_t>();
+            pool.parallel_for(nb, [&](size_t b0, size_t b1) {
+                for (size_t b = b0; b < b1; ++b)
+                    for (size_t r = 0; r < kRowBlock && b * kRowBlock + r < out_; ++r) {
+                        const size_t o = b * kRowBlock + r;
+                        for (size_t c = 0; c < chunks; ++c) {
+                            uint32_t word = 0;
+                            for (unsigned t = 0; t < 8; ++t)
+                                word |= uint32_t(file_nibble(v, o, 8 * c + t)) << (4 * t);
+                            d[(b * chunks + c) * kRowBlock + r] = word;
+                        }
+                        for (size_t g = 0; g < groups; ++g) {
+                            s[(b * groups + g) * kRowBlock + r] = v.scales[o * groups + g];
+                            z[(b * groups + g) * kRowBlock + r] = v.zeros[o * groups + g];
+                        }
+                    }
+            });
+            break;
+        }
+    }
+}
+
+void LinearWeight::dequantize_row(size_t o, float* dst) const {
+    const size_t b = o / kRowBlock, r = o % kRowBlock, in = in_;
+    switch (type_) {
+        case WeightType::F32: {
+            const float* d = data_.as<float>();
+            for (size_t i = 0; i < in; ++i) dst[i] = d[(b * in + i) * kRowBlock + r];
+            break;
+        }
+        case WeightType::BF16: {
+            const uint16_t* d = data_.as<uint16_t>();
+            for (size_t i = 0; i < in; ++i) dst[i] = bf16_to_f32(d[(b * in + i) * kRowBlock + r]);
+            break;
+        }
+        case WeightType::Q4: {
+            const size_t chunks = in / 8, groups = in / group_size_;
+            const uint32_t* d = data_.as<uint32_t>();
+            for (size_t i = 0; i < in; ++i) {
+                const uint32_t word = d[(b * chunks + i / 8) * kRowBlock + r];
+                const size_t g = i / group_size_;
+                const float s =
+                    bf16_to_f32(scales_.as<uint16_t>()[(b * groups + g) * kRowBlock + r]);
+                const float z = zeros_.as<uint8_t>()[(b * groups + g) * kRowBlock + r];
+                dst[i] = (float((word >> (4 * (i % 8))) & 0xfu) - z) * s;
+            }
+            break;
+        }
+    }
+}
+
+size_t LinearWeight::file_bytes() const {
+    switch (type_) {
+        case WeightType::F32:
+            return out_ * in_ * 4;
+        case WeightType::BF16:
+            return out_ * in_ * 2;
+        case WeightType::Q4:
+            return out_ * in_ / 2 + out_ * (in_ / group_size_) * 3;
+    }
+    return 0;
+}
+
+PackedView LinearWeight::packed() const {
+    return PackedView{type_,
+                      out_,
+                      in_,
+                      group_size_,
+                      n_blocks(),
+                      data_.data(),
+                      scales_.as<uint16_t>(),
+                      zeros_.as<uint8_t>()};
+}
+
+namespace detail {
+size_t scratch_floats(size_t n, const PackedView& w) {
+    if (w.type != WeightType::Q4 || n > kGemvMaxRows) return 0;
+    return n * w.in + n * (w.in / w.group_size);
+}
+}  // namespace detail
+
+void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
+            ThreadPool& pool) {
+    if (n == 0) return;
+    const PackedView p = w.packed();
+    thread_local std::vector<float> scratch;
+    const size_t need = detail::scratch_floats(n, p);
+    if (scratch.size() < need) scratch.resize(need);
+    detail::linear_kernel()(x, n, p, bias, y, scratch.data(), pool);
+}
+
+void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y) {
+    linear(x, n, w, bias, y, default_pool());
+}
+
+void linear_ref(const float* x, size_t n, const WeightView& w, const float* bias, double* y) {
+    std::vector<double> row(w.in);
+    for (size_t o = 0; o < w.out; ++o) {
+        for (size_t i = 0; i < w.in; ++i) row[i] = weight_ref(w, o, i);
+        for (size_t r = 0; r < n; ++r) {
+            double acc = bias ? double(bias[o]) : 0.0;
+            for (size_t i = 0; i < w.in; ++i) acc += double(x[r * w.in + i]) * row[i];
+            y[r * w.out + o] = acc;
+        }
+    }
+}
+
+void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& pool) {
+    if (w.type_ != WeightType::Q4) fail("dequantize_to_bf16: weight is not int4");
+    if (dst.type_ != WeightType::BF16 || dst.out_ != w.out_ || dst.in_ != w.in_)
+        fail("dequantize_to_bf16: destination is not a bf16 weight of the same shape");
+    const size_t in = w.in_, chunks = in / 8, groups = in / w.group_size_, gs = w.group_size_;
+    const uint32_t* q = w.data_.as<uint32_t>();
+    const uint16_t* sc = w.scales_.as<uint16_t>();
+    const uint8_t* zr = w.zeros_.as<uint8_t>();
+    uint16_t* d = dst.data_.as<uint16_t>();
+    pool.parallel_for(w.n_blocks(), [&](size_t b0, size_t b1) {
+        for (size_t b = b0; b < b1; ++b)
+            for (size_t c = 0; c < chunks; ++c) {
+                const size_t g = 8 * c / gs;
+                for (size_t r = 0; r < kRowBlock; ++r) {
+                    const uint32_t word = q[(b * chunks + c) * kRowBlock + r];
+                    // As torch: (q - z) in bf16 (exact), times the bf16 scale, rounded to bf16.
+                    const float s = bf16_to_f32(sc[(b * groups + g) * kRowBlock + r]);
+                    const float z = zr[(b * groups + g) * kRowBlock + r];
+                    for (size_t t = 0; t < 8; ++t)
+                        d[(b * in + 8 * c + t) * kRowBlock + r] =
+                            f32_to_bf16((float((word >> (4 * t)) & 0xfu) - z) * s);
+                }
+            }
+    });
+}
+
+LinearWeight dequantize_to_bf16(const LinearWeight& w, ThreadPool& pool) {
+    LinearWeight dst;
+    dst.type_ = WeightType::BF16;
+    dst.out_ = w.out();
+    dst.in_ = w.in();
+    dst.data_ = AlignedBuffer(w.n_blocks() * w.in() * kRowBlock * sizeof(uint16_t));
+    dequantize_to_bf16(w, dst, pool);
+    return dst;
+}
+
+}  // namespace lancet::kernels

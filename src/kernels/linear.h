@@ -1,0 +1,114 @@
+// LinearWeight and linear(): the one weight type and the one call behind every nn.Linear.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/aligned_buffer.h"
+#include "core/thread_pool.h"
+
+namespace lancet::kernels {
+
+enum class WeightType { F32, BF16, Q4 };
+const char* weight_type_name(WeightType t);
+
+// A weight as it is stored in a checkpoint (not owned). Row-major [out, in], y = x·Wᵀ + b.
+//  F32:  f32 = float[out*in].        BF16: bf16 = uint16 bits[out*in].
+//  Q4 (published AWQ INT4): qweight = U8 [out, in/2], the byte at (o, j) holds column 2j in its
+//  low nibble and 2j+1 in its high nibble; scales = BF16 [out, in/gs]; zeros = U8 [out, in/gs],
+//  one byte per group, 0..15. w[o,i] = (q[o,i] - zero[o,i/gs]) * scale[o,i/gs].
+struct WeightView {
+    WeightType type = WeightType::F32;
+    size_t out = 0, in = 0;
+    size_t group_size = 0;  // Q4 only
+    const float* f32 = nullptr;
+    const uint16_t* bf16 = nullptr;
+    const uint8_t* qweight = nullptr;
+    const uint16_t* scales = nullptr;
+    const uint8_t* zeros = nullptr;
+
+    static WeightView from_f32(const float* w, size_t out, size_t in);
+    static WeightView from_bf16(const uint16_t* w, size_t out, size_t in);
+    static WeightView from_awq_int4(const uint8_t* qweight, const uint16_t* scales,
+                                    const uint8_t* zeros, size_t out, size_t in, size_t group_size);
+};
+
+// w[o, i] of a view, exactly (the Q4 product (q - z) * scale is exact in f32 and double).
+double weight_ref(const WeightView& w, size_t o, size_t i);
+
+// The repacked layout the kernels read, as plain data (the per-ISA files see only this, so no
+// inline code is shared between translation units compiled for different ISAs).
+// Output rows are grouped in blocks of kRowBlock = 8 (the last block zero-padded):
+//  F32:  float    data[n_blocks][in][8]       (8 consecutive rows of one column)
+//  BF16: uint16_t data[n_blocks][in][8]
+//  Q4:   uint8_t  data[n_blocks][in/8][8][4]  the 32-bit word of row r in chunk c holds columns
+//        8c..8c+7 in nibbles 0..7 (bits 4t..4t+3 = column 8c+t), so one 32-byte load is an
+//        8-row x 8-column tile and a mask plus an int->float convert extracts a column;
+//        uint16_t scales[n_blocks][in/gs][8] (bf16 bits), uint8_t zeros[n_blocks][in/gs][8].
+//        Scales stay bf16 and zeros u8 so the repacked weight streams as few bytes as the file.
+struct PackedView {
+    WeightType type;
+    size_t out, in, group_size, n_blocks;
+    const void* data;
+    const uint16_t* scales;
+    const uint8_t* zeros;
+};
+
+constexpr size_t kRowBlock = 8;
+
+// A weight repacked once, at construction, into PackedView's layout on 2 MiB pages. Limits
+// (checked, lancet::Error otherwise): out, in >= 1; Q4 needs group_size a multiple of 8 that
+// divides in (the checkpoints use 32, 64, 128) and zeros in 0..15.
+class LinearWeight {
+  public:
+    LinearWeight() = default;
+    explicit LinearWeight(const WeightView& v);
+    static LinearWeight from_f32(const float* w, size_t out, size_t in) {
+        return LinearWeight(WeightView::from_f32(w, out, in));
+    }
+    static LinearWeight from_bf16(const uint16_t* w, size_t out, size_t in) {
+        return LinearWeight(WeightView::from_bf16(w, out, in));
+    }
+    static LinearWeight from_awq_int4(const uint8_t* qweight, const uint16_t* scales,
+                                      const uint8_t* zeros, size_t out, size_t in,
+                                      size_t group_size) {
+        return LinearWeight(WeightView::from_awq_int4(qweight, scales, zeros, out, in, group_size));
+    }
+
+    WeightType type() const { return type_; }
+    size_t out() const { return out_; }
+    size_t in() const { return in_; }
+    size_t group_size() const { return group_size_; }
+    size_t n_blocks() const { return (out_ + kRowBlock - 1) / kRowBlock; }
+
+    // Row o of the weight as f32, decoded from the repacked layout (exact).
+    void dequantize_row(size_t o, float* dst) const;
+    // Bytes of the weight in its published format (what "weight GB/s" is measured against).
+    size_t file_bytes() const;
+    PackedView packed() const;
+
+  private:
+    WeightType type_ = WeightType::F32;
+    size_t out_ = 0, in_ = 0, group_size_ = 0;
+    AlignedBuffer data_, scales_, zeros_;
+    friend void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& pool);
+    friend LinearWeight dequantize_to_bf16(const LinearWeight& w, ThreadPool& pool);
+};
+
+// y[n, out] = x[n, in] · Wᵀ + bias (bias nullable), f32 activations and accumulation, on the
+// kernel dispatch picked (dispatch.h). Each output element is computed by one thread with the
+// same instructions for any thread count, so results are bit-identical across -t values.
+void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y);
+void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
+            ThreadPool& pool);
+
+// Reference: the same product in double precision, plain loops, straight from the file layout.
+void linear_ref(const float* x, size_t n, const WeightView& w, const float* bias, double* y);
+
+// The naive path the Python runtime takes (bench only): dequantize a Q4 weight to a BF16 weight,
+// rounding (q - z) * scale to bf16 as torch does. Writes straight into the BF16 repacked layout.
+LinearWeight dequantize_to_bf16(const LinearWeight& w, ThreadPool& pool);
+// Same, into an existing BF16 weight of the same shape (so a benchmark can exclude allocation).
+void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& pool);
+
+}  // namespace lancet::kernels

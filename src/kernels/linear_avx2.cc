@@ -1,0 +1,14 @@
+// AVX2+FMA linear kernels: streaming GEMV for small batches, panel GEMM (6x16 tiles) for large.
+#include "kernels/linear_x86_impl.h"
+
+namespace lancet::kernels::detail {
+
+void linear_avx2(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+                 float* scratch, ThreadPool& pool) {
+    if (n <= kGemvMaxRows)
+        gemv(x, n, p, bias, y, scratch, pool);
+    else
+        gemm(x, n, p, bias, y, pool);
+}
+
+}  // namespace lancet::kernels::detail

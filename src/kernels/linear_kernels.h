@@ -1,0 +1,37 @@
+// The per-ISA linear kernels behind dispatch (internal to src/kernels).
+#pragma once
+
+#include <cstddef>
+
+#include "core/thread_pool.h"
+#include "kernels/linear.h"
+
+namespace lancet::kernels::detail {
+
+// Batches of at most this many rows take the streaming (GEMV) kernels, which convert each weight
+// tile in registers per row group; larger batches dequantize a tile once into an L1 panel and run
+// a register-blocked GEMM over it.
+constexpr size_t kGemvMaxRows = 8;
+// GEMM blocking: K chunk (panel depth) and rows of x per pass (x chunk kKc*kNc*4 bytes in L2).
+constexpr size_t kKc = 256;
+constexpr size_t kNc = 256;
+
+// Scratch floats linear() must pass for this call (Q4 GEMV: scaled x and per-group sums of x).
+size_t scratch_floats(size_t n, const PackedView& w);
+
+using LinearFn = void (*)(const float* x, size_t n, const PackedView& w, const float* bias,
+                          float* y, float* scratch, ThreadPool& pool);
+
+void linear_scalar(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                   float* scratch, ThreadPool& pool);
+void linear_avx2(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                 float* scratch, ThreadPool& pool);
+void linear_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                   float* scratch, ThreadPool& pool);
+
+}  // namespace lancet::kernels::detail
+
+namespace lancet::kernels::detail {
+// The kernel for active_isa() (dispatch.cc).
+LinearFn linear_kernel();
+}  // namespace lancet::kernels::detail

@@ -1,0 +1,73 @@
+// Runs `lancet bench kernels` on a tiny configuration: table, JSON records, and bad-input errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "test_util.h"
+
+namespace lancet::test {
+namespace {
+
+TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
+    TempDir tmp;
+    const auto json = tmp / "bench.jsonl";
+    const RunResult r = run_lancet(
+        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 "
+        "--bandwidth-mib 64 --json " +
+        json.string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("ISA "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(", 2 threads"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("| k_proj/v_proj | 256x2048 | 1 |"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("| k_proj/v_proj | 256x2048 | 9 |"), std::string::npos) << r.out;
+    std::istringstream lines(read_file(json));
+    std::string line;
+    int linear = 0, naive = 0, bandwidth = 0;
+    while (std::getline(lines, line)) {
+        const auto rec = nlohmann::json::parse(line);
+        const std::string kernel = rec.at("kernel");
+        if (kernel == "read_bandwidth") {
+            ++bandwidth;
+            EXPECT_GT(rec.at("gbps").get<double>(), 0.0);
+        } else if (kernel == "linear" || kernel == "naive_dequant_bf16") {
+            (kernel == "linear" ? linear : naive)++;
+            for (const char* f :
+                 {"weight_type", "m", "k", "n", "threads", "median_ms", "gflops", "weight_gbps"})
+                EXPECT_TRUE(rec.contains(f)) << f << " missing in " << line;
+            EXPECT_EQ(rec.at("m").get<int>(), 256);
+            EXPECT_EQ(rec.at("k").get<int>(), 2048);
+            EXPECT_EQ(rec.at("threads").get<int>(), 2);
+            EXPECT_GT(rec.at("median_ms").get<double>(), 0.0);
+        }
+    }
+    EXPECT_EQ(bandwidth, 1);
+    EXPECT_EQ(linear, 4);  // int4 and bf16, n = 1 and 9
+    EXPECT_EQ(naive, 2);
+    EXPECT_FALSE(std::filesystem::exists(json.string() + ".tmp"));
+}
+
+TEST(BenchKernelsCli, BadInputIsOneLineAndExit1) {
+    for (const char* args : {"bench kernels --shapes nope", "bench kernels --types int3",
+                             "bench kernels --group-size 48 --shapes kv", "bench kernels --n 0",
+                             "bench kernels --reps 0"}) {
+        const RunResult r = run_lancet(args);
+        EXPECT_EQ(r.exit_code, 1) << args;
+        EXPECT_EQ(r.err.rfind("lancet: error: ", 0), 0u) << args << ": " << r.err;
+        EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    }
+}
+
+TEST(BenchKernelsCli, UnknownIsaInEnvironmentIsAnError) {
+    setenv("LANCET_ISA", "sse9", 1);
+    const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
+    unsetenv("LANCET_ISA");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("LANCET_ISA=sse9"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace lancet::test

@@ -1,0 +1,321 @@
+// Checks every compiled linear kernel path against the double-precision reference, plus repacking,
+// thread-count determinism and shape validation.
+#include "kernels/linear.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/numeric.h"
+#include "kernels/dispatch.h"
+
+namespace lancet::kernels {
+namespace {
+
+// A random weight in its file layout, with a view on it.
+struct FileWeight {
+    std::vector<float> f32;
+    std::vector<uint16_t> bf16;
+    std::vector<uint8_t> qweight, zeros;
+    std::vector<uint16_t> scales;
+    WeightView view;
+};
+
+// Non-zero values: a random sign times a magnitude in [lo, hi].
+float nonzero(std::mt19937& rng, float lo, float hi) {
+    std::uniform_real_distribution<float> mag(lo, hi);
+    return (rng() & 1 ? 1.0f : -1.0f) * mag(rng);
+}
+
+FileWeight make_weight(WeightType type, size_t out, size_t in, size_t gs, uint32_t seed) {
+    std::mt19937 rng(seed);
+    FileWeight w;
+    switch (type) {
+        case WeightType::F32:
+            w.f32.resize(out * in);
+            for (auto& v : w.f32) v = nonzero(rng, 0.01f, 0.5f);
+            w.view = WeightView::from_f32(w.f32.data(), out, in);
+            break;
+        case WeightType::BF16:
+            w.bf16.resize(out * in);
+            for (auto& v : w.bf16) v = f32_to_bf16(nonzero(rng, 0.01f, 0.5f));
+            w.view = WeightView::from_bf16(w.bf16.data(), out, in);
+            break;
+        case WeightType::Q4: {
+            const size_t groups = in / gs;
+            w.qweight.resize(out * in / 2);
+            for (auto& v : w.qweight) v = static_cast<uint8_t>(rng());
+            w.scales.resize(out * groups);
+            for (auto& v : w.scales)
+                v = f32_to_bf16(std::uniform_real_distribution<float>(0.002f, 0.05f)(rng));
+            w.zeros.resize(out * groups);
+            for (auto& v : w.zeros) v = static_cast<uint8_t>(rng() % 16);
+            w.view = WeightView::from_awq_int4(w.qweight.data(), w.scales.data(), w.zeros.data(),
+                                               out, in, gs);
+            break;
+        }
+    }
+    return w;
+}
+
+std::vector<float> random_vector(size_t n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<float> v(n);
+    for (auto& f : v) f = nonzero(rng, 0.05f, 1.0f);
+    return v;
+}
+
+// Error bound for one output y[r, o] = b + sum_k x_k w_k computed in f32 by any of the kernels.
+// Higham (Accuracy and Stability, Thm 3.1 / eq. 3.5): a sum of m terms, each possibly a rounded
+// product (FMA or not), in any order, is within gamma(m) = m*u/(1-m*u) (u = 2^-24) of the exact
+// sum, relative to the sum of the terms' magnitudes. The Q4 GEMV kernels compute the factored
+// form b + sum_g (s_g * sum_{k in g} q_k x_k - (z_g s_g) * sum_{k in g} x_k): each term then goes
+// through at most gs + 2G + 1 roundings (G = in/gs groups), and the magnitudes are
+// |x_k| (|q_k s_g| + |z_g s_g|), not |x_k w_k|. So the bound used for every path and type is
+//   |y - ref| <= gamma(K + 2G + 2) * (|b| + sum_k |x_k| * mag_k)   (constant c = 1),
+// with mag_k = |w_k| for F32/BF16 (G = 1) and |q_k s| + |z s| for Q4; the double reference adds
+// at most K * 2^-53 relative, covered by the +2. It is a worst case: observed errors are ~100x
+// smaller, and the CatchesOneWrongCode test shows that a single wrong code is still caught.
+struct CheckResult {
+    bool ok = true;
+    double worst_ratio = 0;  // max |err| / bound
+    std::string worst;       // description of the worst element
+};
+
+CheckResult check_linear(const float* x, size_t n, const WeightView& w, const float* bias,
+                         const float* y) {
+    std::vector<double> ref(n * w.out);
+    linear_ref(x, n, w, bias, ref.data());
+    const size_t groups = w.type == WeightType::Q4 ? w.in / w.group_size : 1;
+    const double u = std::ldexp(1.0, -24), m = double(w.in + 2 * groups + 2);
+    const double gamma = m * u / (1 - m * u);
+    CheckResult res;
+    std::vector<double> mag(w.in);
+    for (size_t o = 0; o < w.out; ++o) {
+        for (size_t i = 0; i < w.in; ++i) {
+            if (w.type == WeightType::Q4) {
+                const size_t g = i / w.group_size;
+                const double s = bf16_to_f32(w.scales[o * groups + g]);
+                const unsigned q = (w.qweight[o * (w.in / 2) + i / 2] >> (4 * (i & 1))) & 0xf;
+                mag[i] = std::fabs(q * s) + std::fabs(w.zeros[o * groups + g] * s);
+            } else {
+                mag[i] = std::fabs(weight_ref(w, o, i));
+            }
+        }
+        for (size_t r = 0; r < n; ++r) {
+            double sum = bias ? std::fabs(double(bias[o])) : 0.0;
+            for (size_t i = 0; i < w.in; ++i) sum += std::fabs(double(x[r * w.in + i])) * mag[i];
+            const double bound = gamma * sum;
+            const double got = y[r * w.out + o], want = ref[r * w.out + o];
+            const double err = std::fabs(got - want);
+            const double ratio = std::isfinite(got) ? err / bound : INFINITY;
+            if (!(ratio <= res.worst_ratio)) {
+                res.worst_ratio = ratio;
+                std::ostringstream os;
+                os << "worst y[" << r << ", " << o << "]: got " << got << ", want " << want
+                   << ", |err| " << err << ", bound " << bound;
+                res.worst = os.str();
+            }
+        }
+    }
+    res.ok = res.worst_ratio <= 1.0;
+    return res;
+}
+
+// Forces an ISA for the scope of a test, and restores the default after.
+class ScopedIsa {
+  public:
+    explicit ScopedIsa(Isa isa) { force_isa(isa); }
+    ~ScopedIsa() { clear_forced_isa(); }
+};
+
+const Isa kAllIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512};
+const WeightType kAllTypes[] = {WeightType::F32, WeightType::BF16, WeightType::Q4};
+
+class LinearPathTest : public ::testing::TestWithParam<std::tuple<Isa, WeightType>> {};
+
+TEST_P(LinearPathTest, MatchesReference) {
+    const auto [isa, type] = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    ScopedIsa scoped(isa);
+    struct Shape {
+        size_t out, in, gs;
+    };
+    // Outputs not a multiple of the 8-row block or the 16-row GEMM panel; K from one group up
+    // to beyond one GEMM K chunk (256), including a K tail for the dense types.
+    std::vector<Shape> shapes = {
+        {257, 64, 32}, {24, 2048, 64}, {9, 1024, 128}, {40, 320, 32}, {16, 2304, 128}};
+    if (type != WeightType::Q4) shapes.push_back({19, 71, 0});
+    const size_t ns[] = {1, 2, 3, 5, 8, 9, 16, 100};
+    uint32_t seed = 1;
+    double worst = 0;
+    for (const Shape& s : shapes) {
+        const FileWeight fw = make_weight(type, s.out, s.in, s.gs, seed++);
+        const LinearWeight w(fw.view);
+        const std::vector<float> bias = random_vector(s.out, seed++);
+        for (size_t n : ns) {
+            if (isa == Isa::Scalar && n == 100 && s.in > 1024) continue;  // seconds, not minutes
+            const std::vector<float> x = random_vector(n * s.in, seed++);
+            for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+                std::vector<float> y(n * s.out, NAN);
+                linear(x.data(), n, w, b, y.data());
+                const CheckResult res = check_linear(x.data(), n, fw.view, b, y.data());
+                EXPECT_TRUE(res.ok)
+                    << isa_name(isa) << " " << weight_type_name(type) << " out " << s.out << " in "
+                    << s.in << " gs " << s.gs << " n " << n << (b ? " bias" : "") << ": "
+                    << res.worst << " (ratio " << res.worst_ratio << ")";
+                worst = std::max(worst, res.worst_ratio);
+            }
+        }
+    }
+    RecordProperty("worst_error_over_bound", std::to_string(worst));
+    std::printf("[ info     ] worst |err| / bound = %.3g\n", worst);
+}
+
+TEST_P(LinearPathTest, BitIdenticalAcrossThreadCounts) {
+    const auto [isa, type] = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    ScopedIsa scoped(isa);
+    const FileWeight fw = make_weight(type, 257, 512, 64, 7);
+    const LinearWeight w(fw.view);
+    const std::vector<float> bias = random_vector(257, 8);
+    ThreadPool p1(1), p2(2), p3(3);
+    for (size_t n : {1, 5, 16, 37}) {
+        const std::vector<float> x = random_vector(n * 512, 9 + n);
+        std::vector<float> y1(n * 257), y2(n * 257), y3(n * 257);
+        linear(x.data(), n, w, bias.data(), y1.data(), p1);
+        linear(x.data(), n, w, bias.data(), y2.data(), p2);
+        linear(x.data(), n, w, bias.data(), y3.data(), p3);
+        EXPECT_EQ(std::memcmp(y1.data(), y2.data(), y1.size() * 4), 0) << "n " << n;
+        EXPECT_EQ(std::memcmp(y1.data(), y3.data(), y1.size() * 4), 0) << "n " << n;
+    }
+}
+
+// The checker itself must fail on a kernel that is wrong by one code step in one weight.
+TEST_P(LinearPathTest, CatchesOneWrongCode) {
+    const auto [isa, type] = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    ScopedIsa scoped(isa);
+    FileWeight fw = make_weight(type, 40, 128, 32, 11);
+    FileWeight bad = fw;
+    switch (type) {
+        case WeightType::F32:
+            bad.f32[5 * 128 + 77] += 0.01f;
+            break;
+        case WeightType::BF16:
+            bad.bf16[5 * 128 + 77] = f32_to_bf16(bf16_to_f32(bad.bf16[5 * 128 + 77]) + 0.01f);
+            break;
+        case WeightType::Q4:
+            bad.qweight[5 * 64 + 38] ^= 0x10;
+            break;  // column 77, high nibble
+    }
+    bad.view.f32 = bad.f32.data();
+    bad.view.bf16 = bad.bf16.data();
+    bad.view.qweight = bad.qweight.data();
+    const LinearWeight w(bad.view);
+    for (size_t n : {1, 16}) {
+        const std::vector<float> x = random_vector(n * 128, 12);
+        std::vector<float> y(n * 40);
+        linear(x.data(), n, w, nullptr, y.data());
+        EXPECT_FALSE(check_linear(x.data(), n, fw.view, nullptr, y.data()).ok) << "n " << n;
+        EXPECT_TRUE(check_linear(x.data(), n, bad.view, nullptr, y.data()).ok) << "n " << n;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPaths, LinearPathTest,
+                         ::testing::Combine(::testing::ValuesIn(kAllIsas),
+                                            ::testing::ValuesIn(kAllTypes)),
+                         [](const auto& info) {
+                             return std::string(isa_name(std::get<0>(info.param))) + "_" +
+                                    weight_type_name(std::get<1>(info.param));
+                         });
+
+TEST(LinearWeight, RepackRoundTrips) {
+    for (WeightType type : kAllTypes)
+        for (size_t gs : {32, 64, 128}) {
+            const size_t out = 257, in = 384;
+            const FileWeight fw = make_weight(type, out, in, gs, 21 + gs);
+            const LinearWeight w(fw.view);
+            std::vector<float> row(in);
+            for (size_t o = 0; o < out; ++o) {
+                w.dequantize_row(o, row.data());
+                for (size_t i = 0; i < in; ++i)
+                    ASSERT_EQ(double(row[i]), weight_ref(fw.view, o, i))
+                        << weight_type_name(type) << " gs " << gs << " at (" << o << ", " << i
+                        << ")";
+            }
+            if (type != WeightType::Q4) break;
+        }
+}
+
+TEST(LinearWeight, NibbleOrderMatchesSpec) {
+    // The spec's example: codes [1,2,3,4,15,0,...] pack to bytes 0x21, 0x43, 0x0F.
+    std::vector<uint8_t> q(16, 0);
+    q[0] = 0x21;
+    q[1] = 0x43;
+    q[2] = 0x0f;
+    const uint16_t scale = f32_to_bf16(1.0f);
+    const uint8_t zero = 0;
+    const LinearWeight w = LinearWeight::from_awq_int4(q.data(), &scale, &zero, 1, 32, 32);
+    std::vector<float> row(32);
+    w.dequantize_row(0, row.data());
+    const float want[6] = {1, 2, 3, 4, 15, 0};
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(row[i], want[i]) << i;
+}
+
+TEST(LinearWeight, NaiveBf16DequantRoundsLikeTorch) {
+    const FileWeight fw = make_weight(WeightType::Q4, 100, 256, 64, 31);
+    const LinearWeight w(fw.view);
+    ThreadPool pool(2);
+    const LinearWeight b = dequantize_to_bf16(w, pool);
+    ASSERT_EQ(b.type(), WeightType::BF16);
+    std::vector<float> row(256);
+    for (size_t o = 0; o < 100; ++o) {
+        b.dequantize_row(o, row.data());
+        for (size_t i = 0; i < 256; ++i)
+            ASSERT_EQ(row[i], round_bf16(float(weight_ref(fw.view, o, i)))) << o << ", " << i;
+    }
+}
+
+TEST(LinearWeight, RejectsBadShapes) {
+    std::vector<uint8_t> q(64 * 32, 0x11), z(64, 3);
+    std::vector<uint16_t> s(64, f32_to_bf16(0.5f));
+    EXPECT_THROW(LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), 2, 64, 48), Error);
+    EXPECT_THROW(LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), 2, 64, 12), Error);
+    EXPECT_THROW(LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), 0, 64, 32), Error);
+    z[1] = 16;
+    try {
+        LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), 2, 64, 32);
+        ADD_FAILURE() << "zero-point 16 accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("row 0, group 1"), std::string::npos) << e.what();
+    }
+}
+
+TEST(Dispatch, ForcingAnUnsupportedIsaFails) {
+    for (Isa isa : kAllIsas) {
+        if (cpu_supports(isa)) {
+            EXPECT_NO_THROW(force_isa(isa));
+            EXPECT_EQ(active_isa(), isa);
+        } else {
+            EXPECT_THROW(force_isa(isa), Error);
+        }
+    }
+    clear_forced_isa();
+    EXPECT_TRUE(cpu_supports(Isa::Scalar));
+    ThreadPool pool(3);
+    const std::string d = runtime_description(pool);
+    EXPECT_EQ(d.rfind("ISA ", 0), 0u) << d;
+    EXPECT_NE(d.find(", 3 threads"), std::string::npos) << d;
+}
+
+}  // namespace
+}  // namespace lancet::kernels
