@@ -6,11 +6,11 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <thread>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "core/numeric.h"
+#include "core/thread_pool.h"
 #include "io/json_file.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
@@ -332,7 +332,6 @@ uint64_t synth_checkpoint(const SynthOptions& opt) {
              "M parameters, ", dtype_name(opt.dtype), ", tokenizer of ", tokenizer_len, " tokens");
 
     const auto t0 = std::chrono::steady_clock::now();
-    const unsigned nthreads = std::max(1u, std::thread::hardware_concurrency());
     uint64_t done = 0, next_report = 0;
     std::vector<float> buf;
     std::vector<uint16_t> half;
@@ -344,15 +343,10 @@ uint64_t synth_checkpoint(const SynthOptions& opt) {
         for (int64_t r0 = 0; r0 < rows; r0 += block) {
             const int64_t r1 = std::min(rows, r0 + block);
             buf.resize(static_cast<size_t>((r1 - r0) * cols));
-            std::vector<std::thread> pool;
-            const int64_t per = (r1 - r0 + nthreads - 1) / nthreads;
-            for (unsigned t = 0; t < nthreads; ++t) {
-                const int64_t a = r0 + t * per, b = std::min(r1, a + per);
-                if (a >= b) break;
-                pool.emplace_back(
-                    [&, a, b] { filler.fill(s, a, b, buf.data() + (a - r0) * cols); });
-            }
-            for (auto& th : pool) th.join();
+            default_pool().parallel_for(static_cast<size_t>(r1 - r0), [&](size_t a, size_t b) {
+                filler.fill(s, r0 + static_cast<int64_t>(a), r0 + static_cast<int64_t>(b),
+                            buf.data() + static_cast<int64_t>(a) * cols);
+            });
             if (opt.dtype == DType::F32) {
                 w.append(buf.data(), buf.size() * 4);
             } else {
