@@ -24,15 +24,22 @@ inline float hsum(__m256 v) {
 template <int MR, int NR>
 void micro(int64_t kc, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
            int64_t ldc, bool add) {
+    // Fully unrolled so the MR x NR accumulators live in registers (GCC -O2 would keep them in
+    // memory otherwise).
     __m256 acc[MR][NR];
+#pragma GCC unroll 4
     for (int a = 0; a < MR; ++a)
+#pragma GCC unroll 4
         for (int b = 0; b < NR; ++b) acc[a][b] = _mm256_setzero_ps();
     int64_t p = 0;
     for (; p + 8 <= kc; p += 8) {
         __m256 bv[NR];
+#pragma GCC unroll 4
         for (int b = 0; b < NR; ++b) bv[b] = _mm256_loadu_ps(B + b * ldb + p);
+#pragma GCC unroll 4
         for (int a = 0; a < MR; ++a) {
             const __m256 av = _mm256_loadu_ps(A + a * lda + p);
+#pragma GCC unroll 4
             for (int b = 0; b < NR; ++b) acc[a][b] = _mm256_fmadd_ps(av, bv[b], acc[a][b]);
         }
     }
