@@ -14,12 +14,14 @@ namespace {
 using GemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
                         float*, int64_t, bool);
 
-void check(GemmFn fn, int64_t m, int64_t n, int64_t k, bool accumulate, uint32_t seed) {
+// nn = true: B is [k, n] (gemm_nn); otherwise [n, k] (gemm_nt).
+void check(GemmFn fn, int64_t m, int64_t n, int64_t k, bool accumulate, uint32_t seed,
+           bool nn = false) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> ud(0.1f, 1.0f);
     auto val = [&] { return (rng() & 1 ? 1.0f : -1.0f) * ud(rng); };  // non-zero, mixed sign
-    const int64_t lda = k + 3, ldb = k + 5, ldc = n + 2;
-    std::vector<float> A(m * lda), B(n * ldb), C(m * ldc);
+    const int64_t lda = k + 3, ldb = nn ? n + 5 : k + 5, ldc = n + 2;
+    std::vector<float> A(m * lda), B((nn ? k : n) * ldb), C(m * ldc);
     for (auto& v : A) v = val();
     for (auto& v : B) v = val();
     for (auto& v : C) v = val();
@@ -29,7 +31,8 @@ void check(GemmFn fn, int64_t m, int64_t n, int64_t k, bool accumulate, uint32_t
         for (int64_t j = 0; j < n; ++j) {
             double ref = accumulate ? C0[i * ldc + j] : 0.0, mag = std::fabs(ref);
             for (int64_t p = 0; p < k; ++p) {
-                const double t = static_cast<double>(A[i * lda + p]) * B[j * ldb + p];
+                const double t =
+                    static_cast<double>(A[i * lda + p]) * (nn ? B[p * ldb + j] : B[j * ldb + p]);
                 ref += t;
                 mag += std::fabs(t);
             }
@@ -47,6 +50,11 @@ TEST(QuantGemm, MatchesDoubleReference) {
         check(fn, 13, 11, 600, true, 2);  // crosses the k block
         check(fn, 100, 7, 64, false, 3);  // crosses the m block, short k
         check(fn, 1, 1, 3, true, 4);
+    }
+    for (GemmFn fn : {&gemm_nn, &detail::gemm_nn_portable}) {
+        check(fn, 7, 64, 64, false, 5, true);
+        check(fn, 9, 70, 33, true, 6, true);  // odd rows, a column tail past the 32-wide blocks
+        check(fn, 2, 5, 1, false, 7, true);
     }
 }
 

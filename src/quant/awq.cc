@@ -363,8 +363,12 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             for (int64_t k = 0; k < b * in; ++k) delta[k] = ws[k] - deq[k];
             // E = Δ Xsᵀ: every row's output error on the search rows, kept current as groups
             // change.
+            // Only the exact mode needs it during the search; otherwise it is computed at the end
+            // for the report rows.
+            const bool exact = opt.clip_exact;
             std::vector<float> e(b * ns);
-            gemm_nt(b, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
+            if (exact || K == 1)
+                gemm_nt(b, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
             if (K > 1) {
                 const int kc = K - 1;
                 std::vector<float> gvec(b * gs), d(b * kc * gs), t(b * kc * gs),
@@ -372,9 +376,16 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                 std::vector<uint8_t> cand_codes(b * kc * gs), cand_zero(b * kc);
                 std::vector<uint16_t> cand_scale(b * kc);
                 for (int g = 0; g < ng; ++g) {
-                    // Linear term: Xs_gᵀ e for each row.
-                    gemm_nt(b, gs, ns, e.data(), ns, &xst[static_cast<size_t>(g) * gs * ns], ns,
-                            gvec.data(), gs, false);
+                    // Linear term: Xs_gᵀ e for each row (exact), or H_g Δ_g, the part of it
+                    // that comes from this group alone (block-diagonal: cross-group terms,
+                    // zero-mean for independent rounding errors, are dropped).
+                    if (exact)
+                        gemm_nt(b, gs, ns, e.data(), ns, &xst[static_cast<size_t>(g) * gs * ns], ns,
+                                gvec.data(), gs, false);
+                    else
+                        gemm_nn(b, gs, gs, delta.data() + g * gs, in,
+                                &gram[static_cast<size_t>(g) * gs * gs], gs, gvec.data(), gs,
+                                false);
                     for (int64_t r = 0; r < b; ++r)
                         for (int k = 0; k < kc; ++k) {
                             GroupQuantOptions go;
@@ -389,8 +400,8 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                                 d[slot * gs + i] =
                                     deq[r * in + g * gs + i] - cand_deq[slot * gs + i];
                         }
-                    // Quadratic term dᵀ H_g d (H symmetric, so d·H is an A·Bᵀ product).
-                    gemm_nt(b * kc, gs, gs, d.data(), gs, &gram[static_cast<size_t>(g) * gs * gs],
+                    // Quadratic term dᵀ H_g d.
+                    gemm_nn(b * kc, gs, gs, d.data(), gs, &gram[static_cast<size_t>(g) * gs * gs],
                             gs, t.data(), gs, false);
                     bool any = false;
                     std::fill(dbest.begin(), dbest.end(), 0.0f);
@@ -426,7 +437,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                         cr.clip[(o0 + r) * ng + g] = ratios[best + 1];
                     }
                     // e += Xs_g d for the rows that changed.
-                    if (any)
+                    if (any && exact)
                         gemm_nt(b, ns, gs, dbest.data(), gs, xss.data() + g * gs, in, e.data(), ns,
                                 true);
                 }
@@ -436,10 +447,15 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             std::vector<float> drep;
             for (int64_t r = 0; r < b; ++r)
                 if ((o0 + r) % stride == 0) {
-                    p.e2s += sum_squares(&e[r * ns], ns);
+                    if (exact || K == 1) p.e2s += sum_squares(&e[r * ns], ns);
                     drep.insert(drep.end(), delta.begin() + r * in, delta.begin() + (r + 1) * in);
                 }
             const int64_t nrep = static_cast<int64_t>(drep.size()) / in;
+            if (!(exact || K == 1) && nrep > 0) {
+                std::vector<float> es(nrep * ns);
+                gemm_nt(nrep, ns, in, drep.data(), in, xss.data(), in, es.data(), ns, false);
+                p.e2s = sum_squares(es.data(), nrep * ns);
+            }
             if (nh > 0 && nrep > 0) {
                 std::vector<float> eh(nrep * nh);
                 gemm_nt(nrep, nh, in, drep.data(), in, xhs.data(), in, eh.data(), nh, false);

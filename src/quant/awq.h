@@ -23,7 +23,13 @@ struct AwqOptions {
     int group_size = 64;        // requested; see choose_group_size
     bool search_scales = true;  // false: s = 1 (clipping only)
     bool clip = true;           // per-(row, group) range-shrink search
-    int alpha_steps = 20;       // α over {0, 1/steps, ..., 1}
+    // true: coordinate descent over the groups of each row on that row's exact output error
+    // (cross-group terms included; never increases any row's search error; ~3.5k flop/weight).
+    // false: each group judged by its own contribution dᵀH_g d + 2dᵀH_gΔ_g, as AutoAWQ's
+    // auto-clip does (~0.8k flop/weight); the group-level RTN fallback still guarantees the
+    // result is no worse than RTN on the search (report) rows.
+    bool clip_exact = false;
+    int alpha_steps = 20;  // α over {0, 1/steps, ..., 1}
     // Evaluate every other α first, then the two neighbours of the best: steps/2 + 3 evaluations.
     bool alpha_coarse_to_fine = true;
     // Clip ratios tried per group; 1.0 (no clipping) is always a candidate.
@@ -35,7 +41,7 @@ struct AwqOptions {
     // Output rows per consumer (evenly spaced) on which the RTN and AWQ errors are measured for
     // the report and the RTN-fallback check; 0 = all rows (exact, ~2x the cost of the search on
     // large layers).
-    int report_sample_rows = 1024;
+    int report_sample_rows = 256;
     // Recorded row i is held out (never used for any choice) when i % heldout_every ==
     // heldout_every - 1; 4 gives the 3/4 : 1/4 split. 0 = no held-out rows.
     int heldout_every = 4;

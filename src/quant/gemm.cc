@@ -30,6 +30,20 @@ void gemm_nt_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t l
         }
 }
 
+void gemm_nn_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+    for (int64_t i = 0; i < m; ++i) {
+        float* c = C + i * ldc;
+        if (!accumulate)
+            for (int64_t j = 0; j < n; ++j) c[j] = 0.0f;
+        for (int64_t p = 0; p < k; ++p) {
+            const float a = A[i * lda + p];
+            const float* b = B + p * ldb;
+            for (int64_t j = 0; j < n; ++j) c[j] += a * b[j];
+        }
+    }
+}
+
 }  // namespace detail
 
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
@@ -39,6 +53,19 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const
         detail::gemm_nt_avx2(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
     else
         detail::gemm_nt_portable(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+}  // namespace lancet::quant
+
+namespace lancet::quant {
+
+void gemm_nn(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+             int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+    if (m <= 0 || n <= 0) return;
+    if (detail::cpu_has_avx2_fma())
+        detail::gemm_nn_avx2(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
+    else
+        detail::gemm_nn_portable(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
 }
 
 }  // namespace lancet::quant

@@ -13,10 +13,20 @@ namespace lancet::quant {
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
              int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
+// C[i, j] (+)= sum_p A[i, p] * B[p, j]: the plain product with B row-major [k, n]. Used for the
+// small products with a Gram block (k = n = group size), where A·Bᵀ's per-output horizontal sums
+// would dominate. Same rounding bound as gemm_nt.
+void gemm_nn(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+             int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
 namespace detail {
 void gemm_nt_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate);
 void gemm_nt_avx2(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                  int64_t ldb, float* C, int64_t ldc, bool accumulate);
+void gemm_nn_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, bool accumulate);
+void gemm_nn_avx2(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                   int64_t ldb, float* C, int64_t ldc, bool accumulate);
 bool cpu_has_avx2_fma();
 }  // namespace detail

@@ -106,4 +106,40 @@ void gemm_nt_avx2(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, 
     }
 }
 
+void gemm_nn_avx2(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                  int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+    // Two rows of A by 32 columns of B per step: 8 accumulators, 4 B loads and 2 broadcasts
+    // per 8 FMAs; the (small) B stays in L1.
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        int64_t i = 0;
+        for (; i + 2 <= m; i += 2) {
+            __m256 c0[4], c1[4];
+            for (int q = 0; q < 4; ++q) {
+                c0[q] = accumulate ? _mm256_loadu_ps(C + i * ldc + j + 8 * q) : _mm256_setzero_ps();
+                c1[q] = accumulate ? _mm256_loadu_ps(C + (i + 1) * ldc + j + 8 * q)
+                                   : _mm256_setzero_ps();
+            }
+            for (int64_t p = 0; p < k; ++p) {
+                const __m256 a0 = _mm256_broadcast_ss(A + i * lda + p);
+                const __m256 a1 = _mm256_broadcast_ss(A + (i + 1) * lda + p);
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; ++q) {
+                    const __m256 b = _mm256_loadu_ps(B + p * ldb + j + 8 * q);
+                    c0[q] = _mm256_fmadd_ps(a0, b, c0[q]);
+                    c1[q] = _mm256_fmadd_ps(a1, b, c1[q]);
+                }
+            }
+            for (int q = 0; q < 4; ++q) {
+                _mm256_storeu_ps(C + i * ldc + j + 8 * q, c0[q]);
+                _mm256_storeu_ps(C + (i + 1) * ldc + j + 8 * q, c1[q]);
+            }
+        }
+        if (i < m)
+            gemm_nn_portable(m - i, 32, k, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc,
+                             accumulate);
+    }
+    if (j < n) gemm_nn_portable(m, n - j, k, A, lda, B + j, ldb, C + j, ldc, accumulate);
+}
+
 }  // namespace lancet::quant::detail
