@@ -1,0 +1,53 @@
+// Per-linear activation statistics for AWQ: mean and max |x| per input channel, the token count,
+// and a deterministic reservoir sample of input rows; accumulation and merging.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "quant/rng.h"
+
+namespace lancet::quant {
+
+// Statistics of the input of one linear layer. Maps one-to-one onto the tensors
+// `<linear>.mean_abs` F32 [in], `<linear>.max_abs` F32 [in], `<linear>.n_tokens` I64 [1] and
+// `<linear>.rows` F32 [n_rows, in] of a stats file.
+struct LinearStats {
+    int in = 0;
+    std::vector<float> mean_abs;  // [in]
+    std::vector<float> max_abs;   // [in]
+    int64_t n_tokens = 0;
+    std::vector<float> rows;  // [n_rows, in]: a uniform sample (without replacement) of the inputs
+    int64_t n_rows() const { return in > 0 ? static_cast<int64_t>(rows.size()) / in : 0; }
+};
+
+// Accumulates LinearStats over calls. Sums are kept in double; the reservoir is Vitter's
+// algorithm R driven by a seeded Rng, so the same sequence of add_rows calls (same row
+// counts and values) gives the same sample on every machine.
+class StatsAccumulator {
+  public:
+    StatsAccumulator(int in, int capacity = 512, uint64_t seed = 0x5eed);
+    // Adds n rows of width `in` (row-major). Throws lancet::Error on a width mismatch or a
+    // non-finite value (a NaN would silently poison every statistic).
+    void add_rows(const float* x, int64_t n, int in);
+    LinearStats stats() const;
+    int64_t n_tokens() const { return n_tokens_; }
+
+  private:
+    int in_, capacity_;
+    Rng rng_;
+    std::vector<double> sum_abs_;
+    std::vector<float> max_abs_;
+    int64_t n_tokens_ = 0;
+    std::vector<float> rows_;
+};
+
+// Combines statistics of disjoint token sets: means weighted by token counts, max of maxes, and a
+// reservoir that is again a uniform sample of the union (each output row comes from a with
+// probability n_a / (n_a + n_b), drawn without replacement). Deterministic given `seed`.
+// The result holds min(capacity, n_a + n_b) rows, fewer only where an input's reservoir was
+// already truncated below that (a sample cannot grow back). Throws on width mismatch.
+LinearStats merge(const LinearStats& a, const LinearStats& b, int capacity = 512,
+                  uint64_t seed = 0x3e46e);
+
+}  // namespace lancet::quant

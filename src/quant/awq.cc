@@ -1,0 +1,512 @@
+// AWQ scale search and clipping search for one fusion group, measured by the output error
+// ||X Wᵀ - (X/s) Q(W s)ᵀ||² of every consumer on recorded activation rows.
+#include "quant/awq.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+#include "quant/gemm.h"
+#include "quant/parallel.h"
+#include "quant/rng.h"
+
+namespace lancet::quant {
+namespace {
+
+constexpr int64_t kRowChunk = 32;  // output rows per parallel work item
+
+double sum_squares(const float* v, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(v[i]) * v[i];
+    return s;
+}
+
+// Squared sums of the four kinds a work item produces; combined in item order (deterministic).
+struct Sq {
+    double y2s = 0, e2s = 0, y2h = 0, e2h = 0;
+};
+
+// x * diag(1 / s) for every row.
+std::vector<float> divide_columns(const std::vector<float>& x, int in,
+                                  const std::vector<float>& s) {
+    std::vector<float> r(x.size());
+    const int64_t n = static_cast<int64_t>(x.size()) / in;
+    for (int64_t t = 0; t < n; ++t)
+        for (int i = 0; i < in; ++i) r[t * in + i] = x[t * in + i] / s[i];
+    return r;
+}
+
+double rel(double e2, double y2) {
+    if (y2 > 0) return std::sqrt(e2 / y2);
+    return e2 > 0 ? std::numeric_limits<double>::infinity() : 0.0;
+}
+
+void finish_rel(RelErr& r, double y2s, double y2h, bool have_heldout) {
+    r.search = rel(r.e2_search, y2s);
+    r.heldout = have_heldout ? rel(r.e2_heldout, y2h) : std::numeric_limits<double>::quiet_NaN();
+}
+
+// Quantizes rows [o0, o1) of W * diag(s) group by group at clip ratio 1 and returns
+// Δ = W s - dequant (row-major, [o1 - o0, in]); also the codes, scales and zeros.
+void quantize_rows(const float* w, int in, int gs, const std::vector<float>& s, int64_t o0,
+                   int64_t o1, bool stored_scale, std::vector<float>& ws, std::vector<float>& deq,
+                   std::vector<uint8_t>& codes, std::vector<uint16_t>& scales,
+                   std::vector<uint8_t>& zeros) {
+    const int ng = in / gs;
+    const int64_t b = o1 - o0;
+    ws.resize(b * in);
+    deq.resize(b * in);
+    codes.resize(b * in);
+    scales.resize(b * ng);
+    zeros.resize(b * ng);
+    GroupQuantOptions go;
+    go.codes_from_stored_scale = stored_scale;
+    for (int64_t r = 0; r < b; ++r) {
+        const float* row = w + (o0 + r) * in;
+        for (int i = 0; i < in; ++i) ws[r * in + i] = row[i] * s[i];
+        for (int g = 0; g < ng; ++g)
+            quantize_group(&ws[r * in + g * gs], gs, go, &codes[r * in + g * gs],
+                           &scales[r * ng + g], &zeros[r * ng + g], &deq[r * in + g * gs]);
+    }
+}
+
+}  // namespace
+
+AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const LinearStats* stats,
+                     const AwqOptions& opt, const std::vector<int>* tie) {
+    const auto t_start = std::chrono::steady_clock::now();
+    if (consumers.empty()) fail("AWQ search: no consumers");
+    if (in <= 0) fail("AWQ search: input width ", in);
+    for (const auto& c : consumers) {
+        if (!c.w || c.out <= 0) fail("AWQ search: consumer ", c.name, " has no weight");
+        const int64_t n = static_cast<int64_t>(c.out) * in;
+        for (int64_t k = 0; k < n; ++k)
+            if (!std::isfinite(c.w[k]))
+                fail(c.name, ": weight [", k / in, ", ", k % in, "] = ", c.w[k], " is not finite");
+    }
+    if (stats) {
+        if (stats->in != in || stats->mean_abs.size() != static_cast<size_t>(in) ||
+            stats->rows.size() % in != 0)
+            fail("AWQ search (", consumers[0].name, "): statistics have width ", stats->in,
+                 ", the weights ", in);
+        for (float v : stats->mean_abs)
+            if (!std::isfinite(v) || v < 0)
+                fail("AWQ search (", consumers[0].name, "): mean_abs has a bad value ", v);
+    }
+    std::vector<int> identity;
+    if (tie && tie->size() != static_cast<size_t>(in))
+        fail("AWQ search: tie map has ", tie->size(), " entries for width ", in);
+    int n_free = in;
+    if (tie) {
+        n_free = 0;
+        for (int t : *tie) {
+            if (t < 0 || t >= in) fail("AWQ search: tie map entry ", t, " out of range");
+            n_free = std::max(n_free, t + 1);
+        }
+    } else {
+        identity.resize(in);
+        for (int i = 0; i < in; ++i) identity[i] = i;
+        tie = &identity;
+    }
+
+    AwqResult res;
+    const int gs = choose_group_size(in, opt.group_size);
+    const int ng = in / gs;
+    res.group_size = gs;
+    const int threads = opt.threads > 0 ? opt.threads : default_threads();
+
+    // ---- activation magnitude and rows ----
+    const bool have_stats = stats && stats->n_tokens > 0;
+    std::vector<double> a(in, 1.0);
+    if (have_stats)
+        for (int i = 0; i < in; ++i) a[i] = stats->mean_abs[i];
+    std::vector<float> x;
+    if (stats && stats->n_rows() > 0) {
+        x = stats->rows;
+    } else {
+        res.synthetic_rows = true;
+        const int n = std::max(1, opt.synthetic_rows);
+        x.resize(static_cast<size_t>(n) * in);
+        Rng rng(opt.synthetic_seed);
+        for (auto& v : x) v = static_cast<float>(rng.normal());
+        for (int t = 0; t < n; ++t)
+            for (int i = 0; i < in; ++i)
+                x[static_cast<size_t>(t) * in + i] *= static_cast<float>(a[i]);
+    }
+    std::vector<float> xs, xh;  // search rows, held-out rows
+    {
+        const int64_t n = static_cast<int64_t>(x.size()) / in;
+        for (int64_t t = 0; t < n; ++t) {
+            const bool held =
+                opt.heldout_every > 0 && t % opt.heldout_every == opt.heldout_every - 1;
+            auto& dst = held ? xh : xs;
+            dst.insert(dst.end(), x.begin() + t * in, x.begin() + (t + 1) * in);
+        }
+    }
+    const int ns = static_cast<int>(xs.size() / in), nh = static_cast<int>(xh.size() / in);
+    if (ns == 0) fail("AWQ search (", consumers[0].name, "): no activation rows to search on");
+    res.n_search_rows = ns;
+    res.n_heldout_rows = nh;
+
+    // Free-scale statistic, floored so log() stays finite for dead channels.
+    std::vector<double> a_free(n_free, 0.0), cnt(n_free, 0.0);
+    for (int i = 0; i < in; ++i) {
+        a_free[(*tie)[i]] += a[i];
+        cnt[(*tie)[i]] += 1;
+    }
+    double amax = 0;
+    for (int t = 0; t < n_free; ++t) {
+        if (cnt[t] > 0) a_free[t] /= cnt[t];
+        amax = std::max(amax, a_free[t]);
+    }
+    const bool search = opt.search_scales && have_stats && amax > 0;
+    std::vector<double> la(n_free, 0.0);
+    if (search) {
+        double mean = 0;
+        for (int t = 0; t < n_free; ++t) {
+            la[t] = std::log(std::max(a_free[t], amax * 1e-5));
+            mean += la[t];
+        }
+        mean /= n_free;
+        for (auto& v : la) v -= mean;
+    }
+    auto scales_for = [&](double alpha, std::vector<float>* s_free) {
+        std::vector<float> sf(n_free), s(in);
+        for (int t = 0; t < n_free; ++t) sf[t] = static_cast<float>(std::exp(alpha * la[t]));
+        for (int i = 0; i < in; ++i) s[i] = sf[(*tie)[i]];
+        if (s_free) *s_free = sf;
+        return s;
+    };
+
+    // ---- seed RTN baseline and ||Y|| (on the report rows) ----
+    // Errors are reported on every row, or on an evenly spaced subset when report_sample_rows
+    // is set; the RTN-fallback comparison uses the same rows for both sides.
+    auto report_stride = [&](int out) -> int64_t {
+        if (opt.report_sample_rows <= 0 || out <= opt.report_sample_rows) return 1;
+        return (out + opt.report_sample_rows - 1) / opt.report_sample_rows;
+    };
+    auto report_rows = [&](int out) {
+        std::vector<int64_t> r;
+        for (int64_t o = 0; o < out; o += report_stride(out)) r.push_back(o);
+        return r;
+    };
+    res.consumers.resize(consumers.size());
+    for (size_t c = 0; c < consumers.size(); ++c) {
+        const AwqConsumer& con = consumers[c];
+        AwqConsumerResult& cr = res.consumers[c];
+        cr.name = con.name;
+        RtnOptions ro;
+        ro.group_size = opt.group_size;
+        cr.q = quantize_rtn(con.w, con.out, in, ro);
+        const std::vector<int64_t> rows = report_rows(con.out);
+        const int64_t n_rep = static_cast<int64_t>(rows.size());
+        std::vector<Sq> parts((n_rep + kRowChunk - 1) / kRowChunk);
+        parallel_for(n_rep, kRowChunk, threads, [&](int64_t j0, int64_t j1) {
+            const int64_t b = j1 - j0;
+            std::vector<float> wr(b * in), dw(b * in), out(b * std::max(ns, nh));
+            for (int64_t r = 0; r < b; ++r) {
+                const int64_t o = rows[j0 + r];
+                std::memcpy(&wr[r * in], con.w + o * in, sizeof(float) * in);
+                dequantize_row(cr.q, static_cast<int>(o), &dw[r * in]);
+            }
+            for (int64_t k = 0; k < b * in; ++k) dw[k] = wr[k] - dw[k];
+            Sq& p = parts[j0 / kRowChunk];
+            gemm_nt(b, ns, in, wr.data(), in, xs.data(), in, out.data(), ns, false);
+            p.y2s = sum_squares(out.data(), b * ns);
+            gemm_nt(b, ns, in, dw.data(), in, xs.data(), in, out.data(), ns, false);
+            p.e2s = sum_squares(out.data(), b * ns);
+            if (nh > 0) {
+                gemm_nt(b, nh, in, wr.data(), in, xh.data(), in, out.data(), nh, false);
+                p.y2h = sum_squares(out.data(), b * nh);
+                gemm_nt(b, nh, in, dw.data(), in, xh.data(), in, out.data(), nh, false);
+                p.e2h = sum_squares(out.data(), b * nh);
+            }
+        });
+        for (const Sq& p : parts) {
+            cr.y2_search += p.y2s;
+            cr.y2_heldout += p.y2h;
+            cr.rtn.e2_search += p.e2s;
+            cr.rtn.e2_heldout += p.e2h;
+        }
+    }
+
+    // ---- α search on a sample of output rows ----
+    double best_alpha = 0;
+    if (search) {
+        int64_t total_out = 0;
+        for (const auto& c : consumers) total_out += c.out;
+        // Evenly spaced sample rows of each consumer, weighted so the sum estimates the full loss.
+        struct Item {
+            int c;
+            std::vector<int64_t> rows;
+            double weight;
+        };
+        std::vector<Item> items;  // work items of up to 8 rows of one consumer
+        for (size_t c = 0; c < consumers.size(); ++c) {
+            const int out = consumers[c].out;
+            int64_t k = out;
+            if (opt.alpha_sample_rows > 0 && total_out > opt.alpha_sample_rows)
+                k = std::clamp<int64_t>(
+                    std::llround(static_cast<double>(opt.alpha_sample_rows) * out / total_out),
+                    std::min(out, 8), out);
+            for (int64_t j0 = 0; j0 < k; j0 += 8) {
+                Item it{static_cast<int>(c), {}, static_cast<double>(out) / k};
+                for (int64_t j = j0; j < std::min(k, j0 + 8); ++j)
+                    it.rows.push_back((2 * j + 1) * out / (2 * k));
+                items.push_back(std::move(it));
+            }
+        }
+        auto loss = [&](double alpha) {
+            const std::vector<float> s = scales_for(alpha, nullptr);
+            const std::vector<float> xss = divide_columns(xs, in, s);
+            std::vector<double> parts(items.size(), 0.0);
+            parallel_for(
+                static_cast<int64_t>(items.size()), 1, threads, [&](int64_t p0, int64_t p1) {
+                    std::vector<float> ws, deq, delta, e;
+                    std::vector<uint8_t> codes, zeros;
+                    std::vector<uint16_t> scl;
+                    for (int64_t p = p0; p < p1; ++p) {
+                        const Item& it = items[p];
+                        const int64_t m = static_cast<int64_t>(it.rows.size());
+                        delta.resize(m * in);
+                        for (int64_t j = 0; j < m; ++j) {
+                            quantize_rows(consumers[it.c].w, in, gs, s, it.rows[j], it.rows[j] + 1,
+                                          opt.codes_from_stored_scale, ws, deq, codes, scl, zeros);
+                            for (int i = 0; i < in; ++i) delta[j * in + i] = ws[i] - deq[i];
+                        }
+                        e.resize(m * ns);
+                        gemm_nt(m, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
+                        parts[p] = it.weight * sum_squares(e.data(), m * ns);
+                    }
+                });
+            double total = 0;
+            for (double v : parts) total += v;
+            res.alpha_losses.push_back({static_cast<float>(alpha), total});
+            return total;
+        };
+        const int steps = std::max(1, opt.alpha_steps);
+        std::vector<double> evaluated(steps + 1, std::numeric_limits<double>::quiet_NaN());
+        auto eval = [&](int k) {
+            if (k < 0 || k > steps || !std::isnan(evaluated[k])) return;
+            evaluated[k] = loss(static_cast<double>(k) / steps);
+        };
+        const int stride = opt.alpha_coarse_to_fine && steps >= 4 ? 2 : 1;
+        for (int k = 0; k <= steps; k += stride) eval(k);
+        if (stride > 1) eval(steps);
+        auto argmin = [&] {
+            int best = 0;  // ties keep the smaller α
+            for (int k = 1; k <= steps; ++k)
+                if (!std::isnan(evaluated[k]) && evaluated[k] < evaluated[best]) best = k;
+            return best;
+        };
+        if (stride > 1) {
+            const int b = argmin();
+            eval(b - 1);
+            eval(b + 1);
+        }
+        best_alpha = static_cast<double>(argmin()) / steps;
+    }
+
+    // ---- quantize with the chosen scales, clipping search per (row, group) ----
+    res.alpha = static_cast<float>(best_alpha);
+    res.s = scales_for(best_alpha, &res.s_free);
+    const std::vector<float> xss = divide_columns(xs, in, res.s);
+    const std::vector<float> xhs = divide_columns(xh, in, res.s);
+    std::vector<float> ratios = {1.0f};
+    if (opt.clip)
+        for (float r : opt.clip_ratios) {
+            if (!(r > 0.0f && r <= 1.0f)) fail("AWQ search: clip ratio ", r, " not in (0, 1]");
+            if (r != 1.0f) ratios.push_back(r);
+        }
+    const int K = static_cast<int>(ratios.size());
+    // Xsᵀ [in, ns] and the per-group Gram blocks H_g = Xs_gᵀ Xs_g [gs, gs].
+    std::vector<float> xst, gram;
+    if (K > 1) {
+        xst.resize(static_cast<size_t>(in) * ns);
+        for (int t = 0; t < ns; ++t)
+            for (int i = 0; i < in; ++i)
+                xst[static_cast<size_t>(i) * ns + t] = xss[static_cast<size_t>(t) * in + i];
+        gram.resize(static_cast<size_t>(ng) * gs * gs);
+        parallel_for(ng, 1, threads, [&](int64_t g0, int64_t g1) {
+            for (int64_t g = g0; g < g1; ++g) {
+                const float* blk = &xst[static_cast<size_t>(g) * gs * ns];
+                gemm_nt(gs, gs, ns, blk, ns, blk, ns, &gram[static_cast<size_t>(g) * gs * gs], gs,
+                        false);
+            }
+        });
+    }
+
+    std::vector<AwqConsumerResult> awq(consumers.size());
+    for (size_t c = 0; c < consumers.size(); ++c) {
+        const AwqConsumer& con = consumers[c];
+        AwqConsumerResult& cr = awq[c];
+        cr.q.out = con.out;
+        cr.q.in = in;
+        cr.q.group_size = gs;
+        cr.q.qweight.resize(static_cast<size_t>(con.out) * (in / 2));
+        cr.q.scales.resize(static_cast<size_t>(con.out) * ng);
+        cr.q.zeros.resize(static_cast<size_t>(con.out) * ng);
+        cr.clip.assign(static_cast<size_t>(con.out) * ng, 1.0f);
+        const int64_t n_chunks = (con.out + kRowChunk - 1) / kRowChunk;
+        std::vector<Sq> parts(n_chunks);
+        parallel_for(con.out, kRowChunk, threads, [&](int64_t o0, int64_t o1) {
+            const int64_t b = o1 - o0;
+            std::vector<float> ws, deq;
+            std::vector<uint8_t> codes, zeros;
+            std::vector<uint16_t> scl;
+            quantize_rows(con.w, in, gs, res.s, o0, o1, opt.codes_from_stored_scale, ws, deq, codes,
+                          scl, zeros);
+            std::vector<float> delta(b * in);
+            for (int64_t k = 0; k < b * in; ++k) delta[k] = ws[k] - deq[k];
+            // E = Δ Xsᵀ: every row's output error on the search rows, kept current as groups
+            // change.
+            // Only the exact mode needs it during the search; otherwise it is computed at the end
+            // for the report rows.
+            const bool exact = opt.clip_exact;
+            std::vector<float> e(b * ns);
+            if (exact || K == 1)
+                gemm_nt(b, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
+            if (K > 1) {
+                const int kc = K - 1;
+                std::vector<float> gvec(b * gs), d(b * kc * gs), t(b * kc * gs),
+                    cand_deq(b * kc * gs), dbest(b * gs);
+                std::vector<uint8_t> cand_codes(b * kc * gs), cand_zero(b * kc);
+                std::vector<uint16_t> cand_scale(b * kc);
+                for (int g = 0; g < ng; ++g) {
+                    // Linear term: Xs_gᵀ e for each row (exact), or H_g Δ_g, the part of it
+                    // that comes from this group alone (block-diagonal: cross-group terms,
+                    // zero-mean for independent rounding errors, are dropped).
+                    if (exact)
+                        gemm_nt(b, gs, ns, e.data(), ns, &xst[static_cast<size_t>(g) * gs * ns], ns,
+                                gvec.data(), gs, false);
+                    else
+                        gemm_nn(b, gs, gs, delta.data() + g * gs, in,
+                                &gram[static_cast<size_t>(g) * gs * gs], gs, gvec.data(), gs,
+                                false);
+                    for (int64_t r = 0; r < b; ++r)
+                        for (int k = 0; k < kc; ++k) {
+                            GroupQuantOptions go;
+                            go.clip_ratio = ratios[k + 1];
+                            go.codes_from_stored_scale = opt.codes_from_stored_scale;
+                            const int64_t slot = r * kc + k;
+                            quantize_group(&ws[r * in + g * gs], gs, go, &cand_codes[slot * gs],
+                                           &cand_scale[slot], &cand_zero[slot],
+                                           &cand_deq[slot * gs]);
+                            // Change of Δ on this group when switching to candidate k.
+                            for (int i = 0; i < gs; ++i)
+                                d[slot * gs + i] =
+                                    deq[r * in + g * gs + i] - cand_deq[slot * gs + i];
+                        }
+                    // Quadratic term dᵀ H_g d.
+                    gemm_nn(b * kc, gs, gs, d.data(), gs, &gram[static_cast<size_t>(g) * gs * gs],
+                            gs, t.data(), gs, false);
+                    bool any = false;
+                    std::fill(dbest.begin(), dbest.end(), 0.0f);
+                    for (int64_t r = 0; r < b; ++r) {
+                        int best = -1;
+                        double best_change = 0;  // keeping the current range changes nothing
+                        for (int k = 0; k < kc; ++k) {
+                            const float* dk = &d[(r * kc + k) * gs];
+                            const float* tk = &t[(r * kc + k) * gs];
+                            double lin = 0, quad = 0;
+                            for (int i = 0; i < gs; ++i) {
+                                lin += static_cast<double>(gvec[r * gs + i]) * dk[i];
+                                quad += static_cast<double>(tk[i]) * dk[i];
+                            }
+                            const double change = 2 * lin + quad;
+                            if (change < best_change) {
+                                best_change = change;
+                                best = k;
+                            }
+                        }
+                        if (best < 0) continue;
+                        any = true;
+                        const int64_t slot = r * kc + best;
+                        std::memcpy(&dbest[r * gs], &d[slot * gs], sizeof(float) * gs);
+                        std::memcpy(&codes[r * in + g * gs], &cand_codes[slot * gs], gs);
+                        std::memcpy(&deq[r * in + g * gs], &cand_deq[slot * gs],
+                                    sizeof(float) * gs);
+                        for (int i = 0; i < gs; ++i)
+                            delta[r * in + g * gs + i] =
+                                ws[r * in + g * gs + i] - deq[r * in + g * gs + i];
+                        scl[r * ng + g] = cand_scale[slot];
+                        zeros[r * ng + g] = cand_zero[slot];
+                        cr.clip[(o0 + r) * ng + g] = ratios[best + 1];
+                    }
+                    // e += Xs_g d for the rows that changed.
+                    if (any && exact)
+                        gemm_nt(b, ns, gs, dbest.data(), gs, xss.data() + g * gs, in, e.data(), ns,
+                                true);
+                }
+            }
+            Sq& p = parts[o0 / kRowChunk];
+            const int64_t stride = report_stride(con.out);
+            std::vector<float> drep;
+            for (int64_t r = 0; r < b; ++r)
+                if ((o0 + r) % stride == 0) {
+                    if (exact || K == 1) p.e2s += sum_squares(&e[r * ns], ns);
+                    drep.insert(drep.end(), delta.begin() + r * in, delta.begin() + (r + 1) * in);
+                }
+            const int64_t nrep = static_cast<int64_t>(drep.size()) / in;
+            if (!(exact || K == 1) && nrep > 0) {
+                std::vector<float> es(nrep * ns);
+                gemm_nt(nrep, ns, in, drep.data(), in, xss.data(), in, es.data(), ns, false);
+                p.e2s = sum_squares(es.data(), nrep * ns);
+            }
+            if (nh > 0 && nrep > 0) {
+                std::vector<float> eh(nrep * nh);
+                gemm_nt(nrep, nh, in, drep.data(), in, xhs.data(), in, eh.data(), nh, false);
+                p.e2h = sum_squares(eh.data(), nrep * nh);
+            }
+            for (int64_t r = 0; r < b; ++r)
+                pack_int4(&codes[r * in], in, &cr.q.qweight[(o0 + r) * (in / 2)]);
+            std::memcpy(&cr.q.scales[o0 * ng], scl.data(), sizeof(uint16_t) * b * ng);
+            std::memcpy(&cr.q.zeros[o0 * ng], zeros.data(), b * ng);
+        });
+        for (const Sq& p : parts) {
+            res.consumers[c].awq.e2_search += p.e2s;
+            res.consumers[c].awq.e2_heldout += p.e2h;
+        }
+    }
+
+    // ---- totals, and the guarantee: never worse than RTN on the search rows ----
+    double y2s = 0, y2h = 0;
+    for (auto& cr : res.consumers) {
+        y2s += cr.y2_search;
+        y2h += cr.y2_heldout;
+        res.rtn.e2_search += cr.rtn.e2_search;
+        res.rtn.e2_heldout += cr.rtn.e2_heldout;
+        res.awq.e2_search += cr.awq.e2_search;
+        res.awq.e2_heldout += cr.awq.e2_heldout;
+    }
+    if (res.awq.e2_search > res.rtn.e2_search) {
+        res.rtn_fallback = true;
+        res.alpha = 0;
+        res.s.assign(in, 1.0f);
+        res.s_free.assign(n_free, 1.0f);
+        res.awq = res.rtn;
+        for (auto& cr : res.consumers) {
+            cr.awq = cr.rtn;
+            cr.clip.assign(static_cast<size_t>(cr.q.out) * ng, 1.0f);
+        }
+    } else {
+        for (size_t c = 0; c < consumers.size(); ++c) {
+            res.consumers[c].q = std::move(awq[c].q);
+            res.consumers[c].clip = std::move(awq[c].clip);
+        }
+    }
+    const bool have_h = nh > 0;
+    finish_rel(res.rtn, y2s, y2h, have_h);
+    finish_rel(res.awq, y2s, y2h, have_h);
+    for (auto& cr : res.consumers) {
+        finish_rel(cr.rtn, cr.y2_search, cr.y2_heldout, have_h);
+        finish_rel(cr.awq, cr.y2_search, cr.y2_heldout, have_h);
+    }
+    res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    return res;
+}
+
+}  // namespace lancet::quant

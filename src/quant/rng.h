@@ -1,0 +1,44 @@
+// A small seeded random generator whose integer sequence is fixed by its definition, so calibration
+// samples and synthetic rows are reproducible across compilers and standard libraries.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+namespace lancet::quant {
+
+// splitmix64 stream; normals by Box-Muller (std:: distributions differ between libraries).
+class Rng {
+  public:
+    explicit Rng(uint64_t seed) : state_(seed) {}
+    uint64_t next_u64() {
+        uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    // Uniform integer in [0, n), n > 0 (multiply-shift; the bias is below 2^-64 * n).
+    uint64_t below(uint64_t n) {
+        return static_cast<uint64_t>((static_cast<unsigned __int128>(next_u64()) * n) >> 64);
+    }
+    // Uniform in (0, 1).
+    double uniform() { return (static_cast<double>(next_u64() >> 11) + 0.5) * 0x1.0p-53; }
+    double normal() {
+        if (has_spare_) {
+            has_spare_ = false;
+            return spare_;
+        }
+        const double r = std::sqrt(-2.0 * std::log(uniform()));
+        const double t = 6.283185307179586 * uniform();
+        spare_ = r * std::sin(t);
+        has_spare_ = true;
+        return r * std::cos(t);
+    }
+
+  private:
+    uint64_t state_;
+    double spare_ = 0;
+    bool has_spare_ = false;
+};
+
+}  // namespace lancet::quant
