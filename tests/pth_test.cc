@@ -273,6 +273,10 @@ TEST(Pth, MaliciousAndBrokenFilesAreRefused) {
     expect_file_error("bad_offset.pth",
                       {"entry 'archive/data/3'", "local header at offset 2147483392"});
     expect_file_error("data_outside.pth", {"entry 'archive/data/2'", "outside the archive data"});
+    // 40 bytes declared where 10 are stored: the range ends inside the central directory.
+    expect_file_error("into_cd.pth",
+                      {"entry 'archive/.data/serialization_id'", "outside the archive data"});
+    expect_file_error("overlap.pth", {"entry 'archive/data/2' overlaps entry 'archive/data/3'"});
     expect_file_error("name_mismatch.pth", {"entry 'archive/data/1'", "does not match"});
     expect_file_error("truncated.pth", {"no end-of-central-directory"});
     expect_file_error("big_endian.pth", {"big-endian"});

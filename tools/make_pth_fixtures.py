@@ -281,6 +281,8 @@ def main():
     write("evil_global.pth", torch_zip("archive", torch_records(state_dict(), pkl=evil)))
     write("bad_offset.pth", torch_zip("archive", recs, lho_override={"data/3": 0x7FFFFF00}))
     write("data_outside.pth", torch_zip("archive", recs, size_override={"data/2": 0x10000000}))
+    write("into_cd.pth", torch_zip("archive", recs, size_override={".data/serialization_id": 40}))
+    write("overlap.pth", torch_zip("archive", recs, size_override={"data/2": 8 + 64}))
     write("name_mismatch.pth", torch_zip("archive", recs,
                                          local_name_override={"data/1": b"archive/data/9"}))
     write("truncated.pth", good["state_dict.pth"][: len(good["state_dict.pth"]) // 2])
