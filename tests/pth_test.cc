@@ -523,6 +523,31 @@ TEST(Unpickle, ResourceLimitsStopHostilePickles) {
     for (uint32_t i = 0; i < 60; ++i) memo += "r" + le32s(i * 1000003u);
     EXPECT_NE(unpickle_error(memo, lim).find("memo exceeds 50"), std::string::npos);
 
+    lim = {};
+    lim.max_objects = 10;
+    EXPECT_NE(unpickle_error("\x80\x02" + std::string(20, ')'), lim).find("more than 10 objects"),
+              std::string::npos);
+    lim = {};
+    lim.max_items = 10;
+    EXPECT_NE(unpickle_error("\x80\x02](" + std::string(20, 'N') + "e", lim)
+                  .find("more than 10 values in containers"),
+              std::string::npos);
+    // A tensor referenced under a long name and many times over.
+    const std::string t = global("torch._utils", "_rebuild_tensor_v2") + "((" + str_op("storage") +
+                          global("torch", "FloatStorage") + str_op("0") + str_op("cpu") +
+                          "K\x04tQK\x00K\x04\x85K\x01\x85\x89}tR"s;
+    lim = {};
+    lim.max_name = 8;
+    EXPECT_NE(unpickle_error("\x80\x02}" + str_op("abcdefghij") + t + "s.", lim)
+                  .find("tensor name 'abcdefghij' is longer than 8 bytes"),
+              std::string::npos);
+    lim = {};
+    lim.max_tensors = 3;
+    const std::string four = "\x80\x02}" + str_op("k") + "]" + t + "q\x00"s + "a(" + "h\x00"s +
+                             "h\x00"s + "h\x00"s + "es.";
+    EXPECT_NE(unpickle_error(four, lim).find("more than 3 tensors"), std::string::npos)
+        << unpickle_error(four, lim);
+
     // Shared sub-lists: 30 levels of [L, L] name 2^30 paths; the walk budget stops it.
     std::string dag = "\x80\x02}" + str_op("k") + "]q\x00"s + "0";
     for (int i = 1; i <= 30; ++i)

@@ -8,7 +8,7 @@
 namespace lancet {
 
 class MappedFile {
-public:
+  public:
     // Maps `path` read-only. Throws Error naming the path if it cannot be opened or mapped.
     explicit MappedFile(const std::string& path);
     ~MappedFile();
@@ -23,7 +23,7 @@ public:
     // a hint only, so failures are ignored.
     void advise_hot(size_t offset, size_t len) const;
 
-private:
+  private:
     std::string path_;
     const uint8_t* data_ = nullptr;
     size_t size_ = 0;

@@ -224,13 +224,17 @@ class Unpickler {
         for (const auto& it : items) d = std::max(d, depth_of(it) + 1);
         if (d > lim_.max_depth) bad("containers nested deeper than ", lim_.max_depth);
         count_items(items.size());
+        count_object();
         containers_.push_back(Container{k, std::move(items), d});
         return Value{k, static_cast<uint32_t>(containers_.size() - 1), 0};
     }
     void count_items(size_t n) {
         total_items_ += n;
-        if (total_items_ > lim_.max_stack * 4)
-            bad("more than ", lim_.max_stack * 4, " values in containers");
+        if (total_items_ > lim_.max_items)
+            bad("more than ", lim_.max_items, " values in containers");
+    }
+    void count_object() {
+        if (++objects_ > lim_.max_objects) bad("more than ", lim_.max_objects, " objects");
     }
     void add_to(const Value& target, Kind want, const Value* items, size_t n) {
         if (target.kind != want)
@@ -246,6 +250,7 @@ class Unpickler {
     }
     Value new_string(std::string_view s) {
         if (s.size() > lim_.max_string) bad("string of ", s.size(), " bytes exceeds the limit");
+        count_object();
         strings_.emplace_back(s);
         return Value{Kind::Str, static_cast<uint32_t>(strings_.size() - 1), 0};
     }
@@ -308,7 +313,7 @@ class Unpickler {
     std::vector<StorageInfo> storage_info_;
     StateDictPickle result_;
     std::unordered_map<std::string, size_t> storage_by_key_;
-    size_t total_items_ = 0, walked_ = 0;
+    size_t total_items_ = 0, objects_ = 0, walked_ = 0;
     std::unordered_set<std::string> names_;
 };
 
@@ -437,6 +442,7 @@ Value Unpickler::rebuild_tensor(const std::vector<Value>& a, bool v3) {
     if (empty ? last > storage_elems : last >= storage_elems)
         bad("tensor (offset ", offset, ") reaches past the end of storage '",
             printable(result_.storages[sidx].key), "' (", storage_elems, " elements)");
+    count_object();
     tensors_.push_back(std::move(t));
     return Value{Kind::Tensor, static_cast<uint32_t>(tensors_.size() - 1), 0};
 }
@@ -446,6 +452,9 @@ void Unpickler::walk(const Value& v, std::string& name, size_t depth, StateDictP
     if (depth > lim_.max_depth) fail(ctx_, ": containers nested deeper than ", lim_.max_depth);
     const size_t base = name.size();
     auto child = [&](std::string_view key, const Value& c) {
+        if (base + 1 + key.size() > lim_.max_name)
+            fail(ctx_, ": tensor name '", printable(base ? name + "." + std::string(key) : key),
+                 "' is longer than ", lim_.max_name, " bytes");
         if (base > 0) name += '.';
         name += key;
         walk(c, name, depth + 1, out);
@@ -453,6 +462,8 @@ void Unpickler::walk(const Value& v, std::string& name, size_t depth, StateDictP
     };
     switch (v.kind) {
         case Kind::Tensor: {
+            if (out.tensors.size() >= lim_.max_tensors)
+                fail(ctx_, ": more than ", lim_.max_tensors, " tensors");
             if (!names_.insert(name).second)
                 fail(ctx_, ": duplicate tensor name '", printable(name), "'");
             const TensorObj& t = tensors_[v.ref];

@@ -40,12 +40,16 @@ struct StateDictPickle {
 // Resource bounds; a pickle exceeding any of them is refused, so hostile input can neither
 // exhaust memory nor recurse without bound.
 struct UnpickleLimits {
-    size_t max_stack = size_t{1} << 22;   // values on the stack at once
-    size_t max_memo = size_t{1} << 22;    // memo entries
-    size_t max_string = size_t{1} << 20;  // bytes in one string
-    size_t max_depth = 64;                // container nesting (and result walk depth)
-    size_t max_walk = size_t{1} << 24;    // container visits while naming tensors
-    size_t max_dims = 32;                 // tensor rank
+    size_t max_stack = size_t{1} << 22;    // values on the stack at once (and open MARKs)
+    size_t max_memo = size_t{1} << 22;     // memo entries
+    size_t max_string = size_t{1} << 20;   // bytes in one string
+    size_t max_objects = size_t{1} << 23;  // containers + strings + tensors created
+    size_t max_items = size_t{1} << 24;    // values stored in containers, all together
+    size_t max_depth = 64;                 // container nesting (and result walk depth)
+    size_t max_walk = size_t{1} << 24;     // container visits while naming tensors
+    size_t max_tensors = size_t{1} << 20;  // named tensors in the result
+    size_t max_name = 4096;                // bytes in one dotted tensor name
+    size_t max_dims = 16;                  // tensor rank
 };
 
 // Interprets `pkl` (pickle protocol 2-5 as torch.save writes it) without executing anything.
