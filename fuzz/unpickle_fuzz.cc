@@ -1,4 +1,7 @@
 // libFuzzer target: the restricted unpickler on raw bytes must return or throw lancet::Error.
+// Build: CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLANCET_FUZZ=ON -DLANCET_BUILD_TESTS=OFF;
+// run: build-fuzz/unpickle_fuzz -max_total_time=60 CORPUS (seed: the data.pkl entries of
+// tests/data/pth/*.pth).
 #include <cstddef>
 #include <cstdint>
 

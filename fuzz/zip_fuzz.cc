@@ -1,4 +1,6 @@
 // libFuzzer target: ZipReader and PthFile on in-memory archives must return or throw lancet::Error.
+// Build: CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DLANCET_FUZZ=ON -DLANCET_BUILD_TESTS=OFF;
+// run: build-fuzz/zip_fuzz -max_total_time=60 CORPUS (seed: a copy of tests/data/pth/).
 #include <cstddef>
 #include <cstdint>
 
