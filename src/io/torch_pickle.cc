@@ -374,7 +374,7 @@ Value Unpickler::persistent_load(const Value& pid) {
         bad("persistent id is not ('storage', type, key, location, numel)");
     const auto g = static_cast<Global>(a[1].i);
     if (g != Global::TypedStorage && g != Global::UntypedStorage)
-        bad("persistent id names a ", "non-storage type");
+        bad("persistent id names a non-storage type");
     const DType dtype = static_cast<DType>(a[1].ref);
     const int64_t numel = a[4].i;
     if (numel < 0 || static_cast<uint64_t>(numel) > (uint64_t{1} << 60) / dtype_size(dtype))
