@@ -637,3 +637,22 @@ TEST(PthCorruption, PickleMutationsNeverCrash) {
 
 }  // namespace
 }  // namespace lancet
+
+namespace lancet {
+namespace {
+
+// `lancet inspect` reads .pth files with the same reader: a summary, or one line and exit 1.
+TEST(PthCli, InspectSummarisesAndRefusesHostileFiles) {
+    const auto good = test::run_lancet("inspect " + fixture("state_dict.pth").string());
+    EXPECT_EQ(good.exit_code, 0) << good.err;
+    EXPECT_NE(good.out.find("tensors: 16"), std::string::npos) << good.out;
+    for (const char* bad : {"evil_global.pth", "truncated.pth", "data_outside.pth", "legacy.pth"}) {
+        const auto r = test::run_lancet("inspect " + fixture(bad).string());
+        EXPECT_EQ(r.exit_code, 1) << bad;
+        EXPECT_EQ(r.signal, 0) << bad;
+        EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << bad << ": " << r.err;
+    }
+}
+
+}  // namespace
+}  // namespace lancet

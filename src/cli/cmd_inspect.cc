@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/pth.h"
 #include "model/lance_checkpoint.h"
 
 namespace lancet::cli {
@@ -93,6 +94,38 @@ void inspect_file(const std::string& path, const std::string& tensor) {
                     t.params);
     for (const auto& [k, v] : ck->metadata())
         std::printf("metadata: %s = %s\n", k.c_str(), v.c_str());
+}
+
+// A PyTorch state dict (the Wan2.2 VAE ships as Wan2.2_VAE.pth): read without running any pickle.
+void inspect_pth(const std::string& path, const std::string& tensor) {
+    PthFile f(path);
+    if (!tensor.empty()) {
+        const PthTensor& t = f.at(tensor);
+        const std::vector<uint8_t> bytes = t.to_contiguous();
+        TensorView v;
+        v.dtype = t.dtype;
+        v.shape = t.shape;
+        v.data = bytes.data();
+        v.nbytes = bytes.size();
+        print_tensor_stats(tensor, path, v);
+        return;
+    }
+    std::map<std::string, Tally> by_dtype;
+    Tally total;
+    for (const PthTensor& t : f.tensors()) {
+        for (Tally* x : {&by_dtype[std::string(dtype_name(t.dtype))], &total}) {
+            ++x->tensors;
+            x->params += static_cast<int64_t>(t.numel());
+            x->bytes += t.nbytes();
+        }
+    }
+    std::printf("file:    %s (PyTorch zip state dict)\ntensors: %" PRId64 ", %" PRId64
+                " elements, %s\n",
+                path.c_str(), total.tensors, total.params,
+                human_bytes(static_cast<double>(total.bytes)).c_str());
+    for (const auto& [dt, t] : by_dtype)
+        std::printf("  %-8s %6" PRId64 " tensors  %14" PRId64 " elements\n", dt.c_str(), t.tensors,
+                    t.params);
 }
 
 void inspect_model(const std::string& dir, const std::string& vit_dir, const std::string& tensor,
@@ -224,7 +257,9 @@ void add_inspect(CLI::App& app) {
     auto tensor = std::make_shared<std::string>();
     auto vit = std::make_shared<std::string>();
     auto json_out = std::make_shared<bool>(false);
-    cmd->add_option("path", *path, "Model folder, or any .safetensors file")->required();
+    cmd->add_option("path", *path,
+                    "Model folder, a .safetensors file, or a PyTorch .pth state dict")
+        ->required();
     cmd->add_option("--tensor", *tensor, "Print one tensor's shape, dtype and statistics");
     cmd->add_option("--vit", *vit, "Folder with config.json + vit.safetensors (Lance_3B layout)");
     cmd->add_flag("--json", *json_out, "Machine-readable summary");
@@ -232,6 +267,8 @@ void add_inspect(CLI::App& app) {
         std::error_code ec;
         if (fs::is_directory(*path, ec))
             inspect_model(*path, *vit, *tensor, *json_out);
+        else if (path->ends_with(".pth") || path->ends_with(".pt"))
+            inspect_pth(*path, *tensor);
         else if (fs::exists(*path, ec))
             inspect_file(*path, *tensor);
         else
