@@ -275,13 +275,18 @@ TEST(LinearWeight, NaiveBf16DequantRoundsLikeTorch) {
     const FileWeight fw = make_weight(WeightType::Q4, 100, 256, 64, 31);
     const LinearWeight w(fw.view);
     ThreadPool pool(2);
-    const LinearWeight b = dequantize_to_bf16(w, pool);
-    ASSERT_EQ(b.type(), WeightType::BF16);
-    std::vector<float> row(256);
-    for (size_t o = 0; o < 100; ++o) {
-        b.dequantize_row(o, row.data());
-        for (size_t i = 0; i < 256; ++i)
-            ASSERT_EQ(row[i], round_bf16(float(weight_ref(fw.view, o, i)))) << o << ", " << i;
+    for (Isa isa : kAllIsas) {
+        if (!cpu_supports(isa)) continue;
+        ScopedIsa scoped(isa);
+        const LinearWeight b = dequantize_to_bf16(w, pool);
+        ASSERT_EQ(b.type(), WeightType::BF16);
+        std::vector<float> row(256);
+        for (size_t o = 0; o < 100; ++o) {
+            b.dequantize_row(o, row.data());
+            for (size_t i = 0; i < 256; ++i)
+                ASSERT_EQ(row[i], round_bf16(float(weight_ref(fw.view, o, i))))
+                    << isa_name(isa) << " at (" << o << ", " << i << ")";
+        }
     }
 }
 

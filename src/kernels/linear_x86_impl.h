@@ -353,5 +353,42 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
     });
 }
 
+// Naive-path helper (bench baseline): Q4 -> BF16 repacked layout, rounding (q - z) * s to bf16
+// to nearest even as torch does. The products are finite, so no NaN handling is needed.
+void dequant_bf16(const PackedView& p, uint16_t* dst, ThreadPool& pool) {
+    const size_t in = p.in, chunks = in / 8, groups = in / p.group_size;
+    pool.parallel_for(p.n_blocks, [&](size_t b0, size_t b1) {
+        const __m256i low4 = _mm256_set1_epi32(0xf), one = _mm256_set1_epi32(1),
+                      round = _mm256_set1_epi32(0x7fff);
+        for (size_t b = b0; b < b1; ++b) {
+            const __m256i* q =
+                reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) + b * chunks;
+            for (size_t c = 0; c < chunks; ++c) {
+                const size_t g = 8 * c / p.group_size;
+                const __m256 s = bf16x8_to_f32(p.scales + (b * groups + g) * kRowBlock);
+                const __m256 neg_zs =
+                    _mm256_mul_ps(u8x8_to_f32(p.zeros + (b * groups + g) * kRowBlock),
+                                  _mm256_sub_ps(_mm256_setzero_ps(), s));
+                const __m256i v = _mm256_load_si256(q + c);
+                unroll8([&]<int T>() {
+                    const __m256 w = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 4 * T), low4)), s,
+                        neg_zs);
+                    const __m256i u = _mm256_castps_si256(w);
+                    const __m256i r = _mm256_srli_epi32(
+                        _mm256_add_epi32(_mm256_add_epi32(u, round),
+                                         _mm256_and_si256(_mm256_srli_epi32(u, 16), one)),
+                        16);
+                    const __m256i packed =
+                        _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+                    _mm_storeu_si128(
+                        reinterpret_cast<__m128i*>(dst + (b * in + 8 * c + T) * kRowBlock),
+                        _mm256_castsi256_si128(packed));
+                });
+            }
+        }
+    });
+}
+
 }  // namespace
 }  // namespace lancet::kernels::detail
