@@ -220,9 +220,10 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
 // ---- GEMM: dequantize a 16-output x kc panel once, then 6x16 register tiles over many rows ----
 
 // c[MR][16] (+)= x[MR][kc] · panel, panel = two [kc][8] halves. init: start from bias16.
+// x is packed: x[k * 6 + i] is row i, column k of the tile.
 template <int MR>
-void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, size_t kc, float* c,
-                  size_t ldc, bool init, const float* bias16) {
+void micro_kernel(const float* x, const float* pa, const float* pb, size_t kc, float* c, size_t ldc,
+                  bool init, const float* bias16) {
     __m256 c0[MR], c1[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -234,7 +235,7 @@ void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, 
         const __m256 b = _mm256_load_ps(pb + k * 8);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
-            const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);
+            const __m256 xv = _mm256_broadcast_ss(x + k * 6 + i);
             c0[i] = _mm256_fmadd_ps(a, xv, c0[i]);
             c1[i] = _mm256_fmadd_ps(b, xv, c1[i]);
         }
@@ -246,26 +247,26 @@ void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, 
     }
 }
 
-void micro_dispatch(size_t mr, const float* x, size_t ldx, const float* pa, const float* pb,
-                    size_t kc, float* c, size_t ldc, bool init, const float* bias16) {
+void micro_dispatch(size_t mr, const float* x, const float* pa, const float* pb, size_t kc,
+                    float* c, size_t ldc, bool init, const float* bias16) {
     switch (mr) {
         case 1:
-            micro_kernel<1>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<1>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 2:
-            micro_kernel<2>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<2>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 3:
-            micro_kernel<3>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<3>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 4:
-            micro_kernel<4>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<4>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 5:
-            micro_kernel<5>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<5>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         default:
-            micro_kernel<6>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<6>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
     }
 }
@@ -320,10 +321,20 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
         alignas(32) float bias16[16];
         alignas(32) float tile[6 * 16];
         std::memset(zero_panel, 0, sizeof(zero_panel));
+        // The x chunk packed as [tile][k][6], so the micro-kernel reads x sequentially rather
+        // than from 6 rows 4*in bytes apart (one L1 set, 4K aliasing).
+        alignas(32) float xpack[kNc * kKc];
         for (size_t r0 = 0; r0 < n; r0 += kNc) {
             const size_t nr = std::min(kNc, n - r0);
             for (size_t k0 = 0; k0 < in; k0 += kKc) {
                 const size_t kc = std::min(kKc, in - k0);
+                for (size_t i = 0; i < nr; i += 6) {
+                    float* xp = xpack + i * kc;
+                    for (size_t r = 0; r < std::min<size_t>(6, nr - i); ++r) {
+                        const float* xr = x + (r0 + i + r) * in + k0;
+                        for (size_t k = 0; k < kc; ++k) xp[k * 6 + r] = xr[k];
+                    }
+                }
                 for (size_t pp = p0; pp < p1; ++pp) {
                     const size_t b = 2 * pp, o0 = 16 * pp;
                     const size_t cols = std::min<size_t>(16, out - o0);
@@ -333,17 +344,17 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
                     for (size_t j = 0; j < 16; ++j) bias16[j] = bias && j < cols ? bias[o0 + j] : 0;
                     for (size_t i = 0; i < nr; i += 6) {
                         const size_t mr = std::min<size_t>(6, nr - i);
-                        const float* xi = x + (r0 + i) * in + k0;
+                        const float* xi = xpack + i * kc;
                         float* yi = y + (r0 + i) * out + o0;
                         if (cols == 16) {
-                            micro_dispatch(mr, xi, in, pa, pb, kc, yi, out, k0 == 0, bias16);
+                            micro_dispatch(mr, xi, pa, pb, kc, yi, out, k0 == 0, bias16);
                             continue;
                         }
                         // Ragged last panel: run on a 16-wide tile and copy the valid columns.
                         if (k0 != 0)
                             for (size_t r = 0; r < mr; ++r)
                                 std::memcpy(tile + r * 16, yi + r * out, cols * sizeof(float));
-                        micro_dispatch(mr, xi, in, pa, pb, kc, tile, 16, k0 == 0, bias16);
+                        micro_dispatch(mr, xi, pa, pb, kc, tile, 16, k0 == 0, bias16);
                         for (size_t r = 0; r < mr; ++r)
                             std::memcpy(yi + r * out, tile + r * 16, cols * sizeof(float));
                     }
