@@ -323,7 +323,7 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
         std::memset(zero_panel, 0, sizeof(zero_panel));
         // The x chunk packed as [tile][k][6], so the micro-kernel reads x sequentially rather
         // than from 6 rows 4*in bytes apart (one L1 set, 4K aliasing).
-        alignas(32) float xpack[kNc * kKc];
+        alignas(32) float xpack[(kNc + 6) * kKc];  // the last tile may be partial
         for (size_t r0 = 0; r0 < n; r0 += kNc) {
             const size_t nr = std::min(kNc, n - r0);
             for (size_t k0 = 0; k0 < in; k0 += kKc) {
