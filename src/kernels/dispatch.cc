@@ -128,6 +128,10 @@ LinearFn linear_kernel() {
     return &linear_scalar;
 }
 
+DequantBf16Fn dequant_bf16_kernel() {
+    return active_isa() == Isa::Scalar ? nullptr : &dequant_bf16_avx2;
+}
+
 }  // namespace detail
 
 float probe_read(const float* p, size_t n) {

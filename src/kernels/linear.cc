@@ -254,6 +254,10 @@ void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& po
     if (w.type_ != WeightType::Q4) fail("dequantize_to_bf16: weight is not int4");
     if (dst.type_ != WeightType::BF16 || dst.out_ != w.out_ || dst.in_ != w.in_)
         fail("dequantize_to_bf16: destination is not a bf16 weight of the same shape");
+    if (auto fn = detail::dequant_bf16_kernel()) {
+        fn(w.packed(), dst.data_.as<uint16_t>(), pool);
+        return;
+    }
     const size_t in = w.in_, chunks = in / 8, groups = in / w.group_size_, gs = w.group_size_;
     const uint32_t* q = w.data_.as<uint32_t>();
     const uint16_t* sc = w.scales_.as<uint16_t>();

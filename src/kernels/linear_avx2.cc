@@ -11,4 +11,8 @@ void linear_avx2(const float* x, size_t n, const PackedView& p, const float* bia
         gemm(x, n, p, bias, y, pool);
 }
 
+void dequant_bf16_avx2(const PackedView& p, uint16_t* dst, ThreadPool& pool) {
+    dequant_bf16(p, dst, pool);
+}
+
 }  // namespace lancet::kernels::detail

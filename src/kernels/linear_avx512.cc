@@ -239,9 +239,10 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
 constexpr size_t kPanel = 32;
 constexpr size_t kMr = 12;
 
+// x is packed: x[k * kMr + i] is row i, column k of the tile.
 template <int MR>
-void micro_kernel(const float* x, size_t ldx, const float* panel, size_t kc, float* c, size_t ldc,
-                  bool init, const float* bias32) {
+void micro_kernel(const float* x, const float* panel, size_t kc, float* c, size_t ldc, bool init,
+                  const float* bias32) {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -253,7 +254,7 @@ void micro_kernel(const float* x, size_t ldx, const float* panel, size_t kc, flo
         const __m512 b = _mm512_load_ps(panel + k * kPanel + 16);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
-            const __m512 xv = _mm512_set1_ps(x[i * ldx + k]);
+            const __m512 xv = _mm512_set1_ps(x[k * kMr + i]);
             c0[i] = _mm512_fmadd_ps(a, xv, c0[i]);
             c1[i] = _mm512_fmadd_ps(b, xv, c1[i]);
         }
@@ -266,11 +267,10 @@ void micro_kernel(const float* x, size_t ldx, const float* panel, size_t kc, flo
 }
 
 template <int... MR>
-void micro_dispatch(std::integer_sequence<int, MR...>, size_t mr, const float* x, size_t ldx,
+void micro_dispatch(std::integer_sequence<int, MR...>, size_t mr, const float* x,
                     const float* panel, size_t kc, float* c, size_t ldc, bool init,
                     const float* bias32) {
-    ((mr == size_t(MR + 1) ? micro_kernel<MR + 1>(x, ldx, panel, kc, c, ldc, init, bias32)
-                           : void()),
+    ((mr == size_t(MR + 1) ? micro_kernel<MR + 1>(x, panel, kc, c, ldc, init, bias32) : void()),
      ...);
 }
 
@@ -331,10 +331,19 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
         alignas(64) float panel[kKc * kPanel];
         alignas(64) float bias32[kPanel];
         alignas(64) float tile[kMr * kPanel];
+        // The x chunk packed as [tile][k][kMr] so the micro-kernel reads it sequentially.
+        alignas(64) float xpack[(kNc + kMr) * kKc];
         for (size_t r0 = 0; r0 < n; r0 += kNc) {
             const size_t nr = std::min(kNc, n - r0);
             for (size_t k0 = 0; k0 < in; k0 += kKc) {
                 const size_t kc = std::min(kKc, in - k0);
+                for (size_t i = 0; i < nr; i += kMr) {
+                    float* xp = xpack + i * kc;
+                    for (size_t r = 0; r < std::min(kMr, nr - i); ++r) {
+                        const float* xr = x + (r0 + i + r) * in + k0;
+                        for (size_t k = 0; k < kc; ++k) xp[k * kMr + r] = xr[k];
+                    }
+                }
                 for (size_t pp = p0; pp < p1; ++pp) {
                     const size_t o0 = kPanel * pp;
                     const size_t cols = std::min(kPanel, out - o0);
@@ -343,17 +352,17 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
                         bias32[j] = bias && j < cols ? bias[o0 + j] : 0.0f;
                     for (size_t i = 0; i < nr; i += kMr) {
                         const size_t mr = std::min(kMr, nr - i);
-                        const float* xi = x + (r0 + i) * in + k0;
+                        const float* xi = xpack + i * kc;
                         float* yi = y + (r0 + i) * out + o0;
                         const auto seq = std::make_integer_sequence<int, kMr>{};
                         if (cols == kPanel) {
-                            micro_dispatch(seq, mr, xi, in, panel, kc, yi, out, k0 == 0, bias32);
+                            micro_dispatch(seq, mr, xi, panel, kc, yi, out, k0 == 0, bias32);
                             continue;
                         }
                         if (k0 != 0)
                             for (size_t r = 0; r < mr; ++r)
                                 std::memcpy(tile + r * kPanel, yi + r * out, cols * sizeof(float));
-                        micro_dispatch(seq, mr, xi, in, panel, kc, tile, kPanel, k0 == 0, bias32);
+                        micro_dispatch(seq, mr, xi, panel, kc, tile, kPanel, k0 == 0, bias32);
                         for (size_t r = 0; r < mr; ++r)
                             std::memcpy(yi + r * out, tile + r * kPanel, cols * sizeof(float));
                     }

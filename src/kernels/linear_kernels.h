@@ -34,4 +34,9 @@ void linear_avx512(const float* x, size_t n, const PackedView& w, const float* b
 namespace lancet::kernels::detail {
 // The kernel for active_isa() (dispatch.cc).
 LinearFn linear_kernel();
+
+// Q4 -> BF16 (repacked layout) for the naive baseline; nullptr: use the portable loop.
+using DequantBf16Fn = void (*)(const PackedView& p, uint16_t* dst, ThreadPool& pool);
+void dequant_bf16_avx2(const PackedView& p, uint16_t* dst, ThreadPool& pool);
+DequantBf16Fn dequant_bf16_kernel();
 }  // namespace lancet::kernels::detail

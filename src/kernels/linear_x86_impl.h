@@ -220,9 +220,10 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
 // ---- GEMM: dequantize a 16-output x kc panel once, then 6x16 register tiles over many rows ----
 
 // c[MR][16] (+)= x[MR][kc] · panel, panel = two [kc][8] halves. init: start from bias16.
+// x is packed: x[k * 6 + i] is row i, column k of the tile.
 template <int MR>
-void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, size_t kc, float* c,
-                  size_t ldc, bool init, const float* bias16) {
+void micro_kernel(const float* x, const float* pa, const float* pb, size_t kc, float* c, size_t ldc,
+                  bool init, const float* bias16) {
     __m256 c0[MR], c1[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -234,7 +235,7 @@ void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, 
         const __m256 b = _mm256_load_ps(pb + k * 8);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
-            const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);
+            const __m256 xv = _mm256_broadcast_ss(x + k * 6 + i);
             c0[i] = _mm256_fmadd_ps(a, xv, c0[i]);
             c1[i] = _mm256_fmadd_ps(b, xv, c1[i]);
         }
@@ -246,26 +247,26 @@ void micro_kernel(const float* x, size_t ldx, const float* pa, const float* pb, 
     }
 }
 
-void micro_dispatch(size_t mr, const float* x, size_t ldx, const float* pa, const float* pb,
-                    size_t kc, float* c, size_t ldc, bool init, const float* bias16) {
+void micro_dispatch(size_t mr, const float* x, const float* pa, const float* pb, size_t kc,
+                    float* c, size_t ldc, bool init, const float* bias16) {
     switch (mr) {
         case 1:
-            micro_kernel<1>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<1>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 2:
-            micro_kernel<2>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<2>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 3:
-            micro_kernel<3>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<3>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 4:
-            micro_kernel<4>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<4>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         case 5:
-            micro_kernel<5>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<5>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
         default:
-            micro_kernel<6>(x, ldx, pa, pb, kc, c, ldc, init, bias16);
+            micro_kernel<6>(x, pa, pb, kc, c, ldc, init, bias16);
             break;
     }
 }
@@ -320,10 +321,20 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
         alignas(32) float bias16[16];
         alignas(32) float tile[6 * 16];
         std::memset(zero_panel, 0, sizeof(zero_panel));
+        // The x chunk packed as [tile][k][6], so the micro-kernel reads x sequentially rather
+        // than from 6 rows 4*in bytes apart (one L1 set, 4K aliasing).
+        alignas(32) float xpack[(kNc + 6) * kKc];  // the last tile may be partial
         for (size_t r0 = 0; r0 < n; r0 += kNc) {
             const size_t nr = std::min(kNc, n - r0);
             for (size_t k0 = 0; k0 < in; k0 += kKc) {
                 const size_t kc = std::min(kKc, in - k0);
+                for (size_t i = 0; i < nr; i += 6) {
+                    float* xp = xpack + i * kc;
+                    for (size_t r = 0; r < std::min<size_t>(6, nr - i); ++r) {
+                        const float* xr = x + (r0 + i + r) * in + k0;
+                        for (size_t k = 0; k < kc; ++k) xp[k * 6 + r] = xr[k];
+                    }
+                }
                 for (size_t pp = p0; pp < p1; ++pp) {
                     const size_t b = 2 * pp, o0 = 16 * pp;
                     const size_t cols = std::min<size_t>(16, out - o0);
@@ -333,21 +344,58 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
                     for (size_t j = 0; j < 16; ++j) bias16[j] = bias && j < cols ? bias[o0 + j] : 0;
                     for (size_t i = 0; i < nr; i += 6) {
                         const size_t mr = std::min<size_t>(6, nr - i);
-                        const float* xi = x + (r0 + i) * in + k0;
+                        const float* xi = xpack + i * kc;
                         float* yi = y + (r0 + i) * out + o0;
                         if (cols == 16) {
-                            micro_dispatch(mr, xi, in, pa, pb, kc, yi, out, k0 == 0, bias16);
+                            micro_dispatch(mr, xi, pa, pb, kc, yi, out, k0 == 0, bias16);
                             continue;
                         }
                         // Ragged last panel: run on a 16-wide tile and copy the valid columns.
                         if (k0 != 0)
                             for (size_t r = 0; r < mr; ++r)
                                 std::memcpy(tile + r * 16, yi + r * out, cols * sizeof(float));
-                        micro_dispatch(mr, xi, in, pa, pb, kc, tile, 16, k0 == 0, bias16);
+                        micro_dispatch(mr, xi, pa, pb, kc, tile, 16, k0 == 0, bias16);
                         for (size_t r = 0; r < mr; ++r)
                             std::memcpy(yi + r * out, tile + r * 16, cols * sizeof(float));
                     }
                 }
+            }
+        }
+    });
+}
+
+// Naive-path helper (bench baseline): Q4 -> BF16 repacked layout, rounding (q - z) * s to bf16
+// to nearest even as torch does. The products are finite, so no NaN handling is needed.
+void dequant_bf16(const PackedView& p, uint16_t* dst, ThreadPool& pool) {
+    const size_t in = p.in, chunks = in / 8, groups = in / p.group_size;
+    pool.parallel_for(p.n_blocks, [&](size_t b0, size_t b1) {
+        const __m256i low4 = _mm256_set1_epi32(0xf), one = _mm256_set1_epi32(1),
+                      round = _mm256_set1_epi32(0x7fff);
+        for (size_t b = b0; b < b1; ++b) {
+            const __m256i* q =
+                reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) + b * chunks;
+            for (size_t c = 0; c < chunks; ++c) {
+                const size_t g = 8 * c / p.group_size;
+                const __m256 s = bf16x8_to_f32(p.scales + (b * groups + g) * kRowBlock);
+                const __m256 neg_zs =
+                    _mm256_mul_ps(u8x8_to_f32(p.zeros + (b * groups + g) * kRowBlock),
+                                  _mm256_sub_ps(_mm256_setzero_ps(), s));
+                const __m256i v = _mm256_load_si256(q + c);
+                unroll8([&]<int T>() {
+                    const __m256 w = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 4 * T), low4)), s,
+                        neg_zs);
+                    const __m256i u = _mm256_castps_si256(w);
+                    const __m256i r = _mm256_srli_epi32(
+                        _mm256_add_epi32(_mm256_add_epi32(u, round),
+                                         _mm256_and_si256(_mm256_srli_epi32(u, 16), one)),
+                        16);
+                    const __m256i packed =
+                        _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+                    _mm_storeu_si128(
+                        reinterpret_cast<__m128i*>(dst + (b * in + 8 * c + T) * kRowBlock),
+                        _mm256_castsi256_si128(packed));
+                });
             }
         }
     });
