@@ -1,6 +1,10 @@
 // Run-time ISA selection; the only file that decides which kernel implementation runs.
 #include "kernels/dispatch.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -48,21 +52,55 @@ const char* isa_name(Isa isa) {
     return "?";
 }
 
+#if defined(__x86_64__)
+namespace {
+
+// CPU features read with cpuid and xgetbv directly: GCC's and clang's __builtin_cpu_supports know
+// different feature names (clang 14 has no "f16c" or "avx512bf16"), and the OS must also have
+// enabled the register state.
+struct X86Features {
+    bool avx2_fma_f16c = false;
+    bool avx512 = false;  // F, BW, VL, DQ, VNNI and BF16
+};
+
+X86Features detect_x86() {
+    X86Features f;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
+               f16c = c & (1u << 29);
+    if (!osxsave || !avx) return f;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & 0x6) != 0x6) return f;  // XMM and YMM state
+    if (__get_cpuid_max(0, nullptr) < 7) return f;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool avx2 = b & (1u << 5);
+    f.avx2_fma_f16c = avx2 && fma && f16c;
+    const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) &&
+                        (b & (1u << 31)) && (c & (1u << 11));
+    unsigned a1, b1, c1, d1;
+    __cpuid_count(7, 1, a1, b1, c1, d1);
+    const bool bf16 = a1 & (1u << 5);
+    f.avx512 = f.avx2_fma_f16c && avx512 && bf16 && (xlo & 0xe0) == 0xe0;  // opmask, ZMM state
+    return f;
+}
+
+}  // namespace
+#endif
+
 bool cpu_supports(Isa isa) {
 #if defined(__x86_64__)
+    static const X86Features f = detect_x86();
     switch (isa) {
         case Isa::Scalar:
             return true;
         case Isa::Avx2:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c");
+            return f.avx2_fma_f16c;
         case Isa::Avx512:
             // The avx512 file is compiled with F/BW/VL/DQ/VNNI/BF16 enabled; require them all so
             // the compiler may use any of them.
-            return cpu_supports(Isa::Avx2) && __builtin_cpu_supports("avx512f") &&
-                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                   __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") &&
-                   __builtin_cpu_supports("avx512bf16");
+            return f.avx512;
     }
     return false;
 #else

@@ -1,13 +1,13 @@
 // Dispatch and the portable kernel of the quantizer's f32 A·Bᵀ product.
 #include "quant/gemm.h"
 
+#include "kernels/dispatch.h"
+
 namespace lancet::quant {
 namespace detail {
 
-bool cpu_has_avx2_fma() {
-    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return ok;
-}
+// The kernel dispatch decides (one place for CPU detection and LANCET_ISA).
+bool cpu_has_avx2_fma() { return kernels::active_isa() != kernels::Isa::Scalar; }
 
 void gemm_nt_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate) {
