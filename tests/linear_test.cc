@@ -239,6 +239,223 @@ INSTANTIATE_TEST_SUITE_P(AllPaths, LinearPathTest,
                                     weight_type_name(std::get<1>(info.param));
                          });
 
+// ---- W4A8 (int8 activations) ------------------------------------------------------------------
+
+class ScopedAct {
+  public:
+    explicit ScopedAct(ActMode m) { set_activation_mode(m); }
+    ~ScopedAct() { clear_activation_mode(); }
+};
+
+// Bound for one W4A8 output against the exact y = b + sum_k x_k w_k (the double reference).
+// Activation quantization, per block of kb columns with amax = max|x|: the kernel uses
+// d = fl(amax / 127), id = fl(127 / amax), x8 = rint(fl(x * id)), so
+//   |d x8 - x| <= d |x8 - fl(x id)| + |x| |d id (1 + e) - 1| <= d/2 + gamma(3) |x|,
+// and y_q = b + sum_k w_k d x8_k (what exact arithmetic on the int8 data would give) is within
+//   E_q = sum_k |w_k| (d_k / 2 + gamma(3) |x_k|)
+// of y. The kernel evaluates y_q exactly in integers per block and then in f32 as linear.h says:
+// each term float(I) * fl(s d) or (z s) * XS_g passes through one product rounding, at most
+// nblk + G accumulation roundings, the bpg roundings inside XS_g and the bias add, so with
+// M = nblk + G + bpg + 4 (the +1 also covers the double reference), Higham's summation bound gives
+//   E_f = gamma(M) * (|b| + sum_k (|q_k s| + |z s|) d_k |x8_k|),  d_k |x8_k| <= |x_k| (1 +
+//   gamma(3)) + d_k / 2.
+// So |y_w4a8 - y| <= E_q + E_f. E_q dominates (~ 1/254 of sum |w x| relative); errors of random
+// sign make the observed error far smaller than this worst case.
+CheckResult check_w4a8(const float* x, size_t n, const WeightView& w, const float* bias,
+                       const float* y) {
+    std::vector<double> ref(n * w.out);
+    linear_ref(x, n, w, bias, ref.data());
+    const size_t gs = w.group_size, groups = w.in / gs, kb = w4a8_block(gs), nblk = w.in / kb;
+    const double u = std::ldexp(1.0, -24), g3 = 3 * u / (1 - 3 * u);
+    const double m = double(nblk + groups + gs / kb + 4), gm = m * u / (1 - m * u);
+    // Per-element quantization step bound d_k / 2 (d rounded up by one ulp to cover fl()).
+    std::vector<double> half_d(n * w.in);
+    for (size_t r = 0; r < n; ++r)
+        for (size_t b = 0; b < nblk; ++b) {
+            double amax = 0;
+            for (size_t k = b * kb; k < (b + 1) * kb; ++k)
+                amax = std::max(amax, std::fabs(double(x[r * w.in + k])));
+            for (size_t k = b * kb; k < (b + 1) * kb; ++k)
+                half_d[r * w.in + k] = amax / 127 * (1 + 2 * u) / 2;
+        }
+    CheckResult res;
+    for (size_t o = 0; o < w.out; ++o)
+        for (size_t r = 0; r < n; ++r) {
+            double eq = 0, ef = bias ? std::fabs(double(bias[o])) : 0.0;
+            for (size_t i = 0; i < w.in; ++i) {
+                const size_t g = i / gs;
+                const double s = bf16_to_f32(w.scales[o * groups + g]);
+                const unsigned q = (w.qweight[o * (w.in / 2) + i / 2] >> (4 * (i & 1))) & 0xf;
+                const double ax = std::fabs(double(x[r * w.in + i])), hd = half_d[r * w.in + i];
+                eq += std::fabs(weight_ref(w, o, i)) * (hd + g3 * ax);
+                ef += (q * s + w.zeros[o * groups + g] * s) * (ax * (1 + g3) + hd);
+            }
+            const double bound = eq + gm * ef;
+            const double got = y[r * w.out + o], want = ref[r * w.out + o];
+            const double err = std::fabs(got - want);
+            const double ratio = std::isfinite(got) ? err / bound : INFINITY;
+            if (!(ratio <= res.worst_ratio)) {
+                res.worst_ratio = ratio;
+                std::ostringstream os;
+                os << "worst y[" << r << ", " << o << "]: got " << got << ", want " << want
+                   << ", |err| " << err << ", bound " << bound;
+                res.worst = os.str();
+            }
+        }
+    res.ok = res.worst_ratio <= 1.0;
+    return res;
+}
+
+std::vector<float> run_w4a8(Isa isa, const float* x, size_t n, const LinearWeight& w,
+                            const float* bias, ThreadPool& pool) {
+    ScopedIsa scoped(isa);
+    std::vector<float> y(n * w.out(), NAN);
+    linear_w4a8(x, n, w, bias, y.data(), pool);
+    return y;
+}
+
+class W4A8Test : public ::testing::TestWithParam<Isa> {};
+
+// Every ISA's W4A8 result is bit-identical to the scalar reference (the math up to the f32 part is
+// exact integers, and the f32 part has one prescribed order), and the scalar one is within the
+// derived bound of the exact product. Group sizes 16 and 24 give activation blocks of 16 and 8;
+// 96 three blocks per group and a GEMM K chunk of 192; 512 a group wider than kKc.
+TEST_P(W4A8Test, MatchesReferenceAndScalarBitExactly) {
+    const Isa isa = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    struct Shape {
+        size_t out, in, gs;
+    };
+    const Shape shapes[] = {{257, 64, 32}, {24, 2048, 64},  {9, 1024, 128},
+                            {40, 320, 32}, {16, 2304, 128}, {17, 64, 16},
+                            {33, 96, 24},  {20, 288, 96},   {24, 1024, 512}};
+    const size_t ns[] = {1, 2, 3, 8, 9, 16, 100, 300};
+    ThreadPool pool(2);
+    uint32_t seed = 100;
+    double worst = 0;
+    for (const Shape& s : shapes) {
+        const FileWeight fw = make_weight(WeightType::Q4, s.out, s.in, s.gs, seed++);
+        const LinearWeight w(fw.view);
+        const std::vector<float> bias = random_vector(s.out, seed++);
+        for (size_t n : ns) {
+            if (n >= 100 && s.in > 1024) continue;  // seconds in the double reference
+            const std::vector<float> x = random_vector(n * s.in, seed++);
+            for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+                const std::vector<float> y = run_w4a8(isa, x.data(), n, w, b, pool);
+                const std::string what = std::string(isa_name(isa)) + " out " +
+                                         std::to_string(s.out) + " in " + std::to_string(s.in) +
+                                         " gs " + std::to_string(s.gs) + " n " + std::to_string(n) +
+                                         (b ? " bias" : "");
+                if (isa == Isa::Scalar) {
+                    const CheckResult res = check_w4a8(x.data(), n, fw.view, b, y.data());
+                    EXPECT_TRUE(res.ok)
+                        << what << ": " << res.worst << " (ratio " << res.worst_ratio << ")";
+                    worst = std::max(worst, res.worst_ratio);
+                } else {
+                    const std::vector<float> want = run_w4a8(Isa::Scalar, x.data(), n, w, b, pool);
+                    size_t diff = 0;
+                    for (size_t i = 0; i < y.size(); ++i)
+                        diff += std::memcmp(&y[i], &want[i], sizeof(float)) != 0;
+                    EXPECT_EQ(diff, 0u) << what << ": " << diff << " of " << y.size()
+                                        << " outputs differ from the scalar reference";
+                }
+            }
+        }
+    }
+    if (isa == Isa::Scalar) std::printf("[ info     ] W4A8 worst |err| / bound = %.3g\n", worst);
+}
+
+TEST_P(W4A8Test, BitIdenticalAcrossThreadCounts) {
+    const Isa isa = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    const FileWeight fw = make_weight(WeightType::Q4, 257, 512, 64, 7);
+    const LinearWeight w(fw.view);
+    const std::vector<float> bias = random_vector(257, 8);
+    ThreadPool p1(1), p2(2), p3(3);
+    for (size_t n : {1, 5, 16, 37}) {
+        const std::vector<float> x = random_vector(n * 512, 9 + n);
+        const auto y1 = run_w4a8(isa, x.data(), n, w, bias.data(), p1);
+        const auto y2 = run_w4a8(isa, x.data(), n, w, bias.data(), p2);
+        const auto y3 = run_w4a8(isa, x.data(), n, w, bias.data(), p3);
+        EXPECT_EQ(std::memcmp(y1.data(), y2.data(), y1.size() * 4), 0) << "n " << n;
+        EXPECT_EQ(std::memcmp(y1.data(), y3.data(), y1.size() * 4), 0) << "n " << n;
+    }
+}
+
+// The largest integer sums the AVX2 path can meet: every code 15 and every x8 = +-127 (all |x|
+// equal), where a block's i16 lanes reach 4 * 7620 = 30480; any saturation or wrap would show as
+// a difference from the scalar int32 reference. One block of x is all zero (amax = 0, d = 0).
+TEST_P(W4A8Test, ExtremeCodesAndActivations) {
+    const Isa isa = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    const size_t out = 24, in = 256, gs = 64;
+    FileWeight fw = make_weight(WeightType::Q4, out, in, gs, 5);
+    std::fill(fw.qweight.begin(), fw.qweight.end(), 0xff);
+    const LinearWeight w(fw.view);
+    ThreadPool pool(2);
+    for (size_t n : {1, 4, 16}) {
+        std::vector<float> x(n * in);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = (i / 3) % 2 ? 0.75f : -0.75f;
+        for (size_t k = 32; k < 64; ++k) x[k] = 0.0f;  // row 0, second block
+        const auto y = run_w4a8(isa, x.data(), n, w, nullptr, pool);
+        const auto want = run_w4a8(Isa::Scalar, x.data(), n, w, nullptr, pool);
+        EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * 4), 0) << "n " << n;
+        const CheckResult res = check_w4a8(x.data(), n, fw.view, nullptr, want.data());
+        EXPECT_TRUE(res.ok) << "n " << n << ": " << res.worst;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllIsas, W4A8Test, ::testing::ValuesIn(kAllIsas),
+                         [](const auto& info) { return std::string(isa_name(info.param)); });
+
+// linear() takes the W4A8 path exactly when the activation mode says Int8 and the weight is Q4;
+// also reports W4A8's extra error over the f32 path (relative L2 against the double reference).
+TEST(W4A8, ActivationModeSelectsPathAndErrorIsSmall) {
+    const size_t out = 256, in = 2048, gs = 64;
+    const FileWeight fw = make_weight(WeightType::Q4, out, in, gs, 41);
+    const LinearWeight w(fw.view);
+    const FileWeight fb = make_weight(WeightType::BF16, out, in, 0, 42);
+    const LinearWeight wb(fb.view);
+    ThreadPool pool(2);
+    for (size_t n : {1, 16}) {
+        const std::vector<float> x = random_vector(n * in, 43 + n);
+        std::vector<float> y_f32(n * out), y_int8(n * out), y_direct(n * out);
+        std::vector<float> yb_f32(n * out), yb_int8(n * out);
+        {
+            ScopedAct act(ActMode::F32);
+            EXPECT_EQ(activation_mode(), ActMode::F32);
+            linear(x.data(), n, w, nullptr, y_f32.data(), pool);
+            linear(x.data(), n, wb, nullptr, yb_f32.data(), pool);
+        }
+        {
+            ScopedAct act(ActMode::Int8);
+            EXPECT_EQ(activation_mode(), ActMode::Int8);
+            linear(x.data(), n, w, nullptr, y_int8.data(), pool);
+            linear(x.data(), n, wb, nullptr, yb_int8.data(), pool);
+        }
+        linear_w4a8(x.data(), n, w, nullptr, y_direct.data(), pool);
+        EXPECT_EQ(std::memcmp(y_int8.data(), y_direct.data(), y_int8.size() * 4), 0);
+        EXPECT_NE(std::memcmp(y_int8.data(), y_f32.data(), y_int8.size() * 4), 0);
+        // BF16 weights ignore the mode.
+        EXPECT_EQ(std::memcmp(yb_int8.data(), yb_f32.data(), yb_int8.size() * 4), 0);
+        std::vector<double> ref(n * out);
+        linear_ref(x.data(), n, fw.view, nullptr, ref.data());
+        double e_f32 = 0, e_int8 = 0, norm = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+            e_f32 += (y_f32[i] - ref[i]) * (y_f32[i] - ref[i]);
+            e_int8 += (y_int8[i] - ref[i]) * (y_int8[i] - ref[i]);
+            norm += ref[i] * ref[i];
+        }
+        const double rel_f32 = std::sqrt(e_f32 / norm), rel_int8 = std::sqrt(e_int8 / norm);
+        std::printf("[ info     ] n %zu relative L2 error: f32 path %.3g, W4A8 %.3g\n", n, rel_f32,
+                    rel_int8);
+        // Uniform rounding of x by d/2 (d ~ max|x| / 127) gives ~ 1/(127 sqrt(12)) = 2.3e-3
+        // relative per input; with random signs the output error stays in that range.
+        EXPECT_LT(rel_int8, 1e-2);
+    }
+    EXPECT_THROW(linear_w4a8(nullptr, 1, wb, nullptr, nullptr, pool), Error);
+}
+
 TEST(LinearWeight, RepackRoundTrips) {
     for (WeightType type : kAllTypes)
         for (size_t gs : {32, 64, 128}) {

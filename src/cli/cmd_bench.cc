@@ -142,6 +142,20 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
     return median(gbps);
 }
 
+// Integer ops per second (multiply + add per byte pair) of the int8 dot instruction the W4A8
+// kernels use, all pool threads.
+double measure_int8_peak(ThreadPool& pool) {
+    const size_t iters = size_t{20} << 20;
+    std::vector<double> ops(pool.size());
+    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_int8(iters / 16, 1); });
+    const auto t0 = Clock::now();
+    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_int8(iters, 1 + int(t)); });
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    double total = 0;
+    for (double f : ops) total += f;
+    return total / s / 1e9;
+}
+
 double measure_fma_peak(ThreadPool& pool) {
     const size_t iters = size_t{20} << 20;
     std::vector<double> flops(pool.size());
@@ -158,6 +172,7 @@ struct Options {
     std::vector<std::string> shapes;
     std::vector<size_t> ns = {1, 4, 16, 128, 512};
     std::vector<std::string> types = {"int4", "bf16"};
+    std::string act = "f32";  // int8: also time int4 weights with int8 activations (W4A8)
     size_t group_size = 64;
     int reps = 5;
     bool quick = false;
@@ -168,6 +183,13 @@ struct Options {
 
 struct Cell {
     double ms = NAN, gflops = NAN, gbps = NAN;
+};
+
+// One timed column group: a weight type, and for int4 the activation mode.
+struct Variant {
+    WeightType type;
+    bool w4a8;
+    std::string label;  // "int4-f32", "int4-w4a8", "bf16", "f32"
 };
 
 std::string fmt(const char* f, double v) {
@@ -203,6 +225,17 @@ void run_kernels_bench(Options opt) {
     for (const auto& s : opt.shapes) shapes.push_back(&shape_by_key(s));
     std::vector<WeightType> types;
     for (const auto& t : opt.types) types.push_back(type_by_key(t));
+    if (opt.act != "f32" && opt.act != "int8")
+        fail("bench kernels: unknown --act '", opt.act, "' (expected f32 or int8)");
+    std::vector<Variant> variants;
+    for (WeightType t : types) {
+        if (t != WeightType::Q4) {
+            variants.push_back({t, false, kernels::weight_type_name(t)});
+            continue;
+        }
+        variants.push_back({t, false, "int4-f32"});
+        if (opt.act == "int8") variants.push_back({t, true, "int4-w4a8"});
+    }
     for (size_t n : opt.ns)
         if (n == 0) fail("bench kernels: --n values must be >= 1");
     const bool has_q4 = std::count(types.begin(), types.end(), WeightType::Q4) > 0;
@@ -218,19 +251,21 @@ void run_kernels_bench(Options opt) {
 
     const double read_gbps = measure_read_bandwidth(pool, opt.reps, opt.bandwidth_mib);
     const double fma_gflops = measure_fma_peak(pool);
+    const double int8_gops = measure_int8_peak(pool);
     std::printf(
         "streaming read: %.1f GB/s (%zu MiB on 2 MiB pages, %zu threads); FMA peak: %.1f "
-        "GFLOP/s (f32)\n\n",
-        read_gbps, opt.bandwidth_mib, pool.size(), fma_gflops);
+        "GFLOP/s (f32); int8 dot peak: %.1f GOP/s (maddubs + i16 add)\n\n",
+        read_gbps, opt.bandwidth_mib, pool.size(), fma_gflops, int8_gops);
     nlohmann::json records = nlohmann::json::array();
     records.push_back(
         {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
     records.push_back({{"kernel", "fma_peak"}, {"gflops", fma_gflops}, {"threads", pool.size()}});
+    records.push_back({{"kernel", "int8_peak"}, {"gops", int8_gops}, {"threads", pool.size()}});
 
     // Header.
     std::string head = "| shape | out x in | n |", sep = "|---|---|---:|";
-    for (WeightType t : types) {
-        const std::string tn = kernels::weight_type_name(t);
+    for (const Variant& v : variants) {
+        const std::string& tn = v.label;
         head += " " + tn + " ms | " + tn + " GFLOP/s | " + tn + " GB/s |";
         sep += "---:|---:|---:|";
     }
@@ -238,17 +273,19 @@ void run_kernels_bench(Options opt) {
         head += " naive ms |";
         sep += "---:|";
     }
-    if (has_q4 && has_bf16) {
-        head += " int4/bf16 speedup |";
+    // Ratio columns, once per int4 variant.
+    for (const Variant& v : variants) {
+        if (v.type != WeightType::Q4) continue;
+        if (has_bf16) {
+            head += " " + v.label + " speedup vs bf16 |";
+            sep += "---:|";
+        }
+        head += " " + v.label + " GB/s / read |";
         sep += "---:|";
-    }
-    if (has_q4) {
-        head += " int4 GB/s / read |";
-        sep += "---:|";
-    }
-    if (naive) {
-        head += " naive/int4 |";
-        sep += "---:|";
+        if (naive) {
+            head += " naive / " + v.label + " |";
+            sep += "---:|";
+        }
     }
     std::printf("%s\n%s\n", head.c_str(), sep.c_str());
     std::fflush(stdout);
@@ -269,19 +306,26 @@ void run_kernels_bench(Options opt) {
         }
         for (size_t n : opt.ns) {
             const double flops = 2.0 * double(n) * double(s->out) * double(s->in);
-            std::map<WeightType, Cell> cells;
-            for (WeightType t : types) {
+            std::vector<Cell> cells;
+            for (const Variant& v : variants) {
+                const WeightType t = v.type;
                 const LinearWeight& w = weights[t];
                 const double sec = time_call(
                     [&] {
-                        kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(), pool);
+                        if (v.w4a8)
+                            kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
+                                                 pool);
+                        else
+                            kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
+                                            pool);
                     },
                     opt.reps);
                 Cell c{sec * 1e3, flops / sec / 1e9, double(w.file_bytes()) / sec / 1e9};
-                cells[t] = c;
+                cells.push_back(c);
                 records.push_back({{"kernel", "linear"},
                                    {"shape", s->name},
                                    {"weight_type", kernels::weight_type_name(t)},
+                                   {"activations", v.w4a8 ? "int8" : "f32"},
                                    {"group_size", t == WeightType::Q4 ? opt.group_size : 0},
                                    {"m", s->out},
                                    {"k", s->in},
@@ -316,17 +360,20 @@ void run_kernels_bench(Options opt) {
             }
             std::string row = std::string("| ") + s->name + " | " + std::to_string(s->out) + "x" +
                               std::to_string(s->in) + " | " + std::to_string(n) + " |";
-            for (WeightType t : types) {
-                const Cell& c = cells[t];
+            double bf16_ms = NAN;
+            for (size_t i = 0; i < variants.size(); ++i) {
+                const Cell& c = cells[i];
+                if (variants[i].type == WeightType::BF16) bf16_ms = c.ms;
                 row += " " + fmt("%.3f", c.ms) + " | " + fmt("%.1f", c.gflops) + " | " +
                        fmt("%.1f", c.gbps) + " |";
             }
             if (naive) row += " " + fmt("%.3f", nv.ms) + " |";
-            if (has_q4 && has_bf16)
-                row += " " + fmt("%.2fx", cells[WeightType::BF16].ms / cells[WeightType::Q4].ms) +
-                       " |";
-            if (has_q4) row += " " + fmt("%.2f", cells[WeightType::Q4].gbps / read_gbps) + " |";
-            if (naive) row += " " + fmt("%.2fx", nv.ms / cells[WeightType::Q4].ms) + " |";
+            for (size_t i = 0; i < variants.size(); ++i) {
+                if (variants[i].type != WeightType::Q4) continue;
+                if (has_bf16) row += " " + fmt("%.2fx", bf16_ms / cells[i].ms) + " |";
+                row += " " + fmt("%.2f", cells[i].gbps / read_gbps) + " |";
+                if (naive) row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
+            }
             std::printf("%s\n", row.c_str());
             std::fflush(stdout);
         }
@@ -334,7 +381,8 @@ void run_kernels_bench(Options opt) {
     std::printf(
         "\nn = rows of x (tokens); GB/s = weight bytes in the published format / time; "
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
-        "kernel.\n");
+        "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); "
+        "GFLOP/s counts 2*n*out*in for every kernel.\n");
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
 }
 
@@ -355,6 +403,9 @@ void add_bench(CLI::App& app) {
     k->add_option("--types", opt->types, "Weight types: int4, bf16, f32 (default int4,bf16)")
         ->delimiter(',');
     k->add_option("--group-size", opt->group_size, "INT4 group size (default 64)");
+    k->add_option("--act", opt->act,
+                  "int8: also time INT4 weights with int8 activations (W4A8) next to f32 "
+                  "(default f32)");
     k->add_option("--reps", opt->reps,
                   "Timed samples per cell; the median is reported (default 5)");
     k->add_flag("--quick", opt->quick, "At most 3 reps, no lm_head unless --shapes names it");

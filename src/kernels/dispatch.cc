@@ -21,6 +21,15 @@ namespace {
 std::mutex g_mutex;
 std::optional<Isa> g_forced;
 std::optional<Isa> g_env;  // resolved once from LANCET_ISA
+std::optional<ActMode> g_act_forced;
+std::optional<ActMode> g_act_env;  // resolved once from LANCET_ACT
+
+ActMode parse_act_env() {
+    const char* v = std::getenv("LANCET_ACT");
+    if (!v || !*v || std::strcmp(v, "f32") == 0) return ActMode::F32;
+    if (std::strcmp(v, "int8") == 0) return ActMode::Int8;
+    fail("LANCET_ACT=", v, ": unknown activation mode (expected f32 or int8)");
+}
 
 Isa parse_env() {
     const char* v = std::getenv("LANCET_ISA");
@@ -132,6 +141,25 @@ void clear_forced_isa() {
     g_forced.reset();
 }
 
+const char* act_mode_name(ActMode m) { return m == ActMode::Int8 ? "int8" : "f32"; }
+
+ActMode activation_mode() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_act_forced) return *g_act_forced;
+    if (!g_act_env) g_act_env = parse_act_env();
+    return *g_act_env;
+}
+
+void set_activation_mode(ActMode m) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_act_forced = m;
+}
+
+void clear_activation_mode() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_act_forced.reset();
+}
+
 std::string runtime_description(const ThreadPool& pool) {
     const Isa isa = active_isa();
     std::string s = "ISA ";
@@ -147,12 +175,14 @@ std::string runtime_description(const ThreadPool& pool) {
             break;
     }
     s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
+    if (activation_mode() == ActMode::Int8) s += ", int4 activations int8 (W4A8)";
     return s;
 }
 
 namespace detail {
 float probe_read_avx2(const float* p, size_t n);
 double probe_fma_avx2(size_t iters, float seed);
+double probe_int8_avx2(size_t iters, int seed);
 
 LinearFn linear_kernel() {
     switch (active_isa()) {
@@ -164,6 +194,18 @@ LinearFn linear_kernel() {
             break;
     }
     return &linear_scalar;
+}
+
+W4A8Fn w4a8_kernel() {
+    switch (active_isa()) {
+        case Isa::Avx512:
+            return &w4a8_avx512;
+        case Isa::Avx2:
+            return &w4a8_avx2;
+        case Isa::Scalar:
+            break;
+    }
+    return &w4a8_scalar;
 }
 
 DequantBf16Fn dequant_bf16_kernel() {
@@ -186,6 +228,15 @@ double probe_fma(size_t iters, float seed) {
     for (int c = 0; c < 8; ++c) acc[c] = seed * float(c + 1);
     for (size_t i = 0; i < iters; ++i)
         for (int c = 0; c < 8; ++c) acc[c] = acc[c] * 0.999999f + 1e-7f;
+    return double(iters) * 16 + 0.0 * double(acc[0] + acc[7]);
+}
+
+double probe_int8(size_t iters, int seed) {
+    if (active_isa() != Isa::Scalar) return detail::probe_int8_avx2(iters, seed);
+    int32_t acc[8];
+    for (int c = 0; c < 8; ++c) acc[c] = seed + c;
+    for (size_t i = 0; i < iters; ++i)
+        for (int c = 0; c < 8; ++c) acc[c] = acc[c] * 3 + 1;
     return double(iters) * 16 + 0.0 * double(acc[0] + acc[7]);
 }
 

@@ -2,6 +2,7 @@
 #include "kernels/linear.h"
 
 #include <cstring>
+#include <numeric>
 #include <vector>
 
 #include "core/error.h"
@@ -224,9 +225,31 @@ size_t scratch_floats(size_t n, const PackedView& w) {
 }
 }  // namespace detail
 
+size_t w4a8_block(size_t group_size) { return std::gcd(group_size, size_t{32}); }
+
+void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
+                 ThreadPool& pool) {
+    if (w.type() != WeightType::Q4)
+        fail("linear_w4a8: weight is ", weight_type_name(w.type()), ", not int4");
+    if (n == 0) return;
+    const size_t in = w.in(), q_floats = (n * in + 63) / 64 * 16;
+    const size_t d_floats = n * (in / w4a8_block(w.group_size())),
+                 xs_floats = n * (in / w.group_size());
+    thread_local std::vector<float> scratch;
+    const size_t need = q_floats + d_floats + xs_floats;
+    if (scratch.size() < need) scratch.resize(need);
+    const detail::W4A8Scratch s{reinterpret_cast<int8_t*>(scratch.data()),
+                                scratch.data() + q_floats, scratch.data() + q_floats + d_floats};
+    detail::w4a8_kernel()(x, n, w.packed(), bias, y, s, pool);
+}
+
 void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
             ThreadPool& pool) {
     if (n == 0) return;
+    if (w.type() == WeightType::Q4 && activation_mode() == ActMode::Int8) {
+        linear_w4a8(x, n, w, bias, y, pool);
+        return;
+    }
     const PackedView p = w.packed();
     thread_local std::vector<float> scratch;
     const size_t need = detail::scratch_floats(n, p);

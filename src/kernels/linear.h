@@ -95,15 +95,41 @@ class LinearWeight {
     friend LinearWeight dequantize_to_bf16(const LinearWeight& w, ThreadPool& pool);
 };
 
-// y[n, out] = x[n, in] · Wᵀ + bias (bias nullable), f32 activations and accumulation, on the
-// kernel dispatch picked (dispatch.h). Each output element is computed by one thread with the
-// same instructions for any thread count, so results are bit-identical across -t values.
+// How linear() treats the activations of an INT4 (Q4) weight (other weight types are always
+// F32). F32: exact f32 activations, f32 accumulation (the accurate default). Int8 ("W4A8"): each
+// row of x is quantized once per call in blocks of kb = gcd(group_size, 32) columns, symmetric
+// round-to-nearest int8 with one f32 scale per block (d = max|x| / 127, x8 = rint(x / d)), and the
+// u4 x s8 products are summed exactly in integers; then, per output element, in this order:
+//   acc = 0; for each group g: { for each block k of g: acc = fma(float(sum_k q*x8), s_g*d_k, acc);
+//                               acc = fma(-(z_g*s_g), XS_g, acc) }   y = acc + bias
+// with XS_g = sum over the blocks k of g of d_k * float(sum_k x8), accumulated by fma in block
+// order. Every ISA evaluates exactly this, so W4A8 results are bit-identical across ISAs and
+// thread counts. Error vs exact: |x - d*x8| <= d/2 per element (plus the f32 roundings). x must
+// be finite.
+enum class ActMode { F32, Int8 };
+const char* act_mode_name(ActMode m);  // "f32", "int8"
+// The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8;
+// lancet::Error if anything else), else F32. (Implemented in dispatch.cc, with the ISA choice.)
+ActMode activation_mode();
+void set_activation_mode(ActMode m);
+void clear_activation_mode();  // back to $LANCET_ACT / F32
+
+// y[n, out] = x[n, in] · Wᵀ + bias (bias nullable), f32 activations and accumulation (or W4A8 for
+// Q4 weights when activation_mode() is Int8), on the kernel dispatch picked (dispatch.h). Each
+// output element is computed by one thread with the same instructions for any thread count, so
+// results are bit-identical across -t values.
 void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y);
 void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
             ThreadPool& pool);
 
 // Reference: the same product in double precision, plain loops, straight from the file layout.
 void linear_ref(const float* x, size_t n, const WeightView& w, const float* bias, double* y);
+
+// W4A8 (ActMode::Int8) explicitly, whatever activation_mode() says. Q4 weights only.
+void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
+                 ThreadPool& pool);
+// The W4A8 activation block (columns per int8 scale) for a group size: gcd(group_size, 32).
+size_t w4a8_block(size_t group_size);
 
 // The naive path the Python runtime takes (bench only): dequantize a Q4 weight to a BF16 weight,
 // rounding (q - z) * scale to bf16 as torch does. Writes straight into the BF16 repacked layout.

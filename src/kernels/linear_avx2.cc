@@ -1,4 +1,6 @@
-// AVX2+FMA linear kernels: streaming GEMV for small batches, panel GEMM (6x16 tiles) for large.
+// AVX2+FMA linear kernels: streaming GEMV for small batches, panel GEMM (6x16 tiles) for large;
+// W4A8 with vpmaddubsw.
+#include "kernels/linear_w4a8_x86_impl.h"
 #include "kernels/linear_x86_impl.h"
 
 namespace lancet::kernels::detail {
@@ -9,6 +11,11 @@ void linear_avx2(const float* x, size_t n, const PackedView& p, const float* bia
         gemv(x, n, p, bias, y, scratch, pool);
     else
         gemm(x, n, p, bias, y, pool);
+}
+
+void w4a8_avx2(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+               const W4A8Scratch& s, ThreadPool& pool) {
+    w4a8::run(x, n, p, bias, y, s, pool);
 }
 
 void dequant_bf16_avx2(const PackedView& p, uint16_t* dst, ThreadPool& pool) {

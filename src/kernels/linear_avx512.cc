@@ -1,4 +1,5 @@
-// AVX-512 linear kernels: GEMV over pairs of 8-row blocks (16 rows per zmm), 12x32 panel GEMM.
+// AVX-512 linear kernels: GEMV over pairs of 8-row blocks (16 rows per zmm), 12x32 panel GEMM;
+// W4A8 with vpdpbusd (512-bit GEMV over block pairs, the 256-bit VNNI GEMM of the shared header).
 // GCC 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized when
 // they are inlined (a known false positive of the intrinsics headers); nothing here reads it.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -9,6 +10,7 @@
 #include <utility>
 
 #include "kernels/linear_kernels.h"
+#include "kernels/linear_w4a8_x86_impl.h"
 
 namespace lancet::kernels::detail {
 namespace {
@@ -372,6 +374,118 @@ void gemm(const float* x, size_t n, const PackedView& p, const float* bias, floa
     });
 }
 
+// ---- W4A8 GEMV over the block pair (ba, bb): the formula of linear.h, 16 rows per vector ----
+
+template <int NR, int CPB>
+void w4a8_gemv_pair(const PackedView& p, const w4a8::Layout& L, size_t ba, size_t bb,
+                    const W4A8Scratch& a, size_t r0, float* out) {
+    const __m256i* q = reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data));
+    const __m256i* qa = q + ba * (L.in / 8);
+    const __m256i* qb = q + bb * (L.in / 8);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const int8_t* xq = a.q + r0 * L.in;
+    const float* d = a.d + r0 * L.nblk;
+    const float* xs = a.xs + r0 * L.groups;
+    __m512 y[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) y[r] = _mm512_setzero_ps();
+    for (size_t g = 0; g < L.groups; ++g) {
+        const __m512 s = bf16_pair_to_f32(p.scales + (ba * L.groups + g) * kRowBlock,
+                                          p.scales + (bb * L.groups + g) * kRowBlock);
+        for (size_t bi = 0; bi < L.bpg; ++bi) {
+            const size_t blk = g * L.bpg + bi;
+            __m512i acc[NR];
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int c = 0; c < CPB; ++c) {
+                const size_t chunk = blk * CPB + c;
+                const __m512i v = load_pair(qa + chunk, qb + chunk);
+                const __m512i lo = _mm512_and_si512(v, m4);
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+#pragma GCC unroll 8
+                for (int r = 0; r < NR; ++r) {
+                    const int8_t* xc = xq + r * L.in + chunk * 8;
+                    int32_t xe, xo;
+                    std::memcpy(&xe, xc, 4);
+                    std::memcpy(&xo, xc + 4, 4);
+                    acc[r] =
+                        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[r], lo, _mm512_set1_epi32(xe)),
+                                            hi, _mm512_set1_epi32(xo));
+                }
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; ++r)
+                y[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]),
+                                       _mm512_mul_ps(s, _mm512_set1_ps(d[r * L.nblk + blk])), y[r]);
+        }
+        const __m512 zs = _mm512_mul_ps(u8_pair_to_f32(p.zeros + (ba * L.groups + g) * kRowBlock,
+                                                       p.zeros + (bb * L.groups + g) * kRowBlock),
+                                        s);
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+            y[r] = _mm512_fnmadd_ps(zs, _mm512_set1_ps(xs[r * L.groups + g]), y[r]);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, y[r]);
+}
+
+template <int CPB>
+void w4a8_gemv_rows(size_t nr, const PackedView& p, const w4a8::Layout& L, size_t ba, size_t bb,
+                    const W4A8Scratch& a, size_t r0, float* out) {
+    switch (nr) {
+        case 1:
+            w4a8_gemv_pair<1, CPB>(p, L, ba, bb, a, r0, out);
+            break;
+        case 2:
+            w4a8_gemv_pair<2, CPB>(p, L, ba, bb, a, r0, out);
+            break;
+        case 3:
+            w4a8_gemv_pair<3, CPB>(p, L, ba, bb, a, r0, out);
+            break;
+        default:
+            w4a8_gemv_pair<4, CPB>(p, L, ba, bb, a, r0, out);
+            break;
+    }
+}
+
+void w4a8_gemv(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias, float* y,
+               const W4A8Scratch& a, ThreadPool& pool) {
+    pool.parallel_for(
+        p.n_blocks,
+        [&](size_t b0, size_t b1) {
+            alignas(64) float out[4 * 16];
+            for (size_t b = b0; b < b1; b += 2) {
+                const size_t bb = b + 1 < b1 ? b + 1 : b;  // odd tail: compute b twice
+                for (size_t r0 = 0; r0 < n; r0 += 4) {
+                    const size_t nr = std::min<size_t>(4, n - r0);
+                    switch (L.kb / 8) {
+                        case 1:
+                            w4a8_gemv_rows<1>(nr, p, L, b, bb, a, r0, out);
+                            break;
+                        case 2:
+                            w4a8_gemv_rows<2>(nr, p, L, b, bb, a, r0, out);
+                            break;
+                        default:
+                            w4a8_gemv_rows<4>(nr, p, L, b, bb, a, r0, out);
+                            break;
+                    }
+                    for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
+                        const size_t blk = b + half;
+                        const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
+                        for (size_t r = 0; r < nr; ++r) {
+                            float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
+                            const float* o = out + r * 16 + half * 8;
+                            for (size_t j = 0; j < rows; ++j)
+                                yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
+                        }
+                    }
+                }
+            }
+        },
+        2);
+}
+
 }  // namespace
 
 void linear_avx512(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
@@ -380,6 +494,16 @@ void linear_avx512(const float* x, size_t n, const PackedView& p, const float* b
         gemv(x, n, p, bias, y, scratch, pool);
     else
         gemm(x, n, p, bias, y, pool);
+}
+
+void w4a8_avx512(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+                 const W4A8Scratch& s, ThreadPool& pool) {
+    const w4a8::Layout L(p);
+    w4a8::quantize(x, n, L, s, pool);
+    if (n <= kGemvMaxRows)
+        w4a8_gemv(n, p, L, bias, y, s, pool);
+    else
+        w4a8::gemm(n, p, L, bias, y, s, pool);
 }
 
 }  // namespace lancet::kernels::detail

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "core/thread_pool.h"
 #include "kernels/linear.h"
@@ -29,11 +30,31 @@ void linear_avx2(const float* x, size_t n, const PackedView& w, const float* bia
 void linear_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
                    float* scratch, ThreadPool& pool);
 
+// W4A8 (ActMode::Int8, Q4 weights only). linear_w4a8() hands each kernel buffers for the
+// quantized activations: q = int8 [n][in], each 8-column chunk stored as its even columns then its
+// odd ones (x0 x2 x4 x6 x1 x3 x5 x7: the order the Q4 word's low and high nibbles come out in, so
+// one 32-bit broadcast pairs with a masked nibble plane); d = f32 [n][in / kb] block scales;
+// xs = f32 [n][groups] (XS_g of linear.h). The kernel quantizes x into them, then multiplies.
+struct W4A8Scratch {
+    int8_t* q;
+    float* d;
+    float* xs;
+};
+using W4A8Fn = void (*)(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                        const W4A8Scratch& s, ThreadPool& pool);
+void w4a8_scalar(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                 const W4A8Scratch& s, ThreadPool& pool);
+void w4a8_avx2(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+               const W4A8Scratch& s, ThreadPool& pool);
+void w4a8_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                 const W4A8Scratch& s, ThreadPool& pool);
+
 }  // namespace lancet::kernels::detail
 
 namespace lancet::kernels::detail {
 // The kernel for active_isa() (dispatch.cc).
 LinearFn linear_kernel();
+W4A8Fn w4a8_kernel();
 
 // Q4 -> BF16 (repacked layout) for the naive baseline; nullptr: use the portable loop.
 using DequantBf16Fn = void (*)(const PackedView& p, uint16_t* dst, ThreadPool& pool);

@@ -1,4 +1,6 @@
-// Portable linear kernel: plain loops over the repacked layout, f32 accumulation in column order.
+// Portable linear kernels: plain loops over the repacked layout, f32 accumulation in column order;
+// the W4A8 reference (the integer arithmetic and f32 order every W4A8 kernel must reproduce).
+#include <cmath>
 #include <cstring>
 
 #include "core/numeric.h"
@@ -52,6 +54,65 @@ void linear_scalar(const float* x, size_t n, const PackedView& p, const float* b
                 for (size_t r = 0; r < rows; ++r) {
                     const size_t o = b * kRowBlock + r;
                     y[j * p.out + o] = acc[r] + (bias ? bias[o] : 0.0f);
+                }
+            }
+        }
+    });
+}
+
+// W4A8 reference: the formulas of linear.h written out one scalar at a time.
+void w4a8_scalar(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+                 const W4A8Scratch& a, ThreadPool& pool) {
+    const size_t in = p.in, gs = p.group_size, kb = w4a8_block(gs), groups = in / gs,
+                 nblk = in / kb, bpg = gs / kb, chunks = in / 8;
+    // Position of column k in a quantized row: each 8-column chunk holds its even columns first.
+    auto pos = [](size_t k) { return (k & ~size_t{7}) + (k & 1) * 4 + (k & 7) / 2; };
+    for (size_t r = 0; r < n; ++r) {
+        const float* xr = x + r * in;
+        for (size_t g = 0; g < groups; ++g) {
+            float xs = 0.0f;
+            for (size_t bi = 0; bi < bpg; ++bi) {
+                const size_t blk = g * bpg + bi;
+                float amax = 0.0f;
+                for (size_t k = blk * kb; k < (blk + 1) * kb; ++k)
+                    amax = std::max(amax, std::fabs(xr[k]));
+                const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+                int sum = 0;
+                for (size_t k = blk * kb; k < (blk + 1) * kb; ++k) {
+                    const int v = int(std::nearbyint(xr[k] * id));
+                    a.q[r * in + pos(k)] = int8_t(v);
+                    sum += v;
+                }
+                a.d[r * nblk + blk] = d;
+                xs = std::fma(d, float(sum), xs);
+            }
+            a.xs[r * groups + g] = xs;
+        }
+    }
+    const uint32_t* q = static_cast<const uint32_t*>(p.data);
+    pool.parallel_for(p.n_blocks, [&](size_t b0, size_t b1) {
+        for (size_t b = b0; b < b1; ++b) {
+            const size_t rows = std::min(kRowBlock, p.out - b * kRowBlock);
+            for (size_t j = 0; j < rows; ++j) {
+                const size_t o = b * kRowBlock + j;
+                for (size_t r = 0; r < n; ++r) {
+                    const int8_t* xq = a.q + r * in;
+                    float acc = 0.0f;
+                    for (size_t g = 0; g < groups; ++g) {
+                        const float s = bf16_to_f32(p.scales[(b * groups + g) * kRowBlock + j]);
+                        const float zs = float(p.zeros[(b * groups + g) * kRowBlock + j]) * s;
+                        for (size_t bi = 0; bi < bpg; ++bi) {
+                            const size_t blk = g * bpg + bi;
+                            int32_t dot = 0;
+                            for (size_t k = blk * kb; k < (blk + 1) * kb; ++k) {
+                                const uint32_t word = q[(b * chunks + k / 8) * kRowBlock + j];
+                                dot += int32_t((word >> (4 * (k % 8))) & 0xfu) * xq[pos(k)];
+                            }
+                            acc = std::fma(float(dot), s * a.d[r * nblk + blk], acc);
+                        }
+                        acc = std::fma(-zs, a.xs[r * groups + g], acc);
+                    }
+                    y[r * p.out + o] = acc + (bias ? bias[o] : 0.0f);
                 }
             }
         }
