@@ -177,6 +177,7 @@ struct Options {
     int reps = 5;
     bool quick = false;
     bool no_naive = false;
+    bool cold = false;  // cycle through weight copies totalling >> LLC
     std::string json;
     size_t bandwidth_mib = 1024;
 };
@@ -292,11 +293,25 @@ void run_kernels_bench(Options opt) {
 
     uint64_t seed = 1;
     for (const BenchShape* s : shapes) {
-        std::map<WeightType, LinearWeight> weights;
-        for (WeightType t : types)
-            weights[t] = random_weight(t, s->out, s->in, opt.group_size, seed++);
+        // weights[t][c]: copy c of the weight of type t. With --cold, enough copies that one
+        // pass over them is kColdBytes (6x this machine's 32 MiB L3), so consecutive calls never
+        // find the weight in cache, as in a real forward pass over many layers.
+        constexpr size_t kColdBytes = size_t{192} << 20;
+        std::map<WeightType, std::vector<LinearWeight>> weights;
+        for (WeightType t : types) {
+            auto& v = weights[t];
+            v.push_back(random_weight(t, s->out, s->in, opt.group_size, seed++));
+            const size_t copies =
+                opt.cold ? std::clamp<size_t>(kColdBytes / v[0].file_bytes() + 1, 1, 1024) : 1;
+            while (v.size() < copies) v.push_back(v[0].clone());
+        }
+        size_t turn = 0;  // which copy the next call uses
+        auto next = [&](WeightType t) -> const LinearWeight& {
+            const auto& v = weights[t];
+            return v[turn++ % v.size()];
+        };
         LinearWeight naive_dst;
-        if (naive) naive_dst = kernels::dequantize_to_bf16(weights[WeightType::Q4], pool);
+        if (naive) naive_dst = kernels::dequantize_to_bf16(weights[WeightType::Q4][0], pool);
         const size_t max_n = *std::max_element(opt.ns.begin(), opt.ns.end());
         AlignedBuffer xbuf(max_n * s->in * sizeof(float)), ybuf(max_n * s->out * sizeof(float));
         {
@@ -309,9 +324,10 @@ void run_kernels_bench(Options opt) {
             std::vector<Cell> cells;
             for (const Variant& v : variants) {
                 const WeightType t = v.type;
-                const LinearWeight& w = weights[t];
+                const LinearWeight& w0 = weights[t][0];
                 const double sec = time_call(
                     [&] {
+                        const LinearWeight& w = next(t);
                         if (v.w4a8)
                             kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
                                                  pool);
@@ -320,12 +336,13 @@ void run_kernels_bench(Options opt) {
                                             pool);
                     },
                     opt.reps);
-                Cell c{sec * 1e3, flops / sec / 1e9, double(w.file_bytes()) / sec / 1e9};
+                Cell c{sec * 1e3, flops / sec / 1e9, double(w0.file_bytes()) / sec / 1e9};
                 cells.push_back(c);
                 records.push_back({{"kernel", "linear"},
                                    {"shape", s->name},
                                    {"weight_type", kernels::weight_type_name(t)},
                                    {"activations", v.w4a8 ? "int8" : "f32"},
+                                   {"cold", opt.cold},
                                    {"group_size", t == WeightType::Q4 ? opt.group_size : 0},
                                    {"m", s->out},
                                    {"k", s->in},
@@ -337,10 +354,10 @@ void run_kernels_bench(Options opt) {
             }
             Cell nv;
             if (naive) {
-                const LinearWeight& q = weights[WeightType::Q4];
+                const LinearWeight& q = weights[WeightType::Q4][0];
                 const double sec = time_call(
                     [&] {
-                        kernels::dequantize_to_bf16(q, naive_dst, pool);
+                        kernels::dequantize_to_bf16(next(WeightType::Q4), naive_dst, pool);
                         kernels::linear(xbuf.as<float>(), n, naive_dst, nullptr, ybuf.as<float>(),
                                         pool);
                     },
@@ -382,7 +399,10 @@ void run_kernels_bench(Options opt) {
         "\nn = rows of x (tokens); GB/s = weight bytes in the published format / time; "
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
         "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); "
-        "GFLOP/s counts 2*n*out*in for every kernel.\n");
+        "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
+        opt.cold ? " --cold: each call reads a different copy of the weight (192 MiB in all), "
+                   "so weights come from memory, not cache."
+                 : " Weights that fit the last-level cache are timed from it (see --cold).");
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
 }
 
@@ -410,6 +430,9 @@ void add_bench(CLI::App& app) {
                   "Timed samples per cell; the median is reported (default 5)");
     k->add_flag("--quick", opt->quick, "At most 3 reps, no lm_head unless --shapes names it");
     k->add_flag("--no-naive", opt->no_naive, "Skip the dequantize-then-bf16 baseline");
+    k->add_flag("--cold", opt->cold,
+                "Cycle through copies of each weight (192 MiB in all) so every call streams it "
+                "from memory rather than the last-level cache");
     k->add_option("--bandwidth-mib", opt->bandwidth_mib,
                   "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
     k->add_option("--json", opt->json, "Also write one JSON record per line to this file");

@@ -218,6 +218,23 @@ PackedView LinearWeight::packed() const {
                       zeros_.as<uint8_t>()};
 }
 
+LinearWeight LinearWeight::clone() const {
+    LinearWeight c;
+    c.type_ = type_;
+    c.out_ = out_;
+    c.in_ = in_;
+    c.group_size_ = group_size_;
+    auto copy = [](const AlignedBuffer& src) {
+        AlignedBuffer dst(src.size());
+        if (src.size()) std::memcpy(dst.data(), src.data(), src.size());
+        return dst;
+    };
+    c.data_ = copy(data_);
+    c.scales_ = copy(scales_);
+    c.zeros_ = copy(zeros_);
+    return c;
+}
+
 namespace detail {
 size_t scratch_floats(size_t n, const PackedView& w) {
     if (w.type != WeightType::Q4 || n > kGemvMaxRows) return 0;

@@ -86,6 +86,8 @@ class LinearWeight {
     // Bytes of the weight in its published format (what "weight GB/s" is measured against).
     size_t file_bytes() const;
     PackedView packed() const;
+    // A deep copy (benchmarks cycle through copies so that weights stream from DRAM, not cache).
+    LinearWeight clone() const;
 
   private:
     WeightType type_ = WeightType::F32;

@@ -353,8 +353,13 @@ void micro_any(size_t mr, const Panel& P, const Layout& L, size_t k0, size_t kc,
 void gemm(size_t n, const PackedView& p, const Layout& L, const float* bias, float* y,
           const W4A8Scratch& a, ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
-    // K chunk: whole groups, about kKc columns (x chunk kNc * kc bytes stays in L2).
-    const size_t kc_max = L.gs * std::max<size_t>(1, kKc / L.gs);
+    // K chunk: whole groups, about kKc8 columns. int8 x is 4x smaller than f32, so the chunk can
+    // be 4x deeper than the f32 GEMM's for the same L2 footprint (kNc * kc = 256 KiB), and the
+    // unpacked panel (kc / 8 * 128 bytes = 16 KiB) still fits L1. Fewer K chunks mean fewer
+    // passes of loads and stores over y, which matter most when out is a power of two (rows of y
+    // then share cache sets).
+    constexpr size_t kKc8 = 1024;
+    const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
     const size_t n_panels = (p.n_blocks + 1) / 2;
     pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
         const size_t plane_bytes = kc_max / 8 * 2 * 64, sfloats = kc_max / L.gs * 2 * 8;

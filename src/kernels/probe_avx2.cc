@@ -37,9 +37,10 @@ double probe_fma_avx2(size_t iters, float seed) {
 }
 
 double probe_int8_avx2(size_t iters, int seed) {
-    // acc += maddubs(a, b): 32 u8 x s8 products and 16 pair adds into i16 (64 ops counted, as the
-    // GEMM's GOP/s count them) plus the i16 accumulate; 10 chains cover latency 3 on 2-3 pipes.
-    constexpr int kChains = 10;
+    // acc = maddubs(acc, b) + a: 32 u8 x s8 products and 16 pair adds into i16 per vpmaddubsw
+    // (64 ops counted, as the GEMM's GOP/s count them) plus the i16 add the kernels also issue.
+    // The chain runs through vpmaddubsw so it cannot be hoisted; 12 chains cover its latency.
+    constexpr int kChains = 12;
     __m256i acc[kChains];
 #pragma GCC unroll 16
     for (int c = 0; c < kChains; ++c) acc[c] = _mm256_set1_epi16(short(seed + c));
@@ -47,7 +48,7 @@ double probe_int8_avx2(size_t iters, int seed) {
     for (size_t i = 0; i < iters; ++i)
 #pragma GCC unroll 16
         for (int c = 0; c < kChains; ++c)
-            acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(a, b));
+            acc[c] = _mm256_add_epi16(_mm256_maddubs_epi16(acc[c], b), a);
     __m256i s = acc[0];
     for (int c = 1; c < kChains; ++c) s = _mm256_add_epi16(s, acc[c]);
     return double(iters) * kChains * 64 + 0.0 * double(_mm256_extract_epi16(s, 0));
