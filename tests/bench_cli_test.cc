@@ -50,10 +50,34 @@ TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
     EXPECT_FALSE(std::filesystem::exists(json.string() + ".tmp"));
 }
 
+TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
+    TempDir tmp;
+    const auto json = tmp / "bench.jsonl";
+    const RunResult r = run_lancet(
+        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 --act int8 --cold "
+        "--bandwidth-mib 64 --json " +
+        json.string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (const char* col : {"int4-f32 ms", "int4-w4a8 ms", "int4-w4a8 speedup vs bf16",
+                            "int4-w4a8 GB/s / read", "naive / int4-w4a8", "int8 dot peak"})
+        EXPECT_NE(r.out.find(col), std::string::npos) << col << " in " << r.out;
+    std::istringstream lines(read_file(json));
+    std::string line;
+    int int8 = 0, f32 = 0;
+    while (std::getline(lines, line)) {
+        const auto rec = nlohmann::json::parse(line);
+        if (rec.at("kernel") != "linear") continue;
+        EXPECT_TRUE(rec.at("cold").get<bool>()) << line;
+        (rec.at("activations") == "int8" ? int8 : f32)++;
+    }
+    EXPECT_EQ(int8, 2);  // int4 with int8 activations, n = 1 and 9
+    EXPECT_EQ(f32, 4);   // int4 and bf16 with f32 activations
+}
+
 TEST(BenchKernelsCli, BadInputIsOneLineAndExit1) {
     for (const char* args : {"bench kernels --shapes nope", "bench kernels --types int3",
                              "bench kernels --group-size 48 --shapes kv", "bench kernels --n 0",
-                             "bench kernels --reps 0"}) {
+                             "bench kernels --reps 0", "bench kernels --act int4"}) {
         const RunResult r = run_lancet(args);
         EXPECT_EQ(r.exit_code, 1) << args;
         EXPECT_EQ(r.err.rfind("lancet: error: ", 0), 0u) << args << ": " << r.err;
@@ -67,6 +91,14 @@ TEST(BenchKernelsCli, UnknownIsaInEnvironmentIsAnError) {
     unsetenv("LANCET_ISA");
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_NE(r.err.find("LANCET_ISA=sse9"), std::string::npos) << r.err;
+}
+
+TEST(BenchKernelsCli, UnknownActivationModeInEnvironmentIsAnError) {
+    setenv("LANCET_ACT", "int3", 1);
+    const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
+    unsetenv("LANCET_ACT");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("LANCET_ACT=int3"), std::string::npos) << r.err;
 }
 
 }  // namespace
