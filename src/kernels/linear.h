@@ -100,8 +100,9 @@ class LinearWeight {
 // How linear() treats the activations of an INT4 (Q4) weight (other weight types are always
 // F32). F32: exact f32 activations, f32 accumulation (the accurate default). Int8 ("W4A8"): each
 // row of x is quantized once per call in blocks of kb = gcd(group_size, 32) columns, symmetric
-// round-to-nearest int8 with one f32 scale per block (d = max|x| / 127, x8 = rint(x / d)), and the
-// u4 x s8 products are summed exactly in integers; then, per output element, in this order:
+// round-to-nearest-even int8 with one f32 scale per block (d = max|x| / 127, x8 = rint(x * (127 /
+// max|x|)), each operation rounded in f32; x8 in [-127, 127]), and the u4 x s8 products are summed
+// exactly in integers; then, per output element, in this order:
 //   acc = 0; for each group g: { for each block k of g: acc = fma(float(sum_k q*x8), s_g*d_k, acc);
 //                               acc = fma(-(z_g*s_g), XS_g, acc) }   y = acc + bias
 // with XS_g = sum over the blocks k of g of d_k * float(sum_k x8), accumulated by fma in block
