@@ -1,7 +1,9 @@
 // AVX-512 linear kernels: GEMV over pairs of 8-row blocks (16 rows per zmm), 12x32 panel GEMM.
 // GCC 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized when
 // they are inlined (a known false positive of the intrinsics headers); nothing here reads it.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #include <immintrin.h>
 
