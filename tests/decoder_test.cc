@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "io/safetensors.h"
+#include "kernels/dispatch.h"
 #include "model/decoder_ref.h"
 #include "model/synth.h"
 #include "test_util.h"
@@ -236,60 +237,67 @@ TEST(DecoderOps, AttentionMatchesReferenceForEachMask) {
          {{5, SplitMode::Noise}}},
         {{{4, SplitMode::Causal}}, {{1, SplitMode::Causal}}},
     };
-    for (size_t hd : {16, 32})
-        for (auto [nh, nkv] : {std::pair<size_t, size_t>{4, 2}, {8, 1}})
-            for (const Case& cs : cases) {
-                std::vector<Split> all = cs.cached;
-                all.insert(all.end(), cs.chunk.begin(), cs.chunk.end());
-                size_t P = 0, n = 0;
-                for (const Split& s : cs.cached) P += s.len;
-                for (const Split& s : cs.chunk) n += s.len;
-                const size_t L = P + n;
-                auto q = randn(L * nh * hd, 21), k = randn(L * nkv * hd, 22),
-                     v = randn(L * nkv * hd, 23);
-                std::vector<double> want(L * nh * hd);
-                ref::attention(to_f64(q).data(), to_f64(k).data(), to_f64(v).data(), L, nh, nkv, hd,
-                               ref::attention_mask(all), want.data());
-                // Cache layout [kv_head][capacity][hd]; capacity larger than needed on purpose.
-                const size_t cap = L + 3;
-                std::vector<float> kc(nkv * cap * hd), vc(nkv * cap * hd);
-                for (size_t a = 0; a < L; ++a)
-                    for (size_t g = 0; g < nkv; ++g)
-                        for (size_t d = 0; d < hd; ++d) {
-                            kc[(g * cap + a) * hd + d] = k[(a * nkv + g) * hd + d];
-                            vc[(g * cap + a) * hd + d] = v[(a * nkv + g) * hd + d];
-                        }
-                std::vector<uint8_t> hidden;
-                for (const Split& s : cs.cached)
-                    for (int64_t i = 0; i < s.len; ++i)
-                        hidden.push_back(s.mode == SplitMode::Noise);
-                std::vector<int32_t> split_of, split_end;
-                std::vector<SplitMode> modes;
-                for (size_t s = 0; s < cs.chunk.size(); ++s) {
-                    for (int64_t i = 0; i < cs.chunk[s].len; ++i)
-                        split_of.push_back(static_cast<int32_t>(s));
-                    modes.push_back(cs.chunk[s].mode);
-                    split_end.push_back(static_cast<int32_t>(split_of.size()));
+    std::vector<kernels::Isa> isas = {kernels::Isa::Scalar};
+    if (kernels::cpu_supports(kernels::Isa::Avx2)) isas.push_back(kernels::Isa::Avx2);
+    for (kernels::Isa isa : isas)
+        for (size_t hd : {12, 16, 32, 40})
+            for (auto [nh, nkv] : {std::pair<size_t, size_t>{4, 2}, {8, 1}})
+                for (const Case& cs : cases) {
+                    kernels::force_isa(isa);
+                    std::vector<Split> all = cs.cached;
+                    all.insert(all.end(), cs.chunk.begin(), cs.chunk.end());
+                    size_t P = 0, n = 0;
+                    for (const Split& s : cs.cached) P += s.len;
+                    for (const Split& s : cs.chunk) n += s.len;
+                    const size_t L = P + n;
+                    auto q = randn(L * nh * hd, 21), k = randn(L * nkv * hd, 22),
+                         v = randn(L * nkv * hd, 23);
+                    std::vector<double> want(L * nh * hd);
+                    ref::attention(to_f64(q).data(), to_f64(k).data(), to_f64(v).data(), L, nh, nkv,
+                                   hd, ref::attention_mask(all), want.data());
+                    // Cache layout [kv_head][capacity][hd]; capacity larger than needed on purpose.
+                    const size_t cap = L + 3;
+                    std::vector<float> kc(nkv * cap * hd), vc(nkv * cap * hd);
+                    for (size_t a = 0; a < L; ++a)
+                        for (size_t g = 0; g < nkv; ++g)
+                            for (size_t d = 0; d < hd; ++d) {
+                                kc[(g * cap + a) * hd + d] = k[(a * nkv + g) * hd + d];
+                                vc[(g * cap + a) * hd + d] = v[(a * nkv + g) * hd + d];
+                            }
+                    std::vector<uint8_t> hidden;
+                    for (const Split& s : cs.cached)
+                        for (int64_t i = 0; i < s.len; ++i)
+                            hidden.push_back(s.mode == SplitMode::Noise);
+                    std::vector<int32_t> split_of, split_end;
+                    std::vector<SplitMode> modes;
+                    for (size_t s = 0; s < cs.chunk.size(); ++s) {
+                        for (int64_t i = 0; i < cs.chunk[s].len; ++i)
+                            split_of.push_back(static_cast<int32_t>(s));
+                        modes.push_back(cs.chunk[s].mode);
+                        split_end.push_back(static_cast<int32_t>(split_of.size()));
+                    }
+                    ops::ChunkMask mask{P, hidden.data(), split_of.data(), modes.data(),
+                                        split_end.data()};
+                    // Query rows in a shuffled order, as the decoder passes them (und rows first).
+                    std::vector<int32_t> order(n);
+                    for (size_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>((i * 3) % n);
+                    if (n % 3 == 0)
+                        for (size_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(n - 1 - i);
+                    std::vector<float> qc(n * nh * hd), out(n * nh * hd);
+                    for (size_t r = 0; r < n; ++r)
+                        std::copy_n(&q[(P + order[r]) * nh * hd], nh * hd, &qc[r * nh * hd]);
+                    ops::AttentionScratch scratch;
+                    ops::attention(qc.data(), n, order.data(), kc.data(), vc.data(), cap, nh, nkv,
+                                   hd, mask, out.data(), scratch, default_pool());
+                    std::vector<double> want_rows(n * nh * hd);
+                    for (size_t r = 0; r < n; ++r)
+                        std::copy_n(&want[(P + order[r]) * nh * hd], nh * hd,
+                                    &want_rows[r * nh * hd]);
+                    kernels::clear_forced_isa();
+                    EXPECT_LT(rel_l2(out, want_rows), 1e-5)
+                        << kernels::isa_name(isa) << " hd " << hd << " heads " << nh << "/" << nkv
+                        << " P " << P << " n " << n;
                 }
-                ops::ChunkMask mask{P, hidden.data(), split_of.data(), modes.data(),
-                                    split_end.data()};
-                // Query rows in a shuffled order, as the decoder passes them (und rows first).
-                std::vector<int32_t> order(n);
-                for (size_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>((i * 3) % n);
-                if (n % 3 == 0)
-                    for (size_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(n - 1 - i);
-                std::vector<float> qc(n * nh * hd), out(n * nh * hd);
-                for (size_t r = 0; r < n; ++r)
-                    std::copy_n(&q[(P + order[r]) * nh * hd], nh * hd, &qc[r * nh * hd]);
-                ops::AttentionScratch scratch;
-                ops::attention(qc.data(), n, order.data(), kc.data(), vc.data(), cap, nh, nkv, hd,
-                               mask, out.data(), scratch, default_pool());
-                std::vector<double> want_rows(n * nh * hd);
-                for (size_t r = 0; r < n; ++r)
-                    std::copy_n(&want[(P + order[r]) * nh * hd], nh * hd, &want_rows[r * nh * hd]);
-                EXPECT_LT(rel_l2(out, want_rows), 1e-5)
-                    << "hd " << hd << " heads " << nh << "/" << nkv << " P " << P << " n " << n;
-            }
 }
 
 // SwiGLU's gate: silu(g) * u in f32 (exp and a division: < 1e-6 relative).
@@ -435,6 +443,20 @@ TEST_F(DecoderModel, ForwardMatchesReferenceAcrossConfigs) {
         EXPECT_TRUE(std::isfinite(out.logits[277]));
         EXPECT_TRUE(std::isinf(out.logits[278]) && out.logits[278] < 0);
     }
+}
+
+// The scalar kernels (linear and attention) give the same forward as the reference too.
+TEST_F(DecoderModel, ScalarKernelsMatchReference) {
+    const auto ck = LanceCheckpoint::open(models_.at("g2_hd32_bf16"));
+    kernels::force_isa(kernels::Isa::Scalar);
+    LanceDecoder dec(*ck);
+    const MixedSeq m = mixed_sequence(ck->config(), 41);
+    Outputs out;
+    dec.forward(m.batch, nullptr, false, out);
+    kernels::clear_forced_isa();
+    const ref::Output want = ref::forward(*ck, m.ref);
+    EXPECT_LT(rel_l2(out.logits, want.logits), 1e-4);
+    EXPECT_LT(rel_l2(out.velocity, want.velocity), 1e-4);
 }
 
 // Prefill then token-by-token decoding equals the full causal forward (<= 1e-5 relative per row:

@@ -31,24 +31,80 @@ inline float dot(const float* a, const float* b, size_t n) {
     return s;
 }
 
+// Four sums of 8-lane vectors at once: {sum a, sum b, sum c, sum d}.
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
 void scores(const float* q, size_t nq, const float* k, size_t nk, size_t hd, float* s) {
-    for (size_t r = 0; r < nq; ++r)
-        for (size_t j = 0; j < nk; ++j) s[r * nk + j] = dot(q + r * hd, k + j * hd, hd);
+    for (size_t r = 0; r < nq; ++r) {
+        const float* qr = q + r * hd;
+        size_t j = 0;
+        if (hd % 8 == 0)
+            for (; j + 4 <= nk; j += 4) {
+                const float* k0 = k + j * hd;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (size_t d = 0; d < hd; d += 8) {
+                    const __m256 qv = _mm256_loadu_ps(qr + d);
+                    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + hd + d), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * hd + d), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * hd + d), a3);
+                }
+                _mm_storeu_ps(s + r * nk + j, hsum4(a0, a1, a2, a3));
+            }
+        for (; j < nk; ++j) s[r * nk + j] = dot(qr, k + j * hd, hd);
+    }
+}
+
+// acc[0, 8*NB) += sum_j p_j v_j[0, 8*NB) with the accumulators held in NB registers.
+template <int NB>
+inline void pv_block(const float* pr, const float* v, size_t nk, size_t hd, float* a) {
+    __m256 s[NB];
+    for (int u = 0; u < NB; ++u) s[u] = _mm256_loadu_ps(a + 8 * u);
+    for (size_t j = 0; j < nk; ++j) {
+        if (pr[j] == 0.0f) continue;  // masked key
+        const __m256 b = _mm256_set1_ps(pr[j]);
+        const float* vj = v + j * hd;
+        for (int u = 0; u < NB; ++u) s[u] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vj + 8 * u), s[u]);
+    }
+    for (int u = 0; u < NB; ++u) _mm256_storeu_ps(a + 8 * u, s[u]);
 }
 
 void pv(const float* p, size_t nq, const float* v, size_t nk, size_t hd, float* acc) {
     for (size_t r = 0; r < nq; ++r) {
         float* a = acc + r * hd;
+        const float* pr = p + r * nk;
         size_t d = 0;
-        for (; d + 8 <= hd; d += 8) {
-            __m256 s = _mm256_loadu_ps(a + d);
-            for (size_t j = 0; j < nk; ++j)
-                s = _mm256_fmadd_ps(_mm256_set1_ps(p[r * nk + j]), _mm256_loadu_ps(v + j * hd + d),
-                                    s);
-            _mm256_storeu_ps(a + d, s);
+        for (; d + 64 <= hd; d += 64) pv_block<8>(pr, v + d, nk, hd, a + d);
+        switch ((hd - d) / 8) {
+            case 7:
+                pv_block<7>(pr, v + d, nk, hd, a + d);
+                break;
+            case 6:
+                pv_block<6>(pr, v + d, nk, hd, a + d);
+                break;
+            case 5:
+                pv_block<5>(pr, v + d, nk, hd, a + d);
+                break;
+            case 4:
+                pv_block<4>(pr, v + d, nk, hd, a + d);
+                break;
+            case 3:
+                pv_block<3>(pr, v + d, nk, hd, a + d);
+                break;
+            case 2:
+                pv_block<2>(pr, v + d, nk, hd, a + d);
+                break;
+            case 1:
+                pv_block<1>(pr, v + d, nk, hd, a + d);
+                break;
+            default:
+                break;
         }
-        for (; d < hd; ++d)
-            for (size_t j = 0; j < nk; ++j) a[d] += p[r * nk + j] * v[j * hd + d];
+        for (d += (hd - d) / 8 * 8; d < hd; ++d)
+            for (size_t j = 0; j < nk; ++j) a[d] += pr[j] * v[j * hd + d];
     }
 }
 

@@ -118,9 +118,31 @@ void attention(const float* q, size_t n, const int32_t* q_index, const float* k,
                                          : detail::attn_kernels_avx2();
     const size_t group = nh / nkv, P = mask.n_cached;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    // Whether any cached key is hidden: if none, cache tiles need no mask test.
-    bool any_hidden = false;
-    for (size_t a = 0; a < P && !any_hidden; ++a) any_hidden = mask.cached_hidden[a];
+    // Per chunk token, the end of the run of keys [0, end) it sees in full, so mask tests are
+    // needed only past it (for causal text: the diagonal tile alone). Keys are invisible only
+    // when hidden in the cache, in a noise split before the token's split, or past its own end.
+    size_t cache_dense = P;
+    for (size_t a = 0; a < P; ++a)
+        if (mask.cached_hidden[a]) {
+            cache_dense = a;
+            break;
+        }
+    size_t first_noise = n;
+    for (size_t i = 0; i < n; ++i)
+        if (mask.modes[mask.split_of[i]] == SplitMode::Noise) {
+            first_noise = i;
+            break;
+        }
+    auto& dense = scratch.dense_end;
+    dense.resize(n);
+    for (size_t i = 0, start = 0; i < n; ++i) {
+        if (i > 0 && mask.split_of[i] != mask.split_of[i - 1]) start = i;
+        const int32_t sp = mask.split_of[i];
+        const size_t own_end =
+            mask.modes[sp] == SplitMode::Causal ? i + 1 : static_cast<size_t>(mask.split_end[sp]);
+        const size_t d = P + (first_noise < start ? first_noise : own_end);
+        dense[i] = cache_dense < P ? cache_dense : d;
+    }
 
     const size_t tiles = (n + kQueryTile - 1) / kQueryTile, tasks = tiles * nh;
     const size_t per_share = kQueryTile * (hd * 2 + kKeyTile + 2);
@@ -157,15 +179,12 @@ void attention(const float* q, size_t n, const int32_t* q_index, const float* k,
             for (size_t a0 = 0; a0 < key_end; a0 += kKeyTile) {
                 const size_t nk = std::min(kKeyTile, key_end - a0);
                 kern.scores(qb, nr, kh + a0 * hd, nk, hd, s);
-                const bool needs_mask = a0 + nk > P || any_hidden;
                 for (size_t r = 0; r < nr; ++r) {
                     float* sr = s + r * nk;
-                    if (needs_mask) {
-                        const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
-                        for (size_t j = 0; j < nk; ++j)
-                            if (!allowed(mask, qi, a0 + j))
-                                sr[j] = -std::numeric_limits<float>::infinity();
-                    }
+                    const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
+                    for (size_t j = dense[qi] > a0 ? dense[qi] - a0 : 0; j < nk; ++j)
+                        if (!allowed(mask, qi, a0 + j))
+                            sr[j] = -std::numeric_limits<float>::infinity();
                     float top = mx[r];
                     for (size_t j = 0; j < nk; ++j) top = std::max(top, sr[j]);
                     if (top == -std::numeric_limits<float>::infinity()) {

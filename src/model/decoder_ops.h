@@ -45,6 +45,7 @@ struct ChunkMask {
 // Per-thread buffers of attention(), grown once and reused.
 struct AttentionScratch {
     std::vector<std::vector<float>> per_share;
+    std::vector<size_t> dense_end;  // per chunk token: keys below are all visible
 };
 
 // Masked GQA attention with scale 1/sqrt(hd). q [n, nh*hd]: row r is chunk token q_index[r]
