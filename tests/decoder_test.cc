@@ -517,27 +517,17 @@ TEST_F(DecoderModel, NoiseBlockAgainstCacheWithoutAppend) {
 
     const Batch& a = m.batch;
     const size_t n_prefix = 5 + 8 + 2, n_noise = 8, n_lat = 6;
-    auto slice = [&](size_t b0, size_t b1, size_t g0, size_t g1, std::vector<Split> sp) {
-        Batch s;
-        s.token_ids.assign(a.token_ids.begin() + b0, a.token_ids.begin() + b1);
-        s.is_gen.assign(a.is_gen.begin() + b0, a.is_gen.begin() + b1);
-        s.positions.assign(a.positions.begin() + b0, a.positions.begin() + b1);
-        s.latents.assign(a.latents.begin() + g0 * c.latent_channels,
-                         a.latents.begin() + g1 * c.latent_channels);
-        s.timesteps.assign(a.timesteps.begin() + g0, a.timesteps.begin() + g1);
-        s.pe3d_index.assign(a.pe3d_index.begin() + g0, a.pe3d_index.begin() + g1);
-        s.splits = std::move(sp);
-        return s;
-    };
     KvCache cache = dec.make_cache();
     Outputs out;
     // Split by split, as Lance's prefill does.
-    dec.forward(slice(0, 5, 0, 0, {{5, SplitMode::Causal}}), &cache, true, out);
-    dec.forward(slice(5, 13, 0, n_lat, {{8, SplitMode::Full}}), &cache, true, out);
-    dec.forward(slice(13, 15, n_lat, n_lat, {{2, SplitMode::Causal}}), &cache, true, out);
+    dec.forward(a.slice(0, 5), &cache, true, out);
+    dec.forward(a.slice(5, 13), &cache, true, out);
+    dec.forward(a.slice(13, 15), &cache, true, out);
     ASSERT_EQ(cache.size(), n_prefix);
-    const Batch noisy =
-        slice(n_prefix, n_prefix + n_noise, n_lat, 2 * n_lat, {{8, SplitMode::Noise}});
+    const Batch noisy = a.slice(n_prefix, n_prefix + n_noise);
+    ASSERT_EQ(noisy.splits.size(), 1u);
+    ASSERT_EQ(noisy.splits[0].mode, SplitMode::Noise);
+    ASSERT_EQ(noisy.timesteps.size(), n_lat);
     for (int rep = 0; rep < 2; ++rep) {
         dec.forward(noisy, &cache, false, out);
         EXPECT_EQ(cache.size(), n_prefix);
@@ -545,6 +535,35 @@ TEST_F(DecoderModel, NoiseBlockAgainstCacheWithoutAppend) {
                                  full.velocity.end());
         EXPECT_LT(rel_l2(out.velocity, want), 1e-5);
     }
+}
+
+// SequenceBuilder lays out the same sequence as the hand-built one (ids, paths, splits, latents,
+// PE3D rows, positions).
+TEST_F(DecoderModel, SequenceBuilderMatchesHandLayout) {
+    const LanceConfig c = synth_config("tiny");
+    const MixedSeq m = mixed_sequence(c, 5);
+    const size_t half = m.batch.latents.size() / 2;
+    const std::vector<float> clean(m.batch.latents.begin(), m.batch.latents.begin() + half),
+        noisy(m.batch.latents.begin() + half, m.batch.latents.end());
+    SequenceBuilder sb(c);
+    sb.text({c.bos_token_id, 72, 105, 33, 200})
+        .latent_block(1, 2, 3, clean, 0.0f, SplitMode::Full)
+        .text({65, 66})
+        .latent_block(1, 2, 3, noisy, 0.6f, SplitMode::Noise)
+        .text({c.eos_token_id});
+    const Batch b = sb.build();
+    EXPECT_EQ(b.token_ids, m.batch.token_ids);
+    EXPECT_EQ(b.is_gen, m.batch.is_gen);
+    EXPECT_EQ(b.latents, m.batch.latents);
+    EXPECT_EQ(b.timesteps, m.batch.timesteps);
+    EXPECT_EQ(b.pe3d_index, m.batch.pe3d_index);
+    EXPECT_EQ(b.positions, m.ref.positions);
+    ASSERT_EQ(b.splits.size(), m.batch.splits.size());
+    for (size_t i = 0; i < b.splits.size(); ++i) {
+        EXPECT_EQ(b.splits[i].len, m.batch.splits[i].len);
+        EXPECT_EQ(b.splits[i].mode, m.batch.splits[i].mode);
+    }
+    EXPECT_THROW(sb.latent_block(1, 2, 2, clean, 0.0f, SplitMode::Noise), Error);
 }
 
 // Tokens outside the noise block do not see it: new latents there change its velocities but

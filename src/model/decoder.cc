@@ -96,6 +96,70 @@ void KvCache::truncate(size_t n) {
 
 size_t KvCache::bytes() const { return 2 * layers_ * n_kv_ * capacity_ * hd_ * 4 + capacity_; }
 
+// ---- Batch and SequenceBuilder --------------------------------------------------------------
+
+Batch Batch::slice(size_t begin, size_t end) const {
+    if (begin > end || end > size()) fail("Batch::slice: [", begin, ", ", end, ") of ", size());
+    if (embeddings) fail("Batch::slice: not for batches with embeddings");
+    Batch s;
+    s.token_ids.assign(token_ids.begin() + begin, token_ids.begin() + end);
+    if (!is_gen.empty()) s.is_gen.assign(is_gen.begin() + begin, is_gen.begin() + end);
+    if (!positions.empty()) s.positions.assign(positions.begin() + begin, positions.begin() + end);
+    size_t g0 = 0, g1 = 0;
+    for (size_t i = 0; i < end && !is_gen.empty(); ++i) {
+        if (i < begin) g0 += is_gen[i] != 0;
+        g1 += is_gen[i] != 0;
+    }
+    const size_t C = g1 > g0 ? latents.size() / timesteps.size() : 0;
+    s.latents.assign(latents.begin() + g0 * C, latents.begin() + g1 * C);
+    s.timesteps.assign(timesteps.begin() + g0, timesteps.begin() + g1);
+    s.pe3d_index.assign(pe3d_index.begin() + g0, pe3d_index.begin() + g1);
+    size_t at = 0;
+    for (const Split& sp : splits) {
+        const size_t a = std::max(at, begin), e = std::min<size_t>(at + sp.len, end);
+        if (a < e) s.splits.push_back({static_cast<int64_t>(e - a), sp.mode});
+        at += sp.len;
+    }
+    return s;
+}
+
+SequenceBuilder& SequenceBuilder::text(const std::vector<int64_t>& ids, SplitMode mode) {
+    if (ids.empty()) return *this;
+    b_.token_ids.insert(b_.token_ids.end(), ids.begin(), ids.end());
+    b_.is_gen.insert(b_.is_gen.end(), ids.size(), 0);
+    b_.splits.push_back({static_cast<int64_t>(ids.size()), mode});
+    return *this;
+}
+
+SequenceBuilder& SequenceBuilder::latent_block(int64_t t, int64_t h, int64_t w,
+                                               const std::vector<float>& latents, float timestep,
+                                               SplitMode mode) {
+    const int64_t n = t * h * w;
+    if (t < 1 || h < 1 || w < 1) fail("latent block grid (", t, ", ", h, ", ", w, ") is empty");
+    if (latents.size() != static_cast<size_t>(n * cfg_.latent_channels))
+        fail("latent block (", t, ", ", h, ", ", w, ") needs ", n * cfg_.latent_channels,
+             " latent values, got ", latents.size());
+    b_.token_ids.push_back(cfg_.vision_start_token_id);
+    b_.token_ids.insert(b_.token_ids.end(), n, cfg_.video_token_id);
+    b_.token_ids.push_back(cfg_.vision_end_token_id);
+    b_.is_gen.push_back(0);
+    b_.is_gen.insert(b_.is_gen.end(), n, 1);
+    b_.is_gen.push_back(0);
+    b_.latents.insert(b_.latents.end(), latents.begin(), latents.end());
+    b_.timesteps.insert(b_.timesteps.end(), n, timestep);
+    const auto pe = pe3d_indices(t, h, w, cfg_.max_latent_size);
+    b_.pe3d_index.insert(b_.pe3d_index.end(), pe.begin(), pe.end());
+    b_.splits.push_back({n + 2, mode});
+    grids_.push_back(vae_block_grid(t, h, w));
+    return *this;
+}
+
+Batch SequenceBuilder::build() const {
+    Batch b = b_;
+    b.positions = mrope_positions(b.token_ids, grids_, cfg_);
+    return b;
+}
+
 // ---- loading --------------------------------------------------------------------------------
 
 LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)

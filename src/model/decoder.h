@@ -67,6 +67,33 @@ struct Batch {
     const float* embeddings = nullptr;
 
     size_t size() const { return token_ids.size(); }
+    // Tokens [begin, end) with their gen rows, positions and the parts of the splits inside the
+    // range (a cut split keeps its mode). Not for batches with `embeddings`.
+    Batch slice(size_t begin, size_t end) const;
+};
+
+// Builds a packed Lance sequence split by split (spec §2.4): text runs and VAE-latent blocks
+// (<|vision_start|>, one <|video_pad|> per voxel on the gen path, <|vision_end|>), then M-RoPE
+// positions by get_rope_index and PE3D indices from 0 per block. ViT blocks are not covered.
+class SequenceBuilder {
+  public:
+    explicit SequenceBuilder(const LanceConfig& cfg) : cfg_(cfg) {}
+    // A text split (und path).
+    SequenceBuilder& text(const std::vector<int64_t>& ids, SplitMode mode = SplitMode::Causal);
+    // A latent block of grid (t, h, w): latents [t*h*w, latent_channels] row-major over
+    // (t, h, w), one flow time for all of it; mode Full for clean conditioning, Noise for the
+    // target.
+    SequenceBuilder& latent_block(int64_t t, int64_t h, int64_t w,
+                                  const std::vector<float>& latents, float timestep,
+                                  SplitMode mode);
+    size_t size() const { return b_.token_ids.size(); }
+    // The batch with positions filled in.
+    Batch build() const;
+
+  private:
+    const LanceConfig& cfg_;
+    Batch b_;
+    std::vector<VisionGrid> grids_;
 };
 
 enum class LogitRows { None, Last, All };
