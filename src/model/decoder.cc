@@ -343,7 +343,8 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     KvCache& cache = cache_in ? *cache_in : s_.own_cache;
     if (!cache_in) cache.clear();
     const size_t P = cache.size();
-    cache.reserve(P + n);
+    // Geometric growth: decoding without a reservation must not copy the cache every token.
+    if (P + n > cache.capacity()) cache.reserve(std::max(P + n, cache.capacity() * 3 / 2 + 64));
 
     // Internal row order: und rows, then gen rows, each in sequence order, so every weight set
     // sees one contiguous block of rows.
