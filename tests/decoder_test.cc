@@ -11,6 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/numeric.h"
@@ -535,6 +536,44 @@ TEST_F(DecoderModel, NoiseBlockAgainstCacheWithoutAppend) {
                                  full.velocity.end());
         EXPECT_LT(rel_l2(out.velocity, want), 1e-5);
     }
+}
+
+// The observer sees every linear input of both paths: row counts per path add up to the chunk's,
+// and the Qkv rows are RMS-normalized rows of the right width (checked against the reference's
+// first-layer input norm on the first und row).
+TEST_F(DecoderModel, ObserverSeesEveryLinearInput) {
+    const auto ck = LanceCheckpoint::open(models_.at("g2_hd16_f32"));
+    const LanceConfig& c = ck->config();
+    LanceDecoder dec(*ck);
+    const MixedSeq m = mixed_sequence(c, 6);
+    std::map<std::tuple<int, bool, LinearInput>, size_t> rows;
+    std::vector<float> first_qkv;
+    ForwardOptions fo;
+    fo.observer = [&](int layer, bool gen, LinearInput which, const float* x, size_t n,
+                      size_t dim) {
+        rows[{layer, gen, which}] += n;
+        const size_t want_dim = which == LinearInput::Down ? c.intermediate_size
+                                : which == LinearInput::O  ? c.q_dim()
+                                                           : c.hidden_size;
+        EXPECT_EQ(dim, want_dim);
+        if (layer == 0 && !gen && which == LinearInput::Qkv) first_qkv.assign(x, x + dim);
+    };
+    Outputs out;
+    dec.forward(m.batch, nullptr, false, out, fo);
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+        for (LinearInput w :
+             {LinearInput::Qkv, LinearInput::O, LinearInput::GateUp, LinearInput::Down}) {
+            EXPECT_EQ((rows[{l, false, w}]), 12u);
+            EXPECT_EQ((rows[{l, true, w}]), 12u);
+        }
+    std::vector<double> e(c.hidden_size), ln(c.hidden_size), want(c.hidden_size);
+    convert_to_f64(ck->tensor("language_model.model.layers.0.input_layernorm.weight"), ln.data());
+    const TensorView emb = ck->tensor("language_model.model.embed_tokens.weight");
+    std::vector<double> table(emb.numel());
+    convert_to_f64(emb, table.data());
+    for (int i = 0; i < c.hidden_size; ++i) e[i] = table[m.batch.token_ids[0] * c.hidden_size + i];
+    ref::rms_norm(e.data(), c.hidden_size, ln.data(), c.rms_norm_eps, want.data());
+    EXPECT_LT(rel_l2(first_qkv, want), 1e-6);
 }
 
 // SequenceBuilder lays out the same sequence as the hand-built one (ids, paths, splits, latents,

@@ -399,7 +399,7 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
 
     if (opt.layer_out) out.layer_out.resize(cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
-        run_layer(l, n, n_und, cache, mask);
+        run_layer(l, n, n_und, cache, mask, opt.observer);
         if (opt.layer_out) {
             out.layer_out[l].resize(n * H);
             for (size_t r = 0; r < n; ++r)
@@ -438,7 +438,7 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
 }
 
 void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
-                             const ops::ChunkMask& mask) {
+                             const ops::ChunkMask& mask, const ActivationObserver& observer) {
     const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), nh = cfg_.num_attention_heads,
                  nkv = cfg_.num_key_value_heads, qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
                  I = cfg_.intermediate_size, half = hd / 2, P = mask.n_cached,
@@ -461,6 +461,7 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
         pool.parallel_for(m, [&](size_t r0, size_t r1) {
             ops::rms_norm(x + (b + r0) * H, r1 - r0, H, w.ln.data(), eps, &s_.h[(b + r0) * H]);
         });
+        if (observer) observer(l, p == 1, LinearInput::Qkv, &s_.h[b * H], m, H);
         kernels::linear(&s_.h[b * H], m, w.q, w.bq.data(), &s_.q[b * qd], pool);
         kernels::linear(&s_.h[b * H], m, w.k, w.bk.data(), &s_.k[b * kvd], pool);
         kernels::linear(&s_.h[b * H], m, w.v, w.bv.data(), &s_.v[b * kvd], pool);
@@ -493,6 +494,7 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
         const size_t b = begin[p], m = end[p] - begin[p];
         if (!m) continue;
         const PathWeights& w = layers_[l].path[p];
+        if (observer) observer(l, p == 1, LinearInput::O, &s_.att[b * qd], m, qd);
         kernels::linear(&s_.att[b * qd], m, w.o, nullptr, s_.o.data(), pool);
         add_into(x + b * H, s_.o.data(), m * H);
         grow(s_.gate, std::min(m, kMlpRows) * I);
@@ -501,11 +503,13 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
             const size_t rows = std::min(kMlpRows, m - r0);
             float* xr = x + (b + r0) * H;
             ops::rms_norm(xr, rows, H, w.post.data(), eps, s_.h.data());
+            if (observer) observer(l, p == 1, LinearInput::GateUp, s_.h.data(), rows, H);
             kernels::linear(s_.h.data(), rows, w.gate, nullptr, s_.gate.data(), pool);
             kernels::linear(s_.h.data(), rows, w.up, nullptr, s_.up.data(), pool);
             pool.parallel_for(rows, [&](size_t a0, size_t a1) {
                 ops::silu_mul(&s_.gate[a0 * I], &s_.up[a0 * I], (a1 - a0) * I, &s_.gate[a0 * I]);
             });
+            if (observer) observer(l, p == 1, LinearInput::Down, s_.gate.data(), rows, I);
             kernels::linear(s_.gate.data(), rows, w.down, nullptr, s_.o.data(), pool);
             add_into(xr, s_.o.data(), rows * H);
         }

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/tensor.h"
@@ -98,11 +99,25 @@ class SequenceBuilder {
 
 enum class LogitRows { None, Last, All };
 
+// The four linear inputs of a decoder layer (one per AWQ fusion group).
+enum class LinearInput {
+    Qkv,     // input_layernorm output, feeds q/k/v_proj
+    O,       // attention output, feeds o_proj
+    GateUp,  // post_attention_layernorm output, feeds gate/up_proj
+    Down,    // silu(gate) * up, feeds down_proj
+};
+
+// Sees the rows of one path entering a group of linears: x [n, dim] (n may be a row block of
+// the chunk). Calibration collects activation statistics through it.
+using ActivationObserver = std::function<void(int layer, bool gen, LinearInput which,
+                                              const float* x, size_t n, size_t dim)>;
+
 struct ForwardOptions {
     LogitRows logits = LogitRows::All;  // Last: only the last und row (decoding)
     bool velocity = true;               // llm2vae on the gen rows
     bool final_hidden = false;          // [n, H] after each row's path's final norm
     bool layer_out = false;             // residual stream after every layer
+    ActivationObserver observer;        // optional: called with every linear input
 };
 
 // What forward() produced; vectors are reused across calls (no reallocation once large enough).
@@ -154,7 +169,8 @@ class LanceDecoder {
         PathWeights path[2];  // und, gen
     };
     void check_batch(const Batch& b) const;
-    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const ops::ChunkMask& mask);
+    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const ops::ChunkMask& mask,
+                   const ActivationObserver& observer);
 
     LanceConfig cfg_;
     int64_t logits_limit_;
