@@ -156,8 +156,10 @@ void attention(const float* q, size_t n, const int32_t* q_index, const float* k,
         float* s = acc + kQueryTile * hd;
         float* mx = s + kQueryTile * kKeyTile;
         float* sum = mx + kQueryTile;
-        const size_t t0 = tasks * share / n_shares, t1 = tasks * (share + 1) / n_shares;
-        for (size_t task = t0; task < t1; ++task) {
+        // Round-robin over tasks: under a causal mask later query tiles cost more, and contiguous
+        // ranges would leave the last thread with most of the work. Each output is still
+        // computed by one task the same way, whatever the thread count.
+        for (size_t task = share; task < tasks; task += n_shares) {
             const size_t h = task % nh, tile = task / nh, g = h / group;
             const size_t r0 = tile * kQueryTile, nr = std::min(kQueryTile, n - r0);
             const float* kh = k + g * kv_stride * hd;
