@@ -479,6 +479,9 @@ TEST_F(DecoderModel, IncrementalDecodingEqualsFullForward) {
         fo.final_hidden = true;
         dec.forward(full, nullptr, false, ref_out, fo);
 
+        KvCache wrong;
+        Outputs unused;
+        EXPECT_THROW(dec.forward(full, &wrong, true, unused), Error);
         KvCache cache = dec.make_cache(4);  // small on purpose: forward grows it
         Batch b;
         b.token_ids.assign(full.token_ids.begin(), full.token_ids.begin() + prefill);

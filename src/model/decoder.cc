@@ -341,6 +341,7 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     check_batch(b);
     const size_t n = b.size(), H = cfg_.hidden_size, hd = cfg_.head_dim();
     KvCache& cache = cache_in ? *cache_in : s_.own_cache;
+    if (!cache.matches(cfg_)) fail("forward: the KV cache was made for another model shape");
     if (!cache_in) cache.clear();
     const size_t P = cache.size();
     // Geometric growth: decoding without a reservation must not copy the cache every token.

@@ -40,6 +40,14 @@ class KvCache {
     void truncate(size_t n);
     // Bytes held.
     size_t bytes() const;
+    // Whether this cache was made for a model of `cfg`'s shape.
+    bool matches(const LanceConfig& cfg) const {
+        return layers_ == static_cast<size_t>(cfg.num_hidden_layers) &&
+               n_kv_ == static_cast<size_t>(cfg.num_key_value_heads) &&
+               hd_ == static_cast<size_t>(cfg.head_dim());
+    }
+
+    // Raw storage for LanceDecoder (layer l: [kv_head][capacity][head_dim]).
 
     float* k(int layer) { return k_[layer].data(); }
     float* v(int layer) { return v_[layer].data(); }
