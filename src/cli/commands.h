@@ -10,6 +10,7 @@ void add_inspect(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_run(CLI::App& app);
 void add_forward(CLI::App& app);
 
 }  // namespace lancet::cli

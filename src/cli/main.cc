@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
     lancet::cli::add_demo(app);
     lancet::cli::add_tokenize(app);
     lancet::cli::add_bench(app);
+    lancet::cli::add_run(app);
     lancet::cli::add_forward(app);
 
     try {
