@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
     lancet::cli::add_demo(app);
     lancet::cli::add_tokenize(app);
     lancet::cli::add_bench(app);
+    lancet::cli::add_quantize(app);
+    lancet::cli::add_stats(app);
 
     try {
         app.parse(argc, argv);
