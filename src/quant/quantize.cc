@@ -264,6 +264,9 @@ void Pipeline::record(const std::string& base, const std::string& scheme, int gs
         e["rtn_fallback"] = group->rtn_fallback;
         e["synthetic_rows"] = group->synthetic_rows;
         e["rows"] = {{"search", group->n_search_rows}, {"heldout", group->n_heldout_rows}};
+        // The group's totals: the search guarantees awq <= rtn on the search rows per group, not
+        // per consumer.
+        e["group_error"] = {{"rtn", err_json(group->rtn)}, {"awq", err_json(group->awq)}};
         double sum = 0;
         int64_t clipped = 0;
         for (float r : c->clip) {
