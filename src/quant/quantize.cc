@@ -2,6 +2,7 @@
 // layer path at a time from the mapped source through AWQ (or RTN) into the safetensors writer.
 #include "quant/quantize.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -67,22 +68,6 @@ std::vector<uint8_t> raw_bytes(const std::vector<T>& v) {
 ojson err_json(const RelErr& e) {
     auto num = [](double v) { return std::isfinite(v) ? ojson(v) : ojson(nullptr); };
     return ojson{{"search", num(e.search)}, {"heldout", num(e.heldout)}};
-}
-
-// Drops the mapped pages behind a view of the source, whichever file holds it.
-void release_view(const LanceCheckpoint& ck, const TensorView& v) {
-    auto try_file = [&](const Checkpoint* c) {
-        if (!c) return false;
-        for (const auto& f : c->files()) {
-            const MappedFile& m = f->mapping();
-            if (v.data >= m.data() && v.data + v.nbytes <= m.data() + m.size()) {
-                m.release(static_cast<size_t>(v.data - m.data()), v.nbytes);
-                return true;
-            }
-        }
-        return false;
-    };
-    if (!try_file(&ck.main())) try_file(ck.vit_file());
 }
 
 // One output tensor's declaration.
@@ -340,7 +325,7 @@ void Pipeline::process_path(int layer, bool gen) {
         w.gate = load(names[4] + ".weight");
         w.up = load(names[5] + ".weight");
         w.down = load(names[6] + ".weight");
-        for (const TensorView& v : used) release_view(*ck_, v);
+        for (const TensorView& v : used) ck_->release(v);
         used.clear();
 
         const bool have = stats_ && !no_stats_paths_.count({layer, gen});
@@ -392,13 +377,13 @@ void Pipeline::process_path(int layer, bool gen) {
         cache_[names[1] + ".bias"] = bf16_bytes(w.k_bias);
         cache_[names[2] + ".bias"] = bf16_bytes(w.v_bias);
     }
-    for (const TensorView& v : used) release_view(*ck_, v);
+    for (const TensorView& v : used) ck_->release(v);
 }
 
 void Pipeline::quantize_single(const Target& t) {
     const TensorView v = ck_->tensor(t.base + ".weight");
     const std::vector<float> w = to_f32(v);
-    release_view(*ck_, v);
+    ck_->release(v);
     const bool vit = t.base.starts_with("vit_model.");
     if (awq_ && !vit && stats_ && stats_->has(t.base)) {
         // lm_head: nothing to fuse a scale into exactly (model.norm also feeds nothing else, but
@@ -430,7 +415,15 @@ void Pipeline::pass_through(const TensorSpec& s) {
     if (writer_->next_tensor() != s.name)
         fail("quantize: internal: writing ", s.name, ", expected ", writer_->next_tensor());
     if (!dtype_is_float(v.dtype) || v.dtype == DType::BF16) {
-        writer_->append(v.data, v.nbytes);
+        // Already in its output form: copied in 64 MB slices, each released after the write.
+        constexpr size_t kSlice = 64u << 20;
+        for (size_t off = 0; off < v.nbytes; off += kSlice) {
+            TensorView part = v;
+            part.data = v.data + off;
+            part.nbytes = std::min(kSlice, v.nbytes - off);
+            writer_->append(part.data, part.nbytes);
+            ck_->release(part);
+        }
     } else {
         // Convert in slices of ~4M elements so a large table never needs an f32 copy.
         const int64_t n = v.numel(), esz = static_cast<int64_t>(dtype_size(v.dtype));
@@ -448,10 +441,10 @@ void Pipeline::pass_through(const TensorSpec& s) {
             convert_to_f32(part, f.data());
             for (int64_t j = 0; j < k; ++j) h[j] = f32_to_bf16(f[j]);
             writer_->append(h.data(), h.size() * 2);
-            release_view(*ck_, part);
+            ck_->release(part);
         }
     }
-    release_view(*ck_, v);
+    ck_->release(v);
 }
 
 ojson Pipeline::make_meta() const {

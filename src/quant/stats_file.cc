@@ -264,7 +264,10 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
 namespace {
 
 std::vector<float> load_f32(const LanceCheckpoint& ck, const std::string& name) {
-    return to_f32(ck.tensor(name));
+    const TensorView v = ck.tensor(name);
+    std::vector<float> r = to_f32(v);
+    ck.release(v);
+    return r;
 }
 
 // x[t, i] = z * g[i] for n rows.
