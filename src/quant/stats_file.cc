@@ -139,13 +139,12 @@ LinearStats StatsFile::load(const std::string& base) const {
     if (it->second.n_rows > 0) s.rows = read_f32(view(".rows"));
     if (s.n_rows() > s.n_tokens)
         fail(path(), ": ", base, ".rows holds ", s.n_rows(), " rows but n_tokens is ", s.n_tokens);
-    for (const char* suffix : {".mean_abs", ".max_abs"}) {
-        const std::vector<float>& v = suffix[2] == 'e' ? s.mean_abs : s.max_abs;
-        for (size_t i = 0; i < v.size(); ++i)
-            if (!std::isfinite(v[i]) || v[i] < 0)
-                fail(path(), ": ", base, suffix, "[", i, "] = ", v[i],
+    for (const auto& [suffix, v] :
+         {std::pair{".mean_abs", &s.mean_abs}, std::pair{".max_abs", &s.max_abs}})
+        for (size_t i = 0; i < v->size(); ++i)
+            if (!std::isfinite((*v)[i]) || (*v)[i] < 0)
+                fail(path(), ": ", base, suffix, "[", i, "] = ", (*v)[i],
                      " (must be finite and >= 0)");
-    }
     for (size_t i = 0; i < s.rows.size(); ++i)
         if (!std::isfinite(s.rows[i]))
             fail(path(), ": ", base, ".rows[", i / s.in, ", ", i % s.in, "] = ", s.rows[i],
