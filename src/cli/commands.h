@@ -11,5 +11,6 @@ void add_demo(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_forward(CLI::App& app);
+void add_perplexity(CLI::App& app);
 
 }  // namespace lancet::cli
