@@ -13,6 +13,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "core/error.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/synth.h"
@@ -123,7 +124,9 @@ TEST(PerplexityWindows, EveryTokenScoredOnceWithContext) {
                 if (i > 0) {
                     EXPECT_EQ(w.end - w.begin, ctx);  // later windows are full
                     EXPECT_LE(w.end - w.first_scored, stride);
-                    if (i + 1 < ws.size()) EXPECT_EQ(w.begin, ws[i - 1].begin + stride);
+                    if (i + 1 < ws.size()) {
+                        EXPECT_EQ(w.begin, ws[i - 1].begin + stride);
+                    }
                 }
                 for (size_t t = w.first_scored; t < w.end; ++t) ++count[t];
             }

@@ -91,12 +91,15 @@ PerplexityResult evaluate_perplexity(const std::vector<LanceDecoder*>& decoders,
 
     // Per scored token (index t - 1 for token t), per model: NLL; against the reference: KL and
     // agreement. Kept per token so the sums run in text order whatever the thread split.
-    std::vector<std::vector<double>> nll(M, std::vector<double>(n_scored));
+    std::vector<std::vector<double>> nll(
+        M, std::vector<double>(n_scored, std::numeric_limits<double>::quiet_NaN()));
     std::vector<std::vector<double>> kl(M, std::vector<double>(n_scored, 0.0));
     std::vector<std::vector<uint8_t>> agree(M, std::vector<uint8_t>(n_scored, 1));
     std::vector<int32_t> ref_top(n_scored);
 
     std::vector<double> seconds(M, 0.0);
+    // Rows scored in all windows: equals n_scored exactly when the windows tile the text.
+    size_t rows_scored = 0;
     Outputs ref_out, out;
     ForwardOptions fo;
     fo.logits = LogitRows::All;
@@ -116,6 +119,7 @@ PerplexityResult evaluate_perplexity(const std::vector<LanceDecoder*>& decoders,
         b.splits = {{static_cast<int64_t>(len), SplitMode::Causal}};
         // Row r of a window predicts token begin + r + 1; scored rows [r0, len - 1).
         const size_t r0 = w.first_scored - w.begin - 1, rows = len - 1 - r0;
+        rows_scored += rows;
         log_debug("perplexity: window ", wi + 1, "/", windows.size(), " tokens [", w.begin, ", ",
                   w.end, "), scoring ", rows);
         for (size_t m = 0; m < M; ++m) {
@@ -161,7 +165,7 @@ PerplexityResult evaluate_perplexity(const std::vector<LanceDecoder*>& decoders,
     res.stride = stride;
     for (size_t m = 0; m < M; ++m) {
         ModelScore s;
-        s.tokens = n_scored;
+        s.tokens = rows_scored;
         s.seconds = seconds[m];
         s.mean_nll = mean_of(nll[m]);
         s.nll_se = se_of(nll[m], s.mean_nll);
