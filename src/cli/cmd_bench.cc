@@ -19,6 +19,7 @@
 #include "cli/commands.h"
 #include "core/aligned_buffer.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/numeric.h"
 #include "core/thread_pool.h"
 #include "kernels/dispatch.h"
@@ -376,6 +377,36 @@ void run_decode_bench(const DecodeOptions& opt) {
                  " decoded tokens exceed the context of ", m, " (", c.max_position_embeddings, ")");
     }
     std::printf("lancet bench decode: %s\n", kernels::runtime_description(pool).c_str());
+    std::fflush(stdout);
+    struct Row {
+        std::string label;
+        DecodeWeightBytes wb;
+        DecodeBenchResult r;
+        double rss_mib;
+    };
+    std::vector<Row> rows;
+    for (size_t i = 0; i < cks.size(); ++i) {
+        const LanceCheckpoint& ck = *cks[i];
+        DecoderOptions dopt;
+        dopt.pool = &pool;
+        std::error_code ec;
+        if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
+            dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
+        Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0};
+        {
+            // One decoder at a time: the next model's weights replace this one's.
+            log_info("bench decode: ", opt.models[i]);
+            LanceDecoder dec(ck, dopt);
+            DecodeBenchOptions bo;
+            bo.prompt_tokens = opt.prompt_tokens;
+            bo.decode_tokens = opt.decode_tokens;
+            bo.reps = opt.reps;
+            row.r = bench_decode(dec, bo);
+        }
+        row.rss_mib = peak_rss_mib();
+        rows.push_back(row);
+    }
+    // The probe's buffer comes last so it does not count in the models' peak RSS.
     const double read_gbps = measure_read_bandwidth(pool, 3, opt.bandwidth_mib);
     std::printf("streaming read: %.1f GB/s (%zu MiB on 2 MiB pages, %zu threads)\n\n", read_gbps,
                 opt.bandwidth_mib, pool.size());
@@ -385,60 +416,41 @@ void run_decode_bench(const DecodeOptions& opt) {
     std::printf(
         "| model | weights | prompt | prefill tok/s | decode tok/s | MB/token | GB/s | roofline "
         "| peak RSS MiB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
-    std::fflush(stdout);
-    for (size_t i = 0; i < cks.size(); ++i) {
-        const LanceCheckpoint& ck = *cks[i];
-        const DecodeWeightBytes wb = decode_weight_bytes(ck);
-        DecoderOptions dopt;
-        dopt.pool = &pool;
-        std::error_code ec;
-        if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
-            dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
-        DecodeBenchResult r;
-        {
-            // One decoder at a time: the next model's weights replace this one's.
-            LanceDecoder dec(ck, dopt);
-            DecodeBenchOptions bo;
-            bo.prompt_tokens = opt.prompt_tokens;
-            bo.decode_tokens = opt.decode_tokens;
-            bo.reps = opt.reps;
-            r = bench_decode(dec, bo);
-        }
-        const double rss = peak_rss_mib();
-        const double bytes = double(wb.total());
-        const double gbps = opt.decode_tokens ? bytes * r.decode_tps / 1e9 : NAN;
-        const std::string label = weight_format_label(ck);
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const Row& w = rows[i];
+        const double bytes = double(w.wb.total());
+        const double gbps = opt.decode_tokens ? bytes * w.r.decode_tps / 1e9 : NAN;
         std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %.0f |\n", opt.models[i].c_str(),
-                    label.c_str(), opt.prompt_tokens, fmt("%.1f", r.prefill_tps).c_str(),
-                    fmt("%.2f", opt.decode_tokens ? r.decode_tps : NAN).c_str(),
+                    w.label.c_str(), opt.prompt_tokens, fmt("%.1f", w.r.prefill_tps).c_str(),
+                    fmt("%.2f", opt.decode_tokens ? w.r.decode_tps : NAN).c_str(),
                     fmt("%.2f", bytes / 1e6).c_str(), fmt("%.1f", gbps).c_str(),
-                    fmt("%.2f", gbps / read_gbps).c_str(), rss);
-        std::fflush(stdout);
+                    fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
         records.push_back({{"kernel", "decode"},
                            {"model", opt.models[i]},
-                           {"weights", label},
+                           {"weights", w.label},
                            {"threads", pool.size()},
                            {"prompt_tokens", opt.prompt_tokens},
                            {"decode_tokens", opt.decode_tokens},
                            {"reps", opt.reps},
-                           {"prefill_s", r.prefill_s},
-                           {"prefill_tps", r.prefill_tps},
-                           {"decode_s", r.decode_s},
-                           {"decode_tps", r.decode_tps},
-                           {"bytes_per_token", wb.total()},
-                           {"bytes_linears", wb.linears},
-                           {"bytes_norms", wb.norms},
-                           {"bytes_lm_head", wb.lm_head},
-                           {"bytes_embedding_row", wb.embedding_row},
+                           {"prefill_s", w.r.prefill_s},
+                           {"prefill_tps", w.r.prefill_tps},
+                           {"decode_s", w.r.decode_s},
+                           {"decode_tps", w.r.decode_tps},
+                           {"bytes_per_token", w.wb.total()},
+                           {"bytes_linears", w.wb.linears},
+                           {"bytes_norms", w.wb.norms},
+                           {"bytes_lm_head", w.wb.lm_head},
+                           {"bytes_embedding_row", w.wb.embedding_row},
                            {"weight_gbps", opt.decode_tokens ? gbps : 0.0},
                            {"roofline", opt.decode_tokens ? gbps / read_gbps : 0.0},
-                           {"peak_rss_mib", rss}});
+                           {"peak_rss_mib", w.rss_mib}});
     }
     std::printf(
         "\nprefill = one forward of a random-id prompt; decode = greedy steps on the KV cache "
         "(median of %d runs); MB/token = und-path layer weights + norms + lm_head + one "
         "embedding row as stored; GB/s = MB/token x decode tok/s; roofline = GB/s / streaming "
-        "read; peak RSS = process maximum so far.\n",
+        "read (measured after the models); peak RSS = process maximum after each model (models "
+        "run one at a time, in order).\n",
         opt.reps);
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
 }
