@@ -14,5 +14,6 @@ void add_run(CLI::App& app);
 void add_forward(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_stats(CLI::App& app);
+void add_perplexity(CLI::App& app);
 
 }  // namespace lancet::cli

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     lancet::cli::add_forward(app);
     lancet::cli::add_quantize(app);
     lancet::cli::add_stats(app);
+    lancet::cli::add_perplexity(app);
 
     try {
         app.parse(argc, argv);
