@@ -11,6 +11,7 @@ void add_demo(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_run(CLI::App& app);
+void add_calibrate(CLI::App& app);
 void add_forward(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_stats(CLI::App& app);
