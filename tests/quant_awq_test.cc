@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "core/thread_pool.h"
 #include "quant/awq.h"
 #include "quant/awq_layer.h"
 #include "quant/fusion.h"
@@ -188,9 +189,10 @@ TEST(QuantAwq, DeterministicAcrossThreadCounts) {
     const std::vector<float> w1 = weights(rng, out, in), w2 = weights(rng, 30, in);
     const LinearStats st = activations(rng, in, 400, 128);
     AwqOptions o;
-    o.threads = 1;
+    ThreadPool one(1), three(3);
+    o.pool = &one;
     const AwqResult a = awq_search({{"a", w1.data(), out}, {"b", w2.data(), 30}}, in, &st, o);
-    o.threads = 3;
+    o.pool = &three;
     const AwqResult b = awq_search({{"a", w1.data(), out}, {"b", w2.data(), 30}}, in, &st, o);
     EXPECT_EQ(a.alpha, b.alpha);
     for (int c = 0; c < 2; ++c) {

@@ -1,5 +1,8 @@
-// `lancet bench kernels`: times the fused linear kernels on Lance's shapes against the machine's
-// streaming-read and FMA limits and against the naive dequantize-then-bf16 path.
+// `lancet bench`: `kernels` times the fused linear kernels on Lance's shapes against the machine's
+// streaming-read and FMA limits and against the naive dequantize-then-bf16 path; `decode` times
+// prefill and greedy decoding of whole models against the same read-bandwidth roofline.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -16,11 +19,16 @@
 #include "cli/commands.h"
 #include "core/aligned_buffer.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/numeric.h"
 #include "core/thread_pool.h"
 #include "kernels/dispatch.h"
 #include "kernels/linear.h"
 #include "kernels/probe.h"
+#include "model/decoder.h"
+#include "model/lance_checkpoint.h"
+#include "pipeline/decode_bench.h"
+#include "tokenizer/qwen2_tokenizer.h"
 
 namespace lancet::cli {
 namespace {
@@ -406,10 +414,120 @@ void run_kernels_bench(Options opt) {
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
 }
 
+struct DecodeOptions {
+    std::vector<std::string> models;
+    size_t prompt_tokens = 512, decode_tokens = 64;
+    int reps = 3;
+    std::string json;
+    size_t bandwidth_mib = 1024;
+};
+
+// Peak resident set of this process so far, MiB (Linux reports ru_maxrss in KiB).
+double peak_rss_mib() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+void run_decode_bench(const DecodeOptions& opt) {
+    ThreadPool& pool = default_pool();
+    if (opt.reps < 1) fail("bench decode: --reps must be >= 1");
+    if (opt.prompt_tokens < 1) fail("bench decode: --prompt-tokens must be >= 1");
+    if (opt.bandwidth_mib < 1) fail("bench decode: --bandwidth-mib must be >= 1");
+    // Open every folder first so a bad one fails before any timing.
+    std::vector<std::unique_ptr<LanceCheckpoint>> cks;
+    for (const std::string& m : opt.models) {
+        cks.push_back(LanceCheckpoint::open(m));
+        const LanceConfig& c = cks.back()->config();
+        if (c.max_position_embeddings > 0 &&
+            opt.prompt_tokens + opt.decode_tokens > size_t(c.max_position_embeddings))
+            fail("bench decode: ", opt.prompt_tokens, " prompt + ", opt.decode_tokens,
+                 " decoded tokens exceed the context of ", m, " (", c.max_position_embeddings, ")");
+    }
+    std::printf("lancet bench decode: %s\n", kernels::runtime_description(pool).c_str());
+    std::fflush(stdout);
+    struct Row {
+        std::string label;
+        DecodeWeightBytes wb;
+        DecodeBenchResult r;
+        double rss_mib;
+    };
+    std::vector<Row> rows;
+    for (size_t i = 0; i < cks.size(); ++i) {
+        const LanceCheckpoint& ck = *cks[i];
+        DecoderOptions dopt;
+        dopt.pool = &pool;
+        std::error_code ec;
+        if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
+            dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
+        Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0};
+        {
+            // One decoder at a time: the next model's weights replace this one's.
+            log_info("bench decode: ", opt.models[i]);
+            LanceDecoder dec(ck, dopt);
+            DecodeBenchOptions bo;
+            bo.prompt_tokens = opt.prompt_tokens;
+            bo.decode_tokens = opt.decode_tokens;
+            bo.reps = opt.reps;
+            row.r = bench_decode(dec, bo);
+        }
+        row.rss_mib = peak_rss_mib();
+        rows.push_back(row);
+    }
+    // The probe's buffer comes last so it does not count in the models' peak RSS.
+    const double read_gbps = measure_read_bandwidth(pool, 3, opt.bandwidth_mib);
+    std::printf("streaming read: %.1f GB/s (%zu MiB on 2 MiB pages, %zu threads)\n\n", read_gbps,
+                opt.bandwidth_mib, pool.size());
+    nlohmann::json records = nlohmann::json::array();
+    records.push_back(
+        {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
+    std::printf(
+        "| model | weights | prompt | prefill tok/s | decode tok/s | MB/token | GB/s | roofline "
+        "| peak RSS MiB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const Row& w = rows[i];
+        const double bytes = double(w.wb.total());
+        const double gbps = opt.decode_tokens ? bytes * w.r.decode_tps / 1e9 : NAN;
+        std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %.0f |\n", opt.models[i].c_str(),
+                    w.label.c_str(), opt.prompt_tokens, fmt("%.1f", w.r.prefill_tps).c_str(),
+                    fmt("%.2f", opt.decode_tokens ? w.r.decode_tps : NAN).c_str(),
+                    fmt("%.2f", bytes / 1e6).c_str(), fmt("%.1f", gbps).c_str(),
+                    fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
+        records.push_back({{"kernel", "decode"},
+                           {"model", opt.models[i]},
+                           {"weights", w.label},
+                           {"threads", pool.size()},
+                           {"prompt_tokens", opt.prompt_tokens},
+                           {"decode_tokens", opt.decode_tokens},
+                           {"reps", opt.reps},
+                           {"prefill_s", w.r.prefill_s},
+                           {"prefill_tps", w.r.prefill_tps},
+                           {"decode_s", w.r.decode_s},
+                           {"decode_tps", w.r.decode_tps},
+                           {"bytes_per_token", w.wb.total()},
+                           {"bytes_linears", w.wb.linears},
+                           {"bytes_norms", w.wb.norms},
+                           {"bytes_lm_head", w.wb.lm_head},
+                           {"bytes_embedding_row", w.wb.embedding_row},
+                           {"weight_gbps", opt.decode_tokens ? gbps : 0.0},
+                           {"roofline", opt.decode_tokens ? gbps / read_gbps : 0.0},
+                           {"peak_rss_mib", w.rss_mib}});
+    }
+    std::printf(
+        "\nprefill = one forward of a random-id prompt; decode = greedy steps on the KV cache "
+        "(median of %d runs); MB/token = und-path layer weights + norms + lm_head + one "
+        "embedding row as stored; GB/s = MB/token x decode tok/s; roofline = GB/s / streaming "
+        "read (measured after the models); peak RSS = process maximum after each model (models "
+        "run one at a time, in order).\n",
+        opt.reps);
+    if (!opt.json.empty()) write_json_atomically(opt.json, records);
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
-    CLI::App* bench = app.add_subcommand("bench", "Measure performance (scenarios: kernels)");
+    CLI::App* bench =
+        app.add_subcommand("bench", "Measure performance (scenarios: kernels, decode)");
     bench->require_subcommand(1);
     bench->fallthrough();
     auto opt = std::make_shared<Options>();
@@ -437,6 +555,20 @@ void add_bench(CLI::App& app) {
                   "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
     k->add_option("--json", opt->json, "Also write one JSON record per line to this file");
     k->callback([opt] { run_kernels_bench(*opt); });
+
+    auto dopt = std::make_shared<DecodeOptions>();
+    CLI::App* d = bench->add_subcommand(
+        "decode", "Time prefill and greedy decoding of models vs the read-bandwidth roofline");
+    d->fallthrough();
+    d->add_option("--model", dopt->models, "Lance model folder; repeat for several")->required();
+    d->add_option("--prompt-tokens", dopt->prompt_tokens, "Random-id prompt length (default 512)");
+    d->add_option("--decode-tokens", dopt->decode_tokens, "Greedy tokens decoded (default 64)");
+    d->add_option("--reps", dopt->reps,
+                  "Prefill + decode runs; the median is reported (default 3)");
+    d->add_option("--bandwidth-mib", dopt->bandwidth_mib,
+                  "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
+    d->add_option("--json", dopt->json, "Also write one JSON record per line to this file");
+    d->callback([dopt] { run_decode_bench(*dopt); });
 }
 
 }  // namespace lancet::cli

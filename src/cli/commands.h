@@ -10,5 +10,11 @@ void add_inspect(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_run(CLI::App& app);
+void add_calibrate(CLI::App& app);
+void add_forward(CLI::App& app);
+void add_quantize(CLI::App& app);
+void add_stats(CLI::App& app);
+void add_perplexity(CLI::App& app);
 
 }  // namespace lancet::cli

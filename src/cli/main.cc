@@ -28,6 +28,12 @@ int main(int argc, char** argv) {
     lancet::cli::add_demo(app);
     lancet::cli::add_tokenize(app);
     lancet::cli::add_bench(app);
+    lancet::cli::add_run(app);
+    lancet::cli::add_calibrate(app);
+    lancet::cli::add_forward(app);
+    lancet::cli::add_quantize(app);
+    lancet::cli::add_stats(app);
+    lancet::cli::add_perplexity(app);
 
     try {
         app.parse(argc, argv);

@@ -1,9 +1,11 @@
 // ThreadPool: a fixed set of workers with static partitioning, so results never depend on timing.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -76,5 +78,38 @@ ThreadPool& default_pool();
 // Replaces the default pool with one of n threads (0 = hardware_threads()). Not thread-safe
 // against concurrent kernels: call it at start-up (the CLI's -t/--threads).
 void set_default_threads(size_t n);
+
+}  // namespace lancet
+
+namespace lancet {
+
+// Calls fn(begin, end) on the chunks [c * chunk, min(n, (c + 1) * chunk)) of [0, n), each share of
+// `pool` taking a contiguous run of whole chunks. Chunk boundaries depend only on n and chunk, so
+// work that writes only its own chunk's outputs is bit-identical for any thread count. Unlike
+// ThreadPool::run, fn may throw: after every share has finished, the exception of the failing
+// range that starts first is rethrown (so which error is reported does not depend on timing).
+template <typename F>
+void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, F&& fn) {
+    if (n <= 0) return;
+    chunk = chunk < 1 ? 1 : chunk;
+    const size_t n_chunks = static_cast<size_t>((n + chunk - 1) / chunk);
+    std::mutex mu;
+    std::exception_ptr first;
+    size_t first_at = n_chunks;
+    pool.parallel_for(n_chunks, [&](size_t c0, size_t c1) {
+        try {
+            for (size_t c = c0; c < c1; ++c)
+                fn(static_cast<int64_t>(c) * chunk,
+                   std::min(n, static_cast<int64_t>(c + 1) * chunk));
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(mu);
+            if (c0 < first_at) {
+                first_at = c0;
+                first = std::current_exception();
+            }
+        }
+    });
+    if (first) std::rethrow_exception(first);
+}
 
 }  // namespace lancet

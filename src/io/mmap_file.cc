@@ -54,4 +54,13 @@ void MappedFile::advise_hot(size_t offset, size_t len) const {
     ::madvise(p, end - begin, MADV_WILLNEED);
 }
 
+void MappedFile::release(size_t offset, size_t len) const {
+    if (!data_ || offset >= size_) return;
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    // Only whole pages inside the range: a shared boundary page may still be in use.
+    const size_t begin = (offset + page - 1) / page * page;
+    const size_t end = std::min(size_, offset + len) / page * page;
+    if (end > begin) ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
+}
+
 }  // namespace lancet

@@ -22,6 +22,9 @@ class MappedFile {
     // Asks the kernel to back [offset, offset+len) with transparent huge pages and read it ahead;
     // a hint only, so failures are ignored.
     void advise_hot(size_t offset, size_t len) const;
+    // Drops this process's pages of [offset, offset+len) (they stay in the page cache and are
+    // re-read on the next touch), so streaming through a file larger than RAM keeps RSS flat.
+    void release(size_t offset, size_t len) const;
 
   private:
     std::string path_;

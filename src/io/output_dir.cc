@@ -55,9 +55,16 @@ void OutputDir::commit() {
 
 bool path_overlaps(const std::string& a, const std::string& b) {
     std::error_code ec;
-    if (!fs::exists(a, ec) || !fs::exists(b, ec)) return false;
-    if (fs::equivalent(a, b, ec)) return true;
-    const fs::path ca = fs::weakly_canonical(a, ec), cb = fs::weakly_canonical(b, ec);
+    if (a.empty() || b.empty()) return false;
+    if (fs::exists(a, ec) && fs::exists(b, ec) && fs::equivalent(a, b, ec)) return true;
+    // weakly_canonical resolves the existing prefix (symlinks, ..), so a folder that does not
+    // exist yet (the output) is still recognised inside or around the other.
+    auto norm = [&](const std::string& p) {
+        fs::path c = fs::weakly_canonical(fs::absolute(p, ec), ec).lexically_normal();
+        if (!c.has_filename() && c.has_parent_path() && c != c.root_path()) c = c.parent_path();
+        return c;
+    };
+    const fs::path ca = norm(a), cb = norm(b);
     auto inside = [](const fs::path& inner, const fs::path& outer) {
         auto o = outer.begin(), i = inner.begin();
         for (; o != outer.end(); ++o, ++i)

@@ -25,8 +25,8 @@ class OutputDir {
     bool force_, committed_ = false;
 };
 
-// True when a and b name the same existing file or folder (or b lies inside a), so writers can
-// refuse to put output over a source checkpoint.
+// True when a and b name the same file or folder or one lies inside the other (either may not
+// exist yet), so writers can refuse to put output over, inside or around a source checkpoint.
 bool path_overlaps(const std::string& a, const std::string& b);
 
 }  // namespace lancet

@@ -2,7 +2,9 @@
 // W4A8 with vpdpbusd (512-bit GEMV over block pairs, the 256-bit VNNI GEMM of the shared header).
 // GCC 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized when
 // they are inlined (a known false positive of the intrinsics headers); nothing here reads it.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #include <immintrin.h>
 

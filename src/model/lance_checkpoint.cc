@@ -205,6 +205,19 @@ TensorView LanceCheckpoint::tensor(const std::string& name) const {
     return main_->view(name);
 }
 
+void LanceCheckpoint::release(const TensorView& v) const {
+    for (const Checkpoint* c : {main_.get(), vit_.get()}) {
+        if (!c) continue;
+        for (const auto& f : c->files()) {
+            const MappedFile& m = f->mapping();
+            if (v.data >= m.data() && v.data + v.nbytes <= m.data() + m.size()) {
+                m.release(static_cast<size_t>(v.data - m.data()), v.nbytes);
+                return;
+            }
+        }
+    }
+}
+
 bool LanceCheckpoint::is_quantized(const std::string& base) const {
     return meta_ && meta_->per_weight.count(base + ".weight");
 }

@@ -56,6 +56,9 @@ class LanceCheckpoint {
     // when the ViT lives in a separate file.
     TensorView tensor(const std::string& name) const;
     bool has_tensor(const std::string& name) const;
+    // Drops this process's mapped pages behind a view returned by tensor() or quantized() (a
+    // streaming pass calls it after each tensor so RSS does not grow with the model).
+    void release(const TensorView& v) const;
     // Whether the linear `base` ("...q_proj") is stored quantized, and its quantized views.
     bool is_quantized(const std::string& base) const;
     QuantizedLinearView quantized(const std::string& base) const;

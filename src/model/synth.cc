@@ -286,10 +286,13 @@ struct Filler {
 }  // namespace
 
 uint64_t synth_checkpoint(const SynthOptions& opt) {
+    return synth_checkpoint(opt, synth_config(opt.preset));
+}
+
+uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg) {
     if (opt.dtype != DType::F32 && opt.dtype != DType::BF16)
         fail("synth: --dtype must be f32 or bf16");
     if (opt.out.empty()) fail("synth: no output folder given (-o DIR)");
-    LanceConfig cfg = synth_config(opt.preset);
     OutputDir out(opt.out, opt.force);
 
     int tokenizer_len;

@@ -34,6 +34,10 @@ OutlierPlan synth_outliers(const LanceConfig& cfg, uint64_t seed);
 
 // Writes the folder. Prints progress through log_info. Returns the number of bytes written.
 uint64_t synth_checkpoint(const SynthOptions& opt);
+// The same for any config (opt.preset only labels the file): tests build GQA/head_dim variants of
+// a preset this way. Without opt.tokenizer_dir the synthetic tokenizer is written, so `cfg` must
+// keep the preset's special ids and a vocab_size of at least 278.
+uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg);
 
 // Writes a byte-level BPE tokenizer (vocab.json, merges.txt, tokenizer_config.json) with Qwen2's 22
 // special tokens placed right after the 256 byte tokens, so tiny checkpoints exercise the rule that

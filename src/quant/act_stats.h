@@ -2,6 +2,7 @@
 // and a deterministic reservoir sample of input rows; accumulation and merging.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -32,6 +33,9 @@ class StatsAccumulator {
     void add_rows(const float* x, int64_t n, int in);
     LinearStats stats() const;
     int64_t n_tokens() const { return n_tokens_; }
+    int in() const { return in_; }
+    // Rows the reservoir holds now: min(n_tokens, capacity).
+    int64_t n_rows() const { return std::min<int64_t>(n_tokens_, capacity_); }
 
   private:
     int in_, capacity_;

@@ -9,8 +9,8 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "quant/gemm.h"
-#include "quant/parallel.h"
 #include "quant/rng.h"
 
 namespace lancet::quant {
@@ -116,7 +116,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
     const int gs = choose_group_size(in, opt.group_size);
     const int ng = in / gs;
     res.group_size = gs;
-    const int threads = opt.threads > 0 ? opt.threads : default_threads();
+    ThreadPool& pool = opt.pool ? *opt.pool : default_pool();
 
     // ---- activation magnitude and rows ----
     const bool have_stats = stats && stats->n_tokens > 0;
@@ -204,7 +204,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
         const std::vector<int64_t> rows = report_rows(con.out);
         const int64_t n_rep = static_cast<int64_t>(rows.size());
         std::vector<Sq> parts((n_rep + kRowChunk - 1) / kRowChunk);
-        parallel_for(n_rep, kRowChunk, threads, [&](int64_t j0, int64_t j1) {
+        parallel_chunks(pool, n_rep, kRowChunk, [&](int64_t j0, int64_t j1) {
             const int64_t b = j1 - j0;
             std::vector<float> wr(b * in), dw(b * in), out(b * std::max(ns, nh));
             for (int64_t r = 0; r < b; ++r) {
@@ -263,8 +263,8 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             const std::vector<float> s = scales_for(alpha, nullptr);
             const std::vector<float> xss = divide_columns(xs, in, s);
             std::vector<double> parts(items.size(), 0.0);
-            parallel_for(
-                static_cast<int64_t>(items.size()), 1, threads, [&](int64_t p0, int64_t p1) {
+            parallel_chunks(
+                pool, static_cast<int64_t>(items.size()), 1, [&](int64_t p0, int64_t p1) {
                     std::vector<float> ws, deq, delta, e;
                     std::vector<uint8_t> codes, zeros;
                     std::vector<uint16_t> scl;
@@ -330,7 +330,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             for (int i = 0; i < in; ++i)
                 xst[static_cast<size_t>(i) * ns + t] = xss[static_cast<size_t>(t) * in + i];
         gram.resize(static_cast<size_t>(ng) * gs * gs);
-        parallel_for(ng, 1, threads, [&](int64_t g0, int64_t g1) {
+        parallel_chunks(pool, ng, 1, [&](int64_t g0, int64_t g1) {
             for (int64_t g = g0; g < g1; ++g) {
                 const float* blk = &xst[static_cast<size_t>(g) * gs * ns];
                 gemm_nt(gs, gs, ns, blk, ns, blk, ns, &gram[static_cast<size_t>(g) * gs * gs], gs,
@@ -352,7 +352,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
         cr.clip.assign(static_cast<size_t>(con.out) * ng, 1.0f);
         const int64_t n_chunks = (con.out + kRowChunk - 1) / kRowChunk;
         std::vector<Sq> parts(n_chunks);
-        parallel_for(con.out, kRowChunk, threads, [&](int64_t o0, int64_t o1) {
+        parallel_chunks(pool, con.out, kRowChunk, [&](int64_t o0, int64_t o1) {
             const int64_t b = o1 - o0;
             std::vector<float> ws, deq;
             std::vector<uint8_t> codes, zeros;
@@ -504,6 +504,32 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
     for (auto& cr : res.consumers) {
         finish_rel(cr.rtn, cr.y2_search, cr.y2_heldout, have_h);
         finish_rel(cr.awq, cr.y2_search, cr.y2_heldout, have_h);
+    }
+    res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    return res;
+}
+
+AwqResult rtn_group(const std::vector<AwqConsumer>& consumers, int in, const AwqOptions& opt) {
+    if (consumers.empty()) fail("RTN group: no consumers");
+    const auto t_start = std::chrono::steady_clock::now();
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    AwqResult res;
+    res.group_size = choose_group_size(in, opt.group_size);
+    res.s.assign(in, 1.0f);
+    res.s_free = res.s;
+    res.rtn = {nan, nan, nan, nan};
+    res.awq = res.rtn;
+    for (const AwqConsumer& con : consumers) {
+        if (!con.w || con.out <= 0) fail("RTN group: consumer ", con.name, " has no weight");
+        AwqConsumerResult cr;
+        cr.name = con.name;
+        RtnOptions ro;
+        ro.group_size = opt.group_size;
+        cr.q = quantize_rtn(con.w, con.out, in, ro);
+        cr.clip.assign(static_cast<size_t>(con.out) * cr.q.n_groups(), 1.0f);
+        cr.rtn = res.rtn;
+        cr.awq = res.rtn;
+        res.consumers.push_back(std::move(cr));
     }
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     return res;

@@ -10,6 +10,10 @@
 #include "quant/act_stats.h"
 #include "quant/q4.h"
 
+namespace lancet {
+class ThreadPool;
+}
+
 namespace lancet::quant {
 
 // One linear reading the group's shared input: f32 master weight [out, in], row-major.
@@ -50,7 +54,9 @@ struct AwqOptions {
     uint64_t synthetic_seed = 0xC0DE;
     // Choose codes against the stored bf16 scale (spec §7.5); the RTN baseline stays seed-exact.
     bool codes_from_stored_scale = true;
-    int threads = 0;  // 0 = hardware concurrency
+    // Pool for the row-parallel work; nullptr = default_pool(). Results are bit-identical for any
+    // pool size.
+    ThreadPool* pool = nullptr;
 };
 
 // Relative output error ||ΔY|| / ||Y|| over the search rows and over the held-out rows (NaN when
@@ -91,5 +97,10 @@ struct AwqResult {
 // identity. Throws lancet::Error on inconsistent shapes or non-finite weights.
 AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const LinearStats* stats,
                      const AwqOptions& opt, const std::vector<int>* tie = nullptr);
+
+// A group with no statistics (spec §1.1, scheme asym_int4_grouped_no_awq): the seed's plain RTN of
+// every consumer, s = 1, no clipping, nothing searched. The errors are NaN (there are no rows to
+// measure them on).
+AwqResult rtn_group(const std::vector<AwqConsumer>& consumers, int in, const AwqOptions& opt);
 
 }  // namespace lancet::quant

@@ -34,9 +34,10 @@ LayerResult quantize_layer(LayerWeights& w, const LayerStats& stats, const AwqOp
         AwqOptions o_opt = opt;
         o_opt.search_scales = opt.search_scales && sw.fuse_o_v;
         const std::vector<int> tie = gqa_tie_map(w.num_heads, w.num_kv_heads, w.head_dim);
-        r.o = awq_search({{"o_proj", w.o.data(), w.hidden}}, static_cast<int>(qd), stats.o, o_opt,
-                         &tie);
-        if (!r.o.rtn_fallback && o_opt.search_scales)
+        const std::vector<AwqConsumer> c = {{"o_proj", w.o.data(), w.hidden}};
+        r.o = stats.o ? awq_search(c, static_cast<int>(qd), stats.o, o_opt, &tie)
+                      : rtn_group(c, static_cast<int>(qd), o_opt);
+        if (stats.o && !r.o.rtn_fallback && o_opt.search_scales)
             scale_weight_rows_inverse(w.v.data(), w.v_bias.empty() ? nullptr : w.v_bias.data(),
                                       static_cast<int64_t>(kvd), static_cast<int64_t>(h),
                                       r.o.s_free.data());
@@ -45,21 +46,23 @@ LayerResult quantize_layer(LayerWeights& w, const LayerStats& stats, const AwqOp
     {
         AwqOptions d_opt = opt;
         d_opt.search_scales = opt.search_scales && sw.fuse_down_up;
-        r.down =
-            awq_search({{"down_proj", w.down.data(), w.hidden}}, w.intermediate, stats.down, d_opt);
-        if (!r.down.rtn_fallback && d_opt.search_scales)
+        const std::vector<AwqConsumer> c = {{"down_proj", w.down.data(), w.hidden}};
+        r.down = stats.down ? awq_search(c, w.intermediate, stats.down, d_opt)
+                            : rtn_group(c, w.intermediate, d_opt);
+        if (stats.down && !r.down.rtn_fallback && d_opt.search_scales)
             scale_weight_rows_inverse<float>(w.up.data(), nullptr, static_cast<int64_t>(I),
                                              static_cast<int64_t>(h), r.down.s.data());
     }
-    r.qkv = awq_search({{"q_proj", w.q.data(), static_cast<int>(qd)},
-                        {"k_proj", w.k.data(), static_cast<int>(kvd)},
-                        {"v_proj", w.v.data(), static_cast<int>(kvd)}},
-                       w.hidden, stats.qkv, opt);
-    fuse_scale_into_norm(w.input_norm.data(), r.qkv.s.data(), w.hidden);
-    r.gate_up = awq_search(
-        {{"gate_proj", w.gate.data(), w.intermediate}, {"up_proj", w.up.data(), w.intermediate}},
-        w.hidden, stats.gate_up, opt);
-    fuse_scale_into_norm(w.post_norm.data(), r.gate_up.s.data(), w.hidden);
+    const std::vector<AwqConsumer> qkv = {{"q_proj", w.q.data(), static_cast<int>(qd)},
+                                          {"k_proj", w.k.data(), static_cast<int>(kvd)},
+                                          {"v_proj", w.v.data(), static_cast<int>(kvd)}};
+    r.qkv = stats.qkv ? awq_search(qkv, w.hidden, stats.qkv, opt) : rtn_group(qkv, w.hidden, opt);
+    if (stats.qkv) fuse_scale_into_norm(w.input_norm.data(), r.qkv.s.data(), w.hidden);
+    const std::vector<AwqConsumer> gu = {{"gate_proj", w.gate.data(), w.intermediate},
+                                         {"up_proj", w.up.data(), w.intermediate}};
+    r.gate_up =
+        stats.gate_up ? awq_search(gu, w.hidden, stats.gate_up, opt) : rtn_group(gu, w.hidden, opt);
+    if (stats.gate_up) fuse_scale_into_norm(w.post_norm.data(), r.gate_up.s.data(), w.hidden);
     return r;
 }
 

@@ -22,7 +22,9 @@ struct LayerWeights {
     std::vector<float> down;                    // [hidden, intermediate]
 };
 
-// Input statistics of the linears: q/k/v share one input, gate/up another.
+// Input statistics of the linears: q/k/v share one input, gate/up another. A null pointer means
+// the group was never calibrated: it gets the seed's plain RTN (rtn_group) and its norm or
+// producer is left unchanged (spec §1.1 asym_int4_grouped_no_awq).
 struct LayerStats {
     const LinearStats* qkv = nullptr;
     const LinearStats* o = nullptr;

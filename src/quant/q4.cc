@@ -11,7 +11,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
-#include "quant/parallel.h"
+#include "core/thread_pool.h"
 
 namespace lancet::quant {
 
@@ -185,7 +185,7 @@ QuantizedMatrix quantize_rtn(const float* w, int out, int in, const RtnOptions& 
     q.qweight.resize(static_cast<size_t>(out) * (in / 2));
     q.scales.resize(static_cast<size_t>(out) * ng);
     q.zeros.resize(static_cast<size_t>(out) * ng);
-    parallel_for(out, 64, 0, [&](int64_t o0, int64_t o1) {
+    parallel_chunks(default_pool(), out, 64, [&](int64_t o0, int64_t o1) {
         std::vector<float> buf(gs);
         std::vector<uint8_t> codes(in);
         for (int64_t o = o0; o < o1; ++o) {

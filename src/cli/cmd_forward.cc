@@ -1,0 +1,250 @@
+// `lancet forward`: runs one packed Lance sequence through the decoder as given and writes logits,
+// velocities, final hidden states and every layer's residual stream (format in README.md).
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "io/safetensors.h"
+#include "model/decoder.h"
+#include "model/lance_checkpoint.h"
+#include "model/positions.h"
+#include "tokenizer/qwen2_tokenizer.h"
+
+namespace lancet::cli {
+
+namespace {
+
+struct ForwardArgs {
+    std::string model, input, out;
+    size_t bench_prefill = 0, bench_decode = 0;
+};
+
+// Reads the input file's tensors with one-line errors naming the tensor.
+class InputFile {
+  public:
+    explicit InputFile(const std::string& path) : path_(path), file_(path) {}
+
+    bool has(const std::string& name) const { return file_.find(name) != nullptr; }
+
+    const TensorEntry& get(const std::string& name, DType dtype, size_t rank) const {
+        const TensorEntry* e = file_.find(name);
+        if (!e) fail(path_, ": missing tensor ", name);
+        if (e->dtype != dtype)
+            fail(path_, ": ", name, " is ", dtype_name(e->dtype), ", expected ", dtype_name(dtype));
+        if (e->shape.size() != rank)
+            fail(path_, ": ", name, " has shape ", shape_str(e->shape), ", expected rank ", rank);
+        return *e;
+    }
+
+    std::vector<int64_t> i64(const std::string& name, const Shape& shape) const {
+        const TensorEntry& e = get(name, DType::I64, shape.size());
+        check_shape(name, e, shape);
+        std::vector<int64_t> v(static_cast<size_t>(shape_numel(e.shape)));
+        std::memcpy(v.data(), file_.view(e).data, v.size() * 8);
+        return v;
+    }
+    std::vector<uint8_t> u8(const std::string& name, const Shape& shape) const {
+        const TensorEntry& e = get(name, DType::U8, shape.size());
+        check_shape(name, e, shape);
+        const TensorView t = file_.view(e);
+        return std::vector<uint8_t>(t.data, t.data + t.nbytes);
+    }
+    std::vector<float> f32(const std::string& name, const Shape& shape) const {
+        const TensorEntry& e = get(name, DType::F32, shape.size());
+        check_shape(name, e, shape);
+        std::vector<float> v(static_cast<size_t>(shape_numel(e.shape)));
+        std::memcpy(v.data(), file_.view(e).data, v.size() * 4);
+        for (size_t i = 0; i < v.size(); ++i)
+            if (!std::isfinite(v[i])) fail(path_, ": ", name, " holds a non-finite value at ", i);
+        return v;
+    }
+    // Length of the first dimension of a rank-1 tensor.
+    int64_t len(const std::string& name, DType dtype) const { return get(name, dtype, 1).shape[0]; }
+    const std::string& path() const { return path_; }
+
+  private:
+    void check_shape(const std::string& name, const TensorEntry& e, const Shape& want) const {
+        if (e.shape != want)
+            fail(path_, ": ", name, " has shape ", shape_str(e.shape), ", expected ",
+                 shape_str(want));
+    }
+    std::string path_;
+    SafetensorsFile file_;
+};
+
+// Times a text prefill of random ids and greedy-free decoding after it (logits of the last row
+// only, as chat does); prints tokens/s.
+void run_bench(const ForwardArgs& a) {
+    const auto ck = LanceCheckpoint::open(a.model);
+    const LanceConfig& cfg = ck->config();
+    LanceDecoder dec(*ck);
+    const size_t n = std::max<size_t>(a.bench_prefill, 1), m = a.bench_decode;
+    Batch b;
+    uint64_t s = 12345;
+    for (size_t i = 0; i < n + m; ++i) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        b.token_ids.push_back(static_cast<int64_t>((s >> 33) % 256));
+    }
+    const auto pos = mrope_positions(b.token_ids, {}, cfg);
+    const std::vector<int64_t> all = b.token_ids;
+    b.token_ids.resize(n);
+    b.positions.assign(pos.begin(), pos.begin() + n);
+    KvCache cache = dec.make_cache(n + m);
+    Outputs out;
+    ForwardOptions fo;
+    fo.logits = LogitRows::Last;
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    dec.forward(b, &cache, true, out, fo);
+    const auto t1 = clock::now();
+    for (size_t i = n; i < n + m; ++i) {
+        b.token_ids = {all[i]};
+        b.positions = {pos[i]};
+        dec.forward(b, &cache, true, out, fo);
+    }
+    const auto t2 = clock::now();
+    const double pre = std::chrono::duration<double>(t1 - t0).count();
+    const double dec_s = std::chrono::duration<double>(t2 - t1).count();
+    std::printf("prefill %zu tokens: %.3f s (%.1f tokens/s)\n", n, pre, n / pre);
+    if (m)
+        std::printf("decode %zu tokens after %zu: %.3f s (%.1f tokens/s)\n", m, n, dec_s,
+                    m / dec_s);
+}
+
+void run_forward(const ForwardArgs& a) {
+    if (a.bench_prefill || a.bench_decode) return run_bench(a);
+    if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
+    std::error_code ec;
+    if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
+    const auto ck = LanceCheckpoint::open(a.model);
+    const LanceConfig& cfg = ck->config();
+    const InputFile in(a.input);
+    const std::string& p = in.path();
+
+    // Validate everything before the (slow) weight load.
+    const int64_t L = in.len("token_ids", DType::I64);
+    if (L < 1) fail(p, ": token_ids is empty");
+    Batch b;
+    b.token_ids = in.i64("token_ids", {L});
+    for (int64_t i = 0; i < L; ++i)
+        if (b.token_ids[i] < 0 || b.token_ids[i] >= cfg.vocab_size)
+            fail(p, ": token_ids[", i, "] = ", b.token_ids[i], " is outside the vocabulary (",
+                 cfg.vocab_size, ")");
+    b.is_gen = in.u8("is_gen", {L});
+    int64_t N = 0;
+    for (int64_t i = 0; i < L; ++i) {
+        if (b.is_gen[i] > 1) fail(p, ": is_gen[", i, "] = ", int(b.is_gen[i]), " (must be 0 or 1)");
+        N += b.is_gen[i];
+        if ((b.token_ids[i] == cfg.video_token_id) != (b.is_gen[i] == 1))
+            fail(p, ": is_gen[", i, "] = ", int(b.is_gen[i]), " but token_ids[", i,
+                 "] = ", b.token_ids[i], " (gen tokens are exactly the <|video_pad|> id ",
+                 cfg.video_token_id, ")");
+    }
+    const int64_t S = in.len("split_lens", DType::I64);
+    if (S < 1) fail(p, ": split_lens is empty");
+    const auto lens = in.i64("split_lens", {S});
+    const auto modes = in.i64("split_modes", {S});
+    int64_t total = 0;
+    for (int64_t s = 0; s < S; ++s) {
+        if (lens[s] < 1) fail(p, ": split_lens[", s, "] = ", lens[s], " (must be >= 1)");
+        if (modes[s] < 0 || modes[s] > 2)
+            fail(p, ": split_modes[", s, "] = ", modes[s], " (0 causal, 1 full, 2 noise)");
+        total += lens[s];
+        b.splits.push_back({lens[s], static_cast<SplitMode>(modes[s])});
+    }
+    if (total != L) fail(p, ": split_lens sum to ", total, " but token_ids has ", L, " tokens");
+
+    // VAE blocks: a vision_start followed by a video pad.
+    int64_t blocks = 0;
+    for (int64_t i = 0; i + 1 < L; ++i)
+        blocks +=
+            b.token_ids[i] == cfg.vision_start_token_id && b.token_ids[i + 1] == cfg.video_token_id;
+    std::vector<int64_t> grid = {1, 1, 1};
+    if (N > 0 || in.has("latent_grid")) {
+        grid = in.i64("latent_grid", {3});
+        for (int d = 0; d < 3; ++d)
+            if (grid[d] < 1) fail(p, ": latent_grid[", d, "] = ", grid[d], " (must be >= 1)");
+        if (blocks * grid[0] * grid[1] * grid[2] != N)
+            fail(p, ": latent_grid (", grid[0], ", ", grid[1], ", ", grid[2], ") times ", blocks,
+                 " vision block(s) gives ", blocks * grid[0] * grid[1] * grid[2],
+                 " latent tokens but is_gen marks ", N);
+    }
+    const int64_t C = cfg.latent_channels;
+    if (N > 0 || in.has("latents")) b.latents = in.f32("latents", {N, C});
+    if (N > 0 || in.has("timesteps")) b.timesteps = in.f32("timesteps", {N});
+    if (in.has("pe3d_index")) {
+        b.pe3d_index = in.i64("pe3d_index", {N});
+    } else {
+        const auto one = pe3d_indices(grid[0], grid[1], grid[2], cfg.max_latent_size);
+        for (int64_t k = 0; k < blocks && N > 0; ++k)
+            b.pe3d_index.insert(b.pe3d_index.end(), one.begin(), one.end());
+    }
+    const int64_t rows = cfg.pos_embed_rows();
+    for (int64_t g = 0; g < N; ++g)
+        if (b.pe3d_index[g] < 0 || b.pe3d_index[g] >= rows)
+            fail(p, ": pe3d_index[", g, "] = ", b.pe3d_index[g], " is outside the PE3D table (",
+                 rows, " rows; latent_grid too large?)");
+    if (in.has("positions")) {
+        const auto pos = in.i64("positions", {3, L});
+        b.positions.resize(L);
+        for (int64_t i = 0; i < L; ++i) b.positions[i] = {pos[i], pos[L + i], pos[2 * L + i]};
+    } else {
+        std::vector<VisionGrid> grids(blocks, vae_block_grid(grid[0], grid[1], grid[2]));
+        try {
+            b.positions = mrope_positions(b.token_ids, grids, cfg);
+        } catch (const Error& e) {
+            fail(p, ": ", e.what());
+        }
+    }
+
+    // Lance masks logits at ids >= len(tokenizer) when the folder has one.
+    DecoderOptions dopt;
+    if (std::filesystem::exists(std::filesystem::path(a.model) / "vocab.json", ec))
+        dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(a.model).size());
+    LanceDecoder dec(*ck, dopt);
+    Outputs out;
+    ForwardOptions fo;
+    fo.final_hidden = true;
+    fo.layer_out = true;
+    dec.forward(b, nullptr, false, out, fo);
+
+    const int64_t H = cfg.hidden_size, V = cfg.vocab_size, n_und = L - N;
+    SafetensorsWriter w(a.out);
+    if (n_und > 0) w.add("logits", DType::F32, {n_und, V});
+    if (N > 0) w.add("velocity", DType::F32, {N, C});
+    w.add("final_hidden", DType::F32, {L, H});
+    for (int l = 0; l < cfg.num_hidden_layers; ++l)
+        w.add("layer_out." + std::to_string(l), DType::F32, {L, H});
+    w.set_metadata("format", "pt");
+    w.begin();
+    if (n_und > 0) w.write("logits", out.logits.data(), n_und * V * 4);
+    if (N > 0) w.write("velocity", out.velocity.data(), N * C * 4);
+    w.write("final_hidden", out.final_hidden.data(), L * H * 4);
+    for (int l = 0; l < cfg.num_hidden_layers; ++l)
+        w.write("layer_out." + std::to_string(l), out.layer_out[l].data(), L * H * 4);
+    w.finish();
+    log_info("forward: ", L, " tokens (", n_und, " und, ", N, " gen) -> ", a.out);
+}
+
+}  // namespace
+
+void add_forward(CLI::App& app) {
+    auto* cmd = app.add_subcommand(
+        "forward", "Run one packed sequence through the decoder and write its outputs");
+    auto args = std::make_shared<ForwardArgs>();
+    cmd->add_option("--model", args->model, "Lance model folder")->required();
+    cmd->add_option("--input", args->input, "Input .safetensors (see README)");
+    cmd->add_option("--out", args->out, "Output .safetensors");
+    cmd->add_option("--bench-prefill", args->bench_prefill,
+                    "Instead: time a prefill of this many random text tokens");
+    cmd->add_option("--bench-decode", args->bench_decode,
+                    "Instead: time decoding this many tokens after the prefill");
+    cmd->callback([args] { run_forward(*args); });
+}
+
+}  // namespace lancet::cli

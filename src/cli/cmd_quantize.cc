@@ -1,0 +1,96 @@
+// `lancet quantize` (AWQ / RTN INT4 checkpoint writer) and `lancet stats` (merge, synth).
+#include <array>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "quant/quantize.h"
+#include "quant/stats_file.h"
+
+namespace lancet::cli {
+
+void add_quantize(CLI::App& app) {
+    auto* cmd = app.add_subcommand(
+        "quantize",
+        "Quantize a Lance checkpoint to AWQ INT4 (the published awq_state_dict layout)");
+    auto opt = std::make_shared<quant::QuantizeOptions>();
+    auto include = std::make_shared<std::vector<std::string>>();
+    auto threads = std::make_shared<size_t>(0);
+    auto no = std::make_shared<std::array<bool, 4>>();  // search, clip, fuse-ov, fuse-updown
+    cmd->add_option("--method", opt->method, "awq (activation-aware, needs --stats) or rtn")
+        ->check(CLI::IsMember({"awq", "rtn"}))
+        ->capture_default_str();
+    cmd->add_option("--group-size", opt->group_size,
+                    "Group size 32, 64 or 128 (a linear whose width it does not divide falls back "
+                    "to a smaller one, with a warning)")
+        ->capture_default_str();
+    cmd->add_option("--stats", opt->stats, "Activation statistics (lancet stats synth / merge)");
+    cmd->add_option("--src", opt->src, "Source checkpoint folder (never written)")->required();
+    cmd->add_option("--out", opt->out, "Output folder")->required();
+    cmd->add_flag("--force", opt->force, "Replace an existing output folder");
+    cmd->add_option("--include", *include, "Also quantize: lm_head, vit (repeatable)")
+        ->check(CLI::IsMember({"lm_head", "vit"}));
+    cmd->add_flag("--no-search", (*no)[0], "No AWQ scale search (clipping search only)");
+    cmd->add_flag("--no-clip", (*no)[1], "No clipping search");
+    cmd->add_flag("--no-fuse-ov", (*no)[2], "Do not fold o_proj scales into v_proj");
+    cmd->add_flag("--no-fuse-updown", (*no)[3], "Do not fold down_proj scales into up_proj");
+    cmd->add_option("--threads", *threads, "Worker threads (default: all cores)");
+    cmd->callback([opt, include, threads, no] {
+        if (*threads > 0) set_default_threads(*threads);
+        for (const std::string& i : *include) {
+            if (i == "lm_head") opt->include_lm_head = true;
+            if (i == "vit") opt->include_vit = true;
+        }
+        opt->search = !(*no)[0];
+        opt->clip = !(*no)[1];
+        opt->fuse_ov = !(*no)[2];
+        opt->fuse_updown = !(*no)[3];
+        const auto report = quant::quantize_checkpoint(*opt);
+        std::printf("wrote %s (%s, group size %d) in %.1f s\n", opt->out.c_str(),
+                    opt->method.c_str(), opt->group_size,
+                    report["totals"]["seconds"].get<double>());
+        std::printf("%s", quant::report_table(report).c_str());
+    });
+}
+
+void add_stats(CLI::App& app) {
+    auto* cmd = app.add_subcommand("stats", "Activation statistics files: merge, synth");
+    cmd->require_subcommand(1);
+
+    auto* merge = cmd->add_subcommand("merge", "Merge statistics files (token-weighted)");
+    auto inputs = std::make_shared<std::vector<std::string>>();
+    auto out = std::make_shared<std::string>();
+    auto capacity = std::make_shared<int>(0);
+    merge->add_option("inputs", *inputs, "Statistics files")->required()->check(CLI::ExistingFile);
+    merge->add_option("-o,--out", *out, "Output file")->required();
+    merge->add_option("--rows", *capacity,
+                      "Reservoir rows kept per linear (default: the largest input capacity)");
+    merge->callback([inputs, out, capacity] {
+        quant::merge_stats_files(*inputs, *out, *capacity);
+        std::printf("wrote %s from %zu files\n", out->c_str(), inputs->size());
+    });
+
+    auto* synth = cmd->add_subcommand(
+        "synth",
+        "Statistics from synthetic activations consistent with a checkpoint (a stand-in until "
+        "`lancet calibrate` runs the real decoder)");
+    auto so = std::make_shared<quant::SynthStatsOptions>();
+    synth->add_option("--model", so->model, "Checkpoint folder (e.g. from lancet synth)")
+        ->required();
+    synth->add_option("-o,--out", so->out, "Output file")->required();
+    synth->add_option("--tokens", so->tokens, "Synthetic tokens per linear")->capture_default_str();
+    synth->add_option("--rows", so->rows, "Reservoir rows kept per linear")->capture_default_str();
+    synth->add_option("--seed", so->seed, "Seed")->capture_default_str();
+    synth->add_flag("--und-only", so->und_only,
+                    "Only the und path (like the seed's x2t calibration): gen gets none");
+    synth->callback([so] {
+        quant::synth_stats(*so);
+        std::printf("wrote %s\n", so->out.c_str());
+    });
+}
+
+}  // namespace lancet::cli

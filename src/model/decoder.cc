@@ -1,0 +1,520 @@
+// LanceDecoder: weight loading, embeddings, the per-path MoT layer loop and the output heads.
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/error.h"
+#include "core/numeric.h"
+#include "model/synth.h"
+
+namespace lancet {
+
+namespace {
+
+constexpr size_t kMlpRows = 256;  // MLP row block: bounds the [rows, intermediate] buffers
+
+std::vector<float> load_f32(const LanceCheckpoint& ck, const std::string& name, int64_t numel) {
+    const TensorView t = ck.tensor(name);
+    if (t.numel() != numel)
+        fail(ck.dir(), ": ", name, " has ", t.numel(), " values, expected ", numel);
+    return to_f32(t);
+}
+
+kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& base, size_t out,
+                                  size_t in) {
+    if (ck.is_quantized(base)) {
+        const QuantizedLinearView q = ck.quantized(base);
+        if (q.format != QuantFormat::Int4)
+            fail(ck.dir(), ": ", base, " is ", quant_format_name(q.format),
+                 "; the decoder runs AWQ INT4 only");
+        if (static_cast<size_t>(q.out) != out || static_cast<size_t>(q.in) != in)
+            fail(ck.dir(), ": ", base, " is [", q.out, ", ", q.in, "], expected [", out, ", ", in,
+                 "]");
+        if (q.scales.dtype != DType::BF16)
+            fail(ck.dir(), ": ", base, ".scales is ", dtype_name(q.scales.dtype),
+                 ", expected BF16");
+        // The mapped bytes may be unaligned for uint16_t; copy the scales.
+        std::vector<uint16_t> scales(q.scales.nbytes / 2);
+        std::memcpy(scales.data(), q.scales.data, q.scales.nbytes);
+        return kernels::LinearWeight::from_awq_int4(q.qweight.data, scales.data(), q.zeros.data,
+                                                    out, in, q.group_size);
+    }
+    const TensorView t = ck.tensor(base + ".weight");
+    if (t.numel() != static_cast<int64_t>(out * in))
+        fail(ck.dir(), ": ", base, ".weight has ", t.numel(), " values, expected ", out * in);
+    if (t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 2 == 0)
+        return kernels::LinearWeight::from_bf16(reinterpret_cast<const uint16_t*>(t.data), out, in);
+    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % 4 == 0)
+        return kernels::LinearWeight::from_f32(reinterpret_cast<const float*>(t.data), out, in);
+    const std::vector<float> w = to_f32(t);
+    return kernels::LinearWeight::from_f32(w.data(), out, in);
+}
+
+void add_into(float* x, const float* y, size_t n) {
+    for (size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+// ---- KvCache --------------------------------------------------------------------------------
+
+KvCache::KvCache(const LanceConfig& cfg, size_t capacity)
+    : layers_(cfg.num_hidden_layers),
+      n_kv_(cfg.num_key_value_heads),
+      hd_(cfg.head_dim()),
+      k_(layers_),
+      v_(layers_) {
+    reserve(capacity);
+}
+
+void KvCache::reserve(size_t capacity) {
+    if (capacity <= capacity_) return;
+    for (size_t l = 0; l < layers_; ++l)
+        for (auto* buf : {&k_[l], &v_[l]}) {
+            std::vector<float> grown(n_kv_ * capacity * hd_);
+            for (size_t g = 0; g < n_kv_; ++g)
+                std::copy_n(buf->data() + g * capacity_ * hd_, size_ * hd_,
+                            grown.data() + g * capacity * hd_);
+            buf->swap(grown);
+        }
+    hidden_.resize(capacity);
+    capacity_ = capacity;
+}
+
+void KvCache::truncate(size_t n) {
+    if (n > size_) fail("KvCache::truncate: ", n, " > size ", size_);
+    size_ = n;
+}
+
+size_t KvCache::bytes() const { return 2 * layers_ * n_kv_ * capacity_ * hd_ * 4 + capacity_; }
+
+// ---- Batch and SequenceBuilder --------------------------------------------------------------
+
+Batch Batch::slice(size_t begin, size_t end) const {
+    if (begin > end || end > size()) fail("Batch::slice: [", begin, ", ", end, ") of ", size());
+    if (embeddings) fail("Batch::slice: not for batches with embeddings");
+    Batch s;
+    s.token_ids.assign(token_ids.begin() + begin, token_ids.begin() + end);
+    if (!is_gen.empty()) s.is_gen.assign(is_gen.begin() + begin, is_gen.begin() + end);
+    if (!positions.empty()) s.positions.assign(positions.begin() + begin, positions.begin() + end);
+    size_t g0 = 0, g1 = 0;
+    for (size_t i = 0; i < end && !is_gen.empty(); ++i) {
+        if (i < begin) g0 += is_gen[i] != 0;
+        g1 += is_gen[i] != 0;
+    }
+    const size_t C = g1 > g0 ? latents.size() / timesteps.size() : 0;
+    s.latents.assign(latents.begin() + g0 * C, latents.begin() + g1 * C);
+    s.timesteps.assign(timesteps.begin() + g0, timesteps.begin() + g1);
+    s.pe3d_index.assign(pe3d_index.begin() + g0, pe3d_index.begin() + g1);
+    size_t at = 0;
+    for (const Split& sp : splits) {
+        const size_t a = std::max(at, begin), e = std::min<size_t>(at + sp.len, end);
+        if (a < e) s.splits.push_back({static_cast<int64_t>(e - a), sp.mode});
+        at += sp.len;
+    }
+    return s;
+}
+
+SequenceBuilder& SequenceBuilder::text(const std::vector<int64_t>& ids, SplitMode mode) {
+    if (ids.empty()) return *this;
+    b_.token_ids.insert(b_.token_ids.end(), ids.begin(), ids.end());
+    b_.is_gen.insert(b_.is_gen.end(), ids.size(), 0);
+    b_.splits.push_back({static_cast<int64_t>(ids.size()), mode});
+    return *this;
+}
+
+SequenceBuilder& SequenceBuilder::latent_block(int64_t t, int64_t h, int64_t w,
+                                               const std::vector<float>& latents, float timestep,
+                                               SplitMode mode) {
+    const int64_t n = t * h * w;
+    if (t < 1 || h < 1 || w < 1) fail("latent block grid (", t, ", ", h, ", ", w, ") is empty");
+    if (latents.size() != static_cast<size_t>(n * cfg_.latent_channels))
+        fail("latent block (", t, ", ", h, ", ", w, ") needs ", n * cfg_.latent_channels,
+             " latent values, got ", latents.size());
+    b_.token_ids.push_back(cfg_.vision_start_token_id);
+    b_.token_ids.insert(b_.token_ids.end(), n, cfg_.video_token_id);
+    b_.token_ids.push_back(cfg_.vision_end_token_id);
+    b_.is_gen.push_back(0);
+    b_.is_gen.insert(b_.is_gen.end(), n, 1);
+    b_.is_gen.push_back(0);
+    b_.latents.insert(b_.latents.end(), latents.begin(), latents.end());
+    b_.timesteps.insert(b_.timesteps.end(), n, timestep);
+    const auto pe = pe3d_indices(t, h, w, cfg_.max_latent_size);
+    b_.pe3d_index.insert(b_.pe3d_index.end(), pe.begin(), pe.end());
+    b_.splits.push_back({n + 2, mode});
+    grids_.push_back(vae_block_grid(t, h, w));
+    return *this;
+}
+
+Batch SequenceBuilder::build() const {
+    Batch b = b_;
+    b.positions = mrope_positions(b.token_ids, grids_, cfg_);
+    return b;
+}
+
+// ---- loading --------------------------------------------------------------------------------
+
+LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
+    : cfg_(ck.config()),
+      logits_limit_(opt.logits_limit > 0
+                        ? std::min<int64_t>(opt.logits_limit, ck.config().vocab_size)
+                        : ck.config().vocab_size),
+      pool_(opt.pool ? opt.pool : &default_pool()) {
+    const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
+                 I = cfg_.intermediate_size;
+    if (cfg_.num_attention_heads % cfg_.num_key_value_heads != 0)
+        fail(ck.dir(), ": num_attention_heads is not a multiple of num_key_value_heads");
+    const int msum = cfg_.mrope_section[0] + cfg_.mrope_section[1] + cfg_.mrope_section[2];
+    if (static_cast<size_t>(msum) * 2 != hd)
+        fail(ck.dir(), ": mrope_section sums to ", msum, " but head_dim/2 is ", hd / 2);
+    embed_ = ck.tensor("language_model.model.embed_tokens.weight");
+    if (embed_.numel() != static_cast<int64_t>(cfg_.vocab_size) * cfg_.hidden_size)
+        fail(ck.dir(), ": embed_tokens has the wrong size");
+    layers_.resize(cfg_.num_hidden_layers);
+    for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
+        const std::string pre = "language_model.model.layers." + std::to_string(l) + ".";
+        for (int p = 0; p < 2; ++p) {
+            const std::string s = p ? "_moe_gen" : "";
+            const std::string attn = pre + "self_attn.", mlp = pre + (p ? "mlp_moe_gen." : "mlp.");
+            PathWeights& w = layers_[l].path[p];
+            w.ln = load_f32(ck, pre + "input_layernorm" + s + ".weight", H);
+            w.post = load_f32(ck, pre + "post_attention_layernorm" + s + ".weight", H);
+            w.q_norm = load_f32(ck, attn + "q_norm" + s + ".weight", hd);
+            w.k_norm = load_f32(ck, attn + "k_norm" + s + ".weight", hd);
+            w.bq = load_f32(ck, attn + "q_proj" + s + ".bias", qd);
+            w.bk = load_f32(ck, attn + "k_proj" + s + ".bias", kvd);
+            w.bv = load_f32(ck, attn + "v_proj" + s + ".bias", kvd);
+            w.q = load_linear(ck, attn + "q_proj" + s, qd, H);
+            w.k = load_linear(ck, attn + "k_proj" + s, kvd, H);
+            w.v = load_linear(ck, attn + "v_proj" + s, kvd, H);
+            w.o = load_linear(ck, attn + "o_proj" + s, H, qd);
+            w.gate = load_linear(ck, mlp + "gate_proj", I, H);
+            w.up = load_linear(ck, mlp + "up_proj", I, H);
+            w.down = load_linear(ck, mlp + "down_proj", H, I);
+        }
+    }
+    norm_[0] = load_f32(ck, "language_model.model.norm.weight", H);
+    norm_[1] = load_f32(ck, "language_model.model.norm_moe_gen.weight", H);
+    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H);
+    const size_t C = cfg_.latent_channels, F = cfg_.time_freq_dim;
+    vae2llm_ = load_linear(ck, "vae2llm", H, C);
+    vae2llm_b_ = load_f32(ck, "vae2llm.bias", H);
+    llm2vae_ = load_linear(ck, "llm2vae", C, H);
+    llm2vae_b_ = load_f32(ck, "llm2vae.bias", C);
+    time0_ = load_linear(ck, "time_embedder.mlp.0", H, F);
+    time0_b_ = load_f32(ck, "time_embedder.mlp.0.bias", H);
+    time2_ = load_linear(ck, "time_embedder.mlp.2", H, H);
+    time2_b_ = load_f32(ck, "time_embedder.mlp.2.bias", H);
+
+    // PE3D: each axis code depends on one coordinate only, so slice it out of pe3d_row for
+    // (ti,0,0), (0,hi,0), (0,0,wi) once instead of evaluating whole rows per token.
+    const int L = cfg_.max_latent_size;
+    pe_frames_ = cfg_.max_num_frames / 4 + 1;
+    int d = cfg_.hidden_size / 3;
+    if (d % 2) --d;
+    pe_dims_[0] = pe_dims_[1] = d;
+    pe_dims_[2] = cfg_.hidden_size - 2 * d;
+    std::vector<double> row(H);
+    pe_t_.resize(static_cast<size_t>(pe_frames_) * d);
+    pe_h_.resize(static_cast<size_t>(L) * d);
+    pe_w_.resize(static_cast<size_t>(L) * pe_dims_[2]);
+    for (int t = 0; t < pe_frames_; ++t) {
+        pe3d_row(cfg_.hidden_size, static_cast<int64_t>(t) * L * L, L, row.data());
+        for (int i = 0; i < d; ++i) pe_t_[t * d + i] = static_cast<float>(row[i]);
+    }
+    for (int i = 0; i < L; ++i) {
+        pe3d_row(cfg_.hidden_size, static_cast<int64_t>(i) * L, L, row.data());
+        for (int c = 0; c < d; ++c) pe_h_[i * d + c] = static_cast<float>(row[d + c]);
+        pe3d_row(cfg_.hidden_size, i, L, row.data());
+        for (int c = 0; c < pe_dims_[2]; ++c)
+            pe_w_[i * pe_dims_[2] + c] = static_cast<float>(row[2 * d + c]);
+    }
+    s_.own_cache = KvCache(cfg_, 0);
+}
+
+// ---- embeddings -----------------------------------------------------------------------------
+
+void LanceDecoder::embed_tokens(const int64_t* ids, size_t n, float* out) const {
+    const size_t H = cfg_.hidden_size, es = dtype_size(embed_.dtype);
+    for (size_t r = 0; r < n; ++r) {
+        if (ids[r] < 0 || ids[r] >= cfg_.vocab_size)
+            fail("token id ", ids[r], " at ", r, " is outside the vocabulary (", cfg_.vocab_size,
+                 ")");
+        const uint8_t* src = embed_.data + static_cast<size_t>(ids[r]) * H * es;
+        float* dst = out + r * H;
+        if (embed_.dtype == DType::F32) {
+            std::memcpy(dst, src, H * 4);
+        } else if (embed_.dtype == DType::BF16) {
+            for (size_t i = 0; i < H; ++i) {
+                uint16_t u;
+                std::memcpy(&u, src + 2 * i, 2);
+                dst[i] = bf16_to_f32(u);
+            }
+        } else {
+            convert_to_f32(TensorView{embed_.dtype, {static_cast<int64_t>(H)}, src, H * es}, dst);
+        }
+    }
+}
+
+void LanceDecoder::pe3d(int64_t pos_id, float* out) const {
+    const int64_t L = cfg_.max_latent_size;
+    if (pos_id < 0 || pos_id >= pe_frames_ * L * L)
+        fail("PE3D index ", pos_id, " is outside the table (", pe_frames_ * L * L, " rows)");
+    const int64_t t = pos_id / (L * L), h = (pos_id / L) % L, w = pos_id % L;
+    const int d0 = pe_dims_[0], d2 = pe_dims_[2];
+    std::copy_n(&pe_t_[t * d0], d0, out);
+    std::copy_n(&pe_h_[h * d0], d0, out + d0);
+    std::copy_n(&pe_w_[w * d2], d2, out + 2 * d0);
+}
+
+void LanceDecoder::timestep_embed(const float* t, size_t n, float* out) {
+    const size_t H = cfg_.hidden_size, F = cfg_.time_freq_dim;
+    grow(s_.feat, n * F);
+    grow(s_.tmp, n * H);
+    for (size_t r = 0; r < n; ++r) ops::timestep_features(t[r], F, &s_.feat[r * F]);
+    kernels::linear(s_.feat.data(), n, time0_, time0_b_.data(), s_.tmp.data(), *pool_);
+    ops::silu(s_.tmp.data(), n * H);
+    kernels::linear(s_.tmp.data(), n, time2_, time2_b_.data(), out, *pool_);
+}
+
+void LanceDecoder::embed_latents(const float* latents, const float* t, const int64_t* pe3d_index,
+                                 size_t n, float* out) {
+    const size_t H = cfg_.hidden_size;
+    kernels::linear(latents, n, vae2llm_, vae2llm_b_.data(), out, *pool_);
+    // A block shares one t (or two: clean 0 and the step's t): embed each distinct value once.
+    s_.t_unique.clear();
+    s_.t_slot.resize(n);
+    for (size_t r = 0; r < n; ++r) {
+        auto it = std::find(s_.t_unique.begin(), s_.t_unique.end(), t[r]);
+        if (it == s_.t_unique.end()) {
+            s_.t_unique.push_back(t[r]);
+            it = s_.t_unique.end() - 1;
+        }
+        s_.t_slot[r] = static_cast<int32_t>(it - s_.t_unique.begin());
+    }
+    std::vector<float>& temb = s_.o;  // free outside run_layer
+    grow(temb, s_.t_unique.size() * H);
+    // One call per value, so a token's embedding never depends on which other t values share
+    // the chunk (the kernels may pick a different path for a different row count).
+    for (size_t u = 0; u < s_.t_unique.size(); ++u)
+        timestep_embed(&s_.t_unique[u], 1, &temb[u * H]);
+    grow(s_.h, H);
+    for (size_t r = 0; r < n; ++r) {
+        pe3d(pe3d_index[r], s_.h.data());
+        float* o = out + r * H;
+        const float* te = &temb[s_.t_slot[r] * H];
+        for (size_t i = 0; i < H; ++i) o[i] += te[i] + s_.h[i];
+    }
+}
+
+// ---- forward --------------------------------------------------------------------------------
+
+void LanceDecoder::check_batch(const Batch& b) const {
+    const size_t n = b.size();
+    if (n == 0) fail("forward: empty batch");
+    if (!b.is_gen.empty() && b.is_gen.size() != n)
+        fail("forward: is_gen has ", b.is_gen.size(), " entries for ", n, " tokens");
+    size_t n_gen = 0;
+    for (uint8_t g : b.is_gen) n_gen += g != 0;
+    if (!b.embeddings) {
+        if (b.latents.size() != n_gen * cfg_.latent_channels)
+            fail("forward: latents hold ", b.latents.size(), " values for ", n_gen,
+                 " gen tokens of ", cfg_.latent_channels, " channels");
+        if (b.timesteps.size() != n_gen || b.pe3d_index.size() != n_gen)
+            fail("forward: timesteps/pe3d_index need one entry per gen token (", n_gen, ")");
+    }
+    if (b.positions.size() != n)
+        fail("forward: ", b.positions.size(), " positions for ", n, " tokens");
+    if (!b.splits.empty()) check_splits(b.splits, n, "forward");
+}
+
+void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outputs& out,
+                           const ForwardOptions& opt) {
+    check_batch(b);
+    const size_t n = b.size(), H = cfg_.hidden_size, hd = cfg_.head_dim();
+    KvCache& cache = cache_in ? *cache_in : s_.own_cache;
+    if (!cache.matches(cfg_)) fail("forward: the KV cache was made for another model shape");
+    if (!cache_in) cache.clear();
+    const size_t P = cache.size();
+    // Geometric growth: decoding without a reservation must not copy the cache every token.
+    if (P + n > cache.capacity()) cache.reserve(std::max(P + n, cache.capacity() * 3 / 2 + 64));
+
+    // Internal row order: und rows, then gen rows, each in sequence order, so every weight set
+    // sees one contiguous block of rows.
+    auto& perm = s_.perm;
+    perm.clear();
+    for (size_t i = 0; i < n; ++i)
+        if (b.is_gen.empty() || !b.is_gen[i]) perm.push_back(static_cast<int32_t>(i));
+    const size_t n_und = perm.size(), n_gen = n - n_und;
+    for (size_t i = 0; i < n && n_gen; ++i)
+        if (b.is_gen[i]) perm.push_back(static_cast<int32_t>(i));
+
+    grow(s_.x, n * H);
+    float* x = s_.x.data();
+    if (b.embeddings) {
+        for (size_t r = 0; r < n; ++r) std::copy_n(b.embeddings + perm[r] * H, H, x + r * H);
+    } else {
+        for (size_t r = 0; r < n_und; ++r) embed_tokens(&b.token_ids[perm[r]], 1, x + r * H);
+        // embed_latents uses s_.tmp, s_.feat, s_.o and s_.h, never s_.x.
+        if (n_gen)
+            embed_latents(b.latents.data(), b.timesteps.data(), b.pe3d_index.data(), n_gen,
+                          x + n_und * H);
+    }
+
+    const size_t half = hd / 2;
+    grow(s_.rope_cos, n * half);
+    grow(s_.rope_sin, n * half);
+    for (size_t r = 0; r < n; ++r)
+        ops::mrope_angles(b.positions[perm[r]], hd, cfg_.mrope_section, cfg_.rope_theta,
+                          &s_.rope_cos[r * half], &s_.rope_sin[r * half]);
+
+    // Split bookkeeping in sequence order.
+    s_.split_of.resize(n);
+    s_.modes.clear();
+    s_.split_end.clear();
+    if (b.splits.empty()) {
+        std::fill(s_.split_of.begin(), s_.split_of.end(), 0);
+        s_.modes.push_back(SplitMode::Causal);
+        s_.split_end.push_back(static_cast<int32_t>(n));
+    } else {
+        size_t at = 0;
+        for (size_t sp = 0; sp < b.splits.size(); ++sp) {
+            for (int64_t i = 0; i < b.splits[sp].len; ++i)
+                s_.split_of[at++] = static_cast<int32_t>(sp);
+            s_.modes.push_back(b.splits[sp].mode);
+            s_.split_end.push_back(static_cast<int32_t>(at));
+        }
+    }
+    for (size_t i = 0; i < n; ++i)
+        cache.hidden()[P + i] = s_.modes[s_.split_of[i]] == SplitMode::Noise;
+    ops::ChunkMask mask{P, cache.hidden(), s_.split_of.data(), s_.modes.data(),
+                        s_.split_end.data()};
+
+    if (opt.layer_out) out.layer_out.resize(cfg_.num_hidden_layers);
+    for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
+        run_layer(l, n, n_und, cache, mask, opt.observer);
+        if (opt.layer_out) {
+            out.layer_out[l].resize(n * H);
+            for (size_t r = 0; r < n; ++r)
+                std::copy_n(x + r * H, H, &out.layer_out[l][perm[r] * H]);
+        }
+    }
+    cache.set_size(append ? P + n : P);
+
+    // Final norm per path, then the heads.
+    grow(s_.h, n * H);
+    float* fin = s_.h.data();
+    const float eps = static_cast<float>(cfg_.rms_norm_eps);
+    ops::rms_norm(x, n_und, H, norm_[0].data(), eps, fin);
+    ops::rms_norm(x + n_und * H, n_gen, H, norm_[1].data(), eps, fin + n_und * H);
+    if (opt.final_hidden) {
+        out.final_hidden.resize(n * H);
+        for (size_t r = 0; r < n; ++r) std::copy_n(fin + r * H, H, &out.final_hidden[perm[r] * H]);
+    }
+    out.logit_rows = 0;
+    if (opt.logits != LogitRows::None && n_und > 0) {
+        const size_t first = opt.logits == LogitRows::Last ? n_und - 1 : 0, V = cfg_.vocab_size;
+        out.logit_rows = n_und - first;
+        out.logits.resize(out.logit_rows * V);
+        kernels::linear(fin + first * H, out.logit_rows, lm_head_, nullptr, out.logits.data(),
+                        *pool_);
+        for (size_t r = 0; r < out.logit_rows; ++r)
+            std::fill(out.logits.begin() + r * V + logits_limit_, out.logits.begin() + (r + 1) * V,
+                      -std::numeric_limits<float>::infinity());
+    }
+    if (opt.velocity) {
+        out.velocity.resize(n_gen * cfg_.latent_channels);
+        if (n_gen)
+            kernels::linear(fin + n_und * H, n_gen, llm2vae_, llm2vae_b_.data(),
+                            out.velocity.data(), *pool_);
+    }
+}
+
+void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
+                             const ops::ChunkMask& mask, const ActivationObserver& observer) {
+    const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), nh = cfg_.num_attention_heads,
+                 nkv = cfg_.num_key_value_heads, qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
+                 I = cfg_.intermediate_size, half = hd / 2, P = mask.n_cached,
+                 cap = cache.capacity();
+    const float eps = static_cast<float>(cfg_.rms_norm_eps);
+    ThreadPool& pool = *pool_;
+    grow(s_.h, n * H);
+    grow(s_.q, n * qd);
+    grow(s_.k, n * kvd);
+    grow(s_.v, n * kvd);
+    grow(s_.att, n * qd);
+    grow(s_.o, std::max(n, kMlpRows) * H);
+    float* x = s_.x.data();
+    const size_t begin[2] = {0, n_und}, end[2] = {n_und, n};
+
+    for (int p = 0; p < 2; ++p) {
+        const size_t b = begin[p], m = end[p] - begin[p];
+        if (!m) continue;
+        const PathWeights& w = layers_[l].path[p];
+        pool.parallel_for(m, [&](size_t r0, size_t r1) {
+            ops::rms_norm(x + (b + r0) * H, r1 - r0, H, w.ln.data(), eps, &s_.h[(b + r0) * H]);
+        });
+        if (observer) observer(l, p == 1, LinearInput::Qkv, &s_.h[b * H], m, H);
+        kernels::linear(&s_.h[b * H], m, w.q, w.bq.data(), &s_.q[b * qd], pool);
+        kernels::linear(&s_.h[b * H], m, w.k, w.bk.data(), &s_.k[b * kvd], pool);
+        kernels::linear(&s_.h[b * H], m, w.v, w.bv.data(), &s_.v[b * kvd], pool);
+        pool.parallel_for(m, [&](size_t r0, size_t r1) {
+            for (size_t r = b + r0; r < b + r1; ++r) {
+                ops::rms_norm(&s_.q[r * qd], nh, hd, w.q_norm.data(), eps, &s_.q[r * qd]);
+                ops::rms_norm(&s_.k[r * kvd], nkv, hd, w.k_norm.data(), eps, &s_.k[r * kvd]);
+                ops::apply_rope(&s_.q[r * qd], nh, hd, &s_.rope_cos[r * half],
+                                &s_.rope_sin[r * half]);
+                ops::apply_rope(&s_.k[r * kvd], nkv, hd, &s_.rope_cos[r * half],
+                                &s_.rope_sin[r * half]);
+            }
+        });
+    }
+    // Keys and values go to the cache slots of their sequence positions (a chunk run without
+    // append still uses the slots past size(); the size is not advanced).
+    float* kc = cache.k(l);
+    float* vc = cache.v(l);
+    for (size_t r = 0; r < n; ++r) {
+        const size_t a = P + s_.perm[r];
+        for (size_t g = 0; g < nkv; ++g) {
+            std::copy_n(&s_.k[r * kvd + g * hd], hd, kc + (g * cap + a) * hd);
+            std::copy_n(&s_.v[r * kvd + g * hd], hd, vc + (g * cap + a) * hd);
+        }
+    }
+    ops::attention(s_.q.data(), n, s_.perm.data(), kc, vc, cap, nh, nkv, hd, mask, s_.att.data(),
+                   s_.attn, pool);
+
+    for (int p = 0; p < 2; ++p) {
+        const size_t b = begin[p], m = end[p] - begin[p];
+        if (!m) continue;
+        const PathWeights& w = layers_[l].path[p];
+        if (observer) observer(l, p == 1, LinearInput::O, &s_.att[b * qd], m, qd);
+        kernels::linear(&s_.att[b * qd], m, w.o, nullptr, s_.o.data(), pool);
+        add_into(x + b * H, s_.o.data(), m * H);
+        grow(s_.gate, std::min(m, kMlpRows) * I);
+        grow(s_.up, std::min(m, kMlpRows) * I);
+        for (size_t r0 = 0; r0 < m; r0 += kMlpRows) {
+            const size_t rows = std::min(kMlpRows, m - r0);
+            float* xr = x + (b + r0) * H;
+            ops::rms_norm(xr, rows, H, w.post.data(), eps, s_.h.data());
+            if (observer) observer(l, p == 1, LinearInput::GateUp, s_.h.data(), rows, H);
+            kernels::linear(s_.h.data(), rows, w.gate, nullptr, s_.gate.data(), pool);
+            kernels::linear(s_.h.data(), rows, w.up, nullptr, s_.up.data(), pool);
+            pool.parallel_for(rows, [&](size_t a0, size_t a1) {
+                ops::silu_mul(&s_.gate[a0 * I], &s_.up[a0 * I], (a1 - a0) * I, &s_.gate[a0 * I]);
+            });
+            if (observer) observer(l, p == 1, LinearInput::Down, s_.gate.data(), rows, I);
+            kernels::linear(s_.gate.data(), rows, w.down, nullptr, s_.o.data(), pool);
+            add_into(xr, s_.o.data(), rows * H);
+        }
+    }
+}
+
+}  // namespace lancet

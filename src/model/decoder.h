@@ -1,0 +1,208 @@
+// LanceDecoder: the MoT decoder of Lance (spec §2) on CPU with f32 activations: per-token und/gen
+// weight routing, M-RoPE, the split attention mask, a KV cache with incremental decoding, the
+// text and VAE-latent input embeddings, lm_head and llm2vae.
+//
+// Numerics: Lance runs in bf16; this runs every activation in f32 (weights as stored: F32, BF16
+// or AWQ INT4), so it is closer to the exact math than the reference implementation is. There is
+// no bf16-rounding emulation mode.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+#include "kernels/linear.h"
+#include "model/decoder_ops.h"
+#include "model/lance_checkpoint.h"
+#include "model/positions.h"
+
+namespace lancet {
+
+// Keys and values of every decoder layer for the tokens pushed so far, stored after q/k-norm and
+// RoPE (spec §2.1), per layer as [kv_head][capacity][head_dim] so attention streams one head's
+// keys contiguously. Also remembers which cached tokens lie in a noise split (never visible to
+// later queries).
+class KvCache {
+  public:
+    KvCache() = default;
+    KvCache(const LanceConfig& cfg, size_t capacity = 0);
+
+    size_t size() const { return size_; }
+    size_t capacity() const { return capacity_; }
+    // Grows the storage to hold `capacity` tokens (keeps the content). forward() calls it when a
+    // chunk does not fit; reserving up front avoids the copies.
+    void reserve(size_t capacity);
+    void clear() { size_ = 0; }
+    // Drops tokens from the end (size() becomes n <= size()).
+    void truncate(size_t n);
+    // Bytes held.
+    size_t bytes() const;
+    // Whether this cache was made for a model of `cfg`'s shape.
+    bool matches(const LanceConfig& cfg) const {
+        return layers_ == static_cast<size_t>(cfg.num_hidden_layers) &&
+               n_kv_ == static_cast<size_t>(cfg.num_key_value_heads) &&
+               hd_ == static_cast<size_t>(cfg.head_dim());
+    }
+
+    // Raw storage for LanceDecoder (layer l: [kv_head][capacity][head_dim]).
+
+    float* k(int layer) { return k_[layer].data(); }
+    float* v(int layer) { return v_[layer].data(); }
+    const uint8_t* hidden() const { return hidden_.data(); }
+    uint8_t* hidden() { return hidden_.data(); }
+    void set_size(size_t n) { size_ = n; }
+
+  private:
+    size_t layers_ = 0, n_kv_ = 0, hd_ = 0, size_ = 0, capacity_ = 0;
+    std::vector<std::vector<float>> k_, v_;
+    std::vector<uint8_t> hidden_;
+};
+
+// One chunk of tokens, in sequence order.
+struct Batch {
+    std::vector<int64_t> token_ids;  // [n]; gen rows conventionally hold video_token_id
+    std::vector<uint8_t> is_gen;     // [n]: 1 = VAE-latent token on the gen path; empty = all und
+    // Gen rows in order: latent values [n_gen, latent_channels], flow time t in [0,1], PE3D row.
+    std::vector<float> latents;
+    std::vector<float> timesteps;
+    std::vector<int64_t> pe3d_index;
+    std::vector<RopePosition> positions;  // [n] M-RoPE (t, h, w)
+    std::vector<Split> splits;            // cover the chunk; empty = one causal split
+    // Optional input embeddings [n, hidden] replacing the embedding step for every row (callers
+    // that splice ViT rows build them with embed_tokens / embed_latents).
+    const float* embeddings = nullptr;
+
+    size_t size() const { return token_ids.size(); }
+    // Tokens [begin, end) with their gen rows, positions and the parts of the splits inside the
+    // range (a cut split keeps its mode). Not for batches with `embeddings`.
+    Batch slice(size_t begin, size_t end) const;
+};
+
+// Builds a packed Lance sequence split by split (spec §2.4): text runs and VAE-latent blocks
+// (<|vision_start|>, one <|video_pad|> per voxel on the gen path, <|vision_end|>), then M-RoPE
+// positions by get_rope_index and PE3D indices from 0 per block. ViT blocks are not covered.
+class SequenceBuilder {
+  public:
+    explicit SequenceBuilder(const LanceConfig& cfg) : cfg_(cfg) {}
+    // A text split (und path).
+    SequenceBuilder& text(const std::vector<int64_t>& ids, SplitMode mode = SplitMode::Causal);
+    // A latent block of grid (t, h, w): latents [t*h*w, latent_channels] row-major over
+    // (t, h, w), one flow time for all of it; mode Full for clean conditioning, Noise for the
+    // target.
+    SequenceBuilder& latent_block(int64_t t, int64_t h, int64_t w,
+                                  const std::vector<float>& latents, float timestep,
+                                  SplitMode mode);
+    size_t size() const { return b_.token_ids.size(); }
+    // The batch with positions filled in.
+    Batch build() const;
+
+  private:
+    const LanceConfig& cfg_;
+    Batch b_;
+    std::vector<VisionGrid> grids_;
+};
+
+enum class LogitRows { None, Last, All };
+
+// The four linear inputs of a decoder layer (one per AWQ fusion group).
+enum class LinearInput {
+    Qkv,     // input_layernorm output, feeds q/k/v_proj
+    O,       // attention output, feeds o_proj
+    GateUp,  // post_attention_layernorm output, feeds gate/up_proj
+    Down,    // silu(gate) * up, feeds down_proj
+};
+
+// Sees the rows of one path entering a group of linears: x [n, dim] (n may be a row block of
+// the chunk). Calibration collects activation statistics through it.
+using ActivationObserver = std::function<void(int layer, bool gen, LinearInput which,
+                                              const float* x, size_t n, size_t dim)>;
+
+struct ForwardOptions {
+    LogitRows logits = LogitRows::All;  // Last: only the last und row (decoding)
+    bool velocity = true;               // llm2vae on the gen rows
+    bool final_hidden = false;          // [n, H] after each row's path's final norm
+    bool layer_out = false;             // residual stream after every layer
+    ActivationObserver observer;        // optional: called with every linear input
+};
+
+// What forward() produced; vectors are reused across calls (no reallocation once large enough).
+struct Outputs {
+    std::vector<float> logits;  // [logit_rows, vocab]: und rows in order (or the last one)
+    size_t logit_rows = 0;
+    std::vector<float> velocity;                // [n_gen, latent_channels]
+    std::vector<float> final_hidden;            // [n, hidden]
+    std::vector<std::vector<float>> layer_out;  // [layers][n, hidden]
+};
+
+struct DecoderOptions {
+    // Logits at ids >= this are -inf (Lance uses len(tokenizer)); <= 0: vocab_size.
+    int64_t logits_limit = 0;
+    ThreadPool* pool = nullptr;  // nullptr: default_pool()
+};
+
+class LanceDecoder {
+  public:
+    // Converts and repacks every decoder weight once. The embedding table stays a view into the
+    // mapped checkpoint, so `ck` must outlive the decoder.
+    explicit LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt = {});
+
+    const LanceConfig& config() const { return cfg_; }
+    int64_t logits_limit() const { return logits_limit_; }
+    KvCache make_cache(size_t capacity = 0) const { return KvCache(cfg_, capacity); }
+
+    // Runs one chunk after the tokens in `cache` (nullptr: an empty internal cache). With
+    // append = true its keys/values stay in the cache; with false the cache is left as it was
+    // (a denoising step re-running the noisy block). Not thread-safe: scratch lives in the decoder.
+    void forward(const Batch& batch, KvCache* cache, bool append, Outputs& out,
+                 const ForwardOptions& opt = {});
+
+    // Input embeddings: embed_tokens rows; vae2llm(latent) + TimestepEmbedder(t) + PE3D[pos_id].
+    void embed_tokens(const int64_t* ids, size_t n, float* out) const;
+    void embed_latents(const float* latents, const float* t, const int64_t* pe3d_index, size_t n,
+                       float* out);
+    // TimestepEmbedder(t) for n values (Linear -> SiLU -> Linear).
+    void timestep_embed(const float* t, size_t n, float* out);
+    // PE3D row pos_id (Error when outside the table).
+    void pe3d(int64_t pos_id, float* out) const;
+
+  private:
+    struct PathWeights {
+        std::vector<float> ln, post, q_norm, k_norm, bq, bk, bv;
+        kernels::LinearWeight q, k, v, o, gate, up, down;
+    };
+    struct Layer {
+        PathWeights path[2];  // und, gen
+    };
+    void check_batch(const Batch& b) const;
+    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const ops::ChunkMask& mask,
+                   const ActivationObserver& observer);
+
+    LanceConfig cfg_;
+    int64_t logits_limit_;
+    ThreadPool* pool_;
+    TensorView embed_;
+    std::vector<Layer> layers_;
+    std::vector<float> norm_[2];
+    kernels::LinearWeight lm_head_, vae2llm_, llm2vae_, time0_, time2_;
+    std::vector<float> vae2llm_b_, llm2vae_b_, time0_b_, time2_b_;
+    // PE3D per-axis codes: row pos_id = t_code[ti] ++ h_code[hi] ++ w_code[wi].
+    std::vector<float> pe_t_, pe_h_, pe_w_;
+    int pe_dims_[3] = {0, 0, 0};
+    int pe_frames_ = 0;
+
+    // Scratch, grown on demand and reused.
+    struct Scratch {
+        std::vector<int32_t> perm, split_of, split_end;
+        std::vector<SplitMode> modes;
+        std::vector<float> x, h, q, k, v, att, o, gate, up, rope_cos, rope_sin, feat, tmp;
+        std::vector<float> t_unique;
+        std::vector<int32_t> t_slot;
+        ops::AttentionScratch attn;
+        KvCache own_cache;
+    } s_;
+};
+
+}  // namespace lancet

@@ -1,0 +1,232 @@
+// Implementation of calibration.
+#include "pipeline/calibrate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "io/json_file.h"
+#include "model/decoder.h"
+#include "model/lance_checkpoint.h"
+#include "model/lance_tensors.h"
+#include "quant/act_stats.h"
+#include "quant/stats_file.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/qwen2_tokenizer.h"
+
+namespace lancet {
+
+using nlohmann::json;
+
+std::vector<CalibrationPrompt> read_calibration_prompts(const std::string& path) {
+    std::vector<CalibrationPrompt> out;
+    if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0) {
+        const json j = [&] {
+            std::ifstream in(path, std::ios::binary);
+            if (!in) fail(path, ": cannot open");
+            std::stringstream ss;
+            ss << in.rdbuf();
+            return parse_strict_json(ss.str(), path);
+        }();
+        auto add_value = [&](const std::string& key, const json& v) {
+            if (v.is_string()) {
+                out.push_back({"", v.get<std::string>(), ""});
+                return;
+            }
+            const auto ia = v.is_object() ? v.find("interleave_array") : v.end();
+            if (ia == v.end() || !ia->is_array())
+                fail(path, ": entry \"", key,
+                     "\" is neither a prompt string nor an interleave record");
+            for (const json& part : *ia) {
+                if (part.is_array()) {  // x2t: [instruction, question, answer]
+                    std::vector<std::string> t;
+                    for (const json& s : part)
+                        if (s.is_string()) t.push_back(s.get<std::string>());
+                    if (t.size() >= 2) out.push_back({t[0], t[1], t.size() >= 3 ? t[2] : ""});
+                } else if (part.is_string()) {
+                    const std::string s = part.get<std::string>();
+                    // Media paths are inputs for the ViT/VAE, not text.
+                    const bool media = s.find('/') != std::string::npos &&
+                                       (s.ends_with(".png") || s.ends_with(".jpg") ||
+                                        s.ends_with(".mp4") || s.ends_with(".jpeg"));
+                    if (!media) out.push_back({"", s, ""});
+                }
+            }
+        };
+        if (j.is_array()) {
+            for (size_t i = 0; i < j.size(); ++i) add_value(std::to_string(i), j[i]);
+        } else if (j.is_object()) {
+            for (auto it = j.begin(); it != j.end(); ++it) add_value(it.key(), it.value());
+        } else {
+            fail(path, ": expected a JSON array or object of prompts");
+        }
+    } else {
+        std::ifstream in(path, std::ios::binary);
+        if (!in) fail(path, ": cannot open");
+        std::string line;
+        while (std::getline(in, line)) {
+            if (!line.empty() && line.back() == '\r') line.pop_back();
+            if (line.find_first_not_of(" \t") != std::string::npos) out.push_back({"", line, ""});
+        }
+    }
+    if (out.empty()) fail(path, ": no prompts");
+    return out;
+}
+
+namespace {
+
+// Accumulators for one layer path: the four linear inputs (q/k/v share one, gate/up share one).
+struct PathStats {
+    std::unique_ptr<quant::StatsAccumulator> acc[4];
+};
+
+const char* kGroupLinears[4][3] = {{"q_proj", "k_proj", "v_proj"},
+                                   {"o_proj", nullptr, nullptr},
+                                   {"gate_proj", "up_proj", nullptr},
+                                   {"down_proj", nullptr, nullptr}};
+
+std::string linear_base(int layer, bool gen, const char* name) {
+    const std::string p = "language_model.model.layers." + std::to_string(layer) + ".";
+    const std::string n = name;
+    if (n == "gate_proj" || n == "up_proj" || n == "down_proj")
+        return p + (gen ? "mlp_moe_gen." : "mlp.") + n;
+    return p + "self_attn." + n + (gen ? "_moe_gen" : "");
+}
+
+// Lance's shifted flow-time schedule (§3.1): sigma_k = s u / (1 + (s-1) u), u = 1 - k/S.
+float shifted_sigma(int k, int steps, float shift) {
+    const float u = 1.0f - static_cast<float>(k) / static_cast<float>(steps);
+    return shift * u / (1.0f + (shift - 1.0f) * u);
+}
+
+}  // namespace
+
+void calibrate(const CalibrateOptions& opt) {
+    if (opt.prompts.empty()) fail("calibrate: no --prompts file");
+    if (opt.rows < 8) fail("calibrate: --rows must be at least 8");
+    auto ck = LanceCheckpoint::open(opt.model);
+    if (ck->kind() != CheckpointKind::Original)
+        fail(opt.model, ": calibrate needs the original (unquantized) checkpoint");
+    const Qwen2Tokenizer tok = Qwen2Tokenizer::load(opt.model);
+    const LanceConfig& cfg = ck->config();
+    if (opt.latent_hw < 1 || opt.latent_hw > cfg.max_latent_size)
+        fail("calibrate: --latent-size must be in [1, ", cfg.max_latent_size, "]");
+    std::vector<CalibrationPrompt> prompts;
+    std::vector<std::string> tasks;
+    for (const std::string& f : opt.prompts) {
+        const auto p = read_calibration_prompts(f);
+        prompts.insert(prompts.end(), p.begin(), p.end());
+        tasks.push_back("text:" + f);
+    }
+    if (opt.gen) tasks.push_back("gen:noise-latents");
+
+    DecoderOptions dopt;
+    dopt.logits_limit = static_cast<int64_t>(tok.size());
+    LanceDecoder decoder(*ck, dopt);
+    std::vector<PathStats> stats(static_cast<size_t>(cfg.num_hidden_layers) * 2);
+    uint64_t acc_seed = opt.seed;
+    Outputs outputs;
+    ForwardOptions fo;
+    fo.logits = LogitRows::None;
+    fo.velocity = false;
+    fo.observer = [&](int layer, bool gen, LinearInput which, const float* x, size_t n,
+                      size_t dim) {
+        auto& slot = stats[static_cast<size_t>(layer) * 2 + gen].acc[static_cast<int>(which)];
+        if (!slot)
+            slot = std::make_unique<quant::StatsAccumulator>(static_cast<int>(dim), opt.rows,
+                                                             acc_seed++);
+        slot->add_rows(x, static_cast<int64_t>(n), static_cast<int>(dim));
+    };
+
+    const auto t0 = std::chrono::steady_clock::now();
+    uint64_t rng = opt.seed * 0x9e3779b97f4a7c15ull + 1;
+    auto gauss = [&] {
+        // Box-Muller on splitmix64 draws: a documented sequence for a given seed.
+        auto next = [&] {
+            uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            return static_cast<double>((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+        };
+        const double u1 = next() + 0x1.0p-54, u2 = next();
+        return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) *
+                                  std::cos(6.283185307179586 * u2));
+    };
+    size_t und_tokens = 0, gen_tokens = 0;
+    const int steps = 30;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+        const CalibrationPrompt& p = prompts[i];
+        std::vector<ChatMessage> msgs = {{"user", p.user}};
+        if (!p.assistant.empty()) msgs.push_back({"assistant", p.assistant});
+        const std::string text =
+            render_chat(p.system.empty() ? kDefaultSystemPrompt : p.system, msgs);
+        std::vector<int32_t> ids32 = tok.encode(text);
+        if (ids32.size() > static_cast<size_t>(opt.max_prompt_tokens))
+            ids32.resize(opt.max_prompt_tokens);
+        const std::vector<int64_t> ids(ids32.begin(), ids32.end());
+        SequenceBuilder sb(cfg);
+        sb.text(ids);
+        decoder.forward(sb.build(), nullptr, false, outputs, fo);
+        und_tokens += ids.size();
+
+        if (opt.gen) {
+            // t2i layout (§2.4): template + caption, then VS + latents + VE as the noisy split.
+            const std::string sys =
+                "Describe the image by detailing the color, quantity, text, shape, size, texture, "
+                "spatial relationships of the objects and background:";
+            const std::string head = "<|im_start|>system\n" + sys +
+                                     "<|im_end|>\n<|im_start|>user\n" + p.user +
+                                     "<|im_end|>\n<|im_start|>assistant\n";
+            std::vector<int32_t> h32 = tok.encode(head);
+            if (h32.size() > static_cast<size_t>(opt.max_prompt_tokens))
+                h32.resize(opt.max_prompt_tokens);
+            const int hw = opt.latent_hw;
+            std::vector<float> lat(static_cast<size_t>(hw) * hw * cfg.latent_channels);
+            for (float& v : lat) v = gauss();
+            // Spread prompts over the whole schedule; the latent is noise scaled like x_t of a
+            // unit-variance x0 (a proxy until real generations can be recorded).
+            const float t = shifted_sigma(static_cast<int>(i % steps), steps, 3.5f);
+            const float sd = std::sqrt((1 - t) * (1 - t) + t * t);
+            for (float& v : lat) v *= sd;
+            SequenceBuilder g(cfg);
+            g.text(std::vector<int64_t>(h32.begin(), h32.end()));
+            g.latent_block(1, hw, hw, lat, t, SplitMode::Noise);
+            decoder.forward(g.build(), nullptr, false, outputs, fo);
+            gen_tokens += static_cast<size_t>(hw) * hw;
+        }
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        log_info("calibrate: prompt ", i + 1, "/", prompts.size(), ", ", und_tokens, " text + ",
+                 gen_tokens, " latent tokens, ", static_cast<int>(s), " s, ETA ",
+                 static_cast<int>(s / (i + 1) * (prompts.size() - i - 1)), " s");
+    }
+
+    quant::StatsFileWriter w(opt.out, tasks, opt.rows);
+    std::vector<std::pair<std::string, const quant::StatsAccumulator*>> order;
+    for (int l = 0; l < cfg.num_hidden_layers; ++l)
+        for (int gen = 0; gen < 2; ++gen)
+            for (int k = 0; k < 4; ++k) {
+                const auto& a = stats[static_cast<size_t>(l) * 2 + gen].acc[k];
+                if (!a) continue;
+                for (const char* name : kGroupLinears[k])
+                    if (name) order.emplace_back(linear_base(l, gen == 1, name), a.get());
+            }
+    for (const auto& [base, acc] : order) w.declare(base, acc->in(), acc->n_rows());
+    // q/k/v (and gate/up) share one accumulator: compute its statistics once for the run of names.
+    const quant::StatsAccumulator* last = nullptr;
+    quant::LinearStats cur;
+    for (const auto& [base, acc] : order) {
+        if (acc != last) cur = acc->stats(), last = acc;
+        w.write(base, cur);
+    }
+    w.finish();
+    log_info("calibrate: wrote ", opt.out, " (", order.size(), " linears, ", und_tokens,
+             " text tokens, ", gen_tokens, " latent tokens)");
+}
+
+}  // namespace lancet

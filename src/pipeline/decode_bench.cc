@@ -1,0 +1,104 @@
+// Prefill/decode timing and per-token weight bytes (see decode_bench.h).
+#include "pipeline/decode_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace lancet {
+
+namespace {
+
+uint64_t stored_bytes(const LanceCheckpoint& ck, const std::string& name) {
+    const TensorEntry& e = ck.main().entry(name);
+    return e.end - e.begin;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t m = v.size() / 2;
+    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+}  // namespace
+
+std::string weight_format_label(const LanceCheckpoint& ck) {
+    if (const AwqMeta* q = ck.quant_meta())
+        return std::string(quant_format_name(q->format)) + " g" + std::to_string(q->group_size);
+    const std::string probe = "language_model.model.layers.0.mlp.gate_proj.weight";
+    return ck.has_tensor(probe) ? std::string(dtype_name(ck.tensor(probe).dtype)) : "original";
+}
+
+DecodeWeightBytes decode_weight_bytes(const LanceCheckpoint& ck) {
+    DecodeWeightBytes b;
+    // expected() already lists an AWQ linear as its qweight/scales/zeros, so summing the stored
+    // entries counts what the file holds.
+    for (const TensorSpec& s : ck.expected()) {
+        if (s.component == Component::LlmUnd) {
+            (s.kind == TensorKind::Norm ? b.norms : b.linears) += stored_bytes(ck, s.name);
+        } else if (s.component == Component::LmHead) {
+            b.lm_head += stored_bytes(ck, s.name);
+        } else if (s.component == Component::Embedding) {
+            const uint64_t rows = static_cast<uint64_t>(s.shape.at(0));
+            b.embedding_row += stored_bytes(ck, s.name) / rows;
+        }
+    }
+    return b;
+}
+
+DecodeBenchResult bench_decode(LanceDecoder& dec, const DecodeBenchOptions& opt) {
+    const LanceConfig& cfg = dec.config();
+    const size_t n = opt.prompt_tokens, m = opt.decode_tokens;
+    if (n < 1) fail("bench decode: --prompt-tokens must be >= 1");
+    if (opt.reps < 1) fail("bench decode: --reps must be >= 1");
+    if (cfg.max_position_embeddings > 0 && n + m > static_cast<size_t>(cfg.max_position_embeddings))
+        fail("bench decode: ", n, " prompt + ", m, " decoded tokens exceed the context (",
+             cfg.max_position_embeddings, ")");
+    const uint64_t limit = static_cast<uint64_t>(dec.logits_limit());
+    Batch prompt;
+    uint64_t s = opt.seed;
+    for (size_t i = 0; i < n; ++i) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        prompt.token_ids.push_back(static_cast<int64_t>((s >> 33) % limit));
+        const int64_t p = static_cast<int64_t>(i);
+        prompt.positions.push_back({p, p, p});
+    }
+    KvCache cache = dec.make_cache(n + m);
+    Outputs out;
+    ForwardOptions fo;
+    fo.logits = LogitRows::Last;
+    fo.velocity = false;
+    Batch step;
+    step.token_ids.resize(1);
+    step.positions.resize(1);
+    using Clock = std::chrono::steady_clock;
+    std::vector<double> pre, decs;
+    for (int r = 0; r < opt.reps; ++r) {
+        cache.clear();
+        const auto t0 = Clock::now();
+        dec.forward(prompt, &cache, true, out, fo);
+        const auto t1 = Clock::now();
+        for (size_t i = 0; i < m; ++i) {
+            const float* row = out.logits.data();
+            const int64_t next = std::max_element(row, row + limit) - row;
+            const int64_t p = static_cast<int64_t>(n + i);
+            step.token_ids[0] = next;
+            step.positions[0] = {p, p, p};
+            dec.forward(step, &cache, true, out, fo);
+        }
+        const auto t2 = Clock::now();
+        pre.push_back(std::chrono::duration<double>(t1 - t0).count());
+        decs.push_back(std::chrono::duration<double>(t2 - t1).count());
+    }
+    DecodeBenchResult res;
+    res.prefill_s = median(pre);
+    res.decode_s = median(decs);
+    res.prefill_tps = static_cast<double>(n) / res.prefill_s;
+    res.decode_tps = m ? static_cast<double>(m) / res.decode_s : 0.0;
+    return res;
+}
+
+}  // namespace lancet

@@ -1,0 +1,663 @@
+// The quantization pipeline: plan the output tensors from the inventory, then stream one decoder
+// layer path at a time from the mapped source through AWQ (or RTN) into the safetensors writer.
+#include "quant/quantize.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/numeric.h"
+#include "io/output_dir.h"
+#include "io/safetensors.h"
+#include "model/lance_checkpoint.h"
+#include "model/lance_tensors.h"
+#include "quant/awq.h"
+#include "quant/awq_layer.h"
+#include "quant/q4.h"
+#include "quant/stats_file.h"
+
+namespace lancet::quant {
+
+namespace {
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+const char* const kSchemeAwq = "asym_int4_grouped_awq";
+const char* const kSchemeMinmax = "asym_int4_grouped_minmax";
+const char* const kSchemeNoAwq = "asym_int4_grouped_no_awq";
+
+std::string strip(const std::string& s, const std::string& suffix) {
+    return s.ends_with(suffix) ? s.substr(0, s.size() - suffix.size()) : s;
+}
+
+bool in_decoder_path(const TensorSpec& s) {
+    return s.layer >= 0 && (s.component == Component::LlmUnd || s.component == Component::LlmGen);
+}
+
+// "q_proj", "down_proj", "lm_head", "vit": the row of the summary table a linear belongs to.
+std::string linear_type(const std::string& base) {
+    if (base.starts_with("vit_model.")) return "vit";
+    const std::string last = base.substr(base.rfind('.') + 1);
+    return strip(last, "_moe_gen");
+}
+
+std::vector<uint8_t> bf16_bytes(const std::vector<float>& v) {
+    std::vector<uint8_t> b(v.size() * 2);
+    for (size_t i = 0; i < v.size(); ++i) {
+        const uint16_t h = f32_to_bf16(v[i]);
+        std::memcpy(&b[i * 2], &h, 2);
+    }
+    return b;
+}
+
+template <typename T>
+std::vector<uint8_t> raw_bytes(const std::vector<T>& v) {
+    std::vector<uint8_t> b(v.size() * sizeof(T));
+    if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+    return b;
+}
+
+ojson err_json(const RelErr& e) {
+    auto num = [](double v) { return std::isfinite(v) ? ojson(v) : ojson(nullptr); };
+    return ojson{{"search", num(e.search)}, {"heldout", num(e.heldout)}};
+}
+
+// One output tensor's declaration.
+struct OutTensor {
+    std::string name;
+    DType dtype;
+    Shape shape;
+};
+
+// One quantized linear of the plan.
+struct Target {
+    std::string base;
+    int out = 0, in = 0, gs = 0;
+    std::string scheme;  // filled when quantized
+};
+
+class Pipeline {
+  public:
+    explicit Pipeline(const QuantizeOptions& opt) : opt_(opt) {}
+    ojson run();
+
+  private:
+    void check_arguments();
+    void check_stats();
+    void plan();
+    void process_path(int layer, bool gen);
+    void quantize_single(const Target& t);
+    void emit_quantized(const Target& t, const QuantizedMatrix& q);
+    void pass_through(const TensorSpec& s);
+    void record(const std::string& base, const std::string& scheme, int gs, const AwqResult* group,
+                const AwqConsumerResult* c);
+    void write_cached(const std::string& name);
+    ojson make_meta() const;
+    ojson make_report(double seconds) const;
+
+    const QuantizeOptions& opt_;
+    bool awq_ = true;
+    std::unique_ptr<LanceCheckpoint> ck_;
+    std::unique_ptr<StatsFile> stats_;
+    std::vector<TensorSpec> specs_;          // source tensors present, inventory order
+    std::map<std::string, Target> targets_;  // by weight name ("...q_proj.weight")
+    std::vector<std::string> meta_order_;    // weight names in the meta's order
+    std::vector<OutTensor> outputs_;         // declaration order
+    std::set<std::pair<int, bool>> no_stats_paths_;
+    std::unique_ptr<SafetensorsWriter> writer_;
+    std::map<std::string, std::vector<uint8_t>> cache_;  // outputs of the current layer path
+    std::map<std::string, ojson> linear_report_;
+    std::vector<std::string> warnings_;
+};
+
+void Pipeline::check_arguments() {
+    if (opt_.method != "awq" && opt_.method != "rtn")
+        fail("quantize: --method must be awq or rtn, got \"", opt_.method, "\"");
+    awq_ = opt_.method == "awq";
+    if (opt_.group_size != 32 && opt_.group_size != 64 && opt_.group_size != 128)
+        fail("quantize: --group-size must be 32, 64 or 128, got ", opt_.group_size);
+    if (opt_.src.empty()) fail("quantize: no source checkpoint given (--src DIR)");
+    if (opt_.out.empty()) fail("quantize: no output folder given (--out DIR)");
+    if (awq_ && opt_.stats.empty())
+        fail(
+            "quantize: --method awq needs activation statistics (--stats FILE; "
+            "`lancet stats synth` makes synthetic ones)");
+    if (path_overlaps(opt_.src, opt_.out))
+        fail("quantize: --out ", opt_.out, " overlaps the source checkpoint ", opt_.src,
+             " (the source is never written; choose a folder outside it)");
+    if (!opt_.stats.empty() && path_overlaps(opt_.stats, opt_.out))
+        fail("quantize: --out ", opt_.out, " overlaps the statistics file ", opt_.stats);
+}
+
+void Pipeline::plan() {
+    const LanceConfig& cfg = ck_->config();
+    int64_t pos_rows = -1;
+    if (ck_->main().has("latent_pos_embed.pos_embed"))
+        pos_rows = ck_->main().entry("latent_pos_embed.pos_embed").shape[0];
+    if (opt_.include_vit && ck_->vit_layout() != VitLayout::Bundled)
+        fail(opt_.src, ": the ViT is not bundled in this checkpoint; --include vit needs a ",
+             "Lance_3B_Video-style folder with vit_model.* tensors");
+    for (const TensorSpec& s : lance_tensor_list(cfg, ck_->vit_layout(), pos_rows))
+        if (ck_->has_tensor(s.name)) specs_.push_back(s);
+
+    auto targeted = [&](const TensorSpec& s) {
+        if (s.kind != TensorKind::LinearWeight) return false;
+        if (in_decoder_path(s)) return true;
+        if (s.component == Component::LmHead) return opt_.include_lm_head;
+        if (s.component == Component::Vit) return opt_.include_vit;
+        return false;
+    };
+    for (const TensorSpec& s : specs_) {
+        if (targeted(s)) {
+            Target t;
+            t.base = strip(s.name, ".weight");
+            t.out = static_cast<int>(s.shape[0]);
+            t.in = static_cast<int>(s.shape[1]);
+            t.gs = choose_group_size(t.in, opt_.group_size);
+            if (t.gs != opt_.group_size) {
+                warnings_.push_back(t.base + ": in = " + std::to_string(t.in) +
+                                    " is not divisible by " + std::to_string(opt_.group_size) +
+                                    "; using group size " + std::to_string(t.gs));
+                std::fprintf(stderr, "lancet: warning: %s\n", warnings_.back().c_str());
+            }
+            for (TensorSpec& q : quantized_tensor_specs(s, QuantFormat::Int4, t.gs))
+                outputs_.push_back(
+                    {q.name, q.name.ends_with(".scales") ? DType::BF16 : DType::U8, q.shape});
+            targets_[s.name] = t;
+        } else {
+            const DType src = ck_->tensor(s.name).dtype;
+            outputs_.push_back({s.name, dtype_is_float(src) ? DType::BF16 : src, s.shape});
+        }
+    }
+    // The meta lists the fusion groups' linears first, then the unfused ones, layer by layer
+    // (spec §1.1), then lm_head and the ViT.
+    for (int i = 0; i < cfg.num_hidden_layers; ++i) {
+        const std::vector<std::string> l = lance_layer_linears(i);  // q k v o gate up down x2
+        for (int k : {0, 1, 2, 7, 8, 9, 4, 5, 11, 12, 3, 10, 6, 13})
+            meta_order_.push_back(l[k] + ".weight");
+    }
+    for (const TensorSpec& s : specs_)
+        if (targets_.count(s.name) && !in_decoder_path(s)) meta_order_.push_back(s.name);
+}
+
+void Pipeline::check_stats() {
+    if (opt_.stats.empty()) return;
+    stats_ = std::make_unique<StatsFile>(opt_.stats);
+    std::map<std::string, int> widths;  // every linear of the checkpoint
+    for (const TensorSpec& s : specs_)
+        if (s.kind == TensorKind::LinearWeight)
+            widths[strip(s.name, ".weight")] = static_cast<int>(s.shape[1]);
+    for (const auto& [base, e] : stats_->entries()) {
+        auto it = widths.find(base);
+        if (it == widths.end())
+            fail(opt_.stats, ": statistics for \"", base, "\", which is not a linear of ",
+                 opt_.src);
+        if (it->second != e.in)
+            fail(opt_.stats, ": ", base, " has statistics for ", e.in,
+                 " input channels, but the checkpoint's linear has in = ", it->second);
+    }
+    // A layer path is calibrated as a whole or not at all (the seed's gen path can be missing).
+    const int L = ck_->config().num_hidden_layers;
+    for (int i = 0; i < L; ++i) {
+        const std::vector<std::string> l = lance_layer_linears(i);
+        for (int gen = 0; gen < 2; ++gen) {
+            int have = 0;
+            for (int k = 0; k < 7; ++k) have += stats_->has(l[gen * 7 + k]);
+            if (have == 0) {
+                no_stats_paths_.insert({i, gen == 1});
+                continue;
+            }
+            for (int k = 0; k < 7; ++k)
+                if (!stats_->has(l[gen * 7 + k]))
+                    fail(opt_.stats, ": no statistics for ", l[gen * 7 + k], " (", have,
+                         " other linears of its layer path have some)");
+        }
+    }
+    if (awq_ && !no_stats_paths_.empty()) {
+        std::string which;
+        int shown = 0;
+        for (const auto& [i, gen] : no_stats_paths_)
+            if (shown++ < 4)
+                which += (which.empty() ? "" : ", ") + std::to_string(i) + (gen ? " gen" : " und");
+        if (no_stats_paths_.size() > 4) which += ", ...";
+        warnings_.push_back(std::to_string(no_stats_paths_.size()) + " of " +
+                            std::to_string(2 * L) + " layer paths have no statistics (" + which +
+                            "): plain RTN, norms unchanged (" + kSchemeNoAwq + ")");
+        std::fprintf(stderr, "lancet: warning: %s\n", warnings_.back().c_str());
+    }
+}
+
+void Pipeline::record(const std::string& base, const std::string& scheme, int gs,
+                      const AwqResult* group, const AwqConsumerResult* c) {
+    targets_.at(base + ".weight").scheme = scheme;
+    ojson e;
+    e["type"] = linear_type(base);
+    e["scheme"] = scheme;
+    e["group_size"] = gs;
+    if (group && c) {
+        e["rtn_error"] = err_json(c->rtn);
+        e["awq_error"] = err_json(c->awq);
+        e["alpha"] = group->alpha;
+        e["rtn_fallback"] = group->rtn_fallback;
+        e["synthetic_rows"] = group->synthetic_rows;
+        e["rows"] = {{"search", group->n_search_rows}, {"heldout", group->n_heldout_rows}};
+        // The group's totals: the search guarantees awq <= rtn on the search rows per group, not
+        // per consumer.
+        e["group_error"] = {{"rtn", err_json(group->rtn)}, {"awq", err_json(group->awq)}};
+        double sum = 0;
+        int64_t clipped = 0;
+        for (float r : c->clip) {
+            sum += r;
+            clipped += r < 1.0f;
+        }
+        const double n = static_cast<double>(std::max<size_t>(1, c->clip.size()));
+        e["clip"] = {{"mean_ratio", sum / n}, {"fraction_clipped", clipped / n}};
+    }
+    linear_report_[base] = std::move(e);
+}
+
+void Pipeline::emit_quantized(const Target& t, const QuantizedMatrix& q) {
+    if (q.out != t.out || q.in != t.in || q.group_size != t.gs)
+        fail("quantize: internal: ", t.base, " came out as [", q.out, ", ", q.in, "] g",
+             q.group_size, ", planned [", t.out, ", ", t.in, "] g", t.gs);
+    cache_[t.base + ".qweight"] = q.qweight;
+    cache_[t.base + ".scales"] = raw_bytes(q.scales);
+    cache_[t.base + ".zeros"] = q.zeros;
+}
+
+void Pipeline::write_cached(const std::string& name) {
+    auto it = cache_.find(name);
+    if (it == cache_.end()) fail("quantize: internal: ", name, " was not produced");
+    writer_->write(name, it->second.data(), it->second.size());
+    cache_.erase(it);
+}
+
+void Pipeline::process_path(int layer, bool gen) {
+    const LanceConfig& c = ck_->config();
+    const std::string p = "language_model.model.layers." + std::to_string(layer) + ".";
+    const std::string s = gen ? "_moe_gen" : "";
+    const std::string a = p + "self_attn.", m = p + (gen ? "mlp_moe_gen." : "mlp.");
+    std::vector<TensorView> used;
+    auto load = [&](const std::string& name) {
+        const TensorView v = ck_->tensor(name);
+        used.push_back(v);
+        return to_f32(v);
+    };
+    const std::string names[7] = {a + "q_proj" + s, a + "k_proj" + s, a + "v_proj" + s,
+                                  a + "o_proj" + s, m + "gate_proj",  m + "up_proj",
+                                  m + "down_proj"};
+    const std::string in_norm = p + "input_layernorm" + s + ".weight";
+    const std::string post_norm = p + "post_attention_layernorm" + s + ".weight";
+
+    if (!awq_) {
+        for (const std::string& b : names) {
+            const Target& t = targets_.at(b + ".weight");
+            const std::vector<float> w = load(b + ".weight");
+            RtnOptions ro;
+            ro.group_size = opt_.group_size;
+            emit_quantized(t, quantize_rtn(w.data(), t.out, t.in, ro));
+            record(b, kSchemeMinmax, t.gs, nullptr, nullptr);
+        }
+    } else {
+        LayerWeights w;
+        w.hidden = c.hidden_size;
+        w.intermediate = c.intermediate_size;
+        w.num_heads = c.num_attention_heads;
+        w.num_kv_heads = c.num_key_value_heads;
+        w.head_dim = c.head_dim();
+        w.input_norm = load(in_norm);
+        w.post_norm = load(post_norm);
+        w.q = load(names[0] + ".weight");
+        w.k = load(names[1] + ".weight");
+        w.v = load(names[2] + ".weight");
+        w.q_bias = load(names[0] + ".bias");
+        w.k_bias = load(names[1] + ".bias");
+        w.v_bias = load(names[2] + ".bias");
+        w.o = load(names[3] + ".weight");
+        w.gate = load(names[4] + ".weight");
+        w.up = load(names[5] + ".weight");
+        w.down = load(names[6] + ".weight");
+        for (const TensorView& v : used) ck_->release(v);
+        used.clear();
+
+        const bool have = stats_ && !no_stats_paths_.count({layer, gen});
+        LinearStats st_qkv, st_o, st_gu, st_down;
+        LayerStats ls;
+        if (have) {
+            // q, k and v read the same input (as do gate and up): the first one's statistics
+            // stand for the group.
+            st_qkv = stats_->load(names[0]);
+            st_o = stats_->load(names[3]);
+            st_gu = stats_->load(names[4]);
+            st_down = stats_->load(names[6]);
+            for (const std::string& b : names) stats_->release(b);
+            ls = {&st_qkv, &st_o, &st_gu, &st_down};
+        }
+        AwqOptions ao;
+        ao.group_size = opt_.group_size;
+        ao.search_scales = opt_.search;
+        ao.clip = opt_.clip;
+        const LayerResult r = quantize_layer(w, ls, ao, {opt_.fuse_ov, opt_.fuse_updown});
+
+        const char* norm_scheme = !have ? kSchemeNoAwq : opt_.search ? kSchemeAwq : kSchemeMinmax;
+        auto pair_scheme = [&](bool fuse) {
+            return have && opt_.search && fuse ? kSchemeAwq : kSchemeMinmax;
+        };
+        struct Out {
+            int name;
+            const AwqResult* g;
+            int consumer;
+            const char* scheme;
+        };
+        const Out outs[7] = {{0, &r.qkv, 0, norm_scheme},
+                             {1, &r.qkv, 1, norm_scheme},
+                             {2, &r.qkv, 2, norm_scheme},
+                             {3, &r.o, 0, pair_scheme(opt_.fuse_ov)},
+                             {4, &r.gate_up, 0, norm_scheme},
+                             {5, &r.gate_up, 1, norm_scheme},
+                             {6, &r.down, 0, pair_scheme(opt_.fuse_updown)}};
+        for (const Out& o : outs) {
+            const Target& t = targets_.at(names[o.name] + ".weight");
+            const AwqConsumerResult& cr = o.g->consumers[o.consumer];
+            emit_quantized(t, cr.q);
+            record(names[o.name], o.scheme, t.gs, have ? o.g : nullptr, have ? &cr : nullptr);
+        }
+        // The fused norms (g / s) and the rescaled v bias, stored bf16 like every float.
+        cache_[in_norm] = bf16_bytes(w.input_norm);
+        cache_[post_norm] = bf16_bytes(w.post_norm);
+        cache_[names[0] + ".bias"] = bf16_bytes(w.q_bias);
+        cache_[names[1] + ".bias"] = bf16_bytes(w.k_bias);
+        cache_[names[2] + ".bias"] = bf16_bytes(w.v_bias);
+    }
+    for (const TensorView& v : used) ck_->release(v);
+}
+
+void Pipeline::quantize_single(const Target& t) {
+    const TensorView v = ck_->tensor(t.base + ".weight");
+    const std::vector<float> w = to_f32(v);
+    ck_->release(v);
+    const bool vit = t.base.starts_with("vit_model.");
+    if (awq_ && !vit && stats_ && stats_->has(t.base)) {
+        // lm_head: nothing to fuse a scale into exactly (model.norm also feeds nothing else, but
+        // the seed format keeps norms pass-through here), so the clipping search only.
+        const LinearStats st = stats_->load(t.base);
+        stats_->release(t.base);
+        AwqOptions ao;
+        ao.group_size = opt_.group_size;
+        ao.search_scales = false;
+        ao.clip = opt_.clip;
+        const AwqResult r = awq_search({{t.base, w.data(), t.out}}, t.in, &st, ao);
+        emit_quantized(t, r.consumers[0].q);
+        record(t.base, kSchemeMinmax, t.gs, &r, &r.consumers[0]);
+    } else {
+        RtnOptions ro;
+        ro.group_size = opt_.group_size;
+        emit_quantized(t, quantize_rtn(w.data(), t.out, t.in, ro));
+        record(t.base, kSchemeMinmax, t.gs, nullptr, nullptr);
+    }
+    for (const char* suffix : {".qweight", ".scales", ".zeros"}) write_cached(t.base + suffix);
+}
+
+void Pipeline::pass_through(const TensorSpec& s) {
+    if (cache_.count(s.name)) {
+        write_cached(s.name);
+        return;
+    }
+    const TensorView v = ck_->tensor(s.name);
+    if (writer_->next_tensor() != s.name)
+        fail("quantize: internal: writing ", s.name, ", expected ", writer_->next_tensor());
+    if (!dtype_is_float(v.dtype) || v.dtype == DType::BF16) {
+        // Already in its output form: copied in 64 MB slices, each released after the write.
+        constexpr size_t kSlice = 64u << 20;
+        for (size_t off = 0; off < v.nbytes; off += kSlice) {
+            TensorView part = v;
+            part.data = v.data + off;
+            part.nbytes = std::min(kSlice, v.nbytes - off);
+            writer_->append(part.data, part.nbytes);
+            ck_->release(part);
+        }
+    } else {
+        // Convert in slices of ~4M elements so a large table never needs an f32 copy.
+        const int64_t n = v.numel(), esz = static_cast<int64_t>(dtype_size(v.dtype));
+        const int64_t step = 4 << 20;
+        std::vector<float> f;
+        std::vector<uint16_t> h;
+        for (int64_t i = 0; i < n; i += step) {
+            const int64_t k = std::min(step, n - i);
+            TensorView part = v;
+            part.shape = {k};
+            part.data = v.data + i * esz;
+            part.nbytes = static_cast<size_t>(k * esz);
+            f.resize(static_cast<size_t>(k));
+            h.resize(static_cast<size_t>(k));
+            convert_to_f32(part, f.data());
+            for (int64_t j = 0; j < k; ++j) h[j] = f32_to_bf16(f[j]);
+            writer_->append(h.data(), h.size() * 2);
+            ck_->release(part);
+        }
+    }
+    ck_->release(v);
+}
+
+ojson Pipeline::make_meta() const {
+    ojson j;
+    j["n_bit"] = 4;
+    j["group_size"] = opt_.group_size;
+    j["scheme"] = awq_ ? kSchemeAwq : kSchemeMinmax;
+    int n_awq = 0, n_plain = 0;
+    for (const auto& [name, t] : targets_) (t.scheme == kSchemeAwq ? n_awq : n_plain)++;
+    if (awq_) {
+        j["awq_linears"] = n_awq;
+        j["plain_linears"] = n_plain;
+        j["tasks_calibrated"] = stats_ ? stats_->tasks() : std::vector<std::string>{};
+    } else {
+        j["calibration_samples"] = 0;
+    }
+    ojson pw = ojson::object();
+    for (const std::string& name : meta_order_) {
+        const Target& t = targets_.at(name);
+        pw[name] = {
+            {"shape", {t.out, t.in}}, {"n_bit", 4}, {"group_size", t.gs}, {"scheme", t.scheme}};
+    }
+    j["per_weight"] = std::move(pw);
+    return j;
+}
+
+ojson Pipeline::make_report(double seconds) const {
+    ojson r;
+    r["method"] = opt_.method;
+    r["group_size"] = opt_.group_size;
+    r["source"] = opt_.src;
+    r["stats"] = opt_.stats;
+    r["tasks"] = stats_ ? stats_->tasks() : std::vector<std::string>{};
+    r["options"] = {{"search", opt_.search},
+                    {"clip", opt_.clip},
+                    {"fuse_ov", opt_.fuse_ov},
+                    {"fuse_updown", opt_.fuse_updown},
+                    {"include_lm_head", opt_.include_lm_head},
+                    {"include_vit", opt_.include_vit}};
+    r["warnings"] = warnings_;
+    // Means over the linears whose errors were measured (those with statistics).
+    struct Acc {
+        int n = 0, measured = 0;
+        double rtn_h = 0, awq_h = 0, rtn_s = 0, awq_s = 0;
+        int measured_h = 0;
+    };
+    std::map<std::string, Acc> by_type;
+    Acc all;
+    ojson lin = ojson::object();
+    for (const std::string& name : meta_order_) {
+        const std::string base = strip(name, ".weight");
+        const ojson& e = linear_report_.at(base);
+        lin[base] = e;
+        for (Acc* acc : {&by_type[e["type"].get<std::string>()], &all}) {
+            ++acc->n;
+            if (!e.contains("rtn_error")) continue;
+            const ojson &re = e["rtn_error"], &ae = e["awq_error"];
+            if (re["search"].is_number() && ae["search"].is_number()) {
+                ++acc->measured;
+                acc->rtn_s += re["search"].get<double>();
+                acc->awq_s += ae["search"].get<double>();
+            }
+            if (re["heldout"].is_number() && ae["heldout"].is_number()) {
+                ++acc->measured_h;
+                acc->rtn_h += re["heldout"].get<double>();
+                acc->awq_h += ae["heldout"].get<double>();
+            }
+        }
+    }
+    auto summary = [](const Acc& a) {
+        auto mean = [](double s, int n) { return n > 0 ? ojson(s / n) : ojson(nullptr); };
+        ojson o;
+        o["n_linears"] = a.n;
+        o["n_measured"] = a.measured;
+        o["mean_rtn_error_heldout"] = mean(a.rtn_h, a.measured_h);
+        o["mean_awq_error_heldout"] = mean(a.awq_h, a.measured_h);
+        o["ratio_heldout"] =
+            a.measured_h > 0 && a.rtn_h > 0 ? ojson(a.awq_h / a.rtn_h) : ojson(nullptr);
+        o["mean_rtn_error_search"] = mean(a.rtn_s, a.measured);
+        o["mean_awq_error_search"] = mean(a.awq_s, a.measured);
+        o["ratio_search"] =
+            a.measured > 0 && a.rtn_s > 0 ? ojson(a.awq_s / a.rtn_s) : ojson(nullptr);
+        return o;
+    };
+    ojson bt = ojson::object();
+    for (const char* t : {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                          "down_proj", "lm_head", "vit"})
+        if (by_type.count(t)) bt[t] = summary(by_type.at(t));
+    r["by_type"] = std::move(bt);
+    ojson tot = summary(all);
+    int n_awq = 0;
+    for (const auto& [name, t] : targets_) n_awq += t.scheme == kSchemeAwq;
+    tot["awq_linears"] = n_awq;
+    tot["plain_linears"] = static_cast<int>(targets_.size()) - n_awq;
+    tot["seconds"] = seconds;
+    r["totals"] = std::move(tot);
+    r["linears"] = std::move(lin);
+    return r;
+}
+
+ojson Pipeline::run() {
+    const auto t0 = std::chrono::steady_clock::now();
+    check_arguments();
+    {
+        std::error_code ec;
+        if (!fs::is_directory(opt_.src, ec)) fail(opt_.src, ": no such model folder");
+    }
+    ck_ = LanceCheckpoint::open(opt_.src);
+    if (ck_->kind() != CheckpointKind::Original)
+        fail(opt_.src, ": is already quantized (",
+             ck_->kind() == CheckpointKind::Awq ? "an AWQ INT4 folder" : "an NVFP4 folder",
+             "); quantize the original checkpoint");
+    plan();
+    check_stats();
+
+    OutputDir out(opt_.out, opt_.force);
+    writer_ = std::make_unique<SafetensorsWriter>(out.file("awq_state_dict.safetensors"));
+    for (const OutTensor& o : outputs_) writer_->add(o.name, o.dtype, o.shape);
+    writer_->set_metadata("format", "pt");
+    writer_->set_metadata("lancet.quantize", opt_.method + " g" + std::to_string(opt_.group_size));
+    writer_->begin();
+
+    const int L = ck_->config().num_hidden_layers;
+    std::set<std::pair<int, bool>> done;
+    int layers_done = 0;
+    for (const TensorSpec& s : specs_) {
+        if (in_decoder_path(s)) {
+            const std::pair<int, bool> key{s.layer, s.component == Component::LlmGen};
+            if (!done.count(key)) {
+                process_path(key.first, key.second);
+                done.insert(key);
+                if (key.second) {
+                    ++layers_done;
+                    const double secs =
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                            .count();
+                    if (opt_.progress)
+                        log_info("quantize: layer ", layers_done, "/", L, "  ",
+                                 static_cast<int>(secs), " s elapsed, ETA ",
+                                 static_cast<int>(secs / layers_done * (L - layers_done)), " s");
+                }
+            }
+        }
+        auto t = targets_.find(s.name);
+        if (t != targets_.end()) {
+            if (in_decoder_path(s)) {
+                for (const char* suffix : {".qweight", ".scales", ".zeros"})
+                    write_cached(t->second.base + suffix);
+            } else {
+                quantize_single(t->second);
+            }
+        } else {
+            pass_through(s);
+        }
+    }
+    if (!cache_.empty()) fail("quantize: internal: ", cache_.begin()->first, " was never written");
+    writer_->finish();
+
+    // Configs and tokenizer files travel with the weights.
+    for (const char* f :
+         {"llm_config.json", "vit_config.json", "config.json", "vocab.json", "merges.txt",
+          "tokenizer_config.json", "tokenizer.json", "generation_config.json",
+          "special_tokens_map.json", "added_tokens.json"}) {
+        const fs::path from = fs::path(opt_.src) / f;
+        std::error_code ec;
+        if (!fs::exists(from, ec)) continue;
+        fs::copy_file(from, out.file(f), ec);
+        if (ec) fail(out.final_path(), ": cannot copy ", f, ": ", ec.message());
+    }
+    write_file_atomic(out.file("awq_meta.json"), make_meta().dump(2) + "\n");
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ojson report = make_report(secs);
+    write_file_atomic(out.file("quant_report.json"), report.dump(2) + "\n");
+    out.commit();
+    writer_.reset();
+    return report;
+}
+
+}  // namespace
+
+ojson quantize_checkpoint(const QuantizeOptions& opt) {
+    Pipeline p(opt);
+    return p.run();
+}
+
+std::string report_table(const ojson& report) {
+    std::string s;
+    char line[160];
+    auto num = [](const ojson& v, char* buf, size_t n) {
+        if (v.is_number())
+            std::snprintf(buf, n, "%.4f", v.get<double>());
+        else
+            std::snprintf(buf, n, "-");
+    };
+    std::snprintf(line, sizeof line, "%-10s %5s %12s %12s %8s\n", "linear", "n", "RTN err",
+                  "result err", "ratio");
+    s += line;
+    auto row = [&](const std::string& name, const ojson& o) {
+        char a[32], b[32], c[32];
+        num(o["mean_rtn_error_heldout"], a, sizeof a);
+        num(o["mean_awq_error_heldout"], b, sizeof b);
+        num(o["ratio_heldout"], c, sizeof c);
+        std::snprintf(line, sizeof line, "%-10s %5d %12s %12s %8s\n", name.c_str(),
+                      o["n_linears"].get<int>(), a, b, c);
+        s += line;
+    };
+    for (auto it = report["by_type"].begin(); it != report["by_type"].end(); ++it)
+        row(it.key(), it.value());
+    row("overall", report["totals"]);
+    s += "(mean relative output error ||dY||/||Y|| on held-out recorded rows; '-': no "
+         "statistics)\n";
+    return s;
+}
+
+}  // namespace lancet::quant

@@ -1,0 +1,382 @@
+// Reading, writing and merging activation-statistics files, and synthetic statistics.
+#include "quant/stats_file.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/thread_pool.h"
+#include "model/lance_checkpoint.h"
+#include "model/lance_tensors.h"
+#include "quant/gemm.h"
+#include "quant/rng.h"
+
+namespace lancet::quant {
+
+namespace {
+
+const char* const kSuffixes[] = {".mean_abs", ".max_abs", ".n_tokens", ".rows"};
+
+uint64_t hash_str(uint64_t seed, const std::string& s) {
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
+
+std::vector<float> read_f32(const TensorView& v) {
+    std::vector<float> r(static_cast<size_t>(v.numel()));
+    if (!r.empty()) std::memcpy(r.data(), v.data, r.size() * sizeof(float));
+    return r;
+}
+
+// Rows a merge of (rows, tokens) pairs keeps: quant::merge's rule applied pairwise, left to right.
+struct Count {
+    int64_t rows = 0, tokens = 0;
+};
+Count merged_count(Count a, Count b, int capacity) {
+    int64_t k = std::min<int64_t>(capacity, a.tokens + b.tokens);
+    if (a.rows < a.tokens) k = std::min(k, a.rows);
+    if (b.rows < b.tokens) k = std::min(k, b.rows);
+    return {k, a.tokens + b.tokens};
+}
+
+}  // namespace
+
+// ---- reading ----
+
+StatsFile::StatsFile(const std::string& path) {
+    file_ = std::make_unique<SafetensorsFile>(path);
+    const auto& md = file_->metadata();
+    auto meta = [&](const char* key) -> const std::string* {
+        auto it = md.find(key);
+        return it == md.end() ? nullptr : &it->second;
+    };
+    const std::string* version = meta("lancet.stats.version");
+    if (!version)
+        fail(path, ": not a Lancet statistics file (no lancet.stats.version in the metadata)");
+    if (*version != std::to_string(kStatsFormatVersion))
+        fail(path, ": statistics format version ", *version, " is not supported (expected ",
+             kStatsFormatVersion, ")");
+    if (const std::string* t = meta("lancet.stats.tasks")) {
+        nlohmann::json j = nlohmann::json::parse(*t, nullptr, false);
+        if (!j.is_array()) fail(path, ": metadata lancet.stats.tasks is not a JSON array");
+        for (const auto& e : j) {
+            if (!e.is_string()) fail(path, ": metadata lancet.stats.tasks holds a non-string");
+            tasks_.push_back(e.get<std::string>());
+        }
+    }
+    if (const std::string* c = meta("lancet.stats.capacity")) {
+        char* end = nullptr;
+        const long v = std::strtol(c->c_str(), &end, 10);
+        if (end == c->c_str() || *end != '\0' || v < 0 || v > (1 << 24))
+            fail(path, ": metadata lancet.stats.capacity = \"", *c, "\" is not a valid count");
+        capacity_ = static_cast<int>(v);
+    }
+
+    // Group the tensors by linear and check dtypes and shapes.
+    std::map<std::string, std::array<const TensorEntry*, 4>> parts;
+    for (const TensorEntry& e : file_->tensors()) {
+        int k = -1;
+        for (int s = 0; s < 4; ++s)
+            if (e.name.ends_with(kSuffixes[s])) k = s;
+        if (k < 0)
+            fail(path, ": tensor \"", e.name,
+                 "\" is not <linear>.mean_abs, .max_abs, .n_tokens or .rows");
+        const std::string base = e.name.substr(0, e.name.size() - std::strlen(kSuffixes[k]));
+        parts[base][k] = &e;  // operator[] value-initializes: all null
+    }
+    for (const auto& [base, p] : parts) {
+        for (int s = 0; s < 3; ++s)
+            if (!p[s]) fail(path, ": linear \"", base, "\" has no ", base, kSuffixes[s]);
+        const TensorEntry& mean = *p[0];
+        const TensorEntry& max = *p[1];
+        const TensorEntry& nt = *p[2];
+        if (mean.dtype != DType::F32 || mean.shape.size() != 1 || mean.shape[0] <= 0 ||
+            mean.shape[0] > (1 << 24))
+            fail(path, ": ", mean.name, " must be F32 [in], is ", dtype_name(mean.dtype), " ",
+                 shape_str(mean.shape));
+        const int in = static_cast<int>(mean.shape[0]);
+        if (max.dtype != DType::F32 || max.shape != Shape{in})
+            fail(path, ": ", max.name, " must be F32 [", in, "], is ", dtype_name(max.dtype), " ",
+                 shape_str(max.shape));
+        if (nt.dtype != DType::I64 || shape_numel(nt.shape) != 1 || nt.shape.size() > 1)
+            fail(path, ": ", nt.name, " must be I64 [1] or a scalar, is ", dtype_name(nt.dtype),
+                 " ", shape_str(nt.shape));
+        StatsEntry se;
+        se.in = in;
+        if (const TensorEntry* r = p[3]) {
+            if (r->dtype != DType::F32 || r->shape.size() != 2 || r->shape[1] != in)
+                fail(path, ": ", r->name, " must be F32 [rows, ", in, "], is ",
+                     dtype_name(r->dtype), " ", shape_str(r->shape));
+            se.n_rows = r->shape[0];
+        }
+        entries_[base] = se;
+    }
+}
+
+int64_t StatsFile::n_tokens(const std::string& base) const {
+    const TensorEntry* e = file_->find(base + ".n_tokens");
+    if (!e) fail(path(), ": no statistics for \"", base, "\"");
+    int64_t n = 0;
+    std::memcpy(&n, file_->view(*e).data, sizeof n);
+    if (n < 0) fail(path(), ": ", base, ".n_tokens = ", n, " is negative");
+    return n;
+}
+
+LinearStats StatsFile::load(const std::string& base) const {
+    auto it = entries_.find(base);
+    if (it == entries_.end()) fail(path(), ": no statistics for \"", base, "\"");
+    LinearStats s;
+    s.in = it->second.in;
+    auto view = [&](const char* suffix) { return file_->view(*file_->find(base + suffix)); };
+    s.mean_abs = read_f32(view(".mean_abs"));
+    s.max_abs = read_f32(view(".max_abs"));
+    s.n_tokens = n_tokens(base);
+    if (it->second.n_rows > 0) s.rows = read_f32(view(".rows"));
+    if (s.n_rows() > s.n_tokens)
+        fail(path(), ": ", base, ".rows holds ", s.n_rows(), " rows but n_tokens is ", s.n_tokens);
+    for (const auto& [suffix, v] :
+         {std::pair{".mean_abs", &s.mean_abs}, std::pair{".max_abs", &s.max_abs}})
+        for (size_t i = 0; i < v->size(); ++i)
+            if (!std::isfinite((*v)[i]) || (*v)[i] < 0)
+                fail(path(), ": ", base, suffix, "[", i, "] = ", (*v)[i],
+                     " (must be finite and >= 0)");
+    for (size_t i = 0; i < s.rows.size(); ++i)
+        if (!std::isfinite(s.rows[i]))
+            fail(path(), ": ", base, ".rows[", i / s.in, ", ", i % s.in, "] = ", s.rows[i],
+                 " is not finite");
+    return s;
+}
+
+void StatsFile::release(const std::string& base) const {
+    for (const char* suffix : kSuffixes)
+        if (const TensorEntry* e = file_->find(base + suffix)) {
+            const TensorView v = file_->view(*e);
+            file_->mapping().release(static_cast<size_t>(v.data - file_->mapping().data()),
+                                     v.nbytes);
+        }
+}
+
+// ---- writing ----
+
+StatsFileWriter::StatsFileWriter(const std::string& path, const std::vector<std::string>& tasks,
+                                 int capacity)
+    : w_(path) {
+    w_.set_metadata("format", "pt");
+    w_.set_metadata("lancet.stats.version", std::to_string(kStatsFormatVersion));
+    w_.set_metadata("lancet.stats.tasks", nlohmann::json(tasks).dump());
+    w_.set_metadata("lancet.stats.capacity", std::to_string(capacity));
+}
+
+void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows) {
+    if (begun_) fail("statistics writer: ", base, " declared after writing began");
+    if (in <= 0 || n_rows < 0) fail("statistics writer: ", base, ": bad shape");
+    if (!declared_.emplace(base, StatsEntry{in, n_rows}).second)
+        fail("statistics writer: ", base, " declared twice");
+    w_.add(base + ".mean_abs", DType::F32, {in});
+    w_.add(base + ".max_abs", DType::F32, {in});
+    w_.add(base + ".n_tokens", DType::I64, {1});
+    w_.add(base + ".rows", DType::F32, {n_rows, in});
+}
+
+void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
+    auto it = declared_.find(base);
+    if (it == declared_.end()) fail("statistics writer: ", base, " was not declared");
+    if (s.in != it->second.in || s.n_rows() != it->second.n_rows ||
+        s.mean_abs.size() != static_cast<size_t>(s.in) ||
+        s.max_abs.size() != static_cast<size_t>(s.in))
+        fail("statistics writer: ", base, " has width ", s.in, " and ", s.n_rows(),
+             " rows; declared ", it->second.in, " and ", it->second.n_rows);
+    begun_ = true;
+    w_.write(base + ".mean_abs", s.mean_abs.data(), s.mean_abs.size() * 4);
+    w_.write(base + ".max_abs", s.max_abs.data(), s.max_abs.size() * 4);
+    w_.write(base + ".n_tokens", &s.n_tokens, 8);
+    w_.write(base + ".rows", s.rows.data(), s.rows.size() * 4);
+}
+
+void StatsFileWriter::finish() { w_.finish(); }
+
+// ---- merging ----
+
+void merge_stats_files(const std::vector<std::string>& inputs, const std::string& output,
+                       int capacity) {
+    if (inputs.empty()) fail("stats merge: no input files");
+    std::vector<std::unique_ptr<StatsFile>> files;
+    std::vector<std::string> tasks;
+    int cap = 0;
+    for (const std::string& p : inputs) {
+        files.push_back(std::make_unique<StatsFile>(p));
+        for (const std::string& t : files.back()->tasks()) tasks.push_back(t);
+        cap = std::max(cap, files.back()->capacity());
+    }
+    if (capacity > 0) cap = capacity;
+    if (cap <= 0) cap = 512;
+
+    // Union of the linears, with the merged row counts computed from the headers.
+    std::map<std::string, std::pair<int, Count>> plan;
+    for (const auto& f : files)
+        for (const auto& [base, e] : f->entries()) {
+            auto [it, fresh] = plan.try_emplace(base, e.in, Count{});
+            if (!fresh && it->second.first != e.in)
+                fail(f->path(), ": ", base, " has ", e.in, " channels, ", inputs.front(),
+                     " and the others before it ", it->second.first);
+        }
+    StatsFileWriter w(output, tasks, cap);
+    for (auto& [base, pc] : plan) {
+        bool first = true;
+        Count c;
+        for (const auto& f : files) {
+            if (!f->has(base)) continue;
+            // n_tokens is data, not header: read the scalar to size the merge.
+            const Count ci{f->entries().at(base).n_rows, f->n_tokens(base)};
+            c = first ? ci : merged_count(c, ci, cap);
+            first = false;
+        }
+        pc.second = c;
+        w.declare(base, pc.first, c.rows);
+    }
+    for (const auto& [base, pc] : plan) {
+        LinearStats acc;
+        bool first = true;
+        for (const auto& f : files) {
+            if (!f->has(base)) continue;
+            LinearStats s = f->load(base);
+            f->release(base);
+            if (first) {
+                acc = std::move(s);
+                first = false;
+            } else {
+                acc = merge(acc, s, cap, 0x3e46eull ^ hash_str(0, base));
+            }
+        }
+        w.write(base, acc);
+    }
+    w.finish();
+}
+
+// ---- synthetic statistics ----
+
+namespace {
+
+std::vector<float> load_f32(const LanceCheckpoint& ck, const std::string& name) {
+    const TensorView v = ck.tensor(name);
+    std::vector<float> r = to_f32(v);
+    ck.release(v);
+    return r;
+}
+
+// x[t, i] = z * g[i] for n rows.
+std::vector<float> normed_rows(Rng& rng, int64_t n, const std::vector<float>& g) {
+    const size_t in = g.size();
+    std::vector<float> x(static_cast<size_t>(n) * in);
+    for (int64_t t = 0; t < n; ++t)
+        for (size_t i = 0; i < in; ++i) x[t * in + i] = static_cast<float>(rng.normal()) * g[i];
+    return x;
+}
+
+// Y = X Wᵀ (+ b), [n, out], rows split over the default pool.
+std::vector<float> project(const std::vector<float>& x, int64_t n, int in,
+                           const std::vector<float>& w, int out, const std::vector<float>* bias) {
+    std::vector<float> y(static_cast<size_t>(n) * out);
+    parallel_chunks(default_pool(), n, 16, [&](int64_t t0, int64_t t1) {
+        gemm_nt(t1 - t0, out, in, &x[t0 * in], in, w.data(), in, &y[t0 * out], out, false);
+        if (bias)
+            for (int64_t t = t0; t < t1; ++t)
+                for (int o = 0; o < out; ++o) y[t * out + o] += (*bias)[o];
+    });
+    return y;
+}
+
+LinearStats accumulate(const std::vector<float>& x, int64_t n, int in, int capacity,
+                       uint64_t seed) {
+    StatsAccumulator acc(in, capacity, seed);
+    acc.add_rows(x.data(), n, in);
+    return acc.stats();
+}
+
+}  // namespace
+
+void synth_stats(const SynthStatsOptions& opt) {
+    if (opt.tokens <= 0) fail("stats synth: --tokens must be positive");
+    if (opt.rows < 0) fail("stats synth: --rows must be >= 0");
+    if (opt.out.empty()) fail("stats synth: no output file given (-o FILE)");
+    auto ck = LanceCheckpoint::open(opt.model);
+    if (ck->kind() != CheckpointKind::Original)
+        fail(opt.model, ": already quantized; synthetic statistics need the original weights");
+    const LanceConfig& c = ck->config();
+    const int h = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), hd = c.head_dim();
+    const int n_heads = c.num_attention_heads, per_kv = n_heads / c.num_key_value_heads;
+    const int64_t n = opt.tokens;
+    const int64_t n_rows = std::min<int64_t>(opt.rows, n);
+
+    StatsFileWriter w(opt.out, {"synthetic"}, opt.rows);
+    for (int i = 0; i < c.num_hidden_layers; ++i) {
+        const std::vector<std::string> lin = lance_layer_linears(i);
+        for (size_t k = 0; k < lin.size(); ++k) {
+            if (opt.und_only && k >= 7) continue;
+            const std::string& b = lin[k];
+            const int in = b.ends_with("o_proj") || b.ends_with("o_proj_moe_gen") ? qd
+                           : b.ends_with("down_proj")                             ? I
+                                                                                  : h;
+            w.declare(b, in, n_rows);
+        }
+    }
+    for (int i = 0; i < c.num_hidden_layers; ++i) {
+        const std::string p = "language_model.model.layers." + std::to_string(i) + ".";
+        const std::vector<std::string> lin = lance_layer_linears(i);
+        for (int gen = 0; gen < (opt.und_only ? 1 : 2); ++gen) {
+            const std::string s = gen ? "_moe_gen" : "";
+            const std::string mlp = p + (gen ? "mlp_moe_gen." : "mlp.");
+            const std::string* names = &lin[gen * 7];  // q k v o gate up down
+            Rng rng(hash_str(opt.seed, names[0]));
+            // q/k/v input, and v for the o_proj input.
+            const std::vector<float> g_in = load_f32(*ck, p + "input_layernorm" + s + ".weight");
+            const std::vector<float> x = normed_rows(rng, n, g_in);
+            const LinearStats qkv = accumulate(x, n, h, opt.rows, hash_str(opt.seed, names[1]));
+            for (int k = 0; k < 3; ++k) w.write(names[k], qkv);
+            const std::vector<float> wv = load_f32(*ck, p + "self_attn.v_proj" + s + ".weight");
+            const std::vector<float> bv = load_f32(*ck, p + "self_attn.v_proj" + s + ".bias");
+            const int kvd = c.kv_dim();
+            const std::vector<float> v = project(x, n, h, wv, kvd, &bv);
+            // Attention-like mixing: each query head of token t averages its kv head's values over
+            // itself and three earlier (random) tokens.
+            std::vector<float> o(static_cast<size_t>(n) * qd);
+            constexpr int kMix = 4;
+            for (int64_t t = 0; t < n; ++t)
+                for (int hq = 0; hq < n_heads; ++hq) {
+                    const int kvh = hq / per_kv;
+                    float* dst = &o[t * qd + hq * hd];
+                    for (int m = 0; m < kMix; ++m) {
+                        const int64_t j = m == 0 ? t : static_cast<int64_t>(rng.below(t + 1));
+                        const float* src = &v[j * kvd + kvh * hd];
+                        for (int d = 0; d < hd; ++d) dst[d] += src[d] / kMix;
+                    }
+                }
+            w.write(names[3], accumulate(o, n, qd, opt.rows, hash_str(opt.seed, names[3])));
+            // gate/up input and the down_proj input silu(gate) * up.
+            const std::vector<float> g_post =
+                load_f32(*ck, p + "post_attention_layernorm" + s + ".weight");
+            const std::vector<float> x2 = normed_rows(rng, n, g_post);
+            const LinearStats gu = accumulate(x2, n, h, opt.rows, hash_str(opt.seed, names[4]));
+            w.write(names[4], gu);
+            w.write(names[5], gu);
+            std::vector<float> gate =
+                project(x2, n, h, load_f32(*ck, mlp + "gate_proj.weight"), I, nullptr);
+            const std::vector<float> up =
+                project(x2, n, h, load_f32(*ck, mlp + "up_proj.weight"), I, nullptr);
+            for (size_t k = 0; k < gate.size(); ++k) {
+                const float a = gate[k];
+                gate[k] = a / (1.0f + std::exp(-a)) * up[k];
+            }
+            w.write(names[6], accumulate(gate, n, I, opt.rows, hash_str(opt.seed, names[6])));
+        }
+        log_debug("stats synth: layer ", i + 1, " of ", c.num_hidden_layers);
+    }
+    w.finish();
+}
+
+}  // namespace lancet::quant

@@ -1,0 +1,93 @@
+// The activation-statistics file (safetensors): per targeted linear `<base>.mean_abs` F32 [in],
+// `<base>.max_abs` F32 [in], `<base>.n_tokens` I64 [1] and `<base>.rows` F32 [r, in], plus the
+// format version, calibrated tasks and reservoir capacity in the metadata. Reading, streaming
+// writing, merging, and synthetic statistics for a synth checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "quant/act_stats.h"
+
+namespace lancet::quant {
+
+inline constexpr int kStatsFormatVersion = 1;
+
+// One linear's entry as declared in the header (shapes only; the values are read on demand).
+struct StatsEntry {
+    int in = 0;
+    int64_t n_rows = 0;  // 0 when the file records no rows for it
+};
+
+// A mapped statistics file, validated up front for names, dtypes and shapes; values are read and
+// checked (finite, non-negative, n_tokens >= 0) per linear by load(), so a multi-gigabyte file is
+// never held in memory. Errors name the file and the tensor.
+class StatsFile {
+  public:
+    explicit StatsFile(const std::string& path);
+
+    const std::string& path() const { return file_->path(); }
+    const std::vector<std::string>& tasks() const { return tasks_; }
+    int capacity() const { return capacity_; }
+    // Linear base names ("language_model.model.layers.0.self_attn.q_proj"), sorted.
+    const std::map<std::string, StatsEntry>& entries() const { return entries_; }
+    bool has(const std::string& base) const { return entries_.count(base) != 0; }
+    // The token count alone (8 bytes read). Throws when absent or negative.
+    int64_t n_tokens(const std::string& base) const;
+    // Reads and validates one linear's statistics. Throws when absent.
+    LinearStats load(const std::string& base) const;
+    // Drops the mapped pages of `base` (after use), keeping RSS flat over a large file.
+    void release(const std::string& base) const;
+
+  private:
+    std::unique_ptr<SafetensorsFile> file_;
+    std::vector<std::string> tasks_;
+    int capacity_ = 0;
+    std::map<std::string, StatsEntry> entries_;
+};
+
+// Streams a statistics file: declare every linear (width and row count), then write each one in
+// declaration order. The output appears atomically at finish() (temporary name + rename).
+class StatsFileWriter {
+  public:
+    StatsFileWriter(const std::string& path, const std::vector<std::string>& tasks, int capacity);
+    void declare(const std::string& base, int in, int64_t n_rows);
+    // Must follow declaration order; checks the shapes against the declaration.
+    void write(const std::string& base, const LinearStats& s);
+    void finish();
+
+  private:
+    SafetensorsWriter w_;
+    std::map<std::string, StatsEntry> declared_;
+    bool begun_ = false;
+};
+
+// Merges several files linear by linear (quant::merge: token-weighted means, max of maxes, a
+// uniform reservoir of the union; linears present in only some files are carried over), the task
+// lists concatenated. capacity <= 0: the largest capacity of the inputs.
+void merge_stats_files(const std::vector<std::string>& inputs, const std::string& output,
+                       int capacity = 0);
+
+// Statistics from SYNTHETIC activations consistent with a (synth) checkpoint — a stand-in until
+// `lancet calibrate` runs the real decoder. Per decoder layer path, with z ~ N(0, 1):
+//   q/k/v input      x = z ⊙ g_input_norm           (the structure of an RMSNorm output)
+//   gate/up input    x = z' ⊙ g_post_attention_norm
+//   o_proj input     per query head, the mean of a few random tokens' v = W_v x + b_v rows of its
+//                    kv head (attention-like mixing, shared by nothing across query heads)
+//   down_proj input  silu(W_gate x') ⊙ (W_up x')
+struct SynthStatsOptions {
+    std::string model;  // checkpoint folder
+    std::string out;
+    int64_t tokens = 1024;  // tokens per linear
+    int rows = 512;         // reservoir capacity
+    uint64_t seed = 1;
+    // Only the und path (as the seed's x2t-only calibration): gen linears get no statistics.
+    bool und_only = false;
+};
+void synth_stats(const SynthStatsOptions& opt);
+
+}  // namespace lancet::quant
