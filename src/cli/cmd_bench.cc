@@ -263,7 +263,7 @@ void run_kernels_bench(Options opt) {
     const double int8_gops = measure_int8_peak(pool);
     std::printf(
         "streaming read: %.1f GB/s (%zu MiB on 2 MiB pages, %zu threads); FMA peak: %.1f "
-        "GFLOP/s (f32); int8 dot peak: %.1f GOP/s (maddubs + i16 add)\n\n",
+        "GFLOP/s (f32); int8 dot peak: %.1f GOP/s (2 maddubs + i16 adds)\n\n",
         read_gbps, opt.bandwidth_mib, pool.size(), fma_gflops, int8_gops);
     nlohmann::json records = nlohmann::json::array();
     records.push_back(

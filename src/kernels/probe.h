@@ -10,8 +10,8 @@ namespace lancet::kernels {
 float probe_read(const float* p, size_t n);
 // Runs `iters` iterations of independent register-only FMA chains; returns the flops executed.
 double probe_fma(size_t iters, float seed);
-// Runs `iters` iterations of independent register-only int8 dot-product chains (vpmaddubsw into
-// i16 adds, what the W4A8 kernels issue); returns the integer ops (multiply + add per byte pair).
+// Runs `iters` iterations of register-only int8 dot products (two vpmaddubsw into i16 adds, the
+// W4A8 kernels' inner step); returns the integer ops (multiply + add per byte pair).
 double probe_int8(size_t iters, int seed);
 
 }  // namespace lancet::kernels

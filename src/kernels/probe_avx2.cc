@@ -37,21 +37,28 @@ double probe_fma_avx2(size_t iters, float seed) {
 }
 
 double probe_int8_avx2(size_t iters, int seed) {
-    // acc = maddubs(acc, b) + a: 32 u8 x s8 products and 16 pair adds into i16 per vpmaddubsw
-    // (64 ops counted, as the GEMM's GOP/s count them) plus the i16 add the kernels also issue.
-    // The chain runs through vpmaddubsw so it cannot be hoisted; 12 chains cover its latency.
-    constexpr int kChains = 12;
-    __m256i acc[kChains];
+    // The W4A8 inner step: acc += maddubs(w1, b) + maddubs(w2, b), 2 x 64 ops counted (32 u8 x
+    // s8 products and 16 pair adds into i16 each, as the GEMM's GOP/s count them) plus the two i16
+    // adds. w1, w2 change every iteration so nothing can be hoisted, and the chains run through
+    // the adds only, so this measures throughput rather than vpmaddubsw latency.
+    constexpr int kChains = 6;
+    __m256i acc[kChains], b[kChains];
 #pragma GCC unroll 16
-    for (int c = 0; c < kChains; ++c) acc[c] = _mm256_set1_epi16(short(seed + c));
-    const __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-5);
-    for (size_t i = 0; i < iters; ++i)
+    for (int c = 0; c < kChains; ++c) {
+        acc[c] = _mm256_set1_epi16(short(seed + c));
+        b[c] = _mm256_set1_epi8(char(c - 3));
+    }
+    for (size_t i = 0; i < iters; ++i) {
+        const __m256i w1 = _mm256_set1_epi8(char(i & 15)),
+                      w2 = _mm256_set1_epi8(char((i >> 4) & 15));
 #pragma GCC unroll 16
         for (int c = 0; c < kChains; ++c)
-            acc[c] = _mm256_add_epi16(_mm256_maddubs_epi16(acc[c], b), a);
+            acc[c] = _mm256_add_epi16(acc[c], _mm256_add_epi16(_mm256_maddubs_epi16(w1, b[c]),
+                                                               _mm256_maddubs_epi16(w2, b[c])));
+    }
     __m256i s = acc[0];
     for (int c = 1; c < kChains; ++c) s = _mm256_add_epi16(s, acc[c]);
-    return double(iters) * kChains * 64 + 0.0 * double(_mm256_extract_epi16(s, 0));
+    return double(iters) * kChains * 128 + 0.0 * double(_mm256_extract_epi16(s, 0));
 }
 
 }  // namespace lancet::kernels::detail
