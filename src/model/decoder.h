@@ -141,6 +141,9 @@ struct DecoderOptions {
     // Logits at ids >= this are -inf (Lance uses len(tokenizer)); <= 0: vocab_size.
     int64_t logits_limit = 0;
     ThreadPool* pool = nullptr;  // nullptr: default_pool()
+    // Load the generation expert (_moe_gen weights, norm_moe_gen, the latent bridge). Text-only
+    // work (chat, perplexity) leaves it out and holds half the weights.
+    bool load_gen = true;
 };
 
 class LanceDecoder {
@@ -177,6 +180,8 @@ class LanceDecoder {
         PathWeights path[2];  // und, gen
     };
     void check_batch(const Batch& b) const;
+    void load_gen_bridge(const LanceCheckpoint& ck);
+    bool has_gen_ = true;
     void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const ops::ChunkMask& mask,
                    const ActivationObserver& observer);
 
