@@ -24,7 +24,7 @@ std::vector<float> load_f32(const LanceCheckpoint& ck, const std::string& name, 
 }
 
 kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& base, size_t out,
-                                  size_t in) {
+                                  size_t in, bool f32_to_bf16_weights) {
     if (ck.is_quantized(base)) {
         const QuantizedLinearView q = ck.quantized(base);
         if (q.format != QuantFormat::Int4)
@@ -49,7 +49,12 @@ kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& 
     if (t.numel() != static_cast<int64_t>(out * in))
         fail(ck.dir(), ": ", base, ".weight has ", t.numel(), " values, expected ", out * in);
     kernels::LinearWeight w;
-    if (t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 2 == 0) {
+    if (f32_to_bf16_weights && t.dtype != DType::BF16) {
+        const std::vector<float> f = to_f32(t);
+        std::vector<uint16_t> h(f.size());
+        for (size_t i = 0; i < f.size(); ++i) h[i] = f32_to_bf16(f[i]);
+        w = kernels::LinearWeight::from_bf16(h.data(), out, in);
+    } else if (t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 2 == 0) {
         w = kernels::LinearWeight::from_bf16(reinterpret_cast<const uint16_t*>(t.data), out, in);
     } else if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % 4 == 0) {
         w = kernels::LinearWeight::from_f32(reinterpret_cast<const float*>(t.data), out, in);
@@ -175,7 +180,8 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
       logits_limit_(opt.logits_limit > 0
                         ? std::min<int64_t>(opt.logits_limit, ck.config().vocab_size)
                         : ck.config().vocab_size),
-      pool_(opt.pool ? opt.pool : &default_pool()) {
+      pool_(opt.pool ? opt.pool : &default_pool()),
+      bf16_weights_(opt.bf16_weights) {
     const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
                  I = cfg_.intermediate_size;
     if (cfg_.num_attention_heads % cfg_.num_key_value_heads != 0)
@@ -200,17 +206,17 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
             w.bq = load_f32(ck, attn + "q_proj" + s + ".bias", qd);
             w.bk = load_f32(ck, attn + "k_proj" + s + ".bias", kvd);
             w.bv = load_f32(ck, attn + "v_proj" + s + ".bias", kvd);
-            w.q = load_linear(ck, attn + "q_proj" + s, qd, H);
-            w.k = load_linear(ck, attn + "k_proj" + s, kvd, H);
-            w.v = load_linear(ck, attn + "v_proj" + s, kvd, H);
-            w.o = load_linear(ck, attn + "o_proj" + s, H, qd);
-            w.gate = load_linear(ck, mlp + "gate_proj", I, H);
-            w.up = load_linear(ck, mlp + "up_proj", I, H);
-            w.down = load_linear(ck, mlp + "down_proj", H, I);
+            w.q = load_linear(ck, attn + "q_proj" + s, qd, H, bf16_weights_);
+            w.k = load_linear(ck, attn + "k_proj" + s, kvd, H, bf16_weights_);
+            w.v = load_linear(ck, attn + "v_proj" + s, kvd, H, bf16_weights_);
+            w.o = load_linear(ck, attn + "o_proj" + s, H, qd, bf16_weights_);
+            w.gate = load_linear(ck, mlp + "gate_proj", I, H, bf16_weights_);
+            w.up = load_linear(ck, mlp + "up_proj", I, H, bf16_weights_);
+            w.down = load_linear(ck, mlp + "down_proj", H, I, bf16_weights_);
         }
     }
     norm_[0] = load_f32(ck, "language_model.model.norm.weight", H);
-    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H);
+    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H, bf16_weights_);
     has_gen_ = opt.load_gen;
     if (has_gen_) load_gen_bridge(ck);
 
@@ -220,13 +226,13 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
 void LanceDecoder::load_gen_bridge(const LanceCheckpoint& ck) {
     const size_t H = cfg_.hidden_size, C = cfg_.latent_channels, F = cfg_.time_freq_dim;
     norm_[1] = load_f32(ck, "language_model.model.norm_moe_gen.weight", H);
-    vae2llm_ = load_linear(ck, "vae2llm", H, C);
+    vae2llm_ = load_linear(ck, "vae2llm", H, C, bf16_weights_);
     vae2llm_b_ = load_f32(ck, "vae2llm.bias", H);
-    llm2vae_ = load_linear(ck, "llm2vae", C, H);
+    llm2vae_ = load_linear(ck, "llm2vae", C, H, bf16_weights_);
     llm2vae_b_ = load_f32(ck, "llm2vae.bias", C);
-    time0_ = load_linear(ck, "time_embedder.mlp.0", H, F);
+    time0_ = load_linear(ck, "time_embedder.mlp.0", H, F, bf16_weights_);
     time0_b_ = load_f32(ck, "time_embedder.mlp.0.bias", H);
-    time2_ = load_linear(ck, "time_embedder.mlp.2", H, H);
+    time2_ = load_linear(ck, "time_embedder.mlp.2", H, H, bf16_weights_);
     time2_b_ = load_f32(ck, "time_embedder.mlp.2.bias", H);
 
     // PE3D: each axis code depends on one coordinate only, so slice it out of pe3d_row for
