@@ -19,6 +19,7 @@
 #include "kernels/dispatch.h"
 #include "model/decoder_ref.h"
 #include "model/synth.h"
+#include "quant/quantize.h"
 #include "test_util.h"
 
 namespace lancet {
@@ -655,75 +656,17 @@ TEST_F(DecoderModel, NoiseBlockIsInvisibleToOtherSplits) {
 
 // ---- AWQ INT4 -------------------------------------------------------------------------------
 
-// Writes an AWQ INT4 folder from an F32 folder: every decoder linear RTN-quantized per the format
-// spec (scale = max((M-m)/15, 1e-8) stored bf16, zero = clamp(round(-m/scale), 0, 15),
-// q = clamp(round(w/scale + zero), 0, 15)), everything else passed through.
+// An AWQ INT4 folder from an F32 one, written by the quantizer's seed RTN (every decoder linear
+// min-max quantized per group of `gs`; the other tensors passed through as BF16).
 std::string make_awq(const std::string& src, const fs::path& dst, int gs) {
-    fs::create_directories(dst);
-    for (const auto& e : fs::directory_iterator(src))
-        if (e.path().extension() == ".json" || e.path().extension() == ".txt")
-            fs::copy_file(e.path(), dst / e.path().filename());
-    const auto ck = LanceCheckpoint::open(src);
-    const LanceConfig& c = ck->config();
-    std::set<std::string> targets;
-    for (int l = 0; l < c.num_hidden_layers; ++l)
-        for (const std::string& b : lance_layer_linears(l)) targets.insert(b + ".weight");
-    nlohmann::json per_weight = nlohmann::json::object();
-    struct Out {
-        std::string name;
-        DType dt;
-        Shape shape;
-        std::vector<uint8_t> bytes;
-    };
-    std::vector<Out> outs;
-    for (const std::string& name : ck->main().names()) {
-        const TensorView v = ck->main().view(name);
-        if (!targets.count(name)) {
-            outs.push_back({name, v.dtype, v.shape, {v.data, v.data + v.nbytes}});
-            continue;
-        }
-        const int64_t o = v.shape[0], in = v.shape[1], ng = in / gs;
-        const std::vector<float> w = to_f32(v);
-        std::vector<uint8_t> qw(o * in / 2), zeros(o * ng);
-        std::vector<uint16_t> scales(o * ng);
-        for (int64_t r = 0; r < o; ++r)
-            for (int64_t g = 0; g < ng; ++g) {
-                const float* x = &w[r * in + g * gs];
-                const float mn = *std::min_element(x, x + gs), mx = *std::max_element(x, x + gs);
-                const float scale = std::max((mx - mn) / 15.0f, 1e-8f);
-                const float zero = std::clamp(std::nearbyint(-mn / scale), 0.0f, 15.0f);
-                scales[r * ng + g] = f32_to_bf16(scale);
-                zeros[r * ng + g] = static_cast<uint8_t>(zero);
-                for (int64_t i = 0; i < gs; ++i) {
-                    const int q = static_cast<int>(
-                        std::clamp(std::nearbyint(x[i] / scale + zero), 0.0f, 15.0f));
-                    const int64_t col = g * gs + i;
-                    qw[r * (in / 2) + col / 2] |= static_cast<uint8_t>(q << (4 * (col % 2)));
-                }
-            }
-        const std::string base = name.substr(0, name.size() - 7);
-        outs.push_back({base + ".qweight", DType::U8, {o, in / 2}, qw});
-        outs.push_back({base + ".scales",
-                        DType::BF16,
-                        {o, ng},
-                        {reinterpret_cast<uint8_t*>(scales.data()),
-                         reinterpret_cast<uint8_t*>(scales.data()) + scales.size() * 2}});
-        outs.push_back({base + ".zeros", DType::U8, {o, ng}, zeros});
-        per_weight[name] = {{"shape", {o, in}},
-                            {"n_bit", 4},
-                            {"group_size", gs},
-                            {"scheme", "asym_int4_grouped_minmax"}};
-    }
-    SafetensorsWriter wr((dst / "awq_state_dict.safetensors").string());
-    for (const Out& e : outs) wr.add(e.name, e.dt, e.shape);
-    for (const Out& e : outs) wr.write(e.name, e.bytes.data(), e.bytes.size());
-    wr.finish();
-    const nlohmann::json meta = {{"n_bit", 4},
-                                 {"group_size", gs},
-                                 {"scheme", "asym_int4_grouped_minmax"},
-                                 {"per_weight", per_weight}};
-    test::write_file(dst / "awq_meta.json", meta.dump(2));
-    return dst.string();
+    quant::QuantizeOptions o;
+    o.method = "rtn";
+    o.group_size = gs;
+    o.src = src;
+    o.out = dst.string();
+    o.progress = false;
+    quant::quantize_checkpoint(o);
+    return o.out;
 }
 
 // The same decoder code on AWQ INT4 weights matches the reference on the dequantized weights

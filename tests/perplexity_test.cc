@@ -23,6 +23,7 @@
 #include "model/lance_tensors.h"
 #include "model/synth.h"
 #include "pipeline/decode_bench.h"
+#include "quant/quantize.h"
 #include "test_util.h"
 
 namespace lancet {
@@ -33,64 +34,17 @@ using test::TempDir;
 
 constexpr int64_t kTokLen = 278;  // length of the synthetic tokenizer (the logits limit)
 
-// An AWQ INT4 folder from an F32 one: every und/gen decoder linear min-max quantized per group of
-// `gs` (codes, bf16 scales, u8 zeros; no AWQ scaling), everything else copied as is.
+// An AWQ INT4 folder from an F32 one, written by the quantizer's seed RTN: every und/gen decoder
+// linear min-max quantized per group of `gs` (no AWQ scaling), the other tensors as BF16.
 std::string make_awq(const std::string& src, const fs::path& dst, int gs) {
-    fs::create_directories(dst);
-    for (const auto& e : fs::directory_iterator(src))
-        if (e.path().extension() == ".json" || e.path().extension() == ".txt")
-            fs::copy_file(e.path(), dst / e.path().filename());
-    const auto ck = LanceCheckpoint::open(src);
-    std::set<std::string> targets;
-    for (int l = 0; l < ck->config().num_hidden_layers; ++l)
-        for (const std::string& b : lance_layer_linears(l)) targets.insert(b + ".weight");
-    nlohmann::json per_weight = nlohmann::json::object();
-    std::vector<std::tuple<std::string, DType, Shape, std::vector<uint8_t>>> outs;
-    for (const std::string& name : ck->main().names()) {
-        const TensorView v = ck->main().view(name);
-        if (!targets.count(name)) {
-            outs.emplace_back(name, v.dtype, v.shape,
-                              std::vector<uint8_t>(v.data, v.data + v.nbytes));
-            continue;
-        }
-        const int64_t o = v.shape[0], in = v.shape[1], ng = in / gs;
-        const std::vector<float> w = to_f32(v);
-        std::vector<uint8_t> qw(o * in / 2), zeros(o * ng), scales(o * ng * 2);
-        for (int64_t r = 0; r < o; ++r)
-            for (int64_t g = 0; g < ng; ++g) {
-                const float* x = &w[r * in + g * gs];
-                const float mn = *std::min_element(x, x + gs), mx = *std::max_element(x, x + gs);
-                const float scale = std::max((mx - mn) / 15.0f, 1e-8f);
-                const float zero = std::clamp(std::nearbyint(-mn / scale), 0.0f, 15.0f);
-                const uint16_t sb = f32_to_bf16(scale);
-                std::memcpy(&scales[(r * ng + g) * 2], &sb, 2);
-                zeros[r * ng + g] = static_cast<uint8_t>(zero);
-                for (int64_t i = 0; i < gs; ++i) {
-                    const int q = static_cast<int>(
-                        std::clamp(std::nearbyint(x[i] / scale + zero), 0.0f, 15.0f));
-                    const int64_t col = g * gs + i;
-                    qw[r * (in / 2) + col / 2] |= static_cast<uint8_t>(q << (4 * (col % 2)));
-                }
-            }
-        const std::string base = name.substr(0, name.size() - 7);
-        outs.emplace_back(base + ".qweight", DType::U8, Shape{o, in / 2}, qw);
-        outs.emplace_back(base + ".scales", DType::BF16, Shape{o, ng}, scales);
-        outs.emplace_back(base + ".zeros", DType::U8, Shape{o, ng}, zeros);
-        per_weight[name] = {{"shape", {o, in}},
-                            {"n_bit", 4},
-                            {"group_size", gs},
-                            {"scheme", "asym_int4_grouped_minmax"}};
-    }
-    SafetensorsWriter wr((dst / "awq_state_dict.safetensors").string());
-    for (const auto& [name, dt, shape, bytes] : outs) wr.add(name, dt, shape);
-    for (const auto& [name, dt, shape, bytes] : outs) wr.write(name, bytes.data(), bytes.size());
-    wr.finish();
-    const nlohmann::json meta = {{"n_bit", 4},
-                                 {"group_size", gs},
-                                 {"scheme", "asym_int4_grouped_minmax"},
-                                 {"per_weight", per_weight}};
-    test::write_file(dst / "awq_meta.json", meta.dump(2));
-    return dst.string();
+    quant::QuantizeOptions o;
+    o.method = "rtn";
+    o.group_size = gs;
+    o.src = src;
+    o.out = dst.string();
+    o.progress = false;
+    quant::quantize_checkpoint(o);
+    return o.out;
 }
 
 class PerplexityModels : public ::testing::Test {
@@ -364,7 +318,7 @@ TEST_F(PerplexityModels, DecodeWeightBytesFollowTheConfig) {
 }
 
 // INT4 linears count their codes (in/2 bytes per row), bf16 scales and u8 zeros per group; the
-// biases, norms, lm_head and embedding stay F32 in this folder.
+// biases, norms, lm_head and embedding are passed through as BF16 in this folder.
 TEST_F(PerplexityModels, DecodeWeightBytesOfAwqInt4) {
     const auto ck = LanceCheckpoint::open(model("a_awq"));
     ASSERT_EQ(ck->kind(), CheckpointKind::Awq);
@@ -373,12 +327,12 @@ TEST_F(PerplexityModels, DecodeWeightBytesOfAwqInt4) {
                    hd = c.head_dim(), L = c.num_hidden_layers, V = c.vocab_size, gs = 32;
     auto q4 = [&](uint64_t out, uint64_t in) { return out * in / 2 + out * (in / gs) * 3; };
     const uint64_t lin =
-        L * (q4(qd, H) + 2 * q4(kvd, H) + q4(H, qd) + 2 * q4(I, H) + q4(H, I) + (qd + 2 * kvd) * 4);
+        L * (q4(qd, H) + 2 * q4(kvd, H) + q4(H, qd) + 2 * q4(I, H) + q4(H, I) + (qd + 2 * kvd) * 2);
     const DecodeWeightBytes b = decode_weight_bytes(*ck);
     EXPECT_EQ(b.linears, lin);
-    EXPECT_EQ(b.norms, (L * (2 * H + 2 * hd) + H) * 4);
-    EXPECT_EQ(b.lm_head, V * H * 4);
-    EXPECT_EQ(b.embedding_row, H * 4);
+    EXPECT_EQ(b.norms, (L * (2 * H + 2 * hd) + H) * 2);
+    EXPECT_EQ(b.lm_head, V * H * 2);
+    EXPECT_EQ(b.embedding_row, H * 2);
     EXPECT_EQ(weight_format_label(*ck), "int4 g32");
 }
 

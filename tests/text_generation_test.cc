@@ -4,9 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/numeric.h"
+#include "io/safetensors.h"
 #include "model/lance_checkpoint.h"
 #include "model/synth.h"
 #include "test_util.h"
@@ -98,6 +101,67 @@ TEST(RunChat, CliErrorsAreOneLine) {
     const auto no_model = test::run_lancet("run -m " + (dir / "none").string() + " -p hello");
     EXPECT_EQ(no_model.exit_code, 1);
     EXPECT_NE(no_model.err.find("no such model folder"), std::string::npos) << no_model.err;
+}
+
+}  // namespace
+}  // namespace lancet
+
+namespace lancet {
+namespace {
+
+// bf16_weights holds F32 linears as BF16 (Lance's own load-time cast). Reference: the same F32
+// checkpoint with every linear weight rounded to bf16 on disk and everything else unchanged; the
+// two must agree to f32 rounding (the kernels differ: BF16 vs F32), and differ from the F32 model.
+TEST(DecoderWeights, Bf16CastEqualsPreRoundedWeights) {
+    test::TempDir dir;
+    SynthOptions o;
+    o.out = (dir / "f32").string();
+    synth_checkpoint(o);
+    const std::string rounded = (dir / "rounded").string();
+    fs::create_directories(rounded);
+    for (const auto& e : fs::directory_iterator(o.out))
+        if (e.path().filename() != "model.safetensors")
+            fs::copy_file(e.path(), fs::path(rounded) / e.path().filename());
+    {
+        auto src = Checkpoint::open(o.out + "/model.safetensors");
+        SafetensorsWriter w(rounded + "/model.safetensors");
+        for (const std::string& n : src->names()) w.add(n, DType::F32, src->view(n).shape);
+        for (const std::string& n : src->names()) {
+            std::vector<float> v = to_f32(src->view(n));
+            const bool linear = n.ends_with("_proj.weight") || n.ends_with("lm_head.weight");
+            if (linear && n.rfind("vit_model.", 0) != 0)
+                for (float& x : v) x = round_bf16(x);
+            w.write(n, v.data(), v.size() * 4);
+        }
+        w.finish();
+    }
+    auto f32 = LanceCheckpoint::open(o.out);
+    auto pre = LanceCheckpoint::open(rounded);
+    DecoderOptions cast;
+    cast.bf16_weights = true;
+    cast.load_gen = false;
+    DecoderOptions plain;
+    plain.load_gen = false;
+    LanceDecoder d_cast(*f32, cast), d_f32(*f32, plain), d_pre(*pre, plain);
+    Batch b;
+    for (int64_t i = 0; i < 40; ++i) {
+        b.token_ids.push_back((i * 37 + 11) % 278);
+        b.positions.push_back({i, i, i});
+    }
+    Outputs oc, of, op;
+    d_cast.forward(b, nullptr, false, oc);
+    d_f32.forward(b, nullptr, false, of);
+    d_pre.forward(b, nullptr, false, op);
+    auto rel = [](const std::vector<float>& a, const std::vector<float>& r) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+            const double d = static_cast<double>(a[i]) - r[i];
+            if (std::isfinite(d)) num += d * d, den += static_cast<double>(r[i]) * r[i];
+        }
+        return std::sqrt(num / den);
+    };
+    EXPECT_LT(rel(oc.logits, op.logits), 1e-5);
+    EXPECT_GT(rel(oc.logits, of.logits), 1e-4);
 }
 
 }  // namespace

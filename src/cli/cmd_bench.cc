@@ -456,6 +456,8 @@ void run_decode_bench(const DecodeOptions& opt) {
     for (size_t i = 0; i < cks.size(); ++i) {
         const LanceCheckpoint& ck = *cks[i];
         DecoderOptions dopt;
+        dopt.load_gen = false;     // text only: the und expert alone
+        dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
         dopt.pool = &pool;
         std::error_code ec;
         if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))

@@ -21,7 +21,6 @@ namespace {
 
 struct ForwardArgs {
     std::string model, input, out;
-    size_t bench_prefill = 0, bench_decode = 0;
 };
 
 // Reads the input file's tensors with one-line errors naming the tensor.
@@ -77,47 +76,7 @@ class InputFile {
     SafetensorsFile file_;
 };
 
-// Times a text prefill of random ids and greedy-free decoding after it (logits of the last row
-// only, as chat does); prints tokens/s.
-void run_bench(const ForwardArgs& a) {
-    const auto ck = LanceCheckpoint::open(a.model);
-    const LanceConfig& cfg = ck->config();
-    LanceDecoder dec(*ck);
-    const size_t n = std::max<size_t>(a.bench_prefill, 1), m = a.bench_decode;
-    Batch b;
-    uint64_t s = 12345;
-    for (size_t i = 0; i < n + m; ++i) {
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        b.token_ids.push_back(static_cast<int64_t>((s >> 33) % 256));
-    }
-    const auto pos = mrope_positions(b.token_ids, {}, cfg);
-    const std::vector<int64_t> all = b.token_ids;
-    b.token_ids.resize(n);
-    b.positions.assign(pos.begin(), pos.begin() + n);
-    KvCache cache = dec.make_cache(n + m);
-    Outputs out;
-    ForwardOptions fo;
-    fo.logits = LogitRows::Last;
-    using clock = std::chrono::steady_clock;
-    const auto t0 = clock::now();
-    dec.forward(b, &cache, true, out, fo);
-    const auto t1 = clock::now();
-    for (size_t i = n; i < n + m; ++i) {
-        b.token_ids = {all[i]};
-        b.positions = {pos[i]};
-        dec.forward(b, &cache, true, out, fo);
-    }
-    const auto t2 = clock::now();
-    const double pre = std::chrono::duration<double>(t1 - t0).count();
-    const double dec_s = std::chrono::duration<double>(t2 - t1).count();
-    std::printf("prefill %zu tokens: %.3f s (%.1f tokens/s)\n", n, pre, n / pre);
-    if (m)
-        std::printf("decode %zu tokens after %zu: %.3f s (%.1f tokens/s)\n", m, n, dec_s,
-                    m / dec_s);
-}
-
 void run_forward(const ForwardArgs& a) {
-    if (a.bench_prefill || a.bench_decode) return run_bench(a);
     if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
     std::error_code ec;
     if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
@@ -240,10 +199,6 @@ void add_forward(CLI::App& app) {
     cmd->add_option("--model", args->model, "Lance model folder")->required();
     cmd->add_option("--input", args->input, "Input .safetensors (see README)");
     cmd->add_option("--out", args->out, "Output .safetensors");
-    cmd->add_option("--bench-prefill", args->bench_prefill,
-                    "Instead: time a prefill of this many random text tokens");
-    cmd->add_option("--bench-decode", args->bench_decode,
-                    "Instead: time decoding this many tokens after the prefill");
     cmd->callback([args] { run_forward(*args); });
 }
 

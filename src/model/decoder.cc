@@ -24,7 +24,7 @@ std::vector<float> load_f32(const LanceCheckpoint& ck, const std::string& name, 
 }
 
 kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& base, size_t out,
-                                  size_t in) {
+                                  size_t in, bool f32_to_bf16_weights) {
     if (ck.is_quantized(base)) {
         const QuantizedLinearView q = ck.quantized(base);
         if (q.format != QuantFormat::Int4)
@@ -39,18 +39,31 @@ kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& 
         // The mapped bytes may be unaligned for uint16_t; copy the scales.
         std::vector<uint16_t> scales(q.scales.nbytes / 2);
         std::memcpy(scales.data(), q.scales.data, q.scales.nbytes);
-        return kernels::LinearWeight::from_awq_int4(q.qweight.data, scales.data(), q.zeros.data,
-                                                    out, in, q.group_size);
+        kernels::LinearWeight w = kernels::LinearWeight::from_awq_int4(
+            q.qweight.data, scales.data(), q.zeros.data, out, in, q.group_size);
+        // The repacked copy is what runs; drop the file pages so RSS holds the weights once.
+        for (const TensorView* v : {&q.qweight, &q.scales, &q.zeros}) ck.release(*v);
+        return w;
     }
     const TensorView t = ck.tensor(base + ".weight");
     if (t.numel() != static_cast<int64_t>(out * in))
         fail(ck.dir(), ": ", base, ".weight has ", t.numel(), " values, expected ", out * in);
-    if (t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 2 == 0)
-        return kernels::LinearWeight::from_bf16(reinterpret_cast<const uint16_t*>(t.data), out, in);
-    if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % 4 == 0)
-        return kernels::LinearWeight::from_f32(reinterpret_cast<const float*>(t.data), out, in);
-    const std::vector<float> w = to_f32(t);
-    return kernels::LinearWeight::from_f32(w.data(), out, in);
+    kernels::LinearWeight w;
+    if (f32_to_bf16_weights && t.dtype != DType::BF16) {
+        const std::vector<float> f = to_f32(t);
+        std::vector<uint16_t> h(f.size());
+        for (size_t i = 0; i < f.size(); ++i) h[i] = f32_to_bf16(f[i]);
+        w = kernels::LinearWeight::from_bf16(h.data(), out, in);
+    } else if (t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 2 == 0) {
+        w = kernels::LinearWeight::from_bf16(reinterpret_cast<const uint16_t*>(t.data), out, in);
+    } else if (t.dtype == DType::F32 && reinterpret_cast<uintptr_t>(t.data) % 4 == 0) {
+        w = kernels::LinearWeight::from_f32(reinterpret_cast<const float*>(t.data), out, in);
+    } else {
+        const std::vector<float> f = to_f32(t);
+        w = kernels::LinearWeight::from_f32(f.data(), out, in);
+    }
+    ck.release(t);
+    return w;
 }
 
 void add_into(float* x, const float* y, size_t n) {
@@ -167,7 +180,8 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
       logits_limit_(opt.logits_limit > 0
                         ? std::min<int64_t>(opt.logits_limit, ck.config().vocab_size)
                         : ck.config().vocab_size),
-      pool_(opt.pool ? opt.pool : &default_pool()) {
+      pool_(opt.pool ? opt.pool : &default_pool()),
+      bf16_weights_(opt.bf16_weights) {
     const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
                  I = cfg_.intermediate_size;
     if (cfg_.num_attention_heads % cfg_.num_key_value_heads != 0)
@@ -181,7 +195,7 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
     layers_.resize(cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
         const std::string pre = "language_model.model.layers." + std::to_string(l) + ".";
-        for (int p = 0; p < 2; ++p) {
+        for (int p = 0; p < (opt.load_gen ? 2 : 1); ++p) {
             const std::string s = p ? "_moe_gen" : "";
             const std::string attn = pre + "self_attn.", mlp = pre + (p ? "mlp_moe_gen." : "mlp.");
             PathWeights& w = layers_[l].path[p];
@@ -192,26 +206,33 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
             w.bq = load_f32(ck, attn + "q_proj" + s + ".bias", qd);
             w.bk = load_f32(ck, attn + "k_proj" + s + ".bias", kvd);
             w.bv = load_f32(ck, attn + "v_proj" + s + ".bias", kvd);
-            w.q = load_linear(ck, attn + "q_proj" + s, qd, H);
-            w.k = load_linear(ck, attn + "k_proj" + s, kvd, H);
-            w.v = load_linear(ck, attn + "v_proj" + s, kvd, H);
-            w.o = load_linear(ck, attn + "o_proj" + s, H, qd);
-            w.gate = load_linear(ck, mlp + "gate_proj", I, H);
-            w.up = load_linear(ck, mlp + "up_proj", I, H);
-            w.down = load_linear(ck, mlp + "down_proj", H, I);
+            w.q = load_linear(ck, attn + "q_proj" + s, qd, H, bf16_weights_);
+            w.k = load_linear(ck, attn + "k_proj" + s, kvd, H, bf16_weights_);
+            w.v = load_linear(ck, attn + "v_proj" + s, kvd, H, bf16_weights_);
+            w.o = load_linear(ck, attn + "o_proj" + s, H, qd, bf16_weights_);
+            w.gate = load_linear(ck, mlp + "gate_proj", I, H, bf16_weights_);
+            w.up = load_linear(ck, mlp + "up_proj", I, H, bf16_weights_);
+            w.down = load_linear(ck, mlp + "down_proj", H, I, bf16_weights_);
         }
     }
     norm_[0] = load_f32(ck, "language_model.model.norm.weight", H);
+    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H, bf16_weights_);
+    has_gen_ = opt.load_gen;
+    if (has_gen_) load_gen_bridge(ck);
+
+    s_.own_cache = KvCache(cfg_, 0);
+}
+
+void LanceDecoder::load_gen_bridge(const LanceCheckpoint& ck) {
+    const size_t H = cfg_.hidden_size, C = cfg_.latent_channels, F = cfg_.time_freq_dim;
     norm_[1] = load_f32(ck, "language_model.model.norm_moe_gen.weight", H);
-    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H);
-    const size_t C = cfg_.latent_channels, F = cfg_.time_freq_dim;
-    vae2llm_ = load_linear(ck, "vae2llm", H, C);
+    vae2llm_ = load_linear(ck, "vae2llm", H, C, bf16_weights_);
     vae2llm_b_ = load_f32(ck, "vae2llm.bias", H);
-    llm2vae_ = load_linear(ck, "llm2vae", C, H);
+    llm2vae_ = load_linear(ck, "llm2vae", C, H, bf16_weights_);
     llm2vae_b_ = load_f32(ck, "llm2vae.bias", C);
-    time0_ = load_linear(ck, "time_embedder.mlp.0", H, F);
+    time0_ = load_linear(ck, "time_embedder.mlp.0", H, F, bf16_weights_);
     time0_b_ = load_f32(ck, "time_embedder.mlp.0.bias", H);
-    time2_ = load_linear(ck, "time_embedder.mlp.2", H, H);
+    time2_ = load_linear(ck, "time_embedder.mlp.2", H, H, bf16_weights_);
     time2_b_ = load_f32(ck, "time_embedder.mlp.2.bias", H);
 
     // PE3D: each axis code depends on one coordinate only, so slice it out of pe3d_row for
@@ -237,7 +258,6 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
         for (int c = 0; c < pe_dims_[2]; ++c)
             pe_w_[i * pe_dims_[2] + c] = static_cast<float>(row[2 * d + c]);
     }
-    s_.own_cache = KvCache(cfg_, 0);
 }
 
 // ---- embeddings -----------------------------------------------------------------------------
@@ -324,6 +344,9 @@ void LanceDecoder::check_batch(const Batch& b) const {
         fail("forward: is_gen has ", b.is_gen.size(), " entries for ", n, " tokens");
     size_t n_gen = 0;
     for (uint8_t g : b.is_gen) n_gen += g != 0;
+    if (n_gen > 0 && !has_gen_)
+        fail("forward: the batch has ", n_gen,
+             " latent tokens but the decoder was loaded without the gen path");
     if (!b.embeddings) {
         if (b.latents.size() != n_gen * cfg_.latent_channels)
             fail("forward: latents hold ", b.latents.size(), " values for ", n_gen,

@@ -141,6 +141,12 @@ struct DecoderOptions {
     // Logits at ids >= this are -inf (Lance uses len(tokenizer)); <= 0: vocab_size.
     int64_t logits_limit = 0;
     ThreadPool* pool = nullptr;  // nullptr: default_pool()
+    // Load the generation expert (_moe_gen weights, norm_moe_gen, the latent bridge). Text-only
+    // work (chat, perplexity) leaves it out and holds half the weights.
+    bool load_gen = true;
+    // Hold F32 linear weights as BF16, as Lance casts the whole model to bf16 at load: half the
+    // memory and bandwidth. Off by default so the f64-reference tests see the stored weights.
+    bool bf16_weights = false;
 };
 
 class LanceDecoder {
@@ -177,12 +183,15 @@ class LanceDecoder {
         PathWeights path[2];  // und, gen
     };
     void check_batch(const Batch& b) const;
+    void load_gen_bridge(const LanceCheckpoint& ck);
     void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const ops::ChunkMask& mask,
                    const ActivationObserver& observer);
 
     LanceConfig cfg_;
     int64_t logits_limit_;
     ThreadPool* pool_;
+    bool bf16_weights_ = false;
+    bool has_gen_ = true;
     TensorView embed_;
     std::vector<Layer> layers_;
     std::vector<float> norm_[2];

@@ -126,6 +126,8 @@ void calibrate(const CalibrateOptions& opt) {
     if (opt.gen) tasks.push_back("gen:noise-latents");
 
     DecoderOptions dopt;
+    // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
+    dopt.bf16_weights = true;
     dopt.logits_limit = static_cast<int64_t>(tok.size());
     LanceDecoder decoder(*ck, dopt);
     std::vector<PathStats> stats(static_cast<size_t>(cfg.num_hidden_layers) * 2);

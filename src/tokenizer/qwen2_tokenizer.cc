@@ -396,12 +396,15 @@ Qwen2Tokenizer Qwen2Tokenizer::load(const std::string& dir) {
             AddedToken a;
             a.content = v["content"].get<std::string>();
             a.id = static_cast<int32_t>(id);
+            // Plain references: clang 14 cannot capture structured bindings in a lambda.
+            const auto& entry = v;
+            const std::string& entry_key = key;
             const auto flag = [&](const char* name) {
-                if (!v.contains(name) || v[name].is_null()) return false;
-                if (!v[name].is_boolean())
-                    fail(config_path.string(), ": added_tokens_decoder[\"", key, "\"].", name,
-                         " must be true or false");
-                return v[name].get<bool>();
+                if (!entry.contains(name) || entry[name].is_null()) return false;
+                if (!entry[name].is_boolean())
+                    fail(config_path.string(), ": added_tokens_decoder[\"", entry_key, "\"].",
+                         name, " must be true or false");
+                return entry[name].get<bool>();
             };
             a.lstrip = flag("lstrip");
             a.rstrip = flag("rstrip");
