@@ -45,7 +45,10 @@ void write_file(const fs::path& p, const std::string& bytes) {
 RunResult run_lancet(const std::string& args) {
     TempDir tmp;
     const fs::path out = tmp / "stdout", err = tmp / "stderr";
-    const std::string cmd = "timeout -s KILL 120 " + std::string(LANCET_BIN) + " " + args + " >" +
+    // $LANCET_BIN overrides the built path (a copied build run elsewhere, e.g. on another machine).
+    const char* env_bin = std::getenv("LANCET_BIN");
+    const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
+    const std::string cmd = "timeout -s KILL 120 " + bin + " " + args + " >" +
                             out.string() + " 2>" + err.string();
     const int status = std::system(cmd.c_str());
     RunResult r;
@@ -65,7 +68,8 @@ RunResult run_lancet(const std::string& args) {
 }
 
 fs::path shared_dir() {
-    const fs::path p = LANCET_SHARED_DIR;
+    const char* env = std::getenv("LANCET_SHARED_DIR");
+    const fs::path p = env && *env ? env : LANCET_SHARED_DIR;
     std::error_code ec;
     if (fs::is_directory(p, ec)) return fs::weakly_canonical(p);
     return {};

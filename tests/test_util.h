@@ -27,11 +27,12 @@ struct RunResult {
     std::string out, err;  // captured stdout and stderr
 };
 
-// Runs the built `lancet` with the given argument string (shell-quoted by the caller), with a
-// 120 s timeout so a hang fails the test instead of stalling the suite.
+// Runs the built `lancet` (or $LANCET_BIN) with the given argument string (shell-quoted by the
+// caller), with a 120 s timeout so a hang fails the test instead of stalling the suite.
 RunResult run_lancet(const std::string& args);
 
-// ../shared relative to the source tree, or an empty path when it is absent (tests then skip).
+// ../shared relative to the source tree (or $LANCET_SHARED_DIR), or an empty path when it is
+// absent (tests then skip).
 std::filesystem::path shared_dir();
 
 // Writes bytes to a file, replacing it.
