@@ -656,23 +656,11 @@ TEST_F(DecoderModel, NoiseBlockIsInvisibleToOtherSplits) {
 
 // ---- AWQ INT4 -------------------------------------------------------------------------------
 
-// An AWQ INT4 folder from an F32 one, written by the quantizer's seed RTN (every decoder linear
-// min-max quantized per group of `gs`; the other tensors passed through as BF16).
-std::string make_awq(const std::string& src, const fs::path& dst, int gs) {
-    quant::QuantizeOptions o;
-    o.method = "rtn";
-    o.group_size = gs;
-    o.src = src;
-    o.out = dst.string();
-    o.progress = false;
-    quant::quantize_checkpoint(o);
-    return o.out;
-}
-
 // The same decoder code on AWQ INT4 weights matches the reference on the dequantized weights
 // (<= 1e-4), and differs from the unquantized model (so the quantized weights are really used).
 TEST_F(DecoderModel, AwqInt4WeightsRunThroughTheSameCode) {
-    const std::string awq = make_awq(models_.at("g2_hd32_f32"), dir_->path() / "awq", 32);
+    const std::string awq =
+        test::make_rtn_int4(models_.at("g2_hd32_f32"), dir_->path() / "awq", 32);
     const auto ck = LanceCheckpoint::open(awq);
     ASSERT_EQ(ck->kind(), CheckpointKind::Awq);
     const LanceConfig& c = ck->config();

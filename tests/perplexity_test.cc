@@ -34,19 +34,6 @@ using test::TempDir;
 
 constexpr int64_t kTokLen = 278;  // length of the synthetic tokenizer (the logits limit)
 
-// An AWQ INT4 folder from an F32 one, written by the quantizer's seed RTN: every und/gen decoder
-// linear min-max quantized per group of `gs` (no AWQ scaling), the other tensors as BF16.
-std::string make_awq(const std::string& src, const fs::path& dst, int gs) {
-    quant::QuantizeOptions o;
-    o.method = "rtn";
-    o.group_size = gs;
-    o.src = src;
-    o.out = dst.string();
-    o.progress = false;
-    quant::quantize_checkpoint(o);
-    return o.out;
-}
-
 class PerplexityModels : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
@@ -61,7 +48,7 @@ class PerplexityModels : public ::testing::Test {
             o.out = (dir_->path() / name).string();
             synth_checkpoint(o);
         }
-        make_awq(model("a_f32"), dir_->path() / "a_awq", 32);
+        test::make_rtn_int4(model("a_f32"), dir_->path() / "a_awq", 32);
     }
     static void TearDownTestSuite() {
         delete dir_;

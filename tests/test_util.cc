@@ -12,6 +12,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "quant/quantize.h"
+
 namespace lancet::test {
 
 namespace fs = std::filesystem;
@@ -48,8 +50,8 @@ RunResult run_lancet(const std::string& args) {
     // $LANCET_BIN overrides the built path (a copied build run elsewhere, e.g. on another machine).
     const char* env_bin = std::getenv("LANCET_BIN");
     const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
-    const std::string cmd = "timeout -s KILL 120 " + bin + " " + args + " >" +
-                            out.string() + " 2>" + err.string();
+    const std::string cmd =
+        "timeout -s KILL 120 " + bin + " " + args + " >" + out.string() + " 2>" + err.string();
     const int status = std::system(cmd.c_str());
     RunResult r;
     if (WIFEXITED(status)) {
@@ -65,6 +67,17 @@ RunResult run_lancet(const std::string& args) {
     r.out = read_file(out);
     r.err = read_file(err);
     return r;
+}
+
+std::string make_rtn_int4(const std::string& src, const fs::path& dst, int gs) {
+    quant::QuantizeOptions o;
+    o.method = "rtn";
+    o.group_size = gs;
+    o.src = src;
+    o.out = dst.string();
+    o.progress = false;
+    quant::quantize_checkpoint(o);
+    return o.out;
 }
 
 fs::path shared_dir() {

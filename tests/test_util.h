@@ -35,6 +35,10 @@ RunResult run_lancet(const std::string& args);
 // absent (tests then skip).
 std::filesystem::path shared_dir();
 
+// An AWQ INT4 folder made from an original one by `lancet quantize --method rtn` (the seed's
+// min-max quantizer; other tensors as BF16), with group size `gs`. Returns the folder.
+std::string make_rtn_int4(const std::string& src, const std::filesystem::path& dst, int gs);
+
 // Writes bytes to a file, replacing it.
 void write_file(const std::filesystem::path& p, const std::string& bytes);
 std::string read_file(const std::filesystem::path& p);
