@@ -19,7 +19,6 @@
 #include "kernels/dispatch.h"
 #include "model/decoder_ref.h"
 #include "model/synth.h"
-#include "quant/quantize.h"
 #include "test_util.h"
 
 namespace lancet {

@@ -23,7 +23,6 @@
 #include "model/lance_tensors.h"
 #include "model/synth.h"
 #include "pipeline/decode_bench.h"
-#include "quant/quantize.h"
 #include "test_util.h"
 
 namespace lancet {
