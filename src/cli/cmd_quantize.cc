@@ -76,8 +76,8 @@ void add_stats(CLI::App& app) {
 
     auto* synth = cmd->add_subcommand(
         "synth",
-        "Statistics from synthetic activations consistent with a checkpoint (a stand-in until "
-        "`lancet calibrate` runs the real decoder)");
+        "Statistics from synthetic activations consistent with a checkpoint, without running it "
+        "(`lancet calibrate` records the real ones)");
     auto so = std::make_shared<quant::SynthStatsOptions>();
     synth->add_option("--model", so->model, "Checkpoint folder (e.g. from lancet synth)")
         ->required();

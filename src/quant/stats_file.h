@@ -72,8 +72,9 @@ class StatsFileWriter {
 void merge_stats_files(const std::vector<std::string>& inputs, const std::string& output,
                        int capacity = 0);
 
-// Statistics from SYNTHETIC activations consistent with a (synth) checkpoint — a stand-in until
-// `lancet calibrate` runs the real decoder. Per decoder layer path, with z ~ N(0, 1):
+// Statistics from SYNTHETIC activations consistent with a (synth) checkpoint, without running the
+// model (tests, quick runs; `lancet calibrate` records the real ones). Per decoder layer path,
+// with z ~ N(0, 1):
 //   q/k/v input      x = z ⊙ g_input_norm           (the structure of an RMSNorm output)
 //   gate/up input    x = z' ⊙ g_post_attention_norm
 //   o_proj input     per query head, the mean of a few random tokens' v = W_v x + b_v rows of its
