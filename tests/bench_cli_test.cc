@@ -77,7 +77,11 @@ TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
 TEST(BenchKernelsCli, BadInputIsOneLineAndExit1) {
     for (const char* args : {"bench kernels --shapes nope", "bench kernels --types int3",
                              "bench kernels --group-size 48 --shapes kv", "bench kernels --n 0",
-                             "bench kernels --reps 0", "bench kernels --act int4"}) {
+                             "bench kernels --reps 0", "bench kernels --act int4",
+                             // "-1" read as size_t: n x k wrapped and the bench segfaulted.
+                             "bench kernels --n -1", "bench kernels --n 70000",
+                             // Usage errors (CLI11) follow the one-line rule too.
+                             "bench kernels --no-such-flag", "bench kernels --reps abc"}) {
         const RunResult r = run_lancet(args);
         EXPECT_EQ(r.exit_code, 1) << args;
         EXPECT_EQ(r.err.rfind("lancet: error: ", 0), 0u) << args << ": " << r.err;

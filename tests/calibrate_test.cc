@@ -8,6 +8,8 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/output_dir.h"
+#include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/synth.h"
@@ -182,6 +184,51 @@ TEST(Calibrate, CliErrorsAreOneLine) {
     EXPECT_EQ(r.err.substr(r.err.find("lancet: error:")).find('\n'),
               r.err.size() - r.err.find("lancet: error:") - 1);
     EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(Calibrate, NoWriterPutsOutputIntoAnOpenSource) {
+    TempDir dir;
+    const std::string model = synth_tiny(dir);
+    const std::string in_src = model + "/extra.safetensors";
+    {
+        auto ck = LanceCheckpoint::open(model);
+        EXPECT_THROW(SafetensorsWriter{in_src}, Error);
+        EXPECT_THROW(write_file_atomic(model + "/llm_config.json", "{}"), Error);
+        EXPECT_THROW(OutputDir(model, /*force=*/true), Error);
+        EXPECT_THROW(OutputDir(dir.path().string(), /*force=*/true), Error);  // around it
+        EXPECT_NO_THROW(write_file_atomic((dir / "beside.json").string(), "{}"));
+    }
+    // Closed, the folder is an ordinary folder again.
+    EXPECT_NO_THROW(write_file_atomic(model + "/notes.json", "{}"));
+}
+
+TEST(Calibrate, CommandsNeverWriteIntoTheSourceFolder) {
+    TempDir dir;
+    const std::string model = synth_tiny(dir);
+    test::write_file(dir / "p.txt", "hello\n");
+    const std::string prompts = " --prompts " + (dir / "p.txt").string();
+    const std::string weights = model + "/model.safetensors", config = model + "/llm_config.json";
+    const std::string weights_before = test::read_file(weights),
+                      config_before = test::read_file(config);
+    for (const std::string& args : {
+             // Both used to replace the file and exit 0.
+             "stats synth --model " + model + " -o " + weights,
+             "calibrate -m " + model + prompts + " --latent-size 2 -o " + config,
+             // Used to reach the decoder with an empty prompt ("forward: empty batch").
+             "calibrate -m " + model + prompts + " --max-prompt-tokens 0 -o " +
+                 (dir / "s.safetensors").string(),
+         }) {
+        const auto r = test::run_lancet(args);
+        EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.err;
+        const size_t e = r.err.find("lancet: error: ");
+        ASSERT_NE(e, std::string::npos) << args << ": " << r.err;
+        EXPECT_EQ(r.err.find('\n', e), r.err.size() - 1) << args << ": " << r.err;
+    }
+    EXPECT_EQ(test::read_file(weights), weights_before);
+    EXPECT_EQ(test::read_file(config), config_before);
+    EXPECT_FALSE(fs::exists(dir / "s.safetensors"));
+    for (const auto& e : fs::directory_iterator(model))
+        EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
 }
 
 }  // namespace

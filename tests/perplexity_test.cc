@@ -392,8 +392,18 @@ TEST_F(PerplexityModels, CliErrorsAreOneLine) {
         o.out = (tmp / "v384").string();
         synth_checkpoint(o, c);
     }
+    {
+        // Fewer embedding rows than the tokenizer's 278 ids (the special ids still fit).
+        LanceConfig c = synth_config("tiny");
+        c.vocab_size = 272;
+        SynthOptions o;
+        o.out = (tmp / "v272").string();
+        synth_checkpoint(o, c);
+    }
     const std::string text = " --text " + (tmp / "t.txt").string();
     const std::string a = " --model " + model("a_f32");
+    const std::string config = model("a_f32") + "/llm_config.json";
+    const std::string config_before = test::read_file(config);
     for (const std::string& args : {
              "perplexity --model " + (tmp / "nope").string() + text,
              "perplexity --model " + (tmp / "notok").string() + text,
@@ -402,12 +412,32 @@ TEST_F(PerplexityModels, CliErrorsAreOneLine) {
              "perplexity" + a + text + " --ctx 5000",
              "perplexity" + a + text + " --ctx 64 --stride 64",
              "perplexity" + a + " --model " + (tmp / "v384").string() + text,
+             // Output inside the source folder: refused before any work, the source untouched.
+             "perplexity" + a + text + " --ctx 64 --json " + config,
+             "bench decode" + a + " --prompt-tokens 4 --decode-tokens 2 --reps 1 --json " + config,
+             // "-1" read as size_t used to wrap prompt + decoded tokens past the context check.
+             "bench decode" + a + " --prompt-tokens 1 --decode-tokens -1 --reps 1",
+             "bench decode" + a + " --prompt-tokens -1 --decode-tokens 1 --reps 1",
          }) {
         const auto r = test::run_lancet(args);
         EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.out << r.err;
         EXPECT_EQ(r.err.rfind("lancet: error: ", 0), 0u) << args << ": " << r.err;
         EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
     }
+    {
+        // Used to clamp silently; refused when the decoder loads, after a "loading" info line.
+        const auto r = test::run_lancet("perplexity --model " + (tmp / "v272").string() + text);
+        EXPECT_EQ(r.exit_code, 1) << r.err;
+        const size_t e = r.err.find("lancet: error: ");
+        ASSERT_NE(e, std::string::npos) << r.err;
+        EXPECT_NE(r.err.find("tokenizer has 278 tokens but llm_config.json's vocab_size is 272"),
+                  std::string::npos)
+            << r.err;
+        EXPECT_EQ(r.err.find('\n', e), r.err.size() - 1) << r.err;
+    }
+    EXPECT_EQ(test::read_file(config), config_before);
+    for (const auto& e : fs::directory_iterator(model("a_f32")))
+        EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
 }
 
 TEST_F(PerplexityModels, BenchDecodeSmoke) {

@@ -3,6 +3,7 @@
 #include "io/safetensors.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <filesystem>
@@ -186,6 +187,19 @@ TEST(Safetensors, BrokenHeadersFailWithOneClearLine) {
         make_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\u00e9\xff":1})", 4),
         {"invalid JSON"});
     expect_error(make_file(R"({"a":7})", 0), {"not an object"});
+}
+
+TEST(Safetensors, FifoIsRefusedNotWaitedOn) {
+    // open(2) on a FIFO blocks until a writer appears; `lancet inspect fifo` used to hang.
+    TempDir dir;
+    const std::string p = (dir / "f.safetensors").string();
+    ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0);
+    try {
+        SafetensorsFile f(p);
+        FAIL() << "a FIFO opened";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+    }
 }
 
 TEST(Safetensors, CorruptedFilesNeverCrash) {

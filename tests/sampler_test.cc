@@ -5,7 +5,10 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <vector>
+
+#include "core/error.h"
 
 namespace lancet {
 namespace {
@@ -63,6 +66,21 @@ TEST(Sampler, SameSeedSameDraws) {
     o.seed = 11;
     Sampler a(o), b(o);
     for (int i = 0; i < 100; ++i) EXPECT_EQ(a.sample(l.data(), 4), b.sample(l.data(), 4));
+}
+
+TEST(Sampler, RejectsNanAndOutOfRangeOptions) {
+    // NaN slips through range checks by comparison; it used to sample silently.
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (auto [t, p, k] :
+         {std::tuple{nan, 1.0f, 0}, std::tuple{1.0f, nan, 0}, std::tuple{-1.0f, 1.0f, 0},
+          std::tuple{1.0f, 1.5f, 0}, std::tuple{1.0f, 1.0f, -1},
+          std::tuple{std::numeric_limits<float>::infinity(), 1.0f, 0}}) {
+        SamplerOptions o;
+        o.temperature = t;
+        o.top_p = p;
+        o.top_k = k;
+        EXPECT_THROW(Sampler{o}, Error) << t << " " << p << " " << k;
+    }
 }
 
 TEST(LogSoftmax, MatchesDefinition) {

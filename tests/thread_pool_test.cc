@@ -6,6 +6,8 @@
 #include <atomic>
 #include <vector>
 
+#include "core/error.h"
+
 namespace lancet {
 namespace {
 
@@ -57,6 +59,13 @@ TEST(ThreadPool, DefaultPoolFollowsSetting) {
     EXPECT_EQ(default_pool().size(), 3u);
     set_default_threads(0);
     EXPECT_EQ(default_pool().size(), hardware_threads());
+}
+
+TEST(ThreadPool, AbsurdThreadCountsAreErrors) {
+    // 100000 threads used to abort the process (std::system_error out of a half-built pool).
+    EXPECT_THROW(ThreadPool(ThreadPool::kMaxThreads + 1), Error);
+    EXPECT_THROW(set_default_threads(static_cast<size_t>(-1)), Error);
+    EXPECT_EQ(default_pool().size(), hardware_threads());  // the setting is left unchanged
 }
 
 }  // namespace

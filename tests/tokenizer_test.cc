@@ -208,6 +208,13 @@ TEST(TokenizerSynthetic, LoadErrorsNameTheFile) {
     write_file(dir / "tokenizer_config.json",
                "{\"added_tokens_decoder\": {\"5\": {\"content\": \"q\"}}}");
     expect_error(dir.path(), "tokenizer_config.json: added token \"q\" has id 5");
+    // The id tables are sized by the largest id: 10^9 used to ask for ~60 GB ("out of memory").
+    write_file(dir / "tokenizer_config.json",
+               "{\"added_tokens_decoder\": {\"1000000000\": {\"content\": \"q\"}}}");
+    expect_error(dir.path(), "added_tokens_decoder key \"1000000000\" is not a token id");
+    write_synth(dir.path(), f);
+    write_file(dir / "vocab.json", "{\"a\": 1000000000}");
+    expect_error(dir.path(), "vocab.json: id of token \"a\" is not an integer in [0, 2^24)");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@
 #include "core/log.h"
 #include "core/numeric.h"
 #include "core/thread_pool.h"
+#include "io/output_dir.h"
+#include "io/safetensors.h"
 #include "kernels/dispatch.h"
 #include "kernels/linear.h"
 #include "kernels/probe.h"
@@ -209,17 +211,9 @@ std::string fmt(const char* f, double v) {
 }
 
 void write_json_atomically(const std::string& path, const nlohmann::json& records) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::trunc);
-        if (!out) fail(path, ": cannot write");
-        for (const auto& r : records) out << r.dump() << "\n";
-        out.flush();
-        if (!out) fail(path, ": write failed");
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) fail(path, ": cannot rename from ", tmp, ": ", ec.message());
+    std::string text;
+    for (const auto& r : records) text += r.dump() + "\n";
+    write_file_atomic(path, text);
 }
 
 void run_kernels_bench(Options opt) {
@@ -246,7 +240,8 @@ void run_kernels_bench(Options opt) {
         if (opt.act == "int8") variants.push_back({t, true, "int4-w4a8"});
     }
     for (size_t n : opt.ns)
-        if (n == 0) fail("bench kernels: --n values must be >= 1");
+        // The upper bound keeps n x k (the activations) from wrapping for "-1" read as size_t.
+        if (n == 0 || n > 65536) fail("bench kernels: --n values must be in [1, 65536], got ", n);
     const bool has_q4 = std::count(types.begin(), types.end(), WeightType::Q4) > 0;
     if (has_q4)
         for (const BenchShape* s : shapes)
@@ -439,11 +434,13 @@ void run_decode_bench(const DecodeOptions& opt) {
     for (const std::string& m : opt.models) {
         cks.push_back(LanceCheckpoint::open(m));
         const LanceConfig& c = cks.back()->config();
+        const size_t ctx = static_cast<size_t>(c.max_position_embeddings);
         if (c.max_position_embeddings > 0 &&
-            opt.prompt_tokens + opt.decode_tokens > size_t(c.max_position_embeddings))
+            (opt.prompt_tokens > ctx || opt.decode_tokens > ctx - opt.prompt_tokens))
             fail("bench decode: ", opt.prompt_tokens, " prompt + ", opt.decode_tokens,
                  " decoded tokens exceed the context of ", m, " (", c.max_position_embeddings, ")");
     }
+    if (!opt.json.empty()) check_not_source(opt.json);  // before the timing, not after
     std::printf("lancet bench decode: %s\n", kernels::runtime_description(pool).c_str());
     std::fflush(stdout);
     struct Row {

@@ -13,6 +13,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "kernels/dispatch.h"
 #include "model/decoder.h"
@@ -68,6 +69,8 @@ void run_perplexity(const PerplexityArgs& a) {
             fail("perplexity: --ctx ", a.ctx, " exceeds the context of ", a.models[i],
                  " (max_position_embeddings ", c.max_position_embeddings, ")");
     }
+
+    if (!a.json.empty()) check_not_source(a.json);  // before the windows run, not after
 
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(a.models[0]);
     std::vector<int32_t> ids = tok.encode(text);

@@ -11,6 +11,10 @@ int main(int argc, char** argv) {
     CLI::App app{"lancet: quantize ByteDance's Lance to AWQ INT4 and run it natively"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "lancet 0.1.0");
+    // Usage errors follow the one-line rule too (CLI11 would add a second "Run with --help" line).
+    app.failure_message([](const CLI::App*, const CLI::Error& e) {
+        return std::string("lancet: error: ") + e.what() + " (see --help)\n";
+    });
     bool verbose = false, quiet = false;
     app.add_flag("-v,--verbose", verbose, "More output on stderr");
     app.add_flag("-q,--quiet", quiet, "Only errors on stderr");

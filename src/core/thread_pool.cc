@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <memory>
+#include <system_error>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+
+#include "core/error.h"
 
 namespace lancet {
 namespace {
@@ -32,8 +35,21 @@ size_t g_default_threads = 0;
 }  // namespace
 
 ThreadPool::ThreadPool(size_t n_threads) : n_threads_(std::max<size_t>(1, n_threads)) {
+    if (n_threads_ > kMaxThreads)
+        fail("threads: ", n_threads, " requested, at most ", kMaxThreads, " are allowed");
     workers_.reserve(n_threads_ - 1);
-    for (size_t t = 1; t < n_threads_; ++t) workers_.emplace_back([this, t] { worker(t); });
+    try {
+        for (size_t t = 1; t < n_threads_; ++t) workers_.emplace_back([this, t] { worker(t); });
+    } catch (const std::system_error& e) {
+        // The destructor does not run for a half-built pool, and a joinable std::thread left
+        // behind would terminate the program: stop and join the ones that did start.
+        const size_t started = workers_.size() + 1;
+        stop_.store(true, std::memory_order_release);
+        generation_.fetch_add(1, std::memory_order_acq_rel);
+        generation_.notify_all();
+        for (auto& w : workers_) w.join();
+        fail("threads: cannot start ", n_threads_, " threads (", started, " started): ", e.what());
+    }
 }
 
 ThreadPool::~ThreadPool() {
@@ -105,6 +121,8 @@ ThreadPool& default_pool() {
 }
 
 void set_default_threads(size_t n) {
+    if (n > ThreadPool::kMaxThreads)
+        fail("threads: ", n, " requested, at most ", ThreadPool::kMaxThreads, " are allowed");
     std::lock_guard<std::mutex> lock(g_default_mutex);
     g_default_threads = n;
     g_default_pool.reset();

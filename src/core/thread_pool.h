@@ -19,6 +19,9 @@ namespace lancet {
 // back) and then sleep on a futex.
 class ThreadPool {
   public:
+    static constexpr size_t kMaxThreads = 1024;  // more is a typo, not a machine
+
+    // Fails (lancet::Error) above kMaxThreads or when the system cannot start the threads.
     explicit ThreadPool(size_t n_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;

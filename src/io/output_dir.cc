@@ -3,7 +3,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <mutex>
+#include <vector>
 
 #include "core/error.h"
 
@@ -11,9 +14,40 @@ namespace lancet {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+std::mutex g_sources_mutex;
+std::vector<std::string>& sources() {
+    static std::vector<std::string> s;
+    return s;
+}
+
+}  // namespace
+
+SourceGuard::SourceGuard(std::string dir) : dir_(std::move(dir)) {
+    std::lock_guard<std::mutex> lock(g_sources_mutex);
+    sources().push_back(dir_);
+}
+
+SourceGuard::~SourceGuard() {
+    std::lock_guard<std::mutex> lock(g_sources_mutex);
+    auto& s = sources();
+    const auto it = std::find(s.begin(), s.end(), dir_);
+    if (it != s.end()) s.erase(it);
+}
+
+void check_not_source(const std::string& out) {
+    std::lock_guard<std::mutex> lock(g_sources_mutex);
+    for (const std::string& src : sources())
+        if (path_overlaps(out, src))
+            fail(out, ": overlaps the source checkpoint ", src,
+                 " (the source is never written; choose an output outside it)");
+}
+
 OutputDir::OutputDir(std::string final_path, bool force)
     : final_(std::move(final_path)), force_(force) {
     while (final_.size() > 1 && final_.back() == '/') final_.pop_back();
+    check_not_source(final_);
     std::error_code ec;
     if (fs::exists(final_, ec) && !force_)
         fail(final_, ": already exists (use --force to replace it)");

@@ -29,4 +29,21 @@ class OutputDir {
 // exist yet), so writers can refuse to put output over, inside or around a source checkpoint.
 bool path_overlaps(const std::string& a, const std::string& b);
 
+// Marks a folder as a source (an opened model checkpoint) for the guard's lifetime: every writer
+// (OutputDir, SafetensorsWriter, write_file_atomic) refuses output equal to, inside or around it,
+// so no command can write over the checkpoint it reads, whatever output option it takes.
+class SourceGuard {
+  public:
+    explicit SourceGuard(std::string dir);
+    ~SourceGuard();
+    SourceGuard(const SourceGuard&) = delete;
+    SourceGuard& operator=(const SourceGuard&) = delete;
+
+  private:
+    std::string dir_;
+};
+
+// Fails (naming `out` and the source) when `out` overlaps a folder a live SourceGuard holds.
+void check_not_source(const std::string& out);
+
 }  // namespace lancet

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 
 namespace lancet {
 
@@ -223,7 +224,9 @@ const std::string& Checkpoint::file_of(const std::string& name) const {
 
 // ---- writer ----
 
-SafetensorsWriter::SafetensorsWriter(std::string path) : path_(std::move(path)) {}
+SafetensorsWriter::SafetensorsWriter(std::string path) : path_(std::move(path)) {
+    check_not_source(path_);
+}
 
 SafetensorsWriter::~SafetensorsWriter() {
     if (fd_ >= 0) ::close(fd_);
@@ -343,6 +346,7 @@ void SafetensorsWriter::finish() {
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
+    check_not_source(path);
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) fail(path, ": cannot create: ", std::strerror(errno));

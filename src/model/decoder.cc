@@ -182,6 +182,11 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
                         : ck.config().vocab_size),
       pool_(opt.pool ? opt.pool : &default_pool()),
       bf16_weights_(opt.bf16_weights) {
+    // A tokenizer larger than the embedding table is the wrong pairing of files, not something
+    // to clamp silently: its upper ids could be encoded but never embedded.
+    if (opt.logits_limit > cfg_.vocab_size)
+        fail(ck.dir(), ": the tokenizer has ", opt.logits_limit,
+             " tokens but llm_config.json's vocab_size is ", cfg_.vocab_size);
     const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
                  I = cfg_.intermediate_size;
     if (cfg_.num_attention_heads % cfg_.num_key_value_heads != 0)

@@ -54,6 +54,7 @@ std::unique_ptr<LanceCheckpoint> LanceCheckpoint::open(const std::string& dir_in
     const fs::path dir = dir_in;
     auto ck = std::unique_ptr<LanceCheckpoint>(new LanceCheckpoint());
     ck->dir_ = dir.string();
+    ck->guard_ = std::make_unique<SourceGuard>(ck->dir_);
     const fs::path cfg = dir / "llm_config.json";
     if (!fs::exists(cfg, ec)) fail(dir_in, ": no llm_config.json (is this a Lance model folder?)");
     ck->config_ = LanceConfig::load(cfg.string());

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "io/awq_meta.h"
+#include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/lance_config.h"
 #include "model/lance_tensors.h"
@@ -74,6 +75,7 @@ class LanceCheckpoint {
     std::unique_ptr<Checkpoint> main_, vit_;
     std::vector<TensorSpec> expected_;
     std::vector<std::string> problems_;
+    std::unique_ptr<SourceGuard> guard_;  // no writer may put output into this folder
 };
 
 // The on-disk tensors that replace a quantized linear weight [out, in].

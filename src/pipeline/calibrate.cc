@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "io/json_file.h"
+#include "io/output_dir.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
@@ -109,7 +110,9 @@ float shifted_sigma(int k, int steps, float shift) {
 void calibrate(const CalibrateOptions& opt) {
     if (opt.prompts.empty()) fail("calibrate: no --prompts file");
     if (opt.rows < 8) fail("calibrate: --rows must be at least 8");
+    if (opt.max_prompt_tokens < 1) fail("calibrate: --max-prompt-tokens must be at least 1");
     auto ck = LanceCheckpoint::open(opt.model);
+    check_not_source(opt.out);  // before the decoder runs, not after
     if (ck->kind() != CheckpointKind::Original)
         fail(opt.model, ": calibrate needs the original (unquantized) checkpoint");
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(opt.model);

@@ -54,7 +54,9 @@ DecodeBenchResult bench_decode(LanceDecoder& dec, const DecodeBenchOptions& opt)
     const size_t n = opt.prompt_tokens, m = opt.decode_tokens;
     if (n < 1) fail("bench decode: --prompt-tokens must be >= 1");
     if (opt.reps < 1) fail("bench decode: --reps must be >= 1");
-    if (cfg.max_position_embeddings > 0 && n + m > static_cast<size_t>(cfg.max_position_embeddings))
+    // Compared without n + m, which wraps for a huge (e.g. "-1" parsed as size_t) count.
+    const size_t ctx = static_cast<size_t>(cfg.max_position_embeddings);
+    if (cfg.max_position_embeddings > 0 && (n > ctx || m > ctx - n))
         fail("bench decode: ", n, " prompt + ", m, " decoded tokens exceed the context (",
              cfg.max_position_embeddings, ")");
     const uint64_t limit = static_cast<uint64_t>(dec.logits_limit());

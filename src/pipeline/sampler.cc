@@ -5,9 +5,18 @@
 #include <cmath>
 #include <limits>
 
+#include "core/error.h"
+
 namespace lancet {
 
-Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), state_(opt.seed ^ 0x853c49e6748fea9bull) {}
+Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), state_(opt.seed ^ 0x853c49e6748fea9bull) {
+    // NaN passes every range check by comparison, so finiteness is tested explicitly.
+    if (!std::isfinite(opt.temperature) || opt.temperature < 0.0f)
+        fail("sampler: temperature must be a finite number >= 0, got ", opt.temperature);
+    if (!std::isfinite(opt.top_p) || opt.top_p < 0.0f || opt.top_p > 1.0f)
+        fail("sampler: top_p must be in [0, 1], got ", opt.top_p);
+    if (opt.top_k < 0) fail("sampler: top_k must be >= 0, got ", opt.top_k);
+}
 
 double Sampler::uniform() {
     // splitmix64: a documented, platform-independent sequence, so a seed means the same draw

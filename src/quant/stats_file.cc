@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/thread_pool.h"
+#include "io/output_dir.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "quant/gemm.h"
@@ -305,6 +306,7 @@ void synth_stats(const SynthStatsOptions& opt) {
     if (opt.rows < 0) fail("stats synth: --rows must be >= 0");
     if (opt.out.empty()) fail("stats synth: no output file given (-o FILE)");
     auto ck = LanceCheckpoint::open(opt.model);
+    check_not_source(opt.out);
     if (ck->kind() != CheckpointKind::Original)
         fail(opt.model, ": already quantized; synthetic statistics need the original weights");
     const LanceConfig& c = ck->config();

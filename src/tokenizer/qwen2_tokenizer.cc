@@ -162,6 +162,10 @@ std::string python_rstrip(const std::string& s) {
     return s.substr(0, end);
 }
 
+// The id tables are sized by the largest id (~65 bytes each), so a stray id like 10^9 would ask
+// for tens of GB; 2^24 is 64x the largest real vocabularies and caps the tables near 1 GB.
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+
 std::string read_whole(const fs::path& p) {
     std::error_code ec;
     if (!fs::exists(p, ec)) fail(p.string(), ": file missing");
@@ -293,9 +297,9 @@ Qwen2Tokenizer Qwen2Tokenizer::load(const std::string& dir) {
     entries.reserve(vocab.size());
     for (const auto& [token, value] : vocab.items()) {
         if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
-            value.get<int64_t>() >= (int64_t{1} << 30))
+            value.get<int64_t>() >= kMaxTokenId)
             fail(vocab_path.string(), ": id of token \"", token,
-                 "\" is not an integer in [0, 2^30)");
+                 "\" is not an integer in [0, 2^24)");
         const auto id = static_cast<int32_t>(value.get<int64_t>());
         entries.emplace_back(token, id);
         max_vocab_id = std::max(max_vocab_id, id);
@@ -386,7 +390,7 @@ Qwen2Tokenizer Qwen2Tokenizer::load(const std::string& dir) {
         for (const auto& [key, v] : atd.items()) {
             char* endp = nullptr;
             const long long id = std::strtoll(key.c_str(), &endp, 10);
-            if (key.empty() || *endp != '\0' || id < 0 || id >= (1LL << 30))
+            if (key.empty() || *endp != '\0' || id < 0 || id >= kMaxTokenId)
                 fail(config_path.string(), ": added_tokens_decoder key \"", key,
                      "\" is not a token id");
             if (!v.is_object() || !v.contains("content") || !v["content"].is_string() ||
@@ -402,8 +406,8 @@ Qwen2Tokenizer Qwen2Tokenizer::load(const std::string& dir) {
             const auto flag = [&](const char* name) {
                 if (!entry.contains(name) || entry[name].is_null()) return false;
                 if (!entry[name].is_boolean())
-                    fail(config_path.string(), ": added_tokens_decoder[\"", entry_key, "\"].",
-                         name, " must be true or false");
+                    fail(config_path.string(), ": added_tokens_decoder[\"", entry_key, "\"].", name,
+                         " must be true or false");
                 return entry[name].get<bool>();
             };
             a.lstrip = flag("lstrip");
