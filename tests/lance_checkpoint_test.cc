@@ -301,3 +301,23 @@ TEST(Synth, RefusesToOverwriteWithoutForce) {
 
 }  // namespace
 }  // namespace lancet
+
+namespace lancet {
+namespace {
+
+TEST(Cli, OutOfRangeThreadsAndEmptyTensorNameAreOneLineErrors) {
+    test::TempDir dir;
+    SynthOptions o;
+    o.out = (dir / "tiny").string();
+    synth_checkpoint(o);
+    for (const std::string args : {"-t -1 inspect " + o.out, "-t 5000 inspect " + o.out,
+                                   "inspect " + o.out + " --tensor ''"}) {
+        const auto r = test::run_lancet(args);
+        EXPECT_EQ(r.exit_code, 1) << args;
+        EXPECT_EQ(r.err.rfind("lancet: error:", 0), 0u) << args << ": " << r.err;
+        EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << args << ": " << r.err;
+    }
+}
+
+}  // namespace
+}  // namespace lancet

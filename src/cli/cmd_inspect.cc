@@ -263,7 +263,9 @@ void add_inspect(CLI::App& app) {
     cmd->add_option("--tensor", *tensor, "Print one tensor's shape, dtype and statistics");
     cmd->add_option("--vit", *vit, "Folder with config.json + vit.safetensors (Lance_3B layout)");
     cmd->add_flag("--json", *json_out, "Machine-readable summary");
-    cmd->callback([path, tensor, vit, json_out] {
+    cmd->callback([path, tensor, vit, json_out, cmd] {
+        if (cmd->count("--tensor") && tensor->empty())
+            fail("inspect: --tensor needs a tensor name");
         std::error_code ec;
         if (fs::is_directory(*path, ec))
             inspect_model(*path, *vit, *tensor, *json_out);

@@ -18,13 +18,14 @@ int main(int argc, char** argv) {
     bool verbose = false, quiet = false;
     app.add_flag("-v,--verbose", verbose, "More output on stderr");
     app.add_flag("-q,--quiet", quiet, "Only errors on stderr");
-    size_t threads = 0;
+    // An int, so "-1" is reported as out of range rather than wrapped to a huge size_t.
+    int threads = 0;
     app.add_option("-t,--threads", threads, "Worker threads, caller included (default: all cores)")
-        ->check(CLI::Range(size_t{0}, size_t{1024}));
+        ->check(CLI::Range(0, 1024));
     app.parse_complete_callback([&] {
         if (verbose) lancet::log_level() = lancet::LogLevel::Debug;
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
-        lancet::set_default_threads(threads);
+        lancet::set_default_threads(static_cast<size_t>(threads));
     });
 
     lancet::cli::add_synth(app);
