@@ -310,8 +310,8 @@ TEST(Cli, OutOfRangeThreadsAndEmptyTensorNameAreOneLineErrors) {
     SynthOptions o;
     o.out = (dir / "tiny").string();
     synth_checkpoint(o);
-    for (const std::string args : {"-t -1 inspect " + o.out, "-t 5000 inspect " + o.out,
-                                   "inspect " + o.out + " --tensor ''"}) {
+    for (const std::string& args : {"-t -1 inspect " + o.out, "-t 5000 inspect " + o.out,
+                                    "inspect " + o.out + " --tensor ''"}) {
         const auto r = test::run_lancet(args);
         EXPECT_EQ(r.exit_code, 1) << args;
         EXPECT_EQ(r.err.rfind("lancet: error:", 0), 0u) << args << ": " << r.err;
