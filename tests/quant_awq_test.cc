@@ -8,11 +8,11 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "core/rng.h"
 #include "core/thread_pool.h"
 #include "quant/awq.h"
 #include "quant/awq_layer.h"
 #include "quant/fusion.h"
-#include "quant/rng.h"
 
 namespace lancet::quant {
 namespace {

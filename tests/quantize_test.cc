@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "core/rng.h"
 #include "core/thread_pool.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
@@ -23,7 +24,6 @@
 #include "model/synth.h"
 #include "quant/awq_layer.h"
 #include "quant/q4.h"
-#include "quant/rng.h"
 #include "quant/stats_file.h"
 #include "test_util.h"
 
@@ -424,7 +424,7 @@ TEST_F(QuantizeTiny, WrittenCheckpointPreservesTheLayerFunction) {
     auto a = LanceCheckpoint::open(awq().string());
     auto r = LanceCheckpoint::open(rtn().string());
     const int n = 64, h = s->config().hidden_size;
-    quant::Rng rng(99);
+    Rng rng(99);
     std::vector<float> z(size_t(n) * h), z2(z.size());
     for (auto& v : z) v = static_cast<float>(rng.normal());
     for (auto& v : z2) v = static_cast<float>(rng.normal());

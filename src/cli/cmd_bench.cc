@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/numeric.h"
+#include "core/rng.h"
 #include "core/thread_pool.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
@@ -68,29 +69,21 @@ WeightType type_by_key(const std::string& key) {
     fail("bench kernels: unknown weight type '", key, "' (expected int4, bf16 or f32)");
 }
 
-// splitmix64: fast, so random lm_head-sized weights take well under a second.
-struct Rng {
-    uint64_t s;
-    uint64_t next() {
-        uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-    }
-    float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) * 0x1p-24f; }
-};
+// Uniform in [lo, hi) from the seeded stream: fast, so lm_head-sized weights take well under a
+// second.
+float uniform(Rng& rng, float lo, float hi) { return lo + (hi - lo) * rng.unit_float(); }
 
 LinearWeight random_weight(WeightType type, size_t out, size_t in, size_t gs, uint64_t seed) {
-    Rng rng{seed};
+    Rng rng(seed);
     switch (type) {
         case WeightType::F32: {
             std::vector<float> w(out * in);
-            for (auto& v : w) v = rng.uniform(-0.05f, 0.05f);
+            for (auto& v : w) v = uniform(rng, -0.05f, 0.05f);
             return LinearWeight::from_f32(w.data(), out, in);
         }
         case WeightType::BF16: {
             std::vector<uint16_t> w(out * in);
-            for (auto& v : w) v = f32_to_bf16(rng.uniform(-0.05f, 0.05f));
+            for (auto& v : w) v = f32_to_bf16(uniform(rng, -0.05f, 0.05f));
             return LinearWeight::from_bf16(w.data(), out, in);
         }
         case WeightType::Q4: {
@@ -98,9 +91,9 @@ LinearWeight random_weight(WeightType type, size_t out, size_t in, size_t gs, ui
                 fail("bench kernels: --group-size ", gs, " does not divide in=", in);
             std::vector<uint8_t> q(out * in / 2), z(out * (in / gs));
             std::vector<uint16_t> s(out * (in / gs));
-            for (auto& v : q) v = uint8_t(rng.next());
-            for (auto& v : z) v = uint8_t(rng.next() & 15);
-            for (auto& v : s) v = f32_to_bf16(rng.uniform(0.001f, 0.01f));
+            for (auto& v : q) v = uint8_t(rng.next_u64());
+            for (auto& v : z) v = uint8_t(rng.next_u64() & 15);
+            for (auto& v : s) v = f32_to_bf16(uniform(rng, 0.001f, 0.01f));
             return LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), out, in, gs);
         }
     }
@@ -318,9 +311,9 @@ void run_kernels_bench(Options opt) {
         const size_t max_n = *std::max_element(opt.ns.begin(), opt.ns.end());
         AlignedBuffer xbuf(max_n * s->in * sizeof(float)), ybuf(max_n * s->out * sizeof(float));
         {
-            Rng rng{seed++};
+            Rng rng(seed++);
             float* x = xbuf.as<float>();
-            for (size_t i = 0; i < max_n * s->in; ++i) x[i] = rng.uniform(-1.0f, 1.0f);
+            for (size_t i = 0; i < max_n * s->in; ++i) x[i] = uniform(rng, -1.0f, 1.0f);
         }
         for (size_t n : opt.ns) {
             const double flops = 2.0 * double(n) * double(s->out) * double(s->in);

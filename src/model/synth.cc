@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/numeric.h"
+#include "core/rng.h"
 #include "core/thread_pool.h"
 #include "io/json_file.h"
 #include "io/output_dir.h"
@@ -33,31 +34,21 @@ const char* const kSpecialTokens[] = {
     "<|repo_name|>",      "<|file_sep|>"};
 constexpr int kNumSpecial = 22;
 
-uint64_t splitmix64(uint64_t& s) {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 uint64_t hash_name(uint64_t seed, const std::string& s) {
     uint64_t h = 1469598103934665603ull ^ seed;
     for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    uint64_t st = h;
-    return splitmix64(st);
+    return Rng(h).next_u64();
 }
 
 // A cheap approximately standard normal value: the centred sum of four 16-bit uniforms (variance
 // 4/12 of the unit range, rescaled). Its tails stop at about 3.5 sigma; heavy tails are planted
 // separately.
-inline float approx_normal(uint64_t& s) {
-    const uint64_t r = splitmix64(s);
+inline float approx_normal(Rng& rng) {
+    const uint64_t r = rng.next_u64();
     const float sum =
         static_cast<float>((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48));
     return (sum - 2.0f * 65535.0f) * (1.7320508f / 65535.0f);
 }
-
-inline float uniform01(uint64_t& s) { return static_cast<float>(splitmix64(s) >> 40) * 0x1p-24f; }
 
 // GPT-2's reversible byte -> printable code point mapping used by byte-level BPE vocabularies.
 std::string byte_token(int b) {
@@ -156,13 +147,13 @@ LanceConfig synth_config(const std::string& preset) {
 
 OutlierPlan synth_outliers(const LanceConfig& cfg, uint64_t seed) {
     OutlierPlan p;
-    uint64_t s = hash_name(seed, "outliers");
+    Rng s(hash_name(seed, "outliers"));
     const int n = std::max(2, cfg.hidden_size / 256);
     while (static_cast<int>(p.channels.size()) < n) {
-        const int c = static_cast<int>(splitmix64(s) % static_cast<uint64_t>(cfg.hidden_size));
+        const int c = static_cast<int>(s.next_u64() % static_cast<uint64_t>(cfg.hidden_size));
         if (std::find(p.channels.begin(), p.channels.end(), c) != p.channels.end()) continue;
         p.channels.push_back(c);
-        p.gains.push_back(20.0f + 80.0f * uniform01(s));
+        p.gains.push_back(20.0f + 80.0f * s.unit_float());
     }
     return p;
 }
@@ -237,7 +228,7 @@ struct Filler {
                                     s.name.find("gate_proj") != std::string::npos ||
                                     s.name.find("up_proj") != std::string::npos);
         for (int64_t r = r0; r < r1; ++r) {
-            uint64_t st = base ^ (static_cast<uint64_t>(r) * 0xd1b54a32d192ed03ull);
+            Rng st(base ^ (static_cast<uint64_t>(r) * 0xd1b54a32d192ed03ull));
             float* o = out + (r - r0) * cols;
             switch (s.kind) {
                 case TensorKind::Norm: {
@@ -266,11 +257,11 @@ struct Filler {
                     // larger.
                     float scale =
                         std::exp(0.25f * approx_normal(st)) / std::sqrt(static_cast<float>(fan_in));
-                    if (loud_rows && (splitmix64(st) % 97) == 0)
-                        scale *= 20.0f + 60.0f * uniform01(st);
+                    if (loud_rows && (st.next_u64() % 97) == 0)
+                        scale *= 20.0f + 60.0f * st.unit_float();
                     for (int64_t c = 0; c < cols; ++c) {
                         float w = approx_normal(st);
-                        if ((splitmix64(st) & 127) == 0) w *= 3.0f + 3.0f * uniform01(st);
+                        if ((st.next_u64() & 127) == 0) w *= 3.0f + 3.0f * st.unit_float();
                         o[c] = w * scale;
                     }
                     if (norm_consumer)

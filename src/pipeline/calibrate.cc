@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/rng.h"
 #include "io/json_file.h"
 #include "io/output_dir.h"
 #include "model/decoder.h"
@@ -149,16 +150,9 @@ void calibrate(const CalibrateOptions& opt) {
     };
 
     const auto t0 = std::chrono::steady_clock::now();
-    uint64_t rng = opt.seed * 0x9e3779b97f4a7c15ull + 1;
-    auto gauss = [&] {
-        // Box-Muller on splitmix64 draws: a documented sequence for a given seed.
-        auto next = [&] {
-            uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-            return static_cast<double>((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
-        };
-        const double u1 = next() + 0x1.0p-54, u2 = next();
+    Rng rng(opt.seed * 0x9e3779b97f4a7c15ull + 1);
+    auto gauss = [&] {  // Box-Muller on the seeded stream
+        const double u1 = rng.unit_double() + 0x1.0p-54, u2 = rng.unit_double();
         return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) *
                                   std::cos(6.283185307179586 * u2));
     };

@@ -9,23 +9,13 @@
 
 namespace lancet {
 
-Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), state_(opt.seed ^ 0x853c49e6748fea9bull) {
+Sampler::Sampler(const SamplerOptions& opt) : opt_(opt), rng_(opt.seed ^ 0x853c49e6748fea9bull) {
     // NaN passes every range check by comparison, so finiteness is tested explicitly.
     if (!std::isfinite(opt.temperature) || opt.temperature < 0.0f)
         fail("sampler: temperature must be a finite number >= 0, got ", opt.temperature);
     if (!std::isfinite(opt.top_p) || opt.top_p < 0.0f || opt.top_p > 1.0f)
         fail("sampler: top_p must be in [0, 1], got ", opt.top_p);
     if (opt.top_k < 0) fail("sampler: top_k must be >= 0, got ", opt.top_k);
-}
-
-double Sampler::uniform() {
-    // splitmix64: a documented, platform-independent sequence, so a seed means the same draw
-    // everywhere.
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return static_cast<double>(z >> 11) * 0x1.0p-53;
 }
 
 int32_t Sampler::sample(const float* logits, int n) {
@@ -68,7 +58,7 @@ int32_t Sampler::sample(const float* logits, int n) {
         sum = 0;
         for (size_t i = 0; i < keep; ++i) sum += p[i];
     }
-    const double r = uniform() * sum;
+    const double r = rng_.unit_double() * sum;
     double acc = 0;
     for (size_t i = 0; i < keep; ++i) {
         acc += p[i];

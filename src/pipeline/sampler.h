@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/rng.h"
+
 namespace lancet {
 
 struct SamplerOptions {
@@ -20,9 +22,8 @@ class Sampler {
     int32_t sample(const float* logits, int n);
 
   private:
-    double uniform();
     SamplerOptions opt_;
-    uint64_t state_;
+    Rng rng_;  // splitmix64: a seed means the same draws everywhere
     std::vector<std::pair<float, int32_t>> cand_;
 };
 

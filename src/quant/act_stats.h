@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "quant/rng.h"
+#include "core/rng.h"
 
 namespace lancet::quant {
 

@@ -11,7 +11,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "quant/gemm.h"
-#include "quant/rng.h"
+#include "core/rng.h"
 
 namespace lancet::quant {
 namespace {

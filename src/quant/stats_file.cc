@@ -14,7 +14,7 @@
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "quant/gemm.h"
-#include "quant/rng.h"
+#include "core/rng.h"
 
 namespace lancet::quant {
 

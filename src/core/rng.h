@@ -1,11 +1,12 @@
-// A small seeded random generator whose integer sequence is fixed by its definition, so calibration
-// samples and synthetic rows are reproducible across compilers and standard libraries.
+// Rng: the one seeded random generator (splitmix64). Its sequence is fixed by its definition, so
+// synthetic checkpoints, calibration samples and sampling seeds mean the same on every compiler
+// and standard library.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-namespace lancet::quant {
+namespace lancet {
 
 // splitmix64 stream; normals by Box-Muller (std:: distributions differ between libraries).
 class Rng {
@@ -23,6 +24,9 @@ class Rng {
     }
     // Uniform in (0, 1).
     double uniform() { return (static_cast<double>(next_u64() >> 11) + 0.5) * 0x1.0p-53; }
+    // Uniform in [0, 1) with 53 and with 24 random bits.
+    double unit_double() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
+    float unit_float() { return static_cast<float>(next_u64() >> 40) * 0x1p-24f; }
     double normal() {
         if (has_spare_) {
             has_spare_ = false;
@@ -41,4 +45,4 @@ class Rng {
     bool has_spare_ = false;
 };
 
-}  // namespace lancet::quant
+}  // namespace lancet
