@@ -238,14 +238,9 @@ void inspect_model(const std::string& dir, const std::string& vit_dir, const std
             std::printf("| %s | %" PRId64 " | %s |\n", name.c_str(), t.tensors,
                         human_bytes(static_cast<double>(t.bytes)).c_str());
     }
-    if (!ck->problems().empty()) {
-        std::string msg;
-        for (size_t i = 0; i < ck->problems().size() && i < 4; ++i)
-            msg += (i ? "; " : "") + ck->problems()[i];
-        if (ck->problems().size() > 4)
-            msg += "; and " + std::to_string(ck->problems().size() - 4) + " more";
-        fail(ck->main().source(), ": ", ck->problems().size(), " problem(s): ", msg);
-    }
+    if (!ck->problems().empty())
+        fail(ck->main().source(), ": ", ck->problems().size(),
+             " problem(s): ", ck->problems_summary());
 }
 
 }  // namespace

@@ -184,14 +184,16 @@ void LanceCheckpoint::validate(bool strict) {
             if (!vit_names.count(n)) problems_.push_back(vit_->source() + ": unexpected " + n);
     }
     expected_ = std::move(main_specs);
-    if (strict && !problems_.empty()) {
-        std::string msg;
-        for (size_t i = 0; i < problems_.size() && i < 4; ++i)
-            msg += (i ? "; " : "") + problems_[i];
-        if (problems_.size() > 4) msg += "; and " + std::to_string(problems_.size() - 4) + " more";
+    if (strict && !problems_.empty())
         fail(main_->source(), ": does not match llm_config.json (", problems_.size(),
-             problems_.size() == 1 ? " problem): " : " problems): ", msg);
-    }
+             problems_.size() == 1 ? " problem): " : " problems): ", problems_summary());
+}
+
+std::string LanceCheckpoint::problems_summary() const {
+    std::string msg;
+    for (size_t i = 0; i < problems_.size() && i < 4; ++i) msg += (i ? "; " : "") + problems_[i];
+    if (problems_.size() > 4) msg += "; and " + std::to_string(problems_.size() - 4) + " more";
+    return msg;
 }
 
 bool LanceCheckpoint::has_tensor(const std::string& name) const {

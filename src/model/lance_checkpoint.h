@@ -48,6 +48,8 @@ class LanceCheckpoint {
     const Checkpoint* vit_file() const { return vit_.get(); }
     // Tensor count, missing/unexpected lists (non-empty only when opened with strict = false).
     const std::vector<std::string>& problems() const { return problems_; }
+    // The first few problems joined with "; " plus "and N more": the body of the one-line error.
+    std::string problems_summary() const;
 
     // Every tensor the folder should hold, with the form it has on disk (for AWQ: the linears
     // listed in the meta are replaced by their qweight/scales/zeros).
