@@ -9,9 +9,9 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/rng.h"
 #include "core/thread_pool.h"
 #include "quant/gemm.h"
-#include "core/rng.h"
 
 namespace lancet::quant {
 namespace {

@@ -9,12 +9,12 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/rng.h"
 #include "core/thread_pool.h"
 #include "io/output_dir.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "quant/gemm.h"
-#include "core/rng.h"
 
 namespace lancet::quant {
 
