@@ -66,7 +66,10 @@ WeightType type_by_key(const std::string& key) {
     if (key == "int4" || key == "q4") return WeightType::Q4;
     if (key == "bf16") return WeightType::BF16;
     if (key == "f32") return WeightType::F32;
-    fail("bench kernels: unknown weight type '", key, "' (expected int4, bf16 or f32)");
+    if (key == "int5") return WeightType::Int5;
+    if (key == "nvfp4") return WeightType::Nvfp4;
+    fail("bench kernels: unknown weight type '", key,
+         "' (expected int4, int5, nvfp4, bf16 or f32)");
 }
 
 // Uniform in [lo, hi) from the seeded stream: fast, so lm_head-sized weights take well under a
@@ -95,6 +98,23 @@ LinearWeight random_weight(WeightType type, size_t out, size_t in, size_t gs, ui
             for (auto& v : z) v = uint8_t(rng.next_u64() & 15);
             for (auto& v : s) v = f32_to_bf16(uniform(rng, 0.001f, 0.01f));
             return LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), out, in, gs);
+        }
+        case WeightType::Int5: {
+            if (gs == 0 || in % gs != 0)
+                fail("bench kernels: --group-size ", gs, " does not divide in=", in);
+            std::vector<uint8_t> q(out * in), z(out * (in / gs));
+            std::vector<uint16_t> s(out * (in / gs));
+            for (auto& v : q) v = uint8_t(rng.next_u64() & 31);
+            for (auto& v : z) v = uint8_t(rng.next_u64() & 31);
+            for (auto& v : s) v = f32_to_bf16(uniform(rng, 0.0005f, 0.005f));
+            return LinearWeight::from_awq_int5(q.data(), s.data(), z.data(), out, in, gs);
+        }
+        case WeightType::Nvfp4: {
+            std::vector<uint8_t> q(out * in / 2);
+            std::vector<uint16_t> s(out * (in / kernels::kNvfp4Block));
+            for (auto& v : q) v = uint8_t(rng.next_u64());
+            for (auto& v : s) v = f32_to_bf16(uniform(rng, 0.001f, 0.01f));
+            return LinearWeight::from_nvfp4(q.data(), s.data(), out, in);
         }
     }
     fail("bench kernels: bad weight type");
@@ -236,7 +256,8 @@ void run_kernels_bench(Options opt) {
         // The upper bound keeps n x k (the activations) from wrapping for "-1" read as size_t.
         if (n == 0 || n > 65536) fail("bench kernels: --n values must be in [1, 65536], got ", n);
     const bool has_q4 = std::count(types.begin(), types.end(), WeightType::Q4) > 0;
-    if (has_q4)
+    const bool has_int5 = std::count(types.begin(), types.end(), WeightType::Int5) > 0;
+    if (has_q4 || has_int5)
         for (const BenchShape* s : shapes)
             if (opt.group_size == 0 || opt.group_size % 8 != 0 || s->in % opt.group_size != 0)
                 fail("bench kernels: --group-size ", opt.group_size,
@@ -270,16 +291,19 @@ void run_kernels_bench(Options opt) {
         head += " naive ms |";
         sep += "---:|";
     }
-    // Ratio columns, once per int4 variant.
+    // Ratio columns, once per quantized variant (int4, int5, nvfp4).
+    auto quantized = [](WeightType t) {
+        return t == WeightType::Q4 || t == WeightType::Int5 || t == WeightType::Nvfp4;
+    };
     for (const Variant& v : variants) {
-        if (v.type != WeightType::Q4) continue;
+        if (!quantized(v.type)) continue;
         if (has_bf16) {
             head += " " + v.label + " speedup vs bf16 |";
             sep += "---:|";
         }
         head += " " + v.label + " GB/s / read |";
         sep += "---:|";
-        if (naive) {
+        if (naive && v.type == WeightType::Q4) {
             head += " naive / " + v.label + " |";
             sep += "---:|";
         }
@@ -339,7 +363,7 @@ void run_kernels_bench(Options opt) {
                                    {"weight_type", kernels::weight_type_name(t)},
                                    {"activations", v.w4a8 ? "int8" : "f32"},
                                    {"cold", opt.cold},
-                                   {"group_size", t == WeightType::Q4 ? opt.group_size : 0},
+                                   {"group_size", w0.group_size()},
                                    {"m", s->out},
                                    {"k", s->in},
                                    {"n", n},
@@ -382,10 +406,11 @@ void run_kernels_bench(Options opt) {
             }
             if (naive) row += " " + fmt("%.3f", nv.ms) + " |";
             for (size_t i = 0; i < variants.size(); ++i) {
-                if (variants[i].type != WeightType::Q4) continue;
+                if (!quantized(variants[i].type)) continue;
                 if (has_bf16) row += " " + fmt("%.2fx", bf16_ms / cells[i].ms) + " |";
                 row += " " + fmt("%.2f", cells[i].gbps / read_gbps) + " |";
-                if (naive) row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
+                if (naive && variants[i].type == WeightType::Q4)
+                    row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
             }
             std::printf("%s\n", row.c_str());
             std::fflush(stdout);
@@ -394,7 +419,9 @@ void run_kernels_bench(Options opt) {
     std::printf(
         "\nn = rows of x (tokens); GB/s = weight bytes in the published format / time; "
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
-        "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); "
+        "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); int5 "
+        "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
+        "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "
         "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
         opt.cold ? " --cold: each call reads a different copy of the weight (192 MiB in all), "
                    "so weights come from memory, not cache."
@@ -530,9 +557,11 @@ void add_bench(CLI::App& app) {
                   "Shapes: qo, kv, gateup, down, lm_head (default all; --quick drops lm_head)")
         ->delimiter(',');
     k->add_option("--n", opt->ns, "Rows of x (tokens), default 1,4,16,128,512")->delimiter(',');
-    k->add_option("--types", opt->types, "Weight types: int4, bf16, f32 (default int4,bf16)")
+    k->add_option("--types", opt->types,
+                  "Weight types: int4, int5, nvfp4, bf16, f32 (default int4,bf16)")
         ->delimiter(',');
-    k->add_option("--group-size", opt->group_size, "INT4 group size (default 64)");
+    k->add_option("--group-size", opt->group_size,
+                  "INT4 and INT5 group size (default 64; NVFP4 blocks are 16)");
     k->add_option("--act", opt->act,
                   "int8: also time INT4 weights with int8 activations (W4A8) next to f32 "
                   "(default f32)");
