@@ -90,12 +90,27 @@ FileWeight make_weight(WeightType type, size_t out, size_t in, size_t gs, uint32
     return w;
 }
 
-bool factored(WeightType t) { return t == WeightType::Q4 || t == WeightType::Int5; }
+bool factored(WeightType t) {
+    return t == WeightType::Q4 || t == WeightType::Int5 || t == WeightType::Nvfp4;
+}
 
-// The code of w[o, i] of a Q4 or Int5 view, straight from the file layout.
+// The code of w[o, i] of a Q4, Int5 or Nvfp4 view, straight from the file layout.
 unsigned file_code(const WeightView& w, size_t o, size_t i) {
     if (w.type == WeightType::Int5) return w.qweight[o * w.in + i];
     return (w.qweight[o * (w.in / 2) + i / 2] >> (4 * (i & 1))) & 0xf;
+}
+
+// The factored form's terms for w[o, i] = (q - z) * s: |q s| + |z s|. For Nvfp4 the AVX2 GEMV
+// factors value = u / 2 - 6 with u / 2 = value + 6 in [0, 12].
+double factored_magnitude(const WeightView& w, size_t o, size_t i) {
+    const size_t groups = w.in / w.group_size, g = i / w.group_size;
+    const double s = bf16_to_f32(w.scales[o * groups + g]);
+    if (w.type == WeightType::Nvfp4) {
+        const unsigned c = file_code(w, o, i);
+        const double v = (c & 8 ? -1.0 : 1.0) * kE2m1Magnitude[c & 7];
+        return std::fabs((v + 6) * s) + std::fabs(6 * s);
+    }
+    return std::fabs(file_code(w, o, i) * s) + std::fabs(w.zeros[o * groups + g] * s);
 }
 
 std::vector<float> random_vector(size_t n, uint32_t seed) {
@@ -111,11 +126,12 @@ std::vector<float> random_vector(size_t n, uint32_t seed) {
 // sum, relative to the sum of the terms' magnitudes. The Q4 GEMV kernels compute the factored
 // form b + sum_g (s_g * sum_{k in g} q_k x_k - (z_g s_g) * sum_{k in g} x_k): each term then goes
 // through at most gs + 2G + 1 roundings (G = in/gs groups), and the magnitudes are
-// |x_k| (|q_k s_g| + |z_g s_g|), not |x_k w_k|; the Int5 GEMV kernels use the same form. The
-// Nvfp4 kernels decode every weight exactly (table value times bf16 scale) and sum like a dense
-// weight. So the bound used for every path and type is
+// |x_k| (|q_k s_g| + |z_g s_g|), not |x_k w_k|; the Int5 GEMV kernels use the same form, and the
+// AVX2 Nvfp4 GEMV too, per 16-column block, with q = value + 6 and z = 6 (the other Nvfp4 paths
+// decode each weight exactly and sum like a dense weight, within the same bound). So the bound
+// used for every path and type is
 //   |y - ref| <= gamma(K + 2G + 2) * (|b| + sum_k |x_k| * mag_k)   (constant c = 1),
-// with mag_k = |w_k| for F32/BF16/Nvfp4 (G = 1) and |q_k s| + |z s| for Q4/Int5; the double
+// with mag_k = |w_k| for F32/BF16 (G = 1) and |q_k s| + |z s| for Q4/Int5/Nvfp4; the double
 // reference adds
 // at most K * 2^-53 relative, covered by the +2. It is a worst case: observed errors are ~100x
 // smaller, and the CatchesOneWrongCode test shows that a single wrong code is still caught.
@@ -137,10 +153,7 @@ CheckResult check_linear(const float* x, size_t n, const WeightView& w, const fl
     for (size_t o = 0; o < w.out; ++o) {
         for (size_t i = 0; i < w.in; ++i) {
             if (factored(w.type)) {
-                const size_t g = i / w.group_size;
-                const double s = bf16_to_f32(w.scales[o * groups + g]);
-                const unsigned q = file_code(w, o, i);
-                mag[i] = std::fabs(q * s) + std::fabs(w.zeros[o * groups + g] * s);
+                mag[i] = factored_magnitude(w, o, i);
             } else {
                 mag[i] = std::fabs(weight_ref(w, o, i));
             }
@@ -516,7 +529,7 @@ TEST(LinearWeight, RepackRoundTrips) {
                         << weight_type_name(type) << " gs " << gs << " at (" << o << ", " << i
                         << ")";
             }
-            if (!factored(type)) break;
+            if (type != WeightType::Q4 && type != WeightType::Int5) break;  // group sizes
         }
 }
 

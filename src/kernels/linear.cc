@@ -392,7 +392,9 @@ LinearWeight LinearWeight::clone() const {
 
 namespace detail {
 size_t scratch_floats(size_t n, const PackedView& w) {
-    if ((w.type != WeightType::Q4 && w.type != WeightType::Int5) || n > kGemvMaxRows) return 0;
+    const bool factored =
+        w.type == WeightType::Q4 || w.type == WeightType::Int5 || w.type == WeightType::Nvfp4;
+    if (!factored || n > kGemvMaxRows) return 0;
     return n * w.in + n * (w.in / w.group_size);
 }
 }  // namespace detail

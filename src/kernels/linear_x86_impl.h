@@ -65,7 +65,7 @@ inline void nvfp4_tile_u(__m256i v, __m256i table, __m256i& lo, __m256i& hi) {
 }
 
 // Column T of such a tile as u * 2^(8j) (j = T / 2: byte j masked in place; byte 3 shifted down,
-// so scale 1).
+// so scale 1). x is pre-multiplied by kNvfp4Unscale: 2^(-8j) and the 1/2 of u / 2.
 template <int T>
 inline __m256 nvfp4_column_u_scaled(__m256i lo, __m256i hi) {
     const __m256i src = T % 2 == 0 ? lo : hi;
@@ -75,6 +75,8 @@ inline __m256 nvfp4_column_u_scaled(__m256i lo, __m256i hi) {
         return _mm256_cvtepi32_ps(_mm256_and_si256(src, _mm256_set1_epi32(0xff << (8 * (T / 2)))));
     }
 }
+
+constexpr float kNvfp4Unscale[8] = {0.5f, 0.5f, 0x1p-9f, 0x1p-9f, 0x1p-17f, 0x1p-17f, 0.5f, 0.5f};
 
 template <typename F>
 inline void unroll4(F&& f) {
@@ -234,47 +236,53 @@ void gemv_int5_block(const PackedView& p, size_t b, const float* xs, const float
     for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kRowBlock, tot[r]);
 }
 
-// Nvfp4: each weight is decoded exactly, w = fma(u * 2^(8j), s * 2^(-8j-1), -6 s) = value * s
-// (u = 2 * value + 12 from the byte table; value * s is a 4-bit integer / 2 times a bf16, so it
-// is exact in f32, and the power-of-two prescales of s are exact for s >= 2^-100), then summed
-// like a dense weight: the error bound is the dense one.
+// Nvfp4, factored per 16-column block as Q4 with codes u / 2 and zero-point 6: the table gives
+// u = 2 * value + 12 (0..24), so y += s * sum((u / 2) * x) - (6 s) * sum(x). xs holds x times
+// kNvfp4Unscale (byte j of the looked-up tile masked in place is u * 2^(8j); byte 3 is shifted
+// down), which also folds in the 1/2. At most four accumulators per row of x, so the reduction
+// at the end of each short block stays cheap.
 template <int NR>
-void gemv_nvfp4_block(const PackedView& p, size_t b, const float* x, float* out) {
-    constexpr int NA = accumulators(NR);
+void gemv_nvfp4_block(const PackedView& p, size_t b, const float* xs, const float* xsum,
+                      float* out) {
+    constexpr int NA = accumulators(NR) < 4 ? accumulators(NR) : 4;
     const size_t in = p.in, blocks = in / kNvfp4Block;
     const __m256i* q =
         reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) + b * (in / 8);
     const uint16_t* sc = p.scales + b * blocks * kRowBlock;
     const __m256i table = nvfp4_u_table();
-    __m256 acc[NR][NA];
+    const __m256 six = _mm256_set1_ps(6.0f);
+    __m256 tot[NR];
 #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 16
-        for (int a = 0; a < NA; ++a) acc[r][a] = _mm256_setzero_ps();
+    for (int r = 0; r < NR; ++r) tot[r] = _mm256_setzero_ps();
     for (size_t k = 0; k < blocks; ++k) {
-        const __m256 s = bf16x8_to_f32(sc + k * kRowBlock);
-        const __m256 neg6s = _mm256_mul_ps(s, _mm256_set1_ps(-6.0f));
-        const __m256 sj[3] = {_mm256_mul_ps(s, _mm256_set1_ps(0x1p-1f)),
-                              _mm256_mul_ps(s, _mm256_set1_ps(0x1p-9f)),
-                              _mm256_mul_ps(s, _mm256_set1_ps(0x1p-17f))};
+        __m256 acc[NR][NA];
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 16
+            for (int a = 0; a < NA; ++a) acc[r][a] = _mm256_setzero_ps();
 #pragma GCC unroll 2
         for (int c = 0; c < 2; ++c) {
             __m256i lo, hi;
             nvfp4_tile_u(_mm256_load_si256(q + 2 * k + c), table, lo, hi);
-            const float* xk = x + k * kNvfp4Block + 8 * c;
+            const float* xk = xs + k * kNvfp4Block + 8 * c;
             unroll8([&]<int T>() {
-                const __m256 w = _mm256_fmadd_ps(nvfp4_column_u_scaled<T>(lo, hi),
-                                                 sj[T / 2 == 3 ? 0 : T / 2], neg6s);
+                const __m256 u = nvfp4_column_u_scaled<T>(lo, hi);
 #pragma GCC unroll 16
                 for (int r = 0; r < NR; ++r)
                     acc[r][T % NA] =
-                        _mm256_fmadd_ps(w, _mm256_broadcast_ss(xk + r * in + T), acc[r][T % NA]);
+                        _mm256_fmadd_ps(u, _mm256_broadcast_ss(xk + r * in + T), acc[r][T % NA]);
             });
+        }
+        const __m256 s = bf16x8_to_f32(sc + k * kRowBlock);
+        const __m256 zs = _mm256_mul_ps(six, s);
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; ++r) {
+            tot[r] = _mm256_fmadd_ps(s, sum_accumulators<NA>(acc[r]), tot[r]);
+            tot[r] = _mm256_fnmadd_ps(zs, _mm256_broadcast_ss(xsum + r * blocks + k), tot[r]);
         }
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < NR; ++r)
-        _mm256_storeu_ps(out + r * kRowBlock, sum_accumulators<NA>(acc[r]));
+    for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kRowBlock, tot[r]);
 }
 
 template <int NR>
@@ -294,7 +302,7 @@ void gemv_block(const PackedView& p, size_t b, const float* x, const float* xs, 
             gemv_int5_block<NR>(p, b, xs, xsum, out);
             break;
         case WeightType::Nvfp4:
-            gemv_nvfp4_block<NR>(p, b, x, out);
+            gemv_nvfp4_block<NR>(p, b, xs, xsum, out);
             break;
     }
 }
@@ -304,13 +312,16 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
     const size_t in = p.in;
     const float* xs = nullptr;
     const float* xsum = nullptr;
-    const bool factored = p.type == WeightType::Q4 || p.type == WeightType::Int5;
+    // The kernels that factor a zero-point out per group read x pre-scaled and per-group sums.
+    const bool factored =
+        p.type == WeightType::Q4 || p.type == WeightType::Int5 || p.type == WeightType::Nvfp4;
     if (factored) {
         const size_t gs = p.group_size, groups = in / gs;
         float* s = scratch;
         float* sums = scratch + n * in;
-        const __m256 unscale =
-            _mm256_loadu_ps(p.type == WeightType::Q4 ? kColumnUnscale : kInt5Unscale);
+        const __m256 unscale = _mm256_loadu_ps(p.type == WeightType::Q4     ? kColumnUnscale
+                                               : p.type == WeightType::Int5 ? kInt5Unscale
+                                                                            : kNvfp4Unscale);
         for (size_t r = 0; r < n; ++r)
             for (size_t g = 0; g < groups; ++g) {
                 __m256 sum = _mm256_setzero_ps();
