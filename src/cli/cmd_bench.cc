@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -126,21 +127,30 @@ double median(std::vector<double> v) {
     return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
-// Median seconds per call of f over `reps` samples; each sample repeats the call until it lasts
-// >= 2 ms so the tiny decode shapes are not dominated by clock resolution.
-template <typename F>
-double time_call(F&& f, int reps) {
-    auto t0 = Clock::now();
-    f();  // warm-up: page faults, caches, pool wake-up
-    const double once = std::chrono::duration<double>(Clock::now() - t0).count();
-    const int calls = std::clamp(int(2e-3 / std::max(once, 1e-7)), 1, 1000);
-    std::vector<double> samples;
-    for (int r = 0; r < reps; ++r) {
-        t0 = Clock::now();
-        for (int c = 0; c < calls; ++c) f();
-        samples.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / calls);
+// Median seconds per call of each function over `reps` samples; each sample repeats the call until
+// it lasts >= 2 ms so the tiny decode shapes are not dominated by clock resolution. The samples are
+// taken round-robin (rep 1 of each, then rep 2, ...), so that a load change on a shared machine
+// hits every column alike and the ratios between them hold within one run.
+std::vector<double> time_calls_interleaved(const std::vector<std::function<void()>>& fns,
+                                           int reps) {
+    std::vector<int> calls;
+    for (const auto& f : fns) {
+        const auto t0 = Clock::now();
+        f();  // warm-up: page faults, caches, pool wake-up
+        const double once = std::chrono::duration<double>(Clock::now() - t0).count();
+        calls.push_back(std::clamp(int(2e-3 / std::max(once, 1e-7)), 1, 1000));
     }
-    return median(samples);
+    std::vector<std::vector<double>> samples(fns.size());
+    for (int r = 0; r < reps; ++r)
+        for (size_t i = 0; i < fns.size(); ++i) {
+            const auto t0 = Clock::now();
+            for (int c = 0; c < calls[i]; ++c) fns[i]();
+            samples[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count() /
+                                 calls[i]);
+        }
+    std::vector<double> med;
+    for (auto& v : samples) med.push_back(median(v));
+    return med;
 }
 
 // Streaming read bandwidth of all pool threads over a buffer far larger than the LLC, on huge
@@ -341,21 +351,30 @@ void run_kernels_bench(Options opt) {
         }
         for (size_t n : opt.ns) {
             const double flops = 2.0 * double(n) * double(s->out) * double(s->in);
+            // Every column of this row (and the naive path) timed round-robin.
+            std::vector<std::function<void()>> fns;
+            for (const Variant& v : variants)
+                fns.push_back([&, v] {
+                    const LinearWeight& w = next(v.type);
+                    if (v.w4a8)
+                        kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
+                                             pool);
+                    else
+                        kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(), pool);
+                });
+            if (naive)
+                fns.push_back([&] {
+                    kernels::dequantize_to_bf16(next(WeightType::Q4), naive_dst, pool);
+                    kernels::linear(xbuf.as<float>(), n, naive_dst, nullptr, ybuf.as<float>(),
+                                    pool);
+                });
+            const std::vector<double> secs = time_calls_interleaved(fns, opt.reps);
             std::vector<Cell> cells;
-            for (const Variant& v : variants) {
+            for (size_t vi = 0; vi < variants.size(); ++vi) {
+                const Variant& v = variants[vi];
                 const WeightType t = v.type;
                 const LinearWeight& w0 = weights[t][0];
-                const double sec = time_call(
-                    [&] {
-                        const LinearWeight& w = next(t);
-                        if (v.w4a8)
-                            kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
-                                                 pool);
-                        else
-                            kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
-                                            pool);
-                    },
-                    opt.reps);
+                const double sec = secs[vi];
                 Cell c{sec * 1e3, flops / sec / 1e9, double(w0.file_bytes()) / sec / 1e9};
                 cells.push_back(c);
                 records.push_back({{"kernel", "linear"},
@@ -375,13 +394,7 @@ void run_kernels_bench(Options opt) {
             Cell nv;
             if (naive) {
                 const LinearWeight& q = weights[WeightType::Q4][0];
-                const double sec = time_call(
-                    [&] {
-                        kernels::dequantize_to_bf16(next(WeightType::Q4), naive_dst, pool);
-                        kernels::linear(xbuf.as<float>(), n, naive_dst, nullptr, ybuf.as<float>(),
-                                        pool);
-                    },
-                    opt.reps);
+                const double sec = secs.back();
                 nv = Cell{sec * 1e3, flops / sec / 1e9, double(q.file_bytes()) / sec / 1e9};
                 records.push_back({{"kernel", "naive_dequant_bf16"},
                                    {"shape", s->name},
