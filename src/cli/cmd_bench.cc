@@ -127,10 +127,26 @@ double median(std::vector<double> v) {
     return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
-// Median seconds per call of each function over `reps` samples; each sample repeats the call until
-// it lasts >= 2 ms so the tiny decode shapes are not dominated by clock resolution. The samples are
-// taken round-robin (rep 1 of each, then rep 2, ...), so that a load change on a shared machine
-// hits every column alike and the ratios between them hold within one run.
+// Median seconds per call of f over `reps` samples; each sample repeats the call until it lasts
+// >= 2 ms so the tiny decode shapes are not dominated by clock resolution.
+template <typename F>
+double time_call(F&& f, int reps) {
+    auto t0 = Clock::now();
+    f();  // warm-up: page faults, caches, pool wake-up
+    const double once = std::chrono::duration<double>(Clock::now() - t0).count();
+    const int calls = std::clamp(int(2e-3 / std::max(once, 1e-7)), 1, 1000);
+    std::vector<double> samples;
+    for (int r = 0; r < reps; ++r) {
+        t0 = Clock::now();
+        for (int c = 0; c < calls; ++c) f();
+        samples.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / calls);
+    }
+    return median(samples);
+}
+
+// time_call for several functions at once, with the samples taken round-robin (rep 1 of each, then
+// rep 2, ...), so that a load change on a shared machine hits every column alike and the ratios
+// between them hold within one run.
 std::vector<double> time_calls_interleaved(const std::vector<std::function<void()>>& fns,
                                            int reps) {
     std::vector<int> calls;
