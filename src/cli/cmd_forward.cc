@@ -13,6 +13,7 @@
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/positions.h"
+#include "model/vit.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
 namespace lancet::cli {
@@ -20,7 +21,8 @@ namespace lancet::cli {
 namespace {
 
 struct ForwardArgs {
-    std::string model, input, out;
+    std::string model, input, out, vit_dir;
+    std::string component = "decoder";
 };
 
 // Reads the input file's tensors with one-line errors naming the tensor.
@@ -80,7 +82,9 @@ void run_forward(const ForwardArgs& a) {
     if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
     std::error_code ec;
     if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
-    const auto ck = LanceCheckpoint::open(a.model);
+    OpenOptions oo;
+    oo.vit_dir = a.vit_dir;
+    const auto ck = LanceCheckpoint::open(a.model, oo);
     const LanceConfig& cfg = ck->config();
     const InputFile in(a.input);
     const std::string& p = in.path();
@@ -190,6 +194,42 @@ void run_forward(const ForwardArgs& a) {
     log_info("forward: ", L, " tokens (", n_und, " und, ", N, " gen) -> ", a.out);
 }
 
+// --component vit: `video` F32 [C, T, H, W] -> `embeds` F32 [T/tp * H/(p m) * W/(p m), out_hidden].
+void run_forward_vit(const ForwardArgs& a) {
+    if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
+    std::error_code ec;
+    if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
+    OpenOptions oo;
+    oo.vit_dir = a.vit_dir;
+    const auto ck = LanceCheckpoint::open(a.model, oo);
+    const VitConfig& v = ck->config().vision;
+    const InputFile in(a.input);
+    const TensorEntry& e = in.get("video", DType::F32, 4);
+    const int64_t C = e.shape[0], T = e.shape[1], H = e.shape[2], W = e.shape[3];
+    if (C != v.in_chans)
+        fail(in.path(), ": video has shape ", shape_str(e.shape), "; the first dimension must be ",
+             v.in_chans, " channels ([C, T, H, W])");
+    const std::string where = in.path() + ": video " + shape_str(e.shape);
+    const VitPlan plan = vit_plan(v, T, H, W, where.c_str());  // shape checks before the load
+    const std::vector<float> video = in.f32("video", e.shape);
+    VisionTower tower(*ck);
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<float> embeds =
+        tower.forward(kernels::OpContext::defaults(), video.data(), T, H, W);
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    SafetensorsWriter w(a.out);
+    w.add("embeds", DType::F32, {plan.merged(), v.out_hidden_size});
+    w.set_metadata("format", "pt");
+    w.begin();
+    w.write("embeds", embeds.data(), embeds.size() * 4);
+    w.finish();
+    char took[32];
+    std::snprintf(took, sizeof took, "%.1f ms", secs * 1e3);
+    log_info("forward: vit ", shape_str(e.shape), " -> ", plan.merged(), " x ", v.out_hidden_size,
+             " embeds in ", took, " -> ", a.out);
+}
+
 }  // namespace
 
 void add_forward(CLI::App& app) {
@@ -199,7 +239,18 @@ void add_forward(CLI::App& app) {
     cmd->add_option("--model", args->model, "Lance model folder")->required();
     cmd->add_option("--input", args->input, "Input .safetensors (see README)");
     cmd->add_option("--out", args->out, "Output .safetensors");
-    cmd->callback([args] { run_forward(*args); });
+    cmd->add_option("--component", args->component,
+                    "decoder (a packed sequence) or vit (video [C, T, H, W] -> embeds)")
+        ->check(CLI::IsMember({"decoder", "vit"}))
+        ->capture_default_str();
+    cmd->add_option("--vit", args->vit_dir,
+                    "Qwen2.5-VL-ViT folder (default: inside or beside the model folder)");
+    cmd->callback([args] {
+        if (args->component == "vit")
+            run_forward_vit(*args);
+        else
+            run_forward(*args);
+    });
 }
 
 }  // namespace lancet::cli
