@@ -322,6 +322,41 @@ TEST(VisionTower, EveryPieceMatchesTheReference) {
     }
 }
 
+// `quantize --include vit` (RTN INT4) runs through the same tower: the reference dequantizes the
+// same codes, so the f32 bound above holds unchanged.
+TEST(VisionTower, AwqInt4WeightsMatchTheReference) {
+    TempDir dir;
+    const std::string m = synth(dir, "m");
+    const std::string q = (dir / "q4").string();
+    const auto r = test::run_lancet("quantize --method rtn --group-size 32 --include vit --src " +
+                                    m + " --out " + q);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto ck = LanceCheckpoint::open(q);
+    ASSERT_TRUE(ck->is_quantized("vit_model.blocks.0.attn.qkv"));
+    ASSERT_TRUE(ck->is_quantized("vit_model.merger.mlp.2"));
+    const VitConfig& v = ck->config().vision;
+    const ref::VitWeights w64 = ref::load_vit_weights(*ck);
+    VisionTower tower(*ck);
+    const int64_t T = 2, H = 28 * 5, W = 28 * 3;
+    const std::vector<float> video = random_video(3 * T * H * W, 4);
+    const std::vector<double> v64(video.begin(), video.end());
+    const std::vector<double> want = ref::vit_forward(w64, v64.data(), T, H, W);
+    const std::vector<float> got =
+        tower.forward(kernels::OpContext::defaults(), video.data(), T, H, W);
+    const double K = std::max({v.patch_dim(), v.intermediate_size, v.merged_dim()});
+    const Compare o = compare(got, want, 3 + 2.0 * v.depth, K);
+    std::printf("  int4 [3,2,140,84]: worst/bound %.2e (|d| %.2e at %zu)\n", o.worst_ratio,
+                o.worst_abs, o.worst_at);
+    EXPECT_LE(o.worst_ratio, 1.0);
+    // And it differs from the unquantized tower by far more than that bound: the codes are used.
+    auto orig = LanceCheckpoint::open(m);
+    const std::vector<double> full =
+        ref::vit_forward(ref::load_vit_weights(*orig), v64.data(), T, H, W);
+    double diff = 0;
+    for (size_t i = 0; i < full.size(); ++i) diff = std::max(diff, std::abs(full[i] - want[i]));
+    EXPECT_GT(diff, 100 * o.worst_abs);
+}
+
 // Window vs full blocks matter: turning block 1 into a window block changes the output of a grid
 // larger than one window (so the test above would see a wrong block list).
 TEST(VisionTower, FullAttentionBlocksSeeTheWholeTemporalPatch) {
