@@ -472,5 +472,22 @@ TEST(VisionTower, ForwardCli) {
     EXPECT_FALSE(fs::exists(dir / "nv.safetensors"));
 }
 
+// bench vision runs on a tiny model and prints the split; bad geometry is one line.
+TEST(VisionTower, BenchVisionSmoke) {
+    TempDir dir;
+    const std::string m = synth(dir, "m");
+    const auto r = test::run_lancet("bench vision --model " + m + " --size 84 --reps 1 --json " +
+                                    (dir / "b.json").string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("attention"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("ViT linears reach"), std::string::npos) << r.out;
+    const json rec = json::parse(test::read_file(dir / "b.json"));
+    EXPECT_GT(rec["linear_gflops"].get<double>(), 0.0);
+    const auto bad = test::run_lancet("bench vision --model " + m + " --size 80");
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_NE(bad.err.find("multiples of 28"), std::string::npos) << bad.err;
+    EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;
+}
+
 }  // namespace
 }  // namespace lancet

@@ -69,6 +69,8 @@ class VisionTower {
     double attention_seconds() const { return t_attention_; }
     // Multiply-adds of the linears of the last forward.
     double linear_macs() const { return linear_macs_; }
+    // Block j's MLP gate weight [intermediate, hidden] (bench vision times a GEMM on it).
+    const kernels::LinearWeight& gate_weight(int j) const { return blocks_.at(j).gate; }
 
   private:
     struct Block {
