@@ -14,7 +14,9 @@
 #include "core/rng.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/decoder.h"
 #include "model/lance_checkpoint.h"
+#include "model/positions.h"
 #include "model/synth.h"
 #include "model/vit_config.h"
 #include "model/vit_ref.h"
@@ -470,6 +472,91 @@ TEST(VisionTower, ForwardCli) {
     EXPECT_EQ(rn.exit_code, 1);
     EXPECT_NE(rn.err.find("no ViT weights"), std::string::npos) << rn.err;
     EXPECT_FALSE(fs::exists(dir / "nv.safetensors"));
+}
+
+// `lancet forward` (the decoder) with vit_video: the ViT's rows fill the und <|video_pad|> rows of
+// an x2t-style sequence (text, a full ViT block, text), positions from the ViT grid. Checked
+// against the same composition through the library (both halves are checked against their f64
+// references above and in decoder_test), and against the sequence without the ViT rows.
+TEST(VisionTower, DecoderForwardTakesVitVideo) {
+    TempDir dir;
+    const std::string m = synth(dir, "m");
+    auto ck = LanceCheckpoint::open(m);
+    const LanceConfig& c = ck->config();
+    const int64_t T = 2, H = 28 * 2, W = 28 * 3, K = (T / 2) * (H / 28) * (W / 28);
+    const std::vector<float> video = random_video(3 * T * H * W, 21);
+    std::vector<int64_t> ids = {c.bos_token_id, 72, 105, c.vision_start_token_id};
+    for (int64_t k = 0; k < K; ++k) ids.push_back(c.video_token_id);
+    ids.insert(ids.end(), {c.vision_end_token_id, 65, 66, 67});
+    const int64_t L = static_cast<int64_t>(ids.size());
+    const std::vector<int64_t> split_lens = {3, K + 2, 3}, split_modes = {0, 1, 0};
+    auto write_in = [&](const fs::path& path, bool with_video, int64_t frames) {
+        SafetensorsWriter w(path.string());
+        std::vector<uint8_t> is_gen(static_cast<size_t>(L), 0);
+        w.add("token_ids", DType::I64, {L});
+        w.add("is_gen", DType::U8, {L});
+        w.add("split_lens", DType::I64, {3});
+        w.add("split_modes", DType::I64, {3});
+        if (with_video) w.add("vit_video", DType::F32, {3, frames, H, W});
+        w.begin();
+        w.write("token_ids", ids.data(), ids.size() * 8);
+        w.write("is_gen", is_gen.data(), is_gen.size());
+        w.write("split_lens", split_lens.data(), 24);
+        w.write("split_modes", split_modes.data(), 24);
+        if (with_video) {
+            std::vector<float> v(static_cast<size_t>(3 * frames * H * W));
+            for (size_t i = 0; i < v.size(); ++i) v[i] = video[i % video.size()];
+            w.write("vit_video", v.data(), v.size() * 4);
+        }
+        w.finish();
+    };
+    write_in(dir / "in.safetensors", true, T);
+    const auto r =
+        test::run_lancet("forward --model " + m + " --input " + (dir / "in.safetensors").string() +
+                         " --out " + (dir / "out.safetensors").string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    SafetensorsFile f((dir / "out.safetensors").string());
+    const TensorView got = f.view(*f.find("final_hidden"));
+
+    // The library composition.
+    VisionTower tower(*ck);
+    const std::vector<float> rows =
+        tower.forward(kernels::OpContext::defaults(), video.data(), T, H, W);
+    DecoderOptions dopt;
+    dopt.logits_limit = 278;
+    LanceDecoder dec(*ck, dopt);
+    Batch b;
+    b.token_ids = ids;
+    b.is_gen.assign(static_cast<size_t>(L), 0);
+    b.splits = {{3, SplitMode::Causal}, {K + 2, SplitMode::Full}, {3, SplitMode::Causal}};
+    b.positions = mrope_positions(ids, {VisionGrid{T / 2, H / 14, W / 14}}, c);
+    EXPECT_EQ(b.positions[4], (RopePosition{4, 4, 4}));  // first ViT row at base 4
+    EXPECT_EQ(b.positions[4 + K - 1], (RopePosition{4, 4 + 1, 4 + 2}));
+    const int64_t D = c.hidden_size;
+    std::vector<float> emb(static_cast<size_t>(L * D));
+    dec.embed_tokens(ids.data(), static_cast<size_t>(L), emb.data());
+    std::memcpy(&emb[4 * D], rows.data(), rows.size() * 4);
+    b.embeddings = emb.data();
+    Outputs out;
+    ForwardOptions fo;
+    fo.final_hidden = true;
+    dec.forward(b, nullptr, false, out, fo);
+    ASSERT_EQ(static_cast<size_t>(got.nbytes), out.final_hidden.size() * 4);
+    EXPECT_EQ(std::memcmp(got.data, out.final_hidden.data(), got.nbytes), 0);
+
+    // Bad inputs: ViT rows without vit_video, a row count that does not match, odd frames.
+    write_in(dir / "nov.safetensors", false, T);
+    write_in(dir / "four.safetensors", true, 4);
+    write_in(dir / "odd.safetensors", true, 3);
+    for (const auto& [name, fragment] : std::vector<std::pair<std::string, std::string>>{
+             {"nov", "no vit_video"}, {"four", "gives 12 ViT rows"}, {"odd", "3 frames"}}) {
+        const auto rb = test::run_lancet("forward --model " + m + " --input " +
+                                         (dir / (name + ".safetensors")).string() + " --out " +
+                                         (dir / (name + ".out")).string());
+        EXPECT_EQ(rb.exit_code, 1) << name;
+        EXPECT_NE(rb.err.find(fragment), std::string::npos) << name << ": " << rb.err;
+        EXPECT_FALSE(fs::exists(dir / (name + ".out")));
+    }
 }
 
 // bench vision runs on a tiny model and prints the split; bad geometry is one line.

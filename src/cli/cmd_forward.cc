@@ -99,14 +99,38 @@ void run_forward(const ForwardArgs& a) {
             fail(p, ": token_ids[", i, "] = ", b.token_ids[i], " is outside the vocabulary (",
                  cfg.vocab_size, ")");
     b.is_gen = in.u8("is_gen", {L});
-    int64_t N = 0;
+    // Optional ViT input: its embeddings fill the und <|video_pad|> rows (one ViT block).
+    const bool has_vit = in.has("vit_video");
+    std::vector<float> vit_video;
+    VitPlan vplan;
+    int64_t vit_T = 0, vit_H = 0, vit_W = 0;
+    if (has_vit) {
+        const VitConfig& v = cfg.vision;
+        const TensorEntry& e = in.get("vit_video", DType::F32, 4);
+        if (e.shape[0] != v.in_chans)
+            fail(p, ": vit_video has shape ", shape_str(e.shape), "; the first dimension must be ",
+                 v.in_chans, " channels ([C, T, H, W])");
+        vit_T = e.shape[1], vit_H = e.shape[2], vit_W = e.shape[3];
+        const std::string where = p + ": vit_video " + shape_str(e.shape);
+        vplan = vit_plan(v, vit_T, vit_H, vit_W, where.c_str());
+        if (!ck->has_vit())
+            fail(a.model, ": vit_video given but the checkpoint has no ViT weights");
+        vit_video = in.f32("vit_video", e.shape);
+    }
+    int64_t N = 0, n_vit = 0;
     for (int64_t i = 0; i < L; ++i) {
         if (b.is_gen[i] > 1) fail(p, ": is_gen[", i, "] = ", int(b.is_gen[i]), " (must be 0 or 1)");
         N += b.is_gen[i];
-        if ((b.token_ids[i] == cfg.video_token_id) != (b.is_gen[i] == 1))
-            fail(p, ": is_gen[", i, "] = ", int(b.is_gen[i]), " but token_ids[", i,
-                 "] = ", b.token_ids[i], " (gen tokens are exactly the <|video_pad|> id ",
-                 cfg.video_token_id, ")");
+        const bool pad = b.token_ids[i] == cfg.video_token_id;
+        if (b.is_gen[i] == 1 && !pad)
+            fail(p, ": is_gen[", i, "] = 1 but token_ids[", i, "] = ", b.token_ids[i],
+                 " (gen tokens are <|video_pad|> id ", cfg.video_token_id, ")");
+        if (pad && b.is_gen[i] == 0) {
+            if (!has_vit)
+                fail(p, ": token_ids[", i, "] is <|video_pad|> with is_gen 0, a ViT row, but the ",
+                     "input has no vit_video");
+            ++n_vit;
+        }
     }
     const int64_t S = in.len("split_lens", DType::I64);
     if (S < 1) fail(p, ": split_lens is empty");
@@ -122,11 +146,27 @@ void run_forward(const ForwardArgs& a) {
     }
     if (total != L) fail(p, ": split_lens sum to ", total, " but token_ids has ", L, " tokens");
 
-    // VAE blocks: a vision_start followed by a video pad.
+    // Vision blocks: a vision_start followed by a video pad; a VAE block when that pad is a gen
+    // row, the ViT block when it is und.
     int64_t blocks = 0;
+    std::vector<bool> block_is_vit;
     for (int64_t i = 0; i + 1 < L; ++i)
-        blocks +=
-            b.token_ids[i] == cfg.vision_start_token_id && b.token_ids[i + 1] == cfg.video_token_id;
+        if (b.token_ids[i] == cfg.vision_start_token_id &&
+            b.token_ids[i + 1] == cfg.video_token_id) {
+            block_is_vit.push_back(b.is_gen[i + 1] == 0);
+            blocks += b.is_gen[i + 1] == 1;
+        }
+    if (has_vit) {
+        const int64_t vit_blocks = std::count(block_is_vit.begin(), block_is_vit.end(), true);
+        if (vit_blocks != 1)
+            fail(p,
+                 ": vit_video needs exactly one ViT block (vision_start then und <|video_pad|> "
+                 "rows), found ",
+                 vit_blocks);
+        if (n_vit != vplan.merged())
+            fail(p, ": vit_video gives ", vplan.merged(), " ViT rows but token_ids has ", n_vit,
+                 " und <|video_pad|> rows");
+    }
     std::vector<int64_t> grid = {1, 1, 1};
     if (N > 0 || in.has("latent_grid")) {
         grid = in.i64("latent_grid", {3});
@@ -157,7 +197,10 @@ void run_forward(const ForwardArgs& a) {
         b.positions.resize(L);
         for (int64_t i = 0; i < L; ++i) b.positions[i] = {pos[i], pos[L + i], pos[2 * L + i]};
     } else {
-        std::vector<VisionGrid> grids(blocks, vae_block_grid(grid[0], grid[1], grid[2]));
+        std::vector<VisionGrid> grids;
+        for (const bool vit : block_is_vit)
+            grids.push_back(vit ? VisionGrid{vplan.gt, vplan.gh, vplan.gw}
+                                : vae_block_grid(grid[0], grid[1], grid[2]));
         try {
             b.positions = mrope_positions(b.token_ids, grids, cfg);
         } catch (const Error& e) {
@@ -174,6 +217,34 @@ void run_forward(const ForwardArgs& a) {
     ForwardOptions fo;
     fo.final_hidden = true;
     fo.layer_out = true;
+    std::vector<float> embeddings;
+    if (has_vit) {
+        // Input embeddings: embed_tokens rows, the latent embedding on gen rows, the ViT's
+        // output rows in order on the und <|video_pad|> rows (spec §2.3.2).
+        const int64_t Hd = cfg.hidden_size;
+        std::vector<float> vit_rows;
+        {
+            VisionTower tower(*ck);
+            vit_rows = tower.forward(kernels::OpContext::defaults(), vit_video.data(), vit_T, vit_H,
+                                     vit_W);
+        }
+        embeddings.resize(static_cast<size_t>(L * Hd));
+        dec.embed_tokens(b.token_ids.data(), static_cast<size_t>(L), embeddings.data());
+        std::vector<float> gen_rows(static_cast<size_t>(N * Hd));
+        if (N > 0)
+            dec.embed_latents(b.latents.data(), b.timesteps.data(), b.pe3d_index.data(),
+                              static_cast<size_t>(N), gen_rows.data());
+        int64_t g = 0, k = 0;
+        for (int64_t i = 0; i < L; ++i) {
+            const float* src = nullptr;
+            if (b.is_gen[i])
+                src = &gen_rows[(g++) * Hd];
+            else if (b.token_ids[i] == cfg.video_token_id)
+                src = &vit_rows[(k++) * Hd];
+            if (src) std::copy(src, src + Hd, &embeddings[i * Hd]);
+        }
+        b.embeddings = embeddings.data();
+    }
     dec.forward(b, nullptr, false, out, fo);
 
     const int64_t H = cfg.hidden_size, V = cfg.vocab_size, n_und = L - N;
