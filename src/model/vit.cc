@@ -84,26 +84,35 @@ VitPlan vit_plan(const VitConfig& v, int64_t T, int64_t H, int64_t W, const char
     return p;
 }
 
+namespace {
+
+// The m*m patch rows of merge block (bh, bw) of temporal patch t, in (dy, dx) order, each the
+// (C, tp, py, px) vector: rows [m*m, patch_dim].
+void pack_merge_block(const VitConfig& v, const float* video, int64_t T, int64_t H, int64_t W,
+                      int64_t t, int64_t bh, int64_t bw, float* o) {
+    const int64_t p = v.patch_size, tp = v.temporal_patch_size, m = v.spatial_merge_size;
+    for (int64_t dy = 0; dy < m; ++dy)
+        for (int64_t dx = 0; dx < m; ++dx)
+            for (int64_t c = 0; c < v.in_chans; ++c)
+                for (int64_t dt = 0; dt < tp; ++dt)
+                    for (int64_t y = 0; y < p; ++y, o += p) {
+                        const int64_t row = (bh * m + dy) * p + y, col = (bw * m + dx) * p;
+                        std::memcpy(o, video + ((c * T + t * tp + dt) * H + row) * W + col,
+                                    static_cast<size_t>(p) * sizeof(float));
+                    }
+}
+
+}  // namespace
+
 void vit_pack_patches(const VitConfig& v, const float* video, int64_t T, int64_t H, int64_t W,
                       float* rows) {
-    const int64_t p = v.patch_size, tp = v.temporal_patch_size, m = v.spatial_merge_size;
-    const int64_t gt = T / tp, mh = H / (p * m), mw = W / (p * m);
-    float* o = rows;
+    const int64_t m = v.spatial_merge_size, gt = T / v.temporal_patch_size;
+    const int64_t mh = H / v.merge_pixels(), mw = W / v.merge_pixels();
+    const int64_t block = m * m * v.patch_dim();
     for (int64_t t = 0; t < gt; ++t)
         for (int64_t bh = 0; bh < mh; ++bh)
-            for (int64_t bw = 0; bw < mw; ++bw)
-                for (int64_t dy = 0; dy < m; ++dy)
-                    for (int64_t dx = 0; dx < m; ++dx)
-                        for (int64_t c = 0; c < v.in_chans; ++c)
-                            for (int64_t dt = 0; dt < tp; ++dt)
-                                for (int64_t y = 0; y < p; ++y, o += p)
-                                    std::memcpy(
-                                        o,
-                                        video +
-                                            ((c * T + t * tp + dt) * H + (bh * m + dy) * p + y) *
-                                                W +
-                                            (bw * m + dx) * p,
-                                        static_cast<size_t>(p) * sizeof(float));
+            for (int64_t bw = 0; bw < mw; ++bw, rows += block)
+                pack_merge_block(v, video, T, H, W, t, bh, bw, rows);
 }
 
 VisionTower::VisionTower(const LanceCheckpoint& ck, bool bf16) : cfg_(ck.config().vision) {
@@ -157,19 +166,21 @@ std::vector<float> VisionTower::forward(const kernels::OpContext& ctx, const flo
     const int64_t unit = cfg_.merge_unit(), fr = plan.frame_rows;
     t_linear_ = t_attention_ = linear_macs_ = 0;
 
-    // Patches in Qwen2.5-VL's packing order, then merge blocks (unit rows each) into window
-    // order, then the patch embedding.
-    grow(s_.h, static_cast<size_t>(N * P));
-    grow(s_.rows, static_cast<size_t>(N * P));
-    vit_pack_patches(cfg_, video, T, H, W, s_.h.data());
-    for (size_t i = 0; i < plan.window_index.size(); ++i)
-        std::memcpy(s_.rows.data() + static_cast<int64_t>(i) * unit * P,
-                    s_.h.data() + static_cast<int64_t>(plan.window_index[i]) * unit * P,
-                    static_cast<size_t>(unit * P) * sizeof(float));
+    // Patch embedding one temporal patch at a time (bounded scratch): its merge blocks packed
+    // straight into window order, then the Conv3d as a linear.
+    grow(s_.rows, static_cast<size_t>(fr * P));
     grow(s_.x, static_cast<size_t>(N * D));
     float* x = s_.x.data();
-    run_linear(ctx, TensorRef::contiguous(s_.rows.data(), {N, P}), patch_, nullptr,
-               TensorRef::contiguous(x, {N, D}));
+    const int64_t blocks_per_frame = fr / unit;
+    for (int64_t t = 0; t < plan.gt; ++t) {
+        for (int64_t i = 0; i < blocks_per_frame; ++i) {
+            const int64_t b = plan.window_index[t * blocks_per_frame + i] % (plan.mh * plan.mw);
+            pack_merge_block(cfg_, video, T, H, W, t, b / plan.mw, b % plan.mw,
+                             s_.rows.data() + i * unit * P);
+        }
+        run_linear(ctx, TensorRef::contiguous(s_.rows.data(), {fr, P}), patch_, nullptr,
+                   TensorRef::contiguous(x + t * fr * D, {fr, D}));
+    }
     if (trace) trace->embed.assign(x, x + N * D);
 
     // Every temporal patch has the same window order, so one angle table serves them all.
