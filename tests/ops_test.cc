@@ -395,14 +395,16 @@ class AddCase : public OpCase {
           br_(b_rows),
           bc_(b_cols),
           a_(rand_vec(rows * cols, 51 + cols)),
-          b_(rand_vec(b_rows * b_cols, 52 + cols)) {}
+          b_(rand_vec(std::max<size_t>(b_rows, 1) * b_cols, 52 + cols)) {}
     std::string name() const override {
         return "add_" + std::to_string(rows_) + "x" + std::to_string(cols_) + "_b" +
                std::to_string(br_) + "x" + std::to_string(bc_);
     }
     std::vector<float> run(const OpContext& ctx) override {
         std::vector<float> y(a_.size());
-        add(ctx, TensorRef::matrix(a_.data(), rows_, cols_), TensorRef::matrix(b_.data(), br_, bc_),
+        const TensorRef b = br_ ? TensorRef::matrix(b_.data(), br_, bc_)
+                                : TensorRef::contiguous(b_.data(), {I(bc_)});
+        add(ctx, TensorRef::matrix(a_.data(), rows_, cols_), b,
             TensorRef::matrix(y.data(), rows_, cols_));
         return y;
     }
@@ -412,7 +414,7 @@ class AddCase : public OpCase {
         for (size_t r = 0; r < rows_; ++r)
             for (size_t c = 0; c < cols_; ++c) {
                 const size_t i = r * cols_ + c;
-                want[i] = double(a_[i]) + b_[(br_ == 1 ? 0 : r) * bc_ + (bc_ == 1 ? 0 : c)];
+                want[i] = double(a_[i]) + b_[(br_ <= 1 ? 0 : r) * bc_ + (bc_ == 1 ? 0 : c)];
                 bound[i] = u * std::fabs(want[i]);
             }
     }
@@ -820,6 +822,7 @@ const std::vector<CasePtr>& all_cases() {
         add_case(new AddCase(17, 65, 1, 65));
         add_case(new AddCase(17, 65, 17, 1));
         add_case(new AddCase(3, 7000, 3, 7000));
+        add_case(new AddCase(5, 17, 0, 17));  // b [17]: fewer dimensions
         add_case(new UpsampleCase(1, 1, 1, 1));
         add_case(new UpsampleCase(2, 3, 5, 7));
         // rope, every table form
