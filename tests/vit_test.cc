@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -557,6 +558,67 @@ TEST(VisionTower, DecoderForwardTakesVitVideo) {
         EXPECT_NE(rb.err.find(fragment), std::string::npos) << name << ": " << rb.err;
         EXPECT_FALSE(fs::exists(dir / (name + ".out")));
     }
+}
+
+// Copies model.safetensors keeping (and renaming) the tensors `keep` accepts.
+void copy_tensors(const std::string& from, const fs::path& to,
+                  const std::function<bool(std::string&)>& keep) {
+    auto src = Checkpoint::open(from);
+    std::vector<std::pair<std::string, std::string>> names;  // (in file, written as)
+    for (const std::string& n : src->names()) {
+        std::string out = n;
+        if (keep(out)) names.emplace_back(n, out);
+    }
+    SafetensorsWriter w(to.string());
+    for (const auto& [n, o] : names) w.add(o, src->view(n).dtype, src->view(n).shape);
+    w.begin();
+    for (const auto& [n, o] : names) w.write(o, src->view(n).data, src->view(n).nbytes);
+    w.finish();
+}
+
+// Where the weights come from: the bundled vit_model.* copy overrides a vit.safetensors in the
+// ViT folder (Lance's load order); without the bundle (Lance_3B layout) the separate file runs.
+TEST(VisionTower, BundledWeightsOverrideTheSeparateFile) {
+    TempDir dir;
+    SynthOptions o;
+    o.preset = "tiny";
+    o.out = (dir / "a").string();
+    o.seed = 7;
+    synth_checkpoint(o);
+    o.out = (dir / "b").string();
+    o.seed = 8;
+    synth_checkpoint(o);
+    const std::string a = (dir / "a").string(), b = (dir / "b").string();
+    const int64_t T = 2, H = 56, W = 56;
+    const std::vector<float> video = random_video(3 * T * H * W, 6);
+    auto run = [&](const std::string& model) {
+        auto ck = LanceCheckpoint::open(model);
+        VisionTower tower(*ck);
+        return tower.forward(kernels::OpContext::defaults(), video.data(), T, H, W);
+    };
+    const std::vector<float> ya = run(a), yb = run(b);
+    ASSERT_NE(ya, yb);
+    // b's ViT as a separate vit.safetensors inside a's ViT folder: a's bundled copy still runs.
+    auto strip = [](std::string& n) {
+        if (n.rfind("vit_model.", 0) != 0) return false;
+        n = n.substr(10);
+        return true;
+    };
+    copy_tensors(b + "/model.safetensors", fs::path(a) / "Qwen2.5-VL-ViT/vit.safetensors", strip);
+    EXPECT_EQ(run(a), ya);
+    // Lance_3B layout: a without vit_model.*, the ViT folder beside it holding b's ViT.
+    const fs::path c = dir / "downloads/Lance_3B", vdir = dir / "downloads/Qwen2.5-VL-ViT";
+    fs::create_directories(c);
+    fs::create_directories(vdir);
+    for (const char* f : {"llm_config.json", "vocab.json", "merges.txt", "tokenizer_config.json"})
+        fs::copy_file(fs::path(a) / f, c / f);
+    copy_tensors(a + "/model.safetensors", c / "model.safetensors",
+                 [](std::string& n) { return n.rfind("vit_model.", 0) != 0; });
+    fs::copy_file(fs::path(b) / "Qwen2.5-VL-ViT/config.json", vdir / "config.json");
+    fs::copy_file(fs::path(a) / "Qwen2.5-VL-ViT/vit.safetensors", vdir / "vit.safetensors");
+    auto ck = LanceCheckpoint::open(c.string());
+    EXPECT_EQ(ck->vit_layout(), VitLayout::Separate);
+    EXPECT_EQ(run(c.string()), yb);
 }
 
 // bench vision runs on a tiny model and prints the split; bad geometry is one line.
