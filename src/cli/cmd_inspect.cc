@@ -219,6 +219,11 @@ void inspect_model(const std::string& dir, const std::string& vit_dir, const std
                     c.vision.depth, c.vision.hidden_size, c.vision.num_heads,
                     c.vision.intermediate_size, c.vision.patch_size, c.vision.spatial_merge_size,
                     c.vision.out_hidden_size);
+        std::string full;
+        for (const int b : c.vision.fullatt_block_indexes)
+            full += (full.empty() ? "" : ", ") + std::to_string(b);
+        std::printf("          window %d px, full attention at blocks [%s]\n", c.vision.window_size,
+                    full.c_str());
         if (const AwqMeta* m = ck->quant_meta())
             std::printf("quant:    %s, group %d, scheme %s, %d quantized linears\n",
                         std::string(quant_format_name(m->format)).c_str(), m->group_size,
