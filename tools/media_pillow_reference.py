@@ -9,6 +9,7 @@ of 28 (ViT) or 16 (VAE); x/255 then (x - mean) / std in float32.
   media_pillow_reference.py fixtures OUT_DIR   small synthetic inputs + Pillow outputs for the tests
   media_pillow_reference.py compare LANCET IMG...  runs `LANCET preprocess` on every image, preset
                                                    and stream, prints the max abs differences
+  media_pillow_reference.py compare-video LANCET VIDEO...  the same for videos (needs the ffmpeg CLI)
 
 Run with Debian's python3-pil and python3-numpy (/usr/bin/python3).
 """
@@ -146,6 +147,53 @@ def compare(lancet, images):
     print(f"WORST: max |u8 diff| {worst_u8} (of 255), max |pixels diff| {worst_f:.3g}")
 
 
+def lance_indices(total, avg_fps, sample_fps=12, max_duration=6.0, temporal=4):
+    """data/video/sampler/frames.py, one clip (0, total), assert_seconds=False."""
+    try:
+        fps = int(round(float(avg_fps)))
+    except Exception:
+        fps = 24
+    duration = min(total / fps, max_duration)
+    n = int(round(duration * sample_fps))
+    n = n // temporal * temporal + 1 if n % temporal else n // temporal * temporal + 1 - temporal
+    return np.linspace(0, total - 1, n, dtype=int).tolist()
+
+
+def compare_video(lancet, videos):
+    """Frames decoded by the ffmpeg CLI (the same libswscale conversion decord's filter graph
+    does), sampled and transformed with Pillow, against `lancet preprocess --video`."""
+    for path in videos:
+        probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+                                "-show_entries", "stream=width,height,avg_frame_rate,nb_read_packets",
+                                "-of", "json", path], check=True, capture_output=True, text=True)
+        st = json.loads(probe.stdout)["streams"][0]
+        w, h, total = st["width"], st["height"], int(st["nb_read_packets"])
+        num, den = (int(v) for v in st["avg_frame_rate"].split("/"))
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt",
+                              "rgb24", "-vsync", "passthrough", "-"], check=True,
+                             capture_output=True).stdout
+        frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3)
+        idx = lance_indices(total, num / den if den else float("nan"))
+        for preset, stream in [("image_768res", "vit"), ("video_480p", "vae")]:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "p.safetensors")
+                subprocess.run([lancet, "-q", "preprocess", "--video", path, "--preset", preset,
+                                "--stream", stream, "--out", out], check=True,
+                               stdout=subprocess.DEVNULL)
+                pix = read_safetensors(out)
+            want = [normalize(lance_resize(Image.fromarray(frames[i]), preset, stream), stream)
+                    for i in idx]
+            if stream == "vit" and len(want) % 2:
+                want.append(want[-1])
+            want = np.stack(want, 1)
+            assert pix.shape == want.shape, (pix.shape, want.shape)
+            d = np.abs(pix - want).max()
+            step = (np.float32(1) / np.float32(255)) / np.float32(0.26130258 if stream == "vit" else 0.5)
+            print(f"{os.path.basename(path)} {preset} {stream} {total} frames decoded by ffmpeg "
+                  f"({len(frames)}), {len(idx)} sampled, pixels {list(pix.shape)}: "
+                  f"max |diff| {d:.3g} = {d / step:.2f} u8 steps")
+
+
 def fixtures(out_dir):
     """Small synthetic inputs covering each decoder path, and Pillow's results for them."""
     os.makedirs(out_dir, exist_ok=True)
@@ -209,6 +257,8 @@ def fixtures(out_dir):
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "fixtures":
         fixtures(sys.argv[2])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "compare-video":
+        compare_video(sys.argv[2], sys.argv[3:])
     elif len(sys.argv) >= 4 and sys.argv[1] == "compare":
         compare(sys.argv[2], sys.argv[3:])
     else:

@@ -254,6 +254,7 @@ void VideoReader::read_frames(const std::vector<int64_t>& indices,
     Packet pkt;
     Frame frame;
     Sws sws;
+    std::vector<uint8_t> line_buf;
     bool eof_sent = false;
     int64_t cur = -1;  // index of the last picture the decoder gave us
     const int orientation = m.info.rotation == 90    ? 6
@@ -312,11 +313,18 @@ void VideoReader::read_frames(const std::vector<int64_t>& indices,
             sws_setColorspaceDetails(sws.p, coeffs, src_range, table, dst_range, brightness,
                                      contrast, saturation);
         }
-        ImageRGB8 rgb(m.coded_w, m.coded_h);
-        uint8_t* dst[4] = {rgb.rgb.data(), nullptr, nullptr, nullptr};
-        int dst_stride[4] = {m.coded_w * 3, 0, 0, 0};
+        // swscale's SIMD paths write whole vectors past the end of a line: convert into a
+        // 64-byte aligned, padded buffer, then copy the rows out tightly.
+        const int stride = (m.coded_w * 3 + 63) / 64 * 64;
+        line_buf.resize(static_cast<size_t>(stride) * m.coded_h + 256);
+        uint8_t* dst[4] = {line_buf.data(), nullptr, nullptr, nullptr};
+        int dst_stride[4] = {stride, 0, 0, 0};
         sws_scale(sws.p, f->data, f->linesize, 0, f->height, dst, dst_stride);
         av_frame_unref(frame.p);
+        ImageRGB8 rgb(m.coded_w, m.coded_h);
+        for (int y = 0; y < m.coded_h; ++y)
+            std::memcpy(rgb.row(y), line_buf.data() + static_cast<size_t>(stride) * y,
+                        static_cast<size_t>(m.coded_w) * 3);
         if (orientation != 1) rgb = apply_orientation(rgb, orientation);
         while (k < indices.size() && indices[k] == idx) fn(k++, rgb);
     }
@@ -418,12 +426,19 @@ void write_mp4(const std::string& path, const float* frames, int64_t T, int64_t 
     w.yuv.p->height = static_cast<int>(H);
     ret = av_frame_get_buffer(w.yuv.p, 0);
     if (ret < 0) fail(path, ": out of memory for a frame");
+    std::vector<uint8_t> padded;
     for (int64_t t = 0; t < T; ++t) {
         const ImageRGB8 rgb = frame_to_rgb8(frames, T, H, W, t);
         ret = av_frame_make_writable(w.yuv.p);
         if (ret < 0) fail(path, ": out of memory for a frame");
-        const uint8_t* src[4] = {rgb.rgb.data(), nullptr, nullptr, nullptr};
-        const int src_stride[4] = {static_cast<int>(W) * 3, 0, 0, 0};
+        // A padded, aligned copy: swscale's SIMD input readers may read past a line's end.
+        const int stride = (static_cast<int>(W) * 3 + 63) / 64 * 64;
+        padded.resize(static_cast<size_t>(stride) * static_cast<size_t>(H) + 256);
+        for (int64_t y = 0; y < H; ++y)
+            std::memcpy(padded.data() + static_cast<size_t>(stride * y),
+                        rgb.row(static_cast<int>(y)), static_cast<size_t>(W) * 3);
+        const uint8_t* src[4] = {padded.data(), nullptr, nullptr, nullptr};
+        const int src_stride[4] = {stride, 0, 0, 0};
         sws_scale(w.sws.p, src, src_stride, 0, static_cast<int>(H), w.yuv.p->data,
                   w.yuv.p->linesize);
         w.yuv.p->pts = t;
