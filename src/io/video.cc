@@ -396,6 +396,7 @@ void write_mp4(const std::string& path, const float* frames, int64_t T, int64_t 
     w.enc.p->colorspace = AVCOL_SPC_BT709;
     w.enc.p->color_primaries = AVCOL_PRI_BT709;
     w.enc.p->color_trc = AVCOL_TRC_BT709;
+    if (opts.keyint > 0) w.enc.p->gop_size = opts.keyint;
     if (w.oc->oformat->flags & AVFMT_GLOBALHEADER) w.enc.p->flags |= AV_CODEC_FLAG_GLOBAL_HEADER;
     av_opt_set(w.enc.p->priv_data, "crf", std::to_string(opts.crf).c_str(), 0);
     av_opt_set(w.enc.p->priv_data, "preset", "medium", 0);

@@ -64,6 +64,7 @@ class VideoReader {
 struct VideoWriteOptions {
     double fps = 12.0;       // Lance saves at 12 fps
     int crf = 18;            // libx264 constant rate factor
+    int keyint = 0;          // most frames between key frames; 0 keeps libx264's default (250)
     ImageMetadata metadata;  // written as MP4 metadata tags
 };
 // Encodes frames [3, T, H, W] in [-1, 1] (mapped with round(255 * (x + 1) / 2)) as H.264 in an
