@@ -482,6 +482,20 @@ TEST(MediaVideo, DecodesOnlyNeededFramesAndSeeksExactly) {
                              static_cast<size_t>(hw) * sizeof(float)));
 }
 
+TEST(MediaVideo, WebmVp9Opens) {
+    VideoReader r(media_fixture("clip_vp9.webm").string());
+    EXPECT_EQ(r.info().frame_count, 12);
+    EXPECT_DOUBLE_EQ(r.info().avg_fps, 10.0);
+    EXPECT_EQ(r.info().width, 32);
+    EXPECT_EQ(r.info().height, 24);
+    // 1.2 s at 12 fps = 14.4 -> 14 -> 13 frames (4k+1) over 12 source frames.
+    const PreprocessResult p = preprocess_video(media_fixture("clip_vp9.webm").string(),
+                                                "image_256res", VisionStream::Vit);
+    EXPECT_EQ(p.frame_indices.size(), 13u);
+    EXPECT_EQ(p.frame_indices.back(), 11);
+    EXPECT_EQ(p.pixels.T, 14);
+}
+
 // An MP4 with a video track and no samples, written with libavformat directly.
 void write_zero_frame_mp4(const std::string& path) {
     AVFormatContext* oc = nullptr;

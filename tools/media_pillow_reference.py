@@ -250,6 +250,10 @@ def fixtures(out_dir):
     ImageOps.exif_transpose(Image.open(inputs["exif6.jpg"])).convert("RGB").save(
         os.path.join(out_dir, "exif6_jpg.transposed.ref.png"))
     manifest["exif_transposed"] = {"exif6.jpg": "exif6_jpg.transposed.ref.png"}
+    # A tiny VP9 WebM (12 frames at 10 fps) from the ffmpeg CLI, for the non-MP4 container path.
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=32x24:rate=10:duration=1.2", "-c:v", "libvpx-vp9", "-b:v", "50k",
+                    os.path.join(out_dir, "clip_vp9.webm")], check=True)
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
 

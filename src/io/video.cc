@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -121,7 +122,13 @@ struct VideoReader::Impl {
         if (fmt.p) avformat_close_input(&fmt.p);
         int ret = avformat_open_input(&fmt.p, path.c_str(), nullptr, nullptr);
         if (ret < 0) fail(path, ": cannot open as a video: ", av_error(ret));
-        ret = avformat_find_stream_info(fmt.p, nullptr);
+        // find_stream_info decodes a few frames; the pixel limit bounds what a hostile header
+        // can make those decoders allocate.
+        std::vector<AVDictionary*> stream_opts(fmt.p->nb_streams, nullptr);
+        const std::string limit = std::to_string(std::min<uint64_t>(opts.max_pixels, INT32_MAX));
+        for (auto& d : stream_opts) av_dict_set(&d, "max_pixels", limit.c_str(), 0);
+        ret = avformat_find_stream_info(fmt.p, stream_opts.empty() ? nullptr : stream_opts.data());
+        for (auto& d : stream_opts) av_dict_free(&d);
         if (ret < 0) fail(path, ": cannot read the stream information: ", av_error(ret));
     }
 
@@ -184,6 +191,7 @@ struct VideoReader::Impl {
         int ret = avcodec_parameters_to_context(dec.p, fmt.p->streams[sidx]->codecpar);
         if (ret < 0) fail(path, ": bad codec parameters: ", av_error(ret));
         dec.p->thread_count = 0;  // FFmpeg picks
+        dec.p->max_pixels = static_cast<int64_t>(std::min<uint64_t>(opts.max_pixels, INT32_MAX));
         ret = avcodec_open2(dec.p, codec, nullptr);
         if (ret < 0) fail(path, ": cannot open the ", codec->name, " decoder: ", av_error(ret));
     }
