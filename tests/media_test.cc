@@ -496,6 +496,15 @@ TEST(MediaVideo, WebmVp9Opens) {
     EXPECT_EQ(p.pixels.T, 14);
 }
 
+TEST(MediaVideo, StillImageAsVideoIsTheImageElement) {
+    const PreprocessResult v =
+        preprocess_video(media_fixture("rgba.png").string(), "image_256res", VisionStream::Vit);
+    const PreprocessResult i = preprocess_image(read_image(media_fixture("rgba.png").string()),
+                                                "image_256res", VisionStream::Vit);
+    EXPECT_EQ(v.pixels.T, 2);
+    EXPECT_EQ(v.pixels.data, i.pixels.data);
+}
+
 // An MP4 with a video track and no samples, written with libavformat directly.
 void write_zero_frame_mp4(const std::string& path) {
     AVFormatContext* oc = nullptr;

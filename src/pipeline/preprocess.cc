@@ -358,6 +358,15 @@ PreprocessResult preprocess_image(const ImageRGB8& img, const std::string& prese
 PreprocessResult preprocess_video(const std::string& path, const std::string& preset,
                                   VisionStream stream, const VideoReadOptions& opts) {
     const StreamSpec spec = stream_spec(preset, stream);
+    // A still image given as a video is Lance's image element (FFmpeg would open a PNG as a
+    // one-frame stream but drop its alpha instead of compositing it onto white).
+    if (file_is_image(path)) {
+        ImageReadOptions io;
+        io.max_pixels = opts.max_pixels;
+        PreprocessResult r = preprocess_image(read_image(path, io), preset, stream);
+        r.frame_indices = {0};
+        return r;
+    }
     VideoReader reader(path, opts);
     const VideoInfo& info = reader.info();
     const FrameSampling s = lance_sample_frames(info.frame_count, info.avg_fps);

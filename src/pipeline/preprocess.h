@@ -97,7 +97,8 @@ PreprocessResult preprocess_image(const ImageRGB8& img, const std::string& prese
                                   VisionStream stream);
 // A video: Lance's sampler (12 fps, at most 6 s, 4k+1 frames over the whole clip), each sampled
 // frame decoded, transformed and normalised straight into the output (no decoded frame is kept);
-// the ViT stream pads an odd count with the last frame.
+// the ViT stream pads an odd count with the last frame. A PNG/JPEG/WebP file is treated as
+// preprocess_image does (its EXIF orientation applied).
 PreprocessResult preprocess_video(const std::string& path, const std::string& preset,
                                   VisionStream stream, const VideoReadOptions& opts = {});
 
