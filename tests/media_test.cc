@@ -321,6 +321,42 @@ TEST(MediaPreprocess, LanceExampleImagesLandInSpecBuckets) {
     EXPECT_GT(n, 0);
 }
 
+// Pillow's results on Lance's example images at image_768res, both streams (tools/
+// media_pillow_reference.py fixtures): the whole result's CRC-32 must match (bit-identical), and
+// two 16x16 windows give the max difference to report when it does not.
+TEST(MediaPreprocess, LanceExampleImagesMatchPillow) {
+    const fs::path dir = test::shared_dir() / "data" / "lance-examples" / "images";
+    if (test::shared_dir().empty() || !fs::exists(dir)) GTEST_SKIP() << "no shared data";
+    std::ifstream in(media_fixture("lance_examples.json"));
+    const auto table = nlohmann::json::parse(in);
+    ASSERT_FALSE(table.empty());
+    int worst = 0;
+    for (const auto& [key, e] : table.items()) {
+        const std::string name = key.substr(0, key.find(':'));
+        const std::string stream = key.substr(key.find(':') + 1);
+        const ImageRGB8 img = read_image((dir / name).string());
+        const PreprocessResult r = preprocess_image(img, "image_768res", parse_stream(stream));
+        const ImageRGB8& got = r.first_frame;
+        ASSERT_EQ(got.height, e["height"].get<int>()) << key;
+        ASSERT_EQ(got.width, e["width"].get<int>()) << key;
+        const ImageRGB8 win = read_image(media_fixture(e["windows"].get<std::string>()).string());
+        const int cy = got.height / 2 - 8, cx = got.width / 2 - 8;
+        for (int y = 0; y < 16; ++y)
+            for (int x = 0; x < 32; ++x)
+                for (int c = 0; c < 3; ++c) {
+                    const int gy = x < 16 ? y : cy + y, gx = x < 16 ? x : cx + x - 16;
+                    worst =
+                        std::max(worst, std::abs(got.row(gy)[3 * gx + c] - win.row(y)[3 * x + c]));
+                }
+        const uint32_t crc =
+            static_cast<uint32_t>(crc32(0, got.rgb.data(), static_cast<uInt>(got.rgb.size())));
+        EXPECT_EQ(crc, e["crc32"].get<uint32_t>()) << key << ": not bit-identical to Pillow";
+    }
+    std::printf("Lance example images vs Pillow (image_768res, vit+vae, windows): max |diff| %d\n",
+                worst);
+    EXPECT_LE(worst, 1);
+}
+
 // ---------------------------------------------------------------- frame sampling (§3.5)
 
 TEST(MediaVideo, SamplerMatchesLanceAndNumpy) {

@@ -7,6 +7,8 @@ RandomResizedCrop(scale=(1,1)) centre crop; Image.resize(BICUBIC); the centre cr
 of 28 (ViT) or 16 (VAE); x/255 then (x - mean) / std in float32.
 
   media_pillow_reference.py fixtures OUT_DIR   small synthetic inputs + Pillow outputs for the tests
+                                               (and, when ../shared is there, Pillow's results on
+                                               Lance's example images as CRC-32s and windows)
   media_pillow_reference.py compare LANCET IMG...  runs `LANCET preprocess` on every image, preset
                                                    and stream, prints the max abs differences
   media_pillow_reference.py compare-video LANCET VIDEO...  the same for videos (needs the ffmpeg CLI)
@@ -258,9 +260,34 @@ def fixtures(out_dir):
         json.dump(manifest, f, indent=1, sort_keys=True)
 
 
+def example_fixtures(out_dir, images):
+    """For Lance's example images (not committed): Pillow's image_768res results as a CRC-32 of
+    all bytes plus two 16x16 windows (top-left corner and centre) stored side by side."""
+    import zlib
+    table = {}
+    for path in sorted(images):
+        img = lance_open(path)
+        name = os.path.basename(path)
+        for stream in ["vit", "vae"]:
+            ref = lance_resize(img, "image_768res", stream)
+            h, w = ref.shape[:2]
+            cy, cx = h // 2 - 8, w // 2 - 8
+            win = np.concatenate([ref[:16, :16], ref[cy:cy + 16, cx:cx + 16]], 1)
+            win_name = f"example_{os.path.splitext(name)[0]}_{stream}.win.png"
+            Image.fromarray(np.ascontiguousarray(win)).save(os.path.join(out_dir, win_name))
+            table[f"{name}:{stream}"] = {"height": h, "width": w,
+                                         "crc32": zlib.crc32(ref.tobytes()), "windows": win_name}
+    with open(os.path.join(out_dir, "lance_examples.json"), "w") as f:
+        json.dump(table, f, indent=1, sort_keys=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "fixtures":
         fixtures(sys.argv[2])
+        shared = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                              "data", "lance-examples", "images")
+        if os.path.isdir(shared):
+            example_fixtures(sys.argv[2], [os.path.join(shared, f) for f in os.listdir(shared)])
     elif len(sys.argv) >= 4 and sys.argv[1] == "compare-video":
         compare_video(sys.argv[2], sys.argv[3:])
     elif len(sys.argv) >= 4 and sys.argv[1] == "compare":
