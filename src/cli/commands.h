@@ -16,5 +16,6 @@ void add_forward(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_stats(CLI::App& app);
 void add_perplexity(CLI::App& app);
+void add_preprocess(CLI::App& app);
 
 }  // namespace lancet::cli
