@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 #include "core/thread_pool.h"
 #include "kernels/dispatch.h"
 #include "kernels/linear.h"
@@ -45,6 +46,8 @@ struct TensorRef {
     static TensorRef contiguous(float* data, std::initializer_list<int64_t> shape);
     static TensorRef contiguous(const float* data, std::initializer_list<int64_t> shape);
     static TensorRef contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape);
+    // A dense [rows, cols] f32 view (size_t sizes, so call sites need no narrowing casts).
+    static TensorRef matrix(const float* data, size_t rows, size_t cols);
 
     int64_t numel() const;
     bool is_contiguous() const;
@@ -147,7 +150,9 @@ struct AttnMask {
 // Per-call scratch of attention(), grown once and reused (one per session, never shared).
 struct AttentionScratch {
     std::vector<std::vector<float>> per_share;
-    std::vector<size_t> dense_end;
+    // Per chunk token: keys [key_begin, dense_end) are all visible, none outside
+    // [key_begin, key_end).
+    std::vector<size_t> key_begin, dense_end, key_end;
 };
 
 // Softmax attention with GQA: q [n, nh, hd]; k, v [nkv, n_cached + n, hd] (any strides, so a KV
@@ -161,13 +166,23 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
 
 // ---- convolution and resampling (activations channels-last: [T, H, W, C]) -----------------------
 
-// A Conv3d weight [C_out, C_in, kt, kh, kw] held as a LinearWeight [C_out, kt·kh·kw·C_in] whose
-// columns are tap-major (tap (dt, dy, dx), then C_in), so each tap is a contiguous C_in slice
-// and INT4 groups run along C_in.
+// A Conv3d weight [C_out, C_in, kt, kh, kw] held as one LinearWeight per temporal tap dt,
+// w[dt] = [C_out, kh·kw·C_in] with tap-major columns ((dy, dx), then C_in), so each tap is a
+// contiguous C_in slice and INT4 groups run along C_in. (Changed from one LinearWeight
+// [C_out, kt·kh·kw·C_in]: a packed weight cannot be cut by columns, and per-dt weights let
+// conv3d leave out the taps on causal zero frames. The tap-major column order is the same.)
 struct Conv3dWeight {
     int64_t c_out = 0, c_in = 0, kt = 1, kh = 1, kw = 1;
-    LinearWeight w;
-    std::vector<float> bias;  // [c_out] or empty
+    std::vector<LinearWeight> w;  // [kt]
+    std::vector<float> bias;      // [c_out] or empty
+
+    // From a checkpoint tensor: F32 or BF16 [C_out, C_in, kt, kh, kw] (or [C_out, C_in, kh, kw],
+    // kt = 1), values kept exactly; bias (nullable) any float dtype [C_out].
+    static Conv3dWeight from_checkpoint(const TensorView& weight, const TensorView* bias);
+    // From a weight already in tap-major columns: [C_out, kt·kh·kw·C_in], F32, BF16 or AWQ INT4
+    // (INT4: the group size must divide kh·kw·C_in). bias nullable, [C_out].
+    static Conv3dWeight from_tap_major(const WeightView& w, int64_t c_out, int64_t c_in, int64_t kt,
+                                       int64_t kh, int64_t kw, const float* bias);
 };
 
 struct Conv3dParams {
@@ -180,9 +195,12 @@ struct Conv3dParams {
 };
 
 // y [T', H', W', C_out] = conv3d(x [T, H, W, C_in]) as an implicit GEMM on the linear panel
-// kernels (no im2col buffer of the whole input). `cache` (nullable, [Tc, H, W, C_in], Tc <=
-// pad_t_front) holds real frames that replace the last Tc of the front zero frames; taps that
-// fall on the remaining zero frames are skipped, not multiplied. If `accumulate`, y += result.
+// kernels (no im2col buffer of the whole input: panels of at most 1024 output pixels). `cache`
+// (nullable, [Tc, H, W, C_in], Tc <= pad_t_front) holds real frames that replace the last Tc of
+// the front zero frames; taps that fall on the remaining zero frames are skipped, not
+// multiplied. T' = (T + pad_t_front − kt) / stride_t + 1, H' = (H + pad_top + pad_bottom − kh) /
+// stride_h + 1, W' likewise. Per output: (W[dt0]·x + bias) + W[dt1]·x + ... in dt order, each
+// term a linear() of K = kh·kw·C_in. If `accumulate`, y += result.
 void conv3d(const OpContext& ctx, const TensorRef& x, const TensorRef* cache, const Conv3dWeight& w,
             const Conv3dParams& p, const TensorRef& y, bool accumulate = false);
 
