@@ -519,7 +519,7 @@ void run_decode_bench(const DecodeOptions& opt) {
 
 void add_bench(CLI::App& app) {
     CLI::App* bench =
-        app.add_subcommand("bench", "Measure performance (scenarios: kernels, decode)");
+        app.add_subcommand("bench", "Measure performance (scenarios: kernels, decode, vae)");
     bench->require_subcommand(1);
     bench->fallthrough();
     auto opt = std::make_shared<Options>();
@@ -561,6 +561,7 @@ void add_bench(CLI::App& app) {
                   "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
     d->add_option("--json", dopt->json, "Also write one JSON record per line to this file");
     d->callback([dopt] { run_decode_bench(*dopt); });
+    add_bench_vae(*bench);
 }
 
 }  // namespace lancet::cli

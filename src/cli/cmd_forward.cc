@@ -13,6 +13,7 @@
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/positions.h"
+#include "pipeline/vae_codec.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
 namespace lancet::cli {
@@ -20,7 +21,7 @@ namespace lancet::cli {
 namespace {
 
 struct ForwardArgs {
-    std::string model, input, out;
+    std::string model, input, out, component = "decoder";
 };
 
 // Reads the input file's tensors with one-line errors naming the tensor.
@@ -196,10 +197,25 @@ void add_forward(CLI::App& app) {
     auto* cmd = app.add_subcommand(
         "forward", "Run one packed sequence through the decoder and write its outputs");
     auto args = std::make_shared<ForwardArgs>();
-    cmd->add_option("--model", args->model, "Lance model folder")->required();
+    cmd->add_option("--model,--model-or-vae", args->model,
+                    "Lance model folder (vae-*: or a Wan2.2_VAE .pth / .safetensors)")
+        ->required();
+    cmd->add_option("--component", args->component,
+                    "decoder; vae-encode ('video' [3,T,H,W] -> 'latent'); vae-decode ('latent' "
+                    "[48,t,h,w] -> 'video')")
+        ->check(CLI::IsMember({"decoder", "vae-encode", "vae-decode"}))
+        ->capture_default_str();
     cmd->add_option("--input", args->input, "Input .safetensors (see README)");
     cmd->add_option("--out", args->out, "Output .safetensors");
-    cmd->callback([args] { run_forward(*args); });
+    cmd->callback([args] {
+        if (args->component == "decoder") return run_forward(*args);
+        if (args->input.empty() || args->out.empty())
+            fail("forward: --input and --out are required");
+        if (args->component == "vae-encode")
+            vae_encode_file(args->model, args->input, args->out);
+        else
+            vae_decode_file(args->model, args->input, args->out);
+    });
 }
 
 }  // namespace lancet::cli

@@ -77,35 +77,11 @@ void Conv::run(const Context& ctx, const Frames& x, const Frames* cache, Frames&
 }
 
 Conv load_conv(const WanVaeFile& f, const std::string& prefix) {
-    const TensorView& v = f.view(prefix + ".weight");
     Conv c;
-    auto& w = c.w;
-    w.c_out = v.shape[0], w.c_in = v.shape[1];
-    if (v.shape.size() == 5) w.kt = v.shape[2], w.kh = v.shape[3], w.kw = v.shape[4];
-    if (v.shape.size() == 4) w.kh = v.shape[2], w.kw = v.shape[3];
-    const int64_t taps = w.kt * w.kh * w.kw, cols = taps * w.c_in;
-    // [Co, Ci, taps] -> [Co, taps, Ci]: each tap a contiguous C_in slice.
-    auto permute = [&](auto* dst, const auto* src) {
-        for (int64_t o = 0; o < w.c_out; ++o)
-            for (int64_t i = 0; i < w.c_in; ++i)
-                for (int64_t t = 0; t < taps; ++t)
-                    std::memcpy(&dst[o * cols + t * w.c_in + i], &src[(o * w.c_in + i) * taps + t],
-                                sizeof(*dst));
-    };
-    if (v.dtype == DType::BF16) {
-        std::vector<uint16_t> m(static_cast<size_t>(w.c_out * cols));
-        permute(m.data(), reinterpret_cast<const uint16_t*>(v.data));
-        w.w = kernels::LinearWeight::from_bf16(m.data(), static_cast<size_t>(w.c_out),
-                                               static_cast<size_t>(cols));
-    } else {
-        std::vector<float> m(static_cast<size_t>(w.c_out * cols));
-        permute(m.data(), reinterpret_cast<const float*>(v.data));
-        w.w = kernels::LinearWeight::from_f32(m.data(), static_cast<size_t>(w.c_out),
-                                              static_cast<size_t>(cols));
-    }
-    w.bias = f.to_f32(prefix + ".bias");
-    c.p.pad_t_front = static_cast<int>(2 * (w.kt / 2));
-    c.p.pad_top = c.p.pad_bottom = c.p.pad_left = c.p.pad_right = static_cast<int>(w.kh / 2);
+    const TensorView& bias = f.view(prefix + ".bias");
+    c.w = kernels::Conv3dWeight::from_checkpoint(f.view(prefix + ".weight"), &bias);
+    c.p.pad_t_front = static_cast<int>(2 * (c.w.kt / 2));
+    c.p.pad_top = c.p.pad_bottom = c.p.pad_left = c.p.pad_right = static_cast<int>(c.w.kh / 2);
     return c;
 }
 
