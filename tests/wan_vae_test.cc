@@ -99,7 +99,9 @@ TEST(WanVaeInventory, ConfigIsRecoveredFromShapes) {
     }
 }
 
-TEST(PthWriter, RoundTripThroughTheReader) {
+class PthWriterRoundTrip : public ::testing::TestWithParam<bool> {};
+
+TEST_P(PthWriterRoundTrip, ThroughTheReader) {
     test::TempDir dir;
     const std::string path = (dir / "w.pth").string();
     struct T {
@@ -117,7 +119,7 @@ TEST(PthWriter, RoundTripThroughTheReader) {
                          {"m", DType::BOOL, {4}}};
     std::vector<std::vector<uint8_t>> bytes;
     {
-        PthWriter w(path);
+        PthWriter w(path, /*force_zip64=*/GetParam());
         for (const auto& t : ts) w.add(t.name, t.dtype, t.shape);
         w.begin();
         for (size_t k = 0; k < ts.size(); ++k) {
@@ -151,6 +153,8 @@ TEST(PthWriter, RoundTripThroughTheReader) {
         }
     }
 }
+
+INSTANTIATE_TEST_SUITE_P(Zip32AndZip64, PthWriterRoundTrip, ::testing::Bool());
 
 TEST(PthWriter, IncompleteWriteLeavesNothing) {
     test::TempDir dir;

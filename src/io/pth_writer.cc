@@ -186,7 +186,10 @@ std::string state_dict_pickle(const std::vector<PthTensorDecl>& tensors) {
     return p.out;
 }
 
-PthWriter::PthWriter(std::string path) : path_(std::move(path)) { check_not_source(path_); }
+PthWriter::PthWriter(std::string path, bool force_zip64)
+    : path_(std::move(path)), force_zip64_(force_zip64) {
+    check_not_source(path_);
+}
 
 PthWriter::~PthWriter() {
     if (fd_ >= 0) ::close(fd_);
@@ -225,7 +228,7 @@ void PthWriter::open_entry(const std::string& name, uint64_t size) {
     e.name = kPrefix + name;
     e.size = size;
     e.local_offset = pos_;
-    const bool z64 = size >= kSat32;
+    const bool z64 = size >= kSat32 || force_zip64_;
     std::string extra;
     if (z64) {
         put16(extra, 1);
@@ -329,7 +332,8 @@ void PthWriter::finish() {
     const uint64_t cd_offset = pos_;
     std::string cd;
     for (const Entry& e : entries_) {
-        const bool big_size = e.size >= kSat32, big_off = e.local_offset >= kSat32;
+        const bool big_size = e.size >= kSat32 || force_zip64_,
+                   big_off = e.local_offset >= kSat32 || force_zip64_;
         std::string extra;
         if (big_size || big_off) {
             put16(extra, 1);
@@ -358,7 +362,7 @@ void PthWriter::finish() {
         cd += extra;
     }
     const uint64_t n = entries_.size(), cd_size = cd.size();
-    const bool z64 = n >= 0xffff || cd_offset >= kSat32 || cd_size >= kSat32;
+    const bool z64 = n >= 0xffff || cd_offset >= kSat32 || cd_size >= kSat32 || force_zip64_;
     if (z64) {
         const uint64_t rec = cd_offset + cd_size;
         put32(cd, 0x06064b50);

@@ -34,7 +34,9 @@ std::string state_dict_pickle(const std::vector<PthTensorDecl>& tensors);
 // renamed by finish(); without finish() the temporary file is removed.
 class PthWriter {
   public:
-    explicit PthWriter(std::string path);
+    // `force_zip64` writes every ZIP64 record even where sizes fit 32 bits (tests of that path,
+    // which a real file reaches only past 4 GiB).
+    explicit PthWriter(std::string path, bool force_zip64 = false);
     ~PthWriter();
     PthWriter(const PthWriter&) = delete;
     PthWriter& operator=(const PthWriter&) = delete;
@@ -64,6 +66,7 @@ class PthWriter {
     std::unordered_set<std::string> names_;
     std::vector<Entry> entries_;
     int fd_ = -1;
+    bool force_zip64_ = false;
     bool begun_ = false, finished_ = false;
     uint64_t pos_ = 0;         // bytes written to the file
     size_t cur_ = 0;           // tensor being appended
