@@ -266,6 +266,51 @@ TEST(WanVaeFast, DecodeMatchesReferenceOn1And3LatentFrames) {
     }
 }
 
+TEST(WanVaeFast, TileSpans) {
+    using V = std::vector<std::pair<int64_t, int64_t>>;
+    EXPECT_EQ(fast::tile_spans(6, 8, 2), (V{{0, 6}}));
+    EXPECT_EQ(fast::tile_spans(6, 3, 1), (V{{0, 3}, {2, 5}, {3, 6}}));
+    EXPECT_EQ(fast::tile_spans(7, 4, 0), (V{{0, 4}, {3, 7}}));
+    EXPECT_EQ(fast::tile_spans(8, 4, 0), (V{{0, 4}, {4, 8}}));
+}
+
+TEST(WanVaeFast, TiledDecodeBlendsIndependentTiles) {
+    const Tiny& t = tiny();
+    fast::Decoder dec(*t.file);
+    const int64_t lt = 2, h = 4, w = 6;
+    const ref::Vol z = random_vol(48, lt, h, w, 55);
+    const std::vector<float> zf(z.d.begin(), z.d.end());
+    const std::vector<float> whole = fast::decode_all(ctx(), dec, zf.data(), lt, h, w);
+    // A tile covering everything is the untiled decode.
+    EXPECT_EQ(fast::decode_tiled(ctx(), dec, zf.data(), lt, h, w, 8, 2), whole);
+    // Tiles of 3 overlapping by 1: rows 0..2, 1..3 (flush) and columns 0..2, 2..4, 3..5.
+    const std::vector<float> tiled = fast::decode_tiled(ctx(), dec, zf.data(), lt, h, w, 3, 1);
+    ASSERT_EQ(tiled.size(), whole.size());
+    // Pixels that only the first tile covers are that tile's own decode, exactly.
+    std::vector<float> sub(static_cast<size_t>(48 * lt * 3 * 3));
+    for (int64_t c = 0; c < 48 * lt; ++c)
+        for (int64_t y = 0; y < 3; ++y)
+            for (int64_t x = 0; x < 3; ++x) sub[(c * 3 + y) * 3 + x] = zf[(c * h + y) * w + x];
+    const std::vector<float> first = fast::decode_all(ctx(), dec, sub.data(), lt, 3, 3);
+    const int64_t T = 5, H = 64, W = 96;
+    double worst = 0, sum = 0;
+    for (int64_t c = 0; c < 3 * T; ++c)
+        for (int64_t y = 0; y < H; ++y)
+            for (int64_t x = 0; x < W; ++x) {
+                const float v = tiled[(c * H + y) * W + x];
+                ASSERT_LE(std::fabs(v), 1.0f);
+                if (y < 16 && x < 32) {
+                    ASSERT_EQ(v, first[(c * 48 + y) * 48 + x]) << y << "," << x;
+                }
+                const double e = std::fabs(v - whole[(c * H + y) * W + x]);
+                worst = std::max(worst, e);
+                sum += e;
+            }
+    std::printf("  tiled (3, overlap 1) vs untiled: max |diff| %.3g, mean %.3g\n", worst,
+                sum / static_cast<double>(whole.size()));
+    EXPECT_GT(worst, 0.0);  // tiles see less context: the seams differ
+}
+
 TEST(WanVaeFast, Bf16WeightsMatchTheReferenceOfTheSameFile) {
     Tiny t(DType::BF16);  // the reference reads the same bf16 values
     fast::Decoder dec(*t.file);

@@ -10,6 +10,7 @@ void add_vae(CLI::App& app) {
     struct Args {
         std::string vae, input, out;
         VaeEncodeOptions enc;
+        VaeDecodeOptions dec;
     };
     auto a = std::make_shared<Args>();
     auto* enc = vae->add_subcommand(
@@ -26,8 +27,13 @@ void add_vae(CLI::App& app) {
         "--sample", a->enc.sample,
         "Sample mean + exp(logvar/2)·N(0,1) as Lance's editing path does (default: mean)");
     enc->add_option("--seed", a->enc.seed, "Seed of --sample")->capture_default_str();
+    dec->add_option("--tile", a->dec.tile,
+                    "Decode in spatial tiles of at most N x N latent positions (16N pixels), "
+                    "blended over the overlap; bounds memory for large frames");
+    dec->add_option("--tile-overlap", a->dec.overlap,
+                    "Latent positions shared by neighbouring tiles (default 0)");
     enc->callback([a] { vae_encode_file(a->vae, a->input, a->out, a->enc); });
-    dec->callback([a] { vae_decode_file(a->vae, a->input, a->out); });
+    dec->callback([a] { vae_decode_file(a->vae, a->input, a->out, a->dec); });
 }
 
 }  // namespace lancet::cli

@@ -512,4 +512,82 @@ std::vector<float> decode_all(const Context& ctx, Decoder& dec, const float* lat
     return v;
 }
 
+std::vector<std::pair<int64_t, int64_t>> tile_spans(int64_t total, int64_t tile, int64_t overlap) {
+    if (tile < 1 || overlap < 0 || overlap >= tile)
+        fail("tiling: need tile >= 1 and 0 <= overlap < tile (got ", tile, ", ", overlap, ")");
+    std::vector<std::pair<int64_t, int64_t>> s;
+    if (tile >= total) return {{0, total}};
+    for (int64_t a = 0;; a += tile - overlap) {
+        if (a + tile >= total) {
+            s.emplace_back(std::max<int64_t>(0, total - tile), total);  // flush with the end
+            break;
+        }
+        s.emplace_back(a, a + tile);
+    }
+    return s;
+}
+
+namespace {
+
+// Blend weight of pixel i of a tile `n` pixels long whose first `lo` / last `hi` pixels overlap a
+// neighbour: a linear ramp (k+1)/(ramp+1) there, 1 elsewhere.
+std::vector<float> ramp(int64_t n, int64_t lo, int64_t hi) {
+    std::vector<float> r(static_cast<size_t>(n), 1.0f);
+    for (int64_t k = 0; k < lo && k < n; ++k)
+        r[static_cast<size_t>(k)] = static_cast<float>(k + 1) / static_cast<float>(lo + 1);
+    for (int64_t k = 0; k < hi && k < n; ++k)
+        r[static_cast<size_t>(n - 1 - k)] =
+            std::min(r[static_cast<size_t>(n - 1 - k)],
+                     static_cast<float>(k + 1) / static_cast<float>(hi + 1));
+    return r;
+}
+
+}  // namespace
+
+std::vector<float> decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
+                                int64_t h, int64_t w, int64_t tile, int64_t overlap,
+                                const Progress& progress) {
+    const WanVaeConfig& cfg = dec.config();
+    const auto hs = tile_spans(h, tile, overlap), ws = tile_spans(w, tile, overlap);
+    const int64_t sf = cfg.space_factor(), T = 1 + cfg.time_factor() * (t - 1), H = h * sf,
+                  W = w * sf, z = cfg.z_dim;
+    if (hs.size() == 1 && ws.size() == 1) return decode_all(ctx, dec, latent, t, h, w);
+    std::vector<float> acc(static_cast<size_t>(3 * T * H * W), 0.0f),
+        wsum(static_cast<size_t>(H * W), 0.0f);
+    const int64_t n_tiles = static_cast<int64_t>(hs.size() * ws.size());
+    int64_t done = 0;
+    for (size_t a = 0; a < hs.size(); ++a)
+        for (size_t b = 0; b < ws.size(); ++b) {
+            const auto [h0, h1] = hs[a];
+            const auto [w0, w1] = ws[b];
+            const int64_t th = h1 - h0, tw = w1 - w0;
+            std::vector<float> sub(static_cast<size_t>(z * t * th * tw));
+            for (int64_t c = 0; c < z * t; ++c)
+                for (int64_t y = 0; y < th; ++y)
+                    std::memcpy(sub.data() + (c * th + y) * tw, latent + (c * h + h0 + y) * w + w0,
+                                static_cast<size_t>(tw) * sizeof(float));
+            const std::vector<float> v = decode_all(ctx, dec, sub.data(), t, th, tw);
+            // Ramps only where the tile meets a neighbour: over the overlap, in pixels.
+            const int64_t lo_h = a > 0 ? (hs[a - 1].second - h0) * sf : 0,
+                          hi_h = a + 1 < hs.size() ? (h1 - hs[a + 1].first) * sf : 0,
+                          lo_w = b > 0 ? (ws[b - 1].second - w0) * sf : 0,
+                          hi_w = b + 1 < ws.size() ? (w1 - ws[b + 1].first) * sf : 0;
+            const std::vector<float> rh = ramp(th * sf, lo_h, hi_h), rw = ramp(tw * sf, lo_w, hi_w);
+            const int64_t PH = th * sf, PW = tw * sf;
+            for (int64_t y = 0; y < PH; ++y)
+                for (int64_t x = 0; x < PW; ++x) {
+                    const float m = rh[static_cast<size_t>(y)] * rw[static_cast<size_t>(x)];
+                    wsum[static_cast<size_t>((h0 * sf + y) * W + w0 * sf + x)] += m;
+                    for (int64_t c = 0; c < 3 * T; ++c)
+                        acc[static_cast<size_t>((c * H + h0 * sf + y) * W + w0 * sf + x)] +=
+                            m * v[static_cast<size_t>((c * PH + y) * PW + x)];
+                }
+            if (progress) progress(++done, n_tiles);
+        }
+    for (int64_t c = 0; c < 3 * T; ++c)
+        for (int64_t p = 0; p < H * W; ++p)
+            acc[static_cast<size_t>(c * H * W + p)] /= wsum[static_cast<size_t>(p)];
+    return acc;
+}
+
 }  // namespace lancet::wan_vae

@@ -178,4 +178,18 @@ void decode(const Context& ctx, Decoder& dec, const float* latent, int64_t t, in
 std::vector<float> decode_all(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
                               int64_t h, int64_t w, std::vector<float>* unclamped = nullptr);
 
+// Spatial tiling for large frames: the latent is cut into tiles of at most `tile` × `tile` latent
+// positions overlapping by `overlap` (< tile), each decoded on its own (its own caches, the whole
+// clip), and the tiles blended with weights that ramp linearly across the overlap on edges that
+// meet another tile (frame borders keep full weight). Peak activation memory follows the tile, not
+// the frame. The result differs from the untiled one near seams (tiles see less context); tile >=
+// both sides gives exactly decode_all.
+std::vector<float> decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
+                                int64_t h, int64_t w, int64_t tile, int64_t overlap,
+                                const Progress& progress = nullptr);
+
+// [start, end) spans of length <= tile covering [0, total), consecutive spans overlapping by
+// `overlap`; the last span ends at total.
+std::vector<std::pair<int64_t, int64_t>> tile_spans(int64_t total, int64_t tile, int64_t overlap);
+
 }  // namespace lancet::wan_vae

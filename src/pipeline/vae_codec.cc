@@ -127,8 +127,12 @@ void vae_encode_file(const std::string& vae, const std::string& in, const std::s
     log_info("vae encode: latent ", shape_str(zs), " -> ", out);
 }
 
-void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out) {
+void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out,
+                     const VaeDecodeOptions& opt) {
     check_output(out, in);
+    if (opt.tile < 0 || opt.overlap < 0 || (opt.tile > 0 && opt.overlap >= opt.tile))
+        fail("vae decode: --tile must be >= 1 with 0 <= --tile-overlap < --tile (got ", opt.tile,
+             ", ", opt.overlap, ")");
     Shape s;
     const std::vector<float> z = read_input(in, "latent", s);
     const std::string path = resolve_vae_path(vae);
@@ -145,7 +149,22 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     wan_vae::Decoder dec(f);
     wan_vae::Context ctx;
     ctx.ops = kernels::OpContext::defaults();
-    std::vector<float> video(static_cast<size_t>(3 * T * H * W));
+    std::vector<float> video;
+    if (opt.tile > 0) {
+        video = wan_vae::decode_tiled(
+            ctx, dec, z.data(), s[1], s[2], s[3], opt.tile, opt.overlap,
+            [t0 = std::chrono::steady_clock::now()](int64_t d, int64_t n) {
+                const double sec =
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                log_info("vae decode: tile ", d, "/", n, ", ", static_cast<int>(sec * 10) / 10.0,
+                         " s, ETA ", static_cast<int>(sec * (n - d) / d * 10) / 10.0, " s");
+            });
+        write_output(out, "video", {3, T, H, W}, video);
+        log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] in tiles of ", opt.tile,
+                 " (overlap ", opt.overlap, ") -> ", out);
+        return;
+    }
+    video.resize(static_cast<size_t>(3 * T * H * W));
     int64_t t0 = 0;
     wan_vae::decode(
         ctx, dec, z.data(), s[1], s[2], s[3],

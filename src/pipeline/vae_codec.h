@@ -22,7 +22,12 @@ struct VaeEncodeOptions {
 // stderr.
 void vae_encode_file(const std::string& vae, const std::string& in, const std::string& out,
                      const VaeEncodeOptions& opt = {});
+struct VaeDecodeOptions {
+    int64_t tile = 0;     // > 0: spatial tiles of at most tile × tile latent positions
+    int64_t overlap = 0;  // latent positions shared by neighbouring tiles (blended)
+};
 // in: `latent` F32 [z, t, h, w]; out: `video` F32 [3, 1+4(t-1), 16h, 16w] in [-1, 1].
-void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out);
+void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out,
+                     const VaeDecodeOptions& opt = {});
 
 }  // namespace lancet
