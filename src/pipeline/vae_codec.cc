@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -95,8 +96,8 @@ void vae_encode_file(const std::string& vae, const std::string& in, const std::s
     Shape s;
     const std::vector<float> video = read_input(in, "video", s);
     const std::string path = resolve_vae_path(vae);
-    WanVaeFile f(path);
-    const WanVaeConfig& cfg = f.config();
+    auto f = std::make_unique<WanVaeFile>(path);
+    const WanVaeConfig cfg = f->config();
     const int64_t sf = cfg.space_factor(), tf = cfg.time_factor();
     if (s[0] != 3) fail(in, ": 'video' has ", s[0], " channels, expected 3 (RGB) in [3, T, H, W]");
     if (s[2] % sf != 0 || s[3] % sf != 0 || s[2] == 0 || s[3] == 0)
@@ -109,8 +110,9 @@ void vae_encode_file(const std::string& vae, const std::string& in, const std::s
              s[1] < 1 ? 0 : (s[1] - 1) % tf, " frame(s) (use the first ",
              s[1] < 1 ? 1 : s[1] - (s[1] - 1) % tf, ")");
     log_info("vae encode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
-             dtype_name(f.dtype()), "), video ", shape_str(s));
-    wan_vae::Encoder enc(f);
+             dtype_name(f->dtype()), "), video ", shape_str(s));
+    wan_vae::Encoder enc(*f);
+    f.reset();  // the encoder holds its own repacked weights: unmap the file
     wan_vae::Context ctx;
     ctx.ops = kernels::OpContext::defaults();
     std::vector<float> logvar;
@@ -136,8 +138,8 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     Shape s;
     const std::vector<float> z = read_input(in, "latent", s);
     const std::string path = resolve_vae_path(vae);
-    WanVaeFile f(path);
-    const WanVaeConfig& cfg = f.config();
+    auto f = std::make_unique<WanVaeFile>(path);
+    const WanVaeConfig cfg = f->config();
     if (s[0] != cfg.z_dim)
         fail(in, ": 'latent' has ", s[0], " channels, the VAE expects ", cfg.z_dim,
              " ([z, t, h, w])");
@@ -145,8 +147,9 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     const int64_t T = 1 + cfg.time_factor() * (s[1] - 1), H = s[2] * cfg.space_factor(),
                   W = s[3] * cfg.space_factor();
     log_info("vae decode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
-             dtype_name(f.dtype()), "), latent ", shape_str(s));
-    wan_vae::Decoder dec(f);
+             dtype_name(f->dtype()), "), latent ", shape_str(s));
+    wan_vae::Decoder dec(*f);
+    f.reset();  // the decoder holds its own repacked weights: unmap the file
     wan_vae::Context ctx;
     ctx.ops = kernels::OpContext::defaults();
     std::vector<float> video;
