@@ -87,6 +87,18 @@ TEST_F(VaeCli, BadInputIsOneLineAndWritesNothing) {
     expect_error(enc + q(dir / "odd.safetensors"), "not multiples of 16", out);
     write_tensor(dir / "t6.safetensors", "video", {3, 6, 32, 32});
     expect_error(enc + q(dir / "t6.safetensors"), "silently drop the last 1 frame", out);
+    // --crop takes what Lance would: the centre 32x32 (offset round(8/2) = 4 rows) and 5 frames
+    auto r = run_lancet("vae encode --crop --vae " + q(vae) + " -o " + q(dir / "c.safetensors") +
+                        " --input " + q(dir / "t6.safetensors"));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("cropped 6x32x32 to 5x32x32"), std::string::npos) << r.err;
+    r = run_lancet("vae encode --crop --vae " + q(vae) + " -o " + q(dir / "c2.safetensors") +
+                   " --input " + q(dir / "odd.safetensors"));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("cropped 5x40x32 to 5x32x32 (frames x height x width; offset 4, 0)"),
+              std::string::npos)
+        << r.err;
+    EXPECT_EQ(shape_of(dir / "c2.safetensors", "latent"), (Shape{48, 2, 2, 2}));
     write_tensor(dir / "rgba.safetensors", "video", {4, 5, 32, 32});
     expect_error(enc + q(dir / "rgba.safetensors"), "expected 3", out);
     expect_error(enc + q(dir / "nothing.safetensors"), "no such input file", out);

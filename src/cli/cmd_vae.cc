@@ -26,6 +26,9 @@ void add_vae(CLI::App& app) {
     enc->add_flag(
         "--sample", a->enc.sample,
         "Sample mean + exp(logvar/2)·N(0,1) as Lance's editing path does (default: mean)");
+    enc->add_flag("--crop", a->enc.crop,
+                  "Centre-crop sides to multiples of 16 and keep the first 4k+1 frames, as Lance "
+                  "does, instead of refusing such input");
     enc->add_option("--seed", a->enc.seed, "Seed of --sample")->capture_default_str();
     dec->add_option("--tile", a->dec.tile,
                     "Decode in spatial tiles of at most N x N latent positions (16N pixels), "

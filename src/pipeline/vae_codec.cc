@@ -94,21 +94,43 @@ void vae_encode_file(const std::string& vae, const std::string& in, const std::s
                      const VaeEncodeOptions& opt) {
     check_output(out, in);
     Shape s;
-    const std::vector<float> video = read_input(in, "video", s);
+    std::vector<float> video = read_input(in, "video", s);
     const std::string path = resolve_vae_path(vae);
     auto f = std::make_unique<WanVaeFile>(path);
     const WanVaeConfig cfg = f->config();
     const int64_t sf = cfg.space_factor(), tf = cfg.time_factor();
     if (s[0] != 3) fail(in, ": 'video' has ", s[0], " channels, expected 3 (RGB) in [3, T, H, W]");
+    if (opt.crop && s[1] >= 1 && s[2] >= sf && s[3] >= sf) {
+        const int64_t T2 = s[1] - (s[1] - 1) % tf, H2 = s[2] - s[2] % sf, W2 = s[3] - s[3] % sf;
+        // Python's round() on a half: to even.
+        auto centre = [](int64_t d) {
+            return d % 2 == 0 ? d / 2 : ((d / 2) % 2 == 0 ? d / 2 : d / 2 + 1);
+        };
+        const int64_t top = centre(s[2] - H2), left = centre(s[3] - W2);
+        if (T2 != s[1] || H2 != s[2] || W2 != s[3]) {
+            std::vector<float> c(static_cast<size_t>(3 * T2 * H2 * W2));
+            for (int64_t ch = 0; ch < 3; ++ch)
+                for (int64_t t = 0; t < T2; ++t)
+                    for (int64_t y = 0; y < H2; ++y)
+                        std::memcpy(c.data() + ((ch * T2 + t) * H2 + y) * W2,
+                                    video.data() + ((ch * s[1] + t) * s[2] + top + y) * s[3] + left,
+                                    static_cast<size_t>(W2) * sizeof(float));
+            log_info("vae encode: cropped ", s[1], "x", s[2], "x", s[3], " to ", T2, "x", H2, "x",
+                     W2, " (frames x height x width; offset ", top, ", ", left, ")");
+            video = std::move(c);
+            s = {3, T2, H2, W2};
+        }
+    }
     if (s[2] % sf != 0 || s[3] % sf != 0 || s[2] == 0 || s[3] == 0)
         fail(in, ": frames of ", s[2], "x", s[3], " are not multiples of ", sf,
-             " (Lance centre-crops to a multiple of 16 before the VAE, spec §3.7)");
+             " (Lance centre-crops to a multiple of 16 before the VAE, spec §3.7; --crop does "
+             "that)");
     if (s[1] < 1 || (s[1] - 1) % tf != 0)
         fail(in, ": ", s[1], " frames is not of the form ", tf,
              "k+1; Lance's encoder would "
              "silently drop the last ",
              s[1] < 1 ? 0 : (s[1] - 1) % tf, " frame(s) (use the first ",
-             s[1] < 1 ? 1 : s[1] - (s[1] - 1) % tf, ")");
+             s[1] < 1 ? 1 : s[1] - (s[1] - 1) % tf, "; --crop does that)");
     log_info("vae encode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
              dtype_name(f->dtype()), "), video ", shape_str(s));
     wan_vae::Encoder enc(*f);

@@ -14,6 +14,10 @@ std::string resolve_vae_path(const std::string& model_or_vae);
 struct VaeEncodeOptions {
     bool sample = false;  // z = mean + exp(0.5·logvar)·ε (Lance's editing path) instead of the mean
     uint64_t seed = 0;
+    // Centre-crop H and W to multiples of 16 (Lance's DivisibleCrop, spec §3.7; top/left offset
+    // round((H − H')/2) as torchvision's center_crop) and keep the first 4k+1 frames (what Lance's
+    // chunk loop encodes) instead of refusing such input.
+    bool crop = false;
 };
 
 // in: safetensors with `video` F32 [3, T, H, W] in [-1, 1], T = 4k+1, H and W multiples of 16.
