@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "core/numeric.h"
 #include "core/rng.h"
 #include "model/wan_vae_synth.h"
 #include "test_util.h"
@@ -142,6 +143,14 @@ TEST(WanVaeRef, LatentStatsAreBf16AsLanceBuildsThem) {
     EXPECT_EQ(s.mean[0], -0.228515625f);
     EXPECT_EQ(s.inv_std[0], 2.09375f);
     EXPECT_EQ(s.mean.size(), 48u);
+    // The spec's first three constants (§5), each as its bf16 rounding.
+    const double mean3[3] = {-0.2289, -0.0052, -0.1323}, std3[3] = {0.4765, 1.0364, 0.4514};
+    for (int c = 0; c < 3; ++c) {
+        EXPECT_LE(std::fabs(s.mean[c] - mean3[c]), std::fabs(mean3[c]) * 0x1p-8) << c;
+        EXPECT_LE(std::fabs(1.0 / s.inv_std[c] - std3[c]), std3[c] * 0x1p-7) << c;
+        EXPECT_EQ(s.mean[c], round_bf16(s.mean[c]));
+        EXPECT_EQ(s.inv_std[c], round_bf16(s.inv_std[c]));
+    }
 }
 
 }  // namespace
