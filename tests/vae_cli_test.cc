@@ -80,6 +80,16 @@ TEST_F(VaeCli, EncodeDecodeRoundTripShapesAndForwardAgrees) {
     for (float v : to_f32(f.view(*f.find("video")))) ASSERT_LE(std::fabs(v), 1.0f);
 }
 
+TEST_F(VaeCli, InspectShowsTheRecoveredStructure) {
+    const auto r = run_lancet("inspect " + q(vae));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("tensors: 196"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("Wan2.2 VAE: dim 8, dec_dim 8, z_dim 48, dim_mult [1,2,4,4], 2 residual "
+                         "blocks, temporal_downsample [F,T,T]"),
+              std::string::npos)
+        << r.out;
+}
+
 TEST_F(VaeCli, BadInputIsOneLineAndWritesNothing) {
     const fs::path out = dir / "out.safetensors";
     const std::string enc = "vae encode --vae " + q(vae) + " -o " + q(out) + " --input ";
