@@ -80,6 +80,23 @@ TEST_F(VaeCli, EncodeDecodeRoundTripShapesAndForwardAgrees) {
     for (float v : to_f32(f.view(*f.find("video")))) ASSERT_LE(std::fabs(v), 1.0f);
 }
 
+TEST_F(VaeCli, BenchVaeOnTheTinyPreset) {
+    auto r = run_lancet(
+        "bench vae --preset tiny --latent 2 --conv-side 4 --reps 1 --tile 1 "
+        "--tile-overlap 0");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("| decoder.upsamples.0.upsamples.1.residual.2 | 32 | 32 |"),
+              std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("decode 2x2 latent -> 32x32 image"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("x cut)"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("tiled decode (tiles of 1, overlap 0"), std::string::npos) << r.out;
+    r = run_lancet("bench vae --preset tiny --reps 0");
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("--reps must be >= 1"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
 TEST_F(VaeCli, InspectShowsTheRecoveredStructure) {
     const auto r = run_lancet("inspect " + q(vae));
     ASSERT_EQ(r.exit_code, 0) << r.err;
