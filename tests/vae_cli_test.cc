@@ -67,6 +67,14 @@ TEST_F(VaeCli, EncodeDecodeRoundTripShapesAndForwardAgrees) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(test::read_file(dir / "z.safetensors"), test::read_file(dir / "z2.safetensors"));
 
+    // --sample adds exp(logvar/2)·ε: seeded, so repeatable, and not the mean
+    for (const char* n : {"s1.safetensors", "s2.safetensors"}) {
+        r = run_lancet("-q vae encode --sample --seed 3 --vae " + q(vae) + " --input " +
+                       q(dir / "in.safetensors") + " -o " + q(dir / n));
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+    }
+    EXPECT_EQ(test::read_file(dir / "s1.safetensors"), test::read_file(dir / "s2.safetensors"));
+    EXPECT_NE(test::read_file(dir / "s1.safetensors"), test::read_file(dir / "z.safetensors"));
     r = run_lancet("vae decode --vae " + q(vae) + " --input " + q(dir / "z.safetensors") + " -o " +
                    q(dir / "v.safetensors"));
     ASSERT_EQ(r.exit_code, 0) << r.err;
