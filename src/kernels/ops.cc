@@ -121,7 +121,9 @@ int64_t row_offset(const TensorRef& t, const std::array<int64_t, kMaxDims>& shap
     return off;
 }
 
-int64_t rows_of(const TensorRef& t) { return t.ndim ? t.numel() / t.shape[t.ndim - 1] : 0; }
+int64_t rows_of(const TensorRef& t) {
+    return t.ndim && t.shape[t.ndim - 1] ? t.numel() / t.shape[t.ndim - 1] : 0;
+}
 
 // Elementwise work below this many elements runs on the calling thread.
 constexpr int64_t kSerialElems = 1 << 14;
@@ -308,12 +310,21 @@ void gelu(const OpContext& ctx, const TensorRef& x, const TensorRef& y) {
     });
 }
 
-void add(const OpContext& ctx, const TensorRef& a, const TensorRef& b, const TensorRef& y) {
+void add(const OpContext& ctx, const TensorRef& a, const TensorRef& b_in, const TensorRef& y) {
     check_f32(a, "add", "a");
-    check_f32(b, "add", "b");
+    check_f32(b_in, "add", "b");
     check_f32(y, "add", "y");
     check_same_shape(a, y, "add");
-    bool fits = b.ndim == y.ndim;
+    if (b_in.ndim > y.ndim) fail("add: b ", b_in.describe(), " has more dimensions than y");
+    // b with fewer dimensions is aligned to y's last ones (a bias [C] over [T, H, W, C]).
+    TensorRef b = b_in;
+    const int lead = y.ndim - b_in.ndim;
+    b.ndim = y.ndim;
+    for (int d = y.ndim - 1; d >= 0; --d) {
+        b.shape[d] = d >= lead ? b_in.shape[d - lead] : 1;
+        b.stride[d] = d >= lead ? b_in.stride[d - lead] : 0;
+    }
+    bool fits = true;
     for (int d = 0; fits && d < y.ndim; ++d) fits = b.shape[d] == y.shape[d] || b.shape[d] == 1;
     if (!fits) fail("add: b ", b.describe(), " does not broadcast to ", y.describe());
     const int64_t len = y.shape[y.ndim - 1];

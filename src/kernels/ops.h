@@ -29,6 +29,11 @@
 
 namespace lancet::kernels {
 
+// Changes to the interface as first written (kept compatible for callers): TensorRef::matrix;
+// OpContext::threads() falls back to default_pool() when pool is null; add() aligns a b of fewer
+// dimensions to y's last ones; AttentionScratch holds per-token key ranges; Conv3dWeight holds
+// one LinearWeight per temporal tap and has the constructors from_checkpoint / from_tap_major.
+
 enum class Device : uint8_t { Cpu };
 
 constexpr int kMaxDims = 5;
@@ -64,7 +69,7 @@ struct OpContext {
     Isa isa = Isa::Scalar;
     ActMode act = ActMode::F32;  // how linear/conv3d treat activations of INT4 weights
 
-    ThreadPool& threads() const { return *pool; }
+    ThreadPool& threads() const { return pool ? *pool : default_pool(); }
     // The process defaults at the edge of a program (CLI, tests): active_isa(),
     // activation_mode(), and the given pool (nullptr: default_pool()).
     static OpContext defaults(ThreadPool* pool = nullptr);
@@ -86,13 +91,18 @@ void rms_norm(const OpContext& ctx, const TensorRef& x, const float* w, float ep
 // y = x / max(‖x‖₂ over channels, 1e-12) · √C · gamma[c] (+ bias[c] if bias non-null).
 void channel_rms_norm(const OpContext& ctx, const TensorRef& x, int dim, const float* gamma,
                       const float* bias, const TensorRef& y);
+// Numerics of the row/elementwise ops, identical on every ISA path (so the decoder's bits do not
+// depend on the ISA beyond linear and attention): rms_norm and channel_rms_norm sum squares in
+// double in index order; silu uses libm's expf and gelu erff per element; results never depend
+// on the thread count.
 // y = silu(gate) ⊙ up
 void silu_mul(const OpContext& ctx, const TensorRef& gate, const TensorRef& up, const TensorRef& y);
 // y = silu(x)
 void silu(const OpContext& ctx, const TensorRef& x, const TensorRef& y);
 // y = x · Φ(x) with the erf form (PyTorch's GELU(approximate='none')).
 void gelu(const OpContext& ctx, const TensorRef& x, const TensorRef& y);
-// y = a + b (b broadcast along dimensions where its shape is 1).
+// y = a + b (b broadcast along dimensions where its shape is 1; a b of fewer dimensions is
+// aligned to y's last ones, as in PyTorch: a bias [C] adds to every row of [T, H, W, C]).
 void add(const OpContext& ctx, const TensorRef& a, const TensorRef& b, const TensorRef& y);
 
 // ---- rotary position embedding ---------------------------------------------------------------
