@@ -602,8 +602,8 @@ void run_vision_bench(const VisionOptions& o) {
 }  // namespace
 
 void add_bench(CLI::App& app) {
-    CLI::App* bench =
-        app.add_subcommand("bench", "Measure performance (scenarios: kernels, decode, vision)");
+    CLI::App* bench = app.add_subcommand(
+        "bench", "Measure performance (scenarios: kernels, decode, vision, vae)");
     bench->require_subcommand(1);
     bench->fallthrough();
     auto opt = std::make_shared<Options>();
@@ -656,6 +656,8 @@ void add_bench(CLI::App& app) {
     vb->add_option("--reps", vopt->reps, "Timed forwards; the median is reported (default 3)");
     vb->add_option("--json", vopt->json, "Also write one JSON record to this file");
     vb->callback([vopt] { run_vision_bench(*vopt); });
+
+    add_bench_vae(*bench);
 }
 
 }  // namespace lancet::cli

@@ -16,6 +16,7 @@
 #include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/lance_tensors.h"
+#include "model/wan_vae_synth.h"
 
 namespace lancet {
 
@@ -365,8 +366,14 @@ uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg) {
         }
     }
     w.finish();
+    // The Wan2.2 VAE beside the model, so the folder is a complete Lance_3B_Video checkpoint.
+    const WanVaeConfig vae = wan_vae_synth_config(opt.preset);
+    log_info("synth: Wan2.2_VAE.pth, ", wan_vae_tensor_list(vae).size(), " tensors, base widths ",
+             vae.dim, "/", vae.dec_dim);
+    const uint64_t vae_bytes =
+        write_synth_wan_vae(out.file("Wan2.2_VAE.pth"), vae, opt.dtype, opt.seed);
     out.commit();
-    return w.total_bytes();
+    return w.total_bytes() + vae_bytes;
 }
 
 }  // namespace lancet
