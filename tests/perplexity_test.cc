@@ -420,7 +420,7 @@ TEST_F(PerplexityModels, CliErrorsAreOneLine) {
     fs::create_directories(tmp / "notok");
     for (const auto& e : fs::directory_iterator(model("a_f32")))
         if (e.path().filename() != "vocab.json")
-            fs::copy_file(e.path(), tmp / "notok" / e.path().filename());
+            fs::copy(e.path(), tmp / "notok" / e.path().filename(), fs::copy_options::recursive);
     {
         LanceConfig c = synth_config("tiny");
         c.vocab_size = 384;

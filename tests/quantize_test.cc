@@ -171,8 +171,8 @@ void check_layout(const fs::path& out, const fs::path& src, bool awq_meta) {
         EXPECT_FALSE(meta.contains("awq_linears"));
         EXPECT_FALSE(meta.contains("tasks_calibrated"));
     }
-    for (const char* f : {"llm_config.json", "vit_config.json", "vocab.json", "merges.txt",
-                          "tokenizer_config.json", "quant_report.json"})
+    for (const char* f : {"llm_config.json", "Qwen2.5-VL-ViT/config.json", "vocab.json",
+                          "merges.txt", "tokenizer_config.json", "quant_report.json"})
         EXPECT_TRUE(fs::exists(out / f)) << f;
 }
 
@@ -252,9 +252,9 @@ TEST_F(QuantizeTiny, PassThroughTensorsAreTheSourceInBf16) {
         for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(b[i], f32_to_bf16(a[i])) << n << " " << i;
         ++checked;
     }
-    // embed, lm_head, the two final norms, bridge (8), pos table (13), ViT (30), and per layer
-    // path the q/k biases and q/k norms (4 x 4).
-    EXPECT_EQ(checked, 59);
+    // embed, lm_head, the two final norms, bridge (8), pos table (13), ViT (1 + 12 x 4 blocks + 5
+    // = 54), and per layer path the q/k biases and q/k norms (4 x 4).
+    EXPECT_EQ(checked, 83);
 }
 
 // The wiring against the math: re-running quantize_layer on layer 1's gen path with the same

@@ -121,7 +121,8 @@ TEST(DecoderWeights, Bf16CastEqualsPreRoundedWeights) {
     fs::create_directories(rounded);
     for (const auto& e : fs::directory_iterator(o.out))
         if (e.path().filename() != "model.safetensors")
-            fs::copy_file(e.path(), fs::path(rounded) / e.path().filename());
+            fs::copy(e.path(), fs::path(rounded) / e.path().filename(),
+                     fs::copy_options::recursive);
     {
         auto src = Checkpoint::open(o.out + "/model.safetensors");
         SafetensorsWriter w(rounded + "/model.safetensors");

@@ -1,6 +1,7 @@
 // `lancet bench`: `kernels` times the fused linear kernels on Lance's shapes against the machine's
 // streaming-read and FMA limits and against the naive dequantize-then-bf16 path; `decode` times
-// prefill and greedy decoding of whole models against the same read-bandwidth roofline.
+// prefill and greedy decoding of whole models against the same read-bandwidth roofline; `vision`
+// times the ViT forward, split into linears and attention, against the GEMM rate of its weights.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -31,6 +32,7 @@
 #include "kernels/probe.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
+#include "model/vit.h"
 #include "pipeline/decode_bench.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
@@ -571,11 +573,93 @@ void run_decode_bench(const DecodeOptions& opt) {
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
 }
 
+struct VisionOptions {
+    std::string model, json;
+    int64_t size = 672, frames = 2;
+    int reps = 3;
+};
+
+// ViT forward on random pixels of size x size x frames: total, linear and attention time, and the
+// linears' GFLOP/s against linear() at n = 512 on the tower's own MLP gate weight (the GEMM rate
+// `bench kernels` measures for that weight type and shape) in the same run.
+void run_vision_bench(const VisionOptions& o) {
+    if (o.reps < 1) fail("bench vision: --reps must be >= 1");
+    ThreadPool& pool = default_pool();
+    const auto ck = LanceCheckpoint::open(o.model);
+    const VitConfig& v = ck->config().vision;
+    const VitPlan plan = vit_plan(v, o.frames, o.size, o.size, "bench vision: --size/--frames");
+    if (plan.patches() > (1 << 20))
+        fail("bench vision: ", plan.patches(), " patches is more than this bench allows (2^20)");
+    std::printf("lancet bench vision: %s\n", kernels::runtime_description(pool).c_str());
+    VisionTower tower(*ck);
+    const kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
+    const LinearWeight& gw = tower.gate_weight(0);
+    std::printf(
+        "model %s: ViT depth %d, hidden %d, %d heads, MLP %d, full attention at %zu blocks; "
+        "weights %s\n",
+        o.model.c_str(), v.depth, v.hidden_size, v.num_heads, v.intermediate_size,
+        v.fullatt_block_indexes.size(), kernels::weight_type_name(gw.type()));
+    std::vector<float> video(static_cast<size_t>(v.in_chans * o.frames * o.size * o.size));
+    Rng rng(1);
+    for (float& x : video) x = 4.0f * rng.unit_float() - 2.0f;
+
+    std::vector<double> total, lin, att;
+    tower.forward(ctx, video.data(), o.frames, o.size, o.size);  // warm-up
+    for (int r = 0; r < o.reps; ++r) {
+        const auto t0 = Clock::now();
+        tower.forward(ctx, video.data(), o.frames, o.size, o.size);
+        total.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        lin.push_back(tower.linear_seconds());
+        att.push_back(tower.attention_seconds());
+    }
+    const double t = median(total), tl = median(lin), ta = median(att);
+    const double flop = 2 * tower.linear_macs();
+
+    // The GEMM reference: linear() on x [512, in] with the same weight.
+    const size_t n = 512;
+    std::vector<float> x(n * gw.in()), y(n * gw.out());
+    for (float& e : x) e = rng.unit_float() - 0.5f;
+    const double tg = time_call(
+        [&] {
+            kernels::linear(
+                ctx, kernels::TensorRef::contiguous(x.data(), {int64_t(n), int64_t(gw.in())}), gw,
+                nullptr, kernels::TensorRef::contiguous(y.data(), {int64_t(n), int64_t(gw.out())}));
+        },
+        o.reps);
+    const double gemm = 2.0 * n * gw.out() * gw.in() / tg / 1e9;
+    const double lin_rate = flop / tl / 1e9;
+    std::printf(
+        "input [%d, %ld, %ld, %ld]: %ld patches -> %ld tokens, %zu windows per temporal patch\n",
+        v.in_chans, long(o.frames), long(o.size), long(o.size), long(plan.patches()),
+        long(plan.merged()), plan.cu_window.size() - 1);
+    std::printf("forward   %9.1f ms (median of %d)\n", t * 1e3, o.reps);
+    std::printf("linear    %9.1f ms  %5.1f%%  %.1f GFLOP, %.1f GFLOP/s\n", tl * 1e3, 100 * tl / t,
+                flop / 1e9, lin_rate);
+    std::printf("attention %9.1f ms  %5.1f%%  (rope + windowed softmax attention)\n", ta * 1e3,
+                100 * ta / t);
+    std::printf("other     %9.1f ms  %5.1f%%  (packing, norms, activations, residual adds)\n",
+                (t - tl - ta) * 1e3, 100 * (t - tl - ta) / t);
+    std::printf(
+        "GEMM reference: linear() n=%zu on the [%zu, %zu] %s gate weight: %.1f GFLOP/s; "
+        "ViT linears reach %.2f of it\n",
+        n, gw.out(), gw.in(), kernels::weight_type_name(gw.type()), gemm, lin_rate / gemm);
+    if (!o.json.empty()) {
+        nlohmann::json rec = {
+            {"bench", "vision"},        {"model", o.model},
+            {"frames", o.frames},       {"size", o.size},
+            {"threads", pool.size()},   {"weights", kernels::weight_type_name(gw.type())},
+            {"forward_ms", t * 1e3},    {"linear_ms", tl * 1e3},
+            {"attention_ms", ta * 1e3}, {"linear_gflops", lin_rate},
+            {"gemm_n512_gflops", gemm}, {"linear_vs_gemm", lin_rate / gemm}};
+        write_json_atomically(o.json, nlohmann::json::array({rec}));
+    }
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
-    CLI::App* bench =
-        app.add_subcommand("bench", "Measure performance (scenarios: kernels, decode)");
+    CLI::App* bench = app.add_subcommand(
+        "bench", "Measure performance (scenarios: kernels, decode, vision, vae)");
     bench->require_subcommand(1);
     bench->fallthrough();
     auto opt = std::make_shared<Options>();
@@ -619,6 +703,19 @@ void add_bench(CLI::App& app) {
                   "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
     d->add_option("--json", dopt->json, "Also write one JSON record per line to this file");
     d->callback([dopt] { run_decode_bench(*dopt); });
+
+    auto vopt = std::make_shared<VisionOptions>();
+    CLI::App* vb = bench->add_subcommand(
+        "vision", "Time the ViT forward (linears vs attention) against the GEMM rate");
+    vb->fallthrough();
+    vb->add_option("--model", vopt->model, "Lance model folder")->required();
+    vb->add_option("--size", vopt->size, "Image side in pixels, a multiple of 28 (default 672)");
+    vb->add_option("--frames", vopt->frames, "Frames, even (default 2: one temporal patch)");
+    vb->add_option("--reps", vopt->reps, "Timed forwards; the median is reported (default 3)");
+    vb->add_option("--json", vopt->json, "Also write one JSON record to this file");
+    vb->callback([vopt] { run_vision_bench(*vopt); });
+
+    add_bench_vae(*bench);
 }
 
 }  // namespace lancet::cli

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/pth.h"
 #include "model/lance_checkpoint.h"
+#include "model/wan_vae_tensors.h"
 
 namespace lancet::cli {
 
@@ -126,6 +127,22 @@ void inspect_pth(const std::string& path, const std::string& tensor) {
     for (const auto& [dt, t] : by_dtype)
         std::printf("  %-8s %6" PRId64 " tensors  %14" PRId64 " elements\n", dt.c_str(), t.tensors,
                     t.params);
+    // A Wan2.2 VAE: its structure as recovered from the shapes, or why it would not load.
+    if (f.find("encoder.conv1.weight") && f.find("decoder.conv1.weight")) {
+        try {
+            const WanVaeFile vae(path);
+            const WanVaeConfig& c = vae.config();
+            std::string mult, tdown;
+            for (int64_t m : c.dim_mult) mult += (mult.empty() ? "" : ",") + std::to_string(m);
+            for (bool b : c.temporal_downsample)
+                tdown += tdown.empty() ? "" : ",", tdown += b ? "T" : "F";
+            std::printf("Wan2.2 VAE: dim %" PRId64 ", dec_dim %" PRId64 ", z_dim %" PRId64
+                        ", dim_mult [%s], %d residual blocks, temporal_downsample [%s]\n",
+                        c.dim, c.dec_dim, c.z_dim, mult.c_str(), c.num_res_blocks, tdown.c_str());
+        } catch (const Error& e) {
+            std::printf("Wan2.2 VAE: would not load: %s\n", e.what());
+        }
+    }
 }
 
 void inspect_model(const std::string& dir, const std::string& vit_dir, const std::string& tensor,
@@ -219,6 +236,11 @@ void inspect_model(const std::string& dir, const std::string& vit_dir, const std
                     c.vision.depth, c.vision.hidden_size, c.vision.num_heads,
                     c.vision.intermediate_size, c.vision.patch_size, c.vision.spatial_merge_size,
                     c.vision.out_hidden_size);
+        std::string full;
+        for (const int b : c.vision.fullatt_block_indexes)
+            full += (full.empty() ? "" : ", ") + std::to_string(b);
+        std::printf("          window %d px, full attention at blocks [%s]\n", c.vision.window_size,
+                    full.c_str());
         if (const AwqMeta* m = ck->quant_meta())
             std::printf("quant:    %s, group %d, scheme %s, %d quantized linears\n",
                         std::string(quant_format_name(m->format)).c_str(), m->group_size,

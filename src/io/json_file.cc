@@ -53,4 +53,34 @@ json read_json_file(const std::string& path) {
     return j;
 }
 
+// Reads an integer key within [lo, hi]; a missing key is an error unless `def` is given.
+int64_t json_get_int(const nlohmann::json& j, const char* key, int64_t lo, int64_t hi,
+                     const std::string& where, const int64_t* def) {
+    const auto it = j.find(key);
+    if (it == j.end() || it->is_null()) {
+        if (def) return *def;
+        fail(where, ": missing key \"", key, "\"");
+    }
+    if (!it->is_number_integer())
+        fail(where, ": \"", key, "\" must be an integer, got ", it->dump());
+    const int64_t v = it->get<int64_t>();
+    if (v < lo || v > hi)
+        fail(where, ": \"", key, "\" = ", v, " is out of range [", lo, ", ", hi, "]");
+    return v;
+}
+
+double json_get_double(const nlohmann::json& j, const char* key, double lo, double hi,
+                       const std::string& where, const double* def) {
+    const auto it = j.find(key);
+    if (it == j.end() || it->is_null()) {
+        if (def) return *def;
+        fail(where, ": missing key \"", key, "\"");
+    }
+    if (!it->is_number()) fail(where, ": \"", key, "\" must be a number, got ", it->dump());
+    const double v = it->get<double>();
+    if (!(v >= lo && v <= hi))
+        fail(where, ": \"", key, "\" = ", v, " is out of range [", lo, ", ", hi, "]");
+    return v;
+}
+
 }  // namespace lancet

@@ -2,6 +2,7 @@
 #include "model/positions.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
 
@@ -89,6 +90,15 @@ void check_splits(const std::vector<Split>& splits, size_t n, const char* what) 
     }
     if (sum != static_cast<int64_t>(n))
         fail(what, ": split lengths sum to ", sum, " but there are ", n, " tokens");
+}
+
+void timestep_features(float t, size_t dim, float* out) {
+    const size_t half = dim / 2;
+    for (size_t k = 0; k < half; ++k) {
+        const double f = std::exp(-std::log(10000.0) * static_cast<double>(k) / half);
+        out[k] = static_cast<float>(std::cos(t * f));
+        out[half + k] = static_cast<float>(std::sin(t * f));
+    }
 }
 
 }  // namespace lancet

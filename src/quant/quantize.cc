@@ -605,12 +605,13 @@ ojson Pipeline::run() {
 
     // Configs and tokenizer files travel with the weights.
     for (const char* f :
-         {"llm_config.json", "vit_config.json", "config.json", "vocab.json", "merges.txt",
-          "tokenizer_config.json", "tokenizer.json", "generation_config.json",
+         {"llm_config.json", "Qwen2.5-VL-ViT/config.json", "config.json", "vocab.json",
+          "merges.txt", "tokenizer_config.json", "tokenizer.json", "generation_config.json",
           "special_tokens_map.json", "added_tokens.json"}) {
         const fs::path from = fs::path(opt_.src) / f;
         std::error_code ec;
         if (!fs::exists(from, ec)) continue;
+        fs::create_directories(fs::path(out.file(f)).parent_path(), ec);
         fs::copy_file(from, out.file(f), ec);
         if (ec) fail(out.final_path(), ": cannot copy ", f, ": ", ec.message());
     }
