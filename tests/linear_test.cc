@@ -127,9 +127,10 @@ std::vector<float> random_vector(size_t n, uint32_t seed) {
 // form b + sum_g (s_g * sum_{k in g} q_k x_k - (z_g s_g) * sum_{k in g} x_k): each term then goes
 // through at most gs + 2G + 1 roundings (G = in/gs groups), and the magnitudes are
 // |x_k| (|q_k s_g| + |z_g s_g|), not |x_k w_k|; the Int5 GEMV kernels use the same form, and the
-// AVX2 Nvfp4 GEMV too, per 16-column block, with q = value + 6 and z = 6 (the other Nvfp4 paths
-// decode each weight exactly and sum like a dense weight, within the same bound). So the bound
-// used for every path and type is
+// AVX2 Nvfp4 GEMV too, per 16-column block, with q = value + 6 and z = 6 (the AVX-512 one sums
+// value * x per block and scales once, the other paths decode each weight exactly and sum like a
+// dense weight: both within the same bound, their terms being |w x| <= |x| (|q s| + |z s|)). So the
+// bound used for every path and type is
 //   |y - ref| <= gamma(K + 2G + 2) * (|b| + sum_k |x_k| * mag_k)   (constant c = 1),
 // with mag_k = |w_k| for F32/BF16 (G = 1) and |q_k s| + |z s| for Q4/Int5/Nvfp4; the double
 // reference adds

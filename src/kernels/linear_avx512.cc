@@ -190,40 +190,47 @@ void gemv_int5_pair(const PackedView& p, size_t ba, size_t bb, const float* xs, 
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, tot[r]);
 }
 
-// Nvfp4: each weight decoded exactly (table value times the bf16 block scale, exact in f32), then
-// summed like a dense weight.
+// Nvfp4: the signed table value of each code (vpermps), summed against x per 16-column block and
+// scaled once per block: y += s * sum(value * x). At most four accumulators per row of x, so the
+// reduction at the end of each short block stays cheap.
 template <int NR>
 void gemv_nvfp4_pair(const PackedView& p, size_t ba, size_t bb, const float* x, float* out) {
-    constexpr int NA = accumulators(NR);
+    constexpr int NA = accumulators(NR) < 4 ? accumulators(NR) : 4;
     const size_t in = p.in, blocks = in / kNvfp4Block;
     const __m256i* q = reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data));
     const __m256i* qa = q + ba * (in / 8);
     const __m256i* qb = q + bb * (in / 8);
     const __m512 table = nvfp4_value_table();
-    __m512 acc[NR][NA];
+    __m512 tot[NR];
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 8
-        for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
+    for (int r = 0; r < NR; ++r) tot[r] = _mm512_setzero_ps();
     for (size_t k = 0; k < blocks; ++k) {
-        const __m512 s = bf16_pair_to_f32(p.scales + (ba * blocks + k) * kRowBlock,
-                                          p.scales + (bb * blocks + k) * kRowBlock);
+        __m512 acc[NR][NA];
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+            for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
 #pragma GCC unroll 2
         for (int c = 0; c < 2; ++c) {
             const __m512i v = load_pair(qa + 2 * k + c, qb + 2 * k + c);
             const float* xk = x + k * kNvfp4Block + 8 * c;
             unroll8([&]<int T>() {
                 const __m512i idx = T == 0 ? v : _mm512_srli_epi32(v, 4 * T);
-                const __m512 w = _mm512_mul_ps(_mm512_permutexvar_ps(idx, table), s);
+                const __m512 w = _mm512_permutexvar_ps(idx, table);
 #pragma GCC unroll 8
                 for (int r = 0; r < NR; ++r)
                     acc[r][T % NA] =
                         _mm512_fmadd_ps(w, _mm512_set1_ps(xk[r * in + T]), acc[r][T % NA]);
             });
         }
+        const __m512 s = bf16_pair_to_f32(p.scales + (ba * blocks + k) * kRowBlock,
+                                          p.scales + (bb * blocks + k) * kRowBlock);
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+            tot[r] = _mm512_fmadd_ps(s, sum_accumulators<NA>(acc[r]), tot[r]);
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, sum_accumulators<NA>(acc[r]));
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, tot[r]);
 }
 
 template <int NR, bool kBf16>
