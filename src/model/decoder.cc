@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "model/lance_tensors.h"
 #include "model/synth.h"
 
 namespace lancet {
@@ -194,34 +195,32 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
     const int msum = cfg_.mrope_section[0] + cfg_.mrope_section[1] + cfg_.mrope_section[2];
     if (static_cast<size_t>(msum) * 2 != hd)
         fail(ck.dir(), ": mrope_section sums to ", msum, " but head_dim/2 is ", hd / 2);
-    embed_ = ck.tensor("language_model.model.embed_tokens.weight");
+    embed_ = ck.tensor(lance_names::kEmbedTokens);
     if (embed_.numel() != static_cast<int64_t>(cfg_.vocab_size) * cfg_.hidden_size)
         fail(ck.dir(), ": embed_tokens has the wrong size");
     layers_.resize(cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
-        const std::string pre = "language_model.model.layers." + std::to_string(l) + ".";
         for (int p = 0; p < (opt.load_gen ? 2 : 1); ++p) {
-            const std::string s = p ? "_moe_gen" : "";
-            const std::string attn = pre + "self_attn.", mlp = pre + (p ? "mlp_moe_gen." : "mlp.");
+            const PathNames n = path_names(l, p == 1);
             PathWeights& w = layers_[l].path[p];
-            w.ln = load_f32(ck, pre + "input_layernorm" + s + ".weight", H);
-            w.post = load_f32(ck, pre + "post_attention_layernorm" + s + ".weight", H);
-            w.q_norm = load_f32(ck, attn + "q_norm" + s + ".weight", hd);
-            w.k_norm = load_f32(ck, attn + "k_norm" + s + ".weight", hd);
-            w.bq = load_f32(ck, attn + "q_proj" + s + ".bias", qd);
-            w.bk = load_f32(ck, attn + "k_proj" + s + ".bias", kvd);
-            w.bv = load_f32(ck, attn + "v_proj" + s + ".bias", kvd);
-            w.q = load_linear(ck, attn + "q_proj" + s, qd, H, bf16_weights_);
-            w.k = load_linear(ck, attn + "k_proj" + s, kvd, H, bf16_weights_);
-            w.v = load_linear(ck, attn + "v_proj" + s, kvd, H, bf16_weights_);
-            w.o = load_linear(ck, attn + "o_proj" + s, H, qd, bf16_weights_);
-            w.gate = load_linear(ck, mlp + "gate_proj", I, H, bf16_weights_);
-            w.up = load_linear(ck, mlp + "up_proj", I, H, bf16_weights_);
-            w.down = load_linear(ck, mlp + "down_proj", H, I, bf16_weights_);
+            w.ln = load_f32(ck, n.input_norm, H);
+            w.post = load_f32(ck, n.post_norm, H);
+            w.q_norm = load_f32(ck, n.q_norm, hd);
+            w.k_norm = load_f32(ck, n.k_norm, hd);
+            w.bq = load_f32(ck, n.bias(PathLinear::Q), qd);
+            w.bk = load_f32(ck, n.bias(PathLinear::K), kvd);
+            w.bv = load_f32(ck, n.bias(PathLinear::V), kvd);
+            w.q = load_linear(ck, n[PathLinear::Q], qd, H, bf16_weights_);
+            w.k = load_linear(ck, n[PathLinear::K], kvd, H, bf16_weights_);
+            w.v = load_linear(ck, n[PathLinear::V], kvd, H, bf16_weights_);
+            w.o = load_linear(ck, n[PathLinear::O], H, qd, bf16_weights_);
+            w.gate = load_linear(ck, n[PathLinear::Gate], I, H, bf16_weights_);
+            w.up = load_linear(ck, n[PathLinear::Up], I, H, bf16_weights_);
+            w.down = load_linear(ck, n[PathLinear::Down], H, I, bf16_weights_);
         }
     }
-    norm_[0] = load_f32(ck, "language_model.model.norm.weight", H);
-    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H, bf16_weights_);
+    norm_[0] = load_f32(ck, lance_names::kNorm, H);
+    lm_head_ = load_linear(ck, lance_names::kLmHead, cfg_.vocab_size, H, bf16_weights_);
     has_gen_ = opt.load_gen;
     if (has_gen_) load_gen_bridge(ck);
 
@@ -230,15 +229,15 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
 
 void LanceDecoder::load_gen_bridge(const LanceCheckpoint& ck) {
     const size_t H = cfg_.hidden_size, C = cfg_.latent_channels, F = cfg_.time_freq_dim;
-    norm_[1] = load_f32(ck, "language_model.model.norm_moe_gen.weight", H);
-    vae2llm_ = load_linear(ck, "vae2llm", H, C, bf16_weights_);
-    vae2llm_b_ = load_f32(ck, "vae2llm.bias", H);
-    llm2vae_ = load_linear(ck, "llm2vae", C, H, bf16_weights_);
-    llm2vae_b_ = load_f32(ck, "llm2vae.bias", C);
-    time0_ = load_linear(ck, "time_embedder.mlp.0", H, F, bf16_weights_);
-    time0_b_ = load_f32(ck, "time_embedder.mlp.0.bias", H);
-    time2_ = load_linear(ck, "time_embedder.mlp.2", H, H, bf16_weights_);
-    time2_b_ = load_f32(ck, "time_embedder.mlp.2.bias", H);
+    norm_[1] = load_f32(ck, lance_names::kNormGen, H);
+    vae2llm_ = load_linear(ck, lance_names::kVae2Llm, H, C, bf16_weights_);
+    vae2llm_b_ = load_f32(ck, lance_names::bias(lance_names::kVae2Llm), H);
+    llm2vae_ = load_linear(ck, lance_names::kLlm2Vae, C, H, bf16_weights_);
+    llm2vae_b_ = load_f32(ck, lance_names::bias(lance_names::kLlm2Vae), C);
+    time0_ = load_linear(ck, lance_names::kTimeMlp0, H, F, bf16_weights_);
+    time0_b_ = load_f32(ck, lance_names::bias(lance_names::kTimeMlp0), H);
+    time2_ = load_linear(ck, lance_names::kTimeMlp2, H, H, bf16_weights_);
+    time2_b_ = load_f32(ck, lance_names::bias(lance_names::kTimeMlp2), H);
 
     // PE3D: each axis code depends on one coordinate only, so slice it out of pe3d_row for
     // (ti,0,0), (0,hi,0), (0,0,wi) once instead of evaluating whole rows per token.

@@ -17,6 +17,7 @@
 #include "kernels/linear.h"
 #include "model/decoder_ops.h"
 #include "model/lance_checkpoint.h"
+#include "model/lance_tensors.h"
 #include "model/positions.h"
 
 namespace lancet {
@@ -107,16 +108,8 @@ class SequenceBuilder {
 
 enum class LogitRows { None, Last, All };
 
-// The four linear inputs of a decoder layer (one per AWQ fusion group).
-enum class LinearInput {
-    Qkv,     // input_layernorm output, feeds q/k/v_proj
-    O,       // attention output, feeds o_proj
-    GateUp,  // post_attention_layernorm output, feeds gate/up_proj
-    Down,    // silu(gate) * up, feeds down_proj
-};
-
-// Sees the rows of one path entering a group of linears: x [n, dim] (n may be a row block of
-// the chunk). Calibration collects activation statistics through it.
+// Sees the rows of one path entering a group of linears (LinearInput, model/lance_tensors.h): x [n,
+// dim] (n may be a row block of the chunk). Calibration collects activation statistics through it.
 using ActivationObserver = std::function<void(int layer, bool gen, LinearInput which,
                                               const float* x, size_t n, size_t dim)>;
 

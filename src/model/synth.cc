@@ -35,9 +35,7 @@ const char* const kSpecialTokens[] = {
 constexpr int kNumSpecial = 22;
 
 uint64_t hash_name(uint64_t seed, const std::string& s) {
-    uint64_t h = 1469598103934665603ull ^ seed;
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    return Rng(h).next_u64();
+    return Rng(name_hash(seed, s)).next_u64();
 }
 
 // A cheap approximately standard normal value: the centred sum of four 16-bit uniforms (variance
