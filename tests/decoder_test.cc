@@ -18,6 +18,7 @@
 #include "io/safetensors.h"
 #include "kernels/dispatch.h"
 #include "model/decoder_ref.h"
+#include "model/positions.h"
 #include "model/synth.h"
 #include "test_util.h"
 

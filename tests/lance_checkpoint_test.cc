@@ -11,6 +11,7 @@
 #include "core/numeric.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/positions.h"
 #include "model/synth.h"
 #include "test_util.h"
 

@@ -9,7 +9,6 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "model/lance_tensors.h"
-#include "model/synth.h"
 
 namespace lancet {
 
