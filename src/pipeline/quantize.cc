@@ -306,7 +306,7 @@ void Pipeline::process_path(int layer, bool gen) {
             const Target& t = targets_.at(b + ".weight");
             const std::vector<float> w = load(b + ".weight");
             RtnOptions ro;
-            ro.group_size = opt_.group_size;
+            ro.group_size = t.gs;
             emit_quantized(t, quantize_rtn(w.data(), t.out, t.in, ro));
             record(b, kSchemeMinmax, t.gs, nullptr, nullptr);
         }
@@ -329,6 +329,9 @@ void Pipeline::process_path(int layer, bool gen) {
         w.gate = load(names[4] + ".weight");
         w.up = load(names[5] + ".weight");
         w.down = load(names[6] + ".weight");
+        auto gs = [&](PathLinear l) { return targets_.at(n.weight(l)).gs; };
+        w.group_size = {gs(PathLinear::Q), gs(PathLinear::O), gs(PathLinear::Gate),
+                        gs(PathLinear::Down)};
         for (const TensorView& v : used) ck_->release(v);
         used.clear();
 
@@ -345,8 +348,7 @@ void Pipeline::process_path(int layer, bool gen) {
             for (const std::string& b : names) stats_->release(b);
             ls = {&st_qkv, &st_o, &st_gu, &st_down};
         }
-        AwqOptions ao;
-        ao.group_size = opt_.group_size;
+        AwqOptions ao;  // group sizes: w.group_size
         ao.search_scales = opt_.search;
         ao.clip = opt_.clip;
         const LayerResult r = quantize_layer(w, ls, ao, {opt_.fuse_ov, opt_.fuse_updown});
@@ -395,7 +397,7 @@ void Pipeline::quantize_single(const Target& t) {
         const LinearStats st = stats_->load(t.base);
         stats_->release(t.base);
         AwqOptions ao;
-        ao.group_size = opt_.group_size;
+        ao.group_size = t.gs;
         ao.search_scales = false;
         ao.clip = opt_.clip;
         const AwqResult r = awq_search({{t.base, w.data(), t.out}}, t.in, &st, ao);
@@ -403,7 +405,7 @@ void Pipeline::quantize_single(const Target& t) {
         record(t.base, kSchemeMinmax, t.gs, &r, &r.consumers[0]);
     } else {
         RtnOptions ro;
-        ro.group_size = opt_.group_size;
+        ro.group_size = t.gs;
         emit_quantized(t, quantize_rtn(w.data(), t.out, t.in, ro));
         record(t.base, kSchemeMinmax, t.gs, nullptr, nullptr);
     }
