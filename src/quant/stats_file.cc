@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "io/json_file.h"
 #include "io/output_dir.h"
 
 namespace lancet::quant {
@@ -52,7 +53,7 @@ StatsFile::StatsFile(const std::string& path) {
         fail(path, ": statistics format version ", *version, " is not supported (expected ",
              kStatsFormatVersion, ")");
     if (const std::string* t = meta("lancet.stats.tasks")) {
-        nlohmann::json j = nlohmann::json::parse(*t, nullptr, false);
+        const nlohmann::json j = parse_strict_json(*t, path + ": metadata lancet.stats.tasks");
         if (!j.is_array()) fail(path, ": metadata lancet.stats.tasks is not a JSON array");
         for (const auto& e : j) {
             if (!e.is_string()) fail(path, ": metadata lancet.stats.tasks holds a non-string");
