@@ -17,6 +17,7 @@
 #include "core/numeric.h"
 #include "io/safetensors.h"
 #include "kernels/dispatch.h"
+#include "kernels/ops.h"
 #include "model/decoder_ref.h"
 #include "model/positions.h"
 #include "model/synth.h"
@@ -27,6 +28,10 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::TempDir;
+
+kernels::TensorRef mat(std::vector<float>& v, size_t rows, size_t cols) {
+    return kernels::TensorRef::matrix(v.data(), rows, cols);
+}
 
 std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
     std::mt19937_64 g(seed);
@@ -138,7 +143,8 @@ TEST(DecoderOps, RmsNormMatchesReference) {
         const size_t n = 7, dim = 64;
         auto x = randn(n * dim, 1, 0.05f), w = randn(dim, 2);
         std::vector<float> y(n * dim);
-        ops::rms_norm(x.data(), n, dim, w.data(), eps, y.data());
+        kernels::rms_norm(kernels::OpContext::defaults(), mat(x, n, dim), w.data(), eps,
+                          mat(y, n, dim));
         std::vector<double> want(n * dim);
         const auto xd = to_f64(x), wd = to_f64(w);
         for (size_t r = 0; r < n; ++r)
@@ -155,7 +161,8 @@ TEST(DecoderOps, HeadNormInPlace) {
     const auto xd = to_f64(x), wd = to_f64(w);
     for (size_t h = 0; h < heads; ++h)
         ref::rms_norm(&xd[h * hd], hd, wd.data(), 1e-6, &want[h * hd]);
-    ops::rms_norm(x.data(), heads, hd, w.data(), 1e-6f, x.data());
+    kernels::rms_norm(kernels::OpContext::defaults(), mat(x, heads, hd), w.data(), 1e-6f,
+                      mat(x, heads, hd));
     EXPECT_LT(rel_l2(x, want), 1e-6);
 }
 
@@ -171,9 +178,12 @@ TEST(DecoderOps, MropeMatchesReference) {
             auto x = randn(heads * hd, 5 + p[0]);
             std::vector<double> want = to_f64(x);
             for (size_t h = 0; h < heads; ++h) ref::mrope(&want[h * hd], hd, p, section, 1e6);
-            std::vector<float> c(hd / 2), s(hd / 2);
-            ops::mrope_angles(p, hd, section, 1e6, c.data(), s.data());
-            ops::apply_rope(x.data(), heads, hd, c.data(), s.data());
+            kernels::RopeTable t;
+            kernels::rope_angles_mrope(&p, 1, hd, section, 1e6, t);
+            kernels::rope(kernels::OpContext::defaults(),
+                          kernels::TensorRef::contiguous(
+                              x.data(), {1, static_cast<int64_t>(heads), static_cast<int64_t>(hd)}),
+                          t);
             EXPECT_LT(rel_l2(x, want), 1e-6);
         }
     }
@@ -191,12 +201,16 @@ TEST(DecoderOps, MropeOnTextIsOneDimensionalRope) {
             rope1d[j] = x[j] * std::cos(a) - x[j + half] * std::sin(a);
             rope1d[j + half] = x[j + half] * std::cos(a) + x[j] * std::sin(a);
         }
-        std::vector<float> c(half), s(half), y = x, z = x;
-        ops::mrope_angles({p, p, p}, hd, section, 1e6, c.data(), s.data());
-        ops::apply_rope(y.data(), 1, hd, c.data(), s.data());
+        std::vector<float> y = x, z = x;
+        kernels::RopeTable t;
+        const RopePosition same = {p, p, p}, apart = {p, p + 1, p + 2};
+        kernels::rope_angles_mrope(&same, 1, hd, section, 1e6, t);
+        kernels::rope(kernels::OpContext::defaults(),
+                      kernels::TensorRef::contiguous(y.data(), {1, 1, int64_t{hd}}), t);
         EXPECT_LT(rel_l2(y, rope1d), 1e-6);
-        ops::mrope_angles({p, p + 1, p + 2}, hd, section, 1e6, c.data(), s.data());
-        ops::apply_rope(z.data(), 1, hd, c.data(), s.data());
+        kernels::rope_angles_mrope(&apart, 1, hd, section, 1e6, t);
+        kernels::rope(kernels::OpContext::defaults(),
+                      kernels::TensorRef::contiguous(z.data(), {1, 1, int64_t{hd}}), t);
         EXPECT_GT(rel_l2(z, rope1d), 1e-3);
     }
 }
@@ -247,7 +261,6 @@ TEST(DecoderOps, AttentionMatchesReferenceForEachMask) {
         for (size_t hd : {12, 16, 32, 40, 128})
             for (auto [nh, nkv] : {std::pair<size_t, size_t>{4, 2}, {8, 1}})
                 for (const Case& cs : cases) {
-                    kernels::force_isa(isa);
                     std::vector<Split> all = cs.cached;
                     all.insert(all.end(), cs.chunk.begin(), cs.chunk.end());
                     size_t P = 0, n = 0;
@@ -273,15 +286,20 @@ TEST(DecoderOps, AttentionMatchesReferenceForEachMask) {
                         for (int64_t i = 0; i < s.len; ++i)
                             hidden.push_back(s.mode == SplitMode::Noise);
                     std::vector<int32_t> split_of, split_end;
-                    std::vector<SplitMode> modes;
+                    std::vector<kernels::AttnSplit> modes;
                     for (size_t s = 0; s < cs.chunk.size(); ++s) {
                         for (int64_t i = 0; i < cs.chunk[s].len; ++i)
                             split_of.push_back(static_cast<int32_t>(s));
-                        modes.push_back(cs.chunk[s].mode);
+                        modes.push_back(static_cast<kernels::AttnSplit>(cs.chunk[s].mode));
                         split_end.push_back(static_cast<int32_t>(split_of.size()));
                     }
-                    ops::ChunkMask mask{P, hidden.data(), split_of.data(), modes.data(),
-                                        split_end.data()};
+                    kernels::AttnMask mask;
+                    mask.kind = kernels::AttnMask::Kind::Splits;
+                    mask.n_cached = P;
+                    mask.cached_hidden = hidden.data();
+                    mask.split_of = split_of.data();
+                    mask.modes = modes.data();
+                    mask.split_end = split_end.data();
                     // Query rows in a shuffled order, as the decoder passes them (und rows first).
                     std::vector<int32_t> order(n);
                     for (size_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>((i * 3) % n);
@@ -290,14 +308,22 @@ TEST(DecoderOps, AttentionMatchesReferenceForEachMask) {
                     std::vector<float> qc(n * nh * hd), out(n * nh * hd);
                     for (size_t r = 0; r < n; ++r)
                         std::copy_n(&q[(P + order[r]) * nh * hd], nh * hd, &qc[r * nh * hd]);
-                    ops::AttentionScratch scratch;
-                    ops::attention(qc.data(), n, order.data(), kc.data(), vc.data(), cap, nh, nkv,
-                                   hd, mask, out.data(), scratch, default_pool());
+                    kernels::AttentionScratch scratch;
+                    const int64_t N = static_cast<int64_t>(n), NH = static_cast<int64_t>(nh),
+                                  NKV = static_cast<int64_t>(nkv), HD = static_cast<int64_t>(hd),
+                                  CAP = static_cast<int64_t>(cap), KEYS = static_cast<int64_t>(L);
+                    kernels::OpContext ctx = kernels::OpContext::defaults();
+                    ctx.isa = isa;
+                    kernels::attention(
+                        ctx, kernels::TensorRef::contiguous(qc.data(), {N, NH, HD}), order.data(),
+                        kernels::TensorRef::contiguous(kc.data(), {NKV, CAP, HD}).slice(1, 0, KEYS),
+                        kernels::TensorRef::contiguous(vc.data(), {NKV, CAP, HD}).slice(1, 0, KEYS),
+                        mask, 0.0f, kernels::TensorRef::contiguous(out.data(), {N, NH, HD}),
+                        scratch);
                     std::vector<double> want_rows(n * nh * hd);
                     for (size_t r = 0; r < n; ++r)
                         std::copy_n(&want[(P + order[r]) * nh * hd], nh * hd,
                                     &want_rows[r * nh * hd]);
-                    kernels::clear_forced_isa();
                     EXPECT_LT(rel_l2(out, want_rows), 1e-5)
                         << kernels::isa_name(isa) << " hd " << hd << " heads " << nh << "/" << nkv
                         << " P " << P << " n " << n;
@@ -308,7 +334,8 @@ TEST(DecoderOps, AttentionMatchesReferenceForEachMask) {
 TEST(DecoderOps, SiluMulMatchesReference) {
     auto g = randn(300, 31, 3.0f), u = randn(300, 32);
     std::vector<float> y(300);
-    ops::silu_mul(g.data(), u.data(), 300, y.data());
+    kernels::silu_mul(kernels::OpContext::defaults(), mat(g, 1, 300), mat(u, 1, 300),
+                      mat(y, 1, 300));
     std::vector<double> want(300);
     for (size_t i = 0; i < 300; ++i)
         want[i] = static_cast<double>(g[i]) / (1.0 + std::exp(-static_cast<double>(g[i]))) * u[i];
@@ -318,11 +345,11 @@ TEST(DecoderOps, SiluMulMatchesReference) {
 // Timestep features: cos first, t not scaled (at t = 0: cos half 1, sin half 0).
 TEST(DecoderOps, TimestepFeaturesMatchReference) {
     std::vector<float> f(256);
-    ops::timestep_features(0.0f, 256, f.data());
+    timestep_features(0.0f, 256, f.data());
     for (int k = 0; k < 128; ++k) EXPECT_EQ(f[k], 1.0f);
     for (int k = 128; k < 256; ++k) EXPECT_EQ(f[k], 0.0f);
     for (float t : {0.13f, 0.5f, 0.97f, 1.0f}) {
-        ops::timestep_features(t, 256, f.data());
+        timestep_features(t, 256, f.data());
         EXPECT_LT(rel_l2(f, ref::timestep_features(t, 256)), 1e-6) << t;
     }
 }

@@ -6,9 +6,9 @@
 #include <random>
 #include <vector>
 
-#include "quant/gemm.h"
+#include "kernels/gemm.h"
 
-namespace lancet::quant {
+namespace lancet::kernels {
 namespace {
 
 using GemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
@@ -59,4 +59,4 @@ TEST(QuantGemm, MatchesDoubleReference) {
 }
 
 }  // namespace
-}  // namespace lancet::quant
+}  // namespace lancet::kernels

@@ -12,7 +12,9 @@
 #include <optional>
 
 #include "core/error.h"
+#include "kernels/gemm.h"
 #include "kernels/linear_kernels.h"
+#include "kernels/ops_kernels.h"
 #include "kernels/probe.h"
 
 namespace lancet::kernels {
@@ -184,8 +186,16 @@ float probe_read_avx2(const float* p, size_t n);
 double probe_fma_avx2(size_t iters, float seed);
 double probe_int8_avx2(size_t iters, int seed);
 
-LinearFn linear_kernel() {
-    switch (active_isa()) {
+namespace {
+// Ops take the ISA from their OpContext; running one this CPU lacks would fault.
+Isa checked(Isa isa) {
+    if (!cpu_supports(isa)) fail("ISA ", isa_name(isa), " is not supported by this CPU");
+    return isa;
+}
+}  // namespace
+
+LinearFn linear_kernel(Isa isa) {
+    switch (checked(isa)) {
         case Isa::Avx512:
             return &linear_avx512;
         case Isa::Avx2:
@@ -196,8 +206,8 @@ LinearFn linear_kernel() {
     return &linear_scalar;
 }
 
-W4A8Fn w4a8_kernel() {
-    switch (active_isa()) {
+W4A8Fn w4a8_kernel(Isa isa) {
+    switch (checked(isa)) {
         case Isa::Avx512:
             return &w4a8_avx512;
         case Isa::Avx2:
@@ -208,8 +218,30 @@ W4A8Fn w4a8_kernel() {
     return &w4a8_scalar;
 }
 
-DequantBf16Fn dequant_bf16_kernel() {
-    return active_isa() == Isa::Scalar ? nullptr : &dequant_bf16_avx2;
+DequantBf16Fn dequant_bf16_kernel(Isa isa) {
+    return checked(isa) == Isa::Scalar ? nullptr : &dequant_bf16_avx2;
+}
+
+// The op layer's row kernels. AVX-512 runs the AVX2 ones: these ops are bound by memory, libm's
+// exp/erf or the sequential norm sums, not by vector width (the linear kernels, where width
+// pays, have their own AVX-512 path above).
+const OpKernels& op_kernels(Isa isa) {
+    switch (checked(isa)) {
+        case Isa::Avx512:
+        case Isa::Avx2:
+            return op_kernels_avx2();
+        case Isa::Scalar:
+            break;
+    }
+    return op_kernels_scalar();
+}
+
+GemmFn gemm_nt_kernel(Isa isa) {
+    return checked(isa) == Isa::Scalar ? &gemm_nt_portable : &gemm_nt_avx2;
+}
+
+GemmFn gemm_nn_kernel(Isa isa) {
+    return checked(isa) == Isa::Scalar ? &gemm_nn_portable : &gemm_nn_avx2;
 }
 
 }  // namespace detail

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "kernels/linear_kernels.h"
+#include "kernels/ops.h"
 
 namespace lancet::kernels {
 
@@ -244,8 +245,9 @@ size_t scratch_floats(size_t n, const PackedView& w) {
 
 size_t w4a8_block(size_t group_size) { return std::gcd(group_size, size_t{32}); }
 
-void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
-                 ThreadPool& pool) {
+namespace detail {
+void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const float* bias,
+               float* y, ThreadPool& pool) {
     if (w.type() != WeightType::Q4)
         fail("linear_w4a8: weight is ", weight_type_name(w.type()), ", not int4");
     if (n == 0) return;
@@ -255,23 +257,23 @@ void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* b
     thread_local std::vector<float> scratch;
     const size_t need = q_floats + d_floats + xs_floats;
     if (scratch.size() < need) scratch.resize(need);
-    const detail::W4A8Scratch s{reinterpret_cast<int8_t*>(scratch.data()),
-                                scratch.data() + q_floats, scratch.data() + q_floats + d_floats};
-    detail::w4a8_kernel()(x, n, w.packed(), bias, y, s, pool);
+    const W4A8Scratch s{reinterpret_cast<int8_t*>(scratch.data()), scratch.data() + q_floats,
+                        scratch.data() + q_floats + d_floats};
+    w4a8_kernel(isa)(x, n, w.packed(), bias, y, s, pool);
+}
+}  // namespace detail
+
+void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
+                 ThreadPool& pool) {
+    detail::w4a8_rows(active_isa(), x, n, w, bias, y, pool);
 }
 
+// The process-default entry points: thin wrappers over the op layer's linear with the process
+// ISA and activation mode.
 void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
             ThreadPool& pool) {
-    if (n == 0) return;
-    if (w.type() == WeightType::Q4 && activation_mode() == ActMode::Int8) {
-        linear_w4a8(x, n, w, bias, y, pool);
-        return;
-    }
-    const PackedView p = w.packed();
-    thread_local std::vector<float> scratch;
-    const size_t need = detail::scratch_floats(n, p);
-    if (scratch.size() < need) scratch.resize(need);
-    detail::linear_kernel()(x, n, p, bias, y, scratch.data(), pool);
+    const OpContext ctx{&pool, active_isa(), activation_mode()};
+    detail::linear_rows(ctx, x, n, w, bias, y);
 }
 
 void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y) {
@@ -294,7 +296,7 @@ void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& po
     if (w.type_ != WeightType::Q4) fail("dequantize_to_bf16: weight is not int4");
     if (dst.type_ != WeightType::BF16 || dst.out_ != w.out_ || dst.in_ != w.in_)
         fail("dequantize_to_bf16: destination is not a bf16 weight of the same shape");
-    if (auto fn = detail::dequant_bf16_kernel()) {
+    if (auto fn = detail::dequant_bf16_kernel(active_isa())) {
         fn(w.packed(), dst.data_.as<uint16_t>(), pool);
         return;
     }

@@ -5,7 +5,12 @@
 #include <cstdint>
 
 #include "core/thread_pool.h"
+#include "kernels/dispatch.h"
 #include "kernels/linear.h"
+
+namespace lancet::kernels {
+struct OpContext;
+}
 
 namespace lancet::kernels::detail {
 
@@ -52,12 +57,19 @@ void w4a8_avx512(const float* x, size_t n, const PackedView& w, const float* bia
 }  // namespace lancet::kernels::detail
 
 namespace lancet::kernels::detail {
-// The kernel for active_isa() (dispatch.cc).
-LinearFn linear_kernel();
-W4A8Fn w4a8_kernel();
+// The kernel for an ISA (dispatch.cc; lancet::Error if this CPU lacks it).
+LinearFn linear_kernel(Isa isa);
+W4A8Fn w4a8_kernel(Isa isa);
 
 // Q4 -> BF16 (repacked layout) for the naive baseline; nullptr: use the portable loop.
 using DequantBf16Fn = void (*)(const PackedView& p, uint16_t* dst, ThreadPool& pool);
 void dequant_bf16_avx2(const PackedView& p, uint16_t* dst, ThreadPool& pool);
-DequantBf16Fn dequant_bf16_kernel();
+DequantBf16Fn dequant_bf16_kernel(Isa isa);
+
+// linear() on dense rows: x [n, in], y [n, out], with ctx's ISA, activation mode and pool.
+void linear_rows(const OpContext& ctx, const float* x, size_t n, const LinearWeight& w,
+                 const float* bias, float* y);
+// W4A8 on dense rows with the kernels of `isa`.
+void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const float* bias,
+               float* y, ThreadPool& pool);
 }  // namespace lancet::kernels::detail

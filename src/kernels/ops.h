@@ -22,11 +22,17 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 #include "core/thread_pool.h"
 #include "kernels/dispatch.h"
 #include "kernels/linear.h"
 
 namespace lancet::kernels {
+
+// Changes to the interface as first written (kept compatible for callers): TensorRef::matrix;
+// OpContext::threads() falls back to default_pool() when pool is null; add() aligns a b of fewer
+// dimensions to y's last ones; AttentionScratch holds per-token key ranges; Conv3dWeight holds
+// one LinearWeight per temporal tap and has the constructors from_checkpoint / from_tap_major.
 
 enum class Device : uint8_t { Cpu };
 
@@ -45,6 +51,8 @@ struct TensorRef {
     static TensorRef contiguous(float* data, std::initializer_list<int64_t> shape);
     static TensorRef contiguous(const float* data, std::initializer_list<int64_t> shape);
     static TensorRef contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape);
+    // A dense [rows, cols] f32 view (size_t sizes, so call sites need no narrowing casts).
+    static TensorRef matrix(const float* data, size_t rows, size_t cols);
 
     int64_t numel() const;
     bool is_contiguous() const;
@@ -61,7 +69,7 @@ struct OpContext {
     Isa isa = Isa::Scalar;
     ActMode act = ActMode::F32;  // how linear/conv3d treat activations of INT4 weights
 
-    ThreadPool& threads() const { return *pool; }
+    ThreadPool& threads() const { return pool ? *pool : default_pool(); }
     // The process defaults at the edge of a program (CLI, tests): active_isa(),
     // activation_mode(), and the given pool (nullptr: default_pool()).
     static OpContext defaults(ThreadPool* pool = nullptr);
@@ -83,13 +91,18 @@ void rms_norm(const OpContext& ctx, const TensorRef& x, const float* w, float ep
 // y = x / max(‖x‖₂ over channels, 1e-12) · √C · gamma[c] (+ bias[c] if bias non-null).
 void channel_rms_norm(const OpContext& ctx, const TensorRef& x, int dim, const float* gamma,
                       const float* bias, const TensorRef& y);
+// Numerics of the row/elementwise ops, identical on every ISA path (so the decoder's bits do not
+// depend on the ISA beyond linear and attention): rms_norm and channel_rms_norm sum squares in
+// double in index order; silu uses libm's expf and gelu erff per element; results never depend
+// on the thread count.
 // y = silu(gate) ⊙ up
 void silu_mul(const OpContext& ctx, const TensorRef& gate, const TensorRef& up, const TensorRef& y);
 // y = silu(x)
 void silu(const OpContext& ctx, const TensorRef& x, const TensorRef& y);
 // y = x · Φ(x) with the erf form (PyTorch's GELU(approximate='none')).
 void gelu(const OpContext& ctx, const TensorRef& x, const TensorRef& y);
-// y = a + b (b broadcast along dimensions where its shape is 1).
+// y = a + b (b broadcast along dimensions where its shape is 1; a b of fewer dimensions is
+// aligned to y's last ones, as in PyTorch: a bias [C] adds to every row of [T, H, W, C]).
 void add(const OpContext& ctx, const TensorRef& a, const TensorRef& b, const TensorRef& y);
 
 // ---- rotary position embedding ---------------------------------------------------------------
@@ -147,7 +160,9 @@ struct AttnMask {
 // Per-call scratch of attention(), grown once and reused (one per session, never shared).
 struct AttentionScratch {
     std::vector<std::vector<float>> per_share;
-    std::vector<size_t> dense_end;
+    // Per chunk token: keys [key_begin, dense_end) are all visible, none outside
+    // [key_begin, key_end).
+    std::vector<size_t> key_begin, dense_end, key_end;
 };
 
 // Softmax attention with GQA: q [n, nh, hd]; k, v [nkv, n_cached + n, hd] (any strides, so a KV
@@ -161,13 +176,23 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
 
 // ---- convolution and resampling (activations channels-last: [T, H, W, C]) -----------------------
 
-// A Conv3d weight [C_out, C_in, kt, kh, kw] held as a LinearWeight [C_out, kt·kh·kw·C_in] whose
-// columns are tap-major (tap (dt, dy, dx), then C_in), so each tap is a contiguous C_in slice
-// and INT4 groups run along C_in.
+// A Conv3d weight [C_out, C_in, kt, kh, kw] held as one LinearWeight per temporal tap dt,
+// w[dt] = [C_out, kh·kw·C_in] with tap-major columns ((dy, dx), then C_in), so each tap is a
+// contiguous C_in slice and INT4 groups run along C_in. (Changed from one LinearWeight
+// [C_out, kt·kh·kw·C_in]: a packed weight cannot be cut by columns, and per-dt weights let
+// conv3d leave out the taps on causal zero frames. The tap-major column order is the same.)
 struct Conv3dWeight {
     int64_t c_out = 0, c_in = 0, kt = 1, kh = 1, kw = 1;
-    LinearWeight w;
-    std::vector<float> bias;  // [c_out] or empty
+    std::vector<LinearWeight> w;  // [kt]
+    std::vector<float> bias;      // [c_out] or empty
+
+    // From a checkpoint tensor: F32 or BF16 [C_out, C_in, kt, kh, kw] (or [C_out, C_in, kh, kw],
+    // kt = 1), values kept exactly; bias (nullable) any float dtype [C_out].
+    static Conv3dWeight from_checkpoint(const TensorView& weight, const TensorView* bias);
+    // From a weight already in tap-major columns: [C_out, kt·kh·kw·C_in], F32, BF16 or AWQ INT4
+    // (INT4: the group size must divide kh·kw·C_in). bias nullable, [C_out].
+    static Conv3dWeight from_tap_major(const WeightView& w, int64_t c_out, int64_t c_in, int64_t kt,
+                                       int64_t kh, int64_t kw, const float* bias);
 };
 
 struct Conv3dParams {
@@ -180,9 +205,12 @@ struct Conv3dParams {
 };
 
 // y [T', H', W', C_out] = conv3d(x [T, H, W, C_in]) as an implicit GEMM on the linear panel
-// kernels (no im2col buffer of the whole input). `cache` (nullable, [Tc, H, W, C_in], Tc <=
-// pad_t_front) holds real frames that replace the last Tc of the front zero frames; taps that
-// fall on the remaining zero frames are skipped, not multiplied. If `accumulate`, y += result.
+// kernels (no im2col buffer of the whole input: panels of at most 1024 output pixels). `cache`
+// (nullable, [Tc, H, W, C_in], Tc <= pad_t_front) holds real frames that replace the last Tc of
+// the front zero frames; taps that fall on the remaining zero frames are skipped, not
+// multiplied. T' = (T + pad_t_front − kt) / stride_t + 1, H' = (H + pad_top + pad_bottom − kh) /
+// stride_h + 1, W' likewise. Per output: (W[dt0]·x + bias) + W[dt1]·x + ... in dt order, each
+// term a linear() of K = kh·kw·C_in. If `accumulate`, y += result.
 void conv3d(const OpContext& ctx, const TensorRef& x, const TensorRef* cache, const Conv3dWeight& w,
             const Conv3dParams& p, const TensorRef& y, bool accumulate = false);
 

@@ -66,8 +66,17 @@ kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& 
     return w;
 }
 
-void add_into(float* x, const float* y, size_t n) {
-    for (size_t i = 0; i < n; ++i) x[i] += y[i];
+static_assert(static_cast<int>(SplitMode::Causal) == static_cast<int>(kernels::AttnSplit::Causal) &&
+              static_cast<int>(SplitMode::Full) == static_cast<int>(kernels::AttnSplit::Full) &&
+              static_cast<int>(SplitMode::Noise) == static_cast<int>(kernels::AttnSplit::Noise));
+
+// The op context of this decoder's calls: its pool, the process ISA and activation mode.
+kernels::OpContext op_context(ThreadPool* pool) {
+    return kernels::OpContext{pool, kernels::active_isa(), kernels::activation_mode()};
+}
+
+kernels::TensorRef view(const float* x, size_t n, size_t dim) {
+    return kernels::TensorRef::matrix(x, n, dim);
 }
 
 template <typename T>
@@ -302,9 +311,10 @@ void LanceDecoder::timestep_embed(const float* t, size_t n, float* out) {
     const size_t H = cfg_.hidden_size, F = cfg_.time_freq_dim;
     grow(s_.feat, n * F);
     grow(s_.tmp, n * H);
-    for (size_t r = 0; r < n; ++r) ops::timestep_features(t[r], F, &s_.feat[r * F]);
+    for (size_t r = 0; r < n; ++r) timestep_features(t[r], F, &s_.feat[r * F]);
     kernels::linear(s_.feat.data(), n, time0_, time0_b_.data(), s_.tmp.data(), *pool_);
-    ops::silu(s_.tmp.data(), n * H);
+    const kernels::TensorRef h = view(s_.tmp.data(), n, H);
+    kernels::silu(op_context(pool_), h, h);
     kernels::linear(s_.tmp.data(), n, time2_, time2_b_.data(), out, *pool_);
 }
 
@@ -395,12 +405,10 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
                           x + n_und * H);
     }
 
-    const size_t half = hd / 2;
-    grow(s_.rope_cos, n * half);
-    grow(s_.rope_sin, n * half);
-    for (size_t r = 0; r < n; ++r)
-        ops::mrope_angles(b.positions[perm[r]], hd, cfg_.mrope_section, cfg_.rope_theta,
-                          &s_.rope_cos[r * half], &s_.rope_sin[r * half]);
+    s_.rope_pos.resize(n);
+    for (size_t r = 0; r < n; ++r) s_.rope_pos[r] = b.positions[perm[r]];
+    kernels::rope_angles_mrope(s_.rope_pos.data(), n, hd, cfg_.mrope_section, cfg_.rope_theta,
+                               s_.rope);
 
     // Split bookkeeping in sequence order.
     s_.split_of.resize(n);
@@ -408,21 +416,26 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     s_.split_end.clear();
     if (b.splits.empty()) {
         std::fill(s_.split_of.begin(), s_.split_of.end(), 0);
-        s_.modes.push_back(SplitMode::Causal);
+        s_.modes.push_back(kernels::AttnSplit::Causal);
         s_.split_end.push_back(static_cast<int32_t>(n));
     } else {
         size_t at = 0;
         for (size_t sp = 0; sp < b.splits.size(); ++sp) {
             for (int64_t i = 0; i < b.splits[sp].len; ++i)
                 s_.split_of[at++] = static_cast<int32_t>(sp);
-            s_.modes.push_back(b.splits[sp].mode);
+            s_.modes.push_back(static_cast<kernels::AttnSplit>(b.splits[sp].mode));
             s_.split_end.push_back(static_cast<int32_t>(at));
         }
     }
     for (size_t i = 0; i < n; ++i)
-        cache.hidden()[P + i] = s_.modes[s_.split_of[i]] == SplitMode::Noise;
-    ops::ChunkMask mask{P, cache.hidden(), s_.split_of.data(), s_.modes.data(),
-                        s_.split_end.data()};
+        cache.hidden()[P + i] = s_.modes[s_.split_of[i]] == kernels::AttnSplit::Noise;
+    kernels::AttnMask mask;
+    mask.kind = kernels::AttnMask::Kind::Splits;
+    mask.n_cached = P;
+    mask.cached_hidden = cache.hidden();
+    mask.split_of = s_.split_of.data();
+    mask.modes = s_.modes.data();
+    mask.split_end = s_.split_end.data();
 
     if (opt.layer_out) out.layer_out.resize(cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
@@ -439,8 +452,10 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     grow(s_.h, n * H);
     float* fin = s_.h.data();
     const float eps = static_cast<float>(cfg_.rms_norm_eps);
-    ops::rms_norm(x, n_und, H, norm_[0].data(), eps, fin);
-    ops::rms_norm(x + n_und * H, n_gen, H, norm_[1].data(), eps, fin + n_und * H);
+    const kernels::OpContext ctx = op_context(pool_);
+    kernels::rms_norm(ctx, view(x, n_und, H), norm_[0].data(), eps, view(fin, n_und, H));
+    kernels::rms_norm(ctx, view(x + n_und * H, n_gen, H), norm_[1].data(), eps,
+                      view(fin + n_und * H, n_gen, H));
     if (opt.final_hidden) {
         out.final_hidden.resize(n * H);
         for (size_t r = 0; r < n; ++r) std::copy_n(fin + r * H, H, &out.final_hidden[perm[r] * H]);
@@ -465,13 +480,13 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
 }
 
 void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
-                             const ops::ChunkMask& mask, const ActivationObserver& observer) {
+                             const kernels::AttnMask& mask, const ActivationObserver& observer) {
     const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), nh = cfg_.num_attention_heads,
                  nkv = cfg_.num_key_value_heads, qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
-                 I = cfg_.intermediate_size, half = hd / 2, P = mask.n_cached,
-                 cap = cache.capacity();
+                 I = cfg_.intermediate_size, P = mask.n_cached, cap = cache.capacity();
     const float eps = static_cast<float>(cfg_.rms_norm_eps);
     ThreadPool& pool = *pool_;
+    const kernels::OpContext ctx = op_context(pool_);
     grow(s_.h, n * H);
     grow(s_.q, n * qd);
     grow(s_.k, n * kvd);
@@ -485,24 +500,23 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
         const size_t b = begin[p], m = end[p] - begin[p];
         if (!m) continue;
         const PathWeights& w = layers_[l].path[p];
-        pool.parallel_for(m, [&](size_t r0, size_t r1) {
-            ops::rms_norm(x + (b + r0) * H, r1 - r0, H, w.ln.data(), eps, &s_.h[(b + r0) * H]);
-        });
+        kernels::rms_norm(ctx, view(x + b * H, m, H), w.ln.data(), eps, view(&s_.h[b * H], m, H));
         if (observer) observer(l, p == 1, LinearInput::Qkv, &s_.h[b * H], m, H);
         kernels::linear(&s_.h[b * H], m, w.q, w.bq.data(), &s_.q[b * qd], pool);
         kernels::linear(&s_.h[b * H], m, w.k, w.bk.data(), &s_.k[b * kvd], pool);
         kernels::linear(&s_.h[b * H], m, w.v, w.bv.data(), &s_.v[b * kvd], pool);
-        pool.parallel_for(m, [&](size_t r0, size_t r1) {
-            for (size_t r = b + r0; r < b + r1; ++r) {
-                ops::rms_norm(&s_.q[r * qd], nh, hd, w.q_norm.data(), eps, &s_.q[r * qd]);
-                ops::rms_norm(&s_.k[r * kvd], nkv, hd, w.k_norm.data(), eps, &s_.k[r * kvd]);
-                ops::apply_rope(&s_.q[r * qd], nh, hd, &s_.rope_cos[r * half],
-                                &s_.rope_sin[r * half]);
-                ops::apply_rope(&s_.k[r * kvd], nkv, hd, &s_.rope_cos[r * half],
-                                &s_.rope_sin[r * half]);
-            }
-        });
+        const kernels::TensorRef qh = view(&s_.q[b * qd], m * nh, hd),
+                                 kh = view(&s_.k[b * kvd], m * nkv, hd);
+        kernels::rms_norm(ctx, qh, w.q_norm.data(), eps, qh);
+        kernels::rms_norm(ctx, kh, w.k_norm.data(), eps, kh);
     }
+    // RoPE row by row after both paths' q/k norms (rows are independent).
+    kernels::rope(
+        ctx, kernels::TensorRef::contiguous(s_.q.data(), {int64_t(n), int64_t(nh), int64_t(hd)}),
+        s_.rope);
+    kernels::rope(
+        ctx, kernels::TensorRef::contiguous(s_.k.data(), {int64_t(n), int64_t(nkv), int64_t(hd)}),
+        s_.rope);
     // Keys and values go to the cache slots of their sequence positions (a chunk run without
     // append still uses the slots past size(); the size is not advanced).
     float* kc = cache.k(l);
@@ -514,8 +528,17 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
             std::copy_n(&s_.v[r * kvd + g * hd], hd, vc + (g * cap + a) * hd);
         }
     }
-    ops::attention(s_.q.data(), n, s_.perm.data(), kc, vc, cap, nh, nkv, hd, mask, s_.att.data(),
-                   s_.attn, pool);
+    // The cache holds [kv_head][capacity][hd]; attention sees its first P + n positions.
+    const int64_t keys = static_cast<int64_t>(P + n);
+    kernels::TensorRef kr =
+        kernels::TensorRef::contiguous(kc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
+    kernels::TensorRef vr =
+        kernels::TensorRef::contiguous(vc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
+    kernels::attention(
+        ctx, kernels::TensorRef::contiguous(s_.q.data(), {int64_t(n), int64_t(nh), int64_t(hd)}),
+        s_.perm.data(), kr.slice(1, 0, keys), vr.slice(1, 0, keys), mask, 0.0f,
+        kernels::TensorRef::contiguous(s_.att.data(), {int64_t(n), int64_t(nh), int64_t(hd)}),
+        s_.attn);
 
     for (int p = 0; p < 2; ++p) {
         const size_t b = begin[p], m = end[p] - begin[p];
@@ -523,22 +546,22 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
         const PathWeights& w = layers_[l].path[p];
         if (observer) observer(l, p == 1, LinearInput::O, &s_.att[b * qd], m, qd);
         kernels::linear(&s_.att[b * qd], m, w.o, nullptr, s_.o.data(), pool);
-        add_into(x + b * H, s_.o.data(), m * H);
+        kernels::add(ctx, view(x + b * H, m, H), view(s_.o.data(), m, H), view(x + b * H, m, H));
         grow(s_.gate, std::min(m, kMlpRows) * I);
         grow(s_.up, std::min(m, kMlpRows) * I);
         for (size_t r0 = 0; r0 < m; r0 += kMlpRows) {
             const size_t rows = std::min(kMlpRows, m - r0);
             float* xr = x + (b + r0) * H;
-            ops::rms_norm(xr, rows, H, w.post.data(), eps, s_.h.data());
+            kernels::rms_norm(ctx, view(xr, rows, H), w.post.data(), eps,
+                              view(s_.h.data(), rows, H));
             if (observer) observer(l, p == 1, LinearInput::GateUp, s_.h.data(), rows, H);
             kernels::linear(s_.h.data(), rows, w.gate, nullptr, s_.gate.data(), pool);
             kernels::linear(s_.h.data(), rows, w.up, nullptr, s_.up.data(), pool);
-            pool.parallel_for(rows, [&](size_t a0, size_t a1) {
-                ops::silu_mul(&s_.gate[a0 * I], &s_.up[a0 * I], (a1 - a0) * I, &s_.gate[a0 * I]);
-            });
+            const kernels::TensorRef g = view(s_.gate.data(), rows, I);
+            kernels::silu_mul(ctx, g, view(s_.up.data(), rows, I), g);
             if (observer) observer(l, p == 1, LinearInput::Down, s_.gate.data(), rows, I);
             kernels::linear(s_.gate.data(), rows, w.down, nullptr, s_.o.data(), pool);
-            add_into(xr, s_.o.data(), rows * H);
+            kernels::add(ctx, view(xr, rows, H), view(s_.o.data(), rows, H), view(xr, rows, H));
         }
     }
 }

@@ -15,7 +15,7 @@
 #include "core/tensor.h"
 #include "core/thread_pool.h"
 #include "kernels/linear.h"
-#include "model/decoder_ops.h"
+#include "kernels/ops.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "model/positions.h"
@@ -177,7 +177,7 @@ class LanceDecoder {
     };
     void check_batch(const Batch& b) const;
     void load_gen_bridge(const LanceCheckpoint& ck);
-    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const ops::ChunkMask& mask,
+    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const kernels::AttnMask& mask,
                    const ActivationObserver& observer);
 
     LanceConfig cfg_;
@@ -198,11 +198,13 @@ class LanceDecoder {
     // Scratch, grown on demand and reused.
     struct Scratch {
         std::vector<int32_t> perm, split_of, split_end;
-        std::vector<SplitMode> modes;
-        std::vector<float> x, h, q, k, v, att, o, gate, up, rope_cos, rope_sin, feat, tmp;
+        std::vector<kernels::AttnSplit> modes;
+        std::vector<float> x, h, q, k, v, att, o, gate, up, feat, tmp;
+        std::vector<RopePosition> rope_pos;
+        kernels::RopeTable rope;
         std::vector<float> t_unique;
         std::vector<int32_t> t_slot;
-        ops::AttentionScratch attn;
+        kernels::AttentionScratch attn;
         KvCache own_cache;
     } s_;
 };

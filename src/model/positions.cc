@@ -111,4 +111,13 @@ void pe3d_row(int hidden, int64_t pos_id, int max_latent_size, double* out) {
     }
 }
 
+void timestep_features(float t, size_t dim, float* out) {
+    const size_t half = dim / 2;
+    for (size_t k = 0; k < half; ++k) {
+        const double f = std::exp(-std::log(10000.0) * static_cast<double>(k) / half);
+        out[k] = static_cast<float>(std::cos(t * f));
+        out[half + k] = static_cast<float>(std::sin(t * f));
+    }
+}
+
 }  // namespace lancet

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -41,6 +42,10 @@ std::vector<RopePosition> mrope_positions(const std::vector<int64_t>& ids,
 
 // The next text position after `pos` (largest coordinate + 1): where decoding continues.
 int64_t next_text_position(const std::vector<RopePosition>& pos);
+
+// TimestepEmbedder features of flow time t: [cos(t f_k)] ++ [sin(t f_k)], dim values,
+// f_k = exp(−ln(10000)·k / (dim/2)) (the sinusoidal code of a scalar, like a position code).
+void timestep_features(float t, size_t dim, float* out);
 
 // PE3D row index of every voxel of a latent block (t, h, w), row-major: ti*L*L + hi*L + wi with
 // L = max_latent_size. Grids wider than L wrap into the next row as in Lance (pitfall 9).

@@ -11,10 +11,10 @@
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "io/output_dir.h"
+#include "kernels/gemm.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "quant/act_stats.h"
-#include "quant/gemm.h"
 #include "quant/stats_file.h"
 
 namespace lancet {
@@ -45,7 +45,7 @@ std::vector<float> project(const std::vector<float>& x, int64_t n, int in,
                            const std::vector<float>& w, int out, const std::vector<float>* bias) {
     std::vector<float> y(static_cast<size_t>(n) * out);
     parallel_chunks(default_pool(), n, 16, [&](int64_t t0, int64_t t1) {
-        quant::gemm_nt(t1 - t0, out, in, &x[t0 * in], in, w.data(), in, &y[t0 * out], out, false);
+        kernels::gemm_nt(t1 - t0, out, in, &x[t0 * in], in, w.data(), in, &y[t0 * out], out, false);
         if (bias)
             for (int64_t t = t0; t < t1; ++t)
                 for (int o = 0; o < out; ++o) y[t * out + o] += (*bias)[o];

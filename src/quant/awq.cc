@@ -11,7 +11,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/thread_pool.h"
-#include "quant/gemm.h"
+#include "kernels/gemm.h"
 
 namespace lancet::quant {
 namespace {
@@ -214,14 +214,14 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             }
             for (int64_t k = 0; k < b * in; ++k) dw[k] = wr[k] - dw[k];
             Sq& p = parts[j0 / kRowChunk];
-            gemm_nt(b, ns, in, wr.data(), in, xs.data(), in, out.data(), ns, false);
+            kernels::gemm_nt(b, ns, in, wr.data(), in, xs.data(), in, out.data(), ns, false);
             p.y2s = sum_squares(out.data(), b * ns);
-            gemm_nt(b, ns, in, dw.data(), in, xs.data(), in, out.data(), ns, false);
+            kernels::gemm_nt(b, ns, in, dw.data(), in, xs.data(), in, out.data(), ns, false);
             p.e2s = sum_squares(out.data(), b * ns);
             if (nh > 0) {
-                gemm_nt(b, nh, in, wr.data(), in, xh.data(), in, out.data(), nh, false);
+                kernels::gemm_nt(b, nh, in, wr.data(), in, xh.data(), in, out.data(), nh, false);
                 p.y2h = sum_squares(out.data(), b * nh);
-                gemm_nt(b, nh, in, dw.data(), in, xh.data(), in, out.data(), nh, false);
+                kernels::gemm_nt(b, nh, in, dw.data(), in, xh.data(), in, out.data(), nh, false);
                 p.e2h = sum_squares(out.data(), b * nh);
             }
         });
@@ -278,7 +278,8 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                             for (int i = 0; i < in; ++i) delta[j * in + i] = ws[i] - deq[i];
                         }
                         e.resize(m * ns);
-                        gemm_nt(m, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
+                        kernels::gemm_nt(m, ns, in, delta.data(), in, xss.data(), in, e.data(), ns,
+                                         false);
                         parts[p] = it.weight * sum_squares(e.data(), m * ns);
                     }
                 });
@@ -333,8 +334,8 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
         parallel_chunks(pool, ng, 1, [&](int64_t g0, int64_t g1) {
             for (int64_t g = g0; g < g1; ++g) {
                 const float* blk = &xst[static_cast<size_t>(g) * gs * ns];
-                gemm_nt(gs, gs, ns, blk, ns, blk, ns, &gram[static_cast<size_t>(g) * gs * gs], gs,
-                        false);
+                kernels::gemm_nt(gs, gs, ns, blk, ns, blk, ns,
+                                 &gram[static_cast<size_t>(g) * gs * gs], gs, false);
             }
         });
     }
@@ -368,7 +369,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             const bool exact = opt.clip_exact;
             std::vector<float> e(b * ns);
             if (exact || K == 1)
-                gemm_nt(b, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
+                kernels::gemm_nt(b, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
             if (K > 1) {
                 const int kc = K - 1;
                 std::vector<float> gvec(b * gs), d(b * kc * gs), t(b * kc * gs),
@@ -380,12 +381,13 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                     // that comes from this group alone (block-diagonal: cross-group terms,
                     // zero-mean for independent rounding errors, are dropped).
                     if (exact)
-                        gemm_nt(b, gs, ns, e.data(), ns, &xst[static_cast<size_t>(g) * gs * ns], ns,
-                                gvec.data(), gs, false);
+                        kernels::gemm_nt(b, gs, ns, e.data(), ns,
+                                         &xst[static_cast<size_t>(g) * gs * ns], ns, gvec.data(),
+                                         gs, false);
                     else
-                        gemm_nn(b, gs, gs, delta.data() + g * gs, in,
-                                &gram[static_cast<size_t>(g) * gs * gs], gs, gvec.data(), gs,
-                                false);
+                        kernels::gemm_nn(b, gs, gs, delta.data() + g * gs, in,
+                                         &gram[static_cast<size_t>(g) * gs * gs], gs, gvec.data(),
+                                         gs, false);
                     for (int64_t r = 0; r < b; ++r)
                         for (int k = 0; k < kc; ++k) {
                             GroupQuantOptions go;
@@ -401,8 +403,9 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                                     deq[r * in + g * gs + i] - cand_deq[slot * gs + i];
                         }
                     // Quadratic term dᵀ H_g d.
-                    gemm_nn(b * kc, gs, gs, d.data(), gs, &gram[static_cast<size_t>(g) * gs * gs],
-                            gs, t.data(), gs, false);
+                    kernels::gemm_nn(b * kc, gs, gs, d.data(), gs,
+                                     &gram[static_cast<size_t>(g) * gs * gs], gs, t.data(), gs,
+                                     false);
                     bool any = false;
                     std::fill(dbest.begin(), dbest.end(), 0.0f);
                     for (int64_t r = 0; r < b; ++r) {
@@ -438,8 +441,8 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                     }
                     // e += Xs_g d for the rows that changed.
                     if (any && exact)
-                        gemm_nt(b, ns, gs, dbest.data(), gs, xss.data() + g * gs, in, e.data(), ns,
-                                true);
+                        kernels::gemm_nt(b, ns, gs, dbest.data(), gs, xss.data() + g * gs, in,
+                                         e.data(), ns, true);
                 }
             }
             Sq& p = parts[o0 / kRowChunk];
@@ -453,12 +456,14 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             const int64_t nrep = static_cast<int64_t>(drep.size()) / in;
             if (!(exact || K == 1) && nrep > 0) {
                 std::vector<float> es(nrep * ns);
-                gemm_nt(nrep, ns, in, drep.data(), in, xss.data(), in, es.data(), ns, false);
+                kernels::gemm_nt(nrep, ns, in, drep.data(), in, xss.data(), in, es.data(), ns,
+                                 false);
                 p.e2s = sum_squares(es.data(), nrep * ns);
             }
             if (nh > 0 && nrep > 0) {
                 std::vector<float> eh(nrep * nh);
-                gemm_nt(nrep, nh, in, drep.data(), in, xhs.data(), in, eh.data(), nh, false);
+                kernels::gemm_nt(nrep, nh, in, drep.data(), in, xhs.data(), in, eh.data(), nh,
+                                 false);
                 p.e2h = sum_squares(eh.data(), nrep * nh);
             }
             for (int64_t r = 0; r < b; ++r)

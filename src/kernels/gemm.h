@@ -1,10 +1,12 @@
 // Single-threaded f32 matrix product C = A·Bᵀ for the quantizer's error evaluations, with an
-// AVX2+FMA kernel picked at run time and a portable fallback.
+// AVX2+FMA kernel picked by dispatch.cc and a portable fallback.
 #pragma once
 
 #include <cstdint>
 
-namespace lancet::quant {
+#include "kernels/dispatch.h"
+
+namespace lancet::kernels {
 
 // C[i, j] (+)= sum_p A[i, p] * B[j, p] for i < m, j < n, p < k; all row-major with leading
 // dimensions lda, ldb, ldc. accumulate=false overwrites C. Summation order depends only on k (fixed
@@ -28,7 +30,11 @@ void gemm_nn_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t l
                       int64_t ldb, float* C, int64_t ldc, bool accumulate);
 void gemm_nn_avx2(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                   int64_t ldb, float* C, int64_t ldc, bool accumulate);
-bool cpu_has_avx2_fma();
+// The kernels for an ISA (dispatch.cc): AVX2 for AVX2 and AVX-512, else portable.
+using GemmFn = void (*)(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda,
+                        const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+GemmFn gemm_nt_kernel(Isa isa);
+GemmFn gemm_nn_kernel(Isa isa);
 }  // namespace detail
 
-}  // namespace lancet::quant
+}  // namespace lancet::kernels

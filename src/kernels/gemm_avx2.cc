@@ -4,9 +4,9 @@
 
 #include <algorithm>
 
-#include "quant/gemm.h"
+#include "kernels/gemm.h"
 
-namespace lancet::quant::detail {
+namespace lancet::kernels::detail {
 namespace {
 
 constexpr int64_t kKc = 256;  // k block: a 4x256 A tile and a 3x256 B tile fit in L1
@@ -142,4 +142,4 @@ void gemm_nn_avx2(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, 
     if (j < n) gemm_nn_portable(m, n - j, k, A, lda, B + j, ldb, C + j, ldc, accumulate);
 }
 
-}  // namespace lancet::quant::detail
+}  // namespace lancet::kernels::detail

@@ -1,13 +1,10 @@
-// Dispatch and the portable kernel of the quantizer's f32 A·Bᵀ product.
-#include "quant/gemm.h"
+// The entry points and the portable kernel of the quantizer's f32 A·Bᵀ product.
+#include "kernels/gemm.h"
 
 #include "kernels/dispatch.h"
 
-namespace lancet::quant {
+namespace lancet::kernels {
 namespace detail {
-
-// The kernel dispatch decides (one place for CPU detection and LANCET_ISA).
-bool cpu_has_avx2_fma() { return kernels::active_isa() != kernels::Isa::Scalar; }
 
 void gemm_nt_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                       int64_t ldb, float* C, int64_t ldc, bool accumulate) {
@@ -49,23 +46,17 @@ void gemm_nn_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t l
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
              int64_t ldb, float* C, int64_t ldc, bool accumulate) {
     if (m <= 0 || n <= 0) return;
-    if (detail::cpu_has_avx2_fma())
-        detail::gemm_nt_avx2(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
-    else
-        detail::gemm_nt_portable(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
+    detail::gemm_nt_kernel(active_isa())(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
 }
 
-}  // namespace lancet::quant
+}  // namespace lancet::kernels
 
-namespace lancet::quant {
+namespace lancet::kernels {
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
              int64_t ldb, float* C, int64_t ldc, bool accumulate) {
     if (m <= 0 || n <= 0) return;
-    if (detail::cpu_has_avx2_fma())
-        detail::gemm_nn_avx2(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
-    else
-        detail::gemm_nn_portable(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
+    detail::gemm_nn_kernel(active_isa())(m, n, k, A, lda, B, ldb, C, ldc, accumulate);
 }
 
-}  // namespace lancet::quant
+}  // namespace lancet::kernels

@@ -1,0 +1,201 @@
+// attention(): blocked flash-style softmax attention with GQA over a KV cache, one mask
+// abstraction (None, Causal, Segments, Splits), online softmax over key tiles.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+#include "kernels/ops_kernels.h"
+
+namespace lancet::kernels {
+namespace {
+
+constexpr size_t kQueryTile = 32;  // query rows per task: one K/V tile serves them all
+constexpr size_t kKeyTile = 64;    // keys per step of the online softmax
+
+// Lance's split rule for cached key a (< n_cached) or chunk key a − n_cached, query chunk index
+// qi.
+inline bool split_allows(const AttnMask& m, size_t qi, size_t a) {
+    if (a < m.n_cached) return !m.cached_hidden[a];
+    const size_t j = a - m.n_cached;
+    const int32_t sj = m.split_of[j], si = m.split_of[qi];
+    if (sj == si) return m.modes[si] != AttnSplit::Causal || j <= qi;
+    return j < qi && m.modes[sj] != AttnSplit::Noise;
+}
+
+void check_attention(const TensorRef& q, const TensorRef& k, const TensorRef& v,
+                     const AttnMask& mask, const TensorRef& out) {
+    for (const TensorRef* t : {&q, &k, &v, &out})
+        if (t->dtype != DType::F32 || !t->data || t->ndim != 3 || t->stride[2] != 1)
+            fail("attention: ", t->describe(), " must be a 3-d f32 tensor with unit inner stride");
+    const int64_t n = q.shape[0], nh = q.shape[1], hd = q.shape[2], nkv = k.shape[0];
+    const int64_t keys = static_cast<int64_t>(mask.n_cached) + n;
+    if (k.shape[1] != keys || k.shape[2] != hd || v.shape[0] != nkv || v.shape[1] != keys ||
+        v.shape[2] != hd)
+        fail("attention: k ", k.describe(), " / v ", v.describe(), " do not hold ", keys,
+             " keys of dim ", hd, " for q ", q.describe());
+    if (nkv < 1 || nh % nkv != 0)
+        fail("attention: ", nh, " query heads do not group over ", nkv, " kv heads");
+    if (out.shape[0] != n || out.shape[1] != nh || out.shape[2] != hd)
+        fail("attention: out ", out.describe(), " differs from q ", q.describe());
+    switch (mask.kind) {
+        case AttnMask::Kind::None:
+        case AttnMask::Kind::Causal:
+            break;
+        case AttnMask::Kind::Segments: {
+            if (mask.n_cached != 0) fail("attention: a Segments mask takes no cache");
+            const int32_t* cu = mask.cu_seqlens;
+            if (!cu || mask.n_segments == 0 || cu[0] != 0 || cu[mask.n_segments] != n)
+                fail("attention: cu_seqlens must run from 0 to ", n);
+            for (size_t s = 0; s < mask.n_segments; ++s)
+                if (cu[s + 1] < cu[s]) fail("attention: cu_seqlens decrease at segment ", s);
+            break;
+        }
+        case AttnMask::Kind::Splits:
+            if (!mask.split_of || !mask.modes || !mask.split_end ||
+                (mask.n_cached && !mask.cached_hidden))
+                fail(
+                    "attention: a Splits mask needs split_of, modes, split_end and "
+                    "cached_hidden");
+            break;
+    }
+}
+
+}  // namespace
+
+void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index, const TensorRef& k,
+               const TensorRef& v, const AttnMask& mask, float scale, const TensorRef& out,
+               AttentionScratch& scratch) {
+    check_attention(q, k, v, mask, out);
+    const detail::OpKernels& kern = detail::op_kernels(ctx.isa);
+    ThreadPool& pool = ctx.threads();
+    const size_t n = static_cast<size_t>(q.shape[0]), nh = static_cast<size_t>(q.shape[1]),
+                 hd = static_cast<size_t>(q.shape[2]), nkv = static_cast<size_t>(k.shape[0]);
+    if (n == 0) return;
+    const size_t group = nh / nkv, P = mask.n_cached;
+    if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+    // Per chunk token i the keys it may see lie in [lo, hi); those in [lo, dense) are all
+    // visible, so the per-key mask test runs only outside that run (for causal text: the
+    // diagonal tile alone; for windows: never).
+    auto& lo = scratch.key_begin;
+    auto& dense = scratch.dense_end;
+    auto& hi = scratch.key_end;
+    lo.assign(n, 0);
+    dense.resize(n);
+    hi.resize(n);
+    switch (mask.kind) {
+        case AttnMask::Kind::None:
+            std::fill(dense.begin(), dense.end(), P + n);
+            std::fill(hi.begin(), hi.end(), P + n);
+            break;
+        case AttnMask::Kind::Causal:
+            for (size_t i = 0; i < n; ++i) dense[i] = hi[i] = P + i + 1;
+            break;
+        case AttnMask::Kind::Segments:
+            for (size_t s = 0; s < mask.n_segments; ++s)
+                for (int32_t i = mask.cu_seqlens[s]; i < mask.cu_seqlens[s + 1]; ++i) {
+                    lo[i] = static_cast<size_t>(mask.cu_seqlens[s]);
+                    dense[i] = hi[i] = static_cast<size_t>(mask.cu_seqlens[s + 1]);
+                }
+            break;
+        case AttnMask::Kind::Splits: {
+            // Keys are invisible only when hidden in the cache, in a noise split before the
+            // token's split, or past its own end.
+            size_t cache_dense = P;
+            for (size_t a = 0; a < P; ++a)
+                if (mask.cached_hidden[a]) {
+                    cache_dense = a;
+                    break;
+                }
+            size_t first_noise = n;
+            for (size_t i = 0; i < n; ++i)
+                if (mask.modes[mask.split_of[i]] == AttnSplit::Noise) {
+                    first_noise = i;
+                    break;
+                }
+            for (size_t i = 0, start = 0; i < n; ++i) {
+                if (i > 0 && mask.split_of[i] != mask.split_of[i - 1]) start = i;
+                const int32_t sp = mask.split_of[i];
+                const size_t own_end = mask.modes[sp] == AttnSplit::Causal
+                                           ? i + 1
+                                           : static_cast<size_t>(mask.split_end[sp]);
+                const size_t d = P + (first_noise < start ? first_noise : own_end);
+                dense[i] = cache_dense < P ? cache_dense : d;
+                const size_t last = mask.modes[sp] == AttnSplit::Causal
+                                        ? i
+                                        : std::max<size_t>(i, mask.split_end[sp] - 1);
+                hi[i] = P + last + 1;
+            }
+            break;
+        }
+    }
+    const bool splits = mask.kind == AttnMask::Kind::Splits;
+
+    const size_t tiles = (n + kQueryTile - 1) / kQueryTile, tasks = tiles * nh;
+    const size_t per_share = kQueryTile * (hd * 2 + kKeyTile + 2);
+    if (scratch.per_share.size() < pool.size()) scratch.per_share.resize(pool.size());
+    for (size_t s = 0; s < pool.size(); ++s)
+        if (scratch.per_share[s].size() < per_share) scratch.per_share[s].resize(per_share);
+    const size_t ldk = static_cast<size_t>(k.stride[1]), ldv = static_cast<size_t>(v.stride[1]);
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+    pool.run([&](size_t share, size_t n_shares) {
+        float* qb = scratch.per_share[share].data();
+        float* acc = qb + kQueryTile * hd;
+        float* s = acc + kQueryTile * hd;
+        float* mx = s + kQueryTile * kKeyTile;
+        float* sum = mx + kQueryTile;
+        // Round-robin over tasks: under a causal mask later query tiles cost more, and contiguous
+        // ranges would leave the last thread with most of the work. Each output is still
+        // computed by one task the same way, whatever the thread count.
+        for (size_t task = share; task < tasks; task += n_shares) {
+            const size_t h = task % nh, tile = task / nh, g = h / group;
+            const size_t r0 = tile * kQueryTile, nr = std::min(kQueryTile, n - r0);
+            const float* kh = k.f32() + g * k.stride[0];
+            const float* vh = v.f32() + g * v.stride[0];
+            size_t key_begin = P + n, key_end = 0;  // the keys any row of the tile may see
+            for (size_t r = 0; r < nr; ++r) {
+                const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
+                key_begin = std::min(key_begin, lo[qi]);
+                key_end = std::max(key_end, hi[qi]);
+                const float* src = q.f32() + (r0 + r) * q.stride[0] + h * q.stride[1];
+                for (size_t d = 0; d < hd; ++d) qb[r * hd + d] = src[d] * scale;
+                mx[r] = kNegInf;
+                sum[r] = 0;
+            }
+            std::fill(acc, acc + nr * hd, 0.0f);
+            for (size_t a0 = key_begin; a0 < key_end; a0 += kKeyTile) {
+                const size_t nk = std::min(kKeyTile, key_end - a0);
+                kern.attn_scores(qb, nr, kh + a0 * ldk, ldk, nk, hd, s);
+                for (size_t r = 0; r < nr; ++r) {
+                    float* sr = s + r * nk;
+                    const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
+                    for (size_t j = 0; j < nk && a0 + j < lo[qi]; ++j) sr[j] = kNegInf;
+                    for (size_t j = dense[qi] > a0 ? dense[qi] - a0 : 0; j < nk; ++j)
+                        if (!splits || !split_allows(mask, qi, a0 + j)) sr[j] = kNegInf;
+                    float top = mx[r];
+                    for (size_t j = 0; j < nk; ++j) top = std::max(top, sr[j]);
+                    if (top == kNegInf) {
+                        std::fill(sr, sr + nk, 0.0f);  // nothing visible here yet
+                        continue;
+                    }
+                    const float corr = std::exp(mx[r] - top);  // 0 on the first visible tile
+                    mx[r] = top;
+                    sum[r] = sum[r] * corr + kern.attn_exp_sum(sr, nk, top);
+                    if (corr != 1.0f)
+                        for (size_t d = 0; d < hd; ++d) acc[r * hd + d] *= corr;
+                }
+                kern.attn_pv(s, nr, vh + a0 * ldv, ldv, nk, hd, acc);
+            }
+            for (size_t r = 0; r < nr; ++r) {
+                float* dst = out.f32() + (r0 + r) * out.stride[0] + h * out.stride[1];
+                const float inv = 1.0f / sum[r];
+                for (size_t d = 0; d < hd; ++d) dst[d] = acc[r * hd + d] * inv;
+            }
+        }
+    });
+}
+
+}  // namespace lancet::kernels

@@ -1,0 +1,46 @@
+// The per-ISA kernels behind ops.h (internal to src/kernels): contiguous-row primitives that the
+// op drivers in ops.cc / attention.cc / conv3d.cc call once they have resolved strides, shapes and
+// threading. dispatch.cc's op_kernels(Isa) is the only place that picks a table.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/dispatch.h"
+
+namespace lancet::kernels::detail {
+
+struct OpKernels {
+    // One row of rms_norm: y = x · rsqrt(mean(x²) + eps) · w (w nullable). The sum of squares is
+    // taken in double in index order on every ISA (so every path and the former decoder code
+    // agree to the bit); the vector paths speed up the scaling.
+    void (*rms_norm_row)(const float* x, size_t dim, const float* w, float eps, float* y);
+    // One pixel of channel_rms_norm over C contiguous channels.
+    void (*channel_rms_norm_row)(const float* x, size_t c, const float* gamma, const float* bias,
+                                 float* y);
+    // Elementwise over n contiguous floats (y may alias an input). Every path computes exp with
+    // libm's expf (silu) and the same erf (gelu) element by element, so an element's result does
+    // not depend on where a vector loop's tail falls: bit-identical across thread counts.
+    void (*silu_mul)(const float* gate, const float* up, size_t n, float* y);
+    void (*silu)(const float* x, size_t n, float* y);
+    void (*gelu)(const float* x, size_t n, float* y);
+    void (*add)(const float* a, const float* b, size_t n, float* y);
+    // x[h*hd ..] for h < heads, rotate-half form, in place, with cos/sin [hd/2]. Computed unfused
+    // (a·c − b·s with two roundings) on every path.
+    void (*rope_row)(float* x, size_t heads, size_t hd, const float* cos, const float* sin);
+    // Attention tiles: s[r*nk+j] = q_r · k_j (q rows hd apart, k rows ldk apart);
+    // acc[r*hd+d] += Σ_j p[r*nk+j] v_j[d] (v rows ldv apart); p[i] = exp(p[i] − m) in place,
+    // returning the sum (p = −inf gives 0).
+    void (*attn_scores)(const float* q, size_t nq, const float* k, size_t ldk, size_t nk, size_t hd,
+                        float* s);
+    void (*attn_pv)(const float* p, size_t nq, const float* v, size_t ldv, size_t nk, size_t hd,
+                    float* acc);
+    float (*attn_exp_sum)(float* p, size_t n, float m);
+};
+
+const OpKernels& op_kernels_scalar();
+const OpKernels& op_kernels_avx2();
+// The table for an ISA (dispatch.cc; lancet::Error if this CPU lacks it).
+const OpKernels& op_kernels(Isa isa);
+
+}  // namespace lancet::kernels::detail
