@@ -144,7 +144,10 @@ TEST(Calibrate, AwqIsCloserToTheOriginalThanRtn) {
          r = LanceCheckpoint::open((dir / "rtn").string());
     DecoderOptions d;
     d.logits_limit = static_cast<int64_t>(tok.size());
-    LanceDecoder da(*a, d), db(*b, d), dr(*r, d);
+    const LanceWeights da_w(*a, d);
+    const LanceWeights db_w(*b, d);
+    const LanceWeights dr_w(*r, d);
+    DecoderSession da(da_w), db(db_w), dr(dr_w);
     PerplexityOptions po;
     po.ctx = 128;
     po.vocab_limit = d.logits_limit;

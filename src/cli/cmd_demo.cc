@@ -100,7 +100,8 @@ void run_demo(const std::string& dir) {
     DecoderOptions dopt;
     dopt.load_gen = false;  // text only: the und expert alone
     dopt.logits_limit = static_cast<int64_t>(tok.size());
-    LanceDecoder d_o(*ck_o, dopt), d_r(*ck_r, dopt), d_a(*ck_a, dopt);
+    const LanceWeights w_o(*ck_o, dopt), w_r(*ck_r, dopt), w_a(*ck_a, dopt);
+    DecoderSession d_o(w_o), d_r(w_r), d_a(w_a);
     PerplexityOptions po;
     po.ctx = 256;
     po.vocab_limit = dopt.logits_limit;

@@ -120,7 +120,8 @@ void calibrate(const CalibrateOptions& opt) {
     // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
     dopt.bf16_weights = true;
     dopt.logits_limit = static_cast<int64_t>(tok.size());
-    LanceDecoder decoder(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession decoder(weights);
     std::vector<PathStats> stats(static_cast<size_t>(cfg.num_hidden_layers) * 2);
     uint64_t acc_seed = opt.seed;
     Outputs outputs;

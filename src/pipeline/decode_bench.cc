@@ -49,7 +49,7 @@ DecodeWeightBytes decode_weight_bytes(const LanceCheckpoint& ck) {
     return b;
 }
 
-DecodeBenchResult bench_decode(LanceDecoder& dec, const DecodeBenchOptions& opt) {
+DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& opt) {
     const LanceConfig& cfg = dec.config();
     const size_t n = opt.prompt_tokens, m = opt.decode_tokens;
     if (n < 1) fail("bench decode: --prompt-tokens must be >= 1");
