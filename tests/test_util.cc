@@ -15,11 +15,10 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
-#include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/lance_checkpoint.h"
+#include "pipeline/quantize.h"
 #include "quant/q4.h"
-#include "quant/quantize.h"
 
 namespace lancet::test {
 
@@ -77,13 +76,13 @@ RunResult run_lancet(const std::string& args) {
 }
 
 std::string make_rtn_int4(const std::string& src, const fs::path& dst, int gs) {
-    quant::QuantizeOptions o;
+    QuantizeOptions o;
     o.method = "rtn";
     o.group_size = gs;
     o.src = src;
     o.out = dst.string();
     o.progress = false;
-    quant::quantize_checkpoint(o);
+    quantize_checkpoint(o);
     return o.out;
 }
 

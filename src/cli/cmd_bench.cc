@@ -506,7 +506,6 @@ void run_decode_bench(const DecodeOptions& opt) {
         DecoderOptions dopt;
         dopt.load_gen = false;     // text only: the und expert alone
         dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
-        dopt.pool = &pool;
         std::error_code ec;
         if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
             dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
@@ -514,7 +513,8 @@ void run_decode_bench(const DecodeOptions& opt) {
         {
             // One decoder at a time: the next model's weights replace this one's.
             log_info("bench decode: ", opt.models[i]);
-            LanceDecoder dec(ck, dopt);
+            const LanceWeights weights(ck, dopt);
+            DecoderSession dec(weights, kernels::OpContext::defaults(&pool));
             DecodeBenchOptions bo;
             bo.prompt_tokens = opt.prompt_tokens;
             bo.decode_tokens = opt.decode_tokens;
