@@ -6,8 +6,12 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/thread_pool.h"
+#include "io/temp_output.h"
 
 int main(int argc, char** argv) {
+    // Before any thread starts, so every thread inherits the blocked SIGINT/SIGTERM/SIGHUP and
+    // only the cleanup thread receives them.
+    lancet::install_interrupt_cleanup();
     CLI::App app{"lancet: quantize ByteDance's Lance to AWQ INT4 and run it natively"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "lancet 0.1.0");
@@ -45,14 +49,18 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return app.exit(e) == 0 ? 0 : 1;
     } catch (const lancet::Error& e) {
+        lancet::hold_if_interrupted();  // an error caused by the cleanup is not the user's
         std::fprintf(stderr, "lancet: error: %s\n", e.what());
         return 1;
     } catch (const std::bad_alloc&) {
+        lancet::hold_if_interrupted();
         std::fprintf(stderr, "lancet: error: out of memory\n");
         return 1;
     } catch (const std::exception& e) {
+        lancet::hold_if_interrupted();
         std::fprintf(stderr, "lancet: error: %s\n", e.what());
         return 1;
     }
+    lancet::hold_if_interrupted();  // the cleanup thread exits with 128 + signal
     return 0;
 }
