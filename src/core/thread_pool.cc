@@ -33,6 +33,15 @@ static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
 // then it sleeps on a futex, so that an idle program or a loaded machine loses no core to it.
 constexpr int kSpinIterations = 256;
 constexpr auto kYieldFor = std::chrono::microseconds(50);
+// Waking a sleeping worker costs the caller a system call and the worker tens of microseconds
+// before it runs, so the caller wakes them only once the job's remaining chunks, at the pace of
+// the ones it ran, amount to more than this; tiny jobs (a small model's decode step) are then run
+// by whoever is awake, and sleeping workers cost nothing.
+constexpr auto kWakeWorth = std::chrono::microseconds(20);
+// A worker that found nothing left to claim in this many jobs in a row (jobs too small to share,
+// or a worker too slow to get there first) sleeps at once instead of spinning for the next one,
+// so on a loaded machine it stops taking CPU time from the threads doing the work.
+constexpr int kMissesBeforeSleep = 4;
 
 inline void cpu_relax() {
 #if defined(__x86_64__)
@@ -132,16 +141,34 @@ void ThreadPool::run_erased(Thunk thunk, void* ctx, size_t n_chunks) {
     ctx_.store(ctx, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
     ticket_.store(make_ticket(gen, n, 0), std::memory_order_release);
-    // Wake sleeping workers (a syscall only when some sleep: seq_cst pairs this store and load
-    // with a worker's increment of sleepers_ and its re-check of job_seq_).
+    // Workers that spin or yield see the new job here; sleeping ones are woken below if the job
+    // is worth it (seq_cst pairs this store and the load of sleepers_ with a worker's increment
+    // of sleepers_ and its re-check of job_seq_).
     job_seq_.store(gen, std::memory_order_seq_cst);
-    if (sleepers_.load(std::memory_order_seq_cst) != 0) futex_wake(job_seq_, INT_MAX);
 
     // The caller claims chunks like any worker, so a worker that is late or descheduled only
     // means the caller does more of the job.
     t_in_job = true;
-    uint32_t job_n = n;
-    const uint32_t ran = claim_and_run(gen, job_n);
+    const auto start = std::chrono::steady_clock::now();
+    bool woken = false;
+    uint32_t ran = 0;
+    for (uint64_t t = ticket_.load(std::memory_order_acquire);;) {
+        const uint32_t next = static_cast<uint32_t>(t) & 0xffffu;
+        if (static_cast<uint32_t>(t >> 32) != gen || next >= n) break;
+        if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel,
+                                           std::memory_order_acquire))
+            continue;
+        thunk(ctx, next, n);
+        ++ran;
+        ++t;
+        if (!woken && next + 1 < n) {
+            const auto spent = std::chrono::steady_clock::now() - start;
+            if (spent / ran * (n - next - 1) > kWakeWorth) {
+                woken = true;
+                if (sleepers_.load(std::memory_order_seq_cst) != 0) futex_wake(job_seq_, INT_MAX);
+            }
+        }
+    }
     t_in_job = false;
     if (done_.fetch_add(ran, std::memory_order_acq_rel) + ran == n) return;
 
@@ -154,10 +181,11 @@ void ThreadPool::run_erased(Thunk thunk, void* ctx, size_t n_chunks) {
 
 void ThreadPool::worker() {
     uint32_t seen = 0;
+    int misses = 0;   // jobs in a row with nothing left to claim
     t_in_job = true;  // a job's function calling the pool runs inline
     for (;;) {
         auto fresh = [&] { return job_seq_.load(std::memory_order_acquire) != seen; };
-        if (!spin_then_yield(fresh)) {
+        if (!(misses < kMissesBeforeSleep ? spin_then_yield(fresh) : fresh())) {
             sleepers_.fetch_add(1, std::memory_order_seq_cst);
             while (job_seq_.load(std::memory_order_seq_cst) == seen) futex_wait(job_seq_, seen);
             sleepers_.fetch_sub(1, std::memory_order_relaxed);
@@ -166,6 +194,7 @@ void ThreadPool::worker() {
         seen = job_seq_.load(std::memory_order_acquire);
         uint32_t n = 0;
         const uint32_t ran = claim_and_run(seen, n);
+        misses = ran != 0 ? 0 : misses + 1;
         // The thread whose chunks complete the job wakes the caller if it sleeps (seq_cst pairs
         // this add and load with the caller's store of caller_sleeping_ and its re-check).
         if (ran != 0 && done_.fetch_add(ran, std::memory_order_seq_cst) + ran == n &&

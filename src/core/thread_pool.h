@@ -21,7 +21,9 @@ namespace lancet {
 // and any schedule. A worker that is descheduled or slow (another process on its core) simply
 // claims fewer chunks; the caller never waits for a worker that has not started, only for a
 // chunk already claimed. Waits are adaptive: a short spin, then sched_yield, then a futex sleep,
-// so idle or preempted threads do not burn the cores the working ones need.
+// so idle or preempted threads do not burn the cores the working ones need; a worker that keeps
+// finding nothing left to claim sleeps at once, and sleeping workers are woken only for jobs
+// whose remaining chunks are worth the wake-up.
 class ThreadPool {
   public:
     static constexpr size_t kMaxThreads = 1024;  // more is a typo, not a machine
