@@ -215,6 +215,9 @@ void write_json_atomically(const std::string& path, const nlohmann::json& record
 
 void run_kernels_bench(Options opt) {
     ThreadPool& pool = default_pool();
+    // The int4-f32 columns time exact activations through linear() whatever the default is; the
+    // W4A8 columns call linear_w4a8 explicitly (--act int8).
+    kernels::set_activation_mode(kernels::ActMode::F32);
     if (opt.reps < 1) fail("bench kernels: --reps must be >= 1");
     if (opt.quick) {
         opt.reps = std::min(opt.reps, 3);
