@@ -34,9 +34,9 @@ static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
 constexpr int kSpinIterations = 256;
 constexpr auto kYieldFor = std::chrono::microseconds(50);
 // Waking a sleeping worker costs the caller a system call and the worker tens of microseconds
-// before it runs, so the caller wakes them only once the job's remaining chunks, at the pace of
-// the ones it ran, amount to more than this; tiny jobs (a small model's decode step) are then run
-// by whoever is awake, and sleeping workers cost nothing.
+// before it runs, so for jobs of several chunks per thread the caller wakes them only once the
+// remaining chunks, at the pace of the ones it ran, amount to more than this; tiny jobs (a small
+// model's decode step) are then run by whoever is awake, and sleeping workers cost nothing.
 constexpr auto kWakeWorth = std::chrono::microseconds(20);
 // A worker that found nothing left to claim in this many jobs in a row (jobs too small to share,
 // or a worker too slow to get there first) sleeps at once instead of spinning for the next one,
@@ -150,7 +150,10 @@ void ThreadPool::run_erased(Thunk thunk, void* ctx, size_t n_chunks) {
     // means the caller does more of the job.
     t_in_job = true;
     const auto start = std::chrono::steady_clock::now();
-    bool woken = false;
+    // Shares of run() (one per thread) give no early measure of the job's size and the caller
+    // would run the other shares before a late-woken worker arrived: wake at once for those.
+    bool woken = n <= n_threads_;
+    if (woken && sleepers_.load(std::memory_order_seq_cst) != 0) futex_wake(job_seq_, INT_MAX);
     uint32_t ran = 0;
     for (uint64_t t = ticket_.load(std::memory_order_acquire);;) {
         const uint32_t next = static_cast<uint32_t>(t) & 0xffffu;
