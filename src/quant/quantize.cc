@@ -162,6 +162,17 @@ void Pipeline::plan() {
         return false;
     };
     for (const TensorSpec& s : specs_) {
+        // The INT4 kernels need a group size that is a multiple of 8 dividing `in`: a width with
+        // none (the ViT's MLP width 3420 = 4 x 855, the small preset's 172) stays unquantized.
+        if (targeted(s) && !in_decoder_path(s) &&
+            choose_group_size(static_cast<int>(s.shape[1]), opt_.group_size) % 8 != 0) {
+            warnings_.push_back(strip(s.name, ".weight") + ": in = " + std::to_string(s.shape[1]) +
+                                " has no INT4 group size (a multiple of 8 dividing it); kept as "
+                                "BF16");
+            std::fprintf(stderr, "lancet: warning: %s\n", warnings_.back().c_str());
+            outputs_.push_back({s.name, DType::BF16, s.shape});
+            continue;
+        }
         if (targeted(s)) {
             Target t;
             t.base = strip(s.name, ".weight");
@@ -465,10 +476,13 @@ void Pipeline::process_vit_block(int block) {
     ao.group_size = opt_.group_size;
     ao.search_scales = opt_.search;
     ao.clip = opt_.clip;
+    // A down_proj left in BF16 (no INT4 group size for its width) keeps up's rows unscaled.
+    const bool down_q = targets_.count(names[4] + ".weight") != 0;
+    const bool fuse_updown = opt_.fuse_updown && down_q;
     const LayerResult r =
-        quantize_layer(w, {&st_qkv, &st_o, &st_gu, &st_down}, ao, {opt_.fuse_ov, opt_.fuse_updown});
+        quantize_layer(w, {&st_qkv, &st_o, &st_gu, &st_down}, ao, {opt_.fuse_ov, fuse_updown});
     // quantize_layer divides up's rows by down's scales; up's bias (the decoder has none) too.
-    if (opt_.search && opt_.fuse_updown && !r.down.rtn_fallback)
+    if (opt_.search && fuse_updown && !r.down.rtn_fallback)
         for (int i = 0; i < f; ++i)
             up_b[i] = static_cast<float>(static_cast<double>(up_b[i]) / r.down.s[i]);
 
@@ -501,8 +515,9 @@ void Pipeline::process_vit_block(int block) {
     const Out outs[4] = {{1, &r.o, 0, pair_scheme(opt_.fuse_ov)},
                          {2, &r.gate_up, 0, norm_scheme},
                          {3, &r.gate_up, 1, norm_scheme},
-                         {4, &r.down, 0, pair_scheme(opt_.fuse_updown)}};
+                         {4, &r.down, 0, pair_scheme(fuse_updown)}};
     for (const Out& o : outs) {
+        if (o.name == 4 && !down_q) continue;
         const Target& t = targets_.at(names[o.name] + ".weight");
         const AwqConsumerResult& cr = o.g->consumers[o.consumer];
         emit_quantized(t, cr.q);
