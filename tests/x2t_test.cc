@@ -270,6 +270,25 @@ TEST(RunX2t, CliAnswersExamplesAndErrors) {
     }
 }
 
+// bench vision --ttft: x2t_image's time to first token on the same pixels, split into ViT and
+// prefill (84 x 84: 9 ViT tokens in the prompt).
+TEST(RunX2t, BenchVisionTimeToFirstToken) {
+    test::TempDir dir;
+    const std::string m = synth_tiny(dir);
+    const auto r =
+        test::run_lancet("bench vision --model " + m + " --size 84 --reps 1 --ttft --json " +
+                         (dir / "b.json").string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("time to first token (x2t_image, 84x84)"), std::string::npos) << r.out;
+    const nlohmann::json rec = nlohmann::json::parse(test::read_file(dir / "b.json"));
+    EXPECT_GT(rec["ttft_ms"].get<double>(), rec["ttft_vit_ms"].get<double>());
+    const Qwen2Tokenizer tok = Qwen2Tokenizer::load(m);
+    auto ck = LanceCheckpoint::open(m);
+    const X2tPrompt p = build_x2t_prompt(ck->config(), tok, x2t_default_system(false),
+                                         "What is shown in this image?", {1, 6, 6}, 2);
+    EXPECT_EQ(rec["ttft_prompt_tokens"].get<size_t>(), p.ids.size());
+}
+
 #ifdef LANCET_WITH_FFMPEG
 TEST(RunX2t, VideoQuestion) {
     test::TempDir dir;
