@@ -416,6 +416,13 @@ TEST(X2tCalibrate, VitStatisticsAndAwq) {
     const double ea = rel_err(ya, ref), er = rel_err(yr, ref);
     EXPECT_LT(ea, er) << "AWQ " << ea << " vs RTN " << er;
     EXPECT_LT(ea, 0.5);
+
+    // x2t runs on the AWQ folder (INT4 ViT and decoder).
+    const auto run = test::run_lancet("run --task x2t_image -m " + awq.string() +
+                                      " --preset image_256res -n 3 --image " +
+                                      (dir / "ex" / "images" / "c0.png").string() + " -p q");
+    EXPECT_EQ(run.exit_code, 0) << run.err;
+    EXPECT_NE(run.err.find("54 ViT tokens"), std::string::npos) << run.err;
 }
 
 }  // namespace
