@@ -451,7 +451,6 @@ void run_decode_bench(const DecodeOptions& opt) {
         DecoderOptions dopt;
         dopt.load_gen = false;     // text only: the und expert alone
         dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
-        dopt.pool = &pool;
         std::error_code ec;
         if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
             dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
@@ -459,7 +458,8 @@ void run_decode_bench(const DecodeOptions& opt) {
         {
             // One decoder at a time: the next model's weights replace this one's.
             log_info("bench decode: ", opt.models[i]);
-            LanceDecoder dec(ck, dopt);
+            const LanceWeights weights(ck, dopt);
+            DecoderSession dec(weights, kernels::OpContext::defaults(&pool));
             DecodeBenchOptions bo;
             bo.prompt_tokens = opt.prompt_tokens;
             bo.decode_tokens = opt.decode_tokens;
@@ -649,8 +649,8 @@ void run_vision_bench(const VisionOptions& o) {
 }  // namespace
 
 void add_bench(CLI::App& app) {
-    CLI::App* bench =
-        app.add_subcommand("bench", "Measure performance (scenarios: kernels, decode, vision)");
+    CLI::App* bench = app.add_subcommand(
+        "bench", "Measure performance (scenarios: kernels, decode, vision, vae)");
     bench->require_subcommand(1);
     bench->fallthrough();
     auto opt = std::make_shared<Options>();
@@ -705,6 +705,8 @@ void add_bench(CLI::App& app) {
     vb->add_flag("--ttft", vopt->ttft,
                  "Also time x2t_image's time to first token on the same pixels (ViT + prefill)");
     vb->callback([vopt] { run_vision_bench(*vopt); });
+
+    add_bench_vae(*bench);
 }
 
 }  // namespace lancet::cli

@@ -14,6 +14,7 @@
 #include "model/lance_checkpoint.h"
 #include "model/positions.h"
 #include "model/vit.h"
+#include "pipeline/vae_codec.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
 namespace lancet::cli {
@@ -212,7 +213,8 @@ void run_forward(const ForwardArgs& a) {
     DecoderOptions dopt;
     if (std::filesystem::exists(std::filesystem::path(a.model) / "vocab.json", ec))
         dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(a.model).size());
-    LanceDecoder dec(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession dec(weights);
     Outputs out;
     ForwardOptions fo;
     fo.final_hidden = true;
@@ -307,20 +309,28 @@ void add_forward(CLI::App& app) {
     auto* cmd = app.add_subcommand(
         "forward", "Run one packed sequence through the decoder and write its outputs");
     auto args = std::make_shared<ForwardArgs>();
-    cmd->add_option("--model", args->model, "Lance model folder")->required();
+    cmd->add_option("--model,--model-or-vae", args->model,
+                    "Lance model folder (vae-*: or a Wan2.2_VAE .pth / .safetensors)")
+        ->required();
+    cmd->add_option("--component", args->component,
+                    "decoder (a packed sequence); vit (video [C, T, H, W] -> embeds); vae-encode "
+                    "('video' [3,T,H,W] -> 'latent'); vae-decode ('latent' "
+                    "[48,t,h,w] -> 'video')")
+        ->check(CLI::IsMember({"decoder", "vit", "vae-encode", "vae-decode"}))
+        ->capture_default_str();
     cmd->add_option("--input", args->input, "Input .safetensors (see README)");
     cmd->add_option("--out", args->out, "Output .safetensors");
-    cmd->add_option("--component", args->component,
-                    "decoder (a packed sequence) or vit (video [C, T, H, W] -> embeds)")
-        ->check(CLI::IsMember({"decoder", "vit"}))
-        ->capture_default_str();
     cmd->add_option("--vit", args->vit_dir,
                     "Qwen2.5-VL-ViT folder (default: inside or beside the model folder)");
     cmd->callback([args] {
-        if (args->component == "vit")
-            run_forward_vit(*args);
+        if (args->component == "decoder") return run_forward(*args);
+        if (args->component == "vit") return run_forward_vit(*args);
+        if (args->input.empty() || args->out.empty())
+            fail("forward: --input and --out are required");
+        if (args->component == "vae-encode")
+            vae_encode_file(args->model, args->input, args->out);
         else
-            run_forward(*args);
+            vae_decode_file(args->model, args->input, args->out);
     });
 }
 

@@ -17,5 +17,8 @@ void add_quantize(CLI::App& app);
 void add_stats(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_preprocess(CLI::App& app);
+void add_vae(CLI::App& app);
+// `bench vae`, added under the bench command by add_bench.
+void add_bench_vae(CLI::App& bench);
 
 }  // namespace lancet::cli

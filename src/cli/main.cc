@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
     lancet::cli::add_stats(app);
     lancet::cli::add_perplexity(app);
     lancet::cli::add_preprocess(app);
+    lancet::cli::add_vae(app);
 
     try {
         app.parse(argc, argv);

@@ -216,6 +216,11 @@ TensorView Checkpoint::view(const std::string& name) const {
     return files_[it->second.first]->view(*it->second.second);
 }
 
+TensorInfo Checkpoint::info(const std::string& name) const {
+    const TensorEntry& e = entry(name);
+    return {e.dtype, e.shape, e.end - e.begin};
+}
+
 const std::string& Checkpoint::file_of(const std::string& name) const {
     auto it = where_.find(name);
     if (it == where_.end()) fail(source_, ": tensor \"", name, "\" is missing");

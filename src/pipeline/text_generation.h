@@ -26,7 +26,7 @@ struct GenerateResult {
 // Prefills `prompt` (text, causal) and decodes until a stop id or the limit. `on_token` sees each
 // generated id (stop token excluded) as it is produced and may return false to stop early.
 // Fails with Error when prompt + limit exceeds the model's context.
-GenerateResult generate_text(LanceDecoder& decoder, const LanceConfig& cfg,
+GenerateResult generate_text(DecoderSession& decoder, const LanceConfig& cfg,
                              const std::vector<int64_t>& prompt, const GenerateOptions& opt,
                              const std::function<bool(int32_t)>& on_token = {});
 
@@ -35,7 +35,7 @@ GenerateResult generate_text(LanceDecoder& decoder, const LanceConfig& cfg,
 // next text position after the prompt's largest M-RoPE coordinate (spec §2.7.2: the ids are
 // computed once for prompt ++ 256 pads, so new tokens continue the text positions). The prompt's
 // last row must be und text (its logits start the decoding).
-GenerateResult generate_from_batch(LanceDecoder& decoder, const LanceConfig& cfg,
+GenerateResult generate_from_batch(DecoderSession& decoder, const LanceConfig& cfg,
                                    const Batch& prompt, const GenerateOptions& opt,
                                    const std::function<bool(int32_t)>& on_token = {});
 

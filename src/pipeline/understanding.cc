@@ -63,14 +63,15 @@ X2tRunner::X2tRunner(const LanceCheckpoint& ck, const Qwen2Tokenizer& tok, const
     dopt.load_gen = false;  // understanding runs the und expert only
     dopt.bf16_weights = opt.bf16_weights;
     dopt.logits_limit = static_cast<int64_t>(tok.size());
-    decoder_ = std::make_unique<LanceDecoder>(ck, dopt);
+    weights_ = std::make_unique<LanceWeights>(ck, dopt);
+    decoder_ = std::make_unique<DecoderSession>(*weights_);
     tower_ = std::make_unique<VisionTower>(ck, opt.bf16_weights);
     if (tower_->config().out_hidden_size != ck.config().hidden_size)
         fail(ck.dir(), ": the ViT's out_hidden_size ", tower_->config().out_hidden_size,
              " differs from the decoder's hidden_size ", ck.config().hidden_size);
 }
 
-Batch x2t_prompt_batch(LanceDecoder& decoder, VisionTower& tower, const Qwen2Tokenizer& tok,
+Batch x2t_prompt_batch(DecoderSession& decoder, VisionTower& tower, const Qwen2Tokenizer& tok,
                        const PixelTensor& px, const std::string& system,
                        const std::string& question, size_t new_tokens,
                        std::vector<float>& embeddings, double* vit_seconds) {

@@ -47,7 +47,7 @@ PreprocessResult load_x2t_media(const std::string& path, bool is_video, const st
 // The x2t prompt for pixels `px` as a packed und batch: its input embeddings (embed_tokens rows,
 // the ViT's rows on the pads) are written to `embeddings`, which the batch points into. Fails
 // when the prompt plus `new_tokens` exceeds the model context (checked before the ViT runs).
-Batch x2t_prompt_batch(LanceDecoder& decoder, VisionTower& tower, const Qwen2Tokenizer& tok,
+Batch x2t_prompt_batch(DecoderSession& decoder, VisionTower& tower, const Qwen2Tokenizer& tok,
                        const PixelTensor& px, const std::string& system,
                        const std::string& question, size_t new_tokens,
                        std::vector<float>& embeddings, double* vit_seconds = nullptr);
@@ -80,14 +80,15 @@ class X2tRunner {
                        const std::string& question, std::vector<float>& embeddings,
                        double* vit_seconds = nullptr);
 
-    LanceDecoder& decoder() { return *decoder_; }
+    DecoderSession& decoder() { return *decoder_; }
     VisionTower& tower() { return *tower_; }
 
   private:
     const LanceCheckpoint& ck_;
     const Qwen2Tokenizer& tok_;
     X2tOptions opt_;
-    std::unique_ptr<LanceDecoder> decoder_;
+    std::unique_ptr<LanceWeights> weights_;
+    std::unique_ptr<DecoderSession> decoder_;
     std::unique_ptr<VisionTower> tower_;
 };
 
