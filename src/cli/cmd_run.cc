@@ -129,11 +129,8 @@ void run_x2t(const RunArgs& a) {
         const X2tPrompt p =
             build_x2t_prompt(ck->config(), tok, items[0].instruction, items[0].question,
                              {plan.gt, plan.gh, plan.gw}, v.spatial_merge_size);
-        const size_t limit = static_cast<size_t>(ck->config().max_position_embeddings);
-        if (p.ids.size() + static_cast<size_t>(a.max_new_tokens) > limit)
-            fail(items[0].media, ": prompt of ", p.ids.size(), " tokens (", p.vit_rows,
-                 " image tokens for ", px.W, "x", px.H, " px, ", px.T, " frames) plus ",
-                 a.max_new_tokens, " new tokens exceeds the model context of ", limit, " tokens");
+        check_x2t_context(ck->config(), p, px, static_cast<size_t>(a.max_new_tokens),
+                          items[0].media);
     }
     log_info("lancet: ", kernels::runtime_description(default_pool()), "; model ", a.model);
     X2tOptions xo;

@@ -46,6 +46,15 @@ X2tPrompt build_x2t_prompt(const LanceConfig& cfg, const Qwen2Tokenizer& tok,
     return p;
 }
 
+void check_x2t_context(const LanceConfig& cfg, const X2tPrompt& p, const PixelTensor& px,
+                       size_t new_tokens, const std::string& where) {
+    const size_t limit = static_cast<size_t>(cfg.max_position_embeddings);
+    if (p.ids.size() + new_tokens > limit)
+        fail(where, ": prompt of ", p.ids.size(), " tokens (", p.vit_rows, " image tokens for ",
+             px.W, "x", px.H, " px, ", px.T, " frames) plus ", new_tokens,
+             " new tokens exceeds the model context of ", limit, " tokens");
+}
+
 PreprocessResult load_x2t_media(const std::string& path, bool is_video, const std::string& preset) {
     std::error_code ec;
     if (!fs::exists(path, ec)) fail(path, ": no such file");
@@ -80,14 +89,10 @@ Batch x2t_prompt_batch(DecoderSession& decoder, VisionTower& tower, const Qwen2T
     const LanceConfig& cfg = decoder.config();
     const X2tPrompt p = build_x2t_prompt(cfg, tok, system, question, {plan.gt, plan.gh, plan.gw},
                                          v.spatial_merge_size);
-    const size_t limit = static_cast<size_t>(cfg.max_position_embeddings);
-    if (p.ids.size() + new_tokens > limit)
-        fail("x2t: prompt of ", p.ids.size(), " tokens (", p.vit_rows, " image tokens for ", px.W,
-             "x", px.H, " px, ", px.T, " frames) plus ", new_tokens,
-             " new tokens exceeds the model context of ", limit, " tokens");
+    check_x2t_context(cfg, p, px, new_tokens, "x2t");
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<float> rows =
-        tower.forward(kernels::OpContext::defaults(), px.data.data(), px.T, px.H, px.W);
+        tower.forward(decoder.context(), px.data.data(), px.T, px.H, px.W);
     if (vit_seconds)
         *vit_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const size_t L = p.ids.size(), H = static_cast<size_t>(cfg.hidden_size);

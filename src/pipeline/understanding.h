@@ -40,6 +40,11 @@ X2tPrompt build_x2t_prompt(const LanceConfig& cfg, const Qwen2Tokenizer& tok,
                            const std::string& system, const std::string& question,
                            const VisionGrid& grid, int merge_size);
 
+// Fails (one line naming `where`) when the prompt for pixels `px` plus `new_tokens` exceeds the
+// model context.
+void check_x2t_context(const LanceConfig& cfg, const X2tPrompt& p, const PixelTensor& px,
+                       size_t new_tokens, const std::string& where);
+
 // Pixels [3, T, H, W] for the ViT from an image (is_video false) or a video file, as Lance's x2t
 // loader makes them. One-line Error naming the file on missing or corrupt media.
 PreprocessResult load_x2t_media(const std::string& path, bool is_video, const std::string& preset);
