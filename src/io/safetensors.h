@@ -13,6 +13,7 @@
 
 #include "core/tensor.h"
 #include "io/mmap_file.h"
+#include "io/temp_output.h"
 #include "io/tensor_source.h"
 
 namespace lancet {
@@ -116,6 +117,7 @@ class SafetensorsWriter {
     void write_raw(const void* data, size_t n);
 
     std::string path_, tmp_path_;
+    std::unique_ptr<TempRegistration> tmp_reg_;  // removes tmp_path_ on SIGINT/SIGTERM
     std::vector<TensorEntry> entries_;
     std::map<std::string, std::string> metadata_;
     std::unordered_map<std::string, size_t> names_;
