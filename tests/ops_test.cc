@@ -911,6 +911,11 @@ const std::vector<CasePtr>& all_cases() {
         add_case(new AttentionCase(causal_cache70, 7, 2, 2, 128, false));
         add_case(new AttentionCase(windows, 17, 4, 2, 16, false));
         add_case(new AttentionCase(windows65, 65, 2, 1, 40, false));
+        // The ViT's head_dim 80 (the register-blocked path for head dims not a multiple of 64):
+        // row and key counts off the 3-row / 8-key blocks, and windows.
+        add_case(new AttentionCase(none, 70, 2, 2, 80, false));
+        add_case(new AttentionCase(windows65, 65, 2, 1, 80, false));
+        add_case(new AttentionCase(causal, 37, 2, 1, 24, false));
         add_case(new AttentionCase(splits, 10, 4, 2, 16, true));
         add_case(new AttentionCase(splits2, 9, 8, 1, 12, true));
         add_case(new AttentionCase(splits_cache, 5, 4, 2, 40, true));
