@@ -135,7 +135,7 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
     });
     volatile float sink = 0;
     std::vector<double> gbps;
-    for (int r = 0; r < std::max(reps, 3); ++r) {
+    for (int r = 0; r < std::max(reps, 5); ++r) {
         const auto t0 = Clock::now();
         pool.parallel_for(n / 1024, [&](size_t b, size_t e) {
             sink = sink + kernels::probe_read(p + b * 1024, (e - b) * 1024);
@@ -145,30 +145,38 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
     return median(gbps);
 }
 
-// Integer ops per second (multiply + add per byte pair) of the int8 dot instruction the W4A8
-// kernels use, all pool threads.
-double measure_int8_peak(ThreadPool& pool) {
-    const size_t iters = size_t{20} << 20;
+// Peak throughput of one register-only probe (ops per call returned by `probe`), all pool
+// threads at once, one probe per thread: the median of 3 timed runs after a warm-up, in G ops/s.
+template <typename Probe>
+double measure_peak(ThreadPool& pool, Probe&& probe) {
+    const size_t iters = size_t{4} << 20;
     std::vector<double> ops(pool.size());
-    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_int8(iters / 16, 1); });
-    const auto t0 = Clock::now();
-    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_int8(iters, 1 + int(t)); });
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    double total = 0;
-    for (double f : ops) total += f;
-    return total / s / 1e9;
+    pool.run([&](size_t t, size_t) { ops[t] = probe(iters / 8, t); });
+    std::vector<double> rates;
+    for (int r = 0; r < 3; ++r) {
+        const auto t0 = Clock::now();
+        pool.run([&](size_t t, size_t) { ops[t] = probe(iters, t); });
+        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+        double total = 0;
+        for (double f : ops) total += f;
+        rates.push_back(total / s / 1e9);
+    }
+    return median(rates);
 }
 
-double measure_fma_peak(ThreadPool& pool) {
-    const size_t iters = size_t{20} << 20;
-    std::vector<double> flops(pool.size());
-    pool.run([&](size_t t, size_t) { flops[t] = kernels::probe_fma(iters / 16, 1.0f); });
-    const auto t0 = Clock::now();
-    pool.run([&](size_t t, size_t) { flops[t] = kernels::probe_fma(iters, 1.0f + t); });
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    double total = 0;
-    for (double f : flops) total += f;
-    return total / s / 1e9;
+struct Peaks {
+    double fma_gflops, int8_gops, bf16_gflops;  // bf16: 0 when the ISA has no bf16 dot
+};
+
+Peaks measure_peaks(ThreadPool& pool) {
+    Peaks p;
+    p.fma_gflops = measure_peak(
+        pool, [](size_t it, size_t t) { return kernels::probe_fma(it, 1.0f + float(t)); });
+    p.int8_gops =
+        measure_peak(pool, [](size_t it, size_t t) { return kernels::probe_int8(it, 1 + int(t)); });
+    p.bf16_gflops = measure_peak(
+        pool, [](size_t it, size_t t) { return kernels::probe_bf16(it, 1.0f + float(t)); });
+    return p;
 }
 
 struct Options {
@@ -247,17 +255,22 @@ void run_kernels_bench(Options opt) {
     const bool naive = has_q4 && !opt.no_naive;
 
     const double read_gbps = measure_read_bandwidth(pool, opt.reps, opt.bandwidth_mib);
-    const double fma_gflops = measure_fma_peak(pool);
-    const double int8_gops = measure_int8_peak(pool);
+    const Peaks peaks = measure_peaks(pool);
+    const double fma_gflops = peaks.fma_gflops, int8_gops = peaks.int8_gops;
     std::printf(
-        "streaming read: %.1f GB/s (%zu MiB on 2 MiB pages, %zu threads); FMA peak: %.1f "
-        "GFLOP/s (f32); int8 dot peak: %.1f GOP/s (2 maddubs + i16 adds)\n\n",
-        read_gbps, opt.bandwidth_mib, pool.size(), fma_gflops, int8_gops);
+        "streaming read: %.1f GB/s (median of %d passes over %zu MiB on 2 MiB pages, %zu "
+        "threads); FMA peak: %.1f GFLOP/s (f32); int8 dot peak: %.1f GOP/s (%s); bf16 dot "
+        "peak: %s GFLOP/s (vdpbf16ps)\n\n",
+        read_gbps, std::max(opt.reps, 5), opt.bandwidth_mib, pool.size(), fma_gflops, int8_gops,
+        kernels::probe_int8_name(),
+        fmt("%.1f", peaks.bf16_gflops > 0 ? peaks.bf16_gflops : NAN).c_str());
     nlohmann::json records = nlohmann::json::array();
     records.push_back(
         {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
     records.push_back({{"kernel", "fma_peak"}, {"gflops", fma_gflops}, {"threads", pool.size()}});
     records.push_back({{"kernel", "int8_peak"}, {"gops", int8_gops}, {"threads", pool.size()}});
+    records.push_back(
+        {{"kernel", "bf16_peak"}, {"gflops", peaks.bf16_gflops}, {"threads", pool.size()}});
 
     // Header.
     std::string head = "| shape | out x in | n |", sep = "|---|---|---:|";
@@ -283,6 +296,12 @@ void run_kernels_bench(Options opt) {
             head += " naive / " + v.label + " |";
             sep += "---:|";
         }
+    }
+    // Compute ratio, once per variant: GFLOP/s over the peak of the instruction its inner loop
+    // uses (int8 dot for W4A8, f32 FMA otherwise).
+    for (const Variant& v : variants) {
+        head += " " + v.label + " / peak |";
+        sep += "---:|";
     }
     std::printf("%s\n%s\n", head.c_str(), sep.c_str());
     std::fflush(stdout);
@@ -387,6 +406,10 @@ void run_kernels_bench(Options opt) {
                 row += " " + fmt("%.2f", cells[i].gbps / read_gbps) + " |";
                 if (naive) row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
             }
+            for (size_t i = 0; i < variants.size(); ++i)
+                row += " " +
+                       fmt("%.2f", cells[i].gflops / (variants[i].w4a8 ? int8_gops : fma_gflops)) +
+                       " |";
             std::printf("%s\n", row.c_str());
             std::fflush(stdout);
         }
