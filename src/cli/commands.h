@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "model/decoder.h"
+
 namespace lancet::cli {
 
 void add_synth(CLI::App& app);
@@ -16,5 +18,11 @@ void add_forward(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_stats(CLI::App& app);
 void add_perplexity(CLI::App& app);
+
+// The global speed/accuracy flags (main.cc): `--lm-head int4|bf16` (default int4) is what every
+// command that loads a decoder passes as DecoderOptions::lm_head; `--exact-activations` (else
+// int8 activations for INT4 weights, unless $LANCET_ACT says otherwise) is applied to the process
+// activation mode at parse time.
+DecoderOptions::LmHead lm_head_option();
 
 }  // namespace lancet::cli

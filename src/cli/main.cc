@@ -1,11 +1,21 @@
 // Entry point of the `lancet` program: parses the subcommand and turns every Error into one line.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/thread_pool.h"
+#include "kernels/linear.h"
+
+namespace lancet::cli {
+namespace {
+DecoderOptions::LmHead g_lm_head = DecoderOptions::LmHead::Int4;
+}
+DecoderOptions::LmHead lm_head_option() { return g_lm_head; }
+}  // namespace lancet::cli
 
 int main(int argc, char** argv) {
     CLI::App app{"lancet: quantize ByteDance's Lance to AWQ INT4 and run it natively"};
@@ -22,7 +32,25 @@ int main(int argc, char** argv) {
     int threads = 0;
     app.add_option("-t,--threads", threads, "Worker threads, caller included (default: all cores)")
         ->check(CLI::Range(0, 1024));
+    // Defaults from measurement (README "Defaults"): INT4 weights take int8 activations (W4A8)
+    // and an INT4 checkpoint's BF16 lm_head runs as INT4 g64; these flags restore the exact forms.
+    bool exact_activations = false;
+    app.add_flag("--exact-activations", exact_activations,
+                 "INT4 weights with f32 activations (default: int8 activations, W4A8; "
+                 "$LANCET_ACT=f32|int8 also sets it)");
+    std::string lm_head = "int4";
+    app.add_option("--lm-head", lm_head,
+                   "lm_head of an INT4 checkpoint: int4 (quantized at load, g64, default) or "
+                   "bf16 (as stored)")
+        ->check(CLI::IsMember({"int4", "bf16"}));
     app.parse_complete_callback([&] {
+        lancet::cli::g_lm_head = lm_head == "bf16" ? lancet::DecoderOptions::LmHead::Stored
+                                                   : lancet::DecoderOptions::LmHead::Int4;
+        const char* env = std::getenv("LANCET_ACT");
+        if (exact_activations)
+            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::F32);
+        else if (!env || !*env)
+            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Int8);
         if (verbose) lancet::log_level() = lancet::LogLevel::Debug;
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
         lancet::set_default_threads(static_cast<size_t>(threads));

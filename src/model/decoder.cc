@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "model/synth.h"
+#include "quant/q4.h"
 
 namespace lancet {
 
@@ -64,6 +65,49 @@ kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& 
     }
     ck.release(t);
     return w;
+}
+
+// INT4 g64 form of a [out, in] weight for the kernels (DecoderOptions::LmHead::Int4): per group,
+// min-max RTN at clip ratios 1.0, 0.95, ..., 0.80 with codes chosen against the stored bf16 scale,
+// keeping the ratio of least squared weight error.
+kernels::LinearWeight quantize_lm_head_int4(const std::vector<float>& w, size_t out, size_t in,
+                                            ThreadPool& pool) {
+    constexpr size_t kGs = 64;
+    const size_t gs =
+        in % kGs == 0 ? kGs : static_cast<size_t>(quant::choose_group_size(int(in), 64));
+    const size_t ng = in / gs;
+    std::vector<uint8_t> qweight(out * in / 2), zeros(out * ng);
+    std::vector<uint16_t> scales(out * ng);
+    pool.parallel_for(out, [&](size_t o0, size_t o1) {
+        std::vector<uint8_t> codes(in), cand(gs);
+        std::vector<float> deq(gs);
+        for (size_t o = o0; o < o1; ++o) {
+            for (size_t g = 0; g < ng; ++g) {
+                const float* src = &w[o * in + g * gs];
+                double best = -1;
+                for (int c = 0; c <= 4; ++c) {
+                    quant::GroupQuantOptions go;
+                    go.clip_ratio = 1.0f - 0.05f * float(c);
+                    go.codes_from_stored_scale = true;
+                    uint16_t sc;
+                    uint8_t z;
+                    quant::quantize_group(src, int(gs), go, cand.data(), &sc, &z, deq.data());
+                    double err = 0;
+                    for (size_t i = 0; i < gs; ++i)
+                        err += double(deq[i] - src[i]) * double(deq[i] - src[i]);
+                    if (best < 0 || err < best) {
+                        best = err;
+                        std::copy(cand.begin(), cand.end(), codes.begin() + g * gs);
+                        scales[o * ng + g] = sc;
+                        zeros[o * ng + g] = z;
+                    }
+                }
+            }
+            quant::pack_int4(codes.data(), int64_t(in), &qweight[o * (in / 2)]);
+        }
+    });
+    return kernels::LinearWeight::from_awq_int4(qweight.data(), scales.data(), zeros.data(), out,
+                                                in, gs);
 }
 
 static_assert(static_cast<int>(SplitMode::Causal) == static_cast<int>(kernels::AttnSplit::Causal) &&
@@ -230,7 +274,17 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
         }
     }
     norm_[0] = load_f32(ck, "language_model.model.norm.weight", H);
-    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H, bf16_weights_);
+    const std::string head = "language_model.lm_head";
+    if (opt.lm_head == DecoderOptions::LmHead::Int4 && ck.quant_meta() && !ck.is_quantized(head)) {
+        const TensorView t = ck.tensor(head + ".weight");
+        if (t.numel() != static_cast<int64_t>(cfg_.vocab_size) * cfg_.hidden_size)
+            fail(ck.dir(), ": ", head, ".weight has ", t.numel(), " values, expected ",
+                 cfg_.vocab_size * H);
+        lm_head_ = quantize_lm_head_int4(to_f32(t), cfg_.vocab_size, H, *pool_);
+        ck.release(t);
+    } else {
+        lm_head_ = load_linear(ck, head, cfg_.vocab_size, H, bf16_weights_);
+    }
     has_gen_ = opt.load_gen;
     if (has_gen_) load_gen_bridge(ck);
 
