@@ -2,6 +2,7 @@
 // streaming-read and FMA limits and against the naive dequantize-then-bf16 path; `decode` times
 // prefill and greedy decoding of whole models against the same read-bandwidth roofline.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -100,6 +101,13 @@ LinearWeight random_weight(WeightType type, size_t out, size_t in, size_t gs, ui
     fail("bench kernels: bad weight type");
 }
 
+// Bytes of weight copies --cold cycles through: twice the last-level cache (servers report
+// hundreds of MiB), at least 192 MiB.
+size_t cold_bytes() {
+    const long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return std::max<size_t>(size_t{192} << 20, llc > 0 ? 2 * size_t(llc) : 0);
+}
+
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     const size_t m = v.size() / 2;
@@ -183,12 +191,13 @@ struct Options {
     std::vector<std::string> shapes;
     std::vector<size_t> ns = {1, 4, 16, 128, 512};
     std::vector<std::string> types = {"int4", "bf16"};
-    std::string act = "f32";  // int8: also time int4 weights with int8 activations (W4A8)
+    std::string act = "int8";  // int8: also time int4 weights with int8 activations (W4A8)
     size_t group_size = 64;
     int reps = 5;
     bool quick = false;
     bool no_naive = false;
-    bool cold = false;  // cycle through weight copies totalling >> LLC
+    bool cold = false;    // cycle through weight copies totalling >> LLC
+    size_t cold_mib = 0;  // their total, MiB (0: cold_bytes())
     std::string json;
     size_t bandwidth_mib = 1024;
 };
@@ -250,6 +259,9 @@ void run_kernels_bench(Options opt) {
                 fail("bench kernels: --group-size ", opt.group_size,
                      " must be a multiple of 8 dividing in=", s->in, " (", s->name, ")");
     if (opt.bandwidth_mib < 1) fail("bench kernels: --bandwidth-mib must be >= 1");
+    // The int4-f32 columns time f32 activations whatever the process default (W4A8) is; the
+    // int4-w4a8 ones call linear_w4a8 explicitly.
+    kernels::set_activation_mode(kernels::ActMode::F32);
     std::printf("lancet bench kernels: %s\n", kernels::runtime_description(pool).c_str());
     const bool has_bf16 = std::count(types.begin(), types.end(), WeightType::BF16) > 0;
     const bool naive = has_q4 && !opt.no_naive;
@@ -309,9 +321,10 @@ void run_kernels_bench(Options opt) {
     uint64_t seed = 1;
     for (const BenchShape* s : shapes) {
         // weights[t][c]: copy c of the weight of type t. With --cold, enough copies that one
-        // pass over them is kColdBytes (6x this machine's 32 MiB L3), so consecutive calls never
-        // find the weight in cache, as in a real forward pass over many layers.
-        constexpr size_t kColdBytes = size_t{192} << 20;
+        // pass over them is cold_bytes (2x the last-level cache, at least 192 MiB), so
+        // consecutive calls never find the weight in cache, as in a real forward pass over many
+        // layers.
+        const size_t kColdBytes = opt.cold_mib ? opt.cold_mib << 20 : cold_bytes();
         std::map<WeightType, std::vector<LinearWeight>> weights;
         for (WeightType t : types) {
             auto& v = weights[t];
@@ -419,7 +432,7 @@ void run_kernels_bench(Options opt) {
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
         "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); "
         "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
-        opt.cold ? " --cold: each call reads a different copy of the weight (192 MiB in all), "
+        opt.cold ? " --cold: each call reads a different copy of the weight (2x the LLC in all), "
                    "so weights come from memory, not cache."
                  : " Weights that fit the last-level cache are timed from it (see --cold).");
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
@@ -469,6 +482,7 @@ void run_decode_bench(const DecodeOptions& opt) {
     for (size_t i = 0; i < cks.size(); ++i) {
         const LanceCheckpoint& ck = *cks[i];
         DecoderOptions dopt;
+        dopt.lm_head = lm_head_option();
         dopt.load_gen = false;     // text only: the und expert alone
         dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
         dopt.pool = &pool;
@@ -476,6 +490,18 @@ void run_decode_bench(const DecodeOptions& opt) {
         if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
             dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
         Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0};
+        if (ck.quant_meta()) {
+            // What the INT4 linears and the lm_head actually run as (the global flags).
+            row.label +=
+                kernels::activation_mode() == kernels::ActMode::Int8 ? ", W4A8" : ", f32 act";
+            if (dopt.lm_head == DecoderOptions::LmHead::Int4 &&
+                !ck.is_quantized("language_model.lm_head")) {
+                // Quantized at load to INT4 g64: codes, bf16 scales and u8 zeros per row group.
+                const uint64_t V = ck.config().vocab_size, H = ck.config().hidden_size;
+                row.wb.lm_head = V * H / 2 + V * (H / 64) * 3;
+                row.label += ", lm_head int4";
+            }
+        }
         {
             // One decoder at a time: the next model's weights replace this one's.
             log_info("bench decode: ", opt.models[i]);
@@ -497,17 +523,23 @@ void run_decode_bench(const DecodeOptions& opt) {
     records.push_back(
         {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
     std::printf(
-        "| model | weights | prompt | prefill tok/s | decode tok/s | MB/token | GB/s | roofline "
-        "| peak RSS MiB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        "| model | weights | prompt | prefill tok/s | decode tok/s | ms/token | linears ms | "
+        "other ms | MB/token | GB/s | roofline | peak RSS MiB "
+        "|\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (size_t i = 0; i < rows.size(); ++i) {
         const Row& w = rows[i];
         const double bytes = double(w.wb.total());
         const double gbps = opt.decode_tokens ? bytes * w.r.decode_tps / 1e9 : NAN;
-        std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %.0f |\n", opt.models[i].c_str(),
-                    w.label.c_str(), opt.prompt_tokens, fmt("%.1f", w.r.prefill_tps).c_str(),
+        const double per_tok = opt.decode_tokens ? 1e3 * w.r.decode_s / opt.decode_tokens : NAN;
+        const double lin_tok =
+            opt.decode_tokens ? 1e3 * w.r.decode_linear_s / opt.decode_tokens : NAN;
+        std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %s | %s | %s | %.0f |\n",
+                    opt.models[i].c_str(), w.label.c_str(), opt.prompt_tokens,
+                    fmt("%.1f", w.r.prefill_tps).c_str(),
                     fmt("%.2f", opt.decode_tokens ? w.r.decode_tps : NAN).c_str(),
-                    fmt("%.2f", bytes / 1e6).c_str(), fmt("%.1f", gbps).c_str(),
-                    fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
+                    fmt("%.2f", per_tok).c_str(), fmt("%.2f", lin_tok).c_str(),
+                    fmt("%.2f", per_tok - lin_tok).c_str(), fmt("%.2f", bytes / 1e6).c_str(),
+                    fmt("%.1f", gbps).c_str(), fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
         records.push_back({{"kernel", "decode"},
                            {"model", opt.models[i]},
                            {"weights", w.label},
@@ -519,6 +551,7 @@ void run_decode_bench(const DecodeOptions& opt) {
                            {"prefill_tps", w.r.prefill_tps},
                            {"decode_s", w.r.decode_s},
                            {"decode_tps", w.r.decode_tps},
+                           {"decode_linear_s", w.r.decode_linear_s},
                            {"bytes_per_token", w.wb.total()},
                            {"bytes_linears", w.wb.linears},
                            {"bytes_norms", w.wb.norms},
@@ -530,8 +563,11 @@ void run_decode_bench(const DecodeOptions& opt) {
     }
     std::printf(
         "\nprefill = one forward of a random-id prompt; decode = greedy steps on the KV cache "
-        "(median of %d runs); MB/token = und-path layer weights + norms + lm_head + one "
-        "embedding row as stored; GB/s = MB/token x decode tok/s; roofline = GB/s / streaming "
+        "(median of %d runs); ms/token = decode time per token, split into the time inside the "
+        "linear kernels and the rest (norms, attention, RoPE, embedding, argmax); MB/token = "
+        "und-path layer weights + norms + lm_head + one "
+        "embedding row as run (an lm_head quantized at load counts as INT4 g64); GB/s = MB/token x "
+        "decode tok/s; roofline = GB/s / streaming "
         "read (measured after the models); peak RSS = process maximum after each model (models "
         "run one at a time, in order).\n",
         opt.reps);
@@ -558,14 +594,17 @@ void add_bench(CLI::App& app) {
     k->add_option("--group-size", opt->group_size, "INT4 group size (default 64)");
     k->add_option("--act", opt->act,
                   "int8: also time INT4 weights with int8 activations (W4A8) next to f32 "
-                  "(default f32)");
+                  "(default int8; f32: f32 activations only)");
     k->add_option("--reps", opt->reps,
                   "Timed samples per cell; the median is reported (default 5)");
     k->add_flag("--quick", opt->quick, "At most 3 reps, no lm_head unless --shapes names it");
     k->add_flag("--no-naive", opt->no_naive, "Skip the dequantize-then-bf16 baseline");
-    k->add_flag("--cold", opt->cold,
-                "Cycle through copies of each weight (192 MiB in all) so every call streams it "
-                "from memory rather than the last-level cache");
+    k->add_flag(
+        "--cold", opt->cold,
+        "Cycle through copies of each weight (2x the LLC, >= 192 MiB) so every call streams it "
+        "from memory rather than the last-level cache");
+    k->add_option("--cold-mib", opt->cold_mib,
+                  "With --cold: MiB of weight copies per type (default 2x the LLC, >= 192)");
     k->add_option("--bandwidth-mib", opt->bandwidth_mib,
                   "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
     k->add_option("--json", opt->json, "Also write one JSON record per line to this file");

@@ -51,6 +51,8 @@ int main(int argc, char** argv) {
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::F32);
         else if (!env || !*env)
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Int8);
+        else
+            (void)lancet::kernels::activation_mode();  // a bad $LANCET_ACT is an error now
         if (verbose) lancet::log_level() = lancet::LogLevel::Debug;
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
         lancet::set_default_threads(static_cast<size_t>(threads));
