@@ -70,7 +70,9 @@ kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& 
 // INT4 g64 form of a [out, in] weight for the kernels (DecoderOptions::LmHead::Int4): per group,
 // min-max RTN at clip ratios 1.0, 0.95, ..., 0.80 with codes chosen against the stored bf16 scale,
 // keeping the ratio of least squared weight error.
-kernels::LinearWeight quantize_lm_head_int4(const std::vector<float>& w, size_t out, size_t in,
+// Rows are converted to f32 one at a time (per thread), so the load holds no f32 copy of the
+// whole [vocab, hidden] matrix.
+kernels::LinearWeight quantize_lm_head_int4(const TensorView& t, size_t out, size_t in,
                                             ThreadPool& pool) {
     constexpr size_t kGs = 64;
     const size_t gs =
@@ -80,10 +82,14 @@ kernels::LinearWeight quantize_lm_head_int4(const std::vector<float>& w, size_t 
     std::vector<uint16_t> scales(out * ng);
     pool.parallel_for(out, [&](size_t o0, size_t o1) {
         std::vector<uint8_t> codes(in), cand(gs);
-        std::vector<float> deq(gs);
+        std::vector<float> deq(gs), row(in);
+        const size_t es = dtype_size(t.dtype);
         for (size_t o = o0; o < o1; ++o) {
+            convert_to_f32(
+                TensorView{t.dtype, {static_cast<int64_t>(in)}, t.data + o * in * es, in * es},
+                row.data());
             for (size_t g = 0; g < ng; ++g) {
-                const float* src = &w[o * in + g * gs];
+                const float* src = &row[g * gs];
                 double best = -1;
                 for (int c = 0; c <= 4; ++c) {
                     quant::GroupQuantOptions go;
@@ -280,7 +286,7 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
         if (t.numel() != static_cast<int64_t>(cfg_.vocab_size) * cfg_.hidden_size)
             fail(ck.dir(), ": ", head, ".weight has ", t.numel(), " values, expected ",
                  cfg_.vocab_size * H);
-        lm_head_ = quantize_lm_head_int4(to_f32(t), cfg_.vocab_size, H, *pool_);
+        lm_head_ = quantize_lm_head_int4(t, cfg_.vocab_size, H, *pool_);
         ck.release(t);
     } else {
         lm_head_ = load_linear(ck, head, cfg_.vocab_size, H, bf16_weights_);
