@@ -9,4 +9,6 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential cmake ninja-build pkg-config git ca-certificates \
     nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev zlib1g-dev \
-    libgtest-dev libgmock-dev >/dev/null
+    libgtest-dev libgmock-dev \
+    libpng-dev libjpeg62-turbo-dev libwebp-dev \
+    libavformat-dev libavcodec-dev libswscale-dev libavutil-dev >/dev/null

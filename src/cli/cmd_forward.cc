@@ -13,6 +13,8 @@
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/positions.h"
+#include "model/vit.h"
+#include "pipeline/vae_codec.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
 namespace lancet::cli {
@@ -20,7 +22,8 @@ namespace lancet::cli {
 namespace {
 
 struct ForwardArgs {
-    std::string model, input, out;
+    std::string model, input, out, vit_dir;
+    std::string component = "decoder";
 };
 
 // Reads the input file's tensors with one-line errors naming the tensor.
@@ -80,7 +83,9 @@ void run_forward(const ForwardArgs& a) {
     if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
     std::error_code ec;
     if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
-    const auto ck = LanceCheckpoint::open(a.model);
+    OpenOptions oo;
+    oo.vit_dir = a.vit_dir;
+    const auto ck = LanceCheckpoint::open(a.model, oo);
     const LanceConfig& cfg = ck->config();
     const InputFile in(a.input);
     const std::string& p = in.path();
@@ -95,14 +100,38 @@ void run_forward(const ForwardArgs& a) {
             fail(p, ": token_ids[", i, "] = ", b.token_ids[i], " is outside the vocabulary (",
                  cfg.vocab_size, ")");
     b.is_gen = in.u8("is_gen", {L});
-    int64_t N = 0;
+    // Optional ViT input: its embeddings fill the und <|video_pad|> rows (one ViT block).
+    const bool has_vit = in.has("vit_video");
+    std::vector<float> vit_video;
+    VitPlan vplan;
+    int64_t vit_T = 0, vit_H = 0, vit_W = 0;
+    if (has_vit) {
+        const VitConfig& v = cfg.vision;
+        const TensorEntry& e = in.get("vit_video", DType::F32, 4);
+        if (e.shape[0] != v.in_chans)
+            fail(p, ": vit_video has shape ", shape_str(e.shape), "; the first dimension must be ",
+                 v.in_chans, " channels ([C, T, H, W])");
+        vit_T = e.shape[1], vit_H = e.shape[2], vit_W = e.shape[3];
+        const std::string where = p + ": vit_video " + shape_str(e.shape);
+        vplan = vit_plan(v, vit_T, vit_H, vit_W, where.c_str());
+        if (!ck->has_vit())
+            fail(a.model, ": vit_video given but the checkpoint has no ViT weights");
+        vit_video = in.f32("vit_video", e.shape);
+    }
+    int64_t N = 0, n_vit = 0;
     for (int64_t i = 0; i < L; ++i) {
         if (b.is_gen[i] > 1) fail(p, ": is_gen[", i, "] = ", int(b.is_gen[i]), " (must be 0 or 1)");
         N += b.is_gen[i];
-        if ((b.token_ids[i] == cfg.video_token_id) != (b.is_gen[i] == 1))
-            fail(p, ": is_gen[", i, "] = ", int(b.is_gen[i]), " but token_ids[", i,
-                 "] = ", b.token_ids[i], " (gen tokens are exactly the <|video_pad|> id ",
-                 cfg.video_token_id, ")");
+        const bool pad = b.token_ids[i] == cfg.video_token_id;
+        if (b.is_gen[i] == 1 && !pad)
+            fail(p, ": is_gen[", i, "] = 1 but token_ids[", i, "] = ", b.token_ids[i],
+                 " (gen tokens are <|video_pad|> id ", cfg.video_token_id, ")");
+        if (pad && b.is_gen[i] == 0) {
+            if (!has_vit)
+                fail(p, ": token_ids[", i, "] is <|video_pad|> with is_gen 0, a ViT row, but the ",
+                     "input has no vit_video");
+            ++n_vit;
+        }
     }
     const int64_t S = in.len("split_lens", DType::I64);
     if (S < 1) fail(p, ": split_lens is empty");
@@ -118,11 +147,27 @@ void run_forward(const ForwardArgs& a) {
     }
     if (total != L) fail(p, ": split_lens sum to ", total, " but token_ids has ", L, " tokens");
 
-    // VAE blocks: a vision_start followed by a video pad.
+    // Vision blocks: a vision_start followed by a video pad; a VAE block when that pad is a gen
+    // row, the ViT block when it is und.
     int64_t blocks = 0;
+    std::vector<bool> block_is_vit;
     for (int64_t i = 0; i + 1 < L; ++i)
-        blocks +=
-            b.token_ids[i] == cfg.vision_start_token_id && b.token_ids[i + 1] == cfg.video_token_id;
+        if (b.token_ids[i] == cfg.vision_start_token_id &&
+            b.token_ids[i + 1] == cfg.video_token_id) {
+            block_is_vit.push_back(b.is_gen[i + 1] == 0);
+            blocks += b.is_gen[i + 1] == 1;
+        }
+    if (has_vit) {
+        const int64_t vit_blocks = std::count(block_is_vit.begin(), block_is_vit.end(), true);
+        if (vit_blocks != 1)
+            fail(p,
+                 ": vit_video needs exactly one ViT block (vision_start then und <|video_pad|> "
+                 "rows), found ",
+                 vit_blocks);
+        if (n_vit != vplan.merged())
+            fail(p, ": vit_video gives ", vplan.merged(), " ViT rows but token_ids has ", n_vit,
+                 " und <|video_pad|> rows");
+    }
     std::vector<int64_t> grid = {1, 1, 1};
     if (N > 0 || in.has("latent_grid")) {
         grid = in.i64("latent_grid", {3});
@@ -153,7 +198,10 @@ void run_forward(const ForwardArgs& a) {
         b.positions.resize(L);
         for (int64_t i = 0; i < L; ++i) b.positions[i] = {pos[i], pos[L + i], pos[2 * L + i]};
     } else {
-        std::vector<VisionGrid> grids(blocks, vae_block_grid(grid[0], grid[1], grid[2]));
+        std::vector<VisionGrid> grids;
+        for (const bool vit : block_is_vit)
+            grids.push_back(vit ? VisionGrid{vplan.gt, vplan.gh, vplan.gw}
+                                : vae_block_grid(grid[0], grid[1], grid[2]));
         try {
             b.positions = mrope_positions(b.token_ids, grids, cfg);
         } catch (const Error& e) {
@@ -166,11 +214,40 @@ void run_forward(const ForwardArgs& a) {
     dopt.lm_head = lm_head_option();
     if (std::filesystem::exists(std::filesystem::path(a.model) / "vocab.json", ec))
         dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(a.model).size());
-    LanceDecoder dec(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession dec(weights);
     Outputs out;
     ForwardOptions fo;
     fo.final_hidden = true;
     fo.layer_out = true;
+    std::vector<float> embeddings;
+    if (has_vit) {
+        // Input embeddings: embed_tokens rows, the latent embedding on gen rows, the ViT's
+        // output rows in order on the und <|video_pad|> rows (spec §2.3.2).
+        const int64_t Hd = cfg.hidden_size;
+        std::vector<float> vit_rows;
+        {
+            VisionTower tower(*ck);
+            vit_rows = tower.forward(kernels::OpContext::defaults(), vit_video.data(), vit_T, vit_H,
+                                     vit_W);
+        }
+        embeddings.resize(static_cast<size_t>(L * Hd));
+        dec.embed_tokens(b.token_ids.data(), static_cast<size_t>(L), embeddings.data());
+        std::vector<float> gen_rows(static_cast<size_t>(N * Hd));
+        if (N > 0)
+            dec.embed_latents(b.latents.data(), b.timesteps.data(), b.pe3d_index.data(),
+                              static_cast<size_t>(N), gen_rows.data());
+        int64_t g = 0, k = 0;
+        for (int64_t i = 0; i < L; ++i) {
+            const float* src = nullptr;
+            if (b.is_gen[i])
+                src = &gen_rows[(g++) * Hd];
+            else if (b.token_ids[i] == cfg.video_token_id)
+                src = &vit_rows[(k++) * Hd];
+            if (src) std::copy(src, src + Hd, &embeddings[i * Hd]);
+        }
+        b.embeddings = embeddings.data();
+    }
     dec.forward(b, nullptr, false, out, fo);
 
     const int64_t H = cfg.hidden_size, V = cfg.vocab_size, n_und = L - N;
@@ -191,16 +268,71 @@ void run_forward(const ForwardArgs& a) {
     log_info("forward: ", L, " tokens (", n_und, " und, ", N, " gen) -> ", a.out);
 }
 
+// --component vit: `video` F32 [C, T, H, W] -> `embeds` F32 [T/tp * H/(p m) * W/(p m), out_hidden].
+void run_forward_vit(const ForwardArgs& a) {
+    if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
+    std::error_code ec;
+    if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
+    OpenOptions oo;
+    oo.vit_dir = a.vit_dir;
+    const auto ck = LanceCheckpoint::open(a.model, oo);
+    const VitConfig& v = ck->config().vision;
+    const InputFile in(a.input);
+    const TensorEntry& e = in.get("video", DType::F32, 4);
+    const int64_t C = e.shape[0], T = e.shape[1], H = e.shape[2], W = e.shape[3];
+    if (C != v.in_chans)
+        fail(in.path(), ": video has shape ", shape_str(e.shape), "; the first dimension must be ",
+             v.in_chans, " channels ([C, T, H, W])");
+    const std::string where = in.path() + ": video " + shape_str(e.shape);
+    const VitPlan plan = vit_plan(v, T, H, W, where.c_str());  // shape checks before the load
+    const std::vector<float> video = in.f32("video", e.shape);
+    VisionTower tower(*ck);
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<float> embeds =
+        tower.forward(kernels::OpContext::defaults(), video.data(), T, H, W);
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    SafetensorsWriter w(a.out);
+    w.add("embeds", DType::F32, {plan.merged(), v.out_hidden_size});
+    w.set_metadata("format", "pt");
+    w.begin();
+    w.write("embeds", embeds.data(), embeds.size() * 4);
+    w.finish();
+    char took[32];
+    std::snprintf(took, sizeof took, "%.1f ms", secs * 1e3);
+    log_info("forward: vit ", shape_str(e.shape), " -> ", plan.merged(), " x ", v.out_hidden_size,
+             " embeds in ", took, " -> ", a.out);
+}
+
 }  // namespace
 
 void add_forward(CLI::App& app) {
     auto* cmd = app.add_subcommand(
         "forward", "Run one packed sequence through the decoder and write its outputs");
     auto args = std::make_shared<ForwardArgs>();
-    cmd->add_option("--model", args->model, "Lance model folder")->required();
+    cmd->add_option("--model,--model-or-vae", args->model,
+                    "Lance model folder (vae-*: or a Wan2.2_VAE .pth / .safetensors)")
+        ->required();
+    cmd->add_option("--component", args->component,
+                    "decoder (a packed sequence); vit (video [C, T, H, W] -> embeds); vae-encode "
+                    "('video' [3,T,H,W] -> 'latent'); vae-decode ('latent' "
+                    "[48,t,h,w] -> 'video')")
+        ->check(CLI::IsMember({"decoder", "vit", "vae-encode", "vae-decode"}))
+        ->capture_default_str();
     cmd->add_option("--input", args->input, "Input .safetensors (see README)");
     cmd->add_option("--out", args->out, "Output .safetensors");
-    cmd->callback([args] { run_forward(*args); });
+    cmd->add_option("--vit", args->vit_dir,
+                    "Qwen2.5-VL-ViT folder (default: inside or beside the model folder)");
+    cmd->callback([args] {
+        if (args->component == "decoder") return run_forward(*args);
+        if (args->component == "vit") return run_forward_vit(*args);
+        if (args->input.empty() || args->out.empty())
+            fail("forward: --input and --out are required");
+        if (args->component == "vae-encode")
+            vae_encode_file(args->model, args->input, args->out);
+        else
+            vae_decode_file(args->model, args->input, args->out);
+    });
 }
 
 }  // namespace lancet::cli

@@ -18,6 +18,10 @@ void add_forward(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_stats(CLI::App& app);
 void add_perplexity(CLI::App& app);
+void add_preprocess(CLI::App& app);
+void add_vae(CLI::App& app);
+// `bench vae`, added under the bench command by add_bench.
+void add_bench_vae(CLI::App& bench);
 
 // The global speed/accuracy flags (main.cc): `--lm-head int4|bf16` (default int4) is what every
 // command that loads a decoder passes as DecoderOptions::lm_head; `--exact-activations` (else

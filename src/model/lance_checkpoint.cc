@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "io/json_file.h"
+#include "model/vit_config.h"
 
 namespace lancet {
 
@@ -92,18 +93,35 @@ std::unique_ptr<LanceCheckpoint> LanceCheckpoint::open(const std::string& dir_in
             bundled = true;
             break;
         }
+    // The ViT folder (Qwen2.5-VL-ViT: config.json, vit.safetensors): --vit DIR, else inside the
+    // model folder (where lancet synth writes the config), else beside it (the release's layout).
+    // Its config.json sizes the tower in both layouts; bundled vit_model.* weights override its
+    // vit.safetensors, as Lance's load order does (spec §1.1).
+    std::vector<fs::path> vdirs;
+    if (!opt.vit_dir.empty()) {
+        if (!fs::is_directory(opt.vit_dir, ec)) fail(opt.vit_dir, ": no such ViT folder");
+        vdirs = {fs::path(opt.vit_dir)};
+    } else {
+        vdirs = {dir / "Qwen2.5-VL-ViT", dir.parent_path() / "Qwen2.5-VL-ViT"};
+    }
+    auto first_with = [&](const char* file) -> std::optional<fs::path> {
+        for (const fs::path& d : vdirs)
+            if (fs::exists(d / file, ec)) return d / file;
+        return std::nullopt;
+    };
+    if (const auto vcfg = first_with("config.json")) {
+        const std::string where = vcfg->string();
+        ck->config_.vision = vit_config_from_json(read_json_file(where), where);
+        if (ck->config_.vision.out_hidden_size != ck->config_.hidden_size)
+            fail(where, ": out_hidden_size ", ck->config_.vision.out_hidden_size,
+                 " must equal the decoder's hidden_size ", ck->config_.hidden_size);
+    }
     if (bundled) {
         ck->vit_layout_ = VitLayout::Bundled;
     } else {
         ck->vit_layout_ = VitLayout::Separate;
-        const fs::path vdir =
-            opt.vit_dir.empty() ? dir.parent_path() / "Qwen2.5-VL-ViT" : fs::path(opt.vit_dir);
-        if (fs::exists(vdir / "vit.safetensors", ec)) {
-            ck->vit_ = Checkpoint::open((vdir / "vit.safetensors").string());
-            if (fs::exists(vdir / "config.json", ec))
-                ck->config_.vision =
-                    vit_config_from_json(read_json_file((vdir / "config.json").string()),
-                                         (vdir / "config.json").string());
+        if (const auto vw = first_with("vit.safetensors")) {
+            ck->vit_ = Checkpoint::open(vw->string());
         } else if (!opt.vit_dir.empty()) {
             fail(opt.vit_dir, ": no vit.safetensors in the ViT folder");
         }

@@ -1,4 +1,4 @@
-// Parsing and validation of Lance's llm_config.json and the ViT config.
+// Parsing and validation of Lance's llm_config.json.
 #include "model/lance_config.h"
 
 #include <nlohmann/json.hpp>
@@ -12,106 +12,26 @@ using nlohmann::json;
 
 namespace {
 
-// Reads an integer key within [lo, hi]; a missing key is an error unless `def` is given.
-int64_t get_int(const json& j, const char* key, int64_t lo, int64_t hi, const std::string& where,
-                const int64_t* def = nullptr) {
-    const auto it = j.find(key);
-    if (it == j.end() || it->is_null()) {
-        if (def) return *def;
-        fail(where, ": missing key \"", key, "\"");
-    }
-    if (!it->is_number_integer())
-        fail(where, ": \"", key, "\" must be an integer, got ", it->dump());
-    const int64_t v = it->get<int64_t>();
-    if (v < lo || v > hi)
-        fail(where, ": \"", key, "\" = ", v, " is out of range [", lo, ", ", hi, "]");
-    return v;
-}
-
-double get_double(const json& j, const char* key, double lo, double hi, const std::string& where,
-                  const double* def = nullptr) {
-    const auto it = j.find(key);
-    if (it == j.end() || it->is_null()) {
-        if (def) return *def;
-        fail(where, ": missing key \"", key, "\"");
-    }
-    if (!it->is_number()) fail(where, ": \"", key, "\" must be a number, got ", it->dump());
-    const double v = it->get<double>();
-    if (!(v >= lo && v <= hi))
-        fail(where, ": \"", key, "\" = ", v, " is out of range [", lo, ", ", hi, "]");
-    return v;
-}
-
 constexpr int64_t kMaxDim = 1 << 20;
 
 }  // namespace
 
-VitConfig vit_config_from_json(const json& j, const std::string& where) {
-    if (!j.is_object()) fail(where, ": vision config is not an object");
-    VitConfig v;
-    const int64_t d_in = 3, d_tps = 2, d_win = 112, d_tp = 2;
-    v.depth = static_cast<int>(get_int(j, "depth", 1, 1000, where));
-    v.hidden_size = static_cast<int>(get_int(j, "hidden_size", 1, kMaxDim, where));
-    v.intermediate_size = static_cast<int>(get_int(j, "intermediate_size", 1, kMaxDim, where));
-    v.num_heads = static_cast<int>(get_int(j, "num_heads", 1, 4096, where));
-    // HF's Qwen2_5_VLVisionConfig spells it in_channels; the copy in llm_config.json in_chans.
-    v.in_chans = static_cast<int>(
-        get_int(j, j.contains("in_channels") ? "in_channels" : "in_chans", 1, 16, where, &d_in));
-    v.out_hidden_size = static_cast<int>(get_int(j, "out_hidden_size", 1, kMaxDim, where));
-    v.patch_size = static_cast<int>(get_int(j, "patch_size", 1, 1024, where));
-    v.spatial_merge_size = static_cast<int>(get_int(j, "spatial_merge_size", 1, 16, where));
-    v.temporal_patch_size =
-        static_cast<int>(get_int(j, "temporal_patch_size", 1, 16, where, &d_tp));
-    v.window_size = static_cast<int>(get_int(j, "window_size", 1, 1 << 16, where, &d_win));
-    v.tokens_per_second = static_cast<int>(get_int(j, "tokens_per_second", 0, 1000, where, &d_tps));
-    if (v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0)
-        fail(where, ": vision hidden_size ", v.hidden_size, " / num_heads ", v.num_heads,
-             " must give a head_dim divisible by 4 (2-D rotary)");
-    v.fullatt_block_indexes.clear();
-    if (auto it = j.find("fullatt_block_indexes"); it != j.end()) {
-        if (!it->is_array()) fail(where, ": \"fullatt_block_indexes\" must be an array");
-        for (const json& b : *it) {
-            if (!b.is_number_integer() || b.get<int64_t>() < 0 || b.get<int64_t>() >= v.depth)
-                fail(where, ": fullatt_block_indexes entry ", b.dump(), " is not a block index < ",
-                     v.depth);
-            v.fullatt_block_indexes.push_back(b.get<int>());
-        }
-    }
-    return v;
-}
-
-json vit_config_to_json(const VitConfig& v) {
-    return {{"model_type", "qwen2_5_vl"},
-            {"depth", v.depth},
-            {"hidden_act", "silu"},
-            {"hidden_size", v.hidden_size},
-            {"intermediate_size", v.intermediate_size},
-            {"num_heads", v.num_heads},
-            {"in_chans", v.in_chans},
-            {"out_hidden_size", v.out_hidden_size},
-            {"patch_size", v.patch_size},
-            {"spatial_patch_size", v.patch_size},
-            {"spatial_merge_size", v.spatial_merge_size},
-            {"temporal_patch_size", v.temporal_patch_size},
-            {"window_size", v.window_size},
-            {"fullatt_block_indexes", v.fullatt_block_indexes},
-            {"tokens_per_second", v.tokens_per_second}};
-}
-
 LanceConfig LanceConfig::from_json(const json& j, const std::string& where) {
     if (!j.is_object()) fail(where, ": not a JSON object");
     LanceConfig c;
-    c.hidden_size = static_cast<int>(get_int(j, "hidden_size", 1, kMaxDim, where));
-    c.num_hidden_layers = static_cast<int>(get_int(j, "num_hidden_layers", 1, 1000, where));
-    c.num_attention_heads = static_cast<int>(get_int(j, "num_attention_heads", 1, 4096, where));
-    c.num_key_value_heads = static_cast<int>(get_int(j, "num_key_value_heads", 1, 4096, where));
-    c.intermediate_size = static_cast<int>(get_int(j, "intermediate_size", 1, kMaxDim, where));
-    c.vocab_size = static_cast<int>(get_int(j, "vocab_size", 1, 1 << 24, where));
+    c.hidden_size = static_cast<int>(json_get_int(j, "hidden_size", 1, kMaxDim, where));
+    c.num_hidden_layers = static_cast<int>(json_get_int(j, "num_hidden_layers", 1, 1000, where));
+    c.num_attention_heads =
+        static_cast<int>(json_get_int(j, "num_attention_heads", 1, 4096, where));
+    c.num_key_value_heads =
+        static_cast<int>(json_get_int(j, "num_key_value_heads", 1, 4096, where));
+    c.intermediate_size = static_cast<int>(json_get_int(j, "intermediate_size", 1, kMaxDim, where));
+    c.vocab_size = static_cast<int>(json_get_int(j, "vocab_size", 1, 1 << 24, where));
     const int64_t d_ctx = 32768;
     c.max_position_embeddings =
-        static_cast<int>(get_int(j, "max_position_embeddings", 1, 1 << 24, where, &d_ctx));
-    c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-12, 1e-2, where);
-    c.rope_theta = get_double(j, "rope_theta", 1.0, 1e12, where);
+        static_cast<int>(json_get_int(j, "max_position_embeddings", 1, 1 << 24, where, &d_ctx));
+    c.rms_norm_eps = json_get_double(j, "rms_norm_eps", 1e-12, 1e-2, where);
+    c.rope_theta = json_get_double(j, "rope_theta", 1.0, 1e12, where);
     if (c.hidden_size % c.num_attention_heads != 0)
         fail(where, ": hidden_size ", c.hidden_size, " is not divisible by num_attention_heads ",
              c.num_attention_heads);
@@ -141,12 +61,12 @@ LanceConfig LanceConfig::from_json(const json& j, const std::string& where) {
              " but must be head_dim/2 = ", c.head_dim() / 2);
 
     const int64_t vmax = c.vocab_size - 1;
-    c.bos_token_id = get_int(j, "bos_token_id", 0, vmax, where);
-    c.eos_token_id = get_int(j, "eos_token_id", 0, vmax, where);
-    c.vision_start_token_id = get_int(j, "vision_start_token_id", 0, vmax, where);
-    c.vision_end_token_id = get_int(j, "vision_end_token_id", 0, vmax, where);
-    c.image_token_id = get_int(j, "image_token_id", 0, vmax, where);
-    c.video_token_id = get_int(j, "video_token_id", 0, vmax, where);
+    c.bos_token_id = json_get_int(j, "bos_token_id", 0, vmax, where);
+    c.eos_token_id = json_get_int(j, "eos_token_id", 0, vmax, where);
+    c.vision_start_token_id = json_get_int(j, "vision_start_token_id", 0, vmax, where);
+    c.vision_end_token_id = json_get_int(j, "vision_end_token_id", 0, vmax, where);
+    c.image_token_id = json_get_int(j, "image_token_id", 0, vmax, where);
+    c.video_token_id = json_get_int(j, "video_token_id", 0, vmax, where);
     if (auto it = j.find("tie_word_embeddings"); it != j.end()) {
         if (!it->is_boolean()) fail(where, ": \"tie_word_embeddings\" must be true or false");
         c.tie_word_embeddings = it->get<bool>();

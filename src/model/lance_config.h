@@ -7,28 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "model/vit_config.h"
+
 namespace lancet {
-
-// The Qwen2.5-VL vision tower (§4 of the architecture spec).
-struct VitConfig {
-    int depth = 32;
-    int hidden_size = 1280;
-    int intermediate_size = 3420;
-    int num_heads = 16;
-    int in_chans = 3;
-    int out_hidden_size = 2048;
-    int patch_size = 14;
-    int spatial_merge_size = 2;
-    int temporal_patch_size = 2;
-    int window_size = 112;
-    int tokens_per_second = 2;
-    std::vector<int> fullatt_block_indexes = {7, 15, 23, 31};
-
-    int head_dim() const { return hidden_size / num_heads; }
-    // Conv3d patch embedding input: in_chans x temporal_patch x patch x patch.
-    int patch_dim() const { return in_chans * temporal_patch_size * patch_size * patch_size; }
-    int merged_dim() const { return hidden_size * spatial_merge_size * spatial_merge_size; }
-};
 
 // Lance's decoder (a Qwen2 LLM with two expert weight sets per layer) plus the constants of the
 // generation bridge that the checkpoint shapes depend on.
@@ -70,8 +51,5 @@ struct LanceConfig {
     // The llm_config.json Lancet writes (Qwen2Config keys, vision_config included).
     nlohmann::json to_json() const;
 };
-
-VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where);
-nlohmann::json vit_config_to_json(const VitConfig& v);
 
 }  // namespace lancet

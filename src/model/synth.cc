@@ -16,6 +16,8 @@
 #include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/lance_tensors.h"
+#include "model/positions.h"
+#include "model/wan_vae_synth.h"
 
 namespace lancet {
 
@@ -35,9 +37,7 @@ const char* const kSpecialTokens[] = {
 constexpr int kNumSpecial = 22;
 
 uint64_t hash_name(uint64_t seed, const std::string& s) {
-    uint64_t h = 1469598103934665603ull ^ seed;
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    return Rng(h).next_u64();
+    return Rng(name_hash(seed, s)).next_u64();
 }
 
 // A cheap approximately standard normal value: the centred sum of four 16-bit uniforms (variance
@@ -112,23 +112,25 @@ LanceConfig synth_config(const std::string& preset) {
         c.hidden_size = 64, c.num_hidden_layers = 2, c.num_attention_heads = 4;
         c.num_key_value_heads = 2, c.intermediate_size = 128, c.vocab_size = 320;
         c.max_position_embeddings = 4096, c.mrope_section = {2, 3, 3};
-        c.vision = {.depth = 2,
+        // The ViT's real patch, merge and window geometry at narrow widths: window blocks and
+        // two full-attention blocks.
+        c.vision = {.depth = 4,
                     .hidden_size = 32,
-                    .intermediate_size = 64,
+                    .intermediate_size = 48,
                     .num_heads = 2,
                     .out_hidden_size = 64,
-                    .fullatt_block_indexes = {1}};
+                    .fullatt_block_indexes = {1, 3}};
         c.max_num_frames = 1;  // a Lance_3B-sized PE3D table (one latent frame of 64x64)
     } else if (preset == "small") {
         c.hidden_size = 256, c.num_hidden_layers = 4, c.num_attention_heads = 8;
         c.num_key_value_heads = 2, c.intermediate_size = 704, c.vocab_size = 512;
         c.max_position_embeddings = 8192, c.mrope_section = {4, 6, 6};
-        c.vision = {.depth = 4,
+        c.vision = {.depth = 6,
                     .hidden_size = 64,
                     .intermediate_size = 172,
                     .num_heads = 4,
                     .out_hidden_size = 256,
-                    .fullatt_block_indexes = {1, 3}};
+                    .fullatt_block_indexes = {2, 5}};
         c.max_num_frames = 1;
     } else if (preset == "3b") {
         c.hidden_size = 2048, c.num_hidden_layers = 36, c.num_attention_heads = 16;
@@ -177,25 +179,6 @@ int write_synthetic_tokenizer(const std::string& dir) {
                       {"errors", "replace"}};
     write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(), cfg.dump(2));
     return 256 + kNumSpecial;
-}
-
-void pe3d_row(int hidden, int64_t pos_id, int max_latent_size, double* out) {
-    int d = hidden / 3;
-    if (d % 2) --d;
-    const int dims[3] = {d, d, hidden - 2 * d};
-    const int64_t l2 = static_cast<int64_t>(max_latent_size) * max_latent_size;
-    const double pos[3] = {static_cast<double>(pos_id / l2),
-                           static_cast<double>((pos_id / max_latent_size) % max_latent_size),
-                           static_cast<double>(pos_id % max_latent_size)};
-    for (int a = 0; a < 3; ++a) {
-        const int half = dims[a] / 2;
-        for (int k = 0; k < half; ++k) {
-            const double omega = 1.0 / std::pow(10000.0, k / static_cast<double>(half));
-            out[k] = std::sin(pos[a] * omega);
-            out[half + k] = std::cos(pos[a] * omega);
-        }
-        out += dims[a];
-    }
 }
 
 namespace {
@@ -308,7 +291,11 @@ uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg) {
         tokenizer_len = write_synthetic_tokenizer(out.file(""));
     }
     write_file_atomic(out.file("llm_config.json"), cfg.to_json().dump(2) + "\n");
-    write_file_atomic(out.file("vit_config.json"), vit_config_to_json(cfg.vision).dump(2) + "\n");
+    // The vision config as the release ships it (Qwen2.5-VL-ViT/config.json); LanceCheckpoint
+    // finds it inside the model folder as well as beside it.
+    fs::create_directories(out.file("Qwen2.5-VL-ViT"));
+    write_file_atomic(out.file("Qwen2.5-VL-ViT/config.json"),
+                      vit_folder_config_json(cfg.vision).dump(2) + "\n");
 
     const OutlierPlan outliers = synth_outliers(cfg, opt.seed);
     const Filler filler{cfg, outliers, opt.seed};
@@ -359,8 +346,14 @@ uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg) {
         }
     }
     w.finish();
+    // The Wan2.2 VAE beside the model, so the folder is a complete Lance_3B_Video checkpoint.
+    const WanVaeConfig vae = wan_vae_synth_config(opt.preset);
+    log_info("synth: Wan2.2_VAE.pth, ", wan_vae_tensor_list(vae).size(), " tensors, base widths ",
+             vae.dim, "/", vae.dec_dim);
+    const uint64_t vae_bytes =
+        write_synth_wan_vae(out.file("Wan2.2_VAE.pth"), vae, opt.dtype, opt.seed);
     out.commit();
-    return w.total_bytes();
+    return w.total_bytes() + vae_bytes;
 }
 
 }  // namespace lancet

@@ -1,0 +1,185 @@
+// `lancet bench vae`: convolution throughput on the decoder's widest and narrowest stages against
+// the GEMM rate of the same weight at n = 512, then a timed decode (and encode) with the FLOPs
+// executed vs what computing the causal zero frames would have cost.
+#include <stdlib.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/output_dir.h"
+#include "model/wan_vae.h"
+#include "model/wan_vae_synth.h"
+#include "pipeline/vae_codec.h"
+
+namespace lancet::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchVaeOptions {
+    std::string vae, preset = "small", dtype = "f32";
+    int latent = 32;  // latent side of the timed decode (pixels: 16×)
+    int conv_side =
+        16;  // conv bench activation side: one frame of conv_side × 2·conv_side = 512 px
+    int reps = 3;
+    int64_t tile = 0, overlap = 4;  // also time a tiled decode and its error vs the untiled one
+};
+
+template <typename F>
+double median_seconds(int reps, F&& f) {
+    std::vector<double> s;
+    f();  // warm-up
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = Clock::now();
+        f();
+        s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    std::sort(s.begin(), s.end());
+    return s[s.size() / 2];
+}
+
+void run_bench_vae(const BenchVaeOptions& o) {
+    if (o.reps < 1 || o.latent < 1 || o.conv_side < 1)
+        fail("bench vae: sizes and --reps must be >= 1");
+    std::string path = o.vae;
+    std::unique_ptr<std::filesystem::path> tmp;
+    if (path.empty()) {
+        // A synthetic VAE of the preset in a temporary folder.
+        char tmpl[] = "/tmp/lancet-bench-vae-XXXXXX";
+        if (!::mkdtemp(tmpl)) fail("bench vae: cannot create a temporary folder");
+        tmp = std::make_unique<std::filesystem::path>(tmpl);
+        path = (*tmp / "Wan2.2_VAE.pth").string();
+        write_synth_wan_vae(path, wan_vae_synth_config(o.preset),
+                            o.dtype == "bf16" ? DType::BF16 : DType::F32, 1);
+    } else {
+        path = resolve_vae_path(path);
+    }
+    struct Cleanup {
+        std::filesystem::path* p;
+        ~Cleanup() {
+            std::error_code ec;
+            if (p) std::filesystem::remove_all(*p, ec);
+        }
+    } cleanup{tmp.get()};
+
+    WanVaeFile f(path);
+    const WanVaeConfig& cfg = f.config();
+    wan_vae::Context ctx;
+    ctx.ops = kernels::OpContext::defaults();
+    std::printf("VAE %s: widths %lld/%lld, %s, %zu threads\n\n", path.c_str(),
+                static_cast<long long>(cfg.dim), static_cast<long long>(cfg.dec_dim),
+                std::string(dtype_name(f.dtype())).c_str(), ctx.ops.threads().size());
+
+    // 1. conv3d vs GEMM on the decoder's first and last stage widths.
+    std::printf(
+        "| stage conv | C | pixels | conv3d ms | conv3d GFLOP/s | GEMM GFLOP/s (n=512) | ratio |\n"
+        "|---|---|---|---|---|---|---|\n");
+    const auto dd = cfg.dec_dims();
+    for (const std::string& p :
+         {std::string("decoder.upsamples.0.upsamples.1.residual.2"),
+          "decoder.upsamples." + std::to_string(cfg.stages() - 1) + ".upsamples.1.residual.2"}) {
+        const wan_vae::Conv conv = wan_vae::load_conv(f, p);
+        const int64_t C = conv.w.c_in, H = o.conv_side, W = 2 * o.conv_side;
+        wan_vae::Frames x(1, H, W, C), cache(2, H, W, C), y;
+        Rng r(3);
+        for (float& v : x.d) v = static_cast<float>(r.normal());
+        for (float& v : cache.d) v = static_cast<float>(r.normal());
+        const double conv_s = median_seconds(o.reps, [&] { conv.run(ctx, x, &cache, y); });
+        const double flop = 2.0 * static_cast<double>(H * W) * static_cast<double>(conv.w.c_out) *
+                            static_cast<double>(conv.w.c_in * 27);
+        // One temporal tap's weight [C, 9·C] as a GEMM on 512 rows: the product conv3d runs
+        // three times per output frame.
+        const int64_t n = 512, K = 9 * C;
+        std::vector<float> a(static_cast<size_t>(n * K)), b(static_cast<size_t>(n * conv.w.c_out));
+        for (float& v : a) v = static_cast<float>(r.normal());
+        const double gemm_s = median_seconds(o.reps, [&] {
+            kernels::linear(ctx.ops, kernels::TensorRef::contiguous(a.data(), {n, K}), conv.w.w[0],
+                            conv.w.bias.data(),
+                            kernels::TensorRef::contiguous(b.data(), {n, conv.w.c_out}));
+        });
+        const double gemm_flop = 2.0 * static_cast<double>(n * K * conv.w.c_out);
+        std::printf("| %s | %lld | %lld | %.2f | %.1f | %.1f | %.2f |\n", p.c_str(),
+                    static_cast<long long>(C), static_cast<long long>(H * W), conv_s * 1e3,
+                    flop / conv_s / 1e9, gemm_flop / gemm_s / 1e9,
+                    (flop / conv_s) / (gemm_flop / gemm_s));
+    }
+
+    // 2. decode of one latent frame of latent × latent, and the encode of that image.
+    const int64_t lh = o.latent, lw = o.latent;
+    std::vector<float> z(static_cast<size_t>(cfg.z_dim * lh * lw));
+    Rng r(9);
+    for (float& v : z) v = static_cast<float>(r.normal());
+    wan_vae::Decoder dec(f);
+    wan_vae::FlopCount fl;
+    ctx.flops = &fl;
+    std::vector<float> img;
+    auto t0 = Clock::now();
+    img = wan_vae::decode_all(ctx, dec, z.data(), 1, lh, lw);
+    const double dec_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf(
+        "\ndecode %lldx%lld latent -> %lldx%lld image: %.2f s, %.1f GFLOP executed, %.1f "
+        "GFLOP with the zero frames (%.2fx cut), %.1f GFLOP/s\n",
+        static_cast<long long>(lh), static_cast<long long>(lw),
+        static_cast<long long>(lh * cfg.space_factor()),
+        static_cast<long long>(lw * cfg.space_factor()), dec_s, 2 * fl.executed / 1e9,
+        2 * fl.dense / 1e9, fl.dense / fl.executed, 2 * fl.executed / dec_s / 1e9);
+    if (o.tile > 0) {
+        const auto t1 = Clock::now();
+        const std::vector<float> tiled =
+            wan_vae::decode_tiled(ctx, dec, z.data(), 1, lh, lw, o.tile, o.overlap);
+        const double tile_s = std::chrono::duration<double>(Clock::now() - t1).count();
+        double worst = 0, sum = 0;
+        for (size_t i = 0; i < img.size(); ++i) {
+            const double e = std::fabs(tiled[i] - img[i]);
+            worst = std::max(worst, e);
+            sum += e;
+        }
+        std::printf(
+            "tiled decode (tiles of %lld, overlap %lld latent positions): %.2f s, vs "
+            "untiled max |diff| %.3g, mean %.3g (pixels in [-1, 1])\n",
+            static_cast<long long>(o.tile), static_cast<long long>(o.overlap), tile_s, worst,
+            sum / static_cast<double>(img.size()));
+    }
+    wan_vae::Encoder enc(f);
+    fl = {};
+    t0 = Clock::now();
+    wan_vae::encode(ctx, enc, img.data(), 1, lh * cfg.space_factor(), lw * cfg.space_factor());
+    const double enc_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf(
+        "encode of that image: %.2f s, %.1f GFLOP executed, %.1f with the zero frames "
+        "(%.2fx cut), %.1f GFLOP/s\n",
+        enc_s, 2 * fl.executed / 1e9, 2 * fl.dense / 1e9, fl.dense / fl.executed,
+        2 * fl.executed / enc_s / 1e9);
+}
+
+}  // namespace
+
+void add_bench_vae(CLI::App& bench) {
+    auto o = std::make_shared<BenchVaeOptions>();
+    CLI::App* v = bench.add_subcommand(
+        "vae", "Time the VAE: conv3d vs GEMM rate, one decode and encode with FLOPs executed");
+    v->fallthrough();
+    v->add_option("--vae", o->vae, "Wan2.2_VAE.pth or model folder (default: synthetic --preset)");
+    v->add_option("--preset", o->preset, "Synthetic VAE widths when no --vae: tiny, small, 3b")
+        ->check(CLI::IsMember({"tiny", "small", "3b"}))
+        ->capture_default_str();
+    v->add_option("--dtype", o->dtype, "Synthetic weights: f32 or bf16")
+        ->check(CLI::IsMember({"f32", "bf16"}))
+        ->capture_default_str();
+    v->add_option("--latent", o->latent, "Latent side of the timed decode (default 32 = 512 px)");
+    v->add_option("--conv-side", o->conv_side,
+                  "Conv bench frame: side x 2·side pixels (default 16: 512 pixels)");
+    v->add_option("--tile", o->tile, "Also decode in tiles of N latent positions (0: no)");
+    v->add_option("--tile-overlap", o->overlap, "Overlap of --tile (default 4)");
+    v->add_option("--reps", o->reps, "Timed samples per conv cell; median (default 3)");
+    v->callback([o] { run_bench_vae(*o); });
+}
+
+}  // namespace lancet::cli

@@ -1,0 +1,593 @@
+// The Wan2.2 VAE's fast path: blocks on the op layer, channels-last, streamed chunk by chunk.
+#include "model/wan_vae.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/numeric.h"
+
+namespace lancet::wan_vae {
+
+using kernels::TensorRef;
+
+TensorRef Frames::ref() const { return TensorRef::contiguous(d.data(), {T, H, W, C}); }
+
+Frames Frames::slice(int64_t t0, int64_t t1) const {
+    Frames r(t1 - t0, H, W, C);
+    std::memcpy(r.d.data(), frame(t0), r.d.size() * sizeof(float));
+    return r;
+}
+
+namespace {
+
+// The last `keep` frames of [a, b] (a, then b along time).
+Frames last_frames(const Frames& a, const Frames& b, int64_t keep) {
+    const int64_t total = a.T + b.T, n = std::min(keep, total);
+    Frames r(n, b.H, b.W, b.C);
+    const size_t fsz = static_cast<size_t>(b.H * b.W * b.C);
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t src = total - n + i;
+        const float* p = src < a.T ? a.frame(src) : b.frame(src - a.T);
+        std::memcpy(r.frame(i), p, fsz * sizeof(float));
+    }
+    return r;
+}
+
+void norm_silu(const Context& ctx, const Frames& x, const std::vector<float>& gamma, Frames& y) {
+    if (&y != &x) y = Frames(x.T, x.H, x.W, x.C);
+    kernels::channel_rms_norm(ctx.ops, x.ref(), 3, gamma.data(), nullptr, y.ref());
+    kernels::silu(ctx.ops, y.ref(), y.ref());
+}
+
+void add_into(const Context& ctx, const Frames& b, Frames& y) {
+    kernels::add(ctx.ops, y.ref(), b.ref(), y.ref());
+}
+
+}  // namespace
+
+void Conv::run(const Context& ctx, const Frames& x, const Frames* cache, Frames& y,
+               bool accumulate) const {
+    const int64_t tp = x.T + p.pad_t_front;
+    const int64_t to = (tp - w.kt) / p.stride_t + 1;
+    const int64_t ho = (x.H + p.pad_top + p.pad_bottom - w.kh) / p.stride_h + 1;
+    const int64_t wo = (x.W + p.pad_left + p.pad_right - w.kw) / p.stride_w + 1;
+    if (accumulate) {
+        if (y.T != to || y.H != ho || y.W != wo || y.C != w.c_out)
+            fail("wan_vae: accumulating conv output has the wrong shape");
+    } else {
+        y = Frames(to, ho, wo, w.c_out);
+    }
+    const bool use_cache = cache && cache->T > 0;
+    const TensorRef cref = use_cache ? cache->ref() : TensorRef{};
+    kernels::conv3d(ctx.ops, x.ref(), use_cache ? &cref : nullptr, w, p, y.ref(), accumulate);
+    if (ctx.flops) {
+        // Taps on the front zero frames not covered by the cache are skipped by conv3d.
+        const int64_t zeros = p.pad_t_front - (use_cache ? cache->T : 0);
+        const double per_tap =
+            static_cast<double>(ho * wo) * static_cast<double>(w.c_out * w.c_in * w.kh * w.kw);
+        for (int64_t t = 0; t < to; ++t)
+            for (int64_t a = 0; a < w.kt; ++a) {
+                const int64_t ti = t * p.stride_t + a;  // index into [zeros..., cache, x]
+                ctx.flops->dense += per_tap;
+                if (ti >= zeros) ctx.flops->executed += per_tap;
+            }
+    }
+}
+
+Conv load_conv(const WanVaeFile& f, const std::string& prefix) {
+    Conv c;
+    const TensorView& bias = f.view(prefix + ".bias");
+    c.w = kernels::Conv3dWeight::from_checkpoint(f.view(prefix + ".weight"), &bias);
+    c.p.pad_t_front = static_cast<int>(2 * (c.w.kt / 2));
+    c.p.pad_top = c.p.pad_bottom = c.p.pad_left = c.p.pad_right = static_cast<int>(c.w.kh / 2);
+    return c;
+}
+
+void CachedConv::forward(const Context& ctx, const Frames& x, Frames& y, bool accumulate) {
+    conv.run(ctx, x, cache.T ? &cache : nullptr, y, accumulate);
+    cache = last_frames(cache, x, 2);
+}
+
+ResidualBlock::ResidualBlock(const WanVaeFile& f, const std::string& p)
+    : gamma0_(f.to_f32(p + ".residual.0.gamma")),
+      gamma3_(f.to_f32(p + ".residual.3.gamma")),
+      conv2_{load_conv(f, p + ".residual.2"), {}},
+      conv6_{load_conv(f, p + ".residual.6"), {}} {
+    has_shortcut_ = conv2_.conv.w.c_in != conv2_.conv.w.c_out;
+    if (has_shortcut_) shortcut_ = load_conv(f, p + ".shortcut");
+}
+
+void ResidualBlock::reset() {
+    conv2_.reset();
+    conv6_.reset();
+}
+
+Frames ResidualBlock::forward(const Context& ctx, const Frames& x) {
+    Frames h;
+    if (has_shortcut_)
+        shortcut_.run(ctx, x, nullptr, h);
+    else
+        h = x;
+    Frames a, b;
+    norm_silu(ctx, x, gamma0_, a);
+    conv2_.forward(ctx, a, b);
+    norm_silu(ctx, b, gamma3_, b);
+    conv6_.forward(ctx, b, h, /*accumulate=*/true);
+    return h;
+}
+
+AttentionBlock::AttentionBlock(const WanVaeFile& f, const std::string& p)
+    : gamma_(f.to_f32(p + ".norm.gamma")),
+      qkv_b_(f.to_f32(p + ".to_qkv.bias")),
+      proj_b_(f.to_f32(p + ".proj.bias")) {
+    c_ = f.view(p + ".proj.weight").shape[0];
+    auto load = [&](const std::string& n) {
+        const TensorView& v = f.view(n);
+        const size_t out = static_cast<size_t>(v.shape[0]), in = static_cast<size_t>(v.shape[1]);
+        return v.dtype == DType::BF16 ? kernels::LinearWeight::from_bf16(
+                                            reinterpret_cast<const uint16_t*>(v.data), out, in)
+                                      : kernels::LinearWeight::from_f32(
+                                            reinterpret_cast<const float*>(v.data), out, in);
+    };
+    qkv_ = load(p + ".to_qkv.weight");
+    proj_ = load(p + ".proj.weight");
+}
+
+Frames AttentionBlock::forward(const Context& ctx, const Frames& x) const {
+    Frames y = x;
+    const int64_t n = x.H * x.W, C = c_;
+    std::vector<float> xn(static_cast<size_t>(n * C)), qkv(static_cast<size_t>(n * 3 * C)),
+        o(static_cast<size_t>(n * C)), pr(static_cast<size_t>(n * C));
+    kernels::AttentionScratch scratch;
+    for (int64_t t = 0; t < x.T; ++t) {
+        const TensorRef xt = TensorRef::contiguous(x.frame(t), {n, C});
+        const TensorRef xnr = TensorRef::contiguous(xn.data(), {n, C});
+        kernels::channel_rms_norm(ctx.ops, xt, 1, gamma_.data(), nullptr, xnr);
+        kernels::linear(ctx.ops, xnr, qkv_, qkv_b_.data(),
+                        TensorRef::contiguous(qkv.data(), {n, 3 * C}));
+        // One head over the frame's n positions: q [n, 1, C], k and v [1, n, C] inside qkv rows.
+        TensorRef q = TensorRef::contiguous(qkv.data(), {n, 1, C});
+        q.stride = {3 * C, C, 1};
+        TensorRef k = TensorRef::contiguous(qkv.data() + C, {1, n, C});
+        k.stride = {n * 3 * C, 3 * C, 1};
+        TensorRef v = k;
+        v.data = qkv.data() + 2 * C;
+        kernels::AttnMask mask;  // Kind::None: every position sees every position
+        kernels::attention(ctx.ops, q, nullptr, k, v, mask, 0.0f,
+                           TensorRef::contiguous(o.data(), {n, 1, C}), scratch);
+        kernels::linear(ctx.ops, TensorRef::contiguous(o.data(), {n, C}), proj_, proj_b_.data(),
+                        TensorRef::contiguous(pr.data(), {n, C}));
+        const TensorRef yt = TensorRef::contiguous(y.frame(t), {n, C});
+        kernels::add(ctx.ops, yt, TensorRef::contiguous(pr.data(), {n, C}), yt);
+    }
+    return y;
+}
+
+Resample::Resample(const WanVaeFile& f, const std::string& p, ResampleMode mode)
+    : mode_(mode), conv_(load_conv(f, p + ".resample.1")) {
+    if (mode == ResampleMode::Downsample2d || mode == ResampleMode::Downsample3d) {
+        // ZeroPad2d((0, 1, 0, 1)) then a 3×3 stride-2 conv.
+        conv_.p.pad_top = conv_.p.pad_left = 0;
+        conv_.p.pad_bottom = conv_.p.pad_right = 1;
+        conv_.p.stride_h = conv_.p.stride_w = 2;
+    }
+    if (mode == ResampleMode::Upsample3d || mode == ResampleMode::Downsample3d)
+        time_conv_ = load_conv(f, p + ".time_conv");
+    if (mode == ResampleMode::Downsample3d) {
+        // time conv on [last cached frame, chunk]: the cached frame stands in one front frame.
+        time_conv_.p.pad_t_front = 1;
+        time_conv_.p.stride_t = 2;
+    }
+}
+
+void Resample::reset() {
+    state_ = State::First;
+    cache_ = Frames();
+}
+
+Frames Resample::forward(const Context& ctx, const Frames& x) {
+    Frames y;
+    if (mode_ == ResampleMode::Upsample2d || mode_ == ResampleMode::Upsample3d) {
+        Frames inter;
+        const Frames* src = &x;
+        if (mode_ == ResampleMode::Upsample3d) {
+            if (state_ == State::First) {
+                state_ = State::Second;  // the "Rep" marker: no time conv on the first chunk
+            } else {
+                Frames tc;
+                // Second chunk: zero frames in front (skipped by conv3d). The cache it leaves is
+                // the real frames only; the zero frame PyTorch stores in front of a 1-frame chunk
+                // is the same as the op's remaining front zero padding.
+                time_conv_.run(ctx, x, state_ == State::Second ? nullptr : &cache_, tc);
+                cache_ = last_frames(state_ == State::Second ? Frames() : cache_, x, 2);
+                state_ = State::Later;
+                // [T, H, W, 2C] -> [2T, H, W, C]: frame 2t+j takes channels [jC, (j+1)C).
+                inter = Frames(2 * tc.T, tc.H, tc.W, x.C);
+                const int64_t px = tc.H * tc.W;
+                for (int64_t t = 0; t < tc.T; ++t)
+                    for (int64_t j = 0; j < 2; ++j)
+                        for (int64_t i = 0; i < px; ++i)
+                            std::memcpy(inter.frame(2 * t + j) + i * x.C,
+                                        tc.frame(t) + i * 2 * x.C + j * x.C,
+                                        static_cast<size_t>(x.C) * sizeof(float));
+                src = &inter;
+            }
+        }
+        Frames up(src->T, src->H * 2, src->W * 2, src->C);
+        kernels::upsample_nearest2x(ctx.ops, src->ref(), up.ref());
+        conv_.run(ctx, up, nullptr, y);
+        return y;
+    }
+    conv_.run(ctx, x, nullptr, y);
+    if (mode_ == ResampleMode::Downsample3d) {
+        if (state_ == State::First) {
+            state_ = State::Later;
+            cache_ = y.slice(y.T - 1, y.T);
+        } else {
+            Frames z;
+            time_conv_.run(ctx, y, &cache_, z);
+            cache_ = y.slice(y.T - 1, y.T);
+            return z;
+        }
+    }
+    return y;
+}
+
+Frames avg_down3d(const Frames& x, int64_t out_channels, int ft, int fs) {
+    const int64_t pad = (ft - x.T % ft) % ft;
+    const int64_t group = x.C * ft * fs * fs / out_channels;
+    Frames y((x.T + pad) / ft, x.H / fs, x.W / fs, out_channels);
+    const float inv = 1.0f / static_cast<float>(group);
+    for (int64_t t = 0; t < y.T; ++t)
+        for (int64_t h = 0; h < y.H; ++h)
+            for (int64_t w = 0; w < y.W; ++w) {
+                float* dst = y.frame(t) + (h * y.W + w) * out_channels;
+                for (int64_t o = 0; o < out_channels; ++o) {
+                    float s = 0;
+                    for (int64_t g = 0; g < group; ++g) {
+                        int64_t j = o * group + g;  // ((c·ft + dt)·fs + dh)·fs + dw
+                        const int64_t dw = j % fs;
+                        j /= fs;
+                        const int64_t dh = j % fs;
+                        j /= fs;
+                        const int64_t dt = j % ft, c = j / ft;
+                        const int64_t ti = t * ft + dt - pad;
+                        if (ti >= 0)
+                            s += x.frame(ti)[((h * fs + dh) * x.W + w * fs + dw) * x.C + c];
+                    }
+                    dst[o] = s * inv;
+                }
+            }
+    return y;
+}
+
+void dup_up3d_add(const Frames& x, int ft, int fs, bool first_chunk, Frames& y) {
+    const int64_t out = y.C, repeats = out * ft * fs * fs / x.C;
+    const int64_t drop = first_chunk ? ft - 1 : 0;
+    if (y.T != x.T * ft - drop || y.H != x.H * fs || y.W != x.W * fs)
+        fail("wan_vae: DupUp3D shapes do not match the main path");
+    for (int64_t t = 0; t < x.T; ++t)
+        for (int64_t dt = 0; dt < ft; ++dt) {
+            const int64_t to = t * ft + dt - drop;
+            if (to < 0) continue;
+            for (int64_t h = 0; h < y.H; ++h)
+                for (int64_t w = 0; w < y.W; ++w) {
+                    const float* src = x.frame(t) + ((h / fs) * x.W + w / fs) * x.C;
+                    float* dst = y.frame(to) + (h * y.W + w) * out;
+                    const int64_t base = (dt * fs + h % fs) * fs + w % fs;
+                    for (int64_t o = 0; o < out; ++o)
+                        dst[o] += src[(o * ft * fs * fs + base) / repeats];
+                }
+        }
+}
+
+Frames patchify(const float* video, int64_t T, int64_t H, int64_t W, int64_t t0, int64_t t1) {
+    Frames r(t1 - t0, H / 2, W / 2, 12);
+    for (int64_t t = t0; t < t1; ++t)
+        for (int64_t h = 0; h < r.H; ++h)
+            for (int64_t w = 0; w < r.W; ++w) {
+                float* dst = r.frame(t - t0) + (h * r.W + w) * 12;
+                for (int64_t c = 0; c < 3; ++c)
+                    for (int64_t rr = 0; rr < 2; ++rr)
+                        for (int64_t q = 0; q < 2; ++q)
+                            dst[(c * 2 + rr) * 2 + q] =
+                                video[((c * T + t) * H + 2 * h + q) * W + 2 * w + rr];
+            }
+    return r;
+}
+
+Encoder::Encoder(const WanVaeFile& f)
+    : cfg_(f.config()),
+      conv1_{load_conv(f, "encoder.conv1"), {}},
+      mid0_(std::make_unique<ResidualBlock>(f, "encoder.middle.0")),
+      mid2_(std::make_unique<ResidualBlock>(f, "encoder.middle.2")),
+      attn_(std::make_unique<AttentionBlock>(f, "encoder.middle.1")),
+      head_gamma_(f.to_f32("encoder.head.0.gamma")),
+      head_{load_conv(f, "encoder.head.2"), {}},
+      top_conv1_(load_conv(f, "conv1")) {
+    const auto dims = cfg_.enc_dims();
+    for (int i = 0; i < cfg_.stages(); ++i) {
+        const std::string s = "encoder.downsamples." + std::to_string(i) + ".downsamples.";
+        Stage st;
+        for (int k = 0; k < cfg_.num_res_blocks; ++k)
+            st.blocks.emplace_back(f, s + std::to_string(k));
+        if (cfg_.enc_space_down(i))
+            st.resample = std::make_unique<Resample>(
+                f, s + std::to_string(cfg_.num_res_blocks),
+                cfg_.enc_time_down(i) ? ResampleMode::Downsample3d : ResampleMode::Downsample2d);
+        st.out = dims[i + 1];
+        st.ft = cfg_.enc_time_down(i) ? 2 : 1;
+        st.fs = cfg_.enc_space_down(i) ? 2 : 1;
+        stages_.push_back(std::move(st));
+    }
+}
+
+void Encoder::reset() {
+    conv1_.reset();
+    for (auto& s : stages_) {
+        for (auto& b : s.blocks) b.reset();
+        if (s.resample) s.resample->reset();
+    }
+    mid0_->reset();
+    mid2_->reset();
+    head_.reset();
+}
+
+Frames Encoder::chunk(const Context& ctx, const Frames& in) {
+    Frames x;
+    conv1_.forward(ctx, in, x);
+    for (auto& s : stages_) {
+        const Frames x_copy = x;
+        for (auto& b : s.blocks) x = b.forward(ctx, x);
+        if (s.resample) x = s.resample->forward(ctx, x);
+        add_into(ctx, avg_down3d(x_copy, s.out, s.ft, s.fs), x);
+    }
+    x = mid0_->forward(ctx, x);
+    x = attn_->forward(ctx, x);
+    x = mid2_->forward(ctx, x);
+    norm_silu(ctx, x, head_gamma_, x);
+    Frames h, out;
+    head_.forward(ctx, x, h);
+    top_conv1_.run(ctx, h, nullptr, out);
+    return out;
+}
+
+Decoder::Decoder(const WanVaeFile& f)
+    : cfg_(f.config()),
+      top_conv2_(load_conv(f, "conv2")),
+      conv1_{load_conv(f, "decoder.conv1"), {}},
+      mid0_(std::make_unique<ResidualBlock>(f, "decoder.middle.0")),
+      mid2_(std::make_unique<ResidualBlock>(f, "decoder.middle.2")),
+      attn_(std::make_unique<AttentionBlock>(f, "decoder.middle.1")),
+      head_gamma_(f.to_f32("decoder.head.0.gamma")),
+      head_{load_conv(f, "decoder.head.2"), {}} {
+    for (int i = 0; i < cfg_.stages(); ++i) {
+        const std::string s = "decoder.upsamples." + std::to_string(i) + ".upsamples.";
+        Stage st;
+        for (int k = 0; k < cfg_.num_res_blocks + 1; ++k)
+            st.blocks.emplace_back(f, s + std::to_string(k));
+        if (cfg_.dec_space_up(i)) {
+            st.resample = std::make_unique<Resample>(
+                f, s + std::to_string(cfg_.num_res_blocks + 1),
+                cfg_.dec_time_up(i) ? ResampleMode::Upsample3d : ResampleMode::Upsample2d);
+            st.ft = cfg_.dec_time_up(i) ? 2 : 1;
+            st.fs = 2;
+        }
+        stages_.push_back(std::move(st));
+    }
+}
+
+void Decoder::reset() {
+    conv1_.reset();
+    mid0_->reset();
+    mid2_->reset();
+    for (auto& s : stages_) {
+        for (auto& b : s.blocks) b.reset();
+        if (s.resample) s.resample->reset();
+    }
+    head_.reset();
+}
+
+Frames Decoder::chunk(const Context& ctx, const Frames& z, bool first_chunk) {
+    Frames a, x;
+    top_conv2_.run(ctx, z, nullptr, a);
+    conv1_.forward(ctx, a, x);
+    x = mid0_->forward(ctx, x);
+    x = attn_->forward(ctx, x);
+    x = mid2_->forward(ctx, x);
+    for (auto& s : stages_) {
+        Frames m = x;
+        for (auto& b : s.blocks) m = b.forward(ctx, m);
+        if (s.resample) {
+            m = s.resample->forward(ctx, m);
+            dup_up3d_add(x, s.ft, s.fs, first_chunk, m);
+        }
+        x = std::move(m);
+    }
+    norm_silu(ctx, x, head_gamma_, x);
+    Frames y;
+    head_.forward(ctx, x, y);
+    return y;
+}
+
+std::vector<float> encode(const Context& ctx, Encoder& enc, const float* video, int64_t T,
+                          int64_t H, int64_t W, std::vector<float>* logvar,
+                          const Progress& progress) {
+    enc.reset();
+    const int64_t tf = enc.config().time_factor();  // pixel frames per chunk after the first
+    const int64_t iters = 1 + (T - 1) / tf;
+    std::vector<Frames> outs;
+    int64_t z2 = 0, h = 0, w = 0, t = 0;
+    for (int64_t i = 0; i < iters; ++i) {
+        const int64_t t0 = i == 0 ? 0 : 1 + tf * (i - 1), t1 = i == 0 ? 1 : 1 + tf * i;
+        outs.push_back(enc.chunk(ctx, patchify(video, T, H, W, t0, t1)));
+        z2 = outs.back().C, h = outs.back().H, w = outs.back().W;
+        t += outs.back().T;
+        if (progress) progress(t1, 1 + tf * (iters - 1));
+    }
+    const int64_t z = z2 / 2, n = t * h * w;
+    const LatentStats st = wan_latent_stats(z);
+    std::vector<float> mu(static_cast<size_t>(z * n));
+    if (logvar) logvar->assign(static_cast<size_t>(z * n), 0.0f);
+    int64_t tt = 0;
+    for (const Frames& o : outs)
+        for (int64_t f = 0; f < o.T; ++f, ++tt)
+            for (int64_t p = 0; p < h * w; ++p) {
+                const float* src = o.frame(f) + p * z2;
+                for (int64_t c = 0; c < z; ++c) {
+                    mu[static_cast<size_t>(c * n + tt * h * w + p)] =
+                        (src[c] - st.mean[static_cast<size_t>(c)]) *
+                        st.inv_std[static_cast<size_t>(c)];
+                    if (logvar) (*logvar)[static_cast<size_t>(c * n + tt * h * w + p)] = src[z + c];
+                }
+            }
+    return mu;
+}
+
+void decode(const Context& ctx, Decoder& dec, const float* latent, int64_t t, int64_t h, int64_t w,
+            const FrameSink& sink, const Progress& progress, bool clamp) {
+    dec.reset();
+    const int64_t z = dec.config().z_dim, n = t * h * w;
+    const LatentStats st = wan_latent_stats(z);
+    const int64_t total = 1 + dec.config().time_factor() * (t - 1);
+    int64_t done = 0;
+    std::vector<float> out;
+    for (int64_t i = 0; i < t; ++i) {
+        // z / (1/std) + mean, one latent frame, channels-last
+        Frames zf(1, h, w, z);
+        for (int64_t p = 0; p < h * w; ++p)
+            for (int64_t c = 0; c < z; ++c)
+                zf.d[static_cast<size_t>(p * z + c)] =
+                    latent[c * n + i * h * w + p] / st.inv_std[static_cast<size_t>(c)] +
+                    st.mean[static_cast<size_t>(c)];
+        const Frames y = dec.chunk(ctx, zf, i == 0);  // [nf, H/2, W/2, 12]
+        // unpatchify: (c, r, q) channels back to 2×2 pixels, channels-first [3, nf, H, W]
+        const int64_t H = y.H * 2, W = y.W * 2;
+        out.assign(static_cast<size_t>(3 * y.T * H * W), 0.0f);
+        for (int64_t f = 0; f < y.T; ++f)
+            for (int64_t yy = 0; yy < y.H; ++yy)
+                for (int64_t xx = 0; xx < y.W; ++xx) {
+                    const float* src = y.frame(f) + (yy * y.W + xx) * 12;
+                    for (int64_t c = 0; c < 3; ++c)
+                        for (int64_t r = 0; r < 2; ++r)
+                            for (int64_t q = 0; q < 2; ++q) {
+                                float v = src[(c * 2 + r) * 2 + q];
+                                if (clamp) v = std::clamp(v, -1.0f, 1.0f);
+                                out[static_cast<size_t>(((c * y.T + f) * H + 2 * yy + q) * W +
+                                                        2 * xx + r)] = v;
+                            }
+                }
+        sink(out.data(), y.T, H, W);
+        done += y.T;
+        if (progress) progress(done, total);
+    }
+}
+
+std::vector<float> decode_all(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
+                              int64_t h, int64_t w, std::vector<float>* unclamped) {
+    // Chunks arrive channels-first per chunk; gather them into [3, T, H, W].
+    std::vector<std::vector<float>> chunks;
+    std::vector<int64_t> counts;
+    int64_t H = 0, W = 0, T = 0;
+    decode(
+        ctx, dec, latent, t, h, w,
+        [&](const float* f, int64_t n, int64_t hh, int64_t ww) {
+            chunks.emplace_back(f, f + 3 * n * hh * ww);
+            counts.push_back(n);
+            H = hh, W = ww, T += n;
+        },
+        nullptr, /*clamp=*/false);
+    std::vector<float> v(static_cast<size_t>(3 * T * H * W));
+    int64_t t0 = 0;
+    for (size_t k = 0; k < chunks.size(); ++k) {
+        for (int64_t c = 0; c < 3; ++c)
+            std::memcpy(v.data() + (c * T + t0) * H * W, chunks[k].data() + c * counts[k] * H * W,
+                        static_cast<size_t>(counts[k] * H * W) * sizeof(float));
+        t0 += counts[k];
+    }
+    if (unclamped) *unclamped = v;
+    for (float& e : v) e = std::clamp(e, -1.0f, 1.0f);
+    return v;
+}
+
+std::vector<std::pair<int64_t, int64_t>> tile_spans(int64_t total, int64_t tile, int64_t overlap) {
+    if (tile < 1 || overlap < 0 || overlap >= tile)
+        fail("tiling: need tile >= 1 and 0 <= overlap < tile (got ", tile, ", ", overlap, ")");
+    std::vector<std::pair<int64_t, int64_t>> s;
+    if (tile >= total) return {{0, total}};
+    for (int64_t a = 0;; a += tile - overlap) {
+        if (a + tile >= total) {
+            s.emplace_back(std::max<int64_t>(0, total - tile), total);  // flush with the end
+            break;
+        }
+        s.emplace_back(a, a + tile);
+    }
+    return s;
+}
+
+namespace {
+
+// Blend weight of pixel i of a tile `n` pixels long whose first `lo` / last `hi` pixels overlap a
+// neighbour: a linear ramp (k+1)/(ramp+1) there, 1 elsewhere.
+std::vector<float> ramp(int64_t n, int64_t lo, int64_t hi) {
+    std::vector<float> r(static_cast<size_t>(n), 1.0f);
+    for (int64_t k = 0; k < lo && k < n; ++k)
+        r[static_cast<size_t>(k)] = static_cast<float>(k + 1) / static_cast<float>(lo + 1);
+    for (int64_t k = 0; k < hi && k < n; ++k)
+        r[static_cast<size_t>(n - 1 - k)] =
+            std::min(r[static_cast<size_t>(n - 1 - k)],
+                     static_cast<float>(k + 1) / static_cast<float>(hi + 1));
+    return r;
+}
+
+}  // namespace
+
+std::vector<float> decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
+                                int64_t h, int64_t w, int64_t tile, int64_t overlap,
+                                const Progress& progress) {
+    const WanVaeConfig& cfg = dec.config();
+    const auto hs = tile_spans(h, tile, overlap), ws = tile_spans(w, tile, overlap);
+    const int64_t sf = cfg.space_factor(), T = 1 + cfg.time_factor() * (t - 1), H = h * sf,
+                  W = w * sf, z = cfg.z_dim;
+    if (hs.size() == 1 && ws.size() == 1) return decode_all(ctx, dec, latent, t, h, w);
+    std::vector<float> acc(static_cast<size_t>(3 * T * H * W), 0.0f),
+        wsum(static_cast<size_t>(H * W), 0.0f);
+    const int64_t n_tiles = static_cast<int64_t>(hs.size() * ws.size());
+    int64_t done = 0;
+    for (size_t a = 0; a < hs.size(); ++a)
+        for (size_t b = 0; b < ws.size(); ++b) {
+            const auto [h0, h1] = hs[a];
+            const auto [w0, w1] = ws[b];
+            const int64_t th = h1 - h0, tw = w1 - w0;
+            std::vector<float> sub(static_cast<size_t>(z * t * th * tw));
+            for (int64_t c = 0; c < z * t; ++c)
+                for (int64_t y = 0; y < th; ++y)
+                    std::memcpy(sub.data() + (c * th + y) * tw, latent + (c * h + h0 + y) * w + w0,
+                                static_cast<size_t>(tw) * sizeof(float));
+            const std::vector<float> v = decode_all(ctx, dec, sub.data(), t, th, tw);
+            // Ramps only where the tile meets a neighbour: over the overlap, in pixels.
+            const int64_t lo_h = a > 0 ? (hs[a - 1].second - h0) * sf : 0,
+                          hi_h = a + 1 < hs.size() ? (h1 - hs[a + 1].first) * sf : 0,
+                          lo_w = b > 0 ? (ws[b - 1].second - w0) * sf : 0,
+                          hi_w = b + 1 < ws.size() ? (w1 - ws[b + 1].first) * sf : 0;
+            const std::vector<float> rh = ramp(th * sf, lo_h, hi_h), rw = ramp(tw * sf, lo_w, hi_w);
+            const int64_t PH = th * sf, PW = tw * sf;
+            for (int64_t y = 0; y < PH; ++y)
+                for (int64_t x = 0; x < PW; ++x) {
+                    const float m = rh[static_cast<size_t>(y)] * rw[static_cast<size_t>(x)];
+                    wsum[static_cast<size_t>((h0 * sf + y) * W + w0 * sf + x)] += m;
+                    for (int64_t c = 0; c < 3 * T; ++c)
+                        acc[static_cast<size_t>((c * H + h0 * sf + y) * W + w0 * sf + x)] +=
+                            m * v[static_cast<size_t>((c * PH + y) * PW + x)];
+                }
+            if (progress) progress(++done, n_tiles);
+        }
+    for (int64_t c = 0; c < 3 * T; ++c)
+        for (int64_t p = 0; p < H * W; ++p)
+            acc[static_cast<size_t>(c * H * W + p)] /= wsum[static_cast<size_t>(p)];
+    return acc;
+}
+
+}  // namespace lancet::wan_vae

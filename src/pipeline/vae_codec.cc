@@ -1,0 +1,207 @@
+// File-to-file VAE encode / decode with one-line errors and progress on stderr.
+#include "pipeline/vae_codec.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "io/output_dir.h"
+#include "io/safetensors.h"
+#include "model/wan_vae.h"
+
+namespace lancet {
+
+namespace fs = std::filesystem;
+
+std::string resolve_vae_path(const std::string& p) {
+    std::error_code ec;
+    if (fs::is_directory(p, ec)) {
+        const fs::path f = fs::path(p) / "Wan2.2_VAE.pth";
+        if (!fs::exists(f, ec)) fail(p, ": no Wan2.2_VAE.pth in this folder");
+        return f.string();
+    }
+    if (!fs::exists(p, ec)) fail(p, ": no such VAE file or model folder");
+    return p;
+}
+
+namespace {
+
+// The one F32 tensor `name` of rank 4 from a safetensors input, finite.
+std::vector<float> read_input(const std::string& path, const std::string& name, Shape& shape) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) fail(path, ": no such input file");
+    SafetensorsFile f(path);
+    const TensorEntry* e = f.find(name);
+    if (!e) fail(path, ": no tensor '", name, "'");
+    if (e->dtype != DType::F32)
+        fail(path, ": '", name, "' is ", dtype_name(e->dtype), ", expected F32");
+    if (e->shape.size() != 4)
+        fail(path, ": '", name, "' has shape ", shape_str(e->shape), ", expected rank 4");
+    shape = e->shape;
+    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+    std::memcpy(v.data(), f.view(*e).data, v.size() * 4);
+    for (size_t i = 0; i < v.size(); ++i)
+        if (!std::isfinite(v[i])) fail(path, ": '", name, "' holds a non-finite value at ", i);
+    return v;
+}
+
+// Refuses an output that cannot be written before any work is done.
+void check_output(const std::string& out, const std::string& in) {
+    if (out.empty()) fail("no output file given");
+    std::error_code ec;
+    if (fs::exists(out, ec) && fs::exists(in, ec) && fs::equivalent(out, in, ec))
+        fail(out, ": output would overwrite the input");
+    if (fs::is_directory(out, ec)) fail(out, ": output is a folder");
+    const fs::path dir =
+        fs::path(out).parent_path().empty() ? fs::path(".") : fs::path(out).parent_path();
+    if (!fs::is_directory(dir, ec)) fail(out, ": folder ", dir.string(), " does not exist");
+    if (::access(dir.c_str(), W_OK) != 0) fail(out, ": folder ", dir.string(), " is not writable");
+    check_not_source(out);
+}
+
+void write_output(const std::string& out, const std::string& name, const Shape& shape,
+                  const std::vector<float>& v) {
+    SafetensorsWriter w(out);
+    w.add(name, DType::F32, shape);
+    w.set_metadata("format", "pt");
+    w.begin();
+    w.write(name, v.data(), v.size() * 4);
+    w.finish();
+}
+
+// "encode: 5/9 frames, 2.1 s, ETA 1.7 s" on stderr.
+wan_vae::Progress progress_printer(const char* what) {
+    const auto t0 = std::chrono::steady_clock::now();
+    return [t0, what](int64_t done, int64_t total) {
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double eta = done > 0 ? s * static_cast<double>(total - done) / done : 0;
+        log_info(what, ": ", done, "/", total, " frames, ", static_cast<int>(s * 10) / 10.0,
+                 " s, ETA ", static_cast<int>(eta * 10) / 10.0, " s");
+    };
+}
+
+}  // namespace
+
+void vae_encode_file(const std::string& vae, const std::string& in, const std::string& out,
+                     const VaeEncodeOptions& opt) {
+    check_output(out, in);
+    Shape s;
+    std::vector<float> video = read_input(in, "video", s);
+    const std::string path = resolve_vae_path(vae);
+    auto f = std::make_unique<WanVaeFile>(path);
+    const WanVaeConfig cfg = f->config();
+    const int64_t sf = cfg.space_factor(), tf = cfg.time_factor();
+    if (s[0] != 3) fail(in, ": 'video' has ", s[0], " channels, expected 3 (RGB) in [3, T, H, W]");
+    if (opt.crop && s[1] >= 1 && s[2] >= sf && s[3] >= sf) {
+        const int64_t T2 = s[1] - (s[1] - 1) % tf, H2 = s[2] - s[2] % sf, W2 = s[3] - s[3] % sf;
+        // Python's round() on a half: to even.
+        auto centre = [](int64_t d) {
+            return d % 2 == 0 ? d / 2 : ((d / 2) % 2 == 0 ? d / 2 : d / 2 + 1);
+        };
+        const int64_t top = centre(s[2] - H2), left = centre(s[3] - W2);
+        if (T2 != s[1] || H2 != s[2] || W2 != s[3]) {
+            std::vector<float> c(static_cast<size_t>(3 * T2 * H2 * W2));
+            for (int64_t ch = 0; ch < 3; ++ch)
+                for (int64_t t = 0; t < T2; ++t)
+                    for (int64_t y = 0; y < H2; ++y)
+                        std::memcpy(c.data() + ((ch * T2 + t) * H2 + y) * W2,
+                                    video.data() + ((ch * s[1] + t) * s[2] + top + y) * s[3] + left,
+                                    static_cast<size_t>(W2) * sizeof(float));
+            log_info("vae encode: cropped ", s[1], "x", s[2], "x", s[3], " to ", T2, "x", H2, "x",
+                     W2, " (frames x height x width; offset ", top, ", ", left, ")");
+            video = std::move(c);
+            s = {3, T2, H2, W2};
+        }
+    }
+    if (s[2] % sf != 0 || s[3] % sf != 0 || s[2] == 0 || s[3] == 0)
+        fail(in, ": frames of ", s[2], "x", s[3], " are not multiples of ", sf,
+             " (Lance centre-crops to a multiple of 16 before the VAE, spec §3.7; --crop does "
+             "that)");
+    if (s[1] < 1 || (s[1] - 1) % tf != 0)
+        fail(in, ": ", s[1], " frames is not of the form ", tf,
+             "k+1; Lance's encoder would "
+             "silently drop the last ",
+             s[1] < 1 ? 0 : (s[1] - 1) % tf, " frame(s) (use the first ",
+             s[1] < 1 ? 1 : s[1] - (s[1] - 1) % tf, "; --crop does that)");
+    log_info("vae encode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
+             dtype_name(f->dtype()), "), video ", shape_str(s));
+    wan_vae::Encoder enc(*f);
+    f.reset();  // the encoder holds its own repacked weights: unmap the file
+    wan_vae::Context ctx;
+    ctx.ops = kernels::OpContext::defaults();
+    std::vector<float> logvar;
+    std::vector<float> z =
+        wan_vae::encode(ctx, enc, video.data(), s[1], s[2], s[3], opt.sample ? &logvar : nullptr,
+                        progress_printer("vae encode"));
+    if (opt.sample) {
+        Rng rng(opt.seed);
+        for (size_t i = 0; i < z.size(); ++i)
+            z[i] += static_cast<float>(std::exp(0.5 * logvar[i]) * rng.normal());
+    }
+    const Shape zs = {cfg.z_dim, 1 + (s[1] - 1) / tf, s[2] / sf, s[3] / sf};
+    write_output(out, "latent", zs, z);
+    log_info("vae encode: latent ", shape_str(zs), " -> ", out);
+}
+
+void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out,
+                     const VaeDecodeOptions& opt) {
+    check_output(out, in);
+    if (opt.tile < 0 || opt.overlap < 0 || (opt.tile > 0 && opt.overlap >= opt.tile))
+        fail("vae decode: --tile must be >= 1 with 0 <= --tile-overlap < --tile (got ", opt.tile,
+             ", ", opt.overlap, ")");
+    Shape s;
+    const std::vector<float> z = read_input(in, "latent", s);
+    const std::string path = resolve_vae_path(vae);
+    auto f = std::make_unique<WanVaeFile>(path);
+    const WanVaeConfig cfg = f->config();
+    if (s[0] != cfg.z_dim)
+        fail(in, ": 'latent' has ", s[0], " channels, the VAE expects ", cfg.z_dim,
+             " ([z, t, h, w])");
+    if (s[1] < 1 || s[2] < 1 || s[3] < 1) fail(in, ": 'latent' ", shape_str(s), " is empty");
+    const int64_t T = 1 + cfg.time_factor() * (s[1] - 1), H = s[2] * cfg.space_factor(),
+                  W = s[3] * cfg.space_factor();
+    log_info("vae decode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
+             dtype_name(f->dtype()), "), latent ", shape_str(s));
+    wan_vae::Decoder dec(*f);
+    f.reset();  // the decoder holds its own repacked weights: unmap the file
+    wan_vae::Context ctx;
+    ctx.ops = kernels::OpContext::defaults();
+    std::vector<float> video;
+    if (opt.tile > 0) {
+        video = wan_vae::decode_tiled(
+            ctx, dec, z.data(), s[1], s[2], s[3], opt.tile, opt.overlap,
+            [t0 = std::chrono::steady_clock::now()](int64_t d, int64_t n) {
+                const double sec =
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                log_info("vae decode: tile ", d, "/", n, ", ", static_cast<int>(sec * 10) / 10.0,
+                         " s, ETA ", static_cast<int>(sec * (n - d) / d * 10) / 10.0, " s");
+            });
+        write_output(out, "video", {3, T, H, W}, video);
+        log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] in tiles of ", opt.tile,
+                 " (overlap ", opt.overlap, ") -> ", out);
+        return;
+    }
+    video.resize(static_cast<size_t>(3 * T * H * W));
+    int64_t t0 = 0;
+    wan_vae::decode(
+        ctx, dec, z.data(), s[1], s[2], s[3],
+        [&](const float* fr, int64_t n, int64_t, int64_t) {
+            for (int64_t c = 0; c < 3; ++c)
+                std::memcpy(video.data() + (c * T + t0) * H * W, fr + c * n * H * W,
+                            static_cast<size_t>(n * H * W) * sizeof(float));
+            t0 += n;
+        },
+        progress_printer("vae decode"));
+    write_output(out, "video", {3, T, H, W}, video);
+    log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] -> ", out);
+}
+
+}  // namespace lancet

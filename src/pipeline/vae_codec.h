@@ -1,0 +1,37 @@
+// Encoding videos to Wan2.2 latents and decoding latents to videos, file to file: the work behind
+// `lancet vae encode|decode` and `lancet forward --component vae-encode|vae-decode`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace lancet {
+
+// `model_or_vae` is a Lance model folder (its Wan2.2_VAE.pth is used) or a VAE state dict
+// (.pth or .safetensors). Throws Error naming the path when there is none.
+std::string resolve_vae_path(const std::string& model_or_vae);
+
+struct VaeEncodeOptions {
+    bool sample = false;  // z = mean + exp(0.5·logvar)·ε (Lance's editing path) instead of the mean
+    uint64_t seed = 0;
+    // Centre-crop H and W to multiples of 16 (Lance's DivisibleCrop, spec §3.7; top/left offset
+    // round((H − H')/2) as torchvision's center_crop) and keep the first 4k+1 frames (what Lance's
+    // chunk loop encodes) instead of refusing such input.
+    bool crop = false;
+};
+
+// in: safetensors with `video` F32 [3, T, H, W] in [-1, 1], T = 4k+1, H and W multiples of 16.
+// out: safetensors with `latent` F32 [z, 1+(T-1)/4, H/16, W/16]. Everything is validated before
+// the weights load; output is written to a temporary name and renamed. Progress (chunks, ETA) on
+// stderr.
+void vae_encode_file(const std::string& vae, const std::string& in, const std::string& out,
+                     const VaeEncodeOptions& opt = {});
+struct VaeDecodeOptions {
+    int64_t tile = 0;     // > 0: spatial tiles of at most tile × tile latent positions
+    int64_t overlap = 0;  // latent positions shared by neighbouring tiles (blended)
+};
+// in: `latent` F32 [z, t, h, w]; out: `video` F32 [3, 1+4(t-1), 16h, 16w] in [-1, 1].
+void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out,
+                     const VaeDecodeOptions& opt = {});
+
+}  // namespace lancet
