@@ -269,9 +269,6 @@ void run_kernels_bench(Options opt) {
                 fail("bench kernels: --group-size ", opt.group_size,
                      " must be a multiple of 8 dividing in=", s->in, " (", s->name, ")");
     if (opt.bandwidth_mib < 1) fail("bench kernels: --bandwidth-mib must be >= 1");
-    // The int4-f32 columns time f32 activations whatever the process default (W4A8) is; the
-    // int4-w4a8 ones call linear_w4a8 explicitly.
-    kernels::set_activation_mode(kernels::ActMode::F32);
     std::printf("lancet bench kernels: %s\n", kernels::runtime_description(pool).c_str());
     const bool has_bf16 = std::count(types.begin(), types.end(), WeightType::BF16) > 0;
     const bool naive = has_q4 && !opt.no_naive;
