@@ -144,7 +144,7 @@ struct DecoderOptions {
     bool bf16_weights = false;
     // The lm_head of an INT4 (AWQ/RTN) checkpoint, which the published format stores in BF16:
     // Stored runs it as stored; Int4 quantizes it at load to INT4 g64 (min-max RTN with a per-group
-    // clip search on the weight error, quant/q4.h), so a token reads 0.28x its bytes. Checkpoints
+    // clip search on the weight error, quant/q4.h), so a token reads 0.27x its bytes. Checkpoints
     // without INT4 linears, and an lm_head already stored quantized, are always run as stored.
     enum class LmHead { Stored, Int4 };
     LmHead lm_head = LmHead::Stored;
