@@ -67,5 +67,32 @@ TEST(ActivationDefault, Int4UsesW4A8UnlessExactActivations) {
     EXPECT_NE(by_default, exact) << "W4A8 and exact activations gave the same bytes";
 }
 
+// --lm-head: an INT4 checkpoint's BF16 lm_head runs as INT4 g64 by default and as stored with
+// --lm-head bf16 (the outputs differ); a BF16 checkpoint's runs as stored either way (identical
+// bytes); a bad value is a one-line usage error.
+TEST(LmHeadDefault, Int4CheckpointsQuantizeTheHeadUnlessBf16) {
+    TempDir dir;
+    ASSERT_EQ(run_lancet("synth --preset tiny --dtype bf16 -o " + q(dir / "tiny")).exit_code, 0);
+    const std::string int4 = test::make_rtn_int4((dir / "tiny").string(), dir / "tiny-int4", 32);
+    write_text_input(dir / "in.safetensors", 16);
+    auto forward = [&](const std::string& model, const std::string& flags, const std::string& out) {
+        const auto r = run_lancet(flags + " forward --model " + q(model) + " --input " +
+                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        return test::read_file(dir / out);
+    };
+    const std::string q_int4 = forward(int4, "", "q_int4.safetensors");
+    const std::string q_bf16 = forward(int4, "--lm-head bf16", "q_bf16.safetensors");
+    ASSERT_FALSE(q_int4.empty());
+    EXPECT_NE(q_int4, q_bf16) << "the INT4 checkpoint's lm_head was not quantized by default";
+    const std::string orig = (dir / "tiny").string();
+    EXPECT_EQ(forward(orig, "", "o_def.safetensors"),
+              forward(orig, "--lm-head bf16", "o_bf16.safetensors"))
+        << "a BF16 checkpoint's lm_head must run as stored";
+    const auto bad = run_lancet("--lm-head int3 forward --model " + q(int4));
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_EQ(bad.err.rfind("lancet: error: ", 0), 0u) << bad.err;
+}
+
 }  // namespace
 }  // namespace lancet

@@ -18,7 +18,7 @@ TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
     TempDir tmp;
     const auto json = tmp / "bench.jsonl";
     const RunResult r = run_lancet(
-        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 "
+        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 --act f32 "
         "--bandwidth-mib 64 --json " +
         json.string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -85,7 +85,7 @@ TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
     TempDir tmp;
     const auto json = tmp / "bench.jsonl";
     const RunResult r = run_lancet(
-        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 --act int8 --cold "
+        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 --act int8 --cold --cold-mib 32 "
         "--bandwidth-mib 64 --json " +
         json.string());
     ASSERT_EQ(r.exit_code, 0) << r.err;

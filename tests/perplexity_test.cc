@@ -498,6 +498,9 @@ TEST_F(PerplexityModels, BenchDecodeSmoke) {
         const auto ck = LanceCheckpoint::open(rec.at("model").get<std::string>());
         EXPECT_EQ(rec.at("bytes_per_token").get<uint64_t>(), decode_weight_bytes(*ck).total());
         EXPECT_GT(rec.at("decode_tps").get<double>(), 0.0);
+        // The linears' share of the decode time: positive (every step runs them) and within it.
+        EXPECT_GT(rec.at("decode_linear_s").get<double>(), 0.0);
+        EXPECT_LE(rec.at("decode_linear_s").get<double>(), rec.at("decode_s").get<double>());
         EXPECT_GT(rec.at("prefill_tps").get<double>(), 0.0);
         EXPECT_GT(rec.at("peak_rss_mib").get<double>(), 0.0);
     }

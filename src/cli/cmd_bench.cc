@@ -5,6 +5,7 @@
 // `awq` times the AWQ search (scales, then clipping) on one decoder layer's linears at Lance's
 // sizes.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -129,6 +130,13 @@ LinearWeight random_weight(WeightType type, size_t out, size_t in, size_t gs, ui
     fail("bench kernels: bad weight type");
 }
 
+// Bytes of weight copies --cold cycles through: twice the last-level cache (servers report
+// hundreds of MiB), at least 192 MiB.
+size_t cold_bytes() {
+    const long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return std::max<size_t>(size_t{192} << 20, llc > 0 ? 2 * size_t(llc) : 0);
+}
+
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     const size_t m = v.size() / 2;
@@ -189,7 +197,7 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
     });
     volatile float sink = 0;
     std::vector<double> gbps;
-    for (int r = 0; r < std::max(reps, 3); ++r) {
+    for (int r = 0; r < std::max(reps, 5); ++r) {
         const auto t0 = Clock::now();
         pool.parallel_for(n / 1024, [&](size_t b, size_t e) {
             sink = sink + kernels::probe_read(p + b * 1024, (e - b) * 1024);
@@ -199,42 +207,51 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
     return median(gbps);
 }
 
-// Integer ops per second (multiply + add per byte pair) of the int8 dot instruction the W4A8
-// kernels use, all pool threads.
-double measure_int8_peak(ThreadPool& pool) {
-    const size_t iters = size_t{20} << 20;
+// Peak throughput of one register-only probe (ops per call returned by `probe`), all pool
+// threads at once, one probe per thread: the median of 3 timed runs after a warm-up, in G ops/s.
+template <typename Probe>
+double measure_peak(ThreadPool& pool, Probe&& probe) {
+    const size_t iters = size_t{4} << 20;
     std::vector<double> ops(pool.size());
-    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_int8(iters / 16, 1); });
-    const auto t0 = Clock::now();
-    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_int8(iters, 1 + int(t)); });
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    double total = 0;
-    for (double f : ops) total += f;
-    return total / s / 1e9;
+    pool.run([&](size_t t, size_t) { ops[t] = probe(iters / 8, t); });
+    std::vector<double> rates;
+    for (int r = 0; r < 3; ++r) {
+        const auto t0 = Clock::now();
+        pool.run([&](size_t t, size_t) { ops[t] = probe(iters, t); });
+        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+        double total = 0;
+        for (double f : ops) total += f;
+        rates.push_back(total / s / 1e9);
+    }
+    return median(rates);
 }
 
-double measure_fma_peak(ThreadPool& pool) {
-    const size_t iters = size_t{20} << 20;
-    std::vector<double> flops(pool.size());
-    pool.run([&](size_t t, size_t) { flops[t] = kernels::probe_fma(iters / 16, 1.0f); });
-    const auto t0 = Clock::now();
-    pool.run([&](size_t t, size_t) { flops[t] = kernels::probe_fma(iters, 1.0f + t); });
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    double total = 0;
-    for (double f : flops) total += f;
-    return total / s / 1e9;
+struct Peaks {
+    double fma_gflops, int8_gops, bf16_gflops;  // bf16: 0 when the ISA has no bf16 dot
+};
+
+Peaks measure_peaks(ThreadPool& pool) {
+    Peaks p;
+    p.fma_gflops = measure_peak(
+        pool, [](size_t it, size_t t) { return kernels::probe_fma(it, 1.0f + float(t)); });
+    p.int8_gops =
+        measure_peak(pool, [](size_t it, size_t t) { return kernels::probe_int8(it, 1 + int(t)); });
+    p.bf16_gflops = measure_peak(
+        pool, [](size_t it, size_t t) { return kernels::probe_bf16(it, 1.0f + float(t)); });
+    return p;
 }
 
 struct Options {
     std::vector<std::string> shapes;
     std::vector<size_t> ns = {1, 4, 16, 128, 512};
     std::vector<std::string> types = {"int4", "bf16"};
-    std::string act = "f32";  // int8: also time int4 weights with int8 activations (W4A8)
+    std::string act = "int8";  // int8: also time int4 weights with int8 activations (W4A8)
     size_t group_size = 64;
     int reps = 5;
     bool quick = false;
     bool no_naive = false;
-    bool cold = false;  // cycle through weight copies totalling >> LLC
+    bool cold = false;    // cycle through weight copies totalling >> LLC
+    size_t cold_mib = 0;  // their total, MiB (0: cold_bytes())
     std::string json;
     size_t bandwidth_mib = 1024;
 };
@@ -305,17 +322,22 @@ void run_kernels_bench(Options opt) {
     const bool naive = has_q4 && !opt.no_naive;
 
     const double read_gbps = measure_read_bandwidth(pool, opt.reps, opt.bandwidth_mib);
-    const double fma_gflops = measure_fma_peak(pool);
-    const double int8_gops = measure_int8_peak(pool);
+    const Peaks peaks = measure_peaks(pool);
+    const double fma_gflops = peaks.fma_gflops, int8_gops = peaks.int8_gops;
     std::printf(
-        "streaming read: %.1f GB/s (%zu MiB on 2 MiB pages, %zu threads); FMA peak: %.1f "
-        "GFLOP/s (f32); int8 dot peak: %.1f GOP/s (2 maddubs + i16 adds)\n\n",
-        read_gbps, opt.bandwidth_mib, pool.size(), fma_gflops, int8_gops);
+        "streaming read: %.1f GB/s (median of %d passes over %zu MiB on 2 MiB pages, %zu "
+        "threads); FMA peak: %.1f GFLOP/s (f32); int8 dot peak: %.1f GOP/s (%s); bf16 dot "
+        "peak: %s GFLOP/s (vdpbf16ps)\n\n",
+        read_gbps, std::max(opt.reps, 5), opt.bandwidth_mib, pool.size(), fma_gflops, int8_gops,
+        kernels::probe_int8_name(),
+        fmt("%.1f", peaks.bf16_gflops > 0 ? peaks.bf16_gflops : NAN).c_str());
     nlohmann::json records = nlohmann::json::array();
     records.push_back(
         {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
     records.push_back({{"kernel", "fma_peak"}, {"gflops", fma_gflops}, {"threads", pool.size()}});
     records.push_back({{"kernel", "int8_peak"}, {"gops", int8_gops}, {"threads", pool.size()}});
+    records.push_back(
+        {{"kernel", "bf16_peak"}, {"gflops", peaks.bf16_gflops}, {"threads", pool.size()}});
 
     // Header.
     std::string head = "| shape | out x in | n |", sep = "|---|---|---:|";
@@ -345,15 +367,22 @@ void run_kernels_bench(Options opt) {
             sep += "---:|";
         }
     }
+    // Compute ratio, once per variant: GFLOP/s over the peak of the instruction its inner loop
+    // uses (int8 dot for W4A8, f32 FMA otherwise).
+    for (const Variant& v : variants) {
+        head += " " + v.label + " / peak |";
+        sep += "---:|";
+    }
     std::printf("%s\n%s\n", head.c_str(), sep.c_str());
     std::fflush(stdout);
 
     uint64_t seed = 1;
     for (const BenchShape* s : shapes) {
         // weights[t][c]: copy c of the weight of type t. With --cold, enough copies that one
-        // pass over them is kColdBytes (6x this machine's 32 MiB L3), so consecutive calls never
-        // find the weight in cache, as in a real forward pass over many layers.
-        constexpr size_t kColdBytes = size_t{192} << 20;
+        // pass over them is cold_bytes (2x the last-level cache, at least 192 MiB), so
+        // consecutive calls never find the weight in cache, as in a real forward pass over many
+        // layers.
+        const size_t kColdBytes = opt.cold_mib ? opt.cold_mib << 20 : cold_bytes();
         std::map<WeightType, std::vector<LinearWeight>> weights;
         for (WeightType t : types) {
             auto& v = weights[t];
@@ -452,6 +481,10 @@ void run_kernels_bench(Options opt) {
                 if (naive && variants[i].type == WeightType::Q4)
                     row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
             }
+            for (size_t i = 0; i < variants.size(); ++i)
+                row += " " +
+                       fmt("%.2f", cells[i].gflops / (variants[i].w4a8 ? int8_gops : fma_gflops)) +
+                       " |";
             std::printf("%s\n", row.c_str());
             std::fflush(stdout);
         }
@@ -463,7 +496,7 @@ void run_kernels_bench(Options opt) {
         "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
         "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "
         "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
-        opt.cold ? " --cold: each call reads a different copy of the weight (192 MiB in all), "
+        opt.cold ? " --cold: each call reads a different copy of the weight (2x the LLC in all), "
                    "so weights come from memory, not cache."
                  : " Weights that fit the last-level cache are timed from it (see --cold).");
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
@@ -513,12 +546,25 @@ void run_decode_bench(const DecodeOptions& opt) {
     for (size_t i = 0; i < cks.size(); ++i) {
         const LanceCheckpoint& ck = *cks[i];
         DecoderOptions dopt;
+        dopt.lm_head = lm_head_option();
         dopt.load_gen = false;     // text only: the und expert alone
         dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
         std::error_code ec;
         if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
             dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
         Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0};
+        if (ck.quant_meta()) {
+            // What the INT4 linears and the lm_head actually run as (the global flags).
+            row.label +=
+                kernels::activation_mode() == kernels::ActMode::Int8 ? ", W4A8" : ", f32 act";
+            if (dopt.lm_head == DecoderOptions::LmHead::Int4 &&
+                !ck.is_quantized("language_model.lm_head")) {
+                // Quantized at load to INT4 g64: codes, bf16 scales and u8 zeros per row group.
+                const uint64_t V = ck.config().vocab_size, H = ck.config().hidden_size;
+                row.wb.lm_head = V * H / 2 + V * (H / 64) * 3;
+                row.label += ", lm_head int4";
+            }
+        }
         {
             // One decoder at a time: the next model's weights replace this one's.
             log_info("bench decode: ", opt.models[i]);
@@ -541,17 +587,23 @@ void run_decode_bench(const DecodeOptions& opt) {
     records.push_back(
         {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
     std::printf(
-        "| model | weights | prompt | prefill tok/s | decode tok/s | MB/token | GB/s | roofline "
-        "| peak RSS MiB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        "| model | weights | prompt | prefill tok/s | decode tok/s | ms/token | linears ms | "
+        "other ms | MB/token | GB/s | roofline | peak RSS MiB "
+        "|\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (size_t i = 0; i < rows.size(); ++i) {
         const Row& w = rows[i];
         const double bytes = double(w.wb.total());
         const double gbps = opt.decode_tokens ? bytes * w.r.decode_tps / 1e9 : NAN;
-        std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %.0f |\n", opt.models[i].c_str(),
-                    w.label.c_str(), opt.prompt_tokens, fmt("%.1f", w.r.prefill_tps).c_str(),
+        const double per_tok = opt.decode_tokens ? 1e3 * w.r.decode_s / opt.decode_tokens : NAN;
+        const double lin_tok =
+            opt.decode_tokens ? 1e3 * w.r.decode_linear_s / opt.decode_tokens : NAN;
+        std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %s | %s | %s | %.0f |\n",
+                    opt.models[i].c_str(), w.label.c_str(), opt.prompt_tokens,
+                    fmt("%.1f", w.r.prefill_tps).c_str(),
                     fmt("%.2f", opt.decode_tokens ? w.r.decode_tps : NAN).c_str(),
-                    fmt("%.2f", bytes / 1e6).c_str(), fmt("%.1f", gbps).c_str(),
-                    fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
+                    fmt("%.2f", per_tok).c_str(), fmt("%.2f", lin_tok).c_str(),
+                    fmt("%.2f", per_tok - lin_tok).c_str(), fmt("%.2f", bytes / 1e6).c_str(),
+                    fmt("%.1f", gbps).c_str(), fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
         records.push_back({{"kernel", "decode"},
                            {"model", opt.models[i]},
                            {"weights", w.label},
@@ -563,6 +615,7 @@ void run_decode_bench(const DecodeOptions& opt) {
                            {"prefill_tps", w.r.prefill_tps},
                            {"decode_s", w.r.decode_s},
                            {"decode_tps", w.r.decode_tps},
+                           {"decode_linear_s", w.r.decode_linear_s},
                            {"bytes_per_token", w.wb.total()},
                            {"bytes_linears", w.wb.linears},
                            {"bytes_norms", w.wb.norms},
@@ -574,8 +627,11 @@ void run_decode_bench(const DecodeOptions& opt) {
     }
     std::printf(
         "\nprefill = one forward of a random-id prompt; decode = greedy steps on the KV cache "
-        "(median of %d runs); MB/token = und-path layer weights + norms + lm_head + one "
-        "embedding row as stored; GB/s = MB/token x decode tok/s; roofline = GB/s / streaming "
+        "(median of %d runs); ms/token = decode time per token, split into the time inside the "
+        "linear kernels and the rest (norms, attention, RoPE, embedding, argmax); MB/token = "
+        "und-path layer weights + norms + lm_head + one "
+        "embedding row as run (an lm_head quantized at load counts as INT4 g64); GB/s = MB/token x "
+        "decode tok/s; roofline = GB/s / streaming "
         "read (measured after the models); peak RSS = process maximum after each model (models "
         "run one at a time, in order).\n",
         opt.reps);
@@ -840,14 +896,17 @@ void add_bench(CLI::App& app) {
                   "INT4 and INT5 group size (default 64; NVFP4 blocks are 16)");
     k->add_option("--act", opt->act,
                   "int8: also time INT4 weights with int8 activations (W4A8) next to f32 "
-                  "(default f32)");
+                  "(default int8; f32: f32 activations only)");
     k->add_option("--reps", opt->reps,
                   "Timed samples per cell; the median is reported (default 5)");
     k->add_flag("--quick", opt->quick, "At most 3 reps, no lm_head unless --shapes names it");
     k->add_flag("--no-naive", opt->no_naive, "Skip the dequantize-then-bf16 baseline");
-    k->add_flag("--cold", opt->cold,
-                "Cycle through copies of each weight (192 MiB in all) so every call streams it "
-                "from memory rather than the last-level cache");
+    k->add_flag(
+        "--cold", opt->cold,
+        "Cycle through copies of each weight (2x the LLC, >= 192 MiB) so every call streams it "
+        "from memory rather than the last-level cache");
+    k->add_option("--cold-mib", opt->cold_mib,
+                  "With --cold: MiB of weight copies per type (default 2x the LLC, >= 192)");
     k->add_option("--bandwidth-mib", opt->bandwidth_mib,
                   "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
     k->add_option("--json", opt->json, "Also write one JSON record per line to this file");

@@ -98,6 +98,7 @@ void run_demo(const std::string& dir) {
     auto ck_o = LanceCheckpoint::open(model), ck_r = LanceCheckpoint::open(rtn),
          ck_a = LanceCheckpoint::open(awq);
     DecoderOptions dopt;
+    dopt.lm_head = lm_head_option();
     dopt.load_gen = false;  // text only: the und expert alone
     dopt.logits_limit = static_cast<int64_t>(tok.size());
     const LanceWeights w_o(*ck_o, dopt), w_r(*ck_r, dopt), w_a(*ck_a, dopt);

@@ -211,6 +211,7 @@ void run_forward(const ForwardArgs& a) {
 
     // Lance masks logits at ids >= len(tokenizer) when the folder has one.
     DecoderOptions dopt;
+    dopt.lm_head = lm_head_option();
     if (std::filesystem::exists(std::filesystem::path(a.model) / "vocab.json", ec))
         dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(a.model).size());
     const LanceWeights weights(*ck, dopt);

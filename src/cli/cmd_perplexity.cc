@@ -82,6 +82,7 @@ void run_perplexity(const PerplexityArgs& a) {
     std::printf("lancet perplexity: %s\n", kernels::runtime_description(pool).c_str());
     std::fflush(stdout);
     DecoderOptions dopt;
+    dopt.lm_head = lm_head_option();
     dopt.load_gen = false;  // text only: the und expert alone
     dopt.logits_limit = static_cast<int64_t>(tok.size());
     std::vector<std::unique_ptr<LanceWeights>> weights;

@@ -39,6 +39,7 @@ void run_chat(const RunArgs& a) {
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(a.model);
     log_info("lancet: ", kernels::runtime_description(default_pool()), "; model ", a.model);
     DecoderOptions dopt;
+    dopt.lm_head = lm_head_option();
     dopt.load_gen = false;     // text only: the und expert alone
     dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
     dopt.logits_limit = static_cast<int64_t>(tok.size());

@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "model/decoder.h"
+
 namespace lancet::cli {
 
 void add_synth(CLI::App& app);
@@ -20,5 +22,11 @@ void add_preprocess(CLI::App& app);
 void add_vae(CLI::App& app);
 // `bench vae`, added under the bench command by add_bench.
 void add_bench_vae(CLI::App& bench);
+
+// The global speed/accuracy flags (main.cc): `--lm-head int4|bf16` (default int4) is what every
+// command that loads a decoder passes as DecoderOptions::lm_head; `--exact-activations` (else
+// int8 activations for INT4 weights, unless $LANCET_ACT says otherwise) is applied to the process
+// activation mode at parse time.
+DecoderOptions::LmHead lm_head_option();
 
 }  // namespace lancet::cli

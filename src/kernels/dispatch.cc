@@ -185,6 +185,10 @@ namespace detail {
 float probe_read_avx2(const float* p, size_t n);
 double probe_fma_avx2(size_t iters, float seed);
 double probe_int8_avx2(size_t iters, int seed);
+float probe_read_avx512(const float* p, size_t n);
+double probe_fma_avx512(size_t iters, float seed);
+double probe_int8_avx512(size_t iters, int seed);
+double probe_bf16_avx512(size_t iters, float seed);
 
 namespace {
 // Ops take the ISA from their OpContext; running one this CPU lacks would fault.
@@ -247,6 +251,7 @@ GemmFn gemm_nn_kernel(Isa isa) {
 }  // namespace detail
 
 float probe_read(const float* p, size_t n) {
+    if (active_isa() == Isa::Avx512) return detail::probe_read_avx512(p, n);
     if (active_isa() != Isa::Scalar) return detail::probe_read_avx2(p, n);
     float a[4] = {};
     for (size_t i = 0; i < n; i += 4)
@@ -255,6 +260,7 @@ float probe_read(const float* p, size_t n) {
 }
 
 double probe_fma(size_t iters, float seed) {
+    if (active_isa() == Isa::Avx512) return detail::probe_fma_avx512(iters, seed);
     if (active_isa() != Isa::Scalar) return detail::probe_fma_avx2(iters, seed);
     float acc[8];
     for (int c = 0; c < 8; ++c) acc[c] = seed * float(c + 1);
@@ -264,12 +270,30 @@ double probe_fma(size_t iters, float seed) {
 }
 
 double probe_int8(size_t iters, int seed) {
+    if (active_isa() == Isa::Avx512) return detail::probe_int8_avx512(iters, seed);
     if (active_isa() != Isa::Scalar) return detail::probe_int8_avx2(iters, seed);
     int32_t acc[8];
     for (int c = 0; c < 8; ++c) acc[c] = seed + c;
     for (size_t i = 0; i < iters; ++i)
         for (int c = 0; c < 8; ++c) acc[c] = acc[c] * 3 + 1;
     return double(iters) * 16 + 0.0 * double(acc[0] + acc[7]);
+}
+
+double probe_bf16(size_t iters, float seed) {
+    if (active_isa() == Isa::Avx512) return detail::probe_bf16_avx512(iters, seed);
+    return 0.0 * double(iters) * double(seed);
+}
+
+const char* probe_int8_name() {
+    switch (active_isa()) {
+        case Isa::Avx512:
+            return "vpdpbusd zmm";
+        case Isa::Avx2:
+            return "2 vpmaddubsw + vpaddw ymm";
+        case Isa::Scalar:
+            break;
+    }
+    return "scalar";
 }
 
 }  // namespace lancet::kernels

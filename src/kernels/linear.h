@@ -160,6 +160,13 @@ void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, 
 void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
             ThreadPool& pool);
 
+// Wall time spent inside linear calls (every linear of the op layer and linear() above), summed
+// over calls while enabled; for `bench decode`'s split of a token's time into the linears and the
+// rest. Off by default (then a call costs one relaxed atomic load).
+void set_linear_timing(bool on);
+double linear_seconds();
+void reset_linear_seconds();
+
 // Reference: the same product in double precision, plain loops, straight from the file layout.
 void linear_ref(const float* x, size_t n, const WeightView& w, const float* bias, double* y);
 

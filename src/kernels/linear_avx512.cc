@@ -1,5 +1,5 @@
 // AVX-512 linear kernels: GEMV over pairs of 8-row blocks (16 rows per zmm), 12x32 panel GEMM;
-// W4A8 with vpdpbusd (512-bit GEMV over block pairs, the 256-bit VNNI GEMM of the shared header).
+// W4A8 with vpdpbusd (512-bit GEMV over block pairs, 512-bit 4x32 GEMM over 4-block panels).
 // GCC 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized when
 // they are inlined (a known false positive of the intrinsics headers); nothing here reads it.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -35,6 +35,17 @@ inline __m512 u8_pair_to_f32(const uint8_t* a, const uint8_t* b) {
 inline __m512i load_pair(const __m256i* a, const __m256i* b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(a)), _mm256_load_si256(b),
                               1);
+}
+
+// Software prefetch distance of the n <= kGemvMaxRows kernels, in bytes ahead of each weight
+// stream. At n = 1 a core issues a 64-byte line every few cycles, far faster than one stream's
+// hardware prefetcher ramps up at each new block; lines requested ~2 KiB ahead keep enough misses
+// in flight per core to stream from DRAM (bench kernels --cold). Prefetching past a stream's end
+// touches the next block, which is read next anyway.
+constexpr size_t kPrefetchBytes = 2048;
+inline void prefetch_lines(const void* p, size_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
 }
 
 // See linear_x86_impl.h: column T of a Q4 tile, masked in place, so scaled by 2^(4T) (T < 7).
@@ -114,6 +125,8 @@ void gemv_q4_pair(const PackedView& p, size_t ba, size_t bb, const float* xs, co
         for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
             for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
+        prefetch_lines(reinterpret_cast<const char*>(qa + g * cpg) + kPrefetchBytes, cpg * 32);
+        prefetch_lines(reinterpret_cast<const char*>(qb + g * cpg) + kPrefetchBytes, cpg * 32);
         for (size_t c = 0; c < cpg; ++c) {
             const size_t chunk = g * cpg + c;
             const __m512i v = load_pair(qa + chunk, qb + chunk);
@@ -253,8 +266,17 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
     for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
         for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
+    constexpr size_t kEs = kBf16 ? 2 : 4;
+    const char* pa = kBf16 ? static_cast<const char*>(static_cast<const void*>(ha))
+                           : static_cast<const char*>(static_cast<const void*>(fa));
+    const char* pb = kBf16 ? static_cast<const char*>(static_cast<const void*>(hb))
+                           : static_cast<const char*>(static_cast<const void*>(fb));
     size_t k = 0;
-    for (; k + NA <= in; k += NA)
+    for (; k + NA <= in; k += NA) {
+        // NA columns of a block are NA * 8 * kEs bytes: one line (bf16, NA = 4 at NR = 2) or
+        // more; prefetch every line of this step, kPrefetchBytes ahead.
+        prefetch_lines(pa + k * kRowBlock * kEs + kPrefetchBytes, NA * kRowBlock * kEs);
+        prefetch_lines(pb + k * kRowBlock * kEs + kPrefetchBytes, NA * kRowBlock * kEs);
 #pragma GCC unroll 8
         for (int a = 0; a < NA; ++a) {
             const __m512 w = load(k + a);
@@ -262,6 +284,7 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
             for (int r = 0; r < NR; ++r)
                 acc[r][a] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[r * in + k + a]), acc[r][a]);
         }
+    }
     for (; k < in; ++k) {
         const __m512 w = load(k);
 #pragma GCC unroll 8
@@ -568,6 +591,13 @@ void w4a8_gemv_pair(const PackedView& p, const w4a8::Layout& L, size_t ba, size_
     for (size_t g = 0; g < L.groups; ++g) {
         const __m512 s = bf16_pair_to_f32(p.scales + (ba * L.groups + g) * kRowBlock,
                                           p.scales + (bb * L.groups + g) * kRowBlock);
+        {
+            const size_t group_bytes = L.gs / 8 * 32;
+            prefetch_lines(reinterpret_cast<const char*>(qa) + g * group_bytes + kPrefetchBytes,
+                           group_bytes);
+            prefetch_lines(reinterpret_cast<const char*>(qb) + g * group_bytes + kPrefetchBytes,
+                           group_bytes);
+        }
         for (size_t bi = 0; bi < L.bpg; ++bi) {
             const size_t blk = g * L.bpg + bi;
             __m512i acc[NR];
@@ -662,6 +692,208 @@ void w4a8_gemv(size_t n, const PackedView& p, const w4a8::Layout& L, const float
         2);
 }
 
+// ---- W4A8 GEMM (n > kGemvMaxRows) with 512-bit vpdpbusd: panels of 4 blocks (32 outputs) ----
+// Same arithmetic, per output element and in the same order, as w4a8::gemm (linear.h's
+// formula): only the vector width and the blocking differ, so results stay bit-identical.
+
+// Panel for blocks b .. b+3, columns [k0, k0 + kc): planes[(c * 2 + j) * 128 + {0, 64}] = the lo,
+// hi planes of chunk c of the block pair j (block b+2j in bytes 0..31, b+2j+1 in 32..63);
+// s[(g * 2 + j) * 16], zs[...] = f32 scales and zero * scale of the pair's 16 rows, local group g.
+// Blocks past the weight's last are zero (their outputs are computed as 0 and not stored).
+struct Panel512 {
+    uint8_t* planes;
+    float* s;
+    float* zs;
+};
+
+void unpack_panel512(const PackedView& p, const w4a8::Layout& L, size_t b, size_t k0, size_t kc,
+                     const Panel512& P) {
+    const size_t c0 = k0 / 8, nc = kc / 8, g0 = k0 / L.gs, ng = kc / L.gs;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (size_t j = 0; j < 4; ++j) {
+        const size_t pair = j / 2, half = j % 2;
+        if (b + j >= p.n_blocks) {
+            for (size_t c = 0; c < nc; ++c) {
+                uint8_t* dst = P.planes + (c * 2 + pair) * 128 + half * 32;
+                _mm256_store_si256(reinterpret_cast<__m256i*>(dst), _mm256_setzero_si256());
+                _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 64), _mm256_setzero_si256());
+            }
+            for (size_t g = 0; g < ng; ++g) {
+                _mm256_store_ps(P.s + (g * 2 + pair) * 16 + half * 8, _mm256_setzero_ps());
+                _mm256_store_ps(P.zs + (g * 2 + pair) * 16 + half * 8, _mm256_setzero_ps());
+            }
+            continue;
+        }
+        const __m256i* q = reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) +
+                           (b + j) * (L.in / 8) + c0;
+        for (size_t c = 0; c < nc; ++c) {
+            const __m256i v = _mm256_load_si256(q + c);
+            uint8_t* dst = P.planes + (c * 2 + pair) * 128 + half * 32;
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst), _mm256_and_si256(v, m4));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 64),
+                               _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        }
+        for (size_t g = 0; g < ng; ++g) {
+            const size_t at = ((b + j) * L.groups + g0 + g) * kRowBlock;
+            const __m256 s = w4a8::bf16x8_to_f32(p.scales + at);
+            _mm256_store_ps(P.s + (g * 2 + pair) * 16 + half * 8, s);
+            _mm256_store_ps(P.zs + (g * 2 + pair) * 16 + half * 8,
+                            _mm256_mul_ps(w4a8::u8x8_to_f32(p.zeros + at), s));
+        }
+    }
+}
+
+// c[MR][32] (+)= rows r .. r+MR-1 against the panel. init: start from zero; last: add bias32.
+template <int MR, int CPB>
+void w4a8_micro512(const Panel512& P, const w4a8::Layout& L, size_t k0, size_t kc,
+                   const W4A8Scratch& a, size_t r, float* c, size_t ldc, bool init, bool last,
+                   const float* bias32) {
+    __m512 y[MR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < 2; ++j)
+            y[i][j] = init ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc + j * 16);
+    const size_t g0 = k0 / L.gs, ng = kc / L.gs;
+    const int8_t* xq = a.q + r * L.in;
+    for (size_t g = 0; g < ng; ++g) {
+        for (size_t bi = 0; bi < L.bpg; ++bi) {
+            const size_t lblk = g * L.bpg + bi, blk = g0 * L.bpg + lblk;
+            __m512i acc[MR][2];
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int cc = 0; cc < CPB; ++cc) {
+                const size_t lc = lblk * CPB + cc;
+                const uint8_t* pl = P.planes + lc * 256;
+                const __m512i lo0 = _mm512_load_si512(pl), hi0 = _mm512_load_si512(pl + 64),
+                              lo1 = _mm512_load_si512(pl + 128), hi1 = _mm512_load_si512(pl + 192);
+                const size_t col = k0 + lc * 8;
+#pragma GCC unroll 8
+                for (int i = 0; i < MR; ++i) {
+                    int32_t xe, xo;
+                    std::memcpy(&xe, xq + i * L.in + col, 4);
+                    std::memcpy(&xo, xq + i * L.in + col + 4, 4);
+                    const __m512i ve = _mm512_set1_epi32(xe), vo = _mm512_set1_epi32(xo);
+                    acc[i][0] =
+                        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][0], lo0, ve), hi0, vo);
+                    acc[i][1] =
+                        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][1], lo1, ve), hi1, vo);
+                }
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < MR; ++i) {
+                const __m512 dv = _mm512_set1_ps(a.d[(r + i) * L.nblk + blk]);
+#pragma GCC unroll 2
+                for (int j = 0; j < 2; ++j)
+                    y[i][j] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(acc[i][j]),
+                        _mm512_mul_ps(_mm512_load_ps(P.s + (g * 2 + j) * 16), dv), y[i][j]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const __m512 xv = _mm512_set1_ps(a.xs[(r + i) * L.groups + g0 + g]);
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; ++j)
+                y[i][j] = _mm512_fnmadd_ps(_mm512_load_ps(P.zs + (g * 2 + j) * 16), xv, y[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+        for (int j = 0; j < 2; ++j) {
+            __m512 v = y[i][j];
+            if (last) v = _mm512_add_ps(v, _mm512_load_ps(bias32 + j * 16));
+            _mm512_storeu_ps(c + i * ldc + j * 16, v);
+        }
+}
+
+// 4 rows x 32 outputs: 8 i32 and 8 f32 accumulators, 4 plane loads and 8 broadcasts feed 16
+// vpdpbusd per 8 columns.
+constexpr size_t kMR512 = 4;
+
+template <int CPB>
+void w4a8_micro512_rows(size_t mr, const Panel512& P, const w4a8::Layout& L, size_t k0, size_t kc,
+                        const W4A8Scratch& a, size_t r, float* c, size_t ldc, bool init, bool last,
+                        const float* bias32) {
+    switch (mr) {
+        case 4:
+            w4a8_micro512<4, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
+            break;
+        case 3:
+            w4a8_micro512<3, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
+            break;
+        case 2:
+            w4a8_micro512<2, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
+            break;
+        default:
+            w4a8_micro512<1, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
+            break;
+    }
+}
+
+void w4a8_gemm512(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias, float* y,
+                  const W4A8Scratch& a, ThreadPool& pool) {
+    const size_t in = p.in, out = p.out;
+    // K chunk as in w4a8::gemm: whole groups, about 1024 columns (int8 x of kNc rows: 256 KiB of
+    // L2; the panel: kc / 8 * 256 bytes = 32 KiB, within L1).
+    constexpr size_t kKc8 = 1024;
+    const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
+    const size_t n_panels = (p.n_blocks + 3) / 4;
+    pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
+        const size_t plane_bytes = kc_max / 8 * 256, sfloats = kc_max / L.gs * 32;
+        AlignedBuffer buf(plane_bytes + 2 * sfloats * sizeof(float));
+        const Panel512 P{buf.data(), buf.as<float>() + plane_bytes / 4,
+                         buf.as<float>() + plane_bytes / 4 + sfloats};
+        alignas(64) float bias32[32];
+        alignas(64) float tile[kMR512 * 32];
+        for (size_t r0 = 0; r0 < n; r0 += kNc) {
+            const size_t nr = std::min(kNc, n - r0);
+            for (size_t k0 = 0; k0 < in; k0 += kc_max) {
+                const size_t kc = std::min(kc_max, in - k0);
+                const bool init = k0 == 0, last = k0 + kc == in;
+                for (size_t pp = p0; pp < p1; ++pp) {
+                    const size_t b = 4 * pp, o0 = 32 * pp, cols = std::min<size_t>(32, out - o0);
+                    unpack_panel512(p, L, b, k0, kc, P);
+                    for (size_t j = 0; j < 32; ++j) bias32[j] = bias && j < cols ? bias[o0 + j] : 0;
+                    for (size_t i = 0; i < nr; i += kMR512) {
+                        const size_t mr = std::min(kMR512, nr - i);
+                        float* yi = y + (r0 + i) * out + o0;
+                        float* dst = yi;
+                        size_t ldc = out;
+                        if (cols < 32) {
+                            // Ragged last panel: run on a full-width tile, copy the valid columns.
+                            dst = tile;
+                            ldc = 32;
+                            if (!init)
+                                for (size_t r = 0; r < mr; ++r)
+                                    std::memcpy(tile + r * 32, yi + r * out, cols * sizeof(float));
+                        }
+                        switch (L.kb / 8) {
+                            case 1:
+                                w4a8_micro512_rows<1>(mr, P, L, k0, kc, a, r0 + i, dst, ldc, init,
+                                                      last, bias32);
+                                break;
+                            case 2:
+                                w4a8_micro512_rows<2>(mr, P, L, k0, kc, a, r0 + i, dst, ldc, init,
+                                                      last, bias32);
+                                break;
+                            default:
+                                w4a8_micro512_rows<4>(mr, P, L, k0, kc, a, r0 + i, dst, ldc, init,
+                                                      last, bias32);
+                                break;
+                        }
+                        if (dst == tile)
+                            for (size_t r = 0; r < mr; ++r)
+                                std::memcpy(yi + r * out, tile + r * 32, cols * sizeof(float));
+                    }
+                }
+            }
+        }
+    });
+}
+
 }  // namespace
 
 void linear_avx512(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
@@ -679,7 +911,7 @@ void w4a8_avx512(const float* x, size_t n, const PackedView& p, const float* bia
     if (n <= kGemvMaxRows)
         w4a8_gemv(n, p, L, bias, y, s, pool);
     else
-        w4a8::gemm(n, p, L, bias, y, s, pool);
+        w4a8_gemm512(n, p, L, bias, y, s, pool);
 }
 
 }  // namespace lancet::kernels::detail

@@ -354,8 +354,8 @@ void micro_any(size_t mr, const Panel& P, const Layout& L, size_t k0, size_t kc,
     }
 }
 
-void gemm(size_t n, const PackedView& p, const Layout& L, const float* bias, float* y,
-          const W4A8Scratch& a, ThreadPool& pool) {
+[[maybe_unused]] void gemm(size_t n, const PackedView& p, const Layout& L, const float* bias,
+                           float* y, const W4A8Scratch& a, ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
     // K chunk: whole groups, about kKc8 columns. int8 x is 4x smaller than f32, so the chunk can
     // be 4x deeper than the f32 GEMM's for the same L2 footprint (kNc * kc = 256 KiB), and the

@@ -4,6 +4,8 @@
 #include "kernels/ops.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -177,9 +179,12 @@ void elementwise(const OpContext& ctx, const std::array<const TensorRef*, N>& in
 
 namespace detail {
 
-void linear_rows(const OpContext& ctx, const float* x, size_t n, const LinearWeight& w,
-                 const float* bias, float* y) {
-    if (n == 0) return;
+namespace {
+std::atomic<bool> g_linear_timing{false};
+std::atomic<int64_t> g_linear_ns{0};
+
+void linear_rows_untimed(const OpContext& ctx, const float* x, size_t n, const LinearWeight& w,
+                         const float* bias, float* y) {
     ThreadPool& pool = ctx.threads();
     if (w.type() == WeightType::Q4 && ctx.act == ActMode::Int8) {
         w4a8_rows(ctx.isa, x, n, w, bias, y, pool);
@@ -191,8 +196,28 @@ void linear_rows(const OpContext& ctx, const float* x, size_t n, const LinearWei
     if (scratch.size() < need) scratch.resize(need);
     linear_kernel(ctx.isa)(x, n, p, bias, y, scratch.data(), pool);
 }
+}  // namespace
+
+void linear_rows(const OpContext& ctx, const float* x, size_t n, const LinearWeight& w,
+                 const float* bias, float* y) {
+    if (n == 0) return;
+    if (!g_linear_timing.load(std::memory_order_relaxed)) {
+        linear_rows_untimed(ctx, x, n, w, bias, y);
+        return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    linear_rows_untimed(ctx, x, n, w, bias, y);
+    g_linear_ns.fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+            .count(),
+        std::memory_order_relaxed);
+}
 
 }  // namespace detail
+
+void set_linear_timing(bool on) { detail::g_linear_timing.store(on); }
+double linear_seconds() { return double(detail::g_linear_ns.load()) * 1e-9; }
+void reset_linear_seconds() { detail::g_linear_ns.store(0); }
 
 void linear(const OpContext& ctx, const TensorRef& x, const LinearWeight& w, const float* bias,
             const TensorRef& y) {

@@ -142,6 +142,12 @@ struct DecoderOptions {
     // Hold F32 linear weights as BF16, as Lance casts the whole model to bf16 at load: half the
     // memory and bandwidth. Off by default so the f64-reference tests see the stored weights.
     bool bf16_weights = false;
+    // The lm_head of an INT4 (AWQ/RTN) checkpoint, which the published format stores in BF16:
+    // Stored runs it as stored; Int4 quantizes it at load to INT4 g64 (min-max RTN with a per-group
+    // clip search on the weight error, quant/q4.h), so a token reads 0.27x its bytes. Checkpoints
+    // without INT4 linears, and an lm_head already stored quantized, are always run as stored.
+    enum class LmHead { Stored, Int4 };
+    LmHead lm_head = LmHead::Stored;
 };
 
 // The decoder's weights, converted and repacked once, immutable afterwards: any number of

@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/linear.h"
 
 namespace lancet {
 
@@ -77,12 +79,14 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
     step.token_ids.resize(1);
     step.positions.resize(1);
     using Clock = std::chrono::steady_clock;
-    std::vector<double> pre, decs;
+    std::vector<double> pre, decs, lins;
+    kernels::set_linear_timing(true);
     for (int r = 0; r < opt.reps; ++r) {
         cache.clear();
         const auto t0 = Clock::now();
         dec.forward(prompt, &cache, true, out, fo);
         const auto t1 = Clock::now();
+        kernels::reset_linear_seconds();
         for (size_t i = 0; i < m; ++i) {
             const float* row = out.logits.data();
             const int64_t next = std::max_element(row, row + limit) - row;
@@ -94,10 +98,20 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
         const auto t2 = Clock::now();
         pre.push_back(std::chrono::duration<double>(t1 - t0).count());
         decs.push_back(std::chrono::duration<double>(t2 - t1).count());
+        lins.push_back(kernels::linear_seconds());
     }
+    kernels::set_linear_timing(false);
     DecodeBenchResult res;
     res.prefill_s = median(pre);
     res.decode_s = median(decs);
+    // The linear share of the median run (not the median of the shares, which may mix runs).
+    const size_t mid =
+        std::min_element(decs.begin(), decs.end(),
+                         [&](double a, double b) {
+                             return std::abs(a - res.decode_s) < std::abs(b - res.decode_s);
+                         }) -
+        decs.begin();
+    res.decode_linear_s = lins[mid];
     res.prefill_tps = static_cast<double>(n) / res.prefill_s;
     res.decode_tps = m ? static_cast<double>(m) / res.decode_s : 0.0;
     return res;

@@ -36,6 +36,9 @@ struct DecodeBenchOptions {
 struct DecodeBenchResult {
     double prefill_s = 0, decode_s = 0;  // median seconds of the prefill / of all decode steps
     double prefill_tps = 0, decode_tps = 0;
+    // Of the run whose decode time is the median: seconds of its decode steps spent inside the
+    // linear calls (kernels::linear_seconds); decode_s minus this is the time outside them.
+    double decode_linear_s = 0;
 };
 
 // Prefills a prompt of random ids below dec.logits_limit(), then decodes greedily (argmax of the
