@@ -29,7 +29,7 @@ struct RunArgs {
 };
 
 void run_chat(const RunArgs& a) {
-    if (a.prompt.empty()) fail("run: --prompt is empty");
+    if (a.prompt.empty()) fail("run: --prompt is empty (or missing)");
     if (a.max_new_tokens < 1) fail("run: --max-new-tokens must be at least 1");
     auto ck = LanceCheckpoint::open(a.model);
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(a.model);
@@ -72,13 +72,14 @@ void run_chat(const RunArgs& a) {
 }  // namespace
 
 void add_run(CLI::App& app) {
-    auto* cmd = app.add_subcommand("run", "Run a Lance task (today: chat, text understanding)");
+    auto* cmd = app.add_subcommand(
+        "run", "Run a Lance task: chat (text), t2i, t2v, i2v, image_edit, video_edit");
     auto a = std::make_shared<RunArgs>();
     cmd->add_option("--task", a->task, "Task to run")
-        ->check(CLI::IsMember({"chat"}))
+        ->check(CLI::IsMember({"chat", "t2i", "t2v", "i2v", "image_edit", "video_edit"}))
         ->capture_default_str();
     cmd->add_option("-m,--model", a->model, "Model folder (original or AWQ)")->required();
-    cmd->add_option("-p,--prompt", a->prompt, "The user's message")->required();
+    cmd->add_option("-p,--prompt", a->prompt, "The user's message (generation: the caption)");
     cmd->add_option("--system", a->system, "System prompt")->capture_default_str();
     cmd->add_option("-n,--max-new-tokens", a->max_new_tokens, "Stop after this many new tokens")
         ->capture_default_str();
@@ -91,8 +92,13 @@ void add_run(CLI::App& app) {
     cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = all)")
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
-    cmd->add_option("-s,--seed", a->seed, "Sampling seed")->capture_default_str();
-    cmd->callback([a] { run_chat(*a); });
+    auto* seed = cmd->add_option("-s,--seed", a->seed, "Sampling seed")->capture_default_str();
+    auto gen = add_generation_options(cmd);
+    cmd->callback([a, gen, seed] {
+        if (is_generation_task(a->task))
+            return run_generation(*gen, a->task, a->model, a->prompt, a->seed, seed->count() > 0);
+        run_chat(*a);
+    });
 }
 
 }  // namespace lancet::cli

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     lancet::cli::add_perplexity(app);
     lancet::cli::add_preprocess(app);
     lancet::cli::add_vae(app);
+    lancet::cli::add_sample(app);
 
     try {
         app.parse(argc, argv);
