@@ -1,6 +1,7 @@
 // `lancet run --task t2i|t2v|i2v|image_edit|video_edit`: Lance's generation tasks end to end
 // (spec §3.2–3.4, §3.6 defaults, §3.7 resize rules): media in, sequence, flow sampler, VAE decode,
 // PNG / MP4 out with the settings as metadata. `--examples` runs Lance's example JSONs.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <optional>
 
 #include "cli/commands.h"
+#include "cli/generate.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/thread_pool.h"
@@ -139,8 +141,17 @@ class Generator {
         dec_ = std::make_unique<LanceDecoder>(*ck_, dopt);
     }
 
-    // Runs one item, writing `path` (a temporary name the caller renames, or the final one).
-    void run(const GenItem& it, const std::string& path, uint64_t seed) {
+    // What one item produced.
+    struct Output {
+        std::vector<float> latent;  // [C, lt, lh, lw] the target's final latent
+        std::vector<float> frames;  // [3, T, H, W] in [-1, 1]
+        int64_t T = 0, H = 0, W = 0;
+        double prefill_s = 0, step_s = 0, vae_s = 0;
+        int cfg_steps = 0;
+    };
+
+    // Samples and decodes one item.
+    Output generate(const GenItem& it, uint64_t seed) {
         const LanceConfig& cfg = ck_->config();
         const int64_t C = cfg.latent_channels;
         GenTaskInput in;
@@ -171,20 +182,25 @@ class Generator {
             std::fflush(stderr);
         };
         log_info(gen_task_name(it.task), ": ", seq.batch.size(), " tokens, target latent ", in.lt,
-                 "x", in.lh, "x", in.lw, " (", it.width, "x", it.height, " px), ", a_.steps,
+                 "x", in.lh, "x", in.lw, " (", in.lw * 16, "x", in.lh * 16, " px), ", a_.steps,
                  " steps, shift ", a_.shift, ", CFG ", a_.cfg, ", seed ", seed);
         const SampleResult r = flow_sample(*dec_, seq, fo);
-        double steps_s = 0;
-        for (double s : r.step_seconds) steps_s += s;
-
+        Output o;
+        for (double s : r.step_seconds) o.step_s += s;
+        o.prefill_s = r.prefill_seconds;
+        o.cfg_steps = r.cfg_steps;
         const auto t0 = std::chrono::steady_clock::now();
-        const std::vector<float> z = target_latent(in, r.x, C);
-        const std::vector<float> frames =
-            vae_decode_latent(vae_path_, z.data(), in.lt, in.lh, in.lw, gen_task_is_video(it.task));
-        const double vae_s =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        const int64_t T = 1 + 4 * (in.lt - 1), H = in.lh * 16, W = in.lw * 16;
+        o.latent = target_latent(in, r.x, C);
+        o.frames = vae_decode_latent(vae_path_, o.latent.data(), in.lt, in.lh, in.lw,
+                                     gen_task_is_video(it.task));
+        o.vae_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        o.T = 1 + 4 * (in.lt - 1), o.H = in.lh * 16, o.W = in.lw * 16;
+        return o;
+    }
 
+    // Runs one item, writing `path` (a temporary name the caller renames, or the final one).
+    void run(const GenItem& it, const std::string& path, uint64_t seed) {
+        const Output o = generate(it, seed);
         ImageMetadata meta = {{"Software", kVersion},
                               {"task", gen_task_name(it.task)},
                               {"prompt", it.caption},
@@ -197,14 +213,14 @@ class Generator {
         if (gen_task_is_video(it.task)) {
             VideoWriteOptions vo;
             vo.metadata = meta;
-            write_mp4(path, frames.data(), T, H, W, vo);
+            write_mp4(path, o.frames.data(), o.T, o.H, o.W, vo);
         } else {
-            write_png(path, frame_to_rgb8(frames.data(), T, H, W, 0), meta);
+            write_png(path, frame_to_rgb8(o.frames.data(), o.T, o.H, o.W, 0), meta);
         }
         char buf[200];
         std::snprintf(buf, sizeof buf,
                       "prefill %.2f s, %.2f s/step (%d steps, %d with CFG), VAE decode %.2f s",
-                      r.prefill_seconds, steps_s / a_.steps, a_.steps, r.cfg_steps, vae_s);
+                      o.prefill_s, o.step_s / a_.steps, a_.steps, o.cfg_steps, o.vae_s);
         log_info(gen_task_name(it.task), ": ", buf, " -> ", it.out);
     }
 
@@ -228,6 +244,10 @@ class Generator {
         check_latent_side("the source width", static_cast<int>(px.W), cfg, it.media);
         in.lh = px.H / 16;
         in.lw = px.W / 16;
+        const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+        if (1 + (px.T - 1) / 4 > max_lt)
+            fail(it.media, ": ", px.T, " sampled frames make ", 1 + (px.T - 1) / 4,
+                 " latent frames; the PE3D table holds ", max_lt);
         VaeEncodeOptions eo;  // the mean: Lance samples with torch's RNG (spec §3.4, pitfall 10)
         const std::vector<float> z =
             vae_encode_video(vae_path_, px.data.data(), px.T, px.H, px.W, eo);
@@ -309,12 +329,21 @@ void plan_item(const GenRunArgs& a, const LanceConfig& cfg, GenItem& it) {
 }
 
 // An example's media path: as written relative to the JSON's folder, else its file name under the
-// folder's images/ or videos/.
+// folder's images/ or videos/, else a file there named "<anything>-<file name>" (the shared copies
+// carry a task prefix, e.g. i2v-00003.png).
 std::string find_media(const fs::path& dir, const std::string& p) {
     std::error_code ec;
-    for (const fs::path& c : {dir / p, dir / "images" / fs::path(p).filename(),
-                              dir / "videos" / fs::path(p).filename(), fs::path(p)})
+    const fs::path name = fs::path(p).filename();
+    for (const fs::path& c : {dir / p, dir / "images" / name, dir / "videos" / name, fs::path(p)})
         if (fs::is_regular_file(c, ec)) return c.string();
+    const std::string suffix = "-" + name.string();
+    for (const char* sub : {"images", "videos"}) {
+        if (!fs::is_directory(dir / sub, ec)) continue;
+        for (const auto& e : fs::directory_iterator(dir / sub, ec)) {
+            const std::string f = e.path().filename().string();
+            if (f.size() > suffix.size() && f.ends_with(suffix)) return e.path().string();
+        }
+    }
     return {};
 }
 
@@ -428,6 +457,159 @@ void run_generation(const GenRunArgs& a, const std::string& task_name, const std
     check_not_source(it.out);
     gen.load();
     gen.run(it, it.out, seed);  // write_png / write_mp4 write a temporary file and rename
+}
+
+// ---- lancet compare ------------------------------------------------------------------------
+
+namespace {
+
+struct CompareArgs {
+    std::vector<std::string> models;
+    std::string task = "t2i", prompt, out;
+    uint64_t seed = 42;
+    std::shared_ptr<GenRunArgs> g;
+};
+
+// PSNR (dB) of two videos [3, T, H, W] in [-1, 1] as the 8-bit pixels they are saved as; the
+// squared error sum and count are returned for pooling.
+double psnr8(const std::vector<float>& a, const std::vector<float>& b, double* sse, double* cnt) {
+    auto px = [](float x) { return std::clamp(std::round(255.0 * (x + 1.0) / 2.0), 0.0, 255.0); };
+    double e = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        const double d = px(a[i]) - px(b[i]);
+        e += d * d;
+    }
+    *sse += e;
+    *cnt += static_cast<double>(a.size());
+    const double mse = e / static_cast<double>(a.size());
+    return mse > 0 ? 10.0 * std::log10(255.0 * 255.0 / mse) : INFINITY;
+}
+
+void run_compare(const CompareArgs& c) {
+    const GenRunArgs& a = *c.g;
+    GenTask task;
+    if (!parse_gen_task(c.task, &task)) fail("compare: unknown task '", c.task, "'");
+    if (c.models.size() < 2) fail("compare: give at least two --model folders");
+    if (lower_ext(c.out) != ".png") fail(c.out, ": the contact sheet is a .png");
+    check_settings(a);
+    if (a.examples.empty() == c.prompt.empty()) fail("compare: give either -p or --examples");
+    std::vector<GenItem> items;
+    {
+        Generator probe(a, c.models[0], gen_task_is_edit(task));
+        if (!a.examples.empty()) {
+            items = read_examples(a, task);
+        } else {
+            GenItem it;
+            it.task = task;
+            it.caption = c.prompt;
+            it.media = task == GenTask::VideoEdit ? a.video : a.image;
+            it.out = gen_task_is_video(task) ? "item.mp4" : "item.png";
+            items.push_back(it);
+        }
+        for (GenItem& it : items) plan_item(a, probe.config(), it);
+    }
+    check_not_source(c.out);
+    struct Result {
+        std::vector<float> latent, frames;
+        int64_t T = 0, H = 0, W = 0;
+    };
+    std::vector<std::vector<Result>> res(c.models.size());
+    for (size_t m = 0; m < c.models.size(); ++m) {
+        Generator gen(a, c.models[m], gen_task_is_edit(task));  // one model resident at a time
+        gen.load();
+        for (const GenItem& it : items) {
+            log_info("compare: ", c.models[m], ": ", it.out);
+            Generator::Output o = gen.generate(it, c.seed);  // the same noise for every model
+            res[m].push_back({std::move(o.latent), std::move(o.frames), o.T, o.H, o.W});
+        }
+    }
+    std::printf("%-12s %-40s %12s %10s\n", "item", "model", "rel_L2", "PSNR_dB");
+    for (size_t m = 1; m < c.models.size(); ++m) {
+        double sse = 0, cnt = 0, rel_sum = 0;
+        for (size_t i = 0; i < items.size(); ++i) {
+            const Result &r0 = res[0][i], &r = res[m][i];
+            double num = 0, den = 0;
+            for (size_t k = 0; k < r0.latent.size(); ++k) {
+                const double d = static_cast<double>(r.latent[k]) - r0.latent[k];
+                num += d * d;
+                den += static_cast<double>(r0.latent[k]) * r0.latent[k];
+            }
+            const double rel = std::sqrt(num / std::max(den, 1e-300));
+            rel_sum += rel;
+            const double p = psnr8(r.frames, r0.frames, &sse, &cnt);
+            std::printf("%-12s %-40s %12.5f %10.2f\n", fs::path(items[i].out).stem().c_str(),
+                        c.models[m].c_str(), rel, p);
+        }
+        const double mse = sse / std::max(cnt, 1.0);
+        std::printf("%-12s %-40s %12.5f %10.2f\n", "overall", c.models[m].c_str(),
+                    rel_sum / items.size(),
+                    mse > 0 ? 10.0 * std::log10(255.0 * 255.0 / mse) : INFINITY);
+    }
+    // Contact sheet: one row per item, one column per model (frame 0), tiles top-left aligned.
+    int tw = 0, th = 0;
+    for (const Result& r : res[0]) tw = std::max<int>(tw, r.W), th = std::max<int>(th, r.H);
+    ImageRGB8 sheet;
+    sheet.width = tw * static_cast<int>(c.models.size());
+    sheet.height = th * static_cast<int>(items.size());
+    sheet.rgb.assign(static_cast<size_t>(sheet.width) * sheet.height * 3, 0);
+    for (size_t m = 0; m < c.models.size(); ++m)
+        for (size_t i = 0; i < items.size(); ++i) {
+            const Result& r = res[m][i];
+            const ImageRGB8 f = frame_to_rgb8(r.frames.data(), r.T, r.H, r.W, 0);
+            for (int y = 0; y < f.height; ++y)
+                std::copy_n(f.row(y), f.width * 3,
+                            sheet.row(static_cast<int>(i) * th + y) + m * tw * 3);
+        }
+    ImageMetadata meta = {{"Software", kVersion}, {"task", c.task}};
+    for (size_t m = 0; m < c.models.size(); ++m)
+        meta.push_back({"model " + std::to_string(m), c.models[m]});
+    write_png(c.out, sheet, meta);
+    log_info("compare: contact sheet ", sheet.width, "x", sheet.height,
+             " (rows: items, columns: ", "models) -> ", c.out);
+}
+
+}  // namespace
+
+void add_compare(CLI::App& app) {
+    auto* cmd = app.add_subcommand(
+        "compare", "Generate with several models from the same noise: latent rel. L2, PSNR, sheet");
+    auto c = std::make_shared<CompareArgs>();
+    c->g = std::make_shared<GenRunArgs>();
+    GenRunArgs& g = *c->g;
+    cmd->add_option("--model", c->models, "Model folders; the first is the reference")->required();
+    cmd->add_option("--task", c->task, "t2i, t2v, i2v, image_edit or video_edit")
+        ->capture_default_str();
+    cmd->add_option("-p,--prompt", c->prompt, "One prompt (instead of --examples)");
+    cmd->add_option("--examples", g.examples, "One of Lance's example JSONs");
+    cmd->add_option("-o,--output", c->out, "Contact sheet .png")->required();
+    cmd->add_option("--image", g.image, "i2v / image_edit input (with -p)");
+    cmd->add_option("--video", g.video, "video_edit input (with -p)");
+    cmd->add_option("--size", g.size, "t2i / t2v WIDTHxHEIGHT (default 768x768)");
+    cmd->add_option("--frames", g.frames, "t2v / i2v frames");
+    cmd->add_option("--steps", g.steps, "Euler steps")->capture_default_str();
+    cmd->add_option("--shift", g.shift, "Time shift")->capture_default_str();
+    cmd->add_option("--cfg", g.cfg, "Text CFG scale")->capture_default_str();
+    cmd->add_option("-s,--seed", c->seed, "Noise seed (the same for every model)")
+        ->capture_default_str();
+    cmd->add_option("--preset", g.preset, "Media resize preset");
+    cmd->add_option("--vae", g.vae, "Wan2.2 VAE for every model (default: each model folder's)");
+    cmd->add_option("--vit", g.vit_dir, "Qwen2.5-VL-ViT folder for editing");
+    cmd->callback([c] { run_compare(*c); });
+}
+
+void demo_generate(const std::string& model, const std::string& vae, const std::string& out_png,
+                   const std::string& out_mp4) {
+    GenRunArgs g;
+    g.vae = vae;
+    g.size = "64x64";
+    g.steps = 10;
+    g.out = out_png;
+    run_generation(g, "t2i", model, "A red fox sitting in fresh snow, soft morning light.", 42,
+                   false);
+    if (!video_support_built()) return;
+    g.frames = 9;
+    g.out = out_mp4;
+    run_generation(g, "t2v", model, "Waves rolling onto a sandy beach at sunset.", 42, false);
 }
 
 }  // namespace lancet::cli

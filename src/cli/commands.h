@@ -22,6 +22,7 @@ void add_perplexity(CLI::App& app);
 void add_preprocess(CLI::App& app);
 void add_vae(CLI::App& app);
 void add_sample(CLI::App& app);
+void add_compare(CLI::App& app);
 // The generation tasks of `lancet run` (t2i, t2v, i2v, image_edit, video_edit), in cmd_generate.cc:
 // adds their options to the run command; run_generation runs one of them.
 struct GenRunArgs;

@@ -20,12 +20,11 @@ double since(Clock::time_point t0) {
 
 float bf(float x, bool on) { return on ? round_bf16(x) : x; }
 
-// The tokens of `b` whose keep[i] is set, with their gen rows, splits (shortened, empty ones
-// dropped) and positions `pos` (same length as b).
+// The tokens of `b` whose keep[i] is set, with their gen rows (latents of C channels; timesteps
+// when b has them), splits (shortened, empty ones dropped) and positions `pos` (same length as b).
 Batch select_rows(const Batch& b, const std::vector<uint8_t>& keep,
-                  const std::vector<RopePosition>& pos) {
+                  const std::vector<RopePosition>& pos, size_t C) {
     Batch s;
-    const size_t C = b.timesteps.empty() ? 0 : b.latents.size() / b.timesteps.size();
     size_t g = 0;
     for (size_t i = 0; i < b.size(); ++i) {
         const bool gen = b.is_gen[i] != 0;
@@ -36,7 +35,7 @@ Batch select_rows(const Batch& b, const std::vector<uint8_t>& keep,
             if (gen) {
                 s.latents.insert(s.latents.end(), b.latents.begin() + g * C,
                                  b.latents.begin() + (g + 1) * C);
-                s.timesteps.push_back(b.timesteps[g]);
+                if (!b.timesteps.empty()) s.timesteps.push_back(b.timesteps[g]);
                 s.pe3d_index.push_back(b.pe3d_index[g]);
             }
         }
@@ -257,8 +256,8 @@ SampleResult flow_sample(LanceDecoder& dec, const GenSequence& seq, const FlowSa
                 seq.modality.empty() ? derive_modality(B, seq.cfg_drop) : seq.modality;
             for (size_t i = 0; i < L; ++i)
                 if (keep[i]) ids.push_back(B.token_ids[i]), mod.push_back(m[i]);
-            upos =
-                gen_positions(ids, seq.grids, mod, select_rows(B, keep, B.positions).splits, cfg);
+            upos = gen_positions(ids, seq.grids, mod, select_rows(B, keep, B.positions, C).splits,
+                                 cfg);
         }
         size_t k = 0;
         for (size_t i = 0; i < L; ++i)
@@ -302,7 +301,7 @@ SampleResult flow_sample(LanceDecoder& dec, const GenSequence& seq, const FlowSa
             Batch pre_b = pre;
             pre_b.positions = pos;
             if (std::count(kp.begin(), kp.end(), 1) > 0)
-                run(select_rows(pre_b, kp, pos), &cache_u, true);
+                run(select_rows(pre_b, kp, pos, C), &cache_u, true);
         }
     }
     r.prefill_seconds = since(t_start);
@@ -328,7 +327,7 @@ SampleResult flow_sample(LanceDecoder& dec, const GenSequence& seq, const FlowSa
                 if (uncond) {
                     Batch u = work;
                     u.positions = upos_full;
-                    run(select_rows(u, keep, upos_full), nullptr, false);
+                    run(select_rows(u, keep, upos_full, C), nullptr, false);
                 } else {
                     run(work, nullptr, false);
                 }
