@@ -462,34 +462,33 @@ TEST_F(FlowModel, SampleCommand) {
         w.write("cfg_drop", s.cfg_drop.data(), L);
         w.finish();
     }
-                  fs::copy_options::overwrite_existing);
-                  const auto r = test::run_lancet("-q sample --model " + q(model_) + " --input " +
-                                                  q(d / "seq.safetensors") + " --out " +
-                                                  q(d / "out.safetensors") + " --steps 3 --decode");
-                  ASSERT_EQ(r.exit_code, 0) << r.err;
-                  SafetensorsFile f((d / "out.safetensors").string());
-                  for (const char* name : {"x.0", "v.0", "x.2", "v.2", "latent"}) {
-                      const TensorEntry* e = f.find(name);
-                      ASSERT_NE(e, nullptr) << name;
-                      EXPECT_EQ(e->shape, (Shape{N, C}));
-                  }
-                  const TensorEntry* fr = f.find("frames");
-                  ASSERT_NE(fr, nullptr);
-                  EXPECT_EQ(fr->shape, (Shape{3, 5, 32, 32}));
-                  const float* lat = reinterpret_cast<const float*>(f.view(*f.find("latent")).data);
-                  const float* x2 = reinterpret_cast<const float*>(f.view(*f.find("x.2")).data);
-                  for (int64_t i = 0; i < N * C; ++i) ASSERT_EQ(lat[i], x2[i]);
-                  for (int64_t g = 0; g < N; ++g)
-                      if (!s.gen_rows[g]) {
-                          for (int64_t c = 0; c < C; ++c)
-                              ASSERT_EQ(lat[g * C + c], round_bf16(b.latents[g * C + c])) << g;
-                      }
-                  // Absurd settings are refused before any work, leaving no output.
-                  const auto bad = test::run_lancet("-q sample --model " + q(model_) + " --input " +
-                                                    q(d / "seq.safetensors") + " --out " +
-                                                    q(d / "o2.safetensors") + " --steps 0");
-                  EXPECT_EQ(bad.exit_code, 1);
-                  EXPECT_FALSE(fs::exists(d / "o2.safetensors"));
+    const auto r =
+        test::run_lancet("-q sample --model " + q(model_) + " --input " + q(d / "seq.safetensors") +
+                         " --out " + q(d / "out.safetensors") + " --steps 3 --decode");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    SafetensorsFile f((d / "out.safetensors").string());
+    for (const char* name : {"x.0", "v.0", "x.2", "v.2", "latent"}) {
+        const TensorEntry* e = f.find(name);
+        ASSERT_NE(e, nullptr) << name;
+        EXPECT_EQ(e->shape, (Shape{N, C}));
+    }
+    const TensorEntry* fr = f.find("frames");
+    ASSERT_NE(fr, nullptr);
+    EXPECT_EQ(fr->shape, (Shape{3, 5, 32, 32}));
+    const float* lat = reinterpret_cast<const float*>(f.view(*f.find("latent")).data);
+    const float* x2 = reinterpret_cast<const float*>(f.view(*f.find("x.2")).data);
+    for (int64_t i = 0; i < N * C; ++i) ASSERT_EQ(lat[i], x2[i]);
+    for (int64_t g = 0; g < N; ++g)
+        if (!s.gen_rows[g]) {
+            for (int64_t c = 0; c < C; ++c)
+                ASSERT_EQ(lat[g * C + c], round_bf16(b.latents[g * C + c])) << g;
+        }
+    // Absurd settings are refused before any work, leaving no output.
+    const auto bad =
+        test::run_lancet("-q sample --model " + q(model_) + " --input " + q(d / "seq.safetensors") +
+                         " --out " + q(d / "o2.safetensors") + " --steps 0");
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_FALSE(fs::exists(d / "o2.safetensors"));
 }
 
 }  // namespace
