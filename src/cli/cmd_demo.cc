@@ -139,8 +139,8 @@ void run_demo(const std::string& dir) {
     const std::string png = (fs::path(dir) / "t2i.png").string(),
                       mp4 = (fs::path(dir) / "t2v.mp4").string();
     std::printf(
-        "[6/6] generate with the AWQ model: a 64x64 image and a 9-frame clip (10 steps, "
-        "CFG 4; a random model paints noise) -> %s, %s\n",
+        "[6/6] generate with the AWQ model: a 64x64 image and a 5-frame 32x32 clip (10 "
+        "steps, CFG 4; a random model paints noise) -> %s, %s\n",
         png.c_str(), mp4.c_str());
     std::fflush(stdout);
     demo_generate(awq, model, png, mp4);

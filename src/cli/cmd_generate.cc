@@ -68,7 +68,7 @@ std::string default_preset(GenTask t) {
 // Latent frames for a requested frame count (Lance: (NUM_FRAMES - 1) // 4 + 1), with a note when
 // the decoded length differs from the request.
 int64_t latent_frames(GenTask task, int frames, const LanceConfig& cfg) {
-    if (task == GenTask::T2I || task == GenTask::ImageEdit) return 1;
+    if (task == GenTask::T2I || gen_task_is_edit(task)) return 1;  // editing: the source's
     const int f = frames > 0 ? frames : kDefaultFrames;
     if (frames < 0 || f < 1) fail(gen_task_name(task), ": --frames must be at least 1");
     const int64_t lt = (f - 1) / 4 + 1;
@@ -607,7 +607,8 @@ void demo_generate(const std::string& model, const std::string& vae, const std::
     run_generation(g, "t2i", model, "A red fox sitting in fresh snow, soft morning light.", 42,
                    false);
     if (!video_support_built()) return;
-    g.frames = 9;
+    g.size = "32x32";
+    g.frames = 5;
     g.out = out_mp4;
     run_generation(g, "t2v", model, "Waves rolling onto a sandy beach at sunset.", 42, false);
 }
