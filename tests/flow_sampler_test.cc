@@ -12,6 +12,7 @@
 
 #include "core/numeric.h"
 #include "core/rng.h"
+#include "io/image.h"
 #include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
@@ -425,6 +426,16 @@ TEST_F(FlowModel, RunRefusesBadInput) {
     }
     // No partial files of any name.
     EXPECT_TRUE(fs::is_empty(d.path()));
+    // A model folder without the VAE (as quantized folders are) needs --vae.
+    test::TempDir nv;
+    for (const auto& e : fs::directory_iterator(model_))
+        if (e.path().filename() != "Wan2.2_VAE.pth")
+            fs::create_symlink(e.path(), nv / e.path().filename().string());
+    const auto r = test::run_lancet("-q run --task t2i -m " + q(nv.path()) +
+                                    " -p x --size 32x32 -o " + q(d / "v.png"));
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("Wan2.2_VAE.pth"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(d / "v.png"));
 }
 
 // `lancet sample` on a hand-packed i2v-like sequence: its outputs, the clean rows kept, and the
@@ -489,6 +500,39 @@ TEST_F(FlowModel, SampleCommand) {
                          " --out " + q(d / "o2.safetensors") + " --steps 0");
     EXPECT_EQ(bad.exit_code, 1);
     EXPECT_FALSE(fs::exists(d / "o2.safetensors"));
+}
+
+// --examples: one file per item in a folder built under a temporary name; compare: a model
+// against itself gives zero latent difference and identical pixels, and a sheet of items x models.
+TEST_F(FlowModel, ExamplesAndCompare) {
+    test::TempDir d;
+    test::write_file(d / "ex.json", "{\"a.png\": \"a red fox\", \"b.png\": \"a blue bird\"}");
+    auto r = test::run_lancet("-q run --task t2i -m " + q(model_) + " --examples " +
+                              q(d / "ex.json") + " --size 32x32 --steps 2 -o " + q(d / "out"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(fs::exists(d / "out" / "a.png"));
+    EXPECT_TRUE(fs::exists(d / "out" / "b.png"));
+    EXPECT_NE(test::read_file(d / "out" / "a.png"), test::read_file(d / "out" / "b.png"));
+    // The single-prompt run writes the same image as its example item.
+    r = test::run_lancet("-q run --task t2i -m " + q(model_) +
+                         " -p 'a red fox' --size 32x32 --steps 2 -o " + q(d / "one.png"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(test::read_file(d / "one.png"), test::read_file(d / "out" / "a.png"));
+
+    r = test::run_lancet("-q compare --model " + q(model_) + " --model " + q(model_) +
+                         " --task t2i --examples " + q(d / "ex.json") +
+                         " --size 32x48 --steps 2 -o " + q(d / "sheet.png"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("overall"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("0.00000        inf"), std::string::npos) << r.out;
+    const ImageRGB8 sheet = read_image((d / "sheet.png").string());
+    EXPECT_EQ(sheet.width, 2 * 32);
+    EXPECT_EQ(sheet.height, 2 * 48);
+    // Fewer than two models: refused.
+    r = test::run_lancet("-q compare --model " + q(model_) + " --task t2i -p x -o " +
+                         q(d / "s2.png"));
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_FALSE(fs::exists(d / "s2.png"));
 }
 
 }  // namespace
