@@ -426,6 +426,19 @@ TEST_F(FlowModel, RunRefusesBadInput) {
     }
     // No partial files of any name.
     EXPECT_TRUE(fs::is_empty(d.path()));
+    // The output never replaces the input image.
+    test::TempDir src;
+    ImageRGB8 img;
+    img.width = img.height = 32;
+    img.rgb.assign(32 * 32 * 3, 90);
+    write_png((src / "in.png").string(), img);
+    const std::string before = test::read_file(src / "in.png");
+    const auto same =
+        test::run_lancet("-q run --task image_edit -m " + q(model_) + " -p x --image " +
+                         q(src / "in.png") + " -o " + q(src / "in.png"));
+    EXPECT_EQ(same.exit_code, 1);
+    EXPECT_NE(same.err.find("overwrite the input"), std::string::npos) << same.err;
+    EXPECT_EQ(test::read_file(src / "in.png"), before);
     // A model folder without the VAE (as quantized folders are) needs --vae.
     test::TempDir nv;
     for (const auto& e : fs::directory_iterator(model_))

@@ -315,6 +315,8 @@ void plan_item(const GenRunArgs& a, const LanceConfig& cfg, GenItem& it) {
                  it.task == GenTask::VideoEdit ? "--video FILE" : "--image FILE");
         std::error_code ec;
         if (!fs::is_regular_file(it.media, ec)) fail(it.media, ": no such input file");
+        if (fs::exists(it.out, ec) && fs::equivalent(it.out, it.media, ec))
+            fail(it.out, ": the output would overwrite the input ", it.media);
         if (!a.size.empty())
             log_info(name, ": --size ignored; the size comes from the input's bucket");
     }
