@@ -30,6 +30,11 @@ struct CalibrateOptions {
     // _moe_gen linears see real decoder activations. latent_hw x latent_hw latent tokens.
     bool gen = true;
     int latent_hw = 16;
+    // > 0: instead of that proxy, run the real flow sampler (t2i sequence of Lance's layout, this
+    // many steps, CFG 4.0, shift 3.5, seeded noise) per prompt and record every forward of the
+    // trajectory: the noisy block at each step of the schedule, both CFG branches, and the
+    // prefilled prefix on the und path.
+    int gen_steps = 0;
     uint64_t seed = 1;
 };
 

@@ -277,6 +277,7 @@ SampleResult flow_sample(LanceDecoder& dec, const GenSequence& seq, const FlowSa
     KvCache cache_c = dec.make_cache(nb), cache_u = dec.make_cache(nb);
     ForwardOptions fo;
     fo.logits = LogitRows::None;
+    fo.observer = o.observer;
     Outputs out;
     std::vector<float> emb;
     const bool need_uncond = o.cfg != 1.0;

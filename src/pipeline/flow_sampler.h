@@ -62,6 +62,9 @@ struct FlowSamplerOptions {
     // Needs uncond_cache_cond_positions = false to mean the same thing as the cached path.
     bool kv_cache = true;
     bool keep_trajectory = false;  // fill SampleResult::xs / vs
+    // Sees every linear input of every forward (prefill and steps, both branches): calibration
+    // records gen-path statistics from real trajectories through it.
+    ActivationObserver observer;
     // After every step: step index (0-based), steps, seconds since the first step began.
     std::function<void(int, int, double)> on_step;
 };
