@@ -1,4 +1,5 @@
-// Runs `lancet bench kernels` on a tiny configuration: table, JSON records, and bad-input errors.
+// Runs `lancet bench kernels` and `bench awq` on tiny configurations: tables, JSON records, and
+// bad-input errors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -103,6 +104,54 @@ TEST(BenchKernelsCli, UnknownActivationModeInEnvironmentIsAnError) {
     unsetenv("LANCET_ACT");
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_NE(r.err.find("LANCET_ACT=int3"), std::string::npos) << r.err;
+}
+
+TEST(BenchAwqCli, PrintsOneRowPerGroupNoWorseThanRtn) {
+    const RunResult r = run_lancet(
+        "-t 2 bench awq --hidden 256 --intermediate 512 --heads 4 --kv-heads 2 --tokens 256 "
+        "--rows 64");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("hidden 256, intermediate 512, 4/2 heads"), std::string::npos) << r.out;
+    std::istringstream lines(r.out);
+    int rows = 0;
+    for (std::string line; std::getline(lines, line);) {
+        std::istringstream f(line);
+        std::string name;
+        int in = 0, out = 0;
+        double alpha, rtn_s, rtn_h, awq_s, awq_h, wall, cpu;
+        if (!(f >> name >> in >> out >> alpha >> rtn_s >> rtn_h >> awq_s >> awq_h >> wall >> cpu))
+            continue;
+        ++rows;
+        // The search keeps RTN when it cannot beat it on the search rows.
+        EXPECT_LE(awq_s, rtn_s * (1 + 1e-9)) << line;
+        EXPECT_GT(rtn_s, 0.0) << line;
+        EXPECT_GE(alpha, 0.0) << line;
+        EXPECT_LE(alpha, 1.0) << line;
+        if (name == "qkv") {
+            EXPECT_EQ(out, 256 + 2 * 128) << line;
+        }
+        if (name == "down(up)") {
+            EXPECT_EQ(in, 512) << line;
+        }
+    }
+    EXPECT_EQ(rows, 4) << r.out;
+
+    const RunResult one = run_lancet(
+        "bench awq --hidden 256 --intermediate 512 --heads 4 --kv-heads 2 --tokens 256 --rows 64 "
+        "--groups down");
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    EXPECT_NE(one.out.find("down(up)"), std::string::npos) << one.out;
+    EXPECT_EQ(one.out.find("qkv "), std::string::npos) << one.out;
+}
+
+TEST(BenchAwqCli, BadOptionsAreOneLineErrors) {
+    for (const char* args : {"bench awq --groups qkv,mlp", "bench awq --hidden 100 --heads 16",
+                             "bench awq --heads 16 --kv-heads 3", "bench awq --rows 2"}) {
+        const RunResult r = run_lancet(args);
+        EXPECT_EQ(r.exit_code, 1) << args;
+        EXPECT_EQ(r.err.rfind("lancet: error: bench awq: ", 0), 0u) << args << ": " << r.err;
+        EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    }
 }
 
 }  // namespace

@@ -14,7 +14,7 @@
 #include "model/lance_checkpoint.h"
 #include "model/synth.h"
 #include "pipeline/perplexity.h"
-#include "quant/quantize.h"
+#include "pipeline/quantize.h"
 #include "quant/stats_file.h"
 #include "test_util.h"
 #include "tokenizer/chat_template.h"
@@ -139,23 +139,26 @@ TEST(Calibrate, AwqIsCloserToTheOriginalThanRtn) {
     co.out = (dir / "s.safetensors").string();
     co.latent_hw = 8;
     calibrate(co);
-    quant::QuantizeOptions qo;
+    QuantizeOptions qo;
     qo.src = model;
     qo.progress = false;
     qo.method = "rtn";
     qo.out = (dir / "rtn").string();
-    quant::quantize_checkpoint(qo);
+    quantize_checkpoint(qo);
     qo.method = "awq";
     qo.stats = co.out;
     qo.out = (dir / "awq").string();
-    quant::quantize_checkpoint(qo);
+    quantize_checkpoint(qo);
 
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(model);
     auto a = LanceCheckpoint::open(model), b = LanceCheckpoint::open(qo.out),
          r = LanceCheckpoint::open((dir / "rtn").string());
     DecoderOptions d;
     d.logits_limit = static_cast<int64_t>(tok.size());
-    LanceDecoder da(*a, d), db(*b, d), dr(*r, d);
+    const LanceWeights da_w(*a, d);
+    const LanceWeights db_w(*b, d);
+    const LanceWeights dr_w(*r, d);
+    DecoderSession da(da_w), db(db_w), dr(dr_w);
     PerplexityOptions po;
     po.ctx = 128;
     po.vocab_limit = d.logits_limit;

@@ -1,16 +1,18 @@
-// The fast decoder (LanceDecoder and its ops) against the float64 reference on synthetic
-// checkpoints: each layer piece, whole forwards over several GQA/head_dim/dtype configs, the KV
-// cache, the split mask, AWQ INT4 weights, and `lancet forward`.
+// The fast decoder (LanceWeights, DecoderSession and their ops) against the float64 reference on
+// synthetic checkpoints: each layer piece, whole forwards over several GQA/head_dim/dtype configs,
+// the KV cache, the split mask, AWQ INT4 weights, and `lancet forward`.
 #include "model/decoder.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 #include <tuple>
 
 #include "core/error.h"
@@ -19,6 +21,7 @@
 #include "kernels/dispatch.h"
 #include "kernels/ops.h"
 #include "model/decoder_ref.h"
+#include "model/positions.h"
 #include "model/synth.h"
 #include "test_util.h"
 
@@ -375,7 +378,8 @@ std::map<std::string, std::string> DecoderModel::models_;
 // TimestepEmbedder (two linears and SiLU) and the PE3D rows, through a loaded decoder.
 TEST_F(DecoderModel, TimestepEmbedderAndPe3d) {
     const auto ck = LanceCheckpoint::open(models_.at("g2_hd16_f32"));
-    LanceDecoder dec(*ck);
+    const LanceWeights dec_w(*ck);
+    DecoderSession dec(dec_w);
     const LanceConfig& c = ck->config();
     const size_t H = c.hidden_size, F = c.time_freq_dim;
     const auto w0 = ref::linear_weight(*ck, "time_embedder.mlp.0"),
@@ -450,7 +454,8 @@ TEST_F(DecoderModel, ForwardMatchesReferenceAcrossConfigs) {
         const LanceConfig& c = ck->config();
         DecoderOptions dopt;
         dopt.logits_limit = 278;  // the synthetic tokenizer's length
-        LanceDecoder dec(*ck, dopt);
+        const LanceWeights dec_w(*ck, dopt);
+        DecoderSession dec(dec_w);
         const MixedSeq m = mixed_sequence(c, 99);
         Outputs out;
         ForwardOptions fo;
@@ -475,11 +480,89 @@ TEST_F(DecoderModel, ForwardMatchesReferenceAcrossConfigs) {
     }
 }
 
+// One request's run: a mixed und/gen prefill into a cache, a noise block re-run against it
+// without appending, then text tokens decoded one by one. Everything it produced, in order.
+std::vector<float> session_run(DecoderSession& dec, uint64_t seed, int steps,
+                               const std::function<void()>& between = {}) {
+    const LanceConfig& c = dec.config();
+    const MixedSeq m = mixed_sequence(c, seed);
+    KvCache cache = dec.make_cache();
+    Outputs out;
+    ForwardOptions fo;
+    fo.final_hidden = true;
+    std::vector<float> got;
+    auto keep = [&] {
+        for (const auto* v : {&out.logits, &out.velocity, &out.final_hidden})
+            got.insert(got.end(), v->begin(), v->end());
+        if (between) between();
+    };
+    dec.forward(m.batch, &cache, true, out, fo);
+    keep();
+    const Batch noise = m.batch.slice(m.batch.size() - 9, m.batch.size() - 1);
+    Batch nb = noise;
+    dec.forward(nb, &cache, false, out, fo);
+    keep();
+    fo.logits = LogitRows::Last;
+    std::mt19937 g(static_cast<uint32_t>(seed));
+    int64_t pos = 0;
+    for (const RopePosition& p : m.batch.positions) pos = std::max({pos, p[0], p[1], p[2]});
+    for (int i = 0; i < steps; ++i) {
+        Batch b;
+        b.token_ids = {static_cast<int64_t>(g() % 256)};
+        ++pos;
+        b.positions = {{pos, pos, pos}};
+        dec.forward(b, &cache, true, out, fo);
+        keep();
+    }
+    return got;
+}
+
+// Sessions over one LanceWeights are independent: two run at the same time on two threads
+// (each with its own pool), and two interleaved step by step on one thread, give bit-identical
+// results to each run alone; the weights are loaded once.
+TEST_F(DecoderModel, SessionsOverSharedWeightsMatchRunsAlone) {
+    const auto ck = LanceCheckpoint::open(models_.at("g8_hd16_bf16"));
+    const LanceWeights weights(*ck);
+    ThreadPool pool_a(2), pool_b(2);
+    const kernels::OpContext ctx_a = kernels::OpContext::defaults(&pool_a),
+                             ctx_b = kernels::OpContext::defaults(&pool_b);
+    constexpr int kSteps = 12;
+    std::vector<float> alone_a, alone_b;
+    {
+        DecoderSession a(weights, ctx_a);
+        alone_a = session_run(a, 11, kSteps);
+        DecoderSession b(weights, ctx_b);
+        alone_b = session_run(b, 22, kSteps);
+    }
+    ASSERT_FALSE(alone_a.empty());
+    ASSERT_NE(alone_a, alone_b);  // different requests: a mix-up would show
+
+    for (int rep = 0; rep < 3; ++rep) {
+        DecoderSession a(weights, ctx_a), b(weights, ctx_b);
+        std::vector<float> got_a, got_b;
+        std::thread ta([&] { got_a = session_run(a, 11, kSteps); });
+        std::thread tb([&] { got_b = session_run(b, 22, kSteps); });
+        ta.join();
+        tb.join();
+        EXPECT_EQ(got_a, alone_a) << "two threads, rep " << rep;
+        EXPECT_EQ(got_b, alone_b) << "two threads, rep " << rep;
+    }
+
+    // One thread, one pool: session b runs a whole forward between each of a's steps.
+    DecoderSession a(weights, ctx_a), b(weights, ctx_a);
+    const MixedSeq mb = mixed_sequence(weights.config(), 33);
+    Outputs scratch_out;
+    const std::vector<float> got =
+        session_run(a, 11, kSteps, [&] { b.forward(mb.batch, nullptr, false, scratch_out); });
+    EXPECT_EQ(got, alone_a) << "interleaved on one thread";
+}
+
 // The scalar kernels (linear and attention) give the same forward as the reference too.
 TEST_F(DecoderModel, ScalarKernelsMatchReference) {
     const auto ck = LanceCheckpoint::open(models_.at("g2_hd32_bf16"));
     kernels::force_isa(kernels::Isa::Scalar);
-    LanceDecoder dec(*ck);
+    const LanceWeights dec_w(*ck);
+    DecoderSession dec(dec_w);
     const MixedSeq m = mixed_sequence(ck->config(), 41);
     Outputs out;
     dec.forward(m.batch, nullptr, false, out);
@@ -495,7 +578,8 @@ TEST_F(DecoderModel, IncrementalDecodingEqualsFullForward) {
     for (const char* name : {"g2_hd16_f32", "g8_hd16_bf16", "g2_hd32_f32"}) {
         const auto ck = LanceCheckpoint::open(models_.at(name));
         const LanceConfig& c = ck->config();
-        LanceDecoder dec(*ck);
+        const LanceWeights dec_w(*ck);
+        DecoderSession dec(dec_w);
         const size_t n = 70, prefill = 9;  // > one key tile of 64
         Batch full;
         std::mt19937 g(5);
@@ -554,7 +638,8 @@ TEST_F(DecoderModel, IncrementalDecodingEqualsFullForward) {
 TEST_F(DecoderModel, NoiseBlockAgainstCacheWithoutAppend) {
     const auto ck = LanceCheckpoint::open(models_.at("g2_hd16_f32"));
     const LanceConfig& c = ck->config();
-    LanceDecoder dec(*ck);
+    const LanceWeights dec_w(*ck);
+    DecoderSession dec(dec_w);
     const MixedSeq m = mixed_sequence(c, 3);
     Outputs full;
     dec.forward(m.batch, nullptr, false, full);
@@ -587,7 +672,8 @@ TEST_F(DecoderModel, NoiseBlockAgainstCacheWithoutAppend) {
 TEST_F(DecoderModel, ObserverSeesEveryLinearInput) {
     const auto ck = LanceCheckpoint::open(models_.at("g2_hd16_f32"));
     const LanceConfig& c = ck->config();
-    LanceDecoder dec(*ck);
+    const LanceWeights dec_w(*ck);
+    DecoderSession dec(dec_w);
     const MixedSeq m = mixed_sequence(c, 6);
     std::map<std::tuple<int, bool, LinearInput>, size_t> rows;
     std::vector<float> first_qkv;
@@ -653,7 +739,8 @@ TEST_F(DecoderModel, SequenceBuilderMatchesHandLayout) {
 TEST_F(DecoderModel, NoiseBlockIsInvisibleToOtherSplits) {
     const auto ck = LanceCheckpoint::open(models_.at("g8_hd16_f32"));
     const LanceConfig& c = ck->config();
-    LanceDecoder dec(*ck);
+    const LanceWeights dec_w(*ck);
+    DecoderSession dec(dec_w);
     MixedSeq m = mixed_sequence(c, 4);
     Outputs a, b;
     ForwardOptions fo;
@@ -690,7 +777,8 @@ TEST_F(DecoderModel, AwqInt4WeightsRunThroughTheSameCode) {
     const auto ck = LanceCheckpoint::open(awq);
     ASSERT_EQ(ck->kind(), CheckpointKind::Awq);
     const LanceConfig& c = ck->config();
-    LanceDecoder dec(*ck);
+    const LanceWeights dec_w(*ck);
+    DecoderSession dec(dec_w);
     const MixedSeq m = mixed_sequence(c, 12);
     Outputs out;
     ForwardOptions fo;
@@ -708,7 +796,8 @@ TEST_F(DecoderModel, AwqInt4WeightsRunThroughTheSameCode) {
     EXPECT_LT(e_vel, 1e-4);
 
     const auto ck32 = LanceCheckpoint::open(models_.at("g2_hd32_f32"));
-    LanceDecoder dec32(*ck32);
+    const LanceWeights dec32_w(*ck32);
+    DecoderSession dec32(dec32_w);
     Outputs plain;
     dec32.forward(m.batch, nullptr, false, plain);
     EXPECT_GT(rel_l2(out.logits, to_f64(plain.logits)), 1e-3);

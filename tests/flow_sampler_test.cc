@@ -295,7 +295,8 @@ TEST_F(FlowModel, TrajectoryFollowsEuler) {
     const auto ck = LanceCheckpoint::open(model_);
     const LanceConfig& cfg = ck->config();
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(model_);
-    LanceDecoder dec(*ck);
+    const LanceWeights weights(*ck);
+    DecoderSession dec(weights);
     const GenSequence s = build_gen_sequence(tok, cfg, input(GenTask::I2V, cfg, 2, 2, 2));
     FlowSamplerOptions o;
     o.steps = 6;
@@ -334,7 +335,8 @@ TEST_F(FlowModel, CachedPrefixEqualsFullSequence) {
     const auto ck = LanceCheckpoint::open(model_);
     const LanceConfig& cfg = ck->config();
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(model_);
-    LanceDecoder dec(*ck);
+    const LanceWeights weights(*ck);
+    DecoderSession dec(weights);
     for (GenTask task : {GenTask::T2I, GenTask::I2V, GenTask::ImageEdit}) {
         SCOPED_TRACE(gen_task_name(task));
         const int64_t lt = task == GenTask::I2V ? 2 : 1;
@@ -364,7 +366,8 @@ TEST_F(FlowModel, NoUnconditionalBranchAtCfgOne) {
     const auto ck = LanceCheckpoint::open(model_);
     const LanceConfig& cfg = ck->config();
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(model_);
-    LanceDecoder dec(*ck);
+    const LanceWeights weights(*ck);
+    DecoderSession dec(weights);
     const GenSequence s = build_gen_sequence(tok, cfg, input(GenTask::T2I, cfg, 1, 2, 2));
     FlowSamplerOptions o;
     o.steps = 3;

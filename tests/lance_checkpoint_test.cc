@@ -11,6 +11,7 @@
 #include "core/numeric.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/positions.h"
 #include "model/synth.h"
 #include "test_util.h"
 
@@ -73,8 +74,38 @@ TEST(LanceInventory, MatchesThePublishedCounts) {
     // Parameter totals of the two Hugging Face files (architecture spec §6.1).
     EXPECT_EQ(pv, 7105548336);
     EXPECT_EQ(pi, 6185205808);
-    EXPECT_EQ(lance_fusion_groups(c).size(), 36u * 8);
     EXPECT_EQ(lance_layer_linears(0).size(), 14u);
+}
+
+TEST(LanceInventory, PathNamesFollowTheCheckpoint) {
+    // The spelling of both experts as the published checkpoint has it (spec §1.3).
+    const PathNames u = path_names(3, false), g = path_names(3, true);
+    EXPECT_EQ(u.input_norm, "language_model.model.layers.3.input_layernorm.weight");
+    EXPECT_EQ(g.input_norm, "language_model.model.layers.3.input_layernorm_moe_gen.weight");
+    EXPECT_EQ(g.post_norm, "language_model.model.layers.3.post_attention_layernorm_moe_gen.weight");
+    EXPECT_EQ(u.q_norm, "language_model.model.layers.3.self_attn.q_norm.weight");
+    EXPECT_EQ(g.k_norm, "language_model.model.layers.3.self_attn.k_norm_moe_gen.weight");
+    EXPECT_EQ(u.weight(PathLinear::Q), "language_model.model.layers.3.self_attn.q_proj.weight");
+    EXPECT_EQ(g.bias(PathLinear::V), "language_model.model.layers.3.self_attn.v_proj_moe_gen.bias");
+    EXPECT_EQ(g[PathLinear::O], "language_model.model.layers.3.self_attn.o_proj_moe_gen");
+    EXPECT_EQ(u[PathLinear::Gate], "language_model.model.layers.3.mlp.gate_proj");
+    EXPECT_EQ(g[PathLinear::Down], "language_model.model.layers.3.mlp_moe_gen.down_proj");
+    // The inventory's layer tensors are exactly the path visitor's, und then gen per layer, and
+    // each linear's input width is the one its statistics group declares.
+    const LanceConfig c = synth_config("tiny");
+    std::vector<std::string> want, got;
+    for (int i = 0; i < c.num_hidden_layers; ++i)
+        for (int gen = 0; gen < 2; ++gen)
+            for_each_path_tensor(c, i, gen == 1, [&](const TensorSpec& s) {
+                want.push_back(s.name);
+                if (s.kind != TensorKind::LinearWeight) return;
+                const auto l = static_cast<PathLinear>(s.path_linear);
+                EXPECT_EQ(s.shape[1], linear_input_width(c, linear_input(l))) << s.name;
+            });
+    for (const TensorSpec& s : lance_tensor_list(c, VitLayout::Bundled))
+        if (s.layer >= 0 && s.component != Component::Vit) got.push_back(s.name);
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(want.size(), static_cast<size_t>(c.num_hidden_layers) * 2 * 14);
 }
 
 TEST(LanceConfig, ReadsTheRealConfigValues) {

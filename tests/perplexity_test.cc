@@ -69,19 +69,21 @@ std::vector<int32_t> random_tokens(size_t n, uint64_t seed) {
 
 struct Loaded {
     std::unique_ptr<LanceCheckpoint> ck;
-    std::unique_ptr<LanceDecoder> dec;
+    std::unique_ptr<LanceWeights> weights;
+    std::unique_ptr<DecoderSession> dec;
 };
 Loaded load(const std::string& dir) {
     Loaded l;
     l.ck = LanceCheckpoint::open(dir);
     DecoderOptions o;
     o.logits_limit = kTokLen;
-    l.dec = std::make_unique<LanceDecoder>(*l.ck, o);
+    l.weights = std::make_unique<LanceWeights>(*l.ck, o);
+    l.dec = std::make_unique<DecoderSession>(*l.weights);
     return l;
 }
 
 // Full-sequence logits of one forward at positions 0..n-1, rows [n, vocab_size].
-std::vector<float> full_logits(LanceDecoder& dec, const std::vector<int32_t>& tokens) {
+std::vector<float> full_logits(DecoderSession& dec, const std::vector<int32_t>& tokens) {
     Batch b;
     b.token_ids.assign(tokens.begin(), tokens.end());
     for (size_t i = 0; i < tokens.size(); ++i) {

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <ctime>
 
 #include "core/error.h"
 #include "core/numeric.h"
@@ -230,50 +229,6 @@ TEST(QuantAwq, RejectsBadInput) {
     bad.group_size = 48;
     w[5] = 0.5f;
     EXPECT_THROW(awq_search({{"lin", w.data(), 32}}, 64, nullptr, bad), Error);
-}
-
-}  // namespace
-}  // namespace lancet::quant
-
-namespace lancet::quant {
-namespace {
-
-// Timing and error report on Lance-3B shapes (not a test: run with
-// --gtest_also_run_disabled_tests --gtest_filter='*Bench3b*').
-TEST(QuantAwq, DISABLED_Bench3bShapes) {
-    Rng rng(99);
-    const int h = 2048, I = 11008;
-    const std::vector<float> q = weights(rng, 2048, h), k = weights(rng, 256, h),
-                             v = weights(rng, 256, h), o = weights(rng, h, 2048),
-                             gate = weights(rng, I, h), up = weights(rng, I, h),
-                             down = weights(rng, h, I);
-    const LinearStats s_h = activations(rng, h, 2048, 512), s_o = activations(rng, 2048, 2048, 512),
-                      s_d = activations(rng, I, 2048, 512);
-    const std::vector<int> tie = gqa_tie_map(16, 2, 128);
-    struct Case {
-        const char* name;
-        std::vector<AwqConsumer> cons;
-        int in;
-        const LinearStats* st;
-        const std::vector<int>* tie;
-    };
-    const std::vector<Case> cases = {
-        {"qkv",
-         {{"q", q.data(), 2048}, {"k", k.data(), 256}, {"v", v.data(), 256}},
-         h,
-         &s_h,
-         nullptr},
-        {"o(v)", {{"o", o.data(), h}}, 2048, &s_o, &tie},
-        {"gate_up", {{"gate", gate.data(), I}, {"up", up.data(), I}}, h, &s_h, nullptr},
-        {"down(up)", {{"down", down.data(), h}}, I, &s_d, nullptr}};
-    for (const Case& c : cases) {
-        const auto t0 = std::clock();
-        const AwqResult r = awq_search(c.cons, c.in, c.st, AwqOptions{}, c.tie);
-        const double cpu = double(std::clock() - t0) / CLOCKS_PER_SEC;
-        std::printf("%-9s alpha %.2f  RTN %.4f / %.4f  AWQ %.4f / %.4f  wall %.2f s  cpu %.2f s\n",
-                    c.name, r.alpha, r.rtn.search, r.rtn.heldout, r.awq.search, r.awq.heldout,
-                    r.seconds, cpu);
-    }
 }
 
 }  // namespace

@@ -208,6 +208,12 @@ TEST(QuantQ4, GroupSizeFallback) {
     EXPECT_EQ(seed_group_size(384 + 128, 96), 128);  // the seed picks a larger group
     EXPECT_THROW(choose_group_size(2048, 48), Error);
     EXPECT_THROW(choose_group_size(33, 32), Error);
+    // The quantizers only check the size the plan chose: no silent fallback below them.
+    EXPECT_EQ(check_group_size(96, 32), 32);
+    EXPECT_EQ(check_group_size(48, 16), 16);
+    EXPECT_THROW(check_group_size(96, 64), Error);
+    EXPECT_THROW(check_group_size(33, 33), Error);
+    EXPECT_THROW(check_group_size(64, 0), Error);
 }
 
 TEST(QuantQ4, RejectsNonFiniteWeightsAndBadMatrices) {

@@ -1,7 +1,7 @@
 // Tests of the statistics file, `lancet stats merge|synth` and `lancet quantize`: the written
 // folder against the format spec (§1.1), the wiring against the layer math, function preservation
 // on the written files, the report, and every bad input.
-#include "quant/quantize.h"
+#include "pipeline/quantize.h"
 
 #include <gtest/gtest.h>
 #include <sys/mount.h>
@@ -22,6 +22,7 @@
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "model/synth.h"
+#include "pipeline/stats_synth.h"
 #include "quant/awq_layer.h"
 #include "quant/q4.h"
 #include "quant/stats_file.h"
@@ -88,23 +89,23 @@ class QuantizeTiny : public ::testing::Test {
         so.preset = "tiny";
         so.out = src().string();
         synth_checkpoint(so);
-        quant::SynthStatsOptions ss;
+        SynthStatsOptions ss;
         ss.model = src().string();
         ss.out = stats().string();
-        quant::synth_stats(ss);
-        quant::QuantizeOptions qo;
+        synth_stats(ss);
+        QuantizeOptions qo;
         qo.src = src().string();
         qo.stats = stats().string();
         qo.progress = false;
         qo.out = awq().string();
-        quant::quantize_checkpoint(qo);
+        quantize_checkpoint(qo);
         qo.clip = false;
         qo.out = awq_noclip().string();
-        quant::quantize_checkpoint(qo);
+        quantize_checkpoint(qo);
         qo.clip = true;
         qo.method = "rtn";
         qo.out = rtn().string();
-        quant::quantize_checkpoint(qo);
+        quantize_checkpoint(qo);
     }
     static void TearDownTestSuite() {
         delete dir_;
@@ -468,7 +469,7 @@ TEST_F(QuantizeTiny, ReportShowsAwqWellBelowRtn) {
     for (const char* type :
          {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
         EXPECT_EQ(rep["by_type"][type]["n_linears"], 4) << type;
-    const std::string table = quant::report_table(rep);
+    const std::string table = report_table(rep);
     EXPECT_NE(table.find("overall"), std::string::npos);
     EXPECT_NE(table.find("down_proj"), std::string::npos);
 }
@@ -477,12 +478,12 @@ TEST_F(QuantizeTiny, ReportShowsAwqWellBelowRtn) {
 // the norm left alone and o/down plain min-max.
 TEST_F(QuantizeTiny, PathWithoutStatisticsGetsRtnAndKeepsItsNorms) {
     TempDir d;
-    quant::SynthStatsOptions ss;
+    SynthStatsOptions ss;
     ss.model = src().string();
     ss.out = (d / "und.safetensors").string();
     ss.und_only = true;
     ss.tokens = 256;
-    quant::synth_stats(ss);
+    synth_stats(ss);
     const auto r = run_lancet("-q quantize --stats " + q(d / "und.safetensors") + " --src " +
                               q(src()) + " --out " + q(d / "out"));
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -688,18 +689,18 @@ TEST(StatsFile, MergeWeightsByTokenCounts) {
     so.preset = "tiny";
     so.out = (d / "m").string();
     synth_checkpoint(so);
-    quant::SynthStatsOptions ss;
+    SynthStatsOptions ss;
     ss.model = (d / "m").string();
     ss.rows = 64;
     ss.tokens = 300;
     ss.seed = 5;
     ss.out = (d / "a.safetensors").string();
-    quant::synth_stats(ss);
+    synth_stats(ss);
     ss.tokens = 100;
     ss.seed = 6;
     ss.und_only = true;  // b covers only the und path: gen is carried over from a
     ss.out = (d / "b.safetensors").string();
-    quant::synth_stats(ss);
+    synth_stats(ss);
     const auto r = run_lancet("stats merge " + q(d / "a.safetensors") + " " +
                               q(d / "b.safetensors") + " -o " + q(d / "c.safetensors"));
     ASSERT_EQ(r.exit_code, 0) << r.err;

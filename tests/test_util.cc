@@ -12,7 +12,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "quant/quantize.h"
+#include "pipeline/quantize.h"
 
 namespace lancet::test {
 
@@ -70,13 +70,13 @@ RunResult run_lancet(const std::string& args) {
 }
 
 std::string make_rtn_int4(const std::string& src, const fs::path& dst, int gs) {
-    quant::QuantizeOptions o;
+    QuantizeOptions o;
     o.method = "rtn";
     o.group_size = gs;
     o.src = src;
     o.out = dst.string();
     o.progress = false;
-    quant::quantize_checkpoint(o);
+    quantize_checkpoint(o);
     return o.out;
 }
 

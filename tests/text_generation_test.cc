@@ -27,7 +27,7 @@ std::string synth_tiny(const test::TempDir& dir) {
 }
 
 // Greedy continuation by re-running the full sequence for every new token (no cache reuse).
-std::vector<int32_t> greedy_by_full_forward(LanceDecoder& dec, const LanceConfig& cfg,
+std::vector<int32_t> greedy_by_full_forward(DecoderSession& dec, const LanceConfig& cfg,
                                             std::vector<int64_t> ids, int n) {
     std::vector<int32_t> out;
     for (int i = 0; i < n; ++i) {
@@ -55,7 +55,8 @@ TEST(TextGeneration, CachedDecodingEqualsFullRecompute) {
     auto ck = LanceCheckpoint::open(synth_tiny(dir));
     DecoderOptions d;
     d.logits_limit = 278;  // the synthetic tokenizer's length
-    LanceDecoder dec(*ck, d);
+    const LanceWeights dec_w(*ck, d);
+    DecoderSession dec(dec_w);
     const std::vector<int64_t> prompt = {256 + 1, 115, 121, 115, 10, 72, 105, 33, 256 + 2, 10};
     GenerateOptions g;
     g.max_new_tokens = 12;
@@ -143,7 +144,10 @@ TEST(DecoderWeights, Bf16CastEqualsPreRoundedWeights) {
     cast.load_gen = false;
     DecoderOptions plain;
     plain.load_gen = false;
-    LanceDecoder d_cast(*f32, cast), d_f32(*f32, plain), d_pre(*pre, plain);
+    const LanceWeights d_cast_w(*f32, cast);
+    const LanceWeights d_f32_w(*f32, plain);
+    const LanceWeights d_pre_w(*pre, plain);
+    DecoderSession d_cast(d_cast_w), d_f32(d_f32_w), d_pre(d_pre_w);
     Batch b;
     for (int64_t i = 0; i < 40; ++i) {
         b.token_ids.push_back((i * 37 + 11) % 278);

@@ -1,9 +1,17 @@
-// Checks ThreadPool partitioning: every item exactly once, static shares, nested calls run inline.
+// Checks ThreadPool partitioning: every item exactly once, ranges fixed by the sizes alone, shares
+// run once each, a stalled worker's chunks taken over by the caller, nested calls run inline, and
+// parallel_chunks reporting the same error for any thread count.
 #include "core/thread_pool.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -33,7 +41,31 @@ TEST(ThreadPool, EveryItemExactlyOnce) {
     }
 }
 
-TEST(ThreadPool, SharesAreStaticAndRunOnce) {
+TEST(ThreadPool, RangesDependOnlyOnTheSizes) {
+    // Which thread runs a range depends on timing; the ranges themselves must not, or kernels
+    // that compute each range's outputs in a fixed order would not be bit-identical run to run.
+    for (size_t threads : {2, 3}) {
+        ThreadPool pool(threads);
+        for (size_t n : {2, 5, 64, 1001}) {
+            std::set<std::pair<size_t, size_t>> first;
+            for (int rep = 0; rep < 50; ++rep) {
+                std::mutex mu;
+                std::set<std::pair<size_t, size_t>> ranges;
+                pool.parallel_for(n, [&](size_t b, size_t e) {
+                    std::lock_guard<std::mutex> lock(mu);
+                    ranges.emplace(b, e);
+                });
+                EXPECT_LE(ranges.size(), ThreadPool::kChunksPerThread * threads);
+                if (rep == 0)
+                    first = ranges;
+                else
+                    ASSERT_EQ(ranges, first) << "threads " << threads << " n " << n;
+            }
+        }
+    }
+}
+
+TEST(ThreadPool, SharesRunOnceEach) {
     ThreadPool pool(4);
     for (int rep = 0; rep < 200; ++rep) {  // many back-to-back jobs: spin and sleep paths
         std::vector<std::atomic<int>> seen(4);
@@ -42,6 +74,60 @@ TEST(ThreadPool, SharesAreStaticAndRunOnce) {
             seen[share]++;
         });
         for (auto& s : seen) ASSERT_EQ(s.load(), 1);
+    }
+}
+
+TEST(ThreadPool, StalledWorkerChunksAreTakenOver) {
+    // The first chunk a worker claims stalls until every other chunk is done (a descheduled
+    // worker). With static halves the caller would do its half and wait; with claimed chunks it
+    // does everything but the stalled chunk. Jobs where the caller ran every chunk before the
+    // worker woke prove nothing, so the experiment repeats until a worker took part.
+    ThreadPool pool(2);
+    const auto caller = std::this_thread::get_id();
+    const size_t n = 64;
+    bool worker_took_part = false;
+    for (int rep = 0; rep < 10000 && !worker_took_part; ++rep) {
+        std::atomic<size_t> done{0}, by_caller{0}, stalled_size{0};
+        std::atomic<bool> stalled{false};
+        pool.parallel_for(n, [&](size_t b, size_t e) {
+            if (std::this_thread::get_id() != caller && !stalled.exchange(true)) {
+                stalled_size = e - b;
+                // Bounded only so that a broken pool fails instead of hanging the suite.
+                const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+                while (done.load() < n - (e - b) && std::chrono::steady_clock::now() < give_up)
+                    std::this_thread::yield();
+            }
+            volatile size_t work = 0;  // a few microseconds per chunk, time for a worker to join
+            for (size_t i = 0; i < 20000; ++i) work = work + i;
+            if (std::this_thread::get_id() == caller) by_caller += e - b;
+            done += e - b;
+        });
+        ASSERT_EQ(done.load(), n);
+        if (stalled.load()) {
+            worker_took_part = true;
+            // Everything but the stalled chunk was done by the caller, not waiting for its share.
+            EXPECT_EQ(by_caller.load(), n - stalled_size.load());
+            EXPECT_GT(by_caller.load(), n / 2);
+        }
+    }
+    EXPECT_TRUE(worker_took_part);
+}
+
+TEST(ThreadPool, ParallelChunksReportsTheLowestFailingChunk) {
+    // Chunks 5 and 40 fail; whatever the thread count and schedule, chunk 5's error is reported.
+    for (size_t threads : {1, 2, 3}) {
+        ThreadPool pool(threads);
+        for (int rep = 0; rep < 20; ++rep) {
+            std::string what;
+            try {
+                parallel_chunks(pool, 100, 2, [&](int64_t b, int64_t) {
+                    if (b == 10 || b == 80) fail("chunk at ", b);
+                });
+            } catch (const Error& e) {
+                what = e.what();
+            }
+            ASSERT_EQ(what, "chunk at 10") << "threads " << threads;
+        }
     }
 }
 

@@ -195,6 +195,9 @@ TEST(TokenizerSynthetic, LoadErrorsNameTheFile) {
     expect_error(dir.path(), "vocab.json: invalid JSON");
     write_file(dir / "vocab.json", "{\"a\": 0, \"b\": 0}");
     expect_error(dir.path(), "vocab.json: id 0 is used by both");
+    // The strict parser of io/: a token listed twice is an error, not "the last one wins".
+    write_file(dir / "vocab.json", "{\"a\": 0, \"b\": 1, \"a\": 2}");
+    expect_error(dir.path(), "vocab.json: duplicate key \"a\"");
     write_file(dir / "vocab.json", "{\"a\": \"x\"}");
     expect_error(dir.path(), "vocab.json: id of token \"a\"");
     write_file(dir / "vocab.json", "{\"a\": 0}");

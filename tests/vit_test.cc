@@ -525,7 +525,8 @@ TEST(VisionTower, DecoderForwardTakesVitVideo) {
         tower.forward(kernels::OpContext::defaults(), video.data(), T, H, W);
     DecoderOptions dopt;
     dopt.logits_limit = 278;
-    LanceDecoder dec(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession dec(weights);
     Batch b;
     b.token_ids = ids;
     b.is_gen.assign(static_cast<size_t>(L), 0);
@@ -535,7 +536,7 @@ TEST(VisionTower, DecoderForwardTakesVitVideo) {
     EXPECT_EQ(b.positions[4 + K - 1], (RopePosition{4, 4 + 1, 4 + 2}));
     const int64_t D = c.hidden_size;
     std::vector<float> emb(static_cast<size_t>(L * D));
-    dec.embed_tokens(ids.data(), static_cast<size_t>(L), emb.data());
+    weights.embed_tokens(ids.data(), static_cast<size_t>(L), emb.data());
     std::memcpy(&emb[4 * D], rows.data(), rows.size() * 4);
     b.embeddings = emb.data();
     Outputs out;

@@ -1,7 +1,9 @@
 // `lancet bench`: `kernels` times the fused linear kernels on Lance's shapes against the machine's
 // streaming-read and FMA limits and against the naive dequantize-then-bf16 path; `decode` times
 // prefill and greedy decoding of whole models against the same read-bandwidth roofline; `vision`
-// times the ViT forward, split into linears and attention, against the GEMM rate of its weights.
+// times the ViT forward, split into linears and attention, against the GEMM rate of its weights;
+// `awq` times the AWQ search (scales, then clipping) on one decoder layer's linears at Lance's
+// sizes.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -33,6 +35,9 @@
 #include "model/lance_checkpoint.h"
 #include "model/vit.h"
 #include "pipeline/decode_bench.h"
+#include "quant/act_stats.h"
+#include "quant/awq.h"
+#include "quant/fusion.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
 namespace lancet::cli {
@@ -213,6 +218,9 @@ void write_json_atomically(const std::string& path, const nlohmann::json& record
 
 void run_kernels_bench(Options opt) {
     ThreadPool& pool = default_pool();
+    // The int4-f32 columns time exact activations through linear() whatever the default is; the
+    // W4A8 columns call linear_w4a8 explicitly (--act int8).
+    kernels::set_activation_mode(kernels::ActMode::F32);
     if (opt.reps < 1) fail("bench kernels: --reps must be >= 1");
     if (opt.quick) {
         opt.reps = std::min(opt.reps, 3);
@@ -450,7 +458,6 @@ void run_decode_bench(const DecodeOptions& opt) {
         DecoderOptions dopt;
         dopt.load_gen = false;     // text only: the und expert alone
         dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
-        dopt.pool = &pool;
         std::error_code ec;
         if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
             dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
@@ -458,7 +465,8 @@ void run_decode_bench(const DecodeOptions& opt) {
         {
             // One decoder at a time: the next model's weights replace this one's.
             log_info("bench decode: ", opt.models[i]);
-            LanceDecoder dec(ck, dopt);
+            const LanceWeights weights(ck, dopt);
+            DecoderSession dec(weights, kernels::OpContext::defaults(&pool));
             DecodeBenchOptions bo;
             bo.prompt_tokens = opt.prompt_tokens;
             bo.decode_tokens = opt.decode_tokens;
@@ -599,11 +607,119 @@ void run_vision_bench(const VisionOptions& o) {
     }
 }
 
+struct AwqBenchOptions {
+    int hidden = 2048, intermediate = 11008, heads = 16, kv_heads = 2;
+    int tokens = 2048, rows = 512, group_size = 64;
+    uint64_t seed = 99;
+    std::vector<std::string> groups;  // empty: all
+};
+
+// N(0, sd) weights where ~5% of rows have 2% of their entries blown up 8x (the heavy tails of
+// trained linears).
+std::vector<float> awq_bench_weights(Rng& rng, int out, int in, float sd = 0.02f) {
+    std::vector<float> w(static_cast<size_t>(out) * in);
+    for (auto& v : w) v = sd * static_cast<float>(rng.normal());
+    for (int o = 0; o < out; ++o)
+        if (rng.uniform() < 0.05)
+            for (int i = 0; i < in; ++i)
+                if (rng.uniform() < 0.02) w[static_cast<size_t>(o) * in + i] *= 8.0f;
+    return w;
+}
+
+// Statistics of `tokens` input rows where ~1.5% of the channels (at least 2) are 20-100x larger
+// than the rest (the outlier channels AWQ protects); every token also gets its own magnitude.
+quant::LinearStats awq_bench_activations(Rng& rng, int in, int tokens, int capacity) {
+    std::vector<float> chan(in, 1.0f);
+    const int n_out = std::max(2, in * 3 / 200);
+    for (int k = 0; k < n_out; ++k)
+        chan[rng.below(in)] = static_cast<float>(20 + 80 * rng.uniform());
+    quant::StatsAccumulator acc(in, capacity, rng.next_u64());
+    std::vector<float> x(in);
+    for (int t = 0; t < tokens; ++t) {
+        const double tok = 0.5 + rng.uniform();
+        for (int i = 0; i < in; ++i) x[i] = static_cast<float>(rng.normal() * chan[i] * tok);
+        acc.add_rows(x.data(), 1, in);
+    }
+    return acc.stats();
+}
+
+void run_awq_bench(const AwqBenchOptions& opt) {
+    ThreadPool& pool = default_pool();
+    if (opt.hidden < 1 || opt.intermediate < 1 || opt.heads < 1 || opt.kv_heads < 1 ||
+        opt.heads % opt.kv_heads != 0 || opt.hidden % opt.heads != 0)
+        fail("bench awq: need --hidden divisible by --heads, --heads by --kv-heads (got ",
+             opt.hidden, ", ", opt.heads, ", ", opt.kv_heads, ")");
+    if (opt.tokens < 8 || opt.rows < 8) fail("bench awq: --tokens and --rows must be >= 8");
+    static const char* kGroups[] = {"qkv", "o", "gateup", "down"};
+    for (const std::string& g : opt.groups)
+        if (std::find(std::begin(kGroups), std::end(kGroups), g) == std::end(kGroups))
+            fail("bench awq: unknown group '", g, "' (expected qkv, o, gateup or down)");
+    auto wanted = [&](const char* g) {
+        return opt.groups.empty() ||
+               std::find(opt.groups.begin(), opt.groups.end(), g) != opt.groups.end();
+    };
+    const int h = opt.hidden, I = opt.intermediate, hd = h / opt.heads, kv = opt.kv_heads * hd;
+    std::printf(
+        "lancet bench awq: hidden %d, intermediate %d, %d/%d heads, %d tokens, %d rows, "
+        "group size %d, %zu threads\n",
+        h, I, opt.heads, opt.kv_heads, opt.tokens, opt.rows, opt.group_size, pool.size());
+    std::printf("%-9s %6s %6s %6s %9s %9s %9s %9s %8s %8s\n", "group", "in", "out", "alpha",
+                "RTN srch", "RTN held", "AWQ srch", "AWQ held", "wall s", "cpu s");
+    Rng rng(opt.seed);
+    quant::AwqOptions ao;
+    ao.group_size = opt.group_size;
+    auto report = [&](const char* name, const std::vector<quant::AwqConsumer>& cons, int in,
+                      const quant::LinearStats& st, const std::vector<int>* tie) {
+        int out = 0;
+        for (const auto& c : cons) out += c.out;
+        rusage r0{}, r1{};
+        getrusage(RUSAGE_SELF, &r0);
+        const quant::AwqResult r = quant::awq_search(cons, in, &st, ao, tie);
+        getrusage(RUSAGE_SELF, &r1);
+        auto secs = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
+        const double cpu =
+            secs(r1.ru_utime) - secs(r0.ru_utime) + secs(r1.ru_stime) - secs(r0.ru_stime);
+        std::printf("%-9s %6d %6d %6.2f %9.4f %9.4f %9.4f %9.4f %8.2f %8.2f\n", name, in, out,
+                    r.alpha, r.rtn.search, r.rtn.heldout, r.awq.search, r.awq.heldout, r.seconds,
+                    cpu);
+        std::fflush(stdout);
+    };
+    // Every group's weights and statistics are drawn (in a fixed order) whether it runs or not,
+    // so a group's numbers do not depend on which others were selected.
+    const std::vector<float> q = awq_bench_weights(rng, h, h), k = awq_bench_weights(rng, kv, h),
+                             v = awq_bench_weights(rng, kv, h);
+    const quant::LinearStats s_h = awq_bench_activations(rng, h, opt.tokens, opt.rows);
+    if (wanted("qkv"))
+        report("qkv", {{"q", q.data(), h}, {"k", k.data(), kv}, {"v", v.data(), kv}}, h, s_h,
+               nullptr);
+    {
+        const std::vector<float> o = awq_bench_weights(rng, h, h);
+        const quant::LinearStats s_o = awq_bench_activations(rng, h, opt.tokens, opt.rows);
+        const std::vector<int> tie = quant::gqa_tie_map(opt.heads, opt.kv_heads, hd);
+        if (wanted("o")) report("o(v)", {{"o", o.data(), h}}, h, s_o, &tie);
+    }
+    {
+        const std::vector<float> gate = awq_bench_weights(rng, I, h),
+                                 up = awq_bench_weights(rng, I, h);
+        if (wanted("gateup"))
+            report("gate_up", {{"gate", gate.data(), I}, {"up", up.data(), I}}, h, s_h, nullptr);
+    }
+    {
+        const std::vector<float> down = awq_bench_weights(rng, h, I);
+        const quant::LinearStats s_d = awq_bench_activations(rng, I, opt.tokens, opt.rows);
+        if (wanted("down")) report("down(up)", {{"down", down.data(), h}}, I, s_d, nullptr);
+    }
+    std::printf(
+        "\nerrors = ||dY||/||Y|| of seed RTN and of the AWQ result on the search and held-out "
+        "rows; wall = the search's own time, cpu = process CPU time during it (all "
+        "threads).\n");
+}
+
 }  // namespace
 
 void add_bench(CLI::App& app) {
     CLI::App* bench = app.add_subcommand(
-        "bench", "Measure performance (scenarios: kernels, decode, vision, vae)");
+        "bench", "Measure performance (scenarios: kernels, decode, vision, vae, awq)");
     bench->require_subcommand(1);
     bench->fallthrough();
     auto opt = std::make_shared<Options>();
@@ -658,6 +774,22 @@ void add_bench(CLI::App& app) {
     vb->callback([vopt] { run_vision_bench(*vopt); });
 
     add_bench_vae(*bench);
+
+    auto aopt = std::make_shared<AwqBenchOptions>();
+    CLI::App* a = bench->add_subcommand(
+        "awq", "Time the AWQ search on one decoder layer's linears (synthetic, Lance 3b sizes)");
+    a->fallthrough();
+    a->add_option("--groups", aopt->groups, "Groups: qkv, o, gateup, down (default all)")
+        ->delimiter(',');
+    a->add_option("--hidden", aopt->hidden, "Hidden size (default 2048)");
+    a->add_option("--intermediate", aopt->intermediate, "MLP width (default 11008)");
+    a->add_option("--heads", aopt->heads, "Attention heads (default 16)");
+    a->add_option("--kv-heads", aopt->kv_heads, "Key/value heads (default 2)");
+    a->add_option("--tokens", aopt->tokens, "Activation rows summarised (default 2048)");
+    a->add_option("--rows", aopt->rows, "Rows kept for the search and report (default 512)");
+    a->add_option("--group-size", aopt->group_size, "INT4 group size (default 64)");
+    a->add_option("--seed", aopt->seed, "Seed of the synthetic weights and activations");
+    a->callback([aopt] { run_awq_bench(*aopt); });
 }
 
 }  // namespace lancet::cli

@@ -13,8 +13,8 @@
 #include "model/synth.h"
 #include "pipeline/calibrate.h"
 #include "pipeline/perplexity.h"
+#include "pipeline/quantize.h"
 #include "pipeline/text_generation.h"
-#include "quant/quantize.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
@@ -82,17 +82,17 @@ void run_demo(const std::string& dir) {
     calibrate(co);
 
     std::printf("[3/6] quantize: RTN (the seed's baseline) and AWQ, group size 64\n");
-    quant::QuantizeOptions qo;
+    QuantizeOptions qo;
     qo.src = model;
     qo.force = true;
     qo.progress = false;
     qo.method = "rtn";
     qo.out = rtn;
-    quant::quantize_checkpoint(qo);
+    quantize_checkpoint(qo);
     qo.method = "awq";
     qo.stats = stats;
     qo.out = awq;
-    std::printf("%s", quant::report_table(quant::quantize_checkpoint(qo)).c_str());
+    std::printf("%s", report_table(quantize_checkpoint(qo)).c_str());
 
     std::printf(
         "[4/6] perplexity of the original, RTN and AWQ on built-in text (KL vs original)\n");
@@ -102,7 +102,8 @@ void run_demo(const std::string& dir) {
     DecoderOptions dopt;
     dopt.load_gen = false;  // text only: the und expert alone
     dopt.logits_limit = static_cast<int64_t>(tok.size());
-    LanceDecoder d_o(*ck_o, dopt), d_r(*ck_r, dopt), d_a(*ck_a, dopt);
+    const LanceWeights w_o(*ck_o, dopt), w_r(*ck_r, dopt), w_a(*ck_a, dopt);
+    DecoderSession d_o(w_o), d_r(w_r), d_a(w_a);
     PerplexityOptions po;
     po.ctx = 256;
     po.vocab_limit = dopt.logits_limit;

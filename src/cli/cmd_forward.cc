@@ -49,7 +49,8 @@ void run_forward(const ForwardArgs& a) {
     DecoderOptions dopt;
     if (std::filesystem::exists(std::filesystem::path(a.model) / "vocab.json", ec))
         dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(a.model).size());
-    LanceDecoder dec(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession dec(weights);
     Outputs out;
     ForwardOptions fo;
     fo.final_hidden = true;

@@ -138,7 +138,8 @@ class Generator {
         log_info("lancet: ", kernels::runtime_description(default_pool()), "; model ", model_);
         DecoderOptions dopt;
         dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
-        dec_ = std::make_unique<LanceDecoder>(*ck_, dopt);
+        weights_ = std::make_unique<LanceWeights>(*ck_, dopt);
+        dec_ = std::make_unique<DecoderSession>(*weights_);
     }
 
     // What one item produced.
@@ -291,7 +292,8 @@ class Generator {
     std::string model_, vae_path_;
     std::unique_ptr<LanceCheckpoint> ck_;
     std::unique_ptr<Qwen2Tokenizer> tok_;
-    std::unique_ptr<LanceDecoder> dec_;
+    std::unique_ptr<LanceWeights> weights_;
+    std::unique_ptr<DecoderSession> dec_;
     std::unique_ptr<VisionTower> tower_;
 };
 

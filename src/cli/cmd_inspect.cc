@@ -1,5 +1,6 @@
 // `lancet inspect`: what a checkpoint holds (components, dtypes, parameters, bits per weight,
 // config) read from the headers alone, or one tensor's statistics.
+#include <algorithm>
 #include <cinttypes>
 #include <cmath>
 #include <filesystem>
@@ -9,7 +10,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "io/pth.h"
+#include "io/tensor_source.h"
 #include "model/lance_checkpoint.h"
 #include "model/wan_vae_tensors.h"
 
@@ -69,66 +70,40 @@ void print_tensor_stats(const std::string& name, const std::string& file, const 
     std::printf("zeros %" PRId64 "  nan %" PRId64 "  inf %" PRId64 "\n", zeros, nan, inf);
 }
 
-// A bare safetensors file (statistics, a ViT file, anything): counts by dtype only.
+// A bare tensor file: a safetensors file (statistics, a ViT file, anything) or a PyTorch state
+// dict (the Wan2.2 VAE ships as Wan2.2_VAE.pth, read without running any pickle). Counts by dtype.
 void inspect_file(const std::string& path, const std::string& tensor) {
-    auto ck = Checkpoint::open(path);
+    const std::unique_ptr<TensorSource> src = open_tensor_source(path);
     if (!tensor.empty()) {
-        print_tensor_stats(tensor, ck->file_of(tensor), ck->view(tensor));
+        const std::string& file = src->file_of(tensor);
+        print_tensor_stats(tensor, file, src->get(tensor));
         return;
     }
     std::map<std::string, Tally> by_dtype;
     Tally total;
-    for (const std::string& n : ck->names()) {
-        const TensorEntry& e = ck->entry(n);
-        Tally& t = by_dtype[std::string(dtype_name(e.dtype))];
-        for (Tally* x : {&t, &total}) {
+    for (const std::string& n : src->names()) {
+        const TensorInfo e = src->info(n);
+        for (Tally* x : {&by_dtype[std::string(dtype_name(e.dtype))], &total}) {
             ++x->tensors;
             x->params += shape_numel(e.shape);
-            x->bytes += e.end - e.begin;
+            x->bytes += e.nbytes;
         }
     }
-    std::printf("file:    %s\ntensors: %" PRId64 ", %" PRId64 " elements, %s\n",
-                ck->source().c_str(), total.tensors, total.params,
+    const std::string format = src->format() == "safetensors" ? "" : " (" + src->format() + ")";
+    std::printf("file:    %s%s\ntensors: %" PRId64 ", %" PRId64 " elements, %s\n",
+                src->source().c_str(), format.c_str(), total.tensors, total.params,
                 human_bytes(static_cast<double>(total.bytes)).c_str());
     for (const auto& [dt, t] : by_dtype)
         std::printf("  %-8s %6" PRId64 " tensors  %14" PRId64 " elements\n", dt.c_str(), t.tensors,
                     t.params);
-    for (const auto& [k, v] : ck->metadata())
+    for (const auto& [k, v] : src->metadata())
         std::printf("metadata: %s = %s\n", k.c_str(), v.c_str());
-}
-
-// A PyTorch state dict (the Wan2.2 VAE ships as Wan2.2_VAE.pth): read without running any pickle.
-void inspect_pth(const std::string& path, const std::string& tensor) {
-    PthFile f(path);
-    if (!tensor.empty()) {
-        const PthTensor& t = f.at(tensor);
-        const std::vector<uint8_t> bytes = t.to_contiguous();
-        TensorView v;
-        v.dtype = t.dtype;
-        v.shape = t.shape;
-        v.data = bytes.data();
-        v.nbytes = bytes.size();
-        print_tensor_stats(tensor, path, v);
-        return;
-    }
-    std::map<std::string, Tally> by_dtype;
-    Tally total;
-    for (const PthTensor& t : f.tensors()) {
-        for (Tally* x : {&by_dtype[std::string(dtype_name(t.dtype))], &total}) {
-            ++x->tensors;
-            x->params += static_cast<int64_t>(t.numel());
-            x->bytes += t.nbytes();
-        }
-    }
-    std::printf("file:    %s (PyTorch zip state dict)\ntensors: %" PRId64 ", %" PRId64
-                " elements, %s\n",
-                path.c_str(), total.tensors, total.params,
-                human_bytes(static_cast<double>(total.bytes)).c_str());
-    for (const auto& [dt, t] : by_dtype)
-        std::printf("  %-8s %6" PRId64 " tensors  %14" PRId64 " elements\n", dt.c_str(), t.tensors,
-                    t.params);
     // A Wan2.2 VAE: its structure as recovered from the shapes, or why it would not load.
-    if (f.find("encoder.conv1.weight") && f.find("decoder.conv1.weight")) {
+    const std::vector<std::string> names = src->names();
+    const auto has = [&](const char* n) {
+        return std::find(names.begin(), names.end(), n) != names.end();
+    };
+    if (has("encoder.conv1.weight") && has("decoder.conv1.weight")) {
         try {
             const WanVaeFile vae(path);
             const WanVaeConfig& c = vae.config();
@@ -286,8 +261,6 @@ void add_inspect(CLI::App& app) {
         std::error_code ec;
         if (fs::is_directory(*path, ec))
             inspect_model(*path, *vit, *tensor, *json_out);
-        else if (path->ends_with(".pth") || path->ends_with(".pt"))
-            inspect_pth(*path, *tensor);
         else if (fs::exists(*path, ec))
             inspect_file(*path, *tensor);
         else

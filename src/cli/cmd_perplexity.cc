@@ -84,12 +84,14 @@ void run_perplexity(const PerplexityArgs& a) {
     DecoderOptions dopt;
     dopt.load_gen = false;  // text only: the und expert alone
     dopt.logits_limit = static_cast<int64_t>(tok.size());
-    dopt.pool = &pool;
-    std::vector<std::unique_ptr<LanceDecoder>> decs;
-    std::vector<LanceDecoder*> ptrs;
+    std::vector<std::unique_ptr<LanceWeights>> weights;
+    std::vector<std::unique_ptr<DecoderSession>> decs;
+    std::vector<DecoderSession*> ptrs;
     for (size_t i = 0; i < cks.size(); ++i) {
         log_info("perplexity: loading ", a.models[i]);
-        decs.push_back(std::make_unique<LanceDecoder>(*cks[i], dopt));
+        weights.push_back(std::make_unique<LanceWeights>(*cks[i], dopt));
+        decs.push_back(
+            std::make_unique<DecoderSession>(*weights.back(), kernels::OpContext::defaults(&pool)));
         ptrs.push_back(decs.back().get());
     }
     PerplexityOptions po;

@@ -7,8 +7,8 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/thread_pool.h"
-#include "quant/quantize.h"
+#include "pipeline/quantize.h"
+#include "pipeline/stats_synth.h"
 #include "quant/stats_file.h"
 
 namespace lancet::cli {
@@ -17,9 +17,8 @@ void add_quantize(CLI::App& app) {
     auto* cmd = app.add_subcommand(
         "quantize",
         "Quantize a Lance checkpoint to AWQ INT4 (the published awq_state_dict layout)");
-    auto opt = std::make_shared<quant::QuantizeOptions>();
+    auto opt = std::make_shared<QuantizeOptions>();
     auto include = std::make_shared<std::vector<std::string>>();
-    auto threads = std::make_shared<size_t>(0);
     auto no = std::make_shared<std::array<bool, 4>>();  // search, clip, fuse-ov, fuse-updown
     cmd->add_option("--method", opt->method, "awq (activation-aware, needs --stats) or rtn")
         ->check(CLI::IsMember({"awq", "rtn"}))
@@ -38,9 +37,7 @@ void add_quantize(CLI::App& app) {
     cmd->add_flag("--no-clip", (*no)[1], "No clipping search");
     cmd->add_flag("--no-fuse-ov", (*no)[2], "Do not fold o_proj scales into v_proj");
     cmd->add_flag("--no-fuse-updown", (*no)[3], "Do not fold down_proj scales into up_proj");
-    cmd->add_option("--threads", *threads, "Worker threads (default: all cores)");
-    cmd->callback([opt, include, threads, no] {
-        if (*threads > 0) set_default_threads(*threads);
+    cmd->callback([opt, include, no] {
         for (const std::string& i : *include) {
             if (i == "lm_head") opt->include_lm_head = true;
             if (i == "vit") opt->include_vit = true;
@@ -49,11 +46,11 @@ void add_quantize(CLI::App& app) {
         opt->clip = !(*no)[1];
         opt->fuse_ov = !(*no)[2];
         opt->fuse_updown = !(*no)[3];
-        const auto report = quant::quantize_checkpoint(*opt);
+        const auto report = quantize_checkpoint(*opt);
         std::printf("wrote %s (%s, group size %d) in %.1f s\n", opt->out.c_str(),
                     opt->method.c_str(), opt->group_size,
                     report["totals"]["seconds"].get<double>());
-        std::printf("%s", quant::report_table(report).c_str());
+        std::printf("%s", report_table(report).c_str());
     });
 }
 
@@ -78,7 +75,7 @@ void add_stats(CLI::App& app) {
         "synth",
         "Statistics from synthetic activations consistent with a checkpoint, without running it "
         "(`lancet calibrate` records the real ones)");
-    auto so = std::make_shared<quant::SynthStatsOptions>();
+    auto so = std::make_shared<SynthStatsOptions>();
     synth->add_option("--model", so->model, "Checkpoint folder (e.g. from lancet synth)")
         ->required();
     synth->add_option("-o,--out", so->out, "Output file")->required();
@@ -88,7 +85,7 @@ void add_stats(CLI::App& app) {
     synth->add_flag("--und-only", so->und_only,
                     "Only the und path (like the seed's x2t calibration): gen gets none");
     synth->callback([so] {
-        quant::synth_stats(*so);
+        synth_stats(*so);
         std::printf("wrote %s\n", so->out.c_str());
     });
 }

@@ -38,7 +38,8 @@ void run_chat(const RunArgs& a) {
     dopt.load_gen = false;     // text only: the und expert alone
     dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
     dopt.logits_limit = static_cast<int64_t>(tok.size());
-    LanceDecoder decoder(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession decoder(weights);
 
     const std::string text = render_chat(a.system, {{"user", a.prompt}});
     const std::vector<int32_t> ids32 = tok.encode(text);

@@ -101,7 +101,8 @@ void run_sample(const SampleArgs& a) {
     }
     DecoderOptions dopt;
     dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
-    LanceDecoder dec(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession dec(weights);
     const SampleResult r = flow_sample(dec, seq, fo);
 
     // The target block for --decode: the gen rows of the noise split.

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string_view>
 
 namespace lancet {
 
@@ -44,5 +45,13 @@ class Rng {
     double spare_ = 0;
     bool has_spare_ = false;
 };
+
+// FNV-1a of `name` keyed by `seed`: a stream seed per tensor or linear that depends on its name,
+// not on the order things are visited in.
+inline uint64_t name_hash(uint64_t seed, std::string_view name) {
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
 
 }  // namespace lancet

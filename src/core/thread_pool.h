@@ -1,4 +1,5 @@
-// ThreadPool: a fixed set of workers with static partitioning, so results never depend on timing.
+// ThreadPool: a fixed set of workers that claim a job's chunks dynamically, with chunk boundaries
+// fixed in advance, so results never depend on timing and a slow worker never holds up the rest.
 #pragma once
 
 #include <algorithm>
@@ -12,14 +13,23 @@
 
 namespace lancet {
 
-// n threads in all, the caller included (it runs share 0). Work is split statically: share t of
-// T gets items [n*t/T, n*(t+1)/T), so which thread computes an item depends only on the count, and
-// kernels that compute each output with a fixed instruction sequence give bit-identical results
-// for any thread count. Workers spin briefly after a job (decode issues many small jobs back to
-// back) and then sleep on a futex.
+// n threads in all, the caller included. A job is a fixed list of chunks (shares of run(),
+// ranges of parallel_for) whose boundaries depend only on the job's size and the thread count;
+// the caller and the workers claim chunks one at a time through an atomic counter, so which
+// thread computes a chunk depends on timing but what it computes does not: kernels that compute
+// each output with a fixed instruction sequence give bit-identical results for any thread count
+// and any schedule. A worker that is descheduled or slow (another process on its core) simply
+// claims fewer chunks; the caller never waits for a worker that has not started, only for a
+// chunk already claimed. Waits are adaptive: a short spin, then sched_yield, then a futex sleep,
+// so idle or preempted threads do not burn the cores the working ones need; a worker that keeps
+// finding nothing left to claim sleeps at once, and sleeping workers are woken only for jobs
+// whose remaining chunks are worth the wake-up.
 class ThreadPool {
   public:
     static constexpr size_t kMaxThreads = 1024;  // more is a typo, not a machine
+    // parallel_for splits into up to this many ranges per thread, so that the other threads can
+    // take over a slow thread's remaining ranges.
+    static constexpr size_t kChunksPerThread = 4;
 
     // Fails (lancet::Error) above kMaxThreads or when the system cannot start the threads.
     explicit ThreadPool(size_t n_threads);
@@ -29,16 +39,19 @@ class ThreadPool {
 
     size_t size() const { return n_threads_; }
 
-    // Calls fn(share, n_shares) once for every share 0..size()-1, share 0 on the calling thread,
-    // and returns when all have finished. fn must not throw. A call from inside a job (nested)
-    // runs all shares on the current thread, in order.
+    // Calls fn(share, n_shares) once for every share 0..size()-1 (n_shares == size()), each on
+    // whichever thread claims it (the calling thread takes part), and returns when all have
+    // finished. No two calls with the same share overlap, so per-share scratch indexed by share
+    // is safe. fn must not throw. A call from inside a job (nested) runs all shares on the
+    // current thread, in order.
     template <typename F>
     void run(F&& fn) {
-        run_erased(&invoke<std::remove_reference_t<F>>, &fn);
+        run_erased(&invoke<std::remove_reference_t<F>>, &fn, n_threads_);
     }
 
-    // Splits [0, n_items) into size() contiguous ranges (in units of `grain` items, so a range
-    // never splits a block) and calls fn(begin, end) for each non-empty one.
+    // Splits [0, n_items) into contiguous ranges in units of `grain` items (a range never splits
+    // a block), at most kChunksPerThread * size() of them, and calls fn(begin, end) once for each.
+    // The ranges depend only on n_items, grain and size(); fn must not throw.
     template <typename F>
     void parallel_for(size_t n_items, F&& fn, size_t grain = 1) {
         const size_t units = (n_items + grain - 1) / grain;
@@ -46,29 +59,47 @@ class ThreadPool {
             if (n_items > 0) fn(size_t{0}, n_items);
             return;
         }
-        run([&](size_t t, size_t nt) {
-            const size_t b = units * t / nt * grain;
-            const size_t e = std::min(n_items, units * (t + 1) / nt * grain);
+        const size_t chunks = std::min(units, kChunksPerThread * n_threads_);
+        run_chunks(chunks, [&](size_t c, size_t nc) {
+            const size_t b = units * c / nc * grain;
+            const size_t e = std::min(n_items, units * (c + 1) / nc * grain);
             if (b < e) fn(b, e);
         });
     }
 
   private:
-    using Thunk = void (*)(void* ctx, size_t share, size_t n_shares);
+    using Thunk = void (*)(void* ctx, size_t chunk, size_t n_chunks);
     template <typename F>
-    static void invoke(void* ctx, size_t share, size_t n_shares) {
-        (*static_cast<F*>(ctx))(share, n_shares);
+    static void invoke(void* ctx, size_t chunk, size_t n_chunks) {
+        (*static_cast<F*>(ctx))(chunk, n_chunks);
     }
-    void run_erased(Thunk thunk, void* ctx);
-    void worker(size_t share);
+    template <typename F>
+    void run_chunks(size_t n_chunks, F&& fn) {
+        run_erased(&invoke<std::remove_reference_t<F>>, &fn, n_chunks);
+    }
+    void run_erased(Thunk thunk, void* ctx, size_t n_chunks);
+    // Claims and runs chunks of job `gen` until none is left; returns how many it ran and sets
+    // n_chunks to the job's count when it ran any.
+    uint32_t claim_and_run(uint32_t gen, uint32_t& n_chunks);
+    void worker();
 
     size_t n_threads_;
     std::vector<std::thread> workers_;
     std::mutex run_mutex_;  // one job at a time when several outside threads share the pool
-    Thunk thunk_ = nullptr;
-    void* ctx_ = nullptr;
-    std::atomic<uint32_t> generation_{0};  // bumped to start a job
-    std::atomic<uint32_t> pending_{0};     // workers still running the current job
+    uint32_t gen_ = 0;      // the caller's job counter (under run_mutex_)
+
+    // The current job's function, published by the release store of ticket_ and read only after
+    // a successful claim (the job cannot end before the claimed chunk does). Atomics (relaxed)
+    // because a worker late for one job may race with the set-up of the next.
+    std::atomic<Thunk> thunk_{nullptr};
+    std::atomic<void*> ctx_{nullptr};
+    // generation (32 bits) | chunk count (16) | next unclaimed chunk (16), claimed by
+    // compare-exchange: a claim succeeds only for the job, and within the count, the claimer saw.
+    std::atomic<uint64_t> ticket_{0};
+    std::atomic<uint32_t> done_{0};             // chunks of the current job finished (futex word)
+    std::atomic<uint32_t> caller_sleeping_{0};  // the caller waits on done_ in the kernel
+    std::atomic<uint32_t> job_seq_{0};          // generation of the newest job (futex word)
+    std::atomic<uint32_t> sleepers_{0};         // workers waiting on job_seq_ in the kernel
     std::atomic<bool> stop_{false};
 };
 
@@ -86,11 +117,13 @@ void set_default_threads(size_t n);
 
 namespace lancet {
 
-// Calls fn(begin, end) on the chunks [c * chunk, min(n, (c + 1) * chunk)) of [0, n), each share of
-// `pool` taking a contiguous run of whole chunks. Chunk boundaries depend only on n and chunk, so
-// work that writes only its own chunk's outputs is bit-identical for any thread count. Unlike
-// ThreadPool::run, fn may throw: after every share has finished, the exception of the failing
-// range that starts first is rethrown (so which error is reported does not depend on timing).
+// Calls fn(begin, end) on the chunks [c * chunk, min(n, (c + 1) * chunk)) of [0, n), the pool's
+// ranges each taking a contiguous run of whole chunks. Chunk boundaries depend only on n and
+// chunk, so work that writes only its own chunk's outputs is bit-identical for any thread count.
+// Unlike ThreadPool::run, fn may throw: a range stops at its first failing chunk, and after every
+// range has finished the exception of the lowest failing chunk is rethrown (it always runs, as no
+// chunk before it in its range failed), so which error is reported depends neither on timing nor
+// on the thread count.
 template <typename F>
 void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, F&& fn) {
     if (n <= 0) return;
@@ -100,14 +133,15 @@ void parallel_chunks(ThreadPool& pool, int64_t n, int64_t chunk, F&& fn) {
     std::exception_ptr first;
     size_t first_at = n_chunks;
     pool.parallel_for(n_chunks, [&](size_t c0, size_t c1) {
+        size_t c = c0;
         try {
-            for (size_t c = c0; c < c1; ++c)
+            for (; c < c1; ++c)
                 fn(static_cast<int64_t>(c) * chunk,
                    std::min(n, static_cast<int64_t>(c + 1) * chunk));
         } catch (...) {
             std::lock_guard<std::mutex> lock(mu);
-            if (c0 < first_at) {
-                first_at = c0;
+            if (c < first_at) {
+                first_at = c;
                 first = std::current_exception();
             }
         }

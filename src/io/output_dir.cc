@@ -48,12 +48,14 @@ OutputDir::OutputDir(std::string final_path, bool force)
     : final_(std::move(final_path)), force_(force) {
     while (final_.size() > 1 && final_.back() == '/') final_.pop_back();
     check_not_source(final_);
+    remove_stale_temps(final_);
     std::error_code ec;
     if (fs::exists(final_, ec) && !force_)
         fail(final_, ": already exists (use --force to replace it)");
     if (fs::exists(final_, ec) && !fs::is_directory(final_, ec))
         fail(final_, ": exists and is not a folder");
     tmp_ = final_ + ".tmp." + std::to_string(::getpid());
+    reg_ = std::make_unique<TempRegistration>(tmp_);
     fs::remove_all(tmp_, ec);
     if (!fs::create_directories(tmp_, ec) || ec)
         fail(final_, ": cannot create ", tmp_, ": ", ec.message());
@@ -73,16 +75,24 @@ std::string OutputDir::file(const std::string& name) const {
 void OutputDir::commit() {
     std::error_code ec;
     std::string old;
+    std::unique_ptr<TempRegistration> old_reg;  // the replaced output, garbage once swapped
     if (fs::exists(final_, ec)) {
         old = final_ + ".old." + std::to_string(::getpid());
-        fs::rename(final_, old, ec);
-        if (ec) fail(final_, ": cannot move the old folder aside: ", ec.message());
+        old_reg = std::make_unique<TempRegistration>(old);
     }
-    fs::rename(tmp_, final_, ec);
-    if (ec) {
-        if (!old.empty()) fs::rename(old, final_, ec);
-        fail(final_, ": cannot rename ", tmp_, " into place");
-    }
+    // Both renames under the registry's lock: an interruption sees the old output in place and
+    // the temporary (removed), or the new output in place and the old one aside (removed).
+    reg_->commit([&] {
+        if (!old.empty()) {
+            fs::rename(final_, old, ec);
+            if (ec) fail(final_, ": cannot move the old folder aside: ", ec.message());
+        }
+        fs::rename(tmp_, final_, ec);
+        if (ec) {
+            if (!old.empty()) fs::rename(old, final_, ec);
+            fail(final_, ": cannot rename ", tmp_, " into place");
+        }
+    });
     committed_ = true;
     if (!old.empty()) fs::remove_all(old, ec);
 }

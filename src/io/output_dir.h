@@ -2,13 +2,17 @@
 // complete.
 #pragma once
 
+#include <memory>
 #include <string>
+
+#include "io/temp_output.h"
 
 namespace lancet {
 
 class OutputDir {
   public:
-    // Refuses an existing `final_path` unless `force`. Creates `<final_path>.tmp.<pid>`.
+    // Refuses an existing `final_path` unless `force`. Creates `<final_path>.tmp.<pid>`, registered
+    // for removal on SIGINT/SIGTERM, after removing the temporaries of dead runs beside it.
     OutputDir(std::string final_path, bool force);
     ~OutputDir();  // removes the temporary folder unless commit() succeeded
     OutputDir(const OutputDir&) = delete;
@@ -23,6 +27,7 @@ class OutputDir {
   private:
     std::string final_, tmp_;
     bool force_, committed_ = false;
+    std::unique_ptr<TempRegistration> reg_;
 };
 
 // True when a and b name the same file or folder or one lies inside the other (either may not

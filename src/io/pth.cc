@@ -188,4 +188,37 @@ bool PthFile::verify_crc() const {
     return true;
 }
 
+PthSource::PthSource(const std::string& path) : file_(path) {
+    for (const PthTensor& t : file_.tensors()) names_.push_back(t.name);
+}
+
+TensorInfo PthSource::info(const std::string& name) const {
+    const PthTensor& t = file_.at(name);
+    return {t.dtype, Shape(t.shape.begin(), t.shape.end()), t.nbytes()};
+}
+
+TensorView PthSource::get(const std::string& name) const {
+    const PthTensor& t = file_.at(name);
+    TensorView v;
+    v.dtype = t.dtype;
+    v.shape.assign(t.shape.begin(), t.shape.end());
+    if (t.is_contiguous()) {
+        const std::span<const uint8_t> b = t.contiguous_bytes(file_.label());
+        v.data = b.data();
+        v.nbytes = b.size();
+        return v;
+    }
+    const std::lock_guard<std::mutex> lock(gathered_mutex_);
+    auto it = gathered_.find(name);
+    if (it == gathered_.end()) it = gathered_.emplace(name, t.to_contiguous()).first;
+    v.data = it->second.data();
+    v.nbytes = it->second.size();
+    return v;
+}
+
+const std::string& PthSource::file_of(const std::string& name) const {
+    file_.at(name);  // throws naming the file when absent
+    return file_.label();
+}
+
 }  // namespace lancet

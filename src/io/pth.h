@@ -3,7 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "io/tensor_source.h"
 #include "io/zip_reader.h"
 
 namespace lancet {
@@ -75,6 +78,28 @@ class PthFile {
     std::string prefix_;
     std::vector<PthTensor> tensors_;
     std::unordered_map<std::string, size_t> by_name_;
+};
+
+// A .pth state dict as a TensorSource (names in file order). A tensor stored with strides is
+// gathered into memory on its first get() and kept; contiguous ones are views of the mapping.
+class PthSource : public TensorSource {
+  public:
+    explicit PthSource(const std::string& path);
+
+    const PthFile& file() const { return file_; }
+    const std::string& source() const override { return file_.label(); }
+    std::string format() const override { return "PyTorch zip state dict"; }
+    const std::vector<std::string>& names() const override { return names_; }
+    bool has(const std::string& name) const override { return file_.find(name) != nullptr; }
+    TensorInfo info(const std::string& name) const override;
+    TensorView get(const std::string& name) const override;
+    const std::string& file_of(const std::string& name) const override;
+
+  private:
+    PthFile file_;
+    std::vector<std::string> names_;
+    mutable std::mutex gathered_mutex_;
+    mutable std::map<std::string, std::vector<uint8_t>> gathered_;
 };
 
 }  // namespace lancet

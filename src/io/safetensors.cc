@@ -216,6 +216,11 @@ TensorView Checkpoint::view(const std::string& name) const {
     return files_[it->second.first]->view(*it->second.second);
 }
 
+TensorInfo Checkpoint::info(const std::string& name) const {
+    const TensorEntry& e = entry(name);
+    return {e.dtype, e.shape, e.end - e.begin};
+}
+
 const std::string& Checkpoint::file_of(const std::string& name) const {
     auto it = where_.find(name);
     if (it == where_.end()) fail(source_, ": tensor \"", name, "\" is missing");
@@ -278,7 +283,9 @@ void SafetensorsWriter::begin() {
     // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
     while ((8 + text.size()) % 8 != 0) text.push_back(' ');
 
+    remove_stale_temps(path_);
     tmp_path_ = path_ + ".tmp." + std::to_string(::getpid());
+    tmp_reg_ = std::make_unique<TempRegistration>(tmp_path_);
     fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd_ < 0) fail(path_, ": cannot create ", tmp_path_, ": ", std::strerror(errno));
     begun_ = true;
@@ -340,14 +347,18 @@ void SafetensorsWriter::finish() {
         fail(path_, ": close failed: ", std::strerror(errno));
     }
     fd_ = -1;
-    if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-        fail(path_, ": cannot rename ", tmp_path_, ": ", std::strerror(errno));
+    tmp_reg_->commit([&] {
+        if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
+            fail(path_, ": cannot rename ", tmp_path_, ": ", std::strerror(errno));
+    });
     finished_ = true;
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
     check_not_source(path);
+    remove_stale_temps(path);
     const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    TempRegistration reg(tmp);
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) fail(path, ": cannot create: ", std::strerror(errno));
     size_t done = 0;
@@ -366,11 +377,13 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
         ::unlink(tmp.c_str());
         fail(path, ": cannot flush: ", std::strerror(errno));
     }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int e = errno;
-        ::unlink(tmp.c_str());
-        fail(path, ": cannot rename: ", std::strerror(e));
-    }
+    reg.commit([&] {
+        if (::rename(tmp.c_str(), path.c_str()) != 0) {
+            const int e = errno;
+            ::unlink(tmp.c_str());
+            fail(path, ": cannot rename: ", std::strerror(e));
+        }
+    });
 }
 
 }  // namespace lancet

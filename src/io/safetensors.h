@@ -13,6 +13,8 @@
 
 #include "core/tensor.h"
 #include "io/mmap_file.h"
+#include "io/temp_output.h"
+#include "io/tensor_source.h"
 
 namespace lancet {
 
@@ -54,24 +56,27 @@ class SafetensorsFile {
 };
 
 // A checkpoint: one .safetensors file or the shards named by a `*.safetensors.index.json`.
-class Checkpoint {
+class Checkpoint : public TensorSource {
   public:
     // `path` is a .safetensors file, an index .json, or a folder holding model.safetensors or
     // model.safetensors.index.json.
     static std::unique_ptr<Checkpoint> open(const std::string& path);
 
     // Sorted tensor names across all shards.
-    const std::vector<std::string>& names() const { return names_; }
-    bool has(const std::string& name) const { return where_.count(name) != 0; }
+    const std::vector<std::string>& names() const override { return names_; }
+    bool has(const std::string& name) const override { return where_.count(name) != 0; }
     // Throws Error naming the checkpoint when the tensor is absent.
     TensorView view(const std::string& name) const;
+    TensorView get(const std::string& name) const override { return view(name); }
+    TensorInfo info(const std::string& name) const override;
     const TensorEntry& entry(const std::string& name) const;
     // The file that holds `name`.
-    const std::string& file_of(const std::string& name) const;
+    const std::string& file_of(const std::string& name) const override;
     const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
     // The description used in error messages (the path that was opened).
-    const std::string& source() const { return source_; }
-    const std::map<std::string, std::string>& metadata() const {
+    const std::string& source() const override { return source_; }
+    std::string format() const override { return "safetensors"; }
+    std::map<std::string, std::string> metadata() const override {
         return files_.front()->metadata();
     }
 
@@ -112,6 +117,7 @@ class SafetensorsWriter {
     void write_raw(const void* data, size_t n);
 
     std::string path_, tmp_path_;
+    std::unique_ptr<TempRegistration> tmp_reg_;  // removes tmp_path_ on SIGINT/SIGTERM
     std::vector<TensorEntry> entries_;
     std::map<std::string, std::string> metadata_;
     std::unordered_map<std::string, size_t> names_;

@@ -1,4 +1,5 @@
-// LanceDecoder: weight loading, embeddings, the per-path MoT layer loop and the output heads.
+// LanceWeights (loading, embeddings) and DecoderSession (the per-path MoT layer loop and the
+// output heads).
 #include "model/decoder.h"
 
 #include <algorithm>
@@ -8,7 +9,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
-#include "model/synth.h"
+#include "model/lance_tensors.h"
 #include "model/weight_load.h"
 
 namespace lancet {
@@ -21,13 +22,14 @@ static_assert(static_cast<int>(SplitMode::Causal) == static_cast<int>(kernels::A
               static_cast<int>(SplitMode::Full) == static_cast<int>(kernels::AttnSplit::Full) &&
               static_cast<int>(SplitMode::Noise) == static_cast<int>(kernels::AttnSplit::Noise));
 
-// The op context of this decoder's calls: its pool, the process ISA and activation mode.
-kernels::OpContext op_context(ThreadPool* pool) {
-    return kernels::OpContext{pool, kernels::active_isa(), kernels::activation_mode()};
-}
-
 kernels::TensorRef view(const float* x, size_t n, size_t dim) {
     return kernels::TensorRef::matrix(x, n, dim);
+}
+
+// y[n, out] = x[n, in] · Wᵀ + bias on dense rows, with the session's context.
+void lin(const kernels::OpContext& ctx, const float* x, size_t n, const kernels::LinearWeight& w,
+         const float* bias, float* y) {
+    kernels::linear(ctx, view(x, n, w.in()), w, bias, view(y, n, w.out()));
 }
 
 template <typename T>
@@ -150,13 +152,16 @@ Batch SequenceBuilder::build() const {
 
 // ---- loading --------------------------------------------------------------------------------
 
-LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
+LanceWeights::LanceWeights(const LanceCheckpoint& ck, const DecoderOptions& opt)
     : cfg_(ck.config()),
       logits_limit_(opt.logits_limit > 0
                         ? std::min<int64_t>(opt.logits_limit, ck.config().vocab_size)
                         : ck.config().vocab_size),
-      pool_(opt.pool ? opt.pool : &default_pool()),
-      bf16_weights_(opt.bf16_weights) {
+      bf16_weights_(opt.bf16_weights),
+      has_und_(opt.load_und),
+      has_gen_(opt.load_gen) {
+    if (!opt.load_und && !opt.load_gen)
+        fail(ck.dir(), ": neither the und nor the gen expert asked for");
     // A tokenizer larger than the embedding table is the wrong pairing of files, not something
     // to clamp silently: its upper ids could be encoded but never embedded.
     if (opt.logits_limit > cfg_.vocab_size)
@@ -169,51 +174,57 @@ LanceDecoder::LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt)
     const int msum = cfg_.mrope_section[0] + cfg_.mrope_section[1] + cfg_.mrope_section[2];
     if (static_cast<size_t>(msum) * 2 != hd)
         fail(ck.dir(), ": mrope_section sums to ", msum, " but head_dim/2 is ", hd / 2);
-    embed_ = ck.tensor("language_model.model.embed_tokens.weight");
+    embed_ = ck.tensor(lance_names::kEmbedTokens);
     if (embed_.numel() != static_cast<int64_t>(cfg_.vocab_size) * cfg_.hidden_size)
         fail(ck.dir(), ": embed_tokens has the wrong size");
     layers_.resize(cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
-        const std::string pre = "language_model.model.layers." + std::to_string(l) + ".";
-        for (int p = 0; p < (opt.load_gen ? 2 : 1); ++p) {
-            const std::string s = p ? "_moe_gen" : "";
-            const std::string attn = pre + "self_attn.", mlp = pre + (p ? "mlp_moe_gen." : "mlp.");
+        for (int p = 0; p < 2; ++p) {
+            if (!(p == 0 ? opt.load_und : opt.load_gen)) continue;
+            const PathNames n = path_names(l, p == 1);
             PathWeights& w = layers_[l].path[p];
-            w.ln = load_f32(ck, pre + "input_layernorm" + s + ".weight", H);
-            w.post = load_f32(ck, pre + "post_attention_layernorm" + s + ".weight", H);
-            w.q_norm = load_f32(ck, attn + "q_norm" + s + ".weight", hd);
-            w.k_norm = load_f32(ck, attn + "k_norm" + s + ".weight", hd);
-            w.bq = load_f32(ck, attn + "q_proj" + s + ".bias", qd);
-            w.bk = load_f32(ck, attn + "k_proj" + s + ".bias", kvd);
-            w.bv = load_f32(ck, attn + "v_proj" + s + ".bias", kvd);
-            w.q = load_linear(ck, attn + "q_proj" + s, qd, H, bf16_weights_);
-            w.k = load_linear(ck, attn + "k_proj" + s, kvd, H, bf16_weights_);
-            w.v = load_linear(ck, attn + "v_proj" + s, kvd, H, bf16_weights_);
-            w.o = load_linear(ck, attn + "o_proj" + s, H, qd, bf16_weights_);
-            w.gate = load_linear(ck, mlp + "gate_proj", I, H, bf16_weights_);
-            w.up = load_linear(ck, mlp + "up_proj", I, H, bf16_weights_);
-            w.down = load_linear(ck, mlp + "down_proj", H, I, bf16_weights_);
+            w.ln = load_f32(ck, n.input_norm, H);
+            w.post = load_f32(ck, n.post_norm, H);
+            w.q_norm = load_f32(ck, n.q_norm, hd);
+            w.k_norm = load_f32(ck, n.k_norm, hd);
+            w.bq = load_f32(ck, n.bias(PathLinear::Q), qd);
+            w.bk = load_f32(ck, n.bias(PathLinear::K), kvd);
+            w.bv = load_f32(ck, n.bias(PathLinear::V), kvd);
+            w.q = load_linear(ck, n[PathLinear::Q], qd, H, bf16_weights_);
+            w.k = load_linear(ck, n[PathLinear::K], kvd, H, bf16_weights_);
+            w.v = load_linear(ck, n[PathLinear::V], kvd, H, bf16_weights_);
+            w.o = load_linear(ck, n[PathLinear::O], H, qd, bf16_weights_);
+            w.gate = load_linear(ck, n[PathLinear::Gate], I, H, bf16_weights_);
+            w.up = load_linear(ck, n[PathLinear::Up], I, H, bf16_weights_);
+            w.down = load_linear(ck, n[PathLinear::Down], H, I, bf16_weights_);
         }
     }
-    norm_[0] = load_f32(ck, "language_model.model.norm.weight", H);
-    lm_head_ = load_linear(ck, "language_model.lm_head", cfg_.vocab_size, H, bf16_weights_);
-    has_gen_ = opt.load_gen;
+    if (has_und_) {
+        norm_[0] = load_f32(ck, lance_names::kNorm, H);
+        lm_head_ = load_linear(ck, lance_names::kLmHead, cfg_.vocab_size, H, bf16_weights_);
+    }
     if (has_gen_) load_gen_bridge(ck);
-
-    s_.own_cache = KvCache(cfg_, 0);
 }
 
-void LanceDecoder::load_gen_bridge(const LanceCheckpoint& ck) {
+DecoderSession::DecoderSession(const LanceWeights& weights)
+    : DecoderSession(weights, kernels::OpContext::defaults()) {}
+
+DecoderSession::DecoderSession(const LanceWeights& weights, const kernels::OpContext& ctx)
+    : w_(weights), ctx_(ctx) {
+    s_.own_cache = KvCache(w_.cfg_, 0);
+}
+
+void LanceWeights::load_gen_bridge(const LanceCheckpoint& ck) {
     const size_t H = cfg_.hidden_size, C = cfg_.latent_channels, F = cfg_.time_freq_dim;
-    norm_[1] = load_f32(ck, "language_model.model.norm_moe_gen.weight", H);
-    vae2llm_ = load_linear(ck, "vae2llm", H, C, bf16_weights_);
-    vae2llm_b_ = load_f32(ck, "vae2llm.bias", H);
-    llm2vae_ = load_linear(ck, "llm2vae", C, H, bf16_weights_);
-    llm2vae_b_ = load_f32(ck, "llm2vae.bias", C);
-    time0_ = load_linear(ck, "time_embedder.mlp.0", H, F, bf16_weights_);
-    time0_b_ = load_f32(ck, "time_embedder.mlp.0.bias", H);
-    time2_ = load_linear(ck, "time_embedder.mlp.2", H, H, bf16_weights_);
-    time2_b_ = load_f32(ck, "time_embedder.mlp.2.bias", H);
+    norm_[1] = load_f32(ck, lance_names::kNormGen, H);
+    vae2llm_ = load_linear(ck, lance_names::kVae2Llm, H, C, bf16_weights_);
+    vae2llm_b_ = load_f32(ck, lance_names::bias(lance_names::kVae2Llm), H);
+    llm2vae_ = load_linear(ck, lance_names::kLlm2Vae, C, H, bf16_weights_);
+    llm2vae_b_ = load_f32(ck, lance_names::bias(lance_names::kLlm2Vae), C);
+    time0_ = load_linear(ck, lance_names::kTimeMlp0, H, F, bf16_weights_);
+    time0_b_ = load_f32(ck, lance_names::bias(lance_names::kTimeMlp0), H);
+    time2_ = load_linear(ck, lance_names::kTimeMlp2, H, H, bf16_weights_);
+    time2_b_ = load_f32(ck, lance_names::bias(lance_names::kTimeMlp2), H);
 
     // PE3D: each axis code depends on one coordinate only, so slice it out of pe3d_row for
     // (ti,0,0), (0,hi,0), (0,0,wi) once instead of evaluating whole rows per token.
@@ -242,7 +253,7 @@ void LanceDecoder::load_gen_bridge(const LanceCheckpoint& ck) {
 
 // ---- embeddings -----------------------------------------------------------------------------
 
-void LanceDecoder::embed_tokens(const int64_t* ids, size_t n, float* out) const {
+void LanceWeights::embed_tokens(const int64_t* ids, size_t n, float* out) const {
     const size_t H = cfg_.hidden_size, es = dtype_size(embed_.dtype);
     for (size_t r = 0; r < n; ++r) {
         if (ids[r] < 0 || ids[r] >= cfg_.vocab_size)
@@ -264,7 +275,7 @@ void LanceDecoder::embed_tokens(const int64_t* ids, size_t n, float* out) const 
     }
 }
 
-void LanceDecoder::pe3d(int64_t pos_id, float* out) const {
+void LanceWeights::pe3d(int64_t pos_id, float* out) const {
     const int64_t L = cfg_.max_latent_size;
     if (pos_id < 0 || pos_id >= pe_frames_ * L * L)
         fail("PE3D index ", pos_id, " is outside the table (", pe_frames_ * L * L, " rows)");
@@ -275,21 +286,21 @@ void LanceDecoder::pe3d(int64_t pos_id, float* out) const {
     std::copy_n(&pe_w_[w * d2], d2, out + 2 * d0);
 }
 
-void LanceDecoder::timestep_embed(const float* t, size_t n, float* out) {
-    const size_t H = cfg_.hidden_size, F = cfg_.time_freq_dim;
+void DecoderSession::timestep_embed(const float* t, size_t n, float* out) {
+    const size_t H = w_.cfg_.hidden_size, F = w_.cfg_.time_freq_dim;
     grow(s_.feat, n * F);
     grow(s_.tmp, n * H);
     for (size_t r = 0; r < n; ++r) timestep_features(t[r], F, &s_.feat[r * F]);
-    kernels::linear(s_.feat.data(), n, time0_, time0_b_.data(), s_.tmp.data(), *pool_);
+    lin(ctx_, s_.feat.data(), n, w_.time0_, w_.time0_b_.data(), s_.tmp.data());
     const kernels::TensorRef h = view(s_.tmp.data(), n, H);
-    kernels::silu(op_context(pool_), h, h);
-    kernels::linear(s_.tmp.data(), n, time2_, time2_b_.data(), out, *pool_);
+    kernels::silu(ctx_, h, h);
+    lin(ctx_, s_.tmp.data(), n, w_.time2_, w_.time2_b_.data(), out);
 }
 
-void LanceDecoder::embed_latents(const float* latents, const float* t, const int64_t* pe3d_index,
-                                 size_t n, float* out) {
-    const size_t H = cfg_.hidden_size;
-    kernels::linear(latents, n, vae2llm_, vae2llm_b_.data(), out, *pool_);
+void DecoderSession::embed_latents(const float* latents, const float* t, const int64_t* pe3d_index,
+                                   size_t n, float* out) {
+    const size_t H = w_.cfg_.hidden_size;
+    lin(ctx_, latents, n, w_.vae2llm_, w_.vae2llm_b_.data(), out);
     // A block shares one t (or two: clean 0 and the step's t): embed each distinct value once.
     s_.t_unique.clear();
     s_.t_slot.resize(n);
@@ -309,7 +320,7 @@ void LanceDecoder::embed_latents(const float* latents, const float* t, const int
         timestep_embed(&s_.t_unique[u], 1, &temb[u * H]);
     grow(s_.h, H);
     for (size_t r = 0; r < n; ++r) {
-        pe3d(pe3d_index[r], s_.h.data());
+        w_.pe3d(pe3d_index[r], s_.h.data());
         float* o = out + r * H;
         const float* te = &temb[s_.t_slot[r] * H];
         for (size_t i = 0; i < H; ++i) o[i] += te[i] + s_.h[i];
@@ -318,20 +329,23 @@ void LanceDecoder::embed_latents(const float* latents, const float* t, const int
 
 // ---- forward --------------------------------------------------------------------------------
 
-void LanceDecoder::check_batch(const Batch& b) const {
+void DecoderSession::check_batch(const Batch& b) const {
     const size_t n = b.size();
     if (n == 0) fail("forward: empty batch");
     if (!b.is_gen.empty() && b.is_gen.size() != n)
         fail("forward: is_gen has ", b.is_gen.size(), " entries for ", n, " tokens");
     size_t n_gen = 0;
     for (uint8_t g : b.is_gen) n_gen += g != 0;
-    if (n_gen > 0 && !has_gen_)
+    if (n_gen < n && !w_.has_und_)
+        fail("forward: the batch has ", n - n_gen,
+             " text tokens but the decoder was loaded without the und path");
+    if (n_gen > 0 && !w_.has_gen_)
         fail("forward: the batch has ", n_gen,
              " latent tokens but the decoder was loaded without the gen path");
     if (!b.embeddings) {
-        if (b.latents.size() != n_gen * cfg_.latent_channels)
+        if (b.latents.size() != n_gen * w_.cfg_.latent_channels)
             fail("forward: latents hold ", b.latents.size(), " values for ", n_gen,
-                 " gen tokens of ", cfg_.latent_channels, " channels");
+                 " gen tokens of ", w_.cfg_.latent_channels, " channels");
         if (b.timesteps.size() != n_gen || b.pe3d_index.size() != n_gen)
             fail("forward: timesteps/pe3d_index need one entry per gen token (", n_gen, ")");
     }
@@ -340,12 +354,12 @@ void LanceDecoder::check_batch(const Batch& b) const {
     if (!b.splits.empty()) check_splits(b.splits, n, "forward");
 }
 
-void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outputs& out,
-                           const ForwardOptions& opt) {
+void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Outputs& out,
+                             const ForwardOptions& opt) {
     check_batch(b);
-    const size_t n = b.size(), H = cfg_.hidden_size, hd = cfg_.head_dim();
+    const size_t n = b.size(), H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim();
     KvCache& cache = cache_in ? *cache_in : s_.own_cache;
-    if (!cache.matches(cfg_)) fail("forward: the KV cache was made for another model shape");
+    if (!cache.matches(w_.cfg_)) fail("forward: the KV cache was made for another model shape");
     if (!cache_in) cache.clear();
     const size_t P = cache.size();
     // Geometric growth: decoding without a reservation must not copy the cache every token.
@@ -366,7 +380,7 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     if (b.embeddings) {
         for (size_t r = 0; r < n; ++r) std::copy_n(b.embeddings + perm[r] * H, H, x + r * H);
     } else {
-        for (size_t r = 0; r < n_und; ++r) embed_tokens(&b.token_ids[perm[r]], 1, x + r * H);
+        for (size_t r = 0; r < n_und; ++r) w_.embed_tokens(&b.token_ids[perm[r]], 1, x + r * H);
         // embed_latents uses s_.tmp, s_.feat, s_.o and s_.h, never s_.x.
         if (n_gen)
             embed_latents(b.latents.data(), b.timesteps.data(), b.pe3d_index.data(), n_gen,
@@ -375,7 +389,7 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
 
     s_.rope_pos.resize(n);
     for (size_t r = 0; r < n; ++r) s_.rope_pos[r] = b.positions[perm[r]];
-    kernels::rope_angles_mrope(s_.rope_pos.data(), n, hd, cfg_.mrope_section, cfg_.rope_theta,
+    kernels::rope_angles_mrope(s_.rope_pos.data(), n, hd, w_.cfg_.mrope_section, w_.cfg_.rope_theta,
                                s_.rope);
 
     // Split bookkeeping in sequence order.
@@ -405,8 +419,8 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     mask.modes = s_.modes.data();
     mask.split_end = s_.split_end.data();
 
-    if (opt.layer_out) out.layer_out.resize(cfg_.num_hidden_layers);
-    for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
+    if (opt.layer_out) out.layer_out.resize(w_.cfg_.num_hidden_layers);
+    for (int l = 0; l < w_.cfg_.num_hidden_layers; ++l) {
         run_layer(l, n, n_und, cache, mask, opt.observer);
         if (opt.layer_out) {
             out.layer_out[l].resize(n * H);
@@ -419,10 +433,10 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     // Final norm per path, then the heads.
     grow(s_.h, n * H);
     float* fin = s_.h.data();
-    const float eps = static_cast<float>(cfg_.rms_norm_eps);
-    const kernels::OpContext ctx = op_context(pool_);
-    kernels::rms_norm(ctx, view(x, n_und, H), norm_[0].data(), eps, view(fin, n_und, H));
-    kernels::rms_norm(ctx, view(x + n_und * H, n_gen, H), norm_[1].data(), eps,
+    const float eps = static_cast<float>(w_.cfg_.rms_norm_eps);
+    const kernels::OpContext ctx = ctx_;
+    kernels::rms_norm(ctx, view(x, n_und, H), w_.norm_[0].data(), eps, view(fin, n_und, H));
+    kernels::rms_norm(ctx, view(x + n_und * H, n_gen, H), w_.norm_[1].data(), eps,
                       view(fin + n_und * H, n_gen, H));
     if (opt.final_hidden) {
         out.final_hidden.resize(n * H);
@@ -430,31 +444,29 @@ void LanceDecoder::forward(const Batch& b, KvCache* cache_in, bool append, Outpu
     }
     out.logit_rows = 0;
     if (opt.logits != LogitRows::None && n_und > 0) {
-        const size_t first = opt.logits == LogitRows::Last ? n_und - 1 : 0, V = cfg_.vocab_size;
+        const size_t first = opt.logits == LogitRows::Last ? n_und - 1 : 0, V = w_.cfg_.vocab_size;
         out.logit_rows = n_und - first;
         out.logits.resize(out.logit_rows * V);
-        kernels::linear(fin + first * H, out.logit_rows, lm_head_, nullptr, out.logits.data(),
-                        *pool_);
+        lin(ctx_, fin + first * H, out.logit_rows, w_.lm_head_, nullptr, out.logits.data());
         for (size_t r = 0; r < out.logit_rows; ++r)
-            std::fill(out.logits.begin() + r * V + logits_limit_, out.logits.begin() + (r + 1) * V,
-                      -std::numeric_limits<float>::infinity());
+            std::fill(out.logits.begin() + r * V + w_.logits_limit_,
+                      out.logits.begin() + (r + 1) * V, -std::numeric_limits<float>::infinity());
     }
     if (opt.velocity) {
-        out.velocity.resize(n_gen * cfg_.latent_channels);
+        out.velocity.resize(n_gen * w_.cfg_.latent_channels);
         if (n_gen)
-            kernels::linear(fin + n_und * H, n_gen, llm2vae_, llm2vae_b_.data(),
-                            out.velocity.data(), *pool_);
+            lin(ctx_, fin + n_und * H, n_gen, w_.llm2vae_, w_.llm2vae_b_.data(),
+                out.velocity.data());
     }
 }
 
-void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
-                             const kernels::AttnMask& mask, const ActivationObserver& observer) {
-    const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), nh = cfg_.num_attention_heads,
-                 nkv = cfg_.num_key_value_heads, qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
-                 I = cfg_.intermediate_size, P = mask.n_cached, cap = cache.capacity();
-    const float eps = static_cast<float>(cfg_.rms_norm_eps);
-    ThreadPool& pool = *pool_;
-    const kernels::OpContext ctx = op_context(pool_);
+void DecoderSession::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
+                               const kernels::AttnMask& mask, const ActivationObserver& observer) {
+    const size_t H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim(), nh = w_.cfg_.num_attention_heads,
+                 nkv = w_.cfg_.num_key_value_heads, qd = w_.cfg_.q_dim(), kvd = w_.cfg_.kv_dim(),
+                 I = w_.cfg_.intermediate_size, P = mask.n_cached, cap = cache.capacity();
+    const float eps = static_cast<float>(w_.cfg_.rms_norm_eps);
+    const kernels::OpContext ctx = ctx_;
     grow(s_.h, n * H);
     grow(s_.q, n * qd);
     grow(s_.k, n * kvd);
@@ -467,12 +479,12 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
     for (int p = 0; p < 2; ++p) {
         const size_t b = begin[p], m = end[p] - begin[p];
         if (!m) continue;
-        const PathWeights& w = layers_[l].path[p];
+        const auto& w = w_.layers_[l].path[p];
         kernels::rms_norm(ctx, view(x + b * H, m, H), w.ln.data(), eps, view(&s_.h[b * H], m, H));
         if (observer) observer(l, p == 1, LinearInput::Qkv, &s_.h[b * H], m, H);
-        kernels::linear(&s_.h[b * H], m, w.q, w.bq.data(), &s_.q[b * qd], pool);
-        kernels::linear(&s_.h[b * H], m, w.k, w.bk.data(), &s_.k[b * kvd], pool);
-        kernels::linear(&s_.h[b * H], m, w.v, w.bv.data(), &s_.v[b * kvd], pool);
+        lin(ctx_, &s_.h[b * H], m, w.q, w.bq.data(), &s_.q[b * qd]);
+        lin(ctx_, &s_.h[b * H], m, w.k, w.bk.data(), &s_.k[b * kvd]);
+        lin(ctx_, &s_.h[b * H], m, w.v, w.bv.data(), &s_.v[b * kvd]);
         const kernels::TensorRef qh = view(&s_.q[b * qd], m * nh, hd),
                                  kh = view(&s_.k[b * kvd], m * nkv, hd);
         kernels::rms_norm(ctx, qh, w.q_norm.data(), eps, qh);
@@ -511,9 +523,9 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
     for (int p = 0; p < 2; ++p) {
         const size_t b = begin[p], m = end[p] - begin[p];
         if (!m) continue;
-        const PathWeights& w = layers_[l].path[p];
+        const auto& w = w_.layers_[l].path[p];
         if (observer) observer(l, p == 1, LinearInput::O, &s_.att[b * qd], m, qd);
-        kernels::linear(&s_.att[b * qd], m, w.o, nullptr, s_.o.data(), pool);
+        lin(ctx_, &s_.att[b * qd], m, w.o, nullptr, s_.o.data());
         kernels::add(ctx, view(x + b * H, m, H), view(s_.o.data(), m, H), view(x + b * H, m, H));
         grow(s_.gate, std::min(m, kMlpRows) * I);
         grow(s_.up, std::min(m, kMlpRows) * I);
@@ -523,12 +535,12 @@ void LanceDecoder::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
             kernels::rms_norm(ctx, view(xr, rows, H), w.post.data(), eps,
                               view(s_.h.data(), rows, H));
             if (observer) observer(l, p == 1, LinearInput::GateUp, s_.h.data(), rows, H);
-            kernels::linear(s_.h.data(), rows, w.gate, nullptr, s_.gate.data(), pool);
-            kernels::linear(s_.h.data(), rows, w.up, nullptr, s_.up.data(), pool);
+            lin(ctx_, s_.h.data(), rows, w.gate, nullptr, s_.gate.data());
+            lin(ctx_, s_.h.data(), rows, w.up, nullptr, s_.up.data());
             const kernels::TensorRef g = view(s_.gate.data(), rows, I);
             kernels::silu_mul(ctx, g, view(s_.up.data(), rows, I), g);
             if (observer) observer(l, p == 1, LinearInput::Down, s_.gate.data(), rows, I);
-            kernels::linear(s_.gate.data(), rows, w.down, nullptr, s_.o.data(), pool);
+            lin(ctx_, s_.gate.data(), rows, w.down, nullptr, s_.o.data());
             kernels::add(ctx, view(xr, rows, H), view(s_.o.data(), rows, H), view(xr, rows, H));
         }
     }

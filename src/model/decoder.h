@@ -1,6 +1,7 @@
-// LanceDecoder: the MoT decoder of Lance (spec §2) on CPU with f32 activations: per-token und/gen
+// The MoT decoder of Lance (spec §2) on CPU with f32 activations: per-token und/gen
 // weight routing, M-RoPE, the split attention mask, a KV cache with incremental decoding, the
-// text and VAE-latent input embeddings, lm_head and llm2vae.
+// text and VAE-latent input embeddings, lm_head and llm2vae. LanceWeights holds the weights
+// (loaded once, shared), DecoderSession one request's scratch and caches.
 //
 // Numerics: Lance runs in bf16; this runs every activation in f32 (weights as stored: F32, BF16
 // or AWQ INT4), so it is closer to the exact math than the reference implementation is. There is
@@ -17,6 +18,7 @@
 #include "kernels/linear.h"
 #include "kernels/ops.h"
 #include "model/lance_checkpoint.h"
+#include "model/lance_tensors.h"
 #include "model/positions.h"
 
 namespace lancet {
@@ -47,7 +49,7 @@ class KvCache {
                hd_ == static_cast<size_t>(cfg.head_dim());
     }
 
-    // Raw storage for LanceDecoder (layer l: [kv_head][capacity][head_dim]).
+    // Raw storage for DecoderSession (layer l: [kv_head][capacity][head_dim]).
 
     float* k(int layer) { return k_[layer].data(); }
     float* v(int layer) { return v_[layer].data(); }
@@ -115,16 +117,8 @@ class SequenceBuilder {
 
 enum class LogitRows { None, Last, All };
 
-// The four linear inputs of a decoder layer (one per AWQ fusion group).
-enum class LinearInput {
-    Qkv,     // input_layernorm output, feeds q/k/v_proj
-    O,       // attention output, feeds o_proj
-    GateUp,  // post_attention_layernorm output, feeds gate/up_proj
-    Down,    // silu(gate) * up, feeds down_proj
-};
-
-// Sees the rows of one path entering a group of linears: x [n, dim] (n may be a row block of
-// the chunk). Calibration collects activation statistics through it.
+// Sees the rows of one path entering a group of linears (LinearInput, model/lance_tensors.h): x [n,
+// dim] (n may be a row block of the chunk). Calibration collects activation statistics through it.
 using ActivationObserver = std::function<void(int layer, bool gen, LinearInput which,
                                               const float* x, size_t n, size_t dim)>;
 
@@ -148,41 +142,38 @@ struct Outputs {
 struct DecoderOptions {
     // Logits at ids >= this are -inf (Lance uses len(tokenizer)); <= 0: vocab_size.
     int64_t logits_limit = 0;
-    ThreadPool* pool = nullptr;  // nullptr: default_pool()
-    // Load the generation expert (_moe_gen weights, norm_moe_gen, the latent bridge). Text-only
-    // work (chat, perplexity) leaves it out and holds half the weights.
+    // Which experts to load. The und expert (its layer weights, model.norm, lm_head) runs text
+    // rows; the gen expert (_moe_gen weights, norm_moe_gen, the latent bridge) runs VAE-latent
+    // rows. Text-only work (chat, perplexity) leaves gen out and holds half the weights.
+    bool load_und = true;
     bool load_gen = true;
     // Hold F32 linear weights as BF16, as Lance casts the whole model to bf16 at load: half the
     // memory and bandwidth. Off by default so the f64-reference tests see the stored weights.
     bool bf16_weights = false;
 };
 
-class LanceDecoder {
+// The decoder's weights, converted and repacked once, immutable afterwards: any number of
+// DecoderSessions (requests, CFG's two caches, threads) run over one LanceWeights at the same
+// time. The embedding table stays a view into the mapped checkpoint, so `ck` must outlive it.
+class LanceWeights {
   public:
-    // Converts and repacks every decoder weight once. The embedding table stays a view into the
-    // mapped checkpoint, so `ck` must outlive the decoder.
-    explicit LanceDecoder(const LanceCheckpoint& ck, const DecoderOptions& opt = {});
+    explicit LanceWeights(const LanceCheckpoint& ck, const DecoderOptions& opt = {});
+    LanceWeights(const LanceWeights&) = delete;
+    LanceWeights& operator=(const LanceWeights&) = delete;
 
     const LanceConfig& config() const { return cfg_; }
     int64_t logits_limit() const { return logits_limit_; }
+    bool has_und() const { return has_und_; }
+    bool has_gen() const { return has_gen_; }
     KvCache make_cache(size_t capacity = 0) const { return KvCache(cfg_, capacity); }
 
-    // Runs one chunk after the tokens in `cache` (nullptr: an empty internal cache). With
-    // append = true its keys/values stay in the cache; with false the cache is left as it was
-    // (a denoising step re-running the noisy block). Not thread-safe: scratch lives in the decoder.
-    void forward(const Batch& batch, KvCache* cache, bool append, Outputs& out,
-                 const ForwardOptions& opt = {});
-
-    // Input embeddings: embed_tokens rows; vae2llm(latent) + TimestepEmbedder(t) + PE3D[pos_id].
+    // embed_tokens rows for n ids: out [n, hidden].
     void embed_tokens(const int64_t* ids, size_t n, float* out) const;
-    void embed_latents(const float* latents, const float* t, const int64_t* pe3d_index, size_t n,
-                       float* out);
-    // TimestepEmbedder(t) for n values (Linear -> SiLU -> Linear).
-    void timestep_embed(const float* t, size_t n, float* out);
-    // PE3D row pos_id (Error when outside the table).
+    // PE3D row pos_id: out [hidden] (Error when outside the table).
     void pe3d(int64_t pos_id, float* out) const;
 
   private:
+    friend class DecoderSession;
     struct PathWeights {
         std::vector<float> ln, post, q_norm, k_norm, bq, bk, bv;
         kernels::LinearWeight q, k, v, o, gate, up, down;
@@ -190,16 +181,12 @@ class LanceDecoder {
     struct Layer {
         PathWeights path[2];  // und, gen
     };
-    void check_batch(const Batch& b) const;
     void load_gen_bridge(const LanceCheckpoint& ck);
-    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const kernels::AttnMask& mask,
-                   const ActivationObserver& observer);
 
     LanceConfig cfg_;
     int64_t logits_limit_;
-    ThreadPool* pool_;
     bool bf16_weights_ = false;
-    bool has_gen_ = true;
+    bool has_und_ = true, has_gen_ = true;
     TensorView embed_;
     std::vector<Layer> layers_;
     std::vector<float> norm_[2];
@@ -209,6 +196,49 @@ class LanceDecoder {
     std::vector<float> pe_t_, pe_h_, pe_w_;
     int pe_dims_[3] = {0, 0, 0};
     int pe_frames_ = 0;
+};
+
+// One request's run state over shared weights: scratch buffers and an internal KV cache, plus the
+// op context (thread pool, ISA, INT4 activation mode) its calls use, fixed when it is made. A
+// session is used by one thread at a time; sessions over the same weights are independent, and
+// a session's results do not depend on what other sessions do (bit-identical to running alone).
+class DecoderSession {
+  public:
+    // `weights` must outlive the session. The default context is the process defaults
+    // (kernels::OpContext::defaults(): active ISA, activation mode, default pool).
+    explicit DecoderSession(const LanceWeights& weights);
+    DecoderSession(const LanceWeights& weights, const kernels::OpContext& ctx);
+
+    const LanceWeights& weights() const { return w_; }
+    const LanceConfig& config() const { return w_.config(); }
+    int64_t logits_limit() const { return w_.logits_limit(); }
+    const kernels::OpContext& context() const { return ctx_; }
+    KvCache make_cache(size_t capacity = 0) const { return w_.make_cache(capacity); }
+
+    // Runs one chunk after the tokens in `cache` (nullptr: the session's own cache, emptied
+    // first). With append = true its keys/values stay in the cache; with false the cache is left
+    // as it was (a denoising step re-running the noisy block).
+    void forward(const Batch& batch, KvCache* cache, bool append, Outputs& out,
+                 const ForwardOptions& opt = {});
+
+    // Input embeddings: embed_tokens rows; vae2llm(latent) + TimestepEmbedder(t) + PE3D[pos_id].
+    void embed_tokens(const int64_t* ids, size_t n, float* out) const {
+        w_.embed_tokens(ids, n, out);
+    }
+    void embed_latents(const float* latents, const float* t, const int64_t* pe3d_index, size_t n,
+                       float* out);
+    // TimestepEmbedder(t) for n values (Linear -> SiLU -> Linear).
+    void timestep_embed(const float* t, size_t n, float* out);
+    // PE3D row pos_id (Error when outside the table).
+    void pe3d(int64_t pos_id, float* out) const { w_.pe3d(pos_id, out); }
+
+  private:
+    void check_batch(const Batch& b) const;
+    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const kernels::AttnMask& mask,
+                   const ActivationObserver& observer);
+
+    const LanceWeights& w_;
+    kernels::OpContext ctx_;
 
     // Scratch, grown on demand and reused.
     struct Scratch {

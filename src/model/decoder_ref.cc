@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "model/lance_tensors.h"
 
 namespace lancet::ref {
 
@@ -187,12 +188,13 @@ Output forward(const LanceCheckpoint& ck, const Input& in, int64_t logits_limit)
     // Embeddings.
     std::vector<double> x(L * H);
     {
-        const auto embed = plain(ck, "language_model.model.embed_tokens.weight");
-        const auto w_in = plain(ck, "vae2llm.weight"), b_in = plain(ck, "vae2llm.bias");
-        const auto t0w = plain(ck, "time_embedder.mlp.0.weight"),
-                   t0b = plain(ck, "time_embedder.mlp.0.bias"),
-                   t2w = plain(ck, "time_embedder.mlp.2.weight"),
-                   t2b = plain(ck, "time_embedder.mlp.2.bias");
+        const auto embed = plain(ck, lance_names::kEmbedTokens);
+        const auto w_in = plain(ck, lance_names::weight(lance_names::kVae2Llm)),
+                   b_in = plain(ck, lance_names::bias(lance_names::kVae2Llm));
+        const auto t0w = plain(ck, lance_names::weight(lance_names::kTimeMlp0)),
+                   t0b = plain(ck, lance_names::bias(lance_names::kTimeMlp0)),
+                   t2w = plain(ck, lance_names::weight(lance_names::kTimeMlp2)),
+                   t2b = plain(ck, lance_names::bias(lance_names::kTimeMlp2));
         size_t g = 0;
         std::vector<double> a(H), b(H);
         for (size_t r = 0; r < L; ++r) {
@@ -217,28 +219,26 @@ Output forward(const LanceCheckpoint& ck, const Input& in, int64_t logits_limit)
     std::vector<double> h(H), q(L * nh * hd), k(L * nkv * hd), v(L * nkv * hd), att(L * nh * hd),
         o(H), gate(I), up(I);
     for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
-        const std::string pre = "language_model.model.layers." + std::to_string(layer) + ".";
         struct Path {
             std::vector<double> ln, post, wq, bq, wk, bk, wv, bv, wo, qn, kn, wg, wu, wd;
         } paths[2];
         for (int p = 0; p < 2; ++p) {
-            const std::string s = p ? "_moe_gen" : "";
-            const std::string attn = pre + "self_attn.", mlp = pre + (p ? "mlp_moe_gen." : "mlp.");
+            const PathNames n = path_names(layer, p == 1);
             Path& P = paths[p];
-            P.ln = plain(ck, pre + "input_layernorm" + s + ".weight");
-            P.post = plain(ck, pre + "post_attention_layernorm" + s + ".weight");
-            P.wq = linear_weight(ck, attn + "q_proj" + s);
-            P.bq = plain(ck, attn + "q_proj" + s + ".bias");
-            P.wk = linear_weight(ck, attn + "k_proj" + s);
-            P.bk = plain(ck, attn + "k_proj" + s + ".bias");
-            P.wv = linear_weight(ck, attn + "v_proj" + s);
-            P.bv = plain(ck, attn + "v_proj" + s + ".bias");
-            P.wo = linear_weight(ck, attn + "o_proj" + s);
-            P.qn = plain(ck, attn + "q_norm" + s + ".weight");
-            P.kn = plain(ck, attn + "k_norm" + s + ".weight");
-            P.wg = linear_weight(ck, mlp + "gate_proj");
-            P.wu = linear_weight(ck, mlp + "up_proj");
-            P.wd = linear_weight(ck, mlp + "down_proj");
+            P.ln = plain(ck, n.input_norm);
+            P.post = plain(ck, n.post_norm);
+            P.wq = linear_weight(ck, n[PathLinear::Q]);
+            P.bq = plain(ck, n.bias(PathLinear::Q));
+            P.wk = linear_weight(ck, n[PathLinear::K]);
+            P.bk = plain(ck, n.bias(PathLinear::K));
+            P.wv = linear_weight(ck, n[PathLinear::V]);
+            P.bv = plain(ck, n.bias(PathLinear::V));
+            P.wo = linear_weight(ck, n[PathLinear::O]);
+            P.qn = plain(ck, n.q_norm);
+            P.kn = plain(ck, n.k_norm);
+            P.wg = linear_weight(ck, n[PathLinear::Gate]);
+            P.wu = linear_weight(ck, n[PathLinear::Up]);
+            P.wd = linear_weight(ck, n[PathLinear::Down]);
         }
         for (size_t r = 0; r < L; ++r) {
             const Path& P = paths[gen(r)];
@@ -273,10 +273,11 @@ Output forward(const LanceCheckpoint& ck, const Input& in, int64_t logits_limit)
         out.layer_out.push_back(x);
     }
 
-    const auto norm_und = plain(ck, "language_model.model.norm.weight"),
-               norm_gen = plain(ck, "language_model.model.norm_moe_gen.weight");
-    const auto head = plain(ck, "language_model.lm_head.weight");
-    const auto w_out = plain(ck, "llm2vae.weight"), b_out = plain(ck, "llm2vae.bias");
+    const auto norm_und = plain(ck, lance_names::kNorm),
+               norm_gen = plain(ck, lance_names::kNormGen);
+    const auto head = plain(ck, lance_names::weight(lance_names::kLmHead));
+    const auto w_out = plain(ck, lance_names::weight(lance_names::kLlm2Vae)),
+               b_out = plain(ck, lance_names::bias(lance_names::kLlm2Vae));
     out.final_hidden.resize(L * H);
     for (size_t r = 0; r < L; ++r) {
         double* f = &out.final_hidden[r * H];

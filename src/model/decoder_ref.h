@@ -1,6 +1,6 @@
 // A plain float64 reference of Lance's decoder (spec §2): simple loops over a whole packed
 // sequence with its attention mask, no KV cache, nothing shared with the fast path but the
-// checkpoint reader. Tests compare LanceDecoder against it.
+// checkpoint reader. Tests compare DecoderSession against it.
 #pragma once
 
 #include <cstdint>

@@ -23,11 +23,65 @@ std::string_view component_name(Component c) {
     return "?";
 }
 
-namespace {
+std::string_view path_linear_name(PathLinear l) {
+    static constexpr const char* kNames[kPathLinears] = {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    return kNames[static_cast<int>(l)];
+}
 
-std::string layer_prefix(int i) { return "language_model.model.layers." + std::to_string(i) + "."; }
+LinearInput linear_input(PathLinear l) {
+    switch (l) {
+        case PathLinear::Q:
+        case PathLinear::K:
+        case PathLinear::V:
+            return LinearInput::Qkv;
+        case PathLinear::O:
+            return LinearInput::O;
+        case PathLinear::Gate:
+        case PathLinear::Up:
+            return LinearInput::GateUp;
+        case PathLinear::Down:
+            return LinearInput::Down;
+    }
+    return LinearInput::Qkv;
+}
 
-}  // namespace
+int64_t linear_input_width(const LanceConfig& cfg, LinearInput in) {
+    switch (in) {
+        case LinearInput::O:
+            return cfg.q_dim();
+        case LinearInput::Down:
+            return cfg.intermediate_size;
+        case LinearInput::Qkv:
+        case LinearInput::GateUp:
+            break;
+    }
+    return cfg.hidden_size;
+}
+
+PathNames path_names(int layer, bool gen) {
+    // The gen expert's attention tensors carry the suffix on the last component
+    // (self_attn.q_proj_moe_gen.weight); its MLP is a sibling module
+    // (mlp_moe_gen.gate_proj.weight).
+    const std::string p = "language_model.model.layers." + std::to_string(layer) + ".";
+    const std::string s = gen ? "_moe_gen" : "";
+    const std::string attn = p + "self_attn.", mlp = p + (gen ? "mlp_moe_gen." : "mlp.");
+    PathNames n;
+    n.layer = layer;
+    n.gen = gen;
+    n.input_norm = p + "input_layernorm" + s + ".weight";
+    n.post_norm = p + "post_attention_layernorm" + s + ".weight";
+    n.q_norm = attn + "q_norm" + s + ".weight";
+    n.k_norm = attn + "k_norm" + s + ".weight";
+    for (PathLinear l : kAllPathLinears) {
+        const std::string name(path_linear_name(l));
+        n.linear[static_cast<int>(l)] =
+            linear_input(l) == LinearInput::GateUp || linear_input(l) == LinearInput::Down
+                ? mlp + name
+                : attn + name + s;
+    }
+    return n;
+}
 
 void for_each_vit_tensor(const VitConfig& v, const std::string& prefix,
                          const std::function<void(const TensorSpec&)>& fn) {
@@ -62,55 +116,28 @@ void for_each_vit_tensor(const VitConfig& v, const std::string& prefix,
 
 void for_each_lance_tensor(const LanceConfig& c, VitLayout vit,
                            const std::function<void(const TensorSpec&)>& fn, int64_t pos_rows) {
-    const int64_t h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), hd = c.head_dim();
-    const int64_t ff = c.intermediate_size, vocab = c.vocab_size;
-    fn({"language_model.model.embed_tokens.weight",
-        {vocab, h},
-        Component::Embedding,
-        TensorKind::Embedding});
-    for (int i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string p = layer_prefix(i);
-        for (int gen = 0; gen < 2; ++gen) {
-            const std::string s = gen ? "_moe_gen" : "";
-            const Component comp = gen ? Component::LlmGen : Component::LlmUnd;
-            auto emit = [&](const std::string& n, Shape shape, TensorKind k) {
-                fn({p + n, std::move(shape), comp, k, i});
-            };
-            emit("input_layernorm" + s + ".weight", {h}, TensorKind::Norm);
-            emit("self_attn.q_proj" + s + ".weight", {q, h}, TensorKind::LinearWeight);
-            emit("self_attn.q_proj" + s + ".bias", {q}, TensorKind::Bias);
-            emit("self_attn.k_proj" + s + ".weight", {kv, h}, TensorKind::LinearWeight);
-            emit("self_attn.k_proj" + s + ".bias", {kv}, TensorKind::Bias);
-            emit("self_attn.v_proj" + s + ".weight", {kv, h}, TensorKind::LinearWeight);
-            emit("self_attn.v_proj" + s + ".bias", {kv}, TensorKind::Bias);
-            emit("self_attn.o_proj" + s + ".weight", {h, q}, TensorKind::LinearWeight);
-            emit("self_attn.q_norm" + s + ".weight", {hd}, TensorKind::Norm);
-            emit("self_attn.k_norm" + s + ".weight", {hd}, TensorKind::Norm);
-            emit("post_attention_layernorm" + s + ".weight", {h}, TensorKind::Norm);
-            const std::string mlp = gen ? "mlp_moe_gen." : "mlp.";
-            emit(mlp + "gate_proj.weight", {ff, h}, TensorKind::LinearWeight);
-            emit(mlp + "up_proj.weight", {ff, h}, TensorKind::LinearWeight);
-            emit(mlp + "down_proj.weight", {h, ff}, TensorKind::LinearWeight);
-        }
-    }
-    fn({"language_model.model.norm.weight", {h}, Component::LlmUnd, TensorKind::Norm});
-    fn({"language_model.model.norm_moe_gen.weight", {h}, Component::LlmGen, TensorKind::Norm});
-    fn({"language_model.lm_head.weight", {vocab, h}, Component::LmHead, TensorKind::LinearWeight});
-    fn({"time_embedder.mlp.0.weight",
-        {h, c.time_freq_dim},
-        Component::Bridge,
-        TensorKind::LinearWeight});
-    fn({"time_embedder.mlp.0.bias", {h}, Component::Bridge, TensorKind::Bias});
-    fn({"time_embedder.mlp.2.weight", {h, h}, Component::Bridge, TensorKind::LinearWeight});
-    fn({"time_embedder.mlp.2.bias", {h}, Component::Bridge, TensorKind::Bias});
-    fn({"vae2llm.weight", {h, c.latent_channels}, Component::Bridge, TensorKind::LinearWeight});
-    fn({"vae2llm.bias", {h}, Component::Bridge, TensorKind::Bias});
-    fn({"llm2vae.weight", {c.latent_channels, h}, Component::Bridge, TensorKind::LinearWeight});
-    fn({"llm2vae.bias", {c.latent_channels}, Component::Bridge, TensorKind::Bias});
-    fn({"latent_pos_embed.pos_embed",
-        {pos_rows >= 0 ? pos_rows : c.pos_embed_rows(), h},
-        Component::PosEmbed,
-        TensorKind::PosTable});
+    namespace N = lance_names;
+    const int64_t h = c.hidden_size, vocab = c.vocab_size, lat = c.latent_channels;
+    auto top = [&](const std::string& name, Shape shape, Component comp, TensorKind k) {
+        fn({name, std::move(shape), comp, k});
+    };
+    auto linear = [&](const std::string& base, int64_t out, int64_t in, bool bias) {
+        top(base + ".weight", {out, in}, Component::Bridge, TensorKind::LinearWeight);
+        if (bias) top(base + ".bias", {out}, Component::Bridge, TensorKind::Bias);
+    };
+    top(N::kEmbedTokens, {vocab, h}, Component::Embedding, TensorKind::Embedding);
+    for (int i = 0; i < c.num_hidden_layers; ++i)
+        for (int gen = 0; gen < 2; ++gen) for_each_path_tensor(c, i, gen == 1, fn);
+    top(N::kNorm, {h}, Component::LlmUnd, TensorKind::Norm);
+    top(N::kNormGen, {h}, Component::LlmGen, TensorKind::Norm);
+    top(std::string(N::kLmHead) + ".weight", {vocab, h}, Component::LmHead,
+        TensorKind::LinearWeight);
+    linear(N::kTimeMlp0, h, c.time_freq_dim, true);
+    linear(N::kTimeMlp2, h, h, true);
+    linear(N::kVae2Llm, h, lat, true);
+    linear(N::kLlm2Vae, lat, h, true);
+    top(N::kPosEmbed, {pos_rows >= 0 ? pos_rows : c.pos_embed_rows(), h}, Component::PosEmbed,
+        TensorKind::PosTable);
     if (vit == VitLayout::Bundled) for_each_vit_tensor(c.vision, "vit_model.", fn);
 }
 
@@ -121,43 +148,40 @@ std::vector<TensorSpec> lance_tensor_list(const LanceConfig& cfg, VitLayout vit,
     return v;
 }
 
-std::vector<std::string> lance_layer_linears(int i) {
-    const std::string p = layer_prefix(i);
-    std::vector<std::string> r;
-    for (int gen = 0; gen < 2; ++gen) {
-        const std::string s = gen ? "_moe_gen" : "";
-        for (const char* n : {"q_proj", "k_proj", "v_proj", "o_proj"})
-            r.push_back(p + "self_attn." + n + s);
-        for (const char* n : {"gate_proj", "up_proj", "down_proj"})
-            r.push_back(p + (gen ? "mlp_moe_gen." : "mlp.") + n);
-    }
-    return r;
+void for_each_path_tensor(const LanceConfig& c, int layer, bool gen,
+                          const std::function<void(const TensorSpec&)>& fn) {
+    const int64_t h = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), hd = c.head_dim();
+    const int64_t ff = c.intermediate_size;
+    const PathNames n = path_names(layer, gen);
+    const Component comp = gen ? Component::LlmGen : Component::LlmUnd;
+    auto norm = [&](const std::string& name, int64_t dim) {
+        fn({name, {dim}, comp, TensorKind::Norm, layer});
+    };
+    auto linear = [&](PathLinear l, int64_t out, int64_t in, bool bias) {
+        const int k = static_cast<int>(l);
+        fn({n.weight(l), {out, in}, comp, TensorKind::LinearWeight, layer, k});
+        if (bias) fn({n.bias(l), {out}, comp, TensorKind::Bias, layer, k});
+    };
+    norm(n.input_norm, h);
+    linear(PathLinear::Q, q, h, true);
+    linear(PathLinear::K, kv, h, true);
+    linear(PathLinear::V, kv, h, true);
+    linear(PathLinear::O, h, q, false);
+    norm(n.q_norm, hd);
+    norm(n.k_norm, hd);
+    norm(n.post_norm, h);
+    linear(PathLinear::Gate, ff, h, false);
+    linear(PathLinear::Up, ff, h, false);
+    linear(PathLinear::Down, h, ff, false);
 }
 
-std::vector<FusionGroup> lance_fusion_groups(const LanceConfig& cfg) {
-    using K = FusionGroup::Kind;
-    std::vector<FusionGroup> g;
-    for (int i = 0; i < cfg.num_hidden_layers; ++i) {
-        const std::string p = layer_prefix(i);
-        for (int gen = 0; gen < 2; ++gen) {
-            const std::string s = gen ? "_moe_gen" : "";
-            const std::string a = p + "self_attn.";
-            const std::string m = p + (gen ? "mlp_moe_gen." : "mlp.");
-            g.push_back({K::NormToLinears,
-                         i,
-                         gen == 1,
-                         p + "input_layernorm" + s + ".weight",
-                         {a + "q_proj" + s, a + "k_proj" + s, a + "v_proj" + s}});
-            g.push_back({K::NormToLinears,
-                         i,
-                         gen == 1,
-                         p + "post_attention_layernorm" + s + ".weight",
-                         {m + "gate_proj", m + "up_proj"}});
-            g.push_back({K::VToO, i, gen == 1, a + "v_proj" + s, {a + "o_proj" + s}});
-            g.push_back({K::UpToDown, i, gen == 1, m + "up_proj", {m + "down_proj"}});
-        }
+std::vector<std::string> lance_layer_linears(int i) {
+    std::vector<std::string> r;
+    for (int gen = 0; gen < 2; ++gen) {
+        const PathNames n = path_names(i, gen == 1);
+        r.insert(r.end(), std::begin(n.linear), std::end(n.linear));
     }
-    return g;
+    return r;
 }
 
 }  // namespace lancet

@@ -116,6 +116,25 @@ void check_splits(const std::vector<Split>& splits, size_t n, const char* what) 
         fail(what, ": split lengths sum to ", sum, " but there are ", n, " tokens");
 }
 
+void pe3d_row(int hidden, int64_t pos_id, int max_latent_size, double* out) {
+    int d = hidden / 3;
+    if (d % 2) --d;
+    const int dims[3] = {d, d, hidden - 2 * d};
+    const int64_t l2 = static_cast<int64_t>(max_latent_size) * max_latent_size;
+    const double pos[3] = {static_cast<double>(pos_id / l2),
+                           static_cast<double>((pos_id / max_latent_size) % max_latent_size),
+                           static_cast<double>(pos_id % max_latent_size)};
+    for (int a = 0; a < 3; ++a) {
+        const int half = dims[a] / 2;
+        for (int k = 0; k < half; ++k) {
+            const double omega = 1.0 / std::pow(10000.0, k / static_cast<double>(half));
+            out[k] = std::sin(pos[a] * omega);
+            out[half + k] = std::cos(pos[a] * omega);
+        }
+        out += dims[a];
+    }
+}
+
 void timestep_features(float t, size_t dim, float* out) {
     const size_t half = dim / 2;
     for (size_t k = 0; k < half; ++k) {

@@ -70,4 +70,8 @@ void shift_position_ids(std::vector<RopePosition>& pos, const std::vector<Modali
 // Checks that splits are non-empty and sum to n; Error naming `what` otherwise.
 void check_splits(const std::vector<Split>& splits, size_t n, const char* what);
 
+// The spec's PE3D row for (t, h, w) grid position `pos_id` (§2.3.3), in f64: out[hidden]. The
+// decoder adds it to the gen rows; synth writes it as latent_pos_embed.pos_embed.
+void pe3d_row(int hidden, int64_t pos_id, int max_latent_size, double* out);
+
 }  // namespace lancet

@@ -16,6 +16,7 @@
 #include "io/output_dir.h"
 #include "io/safetensors.h"
 #include "model/lance_tensors.h"
+#include "model/positions.h"
 #include "model/wan_vae_synth.h"
 
 namespace lancet {
@@ -36,9 +37,7 @@ const char* const kSpecialTokens[] = {
 constexpr int kNumSpecial = 22;
 
 uint64_t hash_name(uint64_t seed, const std::string& s) {
-    uint64_t h = 1469598103934665603ull ^ seed;
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    return Rng(h).next_u64();
+    return Rng(name_hash(seed, s)).next_u64();
 }
 
 // A cheap approximately standard normal value: the centred sum of four 16-bit uniforms (variance
@@ -180,25 +179,6 @@ int write_synthetic_tokenizer(const std::string& dir) {
                       {"errors", "replace"}};
     write_file_atomic((fs::path(dir) / "tokenizer_config.json").string(), cfg.dump(2));
     return 256 + kNumSpecial;
-}
-
-void pe3d_row(int hidden, int64_t pos_id, int max_latent_size, double* out) {
-    int d = hidden / 3;
-    if (d % 2) --d;
-    const int dims[3] = {d, d, hidden - 2 * d};
-    const int64_t l2 = static_cast<int64_t>(max_latent_size) * max_latent_size;
-    const double pos[3] = {static_cast<double>(pos_id / l2),
-                           static_cast<double>((pos_id / max_latent_size) % max_latent_size),
-                           static_cast<double>(pos_id % max_latent_size)};
-    for (int a = 0; a < 3; ++a) {
-        const int half = dims[a] / 2;
-        for (int k = 0; k < half; ++k) {
-            const double omega = 1.0 / std::pow(10000.0, k / static_cast<double>(half));
-            out[k] = std::sin(pos[a] * omega);
-            out[half + k] = std::cos(pos[a] * omega);
-        }
-        out += dims[a];
-    }
 }
 
 namespace {

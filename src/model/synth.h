@@ -44,7 +44,4 @@ uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg);
 // special ids come from the files. Returns the tokenizer length (278).
 int write_synthetic_tokenizer(const std::string& dir);
 
-// The spec's PE3D row for (t, h, w) grid position `pos_id` (§2.3.3), in f64.
-void pe3d_row(int hidden, int64_t pos_id, int max_latent_size, double* out);
-
 }  // namespace lancet

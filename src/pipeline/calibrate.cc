@@ -86,21 +86,8 @@ namespace {
 
 // Accumulators for one layer path: the four linear inputs (q/k/v share one, gate/up share one).
 struct PathStats {
-    std::unique_ptr<quant::StatsAccumulator> acc[4];
+    std::unique_ptr<quant::StatsAccumulator> acc[kLinearInputs];
 };
-
-const char* kGroupLinears[4][3] = {{"q_proj", "k_proj", "v_proj"},
-                                   {"o_proj", nullptr, nullptr},
-                                   {"gate_proj", "up_proj", nullptr},
-                                   {"down_proj", nullptr, nullptr}};
-
-std::string linear_base(int layer, bool gen, const char* name) {
-    const std::string p = "language_model.model.layers." + std::to_string(layer) + ".";
-    const std::string n = name;
-    if (n == "gate_proj" || n == "up_proj" || n == "down_proj")
-        return p + (gen ? "mlp_moe_gen." : "mlp.") + n;
-    return p + "self_attn." + n + (gen ? "_moe_gen" : "");
-}
 
 // Lance's shifted flow-time schedule (§3.1): sigma_k = s u / (1 + (s-1) u), u = 1 - k/S.
 float shifted_sigma(int k, int steps, float shift) {
@@ -139,7 +126,8 @@ void calibrate(const CalibrateOptions& opt) {
     // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
     dopt.bf16_weights = true;
     dopt.logits_limit = static_cast<int64_t>(tok.size());
-    LanceDecoder decoder(*ck, dopt);
+    const LanceWeights weights(*ck, dopt);
+    DecoderSession decoder(weights);
     std::vector<PathStats> stats(static_cast<size_t>(cfg.num_hidden_layers) * 2);
     uint64_t acc_seed = opt.seed;
     Outputs outputs;
@@ -230,11 +218,13 @@ void calibrate(const CalibrateOptions& opt) {
     std::vector<std::pair<std::string, const quant::StatsAccumulator*>> order;
     for (int l = 0; l < cfg.num_hidden_layers; ++l)
         for (int gen = 0; gen < 2; ++gen)
-            for (int k = 0; k < 4; ++k) {
+            for (int k = 0; k < kLinearInputs; ++k) {
                 const auto& a = stats[static_cast<size_t>(l) * 2 + gen].acc[k];
                 if (!a) continue;
-                for (const char* name : kGroupLinears[k])
-                    if (name) order.emplace_back(linear_base(l, gen == 1, name), a.get());
+                const PathNames n = path_names(l, gen == 1);
+                for (PathLinear lin : kAllPathLinears)
+                    if (static_cast<int>(linear_input(lin)) == k)
+                        order.emplace_back(n[lin], a.get());
             }
     for (const auto& [base, acc] : order) w.declare(base, acc->in(), acc->n_rows());
     // q/k/v (and gate/up) share one accumulator: compute its statistics once for the run of names.

@@ -28,7 +28,7 @@ double median(std::vector<double> v) {
 std::string weight_format_label(const LanceCheckpoint& ck) {
     if (const AwqMeta* q = ck.quant_meta())
         return std::string(quant_format_name(q->format)) + " g" + std::to_string(q->group_size);
-    const std::string probe = "language_model.model.layers.0.mlp.gate_proj.weight";
+    const std::string probe = path_names(0, false).weight(PathLinear::Gate);
     return ck.has_tensor(probe) ? std::string(dtype_name(ck.tensor(probe).dtype)) : "original";
 }
 
@@ -49,7 +49,7 @@ DecodeWeightBytes decode_weight_bytes(const LanceCheckpoint& ck) {
     return b;
 }
 
-DecodeBenchResult bench_decode(LanceDecoder& dec, const DecodeBenchOptions& opt) {
+DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& opt) {
     const LanceConfig& cfg = dec.config();
     const size_t n = opt.prompt_tokens, m = opt.decode_tokens;
     if (n < 1) fail("bench decode: --prompt-tokens must be >= 1");

@@ -41,6 +41,6 @@ struct DecodeBenchResult {
 // Prefills a prompt of random ids below dec.logits_limit(), then decodes greedily (argmax of the
 // last row's logits, each token fed back on the KV cache). Throws lancet::Error when the prompt
 // plus the decoded tokens exceed the model's context.
-DecodeBenchResult bench_decode(LanceDecoder& dec, const DecodeBenchOptions& opt);
+DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& opt);
 
 }  // namespace lancet

@@ -53,7 +53,7 @@ Batch select_rows(const Batch& b, const std::vector<uint8_t>& keep,
 
 // Input embeddings of `b` [n, hidden]: embed_tokens rows, the latent embedding on gen rows, and
 // ViT rows in order on und <|video_pad|> rows.
-void embed_with_vit(LanceDecoder& dec, const Batch& b, const std::vector<float>& vit_rows,
+void embed_with_vit(DecoderSession& dec, const Batch& b, const std::vector<float>& vit_rows,
                     std::vector<float>& out) {
     const LanceConfig& cfg = dec.config();
     const size_t H = cfg.hidden_size, n = b.size();
@@ -215,7 +215,7 @@ void check_gen_sequence(const GenSequence& seq, const LanceConfig& cfg, const ch
     }
 }
 
-SampleResult flow_sample(LanceDecoder& dec, const GenSequence& seq, const FlowSamplerOptions& o) {
+SampleResult flow_sample(DecoderSession& dec, const GenSequence& seq, const FlowSamplerOptions& o) {
     const LanceConfig& cfg = dec.config();
     check_gen_sequence(seq, cfg, "sample");
     if (o.steps < 1 || o.steps > 1000) fail("sample: steps must be in 1..1000 (got ", o.steps, ")");

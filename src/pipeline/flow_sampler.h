@@ -97,7 +97,7 @@ void euler_step(float* x, const float* v, const uint8_t* gen, size_t rows, size_
 std::vector<float> flow_noise(uint64_t seed, size_t n);
 
 // Runs the sampler. The decoder must hold the gen path.
-SampleResult flow_sample(LanceDecoder& dec, const GenSequence& seq, const FlowSamplerOptions& o);
+SampleResult flow_sample(DecoderSession& dec, const GenSequence& seq, const FlowSamplerOptions& o);
 
 // Checks a GenSequence's shapes and rules (one Noise split, gen rows generated only inside it,
 // nothing dropped inside it, one ViT row per und pad); Error naming `where`.

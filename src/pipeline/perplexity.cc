@@ -58,7 +58,7 @@ std::vector<ScoreWindow> perplexity_windows(size_t n_tokens, size_t ctx, size_t 
     return w;
 }
 
-PerplexityResult evaluate_perplexity(const std::vector<LanceDecoder*>& decoders,
+PerplexityResult evaluate_perplexity(const std::vector<DecoderSession*>& decoders,
                                      const std::vector<int32_t>& tokens,
                                      const PerplexityOptions& opt, ThreadPool* pool) {
     if (decoders.empty()) fail("perplexity: no model");

@@ -49,7 +49,7 @@ std::vector<ScoreWindow> perplexity_windows(size_t n_tokens, size_t ctx, size_t 
 // window is a fresh forward at positions 0..len-1 with logits for all rows. Throws lancet::Error
 // for fewer than 2 tokens, a bad ctx/stride, a ctx beyond a model's max_position_embeddings, or
 // models with different vocab sizes.
-PerplexityResult evaluate_perplexity(const std::vector<LanceDecoder*>& decoders,
+PerplexityResult evaluate_perplexity(const std::vector<DecoderSession*>& decoders,
                                      const std::vector<int32_t>& tokens,
                                      const PerplexityOptions& opt, ThreadPool* pool = nullptr);
 

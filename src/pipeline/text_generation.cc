@@ -16,7 +16,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-GenerateResult generate_text(LanceDecoder& decoder, const LanceConfig& cfg,
+GenerateResult generate_text(DecoderSession& decoder, const LanceConfig& cfg,
                              const std::vector<int64_t>& prompt, const GenerateOptions& opt,
                              const std::function<bool(int32_t)>& on_token) {
     if (prompt.empty()) fail("generate: empty prompt");

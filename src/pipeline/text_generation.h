@@ -26,7 +26,7 @@ struct GenerateResult {
 // Prefills `prompt` (text, causal) and decodes until a stop id or the limit. `on_token` sees each
 // generated id (stop token excluded) as it is produced and may return false to stop early.
 // Fails with Error when prompt + limit exceeds the model's context.
-GenerateResult generate_text(LanceDecoder& decoder, const LanceConfig& cfg,
+GenerateResult generate_text(DecoderSession& decoder, const LanceConfig& cfg,
                              const std::vector<int64_t>& prompt, const GenerateOptions& opt,
                              const std::function<bool(int32_t)>& on_token = {});
 

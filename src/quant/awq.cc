@@ -113,7 +113,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
     }
 
     AwqResult res;
-    const int gs = choose_group_size(in, opt.group_size);
+    const int gs = check_group_size(in, opt.group_size);
     const int ng = in / gs;
     res.group_size = gs;
     ThreadPool& pool = opt.pool ? *opt.pool : default_pool();
@@ -519,7 +519,7 @@ AwqResult rtn_group(const std::vector<AwqConsumer>& consumers, int in, const Awq
     const auto t_start = std::chrono::steady_clock::now();
     const double nan = std::numeric_limits<double>::quiet_NaN();
     AwqResult res;
-    res.group_size = choose_group_size(in, opt.group_size);
+    res.group_size = check_group_size(in, opt.group_size);
     res.s.assign(in, 1.0f);
     res.s_free = res.s;
     res.rtn = {nan, nan, nan, nan};

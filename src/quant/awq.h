@@ -24,7 +24,7 @@ struct AwqConsumer {
 };
 
 struct AwqOptions {
-    int group_size = 64;        // requested; see choose_group_size
+    int group_size = 64;        // the group size used (must divide in; see choose_group_size)
     bool search_scales = true;  // false: s = 1 (clipping only)
     bool clip = true;           // per-(row, group) range-shrink search
     // true: coordinate descent over the groups of each row on that row's exact output error

@@ -32,6 +32,7 @@ LayerResult quantize_layer(LayerWeights& w, const LayerStats& stats, const AwqOp
     // o_proj through v_proj: one scale per (kv head, dim), shared by that group's query heads.
     {
         AwqOptions o_opt = opt;
+        o_opt.group_size = w.group_size.o;
         o_opt.search_scales = opt.search_scales && sw.fuse_o_v;
         const std::vector<int> tie = gqa_tie_map(w.num_heads, w.num_kv_heads, w.head_dim);
         const std::vector<AwqConsumer> c = {{"o_proj", w.o.data(), w.hidden}};
@@ -45,6 +46,7 @@ LayerResult quantize_layer(LayerWeights& w, const LayerStats& stats, const AwqOp
     // down_proj through up_proj.
     {
         AwqOptions d_opt = opt;
+        d_opt.group_size = w.group_size.down;
         d_opt.search_scales = opt.search_scales && sw.fuse_down_up;
         const std::vector<AwqConsumer> c = {{"down_proj", w.down.data(), w.hidden}};
         r.down = stats.down ? awq_search(c, w.intermediate, stats.down, d_opt)
@@ -56,12 +58,17 @@ LayerResult quantize_layer(LayerWeights& w, const LayerStats& stats, const AwqOp
     const std::vector<AwqConsumer> qkv = {{"q_proj", w.q.data(), static_cast<int>(qd)},
                                           {"k_proj", w.k.data(), static_cast<int>(kvd)},
                                           {"v_proj", w.v.data(), static_cast<int>(kvd)}};
-    r.qkv = stats.qkv ? awq_search(qkv, w.hidden, stats.qkv, opt) : rtn_group(qkv, w.hidden, opt);
+    AwqOptions qkv_opt = opt;
+    qkv_opt.group_size = w.group_size.qkv;
+    r.qkv = stats.qkv ? awq_search(qkv, w.hidden, stats.qkv, qkv_opt)
+                      : rtn_group(qkv, w.hidden, qkv_opt);
     if (stats.qkv) fuse_scale_into_norm(w.input_norm.data(), r.qkv.s.data(), w.hidden);
     const std::vector<AwqConsumer> gu = {{"gate_proj", w.gate.data(), w.intermediate},
                                          {"up_proj", w.up.data(), w.intermediate}};
-    r.gate_up =
-        stats.gate_up ? awq_search(gu, w.hidden, stats.gate_up, opt) : rtn_group(gu, w.hidden, opt);
+    AwqOptions gu_opt = opt;
+    gu_opt.group_size = w.group_size.gate_up;
+    r.gate_up = stats.gate_up ? awq_search(gu, w.hidden, stats.gate_up, gu_opt)
+                              : rtn_group(gu, w.hidden, gu_opt);
     if (stats.gate_up) fuse_scale_into_norm(w.post_norm.data(), r.gate_up.s.data(), w.hidden);
     return r;
 }

@@ -20,6 +20,11 @@ struct LayerWeights {
     std::vector<float> o;                       // [hidden, heads*hd]
     std::vector<float> gate, up;                // [intermediate, hidden]
     std::vector<float> down;                    // [hidden, intermediate]
+    // The group size of each fusion group's linears, decided by the caller for its input width
+    // (choose_group_size); quantize_layer uses these, not AwqOptions::group_size.
+    struct GroupSizes {
+        int qkv = 64, o = 64, gate_up = 64, down = 64;
+    } group_size;
 };
 
 // Input statistics of the linears: q/k/v share one input, gate/up another. A null pointer means

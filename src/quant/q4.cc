@@ -100,6 +100,13 @@ int choose_group_size(int in, int requested) {
     return in;
 }
 
+int check_group_size(int in, int gs) {
+    if (in <= 0 || in % 2 != 0)
+        fail("input width ", in, " cannot be INT4-packed (it must be even and positive)");
+    if (gs <= 0 || in % gs != 0) fail("group size ", gs, " does not divide the input width ", in);
+    return gs;
+}
+
 namespace {
 
 // nearbyint for the default FE_TONEAREST mode without a libm call (baseline x86-64 has no
@@ -179,7 +186,7 @@ QuantizedMatrix quantize_rtn(const float* w, int out, int in, const RtnOptions& 
     QuantizedMatrix q;
     q.out = out;
     q.in = in;
-    q.group_size = choose_group_size(in, opt.group_size);
+    q.group_size = check_group_size(in, opt.group_size);
     if (out <= 0) fail("cannot quantize a matrix with ", out, " rows");
     const int gs = q.group_size, ng = in / gs;
     q.qweight.resize(static_cast<size_t>(out) * (in / 2));

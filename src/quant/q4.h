@@ -48,6 +48,9 @@ int seed_group_size(int in, int requested);
 // 32, 16 that is <= requested and divides `in`, else `in`. Never larger than requested unless
 // nothing smaller divides. Throws on an unsupported request or an odd `in` (nibble packing).
 int choose_group_size(int in, int requested);
+// The quantizers take the group size decided by their caller (the quantize plan, through
+// choose_group_size) and only check it: positive, dividing `in`, `in` even. Returns gs.
+int check_group_size(int in, int gs);
 
 // How one group is turned into codes.
 struct GroupQuantOptions {
@@ -66,7 +69,7 @@ void quantize_group(const float* w, int n, const GroupQuantOptions& opt, uint8_t
                     uint16_t* scale_bf16, uint8_t* zero, float* deq);
 
 struct RtnOptions {
-    int group_size = 64;  // requested; see choose_group_size
+    int group_size = 64;  // the group size used (must divide in; see choose_group_size)
     // The seed casts the checkpoint to bf16 before quantizing (spec §1.1, §3.4); true reproduces
     // its files bit for bit. false quantizes the given f32 values as they are.
     bool round_input_to_bf16 = true;

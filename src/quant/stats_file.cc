@@ -1,4 +1,4 @@
-// Reading, writing and merging activation-statistics files, and synthetic statistics.
+// Reading, writing and merging activation-statistics files.
 #include "quant/stats_file.h"
 
 #include <algorithm>
@@ -8,25 +8,15 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "core/log.h"
 #include "core/rng.h"
-#include "core/thread_pool.h"
+#include "io/json_file.h"
 #include "io/output_dir.h"
-#include "kernels/gemm.h"
-#include "model/lance_checkpoint.h"
-#include "model/lance_tensors.h"
 
 namespace lancet::quant {
 
 namespace {
 
 const char* const kSuffixes[] = {".mean_abs", ".max_abs", ".n_tokens", ".rows"};
-
-uint64_t hash_str(uint64_t seed, const std::string& s) {
-    uint64_t h = 1469598103934665603ull ^ seed;
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    return h;
-}
 
 std::vector<float> read_f32(const TensorView& v) {
     std::vector<float> r(static_cast<size_t>(v.numel()));
@@ -63,7 +53,7 @@ StatsFile::StatsFile(const std::string& path) {
         fail(path, ": statistics format version ", *version, " is not supported (expected ",
              kStatsFormatVersion, ")");
     if (const std::string* t = meta("lancet.stats.tasks")) {
-        nlohmann::json j = nlohmann::json::parse(*t, nullptr, false);
+        const nlohmann::json j = parse_strict_json(*t, path + ": metadata lancet.stats.tasks");
         if (!j.is_array()) fail(path, ": metadata lancet.stats.tasks is not a JSON array");
         for (const auto& e : j) {
             if (!e.is_string()) fail(path, ": metadata lancet.stats.tasks holds a non-string");
@@ -251,132 +241,10 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
                 acc = std::move(s);
                 first = false;
             } else {
-                acc = merge(acc, s, cap, 0x3e46eull ^ hash_str(0, base));
+                acc = merge(acc, s, cap, 0x3e46eull ^ name_hash(0, base));
             }
         }
         w.write(base, acc);
-    }
-    w.finish();
-}
-
-// ---- synthetic statistics ----
-
-namespace {
-
-std::vector<float> load_f32(const LanceCheckpoint& ck, const std::string& name) {
-    const TensorView v = ck.tensor(name);
-    std::vector<float> r = to_f32(v);
-    ck.release(v);
-    return r;
-}
-
-// x[t, i] = z * g[i] for n rows.
-std::vector<float> normed_rows(Rng& rng, int64_t n, const std::vector<float>& g) {
-    const size_t in = g.size();
-    std::vector<float> x(static_cast<size_t>(n) * in);
-    for (int64_t t = 0; t < n; ++t)
-        for (size_t i = 0; i < in; ++i) x[t * in + i] = static_cast<float>(rng.normal()) * g[i];
-    return x;
-}
-
-// Y = X Wᵀ (+ b), [n, out], rows split over the default pool.
-std::vector<float> project(const std::vector<float>& x, int64_t n, int in,
-                           const std::vector<float>& w, int out, const std::vector<float>* bias) {
-    std::vector<float> y(static_cast<size_t>(n) * out);
-    parallel_chunks(default_pool(), n, 16, [&](int64_t t0, int64_t t1) {
-        kernels::gemm_nt(t1 - t0, out, in, &x[t0 * in], in, w.data(), in, &y[t0 * out], out, false);
-        if (bias)
-            for (int64_t t = t0; t < t1; ++t)
-                for (int o = 0; o < out; ++o) y[t * out + o] += (*bias)[o];
-    });
-    return y;
-}
-
-LinearStats accumulate(const std::vector<float>& x, int64_t n, int in, int capacity,
-                       uint64_t seed) {
-    StatsAccumulator acc(in, capacity, seed);
-    acc.add_rows(x.data(), n, in);
-    return acc.stats();
-}
-
-}  // namespace
-
-void synth_stats(const SynthStatsOptions& opt) {
-    if (opt.tokens <= 0) fail("stats synth: --tokens must be positive");
-    if (opt.rows < 0) fail("stats synth: --rows must be >= 0");
-    if (opt.out.empty()) fail("stats synth: no output file given (-o FILE)");
-    auto ck = LanceCheckpoint::open(opt.model);
-    check_not_source(opt.out);
-    if (ck->kind() != CheckpointKind::Original)
-        fail(opt.model, ": already quantized; synthetic statistics need the original weights");
-    const LanceConfig& c = ck->config();
-    const int h = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), hd = c.head_dim();
-    const int n_heads = c.num_attention_heads, per_kv = n_heads / c.num_key_value_heads;
-    const int64_t n = opt.tokens;
-    const int64_t n_rows = std::min<int64_t>(opt.rows, n);
-
-    StatsFileWriter w(opt.out, {"synthetic"}, opt.rows);
-    for (int i = 0; i < c.num_hidden_layers; ++i) {
-        const std::vector<std::string> lin = lance_layer_linears(i);
-        for (size_t k = 0; k < lin.size(); ++k) {
-            if (opt.und_only && k >= 7) continue;
-            const std::string& b = lin[k];
-            const int in = b.ends_with("o_proj") || b.ends_with("o_proj_moe_gen") ? qd
-                           : b.ends_with("down_proj")                             ? I
-                                                                                  : h;
-            w.declare(b, in, n_rows);
-        }
-    }
-    for (int i = 0; i < c.num_hidden_layers; ++i) {
-        const std::string p = "language_model.model.layers." + std::to_string(i) + ".";
-        const std::vector<std::string> lin = lance_layer_linears(i);
-        for (int gen = 0; gen < (opt.und_only ? 1 : 2); ++gen) {
-            const std::string s = gen ? "_moe_gen" : "";
-            const std::string mlp = p + (gen ? "mlp_moe_gen." : "mlp.");
-            const std::string* names = &lin[gen * 7];  // q k v o gate up down
-            Rng rng(hash_str(opt.seed, names[0]));
-            // q/k/v input, and v for the o_proj input.
-            const std::vector<float> g_in = load_f32(*ck, p + "input_layernorm" + s + ".weight");
-            const std::vector<float> x = normed_rows(rng, n, g_in);
-            const LinearStats qkv = accumulate(x, n, h, opt.rows, hash_str(opt.seed, names[1]));
-            for (int k = 0; k < 3; ++k) w.write(names[k], qkv);
-            const std::vector<float> wv = load_f32(*ck, p + "self_attn.v_proj" + s + ".weight");
-            const std::vector<float> bv = load_f32(*ck, p + "self_attn.v_proj" + s + ".bias");
-            const int kvd = c.kv_dim();
-            const std::vector<float> v = project(x, n, h, wv, kvd, &bv);
-            // Attention-like mixing: each query head of token t averages its kv head's values over
-            // itself and three earlier (random) tokens.
-            std::vector<float> o(static_cast<size_t>(n) * qd);
-            constexpr int kMix = 4;
-            for (int64_t t = 0; t < n; ++t)
-                for (int hq = 0; hq < n_heads; ++hq) {
-                    const int kvh = hq / per_kv;
-                    float* dst = &o[t * qd + hq * hd];
-                    for (int m = 0; m < kMix; ++m) {
-                        const int64_t j = m == 0 ? t : static_cast<int64_t>(rng.below(t + 1));
-                        const float* src = &v[j * kvd + kvh * hd];
-                        for (int d = 0; d < hd; ++d) dst[d] += src[d] / kMix;
-                    }
-                }
-            w.write(names[3], accumulate(o, n, qd, opt.rows, hash_str(opt.seed, names[3])));
-            // gate/up input and the down_proj input silu(gate) * up.
-            const std::vector<float> g_post =
-                load_f32(*ck, p + "post_attention_layernorm" + s + ".weight");
-            const std::vector<float> x2 = normed_rows(rng, n, g_post);
-            const LinearStats gu = accumulate(x2, n, h, opt.rows, hash_str(opt.seed, names[4]));
-            w.write(names[4], gu);
-            w.write(names[5], gu);
-            std::vector<float> gate =
-                project(x2, n, h, load_f32(*ck, mlp + "gate_proj.weight"), I, nullptr);
-            const std::vector<float> up =
-                project(x2, n, h, load_f32(*ck, mlp + "up_proj.weight"), I, nullptr);
-            for (size_t k = 0; k < gate.size(); ++k) {
-                const float a = gate[k];
-                gate[k] = a / (1.0f + std::exp(-a)) * up[k];
-            }
-            w.write(names[6], accumulate(gate, n, I, opt.rows, hash_str(opt.seed, names[6])));
-        }
-        log_debug("stats synth: layer ", i + 1, " of ", c.num_hidden_layers);
     }
     w.finish();
 }

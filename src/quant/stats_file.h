@@ -1,7 +1,7 @@
 // The activation-statistics file (safetensors): per targeted linear `<base>.mean_abs` F32 [in],
 // `<base>.max_abs` F32 [in], `<base>.n_tokens` I64 [1] and `<base>.rows` F32 [r, in], plus the
 // format version, calibrated tasks and reservoir capacity in the metadata. Reading, streaming
-// writing, merging, and synthetic statistics for a synth checkpoint.
+// writing and merging (synthetic statistics: pipeline/stats_synth.h).
 #pragma once
 
 #include <cstdint>
@@ -71,24 +71,5 @@ class StatsFileWriter {
 // lists concatenated. capacity <= 0: the largest capacity of the inputs.
 void merge_stats_files(const std::vector<std::string>& inputs, const std::string& output,
                        int capacity = 0);
-
-// Statistics from SYNTHETIC activations consistent with a (synth) checkpoint, without running the
-// model (tests, quick runs; `lancet calibrate` records the real ones). Per decoder layer path,
-// with z ~ N(0, 1):
-//   q/k/v input      x = z ⊙ g_input_norm           (the structure of an RMSNorm output)
-//   gate/up input    x = z' ⊙ g_post_attention_norm
-//   o_proj input     per query head, the mean of a few random tokens' v = W_v x + b_v rows of its
-//                    kv head (attention-like mixing, shared by nothing across query heads)
-//   down_proj input  silu(W_gate x') ⊙ (W_up x')
-struct SynthStatsOptions {
-    std::string model;  // checkpoint folder
-    std::string out;
-    int64_t tokens = 1024;  // tokens per linear
-    int rows = 512;         // reservoir capacity
-    uint64_t seed = 1;
-    // Only the und path (as the seed's x2t-only calibration): gen linears get no statistics.
-    bool und_only = false;
-};
-void synth_stats(const SynthStatsOptions& opt);
 
 }  // namespace lancet::quant

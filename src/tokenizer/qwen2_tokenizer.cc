@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json_file.h"
 
 namespace lancet {
 
@@ -178,14 +179,9 @@ std::string read_whole(const fs::path& p) {
     return os.str();
 }
 
-json parse_json(const fs::path& p) {
-    const std::string text = read_whole(p);
-    try {
-        return json::parse(text);
-    } catch (const json::exception& e) {
-        fail(p.string(), ": invalid JSON (", e.what(), ")");
-    }
-}
+// The strict parser of io/: a syntax error, invalid UTF-8 or a duplicate key (which a lenient
+// parser would resolve silently, e.g. two ids for one token) is an error naming the file.
+json parse_json(const fs::path& p) { return parse_strict_json(read_whole(p), p.string()); }
 
 // A special-token field of tokenizer_config.json: a string, an AddedToken object with "content",
 // or null/absent.

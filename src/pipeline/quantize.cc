@@ -1,6 +1,6 @@
 // The quantization pipeline: plan the output tensors from the inventory, then stream one decoder
 // layer path at a time from the mapped source through AWQ (or RTN) into the safetensors writer.
-#include "quant/quantize.h"
+#include "pipeline/quantize.h"
 
 #include <algorithm>
 #include <chrono>
@@ -23,9 +23,11 @@
 #include "quant/q4.h"
 #include "quant/stats_file.h"
 
-namespace lancet::quant {
+namespace lancet {
 
 namespace {
+
+using namespace quant;  // the algorithms this run drives
 
 namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
@@ -43,10 +45,10 @@ bool in_decoder_path(const TensorSpec& s) {
 }
 
 // "q_proj", "down_proj", "lm_head", "vit": the row of the summary table a linear belongs to.
-std::string linear_type(const std::string& base) {
-    if (base.starts_with("vit_model.")) return "vit";
-    const std::string last = base.substr(base.rfind('.') + 1);
-    return strip(last, "_moe_gen");
+std::string linear_type(const TensorSpec& s) {
+    if (s.component == Component::Vit) return "vit";
+    if (s.component == Component::LmHead) return "lm_head";
+    return std::string(path_linear_name(static_cast<PathLinear>(s.path_linear)));
 }
 
 std::vector<uint8_t> bf16_bytes(const std::vector<float>& v) {
@@ -80,6 +82,7 @@ struct OutTensor {
 // One quantized linear of the plan.
 struct Target {
     std::string base;
+    std::string type;  // linear_type()
     int out = 0, in = 0, gs = 0;
     std::string scheme;  // filled when quantized
 };
@@ -159,6 +162,7 @@ void Pipeline::plan() {
         if (targeted(s)) {
             Target t;
             t.base = strip(s.name, ".weight");
+            t.type = linear_type(s);
             t.out = static_cast<int>(s.shape[0]);
             t.in = static_cast<int>(s.shape[1]);
             t.gs = choose_group_size(t.in, opt_.group_size);
@@ -179,11 +183,14 @@ void Pipeline::plan() {
     }
     // The meta lists the fusion groups' linears first, then the unfused ones, layer by layer
     // (spec §1.1), then lm_head and the ViT.
-    for (int i = 0; i < cfg.num_hidden_layers; ++i) {
-        const std::vector<std::string> l = lance_layer_linears(i);  // q k v o gate up down x2
-        for (int k : {0, 1, 2, 7, 8, 9, 4, 5, 11, 12, 3, 10, 6, 13})
-            meta_order_.push_back(l[k] + ".weight");
-    }
+    for (int i = 0; i < cfg.num_hidden_layers; ++i)
+        for (LinearInput g :
+             {LinearInput::Qkv, LinearInput::GateUp, LinearInput::O, LinearInput::Down})
+            for (int gen = 0; gen < 2; ++gen) {
+                const PathNames n = path_names(i, gen == 1);
+                for (PathLinear l : kAllPathLinears)
+                    if (linear_input(l) == g) meta_order_.push_back(n.weight(l));
+            }
     for (const TensorSpec& s : specs_)
         if (targets_.count(s.name) && !in_decoder_path(s)) meta_order_.push_back(s.name);
 }
@@ -207,17 +214,17 @@ void Pipeline::check_stats() {
     // A layer path is calibrated as a whole or not at all (the seed's gen path can be missing).
     const int L = ck_->config().num_hidden_layers;
     for (int i = 0; i < L; ++i) {
-        const std::vector<std::string> l = lance_layer_linears(i);
         for (int gen = 0; gen < 2; ++gen) {
+            const PathNames n = path_names(i, gen == 1);
             int have = 0;
-            for (int k = 0; k < 7; ++k) have += stats_->has(l[gen * 7 + k]);
+            for (const std::string& b : n.linear) have += stats_->has(b);
             if (have == 0) {
                 no_stats_paths_.insert({i, gen == 1});
                 continue;
             }
-            for (int k = 0; k < 7; ++k)
-                if (!stats_->has(l[gen * 7 + k]))
-                    fail(opt_.stats, ": no statistics for ", l[gen * 7 + k], " (", have,
+            for (const std::string& b : n.linear)
+                if (!stats_->has(b))
+                    fail(opt_.stats, ": no statistics for ", b, " (", have,
                          " other linears of its layer path have some)");
         }
     }
@@ -237,9 +244,10 @@ void Pipeline::check_stats() {
 
 void Pipeline::record(const std::string& base, const std::string& scheme, int gs,
                       const AwqResult* group, const AwqConsumerResult* c) {
-    targets_.at(base + ".weight").scheme = scheme;
+    Target& t = targets_.at(base + ".weight");
+    t.scheme = scheme;
     ojson e;
-    e["type"] = linear_type(base);
+    e["type"] = t.type;
     e["scheme"] = scheme;
     e["group_size"] = gs;
     if (group && c) {
@@ -282,27 +290,23 @@ void Pipeline::write_cached(const std::string& name) {
 
 void Pipeline::process_path(int layer, bool gen) {
     const LanceConfig& c = ck_->config();
-    const std::string p = "language_model.model.layers." + std::to_string(layer) + ".";
-    const std::string s = gen ? "_moe_gen" : "";
-    const std::string a = p + "self_attn.", m = p + (gen ? "mlp_moe_gen." : "mlp.");
+    const PathNames n = path_names(layer, gen);
     std::vector<TensorView> used;
     auto load = [&](const std::string& name) {
         const TensorView v = ck_->tensor(name);
         used.push_back(v);
         return to_f32(v);
     };
-    const std::string names[7] = {a + "q_proj" + s, a + "k_proj" + s, a + "v_proj" + s,
-                                  a + "o_proj" + s, m + "gate_proj",  m + "up_proj",
-                                  m + "down_proj"};
-    const std::string in_norm = p + "input_layernorm" + s + ".weight";
-    const std::string post_norm = p + "post_attention_layernorm" + s + ".weight";
+    const auto& names = n.linear;  // q k v o gate up down
+    const std::string& in_norm = n.input_norm;
+    const std::string& post_norm = n.post_norm;
 
     if (!awq_) {
         for (const std::string& b : names) {
             const Target& t = targets_.at(b + ".weight");
             const std::vector<float> w = load(b + ".weight");
             RtnOptions ro;
-            ro.group_size = opt_.group_size;
+            ro.group_size = t.gs;
             emit_quantized(t, quantize_rtn(w.data(), t.out, t.in, ro));
             record(b, kSchemeMinmax, t.gs, nullptr, nullptr);
         }
@@ -325,6 +329,9 @@ void Pipeline::process_path(int layer, bool gen) {
         w.gate = load(names[4] + ".weight");
         w.up = load(names[5] + ".weight");
         w.down = load(names[6] + ".weight");
+        auto gs = [&](PathLinear l) { return targets_.at(n.weight(l)).gs; };
+        w.group_size = {gs(PathLinear::Q), gs(PathLinear::O), gs(PathLinear::Gate),
+                        gs(PathLinear::Down)};
         for (const TensorView& v : used) ck_->release(v);
         used.clear();
 
@@ -341,8 +348,7 @@ void Pipeline::process_path(int layer, bool gen) {
             for (const std::string& b : names) stats_->release(b);
             ls = {&st_qkv, &st_o, &st_gu, &st_down};
         }
-        AwqOptions ao;
-        ao.group_size = opt_.group_size;
+        AwqOptions ao;  // group sizes: w.group_size
         ao.search_scales = opt_.search;
         ao.clip = opt_.clip;
         const LayerResult r = quantize_layer(w, ls, ao, {opt_.fuse_ov, opt_.fuse_updown});
@@ -391,7 +397,7 @@ void Pipeline::quantize_single(const Target& t) {
         const LinearStats st = stats_->load(t.base);
         stats_->release(t.base);
         AwqOptions ao;
-        ao.group_size = opt_.group_size;
+        ao.group_size = t.gs;
         ao.search_scales = false;
         ao.clip = opt_.clip;
         const AwqResult r = awq_search({{t.base, w.data(), t.out}}, t.in, &st, ao);
@@ -399,7 +405,7 @@ void Pipeline::quantize_single(const Target& t) {
         record(t.base, kSchemeMinmax, t.gs, &r, &r.consumers[0]);
     } else {
         RtnOptions ro;
-        ro.group_size = opt_.group_size;
+        ro.group_size = t.gs;
         emit_quantized(t, quantize_rtn(w.data(), t.out, t.in, ro));
         record(t.base, kSchemeMinmax, t.gs, nullptr, nullptr);
     }
@@ -661,4 +667,4 @@ std::string report_table(const ojson& report) {
     return s;
 }
 
-}  // namespace lancet::quant
+}  // namespace lancet

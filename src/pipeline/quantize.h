@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-namespace lancet::quant {
+namespace lancet {
 
 struct QuantizeOptions {
     std::string method = "awq";  // awq | rtn
@@ -34,4 +34,4 @@ nlohmann::ordered_json quantize_checkpoint(const QuantizeOptions& opt);
 // error of RTN and of the result on held-out rows, their ratio, and the overall line.
 std::string report_table(const nlohmann::ordered_json& report);
 
-}  // namespace lancet::quant
+}  // namespace lancet

@@ -1,0 +1,183 @@
+// Implementation of the temporary-output registry and the interruption cleanup thread.
+#include "io/temp_output.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace lancet {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Registry {
+    std::mutex mu;  // held for good by the cleanup thread once a signal arrived
+    std::vector<std::pair<int, std::string>> paths;
+    int next_id = 0;
+};
+
+Registry& registry() {
+    static Registry* r = new Registry;  // never destroyed: the cleanup thread may outlive main
+    return *r;
+}
+
+std::atomic<bool> g_interrupted{false};
+
+const char* signal_name(int sig) {
+    switch (sig) {
+        case SIGINT:
+            return "SIGINT";
+        case SIGTERM:
+            return "SIGTERM";
+        case SIGHUP:
+            return "SIGHUP";
+        default:
+            return "a signal";
+    }
+}
+
+// Removes a file or folder; a writer that was inside a system call when the lock was taken may
+// still add an entry to a folder being removed, so a few passes are allowed.
+bool remove_path(const std::string& p) {
+    std::error_code ec;
+    for (int pass = 0; pass < 5; ++pass) {
+        const bool existed = fs::exists(fs::symlink_status(p, ec));
+        if (!existed) return pass > 0;
+        fs::remove_all(p, ec);
+    }
+    return !fs::exists(fs::symlink_status(p, ec));
+}
+
+[[noreturn]] void on_interrupt(int sig) {
+    g_interrupted.store(true);
+    Registry& r = registry();
+    r.mu.lock();  // never released: registrations and commits wait until the process ends
+    std::string removed;
+    for (const auto& [id, path] : r.paths) {
+        (void)id;
+        if (!remove_path(path)) continue;
+        removed += removed.empty() ? "" : ", ";
+        removed += path;
+    }
+    if (removed.empty())
+        std::fprintf(stderr, "lancet: interrupted by %s (no temporary output to remove)\n",
+                     signal_name(sig));
+    else
+        std::fprintf(stderr, "lancet: interrupted by %s; removed the temporary output %s\n",
+                     signal_name(sig), removed.c_str());
+    std::fflush(stderr);
+    _exit(128 + sig);
+}
+
+bool all_digits(const std::string& s) {
+    if (s.empty() || s.size() > 10) return false;
+    for (char c : s)
+        if (c < '0' || c > '9') return false;
+    return true;
+}
+
+}  // namespace
+
+void install_interrupt_cleanup() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) return;  // default actions stay
+    registry();  // built before any signal can arrive
+    std::thread([set] {
+        int sig = 0;
+        while (sigwait(&set, &sig) != 0) {
+        }
+        on_interrupt(sig);
+    }).detach();
+}
+
+bool interrupted() { return g_interrupted.load(); }
+
+void hold_if_interrupted() {
+    if (!interrupted()) return;
+    for (;;) pause();
+}
+
+TempRegistration::TempRegistration(std::string path) {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    id_ = r.next_id++;
+    r.paths.emplace_back(id_, std::move(path));
+}
+
+TempRegistration::~TempRegistration() {
+    if (id_ < 0) return;
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    for (auto it = r.paths.begin(); it != r.paths.end(); ++it)
+        if (it->first == id_) {
+            r.paths.erase(it);
+            break;
+        }
+}
+
+void TempRegistration::commit(const std::function<void()>& publish) {
+    Registry& r = registry();
+    std::lock_guard<std::mutex> lock(r.mu);
+    publish();
+    for (auto it = r.paths.begin(); it != r.paths.end(); ++it)
+        if (it->first == id_) {
+            r.paths.erase(it);
+            break;
+        }
+    id_ = -1;
+}
+
+int remove_stale_temps(const std::string& final_path) {
+    fs::path p(final_path);
+    while (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+    const std::string name = p.filename().string();
+    if (name.empty() || name == "." || name == "..") return 0;
+    const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    std::error_code ec;
+    const bool final_exists = fs::exists(p, ec);
+    int removed = 0;
+    fs::directory_iterator it(dir, ec), end;
+    std::vector<std::pair<fs::path, long>> stale;
+    for (; !ec && it != end; it.increment(ec)) {
+        const std::string entry = it->path().filename().string();
+        if (entry.size() <= name.size() || entry.compare(0, name.size(), name) != 0) continue;
+        const std::string rest = entry.substr(name.size());
+        std::string pid_text;
+        if (rest.rfind(".tmp.", 0) == 0)
+            pid_text = rest.substr(5);
+        else if (final_exists && rest.rfind(".old.", 0) == 0)
+            pid_text = rest.substr(5);  // without the output, .old is the only copy: keep it
+        if (!all_digits(pid_text)) continue;
+        const long pid = std::strtol(pid_text.c_str(), nullptr, 10);
+        if (pid <= 0 || pid == static_cast<long>(::getpid())) continue;
+        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // owner alive
+        stale.emplace_back(it->path(), pid);
+    }
+    for (const auto& [path, pid] : stale) {
+        if (!remove_path(path.string())) continue;
+        ++removed;
+        log_info("lancet: removed ", path.string(), ", left by an interrupted run (process ", pid,
+                 " is gone)");
+    }
+    return removed;
+}
+
+}  // namespace lancet

@@ -1,0 +1,50 @@
+// Temporary outputs (`<out>.tmp.<pid>`): removed when SIGINT, SIGTERM or SIGHUP interrupts the
+// run, and recognised (and removed) by a later run when the run that made them died without
+// cleaning up (SIGKILL, power loss).
+#pragma once
+
+#include <functional>
+#include <string>
+
+namespace lancet {
+
+// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (so in every thread started after it:
+// call it first thing in main) and starts a thread that waits for them with sigwait. On a signal
+// that thread, an ordinary thread rather than a handler, so free to use the heap and the file
+// system, removes every registered temporary, prints one line on stderr naming what it removed
+// and ends the process with status 128 + signal (130 for SIGINT, 143 for SIGTERM). Writers that
+// try to register a new temporary meanwhile wait, so nothing new appears while it removes.
+void install_interrupt_cleanup();
+
+// True once an interruption is being handled; hold_if_interrupted() then never returns (the
+// cleanup thread ends the process), so the main thread neither reports an error caused by the
+// removal nor exits with another status.
+bool interrupted();
+void hold_if_interrupted();
+
+// A temporary file or folder registered for removal on interruption for this object's lifetime.
+// Register before creating it: an interruption between the two removes nothing, harmlessly.
+class TempRegistration {
+  public:
+    explicit TempRegistration(std::string path);
+    ~TempRegistration();  // unregisters (does not remove: the owner does, or commits it)
+    TempRegistration(const TempRegistration&) = delete;
+    TempRegistration& operator=(const TempRegistration&) = delete;
+
+    // Runs `publish` (the rename of the temporary into place) with the interruption cleanup held
+    // off, then unregisters: an interruption sees either the temporary (and removes it) or the
+    // finished output (and leaves it), never a half-renamed state. Exceptions from `publish`
+    // propagate and leave the registration in place.
+    void commit(const std::function<void()>& publish);
+
+  private:
+    int id_ = -1;
+};
+
+// Removes the temporaries `<final_path>.tmp.<pid>` (and `.old.<pid>`, the replaced output a forced
+// run moves aside, when `final_path` exists) left next to `final_path` by runs whose process is
+// gone (kill(pid, 0) fails with ESRCH), one log line each. A live owner's temporaries, and this
+// process's own, are left alone. Returns how many were removed.
+int remove_stale_temps(const std::string& final_path);
+
+}  // namespace lancet

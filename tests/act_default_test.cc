@@ -1,0 +1,71 @@
+// The CLI's activation default for INT4 weights: int8 activations (W4A8) unless
+// --exact-activations (or $LANCET_ACT=f32) asks for exact f32 ones. Checked on `lancet forward`
+// of an INT4 model: the default's output is bit-identical to LANCET_ACT=int8's, the flag's to
+// LANCET_ACT=f32's, and the two differ.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace lancet {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_lancet;
+using test::TempDir;
+
+std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+
+// A text-only packed sequence of L tokens in one causal split.
+void write_text_input(const fs::path& path, int64_t L) {
+    std::vector<int64_t> ids(static_cast<size_t>(L));
+    for (int64_t i = 0; i < L; ++i) ids[static_cast<size_t>(i)] = 10 + (i * 37) % 200;
+    const std::vector<uint8_t> is_gen(static_cast<size_t>(L), 0);
+    const std::vector<int64_t> lens{L}, modes{0}, grid{1, 2, 3};
+    SafetensorsWriter w(path.string());
+    w.add("token_ids", DType::I64, {L});
+    w.add("is_gen", DType::U8, {L});
+    w.add("split_lens", DType::I64, {1});
+    w.add("split_modes", DType::I64, {1});
+    w.add("latent_grid", DType::I64, {3});
+    w.write("token_ids", ids.data(), ids.size() * 8);
+    w.write("is_gen", is_gen.data(), is_gen.size());
+    w.write("split_lens", lens.data(), 8);
+    w.write("split_modes", modes.data(), 8);
+    w.write("latent_grid", grid.data(), 24);
+    w.finish();
+}
+
+TEST(ActivationDefault, Int4UsesW4A8UnlessExactActivations) {
+    TempDir dir;
+    ASSERT_EQ(run_lancet("synth --preset tiny -o " + q(dir / "tiny")).exit_code, 0);
+    const std::string int4 = test::make_rtn_int4((dir / "tiny").string(), dir / "tiny-int4", 32);
+    write_text_input(dir / "in.safetensors", 24);
+    auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
+        if (env.empty())
+            unsetenv("LANCET_ACT");
+        else
+            setenv("LANCET_ACT", env.c_str(), 1);
+        const auto r = run_lancet(flags + " forward --model " + q(int4) + " --input " +
+                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
+        unsetenv("LANCET_ACT");
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        return test::read_file(dir / out);
+    };
+    const std::string by_default = forward("", "", "default.safetensors");
+    const std::string int8 = forward("int8", "", "int8.safetensors");
+    const std::string exact = forward("", "--exact-activations", "exact.safetensors");
+    const std::string f32 = forward("f32", "", "f32.safetensors");
+    ASSERT_FALSE(by_default.empty());
+    EXPECT_EQ(by_default, int8) << "the default is not W4A8";
+    EXPECT_EQ(exact, f32) << "--exact-activations is not the f32 path";
+    EXPECT_NE(by_default, exact) << "W4A8 and exact activations gave the same bytes";
+}
+
+}  // namespace
+}  // namespace lancet
