@@ -77,6 +77,17 @@ TEST(Calibrate, RecordsTheRealLinearInputs) {
         EXPECT_EQ(with_gen.n_tokens("language_model.model.layers.0.self_attn.q_proj_moe_gen"), 16);
         EXPECT_EQ(with_gen.n_tokens("language_model.model.layers.1.mlp_moe_gen.down_proj"), 16);
     }
+    {
+        // Real trajectories: 3 steps, all with CFG (sigma 1, 0.875, 0.7 > 0.4), so 6 noisy-block
+        // forwards of 16 latent tokens each reach the gen linears.
+        o.gen_steps = 3;
+        o.out = (dir / "traj.safetensors").string();
+        calibrate(o);
+        quant::StatsFile traj(o.out);
+        EXPECT_EQ(traj.n_tokens("language_model.model.layers.0.self_attn.q_proj_moe_gen"), 96);
+        EXPECT_EQ(traj.n_tokens("language_model.model.layers.1.mlp_moe_gen.down_proj"), 96);
+        o.gen_steps = 0;
+    }
     o.gen = false;
     o.out = (dir / "und.safetensors").string();
     calibrate(o);

@@ -981,7 +981,8 @@ TEST_F(DecoderModel, ForwardCliRejectsMalformedInput) {
          }},
         {"split_modes",
          [&](auto& t) {
-             t["split_modes"] = tensor_of(DType::I64, {5}, std::vector<int64_t>{0, 1, 0, 3, 0});
+             t["split_modes"] = tensor_of(DType::I64, {5},
+                                          std::vector<int64_t>{0, 1, 0, 4, 0});  // 3 is full_noise
          }},
         {"latents",
          [&](auto& t) {

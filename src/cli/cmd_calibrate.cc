@@ -25,6 +25,10 @@ void add_calibrate(CLI::App& app) {
     cmd->add_option("--latent-size", o->latent_hw,
                     "Side of the noisy latent block that feeds the gen path")
         ->capture_default_str();
+    cmd->add_option("--gen-steps", o->gen_steps,
+                    "Record the gen path from real t2i sampler trajectories of this many steps "
+                    "(0: one forward of Gaussian latents per prompt)")
+        ->capture_default_str();
     cmd->add_flag("--no-gen", *no_gen,
                   "Skip the gen path (text-only calibration, as the seed's x2t)");
     cmd->add_flag("--no-vit", *no_vit,

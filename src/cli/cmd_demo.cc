@@ -1,9 +1,11 @@
 // `lancet demo`: the built-in end-to-end run on a tiny synthetic checkpoint: synthesize, calibrate,
-// quantize (RTN and AWQ), compare both with the original (perplexity, KL, top-1), and chat.
+// quantize (RTN and AWQ), compare both with the original (perplexity, KL, top-1), chat, and
+// generate an image and a short clip.
 #include <cstdio>
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/generate.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/decoder.h"
@@ -57,7 +59,7 @@ void run_demo(const std::string& dir) {
     const std::string rtn = (fs::path(dir) / "tiny-rtn").string();
     const std::string awq = (fs::path(dir) / "tiny-awq").string();
 
-    std::printf("[1/5] synth: tiny Lance_3B_Video-layout checkpoint with outlier channels -> %s\n",
+    std::printf("[1/6] synth: tiny Lance_3B_Video-layout checkpoint with outlier channels -> %s\n",
                 model.c_str());
     SynthOptions so;
     so.preset = "tiny";
@@ -66,7 +68,7 @@ void run_demo(const std::string& dir) {
     synth_checkpoint(so);
 
     std::printf(
-        "[2/5] calibrate: %zu prompts through the decoder (und path, and gen path on noisy "
+        "[2/6] calibrate: %zu prompts through the decoder (und path, and gen path on noisy "
         "latents) -> %s\n",
         std::size(kPrompts), stats.c_str());
     std::string lines;
@@ -79,7 +81,7 @@ void run_demo(const std::string& dir) {
     co.latent_hw = 8;
     calibrate(co);
 
-    std::printf("[3/5] quantize: RTN (the seed's baseline) and AWQ, group size 64\n");
+    std::printf("[3/6] quantize: RTN (the seed's baseline) and AWQ, group size 64\n");
     QuantizeOptions qo;
     qo.src = model;
     qo.force = true;
@@ -93,7 +95,7 @@ void run_demo(const std::string& dir) {
     std::printf("%s", report_table(quantize_checkpoint(qo)).c_str());
 
     std::printf(
-        "[4/5] perplexity of the original, RTN and AWQ on built-in text (KL vs original)\n");
+        "[4/6] perplexity of the original, RTN and AWQ on built-in text (KL vs original)\n");
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(model);
     auto ck_o = LanceCheckpoint::open(model), ck_r = LanceCheckpoint::open(rtn),
          ck_a = LanceCheckpoint::open(awq);
@@ -119,7 +121,7 @@ void run_demo(const std::string& dir) {
                         m.top1_agree);
     }
 
-    std::printf("[5/5] chat with the AWQ model (greedy, 24 tokens; a random model babbles):\n  ");
+    std::printf("[5/6] chat with the AWQ model (greedy, 24 tokens; a random model babbles):\n  ");
     const std::string text = render_chat(kDefaultSystemPrompt, {{"user", "Hello! Who are you?"}});
     const auto ids32 = tok.encode(text);
     GenerateOptions g;
@@ -136,6 +138,14 @@ void run_demo(const std::string& dir) {
     std::printf("%s\n  (%zu prompt tokens, %zu new tokens, decode %.0f tok/s)\n", tail.c_str(),
                 r.prompt_tokens, r.tokens.size(),
                 r.decode_seconds > 0 ? r.tokens.size() / r.decode_seconds : 0.0);
+    const std::string png = (fs::path(dir) / "t2i.png").string(),
+                      mp4 = (fs::path(dir) / "t2v.mp4").string();
+    std::printf(
+        "[6/6] generate with the AWQ model: a 64x64 image and a 5-frame 32x32 clip (10 "
+        "steps, CFG 4; a random model paints noise) -> %s, %s\n",
+        png.c_str(), mp4.c_str());
+    std::fflush(stdout);
+    demo_generate(awq, model, png, mp4);
     std::printf("demo done: the models are in %s (try `lancet inspect %s`)\n", dir.c_str(),
                 awq.c_str());
 }

@@ -33,7 +33,7 @@ struct RunArgs {
 };
 
 void run_chat(const RunArgs& a) {
-    if (a.prompt.empty()) fail("run: --prompt is empty");
+    if (a.prompt.empty()) fail("run: --prompt is empty (or missing)");
     if (a.max_new_tokens < 1) fail("run: --max-new-tokens must be at least 1");
     auto ck = LanceCheckpoint::open(a.model);
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(a.model);
@@ -222,21 +222,20 @@ void run_x2t(const RunArgs& a) {
 
 void add_run(CLI::App& app) {
     auto* cmd = app.add_subcommand(
-        "run", "Run a Lance task: chat, x2t_image, x2t_video (text, image, video understanding)");
+        "run",
+        "Run a Lance task: chat, x2t_image, x2t_video (understanding); t2i, t2v, i2v, image_edit, "
+        "video_edit (generation)");
     auto a = std::make_shared<RunArgs>();
     cmd->add_option("--task", a->task, "Task to run")
-        ->check(CLI::IsMember({"chat", "x2t_image", "x2t_video"}))
+        ->check(CLI::IsMember(
+            {"chat", "x2t_image", "x2t_video", "t2i", "t2v", "i2v", "image_edit", "video_edit"}))
         ->capture_default_str();
     cmd->add_option("-m,--model", a->model, "Model folder (original or AWQ)")->required();
-    cmd->add_option("-p,--prompt", a->prompt, "The user's message (x2t: the question)");
+    cmd->add_option("-p,--prompt", a->prompt,
+                    "The user's message (x2t: the question; generation: the caption)");
     cmd->add_option("--system", a->system,
                     "System prompt (default: chat \"You are a helpful assistant.\", x2t the "
                     "task's instruction)");
-    cmd->add_option("--image", a->image, "x2t_image: the image (PNG, JPEG, WebP)");
-    cmd->add_option("--video", a->video, "x2t_video: the video (anything FFmpeg opens)");
-    cmd->add_option("--examples", a->examples,
-                    "x2t: run every item of Lance's example JSON (x2t_image_example.json)");
-    cmd->add_option("--preset", a->preset, "x2t resize preset (default image_768res / video_480p)");
     cmd->add_option("-n,--max-new-tokens", a->max_new_tokens, "Stop after this many new tokens")
         ->capture_default_str();
     cmd->add_option("--temperature", a->temperature, "0 = greedy (Lance's default)")
@@ -248,11 +247,20 @@ void add_run(CLI::App& app) {
     cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = all)")
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
-    cmd->add_option("-s,--seed", a->seed, "Sampling seed")->capture_default_str();
-    cmd->callback([a] {
+    auto* seed = cmd->add_option("-s,--seed", a->seed, "Sampling seed")->capture_default_str();
+    // --image, --video, --examples and --preset serve understanding and generation alike.
+    auto gen = add_generation_options(cmd);
+    cmd->callback([a, gen, seed] {
+        if (is_generation_task(a->task))
+            return run_generation(*gen, a->task, a->model, a->prompt, a->seed, seed->count() > 0);
+        const MediaArgs m = media_args(*gen);
+        a->image = m.image;
+        a->video = m.video;
+        a->examples = m.examples;
+        a->preset = m.preset;
         if (a->task == "chat") {
             if (!a->image.empty() || !a->video.empty() || !a->examples.empty())
-                fail("run: --image/--video/--examples need --task x2t_image or x2t_video");
+                fail("run: --image/--video/--examples need an x2t or generation task");
             run_chat(*a);
         } else {
             run_x2t(*a);

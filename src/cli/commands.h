@@ -2,6 +2,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
 
 #include "model/decoder.h"
 
@@ -20,6 +23,20 @@ void add_stats(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_preprocess(CLI::App& app);
 void add_vae(CLI::App& app);
+void add_sample(CLI::App& app);
+void add_compare(CLI::App& app);
+// The generation tasks of `lancet run` (t2i, t2v, i2v, image_edit, video_edit), in cmd_generate.cc:
+// adds their options to the run command; run_generation runs one of them.
+struct GenRunArgs;
+std::shared_ptr<GenRunArgs> add_generation_options(CLI::App* run);
+// The media options add_generation_options declares, which the understanding tasks share.
+struct MediaArgs {
+    std::string image, video, examples, preset;
+};
+MediaArgs media_args(const GenRunArgs& g);
+bool is_generation_task(const std::string& task);
+void run_generation(const GenRunArgs& g, const std::string& task, const std::string& model,
+                    const std::string& prompt, uint64_t seed, bool seed_given);
 // `bench vae`, added under the bench command by add_bench.
 void add_bench_vae(CLI::App& bench);
 

@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
     lancet::cli::add_perplexity(app);
     lancet::cli::add_preprocess(app);
     lancet::cli::add_vae(app);
+    lancet::cli::add_sample(app);
+    lancet::cli::add_compare(app);
 
     try {
         app.parse(argc, argv);

@@ -179,6 +179,21 @@ SequenceBuilder& SequenceBuilder::latent_block(int64_t t, int64_t h, int64_t w,
     return *this;
 }
 
+SequenceBuilder& SequenceBuilder::vit_block(const VisionGrid& g, SplitMode mode) {
+    const int64_t m = cfg_.vision.spatial_merge_size;
+    if (g.t < 1 || g.h < m || g.w < m || g.h % m || g.w % m)
+        fail("ViT block grid (", g.t, ", ", g.h, ", ", g.w,
+             ") is not a positive multiple of the spatial merge ", m);
+    const int64_t n = g.t * (g.h / m) * (g.w / m);
+    b_.token_ids.push_back(cfg_.vision_start_token_id);
+    b_.token_ids.insert(b_.token_ids.end(), n, cfg_.video_token_id);
+    b_.token_ids.push_back(cfg_.vision_end_token_id);
+    b_.is_gen.insert(b_.is_gen.end(), n + 2, 0);
+    b_.splits.push_back({n + 2, mode});
+    grids_.push_back(g);
+    return *this;
+}
+
 Batch SequenceBuilder::build() const {
     Batch b = b_;
     b.positions = mrope_positions(b.token_ids, grids_, cfg_);

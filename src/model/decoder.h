@@ -85,7 +85,8 @@ struct Batch {
 
 // Builds a packed Lance sequence split by split (spec §2.4): text runs and VAE-latent blocks
 // (<|vision_start|>, one <|video_pad|> per voxel on the gen path, <|vision_end|>), then M-RoPE
-// positions by get_rope_index and PE3D indices from 0 per block. ViT blocks are not covered.
+// positions by get_rope_index and PE3D indices from 0 per block, and ViT blocks (und
+// <|video_pad|> rows whose embeddings the caller supplies).
 class SequenceBuilder {
   public:
     explicit SequenceBuilder(const LanceConfig& cfg) : cfg_(cfg) {}
@@ -97,7 +98,14 @@ class SequenceBuilder {
     SequenceBuilder& latent_block(int64_t t, int64_t h, int64_t w,
                                   const std::vector<float>& latents, float timestep,
                                   SplitMode mode);
+    // A ViT block of merged grid (t, h, w) from get_rope_index's pre-merge grid `g` (frames/2,
+    // H_px/14, W_px/14): vision_start, t*h*w und <|video_pad|> rows, vision_end, one split of
+    // `mode` (Full in Lance). The pad rows' input embeddings are the ViT's output rows, which the
+    // caller splices in (Batch::embeddings).
+    SequenceBuilder& vit_block(const VisionGrid& g, SplitMode mode = SplitMode::Full);
     size_t size() const { return b_.token_ids.size(); }
+    // The vision grids in order of appearance (what mrope_positions takes).
+    const std::vector<VisionGrid>& grids() const { return grids_; }
     // The batch with positions filled in.
     Batch build() const;
 

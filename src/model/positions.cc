@@ -80,6 +80,30 @@ std::vector<int64_t> pe3d_indices(int64_t t, int64_t h, int64_t w, int max_laten
     return out;
 }
 
+void shift_position_ids(std::vector<RopePosition>& pos, const std::vector<Modality>& modality) {
+    if (pos.size() != modality.size())
+        fail("shift_position_ids: ", pos.size(), " positions for ", modality.size(), " labels");
+    // Each labelled group is moved as one block (Lance finds the group's first token and offsets
+    // all of them by the same amount).
+    for (const auto& [label, anchor] :
+         {std::pair{Modality::Vit, int64_t{1000}}, std::pair{Modality::Ref, int64_t{2000}}}) {
+        int64_t delta = 0;
+        bool first = true;
+        for (size_t i = 0; i < pos.size(); ++i)
+            if (modality[i] == label) {
+                if (first) delta = anchor - pos[i][0], first = false;
+                pos[i][0] += delta;
+            }
+    }
+    std::vector<size_t> src, tgt;
+    for (size_t i = 0; i < pos.size(); ++i) {
+        if (modality[i] == Modality::Source) src.push_back(i);
+        if (modality[i] == Modality::Target) tgt.push_back(i);
+    }
+    if (!src.empty() && src.size() == tgt.size())
+        for (size_t k = 0; k < src.size(); ++k) pos[tgt[k]] = pos[src[k]];
+}
+
 void check_splits(const std::vector<Split>& splits, size_t n, const char* what) {
     int64_t sum = 0;
     for (size_t s = 0; s < splits.size(); ++s) {

@@ -51,6 +51,22 @@ void timestep_features(float t, size_t dim, float* out);
 // L = max_latent_size. Grids wider than L wrap into the next row as in Lance (pitfall 9).
 std::vector<int64_t> pe3d_indices(int64_t t, int64_t h, int64_t w, int max_latent_size);
 
+// Lance's per-token modality label (spec §2.4): which part of a generation sequence a token is.
+enum class Modality : int8_t {
+    Text = -1,    // system prompt and chat-template text
+    Caption = 0,  // the user's caption / instruction (dropped by the CFG-unconditional branch)
+    Target = 1,   // the noisy target block with its vision_start / vision_end
+    Source = 2,   // a clean VAE-latent block (editing's source) with its markers
+    Ref = 3,      // a reference image (unused by the six tasks)
+    Vit = 4,      // a ViT block with its markers
+};
+
+// Lance's shift_position_ids (spec §2.6.2), applied in place when the sequence has a Full split
+// (editing): the temporal coordinate of every Vit token (Ref: 2000) moves so the block's first
+// token sits at 1000, and when the Source and Target tokens are equally many, the Target tokens
+// take the Source tokens' three coordinates one by one.
+void shift_position_ids(std::vector<RopePosition>& pos, const std::vector<Modality>& modality);
+
 // Checks that splits are non-empty and sum to n; Error naming `what` otherwise.
 void check_splits(const std::vector<Split>& splits, size_t n, const char* what);
 

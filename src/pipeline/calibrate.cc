@@ -17,6 +17,8 @@
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "model/vit.h"
+#include "pipeline/flow_sampler.h"
+#include "pipeline/gen_tasks.h"
 #include "pipeline/understanding.h"
 #include "quant/act_stats.h"
 #include "quant/stats_file.h"
@@ -163,7 +165,11 @@ void calibrate(const CalibrateOptions& opt) {
         tasks.push_back("text:" + f);
     }
     if (!opt.vit_preset.empty()) stream_spec(opt.vit_preset, VisionStream::Vit);  // known preset
-    if (opt.gen) tasks.push_back("gen:noise-latents");
+    if (opt.gen_steps < 0 || opt.gen_steps > 1000)
+        fail("calibrate: --gen-steps must be in 0..1000");
+    if (opt.gen)
+        tasks.push_back(opt.gen_steps > 0 ? "gen:t2i-trajectories-" + std::to_string(opt.gen_steps)
+                                          : std::string("gen:noise-latents"));
 
     DecoderOptions dopt;
     // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
@@ -279,7 +285,22 @@ void calibrate(const CalibrateOptions& opt) {
             und_tokens += ids.size();
         }
 
-        if (opt.gen) {
+        if (opt.gen && opt.gen_steps > 0 && !p.user.empty()) {
+            // A real t2i trajectory: every step's noisy block (and both CFG branches) passes the
+            // observer, so the gen linears see the activations of the whole schedule.
+            GenTaskInput in;
+            in.task = GenTask::T2I;
+            in.caption = p.user;
+            in.lh = in.lw = opt.latent_hw;
+            in.noise = flow_noise(opt.seed + i,
+                                  static_cast<size_t>(gen_task_rows(in)) * cfg.latent_channels);
+            const GenSequence seq = build_gen_sequence(tok, cfg, in);
+            FlowSamplerOptions so;
+            so.steps = opt.gen_steps;
+            so.observer = fo.observer;
+            const SampleResult r = flow_sample(decoder, seq, so);
+            gen_tokens += static_cast<size_t>(opt.latent_hw) * opt.latent_hw * r.forwards;
+        } else if (opt.gen && opt.gen_steps == 0) {
             // t2i layout (§2.4): template + caption, then VS + latents + VE as the noisy split.
             const std::string sys =
                 "Describe the image by detailing the color, quantity, text, shape, size, texture, "

@@ -37,6 +37,11 @@ struct CalibrateOptions {
     // missing runs as text with a warning. false: the items' text only (the seed's recipe).
     bool vit = true;
     std::string vit_preset;  // empty: image_768res for images, video_480p for videos
+    // > 0: instead of that proxy, run the real flow sampler (t2i sequence of Lance's layout, this
+    // many steps, CFG 4.0, shift 3.5, seeded noise) per prompt and record every forward of the
+    // trajectory: the noisy block at each step of the schedule, both CFG branches, and the
+    // prefilled prefix on the und path.
+    int gen_steps = 0;
     uint64_t seed = 1;
 };
 

@@ -204,4 +204,51 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] -> ", out);
 }
 
+std::vector<float> vae_encode_video(const std::string& vae_path, const float* video, int64_t T,
+                                    int64_t H, int64_t W, const VaeEncodeOptions& opt) {
+    auto f = std::make_unique<WanVaeFile>(vae_path);
+    const WanVaeConfig cfg = f->config();
+    const int64_t sf = cfg.space_factor(), tf = cfg.time_factor();
+    if (T < 1 || (T - 1) % tf || H < sf || W < sf || H % sf || W % sf)
+        fail("vae encode: video ", T, "x", H, "x", W, " is not ", tf, "k+1 frames of multiples of ",
+             sf);
+    wan_vae::Encoder enc(*f);
+    f.reset();
+    wan_vae::Context ctx;
+    ctx.ops = kernels::OpContext::defaults();
+    std::vector<float> logvar;
+    std::vector<float> z =
+        wan_vae::encode(ctx, enc, video, T, H, W, opt.sample ? &logvar : nullptr, nullptr);
+    if (opt.sample) {
+        Rng rng(opt.seed);
+        for (size_t i = 0; i < z.size(); ++i)
+            z[i] += static_cast<float>(std::exp(0.5 * logvar[i]) * rng.normal());
+    }
+    return z;
+}
+
+std::vector<float> vae_decode_latent(const std::string& vae_path, const float* latent, int64_t t,
+                                     int64_t h, int64_t w, bool progress) {
+    auto f = std::make_unique<WanVaeFile>(vae_path);
+    const WanVaeConfig cfg = f->config();
+    const int64_t T = 1 + cfg.time_factor() * (t - 1), H = h * cfg.space_factor(),
+                  W = w * cfg.space_factor();
+    wan_vae::Decoder dec(*f);
+    f.reset();
+    wan_vae::Context ctx;
+    ctx.ops = kernels::OpContext::defaults();
+    std::vector<float> video(static_cast<size_t>(3 * T * H * W));
+    int64_t t0 = 0;
+    wan_vae::decode(
+        ctx, dec, latent, t, h, w,
+        [&](const float* fr, int64_t n, int64_t, int64_t) {
+            for (int64_t c = 0; c < 3; ++c)
+                std::memcpy(video.data() + (c * T + t0) * H * W, fr + c * n * H * W,
+                            static_cast<size_t>(n * H * W) * sizeof(float));
+            t0 += n;
+        },
+        progress ? progress_printer("vae decode") : wan_vae::Progress());
+    return video;
+}
+
 }  // namespace lancet

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace lancet {
 
@@ -33,5 +34,14 @@ struct VaeDecodeOptions {
 // in: `latent` F32 [z, t, h, w]; out: `video` F32 [3, 1+4(t-1), 16h, 16w] in [-1, 1].
 void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out,
                      const VaeDecodeOptions& opt = {});
+
+// In memory (the generation tasks): video [3, T, H, W] in [-1, 1] (T = 4k+1, H and W multiples of
+// 16) -> latent [z, 1+(T-1)/4, H/16, W/16], the normalised mean (or a sample with opt.sample).
+std::vector<float> vae_encode_video(const std::string& vae_path, const float* video, int64_t T,
+                                    int64_t H, int64_t W, const VaeEncodeOptions& opt = {});
+// latent [z, t, h, w] -> frames [3, 1+4(t-1), 16h, 16w] in [-1, 1]; progress on stderr when
+// `progress`.
+std::vector<float> vae_decode_latent(const std::string& vae_path, const float* latent, int64_t t,
+                                     int64_t h, int64_t w, bool progress = true);
 
 }  // namespace lancet

@@ -1,0 +1,623 @@
+// `lancet run --task t2i|t2v|i2v|image_edit|video_edit`: Lance's generation tasks end to end
+// (spec §3.2–3.4, §3.6 defaults, §3.7 resize rules): media in, sequence, flow sampler, VAE decode,
+// PNG / MP4 out with the settings as metadata. `--examples` runs Lance's example JSONs.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+
+#include "cli/commands.h"
+#include "cli/generate.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/thread_pool.h"
+#include "io/image.h"
+#include "io/json_file.h"
+#include "io/output_dir.h"
+#include "io/video.h"
+#include "kernels/dispatch.h"
+#include "model/decoder.h"
+#include "model/lance_checkpoint.h"
+#include "model/vit.h"
+#include "pipeline/flow_sampler.h"
+#include "pipeline/gen_tasks.h"
+#include "pipeline/preprocess.h"
+#include "pipeline/vae_codec.h"
+#include "tokenizer/qwen2_tokenizer.h"
+
+namespace lancet::cli {
+
+namespace fs = std::filesystem;
+
+struct GenRunArgs {
+    std::string image, video, size, out, examples, vae, vit_dir, preset;
+    int frames = 0;  // 0: Lance's NUM_FRAMES default (50)
+    int steps = 30;
+    double shift = 3.5, cfg = 4.0;
+    bool f32_state = false, consistent_positions = false, force = false;
+};
+
+namespace {
+
+constexpr const char* kVersion = "lancet 0.1.0";
+constexpr int kDefaultFrames = 50;  // NUM_FRAMES
+constexpr int kDefaultSide = 768;   // VIDEO_HEIGHT x VIDEO_WIDTH
+
+// One generation to run: everything checked before any weight loads.
+struct GenItem {
+    GenTask task = GenTask::T2I;
+    std::string caption, media, out;  // out: the final path
+    int width = 0, height = 0;        // t2i / t2v pixels
+    int64_t lt = 1;                   // target latent frames
+};
+
+std::string lower_ext(const std::string& path) {
+    std::string e = fs::path(path).extension().string();
+    for (char& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return e;
+}
+
+std::string default_preset(GenTask t) {
+    // Lance's RESOLUTION default is video_480p; its README uses image_768res for image tasks.
+    return (t == GenTask::ImageEdit) ? "image_768res" : "video_480p";
+}
+
+// Latent frames for a requested frame count (Lance: (NUM_FRAMES - 1) // 4 + 1), with a note when
+// the decoded length differs from the request.
+int64_t latent_frames(GenTask task, int frames, const LanceConfig& cfg) {
+    if (task == GenTask::T2I || gen_task_is_edit(task)) return 1;  // editing: the source's
+    const int f = frames > 0 ? frames : kDefaultFrames;
+    if (frames < 0 || f < 1) fail(gen_task_name(task), ": --frames must be at least 1");
+    const int64_t lt = (f - 1) / 4 + 1;
+    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+    if (lt > max_lt)
+        fail(gen_task_name(task), ": ", f, " frames need ", lt,
+             " latent frames; the PE3D table holds ", max_lt, " (at most ", 1 + 4 * (max_lt - 1),
+             " frames)");
+    if (1 + 4 * (lt - 1) != f)
+        log_info(gen_task_name(task), ": ", f, " frames requested; Lance generates ", lt,
+                 " latent frames = ", 1 + 4 * (lt - 1), " frames (the form 4k+1), using those");
+    return lt;
+}
+
+void check_latent_side(const char* what, int px, const LanceConfig& cfg, const std::string& ctx) {
+    if (px < 16 || px % 16)
+        fail(ctx, ": ", what, " ", px, " is not a positive multiple of 16 (the VAE's stride)");
+    if (px / 16 > cfg.max_latent_size)
+        fail(ctx, ": ", what, " ", px, " gives a latent side of ", px / 16,
+             " beyond the PE3D limit ", cfg.max_latent_size,
+             " (Lance would silently wrap the position rows, spec §8.9); at most ",
+             16 * cfg.max_latent_size, " px");
+}
+
+void parse_size(const std::string& s, int* w, int* h) {
+    const auto x = s.find('x');
+    try {
+        if (x == std::string::npos) throw std::invalid_argument("");
+        size_t a = 0, b = 0;
+        *w = std::stoi(s.substr(0, x), &a);
+        *h = std::stoi(s.substr(x + 1), &b);
+        if (a != x || b != s.size() - x - 1) throw std::invalid_argument("");
+    } catch (const std::exception&) {
+        fail("--size '", s, "' is not WIDTHxHEIGHT (e.g. 768x768)");
+    }
+}
+
+void check_output_ext(const GenItem& it) {
+    const std::string e = lower_ext(it.out);
+    const bool video = gen_task_is_video(it.task);
+    if (e != ".png" && e != ".mp4")
+        fail(it.out, ": unknown output format '", e, "' (", gen_task_name(it.task), " writes ",
+             video ? ".mp4" : ".png", ")");
+    if (video && e != ".mp4")
+        fail(it.out, ": ", gen_task_name(it.task), " makes a video; name the output .mp4");
+    if (!video && e != ".png")
+        fail(it.out, ": ", gen_task_name(it.task), " makes an image; name the output .png");
+    if (video && !video_support_built())
+        fail(it.out, ": this build has no FFmpeg, so it cannot write MP4");
+}
+
+// The settings and the checkpoint, loaded once for every item.
+class Generator {
+  public:
+    Generator(const GenRunArgs& a, const std::string& model, bool need_vit) : a_(a), model_(model) {
+        OpenOptions oo;
+        oo.vit_dir = a.vit_dir;
+        ck_ = LanceCheckpoint::open(model, oo);
+        if (need_vit && !ck_->has_vit())
+            fail(model, ": editing needs the ViT (Qwen2.5-VL-ViT), and this model has none");
+        vae_path_ = resolve_vae_path(a.vae.empty() ? model : a.vae);
+        tok_ = std::make_unique<Qwen2Tokenizer>(Qwen2Tokenizer::load(model));
+    }
+    const LanceConfig& config() const { return ck_->config(); }
+
+    void load() {
+        log_info("lancet: ", kernels::runtime_description(default_pool()), "; model ", model_);
+        DecoderOptions dopt;
+        dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
+        weights_ = std::make_unique<LanceWeights>(*ck_, dopt);
+        dec_ = std::make_unique<DecoderSession>(*weights_);
+    }
+
+    // What one item produced.
+    struct Output {
+        std::vector<float> latent;  // [C, lt, lh, lw] the target's final latent
+        std::vector<float> frames;  // [3, T, H, W] in [-1, 1]
+        int64_t T = 0, H = 0, W = 0;
+        double prefill_s = 0, step_s = 0, vae_s = 0;
+        int cfg_steps = 0;
+    };
+
+    // Samples and decodes one item.
+    Output generate(const GenItem& it, uint64_t seed) {
+        const LanceConfig& cfg = ck_->config();
+        const int64_t C = cfg.latent_channels;
+        GenTaskInput in;
+        in.task = it.task;
+        in.caption = it.caption;
+        in.lt = it.lt;
+        in.lh = it.height / 16;
+        in.lw = it.width / 16;
+        const std::string preset = a_.preset.empty() ? default_preset(it.task) : a_.preset;
+        if (it.task == GenTask::I2V || gen_task_is_edit(it.task)) prepare_media(it, preset, in);
+        in.noise = flow_noise(seed, static_cast<size_t>(gen_task_rows(in) * C));
+        const GenSequence seq = build_gen_sequence(*tok_, cfg, in);
+
+        FlowSamplerOptions fo;
+        fo.steps = a_.steps;
+        fo.shift = a_.shift;
+        fo.cfg = a_.cfg;
+        fo.bf16_state = !a_.f32_state;
+        fo.uncond_cache_cond_positions = !a_.consistent_positions;
+        fo.on_step = [](int k, int n, double secs) {
+            if (log_level() < LogLevel::Info) return;
+            const int done = k + 1, width = 24, fill = done * width / n;
+            const double per = secs / done, eta = per * (n - done);
+            std::fprintf(stderr, "\rsampling [%s%s] %d/%d  %.2f s/step  ETA %.0f s ",
+                         std::string(fill, '#').c_str(), std::string(width - fill, '.').c_str(),
+                         done, n, per, eta);
+            if (done == n) std::fputc('\n', stderr);
+            std::fflush(stderr);
+        };
+        log_info(gen_task_name(it.task), ": ", seq.batch.size(), " tokens, target latent ", in.lt,
+                 "x", in.lh, "x", in.lw, " (", in.lw * 16, "x", in.lh * 16, " px), ", a_.steps,
+                 " steps, shift ", a_.shift, ", CFG ", a_.cfg, ", seed ", seed);
+        const SampleResult r = flow_sample(*dec_, seq, fo);
+        Output o;
+        for (double s : r.step_seconds) o.step_s += s;
+        o.prefill_s = r.prefill_seconds;
+        o.cfg_steps = r.cfg_steps;
+        const auto t0 = std::chrono::steady_clock::now();
+        o.latent = target_latent(in, r.x, C);
+        o.frames = vae_decode_latent(vae_path_, o.latent.data(), in.lt, in.lh, in.lw,
+                                     gen_task_is_video(it.task));
+        o.vae_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        o.T = 1 + 4 * (in.lt - 1), o.H = in.lh * 16, o.W = in.lw * 16;
+        return o;
+    }
+
+    // Runs one item, writing `path` (a temporary name the caller renames, or the final one).
+    void run(const GenItem& it, const std::string& path, uint64_t seed) {
+        const Output o = generate(it, seed);
+        ImageMetadata meta = {{"Software", kVersion},
+                              {"task", gen_task_name(it.task)},
+                              {"prompt", it.caption},
+                              {"seed", std::to_string(seed)},
+                              {"steps", std::to_string(a_.steps)},
+                              {"shift", fmt(a_.shift)},
+                              {"cfg", fmt(a_.cfg)},
+                              {"model", model_}};
+        if (!it.media.empty()) meta.push_back({"source", it.media});
+        if (gen_task_is_video(it.task)) {
+            VideoWriteOptions vo;
+            vo.metadata = meta;
+            write_mp4(path, o.frames.data(), o.T, o.H, o.W, vo);
+        } else {
+            write_png(path, frame_to_rgb8(o.frames.data(), o.T, o.H, o.W, 0), meta);
+        }
+        char buf[200];
+        std::snprintf(buf, sizeof buf,
+                      "prefill %.2f s, %.2f s/step (%d steps, %d with CFG), VAE decode %.2f s",
+                      o.prefill_s, o.step_s / a_.steps, a_.steps, o.cfg_steps, o.vae_s);
+        log_info(gen_task_name(it.task), ": ", buf, " -> ", it.out);
+    }
+
+  private:
+    static std::string fmt(double v) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%g", v);
+        return b;
+    }
+
+    // i2v: the first frame's clean latent; editing: the source latent and its ViT rows.
+    void prepare_media(const GenItem& it, const std::string& preset, GenTaskInput& in) {
+        const LanceConfig& cfg = ck_->config();
+        const int64_t C = cfg.latent_channels;
+        const bool video_src = it.task == GenTask::VideoEdit;
+        PreprocessResult vae_px =
+            video_src ? preprocess_video(it.media, preset, VisionStream::Vae)
+                      : preprocess_image(read_image(it.media), preset, VisionStream::Vae);
+        const PixelTensor& px = vae_px.pixels;
+        check_latent_side("the source height", static_cast<int>(px.H), cfg, it.media);
+        check_latent_side("the source width", static_cast<int>(px.W), cfg, it.media);
+        in.lh = px.H / 16;
+        in.lw = px.W / 16;
+        const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+        if (1 + (px.T - 1) / 4 > max_lt)
+            fail(it.media, ": ", px.T, " sampled frames make ", 1 + (px.T - 1) / 4,
+                 " latent frames; the PE3D table holds ", max_lt);
+        VaeEncodeOptions eo;  // the mean: Lance samples with torch's RNG (spec §3.4, pitfall 10)
+        const std::vector<float> z =
+            vae_encode_video(vae_path_, px.data.data(), px.T, px.H, px.W, eo);
+        const int64_t zt = 1 + (px.T - 1) / 4;
+        if (it.task == GenTask::I2V) {
+            // The image alone (T = 1): the causal VAE's latent frame 0 sees only pixel frame 0.
+            in.cond_latent = latent_to_rows(z, C, 1, in.lh, in.lw);
+            log_info("i2v: image ", vae_px.source_width, "x", vae_px.source_height, " -> bucket ",
+                     px.W, "x", px.H, " (", preset, ")");
+            return;
+        }
+        in.lt = zt;
+        in.cond_latent = latent_to_rows(z, C, zt, in.lh, in.lw);
+        PreprocessResult vit_px =
+            video_src ? preprocess_video(it.media, preset, VisionStream::Vit)
+                      : preprocess_image(read_image(it.media), preset, VisionStream::Vit);
+        const PixelTensor& vp = vit_px.pixels;
+        PixelTensor two;  // an image goes to the ViT as two identical frames
+        const PixelTensor* v = &vp;
+        if (vp.T == 1) {
+            two.T = 2, two.H = vp.H, two.W = vp.W;
+            const size_t plane = static_cast<size_t>(vp.H * vp.W);
+            two.data.resize(3 * 2 * plane);
+            for (int c = 0; c < 3; ++c)
+                for (int t = 0; t < 2; ++t)
+                    std::copy_n(vp.data.data() + c * plane, plane,
+                                two.data.data() + (c * 2 + t) * plane);
+            v = &two;
+        }
+        if (!tower_) tower_ = std::make_unique<VisionTower>(*ck_, true);
+        const VitConfig& vc = cfg.vision;
+        in.vit_rows =
+            tower_->forward(kernels::OpContext::defaults(), v->data.data(), v->T, v->H, v->W);
+        in.vit_grid = {v->T / vc.temporal_patch_size, v->H / vc.patch_size, v->W / vc.patch_size};
+        log_info(gen_task_name(it.task), ": source ", vae_px.source_width, "x",
+                 vae_px.source_height, " -> VAE ", px.W, "x", px.H, "x", px.T, ", ViT ", v->W, "x",
+                 v->H, "x", v->T, " (", preset, ")");
+    }
+
+    const GenRunArgs& a_;
+    std::string model_, vae_path_;
+    std::unique_ptr<LanceCheckpoint> ck_;
+    std::unique_ptr<Qwen2Tokenizer> tok_;
+    std::unique_ptr<LanceWeights> weights_;
+    std::unique_ptr<DecoderSession> dec_;
+    std::unique_ptr<VisionTower> tower_;
+};
+
+void check_settings(const GenRunArgs& a) {
+    if (a.steps < 1 || a.steps > 1000) fail("run: --steps must be in 1..1000 (got ", a.steps, ")");
+    if (!std::isfinite(a.shift) || a.shift <= 0 || a.shift > 1000)
+        fail("run: --shift must be a number in (0, 1000] (got ", a.shift, ")");
+    if (!std::isfinite(a.cfg) || a.cfg < 0 || a.cfg > 100)
+        fail("run: --cfg must be a number in [0, 100] (got ", a.cfg, ")");
+}
+
+// The item's target size (t2i / t2v) and frame count; media existence.
+void plan_item(const GenRunArgs& a, const LanceConfig& cfg, GenItem& it) {
+    check_output_ext(it);
+    const char* name = gen_task_name(it.task);
+    if (it.caption.empty()) fail(name, ": the prompt is empty");
+    const bool needs_media = it.task == GenTask::I2V || gen_task_is_edit(it.task);
+    if (needs_media) {
+        if (it.media.empty())
+            fail(name, ": needs its input: ",
+                 it.task == GenTask::VideoEdit ? "--video FILE" : "--image FILE");
+        std::error_code ec;
+        if (!fs::is_regular_file(it.media, ec)) fail(it.media, ": no such input file");
+        if (fs::exists(it.out, ec) && fs::equivalent(it.out, it.media, ec))
+            fail(it.out, ": the output would overwrite the input ", it.media);
+        if (!a.size.empty())
+            log_info(name, ": --size ignored; the size comes from the input's bucket");
+    }
+    if (it.task == GenTask::T2I || it.task == GenTask::T2V) {
+        it.width = it.height = kDefaultSide;
+        if (!a.size.empty()) parse_size(a.size, &it.width, &it.height);
+        check_latent_side("width", it.width, cfg, "--size");
+        check_latent_side("height", it.height, cfg, "--size");
+    }
+    if (it.task == GenTask::T2I && a.frames > 1) log_info("t2i: --frames ignored (one image)");
+    it.lt = latent_frames(it.task, a.frames, cfg);
+}
+
+// An example's media path: as written relative to the JSON's folder, else its file name under the
+// folder's images/ or videos/, else a file there named "<anything>-<file name>" (the shared copies
+// carry a task prefix, e.g. i2v-00003.png).
+std::string find_media(const fs::path& dir, const std::string& p) {
+    std::error_code ec;
+    const fs::path name = fs::path(p).filename();
+    for (const fs::path& c : {dir / p, dir / "images" / name, dir / "videos" / name, fs::path(p)})
+        if (fs::is_regular_file(c, ec)) return c.string();
+    const std::string suffix = "-" + name.string();
+    for (const char* sub : {"images", "videos"}) {
+        if (!fs::is_directory(dir / sub, ec)) continue;
+        for (const auto& e : fs::directory_iterator(dir / sub, ec)) {
+            const std::string f = e.path().filename().string();
+            if (f.size() > suffix.size() && f.ends_with(suffix)) return e.path().string();
+        }
+    }
+    return {};
+}
+
+std::vector<GenItem> read_examples(const GenRunArgs& a, GenTask task) {
+    const nlohmann::json j = read_json_file(a.examples);
+    if (!j.is_object() || j.empty()) fail(a.examples, ": expected an object of items");
+    const fs::path dir = fs::path(a.examples).parent_path();
+    const char* ext = gen_task_is_video(task) ? ".mp4" : ".png";
+    std::vector<GenItem> items;
+    for (const auto& [key, v] : j.items()) {
+        GenItem it;
+        it.task = task;
+        const std::string stem = fs::path(key).stem().string();
+        if (stem.empty() || stem.find('/') != std::string::npos || stem[0] == '.')
+            fail(a.examples, ": item name '", key, "' is not a plain file name");
+        it.out = stem + ext;
+        if (v.is_string()) {
+            it.caption = v.get<std::string>();
+        } else if (v.is_object() && v.contains("interleave_array") &&
+                   v["interleave_array"].is_array() && v.contains("element_dtype_array")) {
+            const auto& arr = v["interleave_array"];
+            const auto& types = v["element_dtype_array"];
+            for (size_t i = 0; i < arr.size() && i < types.size(); ++i) {
+                if (!arr[i].is_string() || !types[i].is_string())
+                    fail(a.examples, ": item ", key, ": interleave entries must be strings");
+                const std::string t = types[i].get<std::string>(), s = arr[i].get<std::string>();
+                if (t == "text") it.caption = s;
+                if (t == "image" || t == "video") {
+                    it.media = find_media(dir, s);
+                    if (it.media.empty()) {
+                        log_info("examples: item ", key, ": ", s, " not found; skipped");
+                        it.caption.clear();
+                        break;
+                    }
+                }
+            }
+            if (it.caption.empty()) continue;
+        } else {
+            fail(a.examples, ": item ", key,
+                 " is neither a prompt string nor an interleave_array object");
+        }
+        items.push_back(it);
+    }
+    if (items.empty()) fail(a.examples, ": no item can run (their media files are missing)");
+    return items;
+}
+
+}  // namespace
+
+MediaArgs media_args(const GenRunArgs& g) { return {g.image, g.video, g.examples, g.preset}; }
+
+std::shared_ptr<GenRunArgs> add_generation_options(CLI::App* cmd) {
+    auto g = std::make_shared<GenRunArgs>();
+    cmd->add_option("--image", g->image, "x2t_image / i2v / image_edit: the input image");
+    cmd->add_option("--video", g->video, "x2t_video / video_edit: the input video");
+    cmd->add_option("--size", g->size,
+                    "t2i / t2v: WIDTHxHEIGHT, multiples of 16 (default 768x768)");
+    cmd->add_option("--frames", g->frames, "t2v / i2v: frames (Lance's NUM_FRAMES, default 50)");
+    cmd->add_option("--steps", g->steps, "Euler steps")->capture_default_str();
+    cmd->add_option("--shift", g->shift, "Time shift")->capture_default_str();
+    cmd->add_option("--cfg", g->cfg, "Text CFG scale (1 = off)")->capture_default_str();
+    cmd->add_option("-o,--output", g->out,
+                    "Output .png (t2i, image_edit) or .mp4 (t2v, i2v, video_edit); with "
+                    "--examples a folder");
+    cmd->add_option("--examples", g->examples, "Run every item of one of Lance's example JSONs");
+    cmd->add_option("--vae", g->vae, "Wan2.2 VAE (default: the model folder's Wan2.2_VAE.pth)");
+    cmd->add_option("--vit", g->vit_dir, "Qwen2.5-VL-ViT folder (default: inside or beside)");
+    cmd->add_option(
+        "--preset", g->preset,
+        "Media resize preset (default video_480p; image_768res for image_edit and x2t_image)");
+    cmd->add_flag("--f32-state", g->f32_state, "Latent state in f32 (default bf16 as Lance)");
+    cmd->add_flag("--consistent-positions", g->consistent_positions,
+                  "Unconditional cache with its own position ids (default: Lance's KV quirk)");
+    cmd->add_flag("-f,--force", g->force, "Replace an existing --examples output folder");
+    return g;
+}
+
+bool is_generation_task(const std::string& task) { return parse_gen_task(task, nullptr); }
+
+void run_generation(const GenRunArgs& a, const std::string& task_name, const std::string& model,
+                    const std::string& prompt, uint64_t seed, bool) {
+    GenTask task;
+    if (!parse_gen_task(task_name, &task)) fail("run: unknown task '", task_name, "'");
+    check_settings(a);
+    if (a.out.empty()) fail("run: -o/--output is required for ", task_name);
+    if (!a.preset.empty()) stream_spec(a.preset, VisionStream::Vae);  // refuses unknown names
+    if (task == GenTask::VideoEdit && !a.image.empty() && a.video.empty())
+        fail("video_edit: takes --video (an image goes to image_edit)");
+    if ((task == GenTask::I2V || task == GenTask::ImageEdit) && !a.video.empty() && a.image.empty())
+        fail(task_name, ": takes --image");
+    Generator gen(a, model, gen_task_is_edit(task));
+    const LanceConfig& cfg = gen.config();
+
+    if (!a.examples.empty()) {
+        if (!prompt.empty()) fail("run: give either -p or --examples, not both");
+        std::vector<GenItem> items = read_examples(a, task);
+        for (GenItem& it : items) plan_item(a, cfg, it);
+        OutputDir dir(a.out, a.force);
+        gen.load();
+        for (size_t i = 0; i < items.size(); ++i) {
+            log_info("examples: item ", i + 1, "/", items.size(), " -> ", items[i].out);
+            gen.run(items[i], dir.file(items[i].out), seed);
+        }
+        dir.commit();
+        log_info("examples: ", items.size(), " file(s) in ", a.out);
+        return;
+    }
+    GenItem it;
+    it.task = task;
+    it.caption = prompt;
+    it.media = task == GenTask::VideoEdit ? a.video : a.image;
+    it.out = a.out;
+    plan_item(a, cfg, it);
+    check_not_source(it.out);
+    gen.load();
+    gen.run(it, it.out, seed);  // write_png / write_mp4 write a temporary file and rename
+}
+
+// ---- lancet compare ------------------------------------------------------------------------
+
+namespace {
+
+struct CompareArgs {
+    std::vector<std::string> models;
+    std::string task = "t2i", prompt, out;
+    uint64_t seed = 42;
+    std::shared_ptr<GenRunArgs> g;
+};
+
+// PSNR (dB) of two videos [3, T, H, W] in [-1, 1] as the 8-bit pixels they are saved as; the
+// squared error sum and count are returned for pooling.
+double psnr8(const std::vector<float>& a, const std::vector<float>& b, double* sse, double* cnt) {
+    auto px = [](float x) { return std::clamp(std::round(255.0 * (x + 1.0) / 2.0), 0.0, 255.0); };
+    double e = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        const double d = px(a[i]) - px(b[i]);
+        e += d * d;
+    }
+    *sse += e;
+    *cnt += static_cast<double>(a.size());
+    const double mse = e / static_cast<double>(a.size());
+    return mse > 0 ? 10.0 * std::log10(255.0 * 255.0 / mse) : INFINITY;
+}
+
+void run_compare(const CompareArgs& c) {
+    const GenRunArgs& a = *c.g;
+    GenTask task;
+    if (!parse_gen_task(c.task, &task)) fail("compare: unknown task '", c.task, "'");
+    if (c.models.size() < 2) fail("compare: give at least two --model folders");
+    if (lower_ext(c.out) != ".png") fail(c.out, ": the contact sheet is a .png");
+    check_settings(a);
+    if (a.examples.empty() == c.prompt.empty()) fail("compare: give either -p or --examples");
+    std::vector<GenItem> items;
+    {
+        Generator probe(a, c.models[0], gen_task_is_edit(task));
+        if (!a.examples.empty()) {
+            items = read_examples(a, task);
+        } else {
+            GenItem it;
+            it.task = task;
+            it.caption = c.prompt;
+            it.media = task == GenTask::VideoEdit ? a.video : a.image;
+            it.out = gen_task_is_video(task) ? "item.mp4" : "item.png";
+            items.push_back(it);
+        }
+        for (GenItem& it : items) plan_item(a, probe.config(), it);
+    }
+    check_not_source(c.out);
+    struct Result {
+        std::vector<float> latent, frames;
+        int64_t T = 0, H = 0, W = 0;
+    };
+    std::vector<std::vector<Result>> res(c.models.size());
+    for (size_t m = 0; m < c.models.size(); ++m) {
+        Generator gen(a, c.models[m], gen_task_is_edit(task));  // one model resident at a time
+        gen.load();
+        for (const GenItem& it : items) {
+            log_info("compare: ", c.models[m], ": ", it.out);
+            Generator::Output o = gen.generate(it, c.seed);  // the same noise for every model
+            res[m].push_back({std::move(o.latent), std::move(o.frames), o.T, o.H, o.W});
+        }
+    }
+    std::printf("%-12s %-40s %12s %10s\n", "item", "model", "rel_L2", "PSNR_dB");
+    for (size_t m = 1; m < c.models.size(); ++m) {
+        double sse = 0, cnt = 0, rel_sum = 0;
+        for (size_t i = 0; i < items.size(); ++i) {
+            const Result &r0 = res[0][i], &r = res[m][i];
+            double num = 0, den = 0;
+            for (size_t k = 0; k < r0.latent.size(); ++k) {
+                const double d = static_cast<double>(r.latent[k]) - r0.latent[k];
+                num += d * d;
+                den += static_cast<double>(r0.latent[k]) * r0.latent[k];
+            }
+            const double rel = std::sqrt(num / std::max(den, 1e-300));
+            rel_sum += rel;
+            const double p = psnr8(r.frames, r0.frames, &sse, &cnt);
+            std::printf("%-12s %-40s %12.5f %10.2f\n", fs::path(items[i].out).stem().c_str(),
+                        c.models[m].c_str(), rel, p);
+        }
+        const double mse = sse / std::max(cnt, 1.0);
+        std::printf("%-12s %-40s %12.5f %10.2f\n", "overall", c.models[m].c_str(),
+                    rel_sum / items.size(),
+                    mse > 0 ? 10.0 * std::log10(255.0 * 255.0 / mse) : INFINITY);
+    }
+    // Contact sheet: one row per item, one column per model (frame 0), tiles top-left aligned.
+    int tw = 0, th = 0;
+    for (const Result& r : res[0]) tw = std::max<int>(tw, r.W), th = std::max<int>(th, r.H);
+    ImageRGB8 sheet;
+    sheet.width = tw * static_cast<int>(c.models.size());
+    sheet.height = th * static_cast<int>(items.size());
+    sheet.rgb.assign(static_cast<size_t>(sheet.width) * sheet.height * 3, 0);
+    for (size_t m = 0; m < c.models.size(); ++m)
+        for (size_t i = 0; i < items.size(); ++i) {
+            const Result& r = res[m][i];
+            const ImageRGB8 f = frame_to_rgb8(r.frames.data(), r.T, r.H, r.W, 0);
+            for (int y = 0; y < f.height; ++y)
+                std::copy_n(f.row(y), f.width * 3,
+                            sheet.row(static_cast<int>(i) * th + y) + m * tw * 3);
+        }
+    ImageMetadata meta = {{"Software", kVersion}, {"task", c.task}};
+    for (size_t m = 0; m < c.models.size(); ++m)
+        meta.push_back({"model " + std::to_string(m), c.models[m]});
+    write_png(c.out, sheet, meta);
+    log_info("compare: contact sheet ", sheet.width, "x", sheet.height,
+             " (rows: items, columns: ", "models) -> ", c.out);
+}
+
+}  // namespace
+
+void add_compare(CLI::App& app) {
+    auto* cmd = app.add_subcommand(
+        "compare", "Generate with several models from the same noise: latent rel. L2, PSNR, sheet");
+    auto c = std::make_shared<CompareArgs>();
+    c->g = std::make_shared<GenRunArgs>();
+    GenRunArgs& g = *c->g;
+    cmd->add_option("--model", c->models, "Model folders; the first is the reference")->required();
+    cmd->add_option("--task", c->task, "t2i, t2v, i2v, image_edit or video_edit")
+        ->capture_default_str();
+    cmd->add_option("-p,--prompt", c->prompt, "One prompt (instead of --examples)");
+    cmd->add_option("--examples", g.examples, "One of Lance's example JSONs");
+    cmd->add_option("-o,--output", c->out, "Contact sheet .png")->required();
+    cmd->add_option("--image", g.image, "i2v / image_edit input (with -p)");
+    cmd->add_option("--video", g.video, "video_edit input (with -p)");
+    cmd->add_option("--size", g.size, "t2i / t2v WIDTHxHEIGHT (default 768x768)");
+    cmd->add_option("--frames", g.frames, "t2v / i2v frames");
+    cmd->add_option("--steps", g.steps, "Euler steps")->capture_default_str();
+    cmd->add_option("--shift", g.shift, "Time shift")->capture_default_str();
+    cmd->add_option("--cfg", g.cfg, "Text CFG scale")->capture_default_str();
+    cmd->add_option("-s,--seed", c->seed, "Noise seed (the same for every model)")
+        ->capture_default_str();
+    cmd->add_option("--preset", g.preset, "Media resize preset");
+    cmd->add_option("--vae", g.vae, "Wan2.2 VAE for every model (default: each model folder's)");
+    cmd->add_option("--vit", g.vit_dir, "Qwen2.5-VL-ViT folder for editing");
+    cmd->callback([c] { run_compare(*c); });
+}
+
+void demo_generate(const std::string& model, const std::string& vae, const std::string& out_png,
+                   const std::string& out_mp4) {
+    GenRunArgs g;
+    g.vae = vae;
+    g.size = "64x64";
+    g.steps = 10;
+    g.out = out_png;
+    run_generation(g, "t2i", model, "A red fox sitting in fresh snow, soft morning light.", 42,
+                   false);
+    if (!video_support_built()) return;
+    g.size = "32x32";
+    g.frames = 5;
+    g.out = out_mp4;
+    run_generation(g, "t2v", model, "Waves rolling onto a sandy beach at sunset.", 42, false);
+}
+
+}  // namespace lancet::cli
