@@ -9,7 +9,7 @@
 namespace lancet {
 
 struct QuantizeOptions {
-    std::string method = "awq";  // awq | rtn
+    std::string method = "awq";  // awq | gptq | awq-gptq | rtn
     int group_size = 64;         // requested: 32, 64 or 128 (per-linear fallback, see q4.h)
     std::string stats;           // statistics file (required for awq; unused by rtn)
     std::string src, out;
@@ -21,6 +21,9 @@ struct QuantizeOptions {
     bool fuse_ov = true;           // o_proj scales folded into v_proj rows and bias
     bool fuse_updown = true;       // down_proj scales folded into up_proj rows
     bool progress = true;          // a line per layer on stderr
+    double gptq_damp = 0.01;       // GPTQ dampening (fraction of mean diag H)
+    // gptq / awq-gptq: also run the other GPTQ variant so the report compares all four methods.
+    bool compare = true;
 };
 
 // Runs the pipeline and commits the output folder: awq_state_dict.safetensors, awq_meta.json,
