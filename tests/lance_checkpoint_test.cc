@@ -172,6 +172,27 @@ TEST(Synth, TinyLoadsAndIsDeterministic) {
     EXPECT_EQ(tc["added_tokens_decoder"]["269"]["content"], "<|video_pad|>");
 }
 
+TEST(Synth, NoOutliersLeavesEveryNormChannelNearOne) {
+    TempDir dir;
+    SynthOptions o;
+    o.preset = "tiny";
+    o.seed = 9;
+    o.outliers = false;
+    o.out = (dir / "plain").string();
+    synth_checkpoint(o);
+    auto ck = LanceCheckpoint::open(o.out);
+    const OutlierPlan plan = synth_outliers(ck->config(), 9);
+    for (const char* name :
+         {"language_model.model.layers.1.post_attention_layernorm_moe_gen.weight",
+          "language_model.model.layers.0.input_layernorm.weight"}) {
+        const auto g = to_f32(ck->tensor(name));
+        float worst = 0;
+        for (float v : g) worst = std::max(worst, std::fabs(v - 1.0f));
+        EXPECT_LT(worst, 0.5f) << name;  // the planted channels would be 20-100
+        for (int c : plan.channels) EXPECT_LT(g[c], 2.0f) << name << " channel " << c;
+    }
+}
+
 TEST(Synth, PlantsOutlierChannelsAndRealisticWeights) {
     TempDir dir;
     const std::string a = synth_tiny(dir, "a", 9, DType::BF16);

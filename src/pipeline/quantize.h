@@ -9,9 +9,9 @@
 namespace lancet {
 
 struct QuantizeOptions {
-    std::string method = "awq";  // awq | gptq | awq-gptq | rtn
-    int group_size = 64;         // requested: 32, 64 or 128 (per-linear fallback, see q4.h)
-    std::string stats;           // statistics file (required for awq; unused by rtn)
+    std::string method = "awq-gptq";  // awq-gptq | awq | gptq | rtn
+    int group_size = 64;              // requested: 32, 64 or 128 (per-linear fallback, see q4.h)
+    std::string stats;                // statistics file (required for all but rtn)
     std::string src, out;
     bool force = false;            // replace an existing output folder
     bool include_lm_head = false;  // quantize lm_head too (clipping search with stats, else RTN)
