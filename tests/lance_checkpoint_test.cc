@@ -191,6 +191,19 @@ TEST(Synth, NoOutliersLeavesEveryNormChannelNearOne) {
         EXPECT_LT(worst, 0.5f) << name;  // the planted channels would be 20-100
         for (int c : plan.channels) EXPECT_LT(g[c], 2.0f) << name << " channel " << c;
     }
+    // No loud v_proj rows either: every row's RMS within 8x of the median row's (planted loud
+    // rows are 20-80x).
+    const auto w = to_f32(ck->tensor("language_model.model.layers.0.self_attn.v_proj.weight"));
+    const int64_t in = ck->tensor("language_model.model.layers.0.self_attn.v_proj.weight").shape[1];
+    std::vector<double> rms;
+    for (size_t r = 0; r < w.size() / in; ++r) {
+        double s = 0;
+        for (int64_t i = 0; i < in; ++i) s += double(w[r * in + i]) * w[r * in + i];
+        rms.push_back(std::sqrt(s / in));
+    }
+    std::vector<double> sorted = rms;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_LT(sorted.back(), 8 * sorted[sorted.size() / 2]);
 }
 
 TEST(Synth, PlantsOutlierChannelsAndRealisticWeights) {
