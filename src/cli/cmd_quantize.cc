@@ -42,6 +42,9 @@ void add_quantize(CLI::App& app) {
     cmd->add_option("--damp", opt->gptq_damp,
                     "GPTQ dampening: this fraction of mean diag(XᵀX) added to the diagonal")
         ->capture_default_str();
+    cmd->add_flag("--act-order", opt->act_order,
+                  "GPTQ: quantize columns by descending diag(XᵀX) (grids fixed first, from the "
+                  "original order)");
     auto no_compare = std::make_shared<bool>(false);
     cmd->add_flag("--no-compare", *no_compare,
                   "gptq/awq-gptq: skip the other GPTQ variant the report compares against");

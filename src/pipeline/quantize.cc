@@ -367,6 +367,7 @@ void Pipeline::process_path(int layer, bool gen) {
         ao.clip = opt_.clip;
         ao.feedback = feedback();
         ao.gptq_damp = opt_.gptq_damp;
+        ao.gptq_act_order = opt_.act_order;
         ao.compare = opt_.compare;
         const LayerResult r = quantize_layer(w, ls, ao, {opt_.fuse_ov, opt_.fuse_updown});
 
@@ -422,6 +423,7 @@ void Pipeline::quantize_single(const Target& t) {
         ao.feedback = feedback() == AwqOptions::Feedback::None ? AwqOptions::Feedback::None
                                                                : AwqOptions::Feedback::Gptq;
         ao.gptq_damp = opt_.gptq_damp;
+        ao.gptq_act_order = opt_.act_order;
         ao.compare = false;
         const AwqResult r = awq_search({{t.base, w.data(), t.out}}, t.in, &st, ao);
         emit_quantized(t, r.consumers[0].q);
@@ -512,7 +514,10 @@ ojson Pipeline::make_report(double seconds) const {
                     {"fuse_ov", opt_.fuse_ov},
                     {"fuse_updown", opt_.fuse_updown},
                     {"include_lm_head", opt_.include_lm_head},
-                    {"include_vit", opt_.include_vit}};
+                    {"include_vit", opt_.include_vit},
+                    {"damp", opt_.gptq_damp},
+                    {"act_order", opt_.act_order},
+                    {"compare", opt_.compare}};
     r["warnings"] = warnings_;
     // Means over the linears whose errors were measured (those with statistics), per method:
     // rtn, awq (scale + clip stage), gptq, awq_gptq (NaN unless run) and the stored result.

@@ -22,6 +22,7 @@ struct QuantizeOptions {
     bool fuse_updown = true;       // down_proj scales folded into up_proj rows
     bool progress = true;          // a line per layer on stderr
     double gptq_damp = 0.01;       // GPTQ dampening (fraction of mean diag H)
+    bool act_order = false;        // GPTQ columns by descending diag(H)
     // gptq / awq-gptq: also run the other GPTQ variant so the report compares all four methods.
     bool compare = true;
 };

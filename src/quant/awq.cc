@@ -555,6 +555,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             GptqOptions go;
             go.group_size = gs;
             go.damp = opt.gptq_damp;
+            go.act_order = opt.gptq_act_order;
             go.pool = &pool;
             if (opt.clip) go.clip_ratios = ratios;
             std::vector<QuantizedMatrix> qs;

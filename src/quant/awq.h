@@ -60,6 +60,7 @@ struct AwqOptions {
     //   but not applied); AwqGptq: GPTQ of W·diag(s) with the AWQ scales.
     enum class Feedback { None, Gptq, AwqGptq } feedback = Feedback::None;
     double gptq_damp = 0.01;
+    bool gptq_act_order = false;  // GptqOptions::act_order
     // With feedback on: also run the other GPTQ variant, so every result carries the RTN, AWQ,
     // GPTQ and AWQ+GPTQ errors (the report's comparison; one more GPTQ per consumer).
     bool compare = true;

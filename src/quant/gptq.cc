@@ -104,9 +104,24 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const float* h,
     for (float c : opt.clip_ratios)
         if (!(c > 0.0f && c <= 1.0f)) fail("GPTQ: clip ratio ", c, " not in (0, 1]");
     ThreadPool& pool = opt.pool ? *opt.pool : default_pool();
-    const std::vector<float> u = gptq_inverse_factor(h, in, opt.damp, &pool);
     std::vector<float> hdiag(in);
     for (int i = 0; i < in; ++i) hdiag[i] = std::max(h[static_cast<size_t>(i) * in + i], 0.0f);
+    // perm[j]: the original column quantized j-th (identity without act-order; ties keep the
+    // original order, so the result is deterministic).
+    std::vector<int> perm(in);
+    for (int i = 0; i < in; ++i) perm[i] = i;
+    std::vector<float> hp;  // H permuted, when act-order
+    if (opt.act_order) {
+        std::stable_sort(perm.begin(), perm.end(),
+                         [&](int x, int y) { return hdiag[x] > hdiag[y]; });
+        hp.resize(static_cast<size_t>(in) * in);
+        for (int i = 0; i < in; ++i)
+            for (int j = 0; j < in; ++j)
+                hp[static_cast<size_t>(i) * in + j] =
+                    h[static_cast<size_t>(perm[i]) * in + perm[j]];
+    }
+    const std::vector<float> u =
+        gptq_inverse_factor(opt.act_order ? hp.data() : h, in, opt.damp, &pool);
     const int block = std::min(in, ((std::max(opt.block, 1) + gs - 1) / gs) * gs);
     std::vector<float> ratios = opt.clip_ratios;
     if (ratios.empty()) ratios = {1.0f};
@@ -124,52 +139,63 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const float* h,
     parallel_chunks(pool, out, kRows, [&](int64_t o0, int64_t o1) {
         const int64_t b = o1 - o0;
         std::vector<float> wr(w + o0 * in, w + o1 * in);  // [b, in], updated in place
-        std::vector<uint8_t> codes(b * in), gcodes(gs), best_codes(gs);
+        std::vector<uint8_t> codes(b * in), gcodes(gs);
         std::vector<float> err(b * block), gdeq(gs);
-        std::vector<float> sc(b), zf(b);  // the current group's grid per row
+        // The grid of (row, group) [b, ng]; without act-order only the current group's is read.
+        std::vector<float> sc(b * ng), zf(b * ng);
+        // Fixes every row's grid for group g from the weights at wr[r * in + c0 ...].
+        auto choose_grid = [&](int g, int c0) {
+            for (int64_t r = 0; r < b; ++r) {
+                double best = INFINITY;
+                uint16_t best_s = 0;
+                uint8_t best_z = 0;
+                for (float ratio : ratios) {
+                    GroupQuantOptions go;
+                    go.clip_ratio = ratio;
+                    go.codes_from_stored_scale = true;
+                    uint16_t s16;
+                    uint8_t z;
+                    quantize_group(&wr[r * in + c0], gs, go, gcodes.data(), &s16, &z, gdeq.data());
+                    double e = 0;
+                    for (int k = 0; k < gs; ++k) {
+                        const double d = wr[r * in + c0 + k] - gdeq[k];
+                        e += hdiag[g * gs + k] * d * d;
+                    }
+                    if (e < best) {
+                        best = e;
+                        best_s = s16;
+                        best_z = z;
+                    }
+                }
+                q.scales[(o0 + r) * ng + g] = best_s;
+                q.zeros[(o0 + r) * ng + g] = best_z;
+                sc[r * ng + g] = bf16_to_f32(best_s);
+                zf[r * ng + g] = best_z;
+            }
+        };
+        if (opt.act_order) {
+            // Grids from the original weights, then the weights into quantization order.
+            for (int g = 0; g < ng; ++g) choose_grid(g, g * gs);
+            for (int64_t r = 0; r < b; ++r)
+                for (int j = 0; j < in; ++j) wr[r * in + j] = w[(o0 + r) * in + perm[j]];
+        }
         for (int i1 = 0; i1 < in; i1 += block) {
             const int i2 = std::min(in, i1 + block);
             for (int i = i1; i < i2; ++i) {
-                if (i % gs == 0) {
-                    const int g = i / gs;
-                    for (int64_t r = 0; r < b; ++r) {
-                        double best = INFINITY;
-                        uint16_t best_s = 0;
-                        uint8_t best_z = 0;
-                        for (float ratio : ratios) {
-                            GroupQuantOptions go;
-                            go.clip_ratio = ratio;
-                            go.codes_from_stored_scale = true;
-                            uint16_t s16;
-                            uint8_t z;
-                            quantize_group(&wr[r * in + i], gs, go, gcodes.data(), &s16, &z,
-                                           gdeq.data());
-                            double e = 0;
-                            for (int k = 0; k < gs; ++k) {
-                                const double d = wr[r * in + i + k] - gdeq[k];
-                                e += hdiag[i + k] * d * d;
-                            }
-                            if (e < best) {
-                                best = e;
-                                best_s = s16;
-                                best_z = z;
-                            }
-                        }
-                        q.scales[(o0 + r) * ng + g] = best_s;
-                        q.zeros[(o0 + r) * ng + g] = best_z;
-                        sc[r] = bf16_to_f32(best_s);
-                        zf[r] = best_z;
-                    }
-                }
+                // Without act-order a group's grid is chosen when it starts, from the weights as
+                // the earlier columns' errors have left them.
+                if (!opt.act_order && i % gs == 0) choose_grid(i / gs, i);
+                const int col = perm[i], g = col / gs;
                 const float* ui = &u[static_cast<size_t>(i) * in];
                 const float uii = ui[i];
                 for (int64_t r = 0; r < b; ++r) {
                     float* row = &wr[r * in];
+                    const float s = sc[r * ng + g], z = zf[r * ng + g];
                     // The same IEEE steps as quantize_group: divide, add the zero, round half to
                     // even, clamp; (code - zero) * stored scale is exact in f32.
-                    const float t = std::clamp(std::nearbyint(row[i] / sc[r] + zf[r]), 0.0f, 15.0f);
-                    codes[r * in + i] = static_cast<uint8_t>(t);
-                    const float deq = (t - zf[r]) * sc[r];
+                    const float t = std::clamp(std::nearbyint(row[i] / s + z), 0.0f, 15.0f);
+                    codes[r * in + col] = static_cast<uint8_t>(t);
+                    const float deq = (t - z) * s;
                     const float e = (row[i] - deq) / uii;
                     err[r * block + (i - i1)] = -e;
                     for (int j = i + 1; j < i2; ++j) row[j] -= e * ui[j];

@@ -26,6 +26,11 @@ struct GptqOptions {
     // Grid candidates per (row, group): the range [m, M] shrunk by each ratio, the one with the
     // least diag(H)-weighted squared rounding error on the group's (error-updated) weights wins.
     std::vector<float> clip_ratios = {1.0f};
+    // Quantize columns in order of descending diag(H) (the most-used inputs first, while the
+    // most columns are left to absorb their error). The published format needs each group's
+    // scale and zero over contiguous original columns, so with act-order every group's grid is
+    // fixed first from the original weights, and the codes are chosen on those grids.
+    bool act_order = false;
     ThreadPool* pool = nullptr;  // nullptr = default_pool(); results are the same for any size
 };
 
