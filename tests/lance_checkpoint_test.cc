@@ -172,6 +172,40 @@ TEST(Synth, TinyLoadsAndIsDeterministic) {
     EXPECT_EQ(tc["added_tokens_decoder"]["269"]["content"], "<|video_pad|>");
 }
 
+TEST(Synth, NoOutliersLeavesEveryNormChannelNearOne) {
+    TempDir dir;
+    SynthOptions o;
+    o.preset = "tiny";
+    o.seed = 9;
+    o.outliers = false;
+    o.out = (dir / "plain").string();
+    synth_checkpoint(o);
+    auto ck = LanceCheckpoint::open(o.out);
+    const OutlierPlan plan = synth_outliers(ck->config(), 9);
+    for (const char* name :
+         {"language_model.model.layers.1.post_attention_layernorm_moe_gen.weight",
+          "language_model.model.layers.0.input_layernorm.weight"}) {
+        const auto g = to_f32(ck->tensor(name));
+        float worst = 0;
+        for (float v : g) worst = std::max(worst, std::fabs(v - 1.0f));
+        EXPECT_LT(worst, 0.5f) << name;  // the planted channels would be 20-100
+        for (int c : plan.channels) EXPECT_LT(g[c], 2.0f) << name << " channel " << c;
+    }
+    // No loud v_proj rows either: every row's RMS within 8x of the median row's (planted loud
+    // rows are 20-80x).
+    const auto w = to_f32(ck->tensor("language_model.model.layers.0.self_attn.v_proj.weight"));
+    const int64_t in = ck->tensor("language_model.model.layers.0.self_attn.v_proj.weight").shape[1];
+    std::vector<double> rms;
+    for (size_t r = 0; r < w.size() / in; ++r) {
+        double s = 0;
+        for (int64_t i = 0; i < in; ++i) s += double(w[r * in + i]) * w[r * in + i];
+        rms.push_back(std::sqrt(s / in));
+    }
+    std::vector<double> sorted = rms;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_LT(sorted.back(), 8 * sorted[sorted.size() / 2]);
+}
+
 TEST(Synth, PlantsOutlierChannelsAndRealisticWeights) {
     TempDir dir;
     const std::string a = synth_tiny(dir, "a", 9, DType::BF16);

@@ -7,6 +7,7 @@
 #include <sys/mount.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -97,6 +98,10 @@ class QuantizeTiny : public ::testing::Test {
         qo.src = src().string();
         qo.stats = stats().string();
         qo.progress = false;
+        qo.method = "awq-gptq";  // the default
+        qo.out = awq_gptq().string();
+        quantize_checkpoint(qo);
+        qo.method = "awq";
         qo.out = awq().string();
         quantize_checkpoint(qo);
         qo.clip = false;
@@ -116,6 +121,7 @@ class QuantizeTiny : public ::testing::Test {
     static fs::path awq() { return *dir_ / "awq"; }
     static fs::path awq_noclip() { return *dir_ / "awq_noclip"; }
     static fs::path rtn() { return *dir_ / "rtn"; }
+    static fs::path awq_gptq() { return *dir_ / "awq_gptq"; }
     static TempDir* dir_;
 };
 TempDir* QuantizeTiny::dir_ = nullptr;
@@ -448,6 +454,50 @@ TEST_F(QuantizeTiny, WrittenCheckpointPreservesTheLayerFunction) {
         }
         EXPECT_LT(rel_err(fa.q, ref.q), 0.6 * rel_err(fr.q, ref.q));
     }
+}
+
+TEST_F(QuantizeTiny, AwqGptqStaysInThePublishedFormatAndBeatsAwq) {
+    check_layout(awq_gptq(), src() / "model.safetensors", true);
+    auto ck = LanceCheckpoint::open(awq_gptq().string());
+    EXPECT_EQ(ck->kind(), CheckpointKind::Awq);
+    const auto r = run_lancet("inspect " + q(awq_gptq()));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("28 quantized linears"), std::string::npos) << r.out;
+    // The written layers against the source on plain Gaussian rows (not the calibration rows).
+    auto s = LanceCheckpoint::open(src().string());
+    auto rt = LanceCheckpoint::open(rtn().string());
+    const int n = 64, h = s->config().hidden_size;
+    Rng rng(77);
+    std::vector<float> z(size_t(n) * h), z2(z.size());
+    for (auto& v : z) v = static_cast<float>(rng.normal());
+    for (auto& v : z2) v = static_cast<float>(rng.normal());
+    for (int layer = 0; layer < 2; ++layer) {
+        const LayerOut ref = forward(*s, layer, z, z2, n);
+        const LayerOut fg = forward(*ck, layer, z, z2, n);
+        const LayerOut fr = forward(*rt, layer, z, z2, n);
+        EXPECT_LT(rel_err(fg.q, ref.q), 0.6 * rel_err(fr.q, ref.q)) << "layer " << layer;
+        EXPECT_LT(rel_err(fg.d, ref.d), rel_err(fr.d, ref.d)) << "layer " << layer;
+    }
+    // The report compares all four methods per linear and per type; the stored result is the
+    // AWQ+GPTQ one and on held-out rows it beats AWQ alone.
+    const json rep = read_json(awq_gptq() / "quant_report.json");
+    EXPECT_EQ(rep["method"], "awq-gptq");
+    for (auto it = rep["linears"].begin(); it != rep["linears"].end(); ++it) {
+        const json& e = it.value();
+        EXPECT_EQ(e["chosen"], "awq-gptq") << it.key();
+        for (const char* k : {"rtn_error", "awq_error", "gptq_error", "awq_gptq_error"})
+            EXPECT_TRUE(e[k]["heldout"].is_number()) << it.key() << " " << k;
+        EXPECT_EQ(e["result_error"], e["awq_gptq_error"]) << it.key();
+    }
+    const json& t = rep["totals"];
+    std::printf(
+        "tiny held-out: RTN %.4f AWQ %.4f GPTQ %.4f AWQ+GPTQ %.4f\n",
+        t["mean_rtn_error_heldout"].get<double>(), t["mean_awq_error_heldout"].get<double>(),
+        t["mean_gptq_error_heldout"].get<double>(), t["mean_awq_gptq_error_heldout"].get<double>());
+    EXPECT_LT(t["mean_result_error_heldout"].get<double>(),
+              t["mean_awq_error_heldout"].get<double>());
+    const auto table = report_table(rep);
+    EXPECT_NE(table.find("AWQ+GPTQ"), std::string::npos) << table;
 }
 
 TEST_F(QuantizeTiny, ReportShowsAwqWellBelowRtn) {

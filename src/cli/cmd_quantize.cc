@@ -20,8 +20,10 @@ void add_quantize(CLI::App& app) {
     auto opt = std::make_shared<QuantizeOptions>();
     auto include = std::make_shared<std::vector<std::string>>();
     auto no = std::make_shared<std::array<bool, 4>>();  // search, clip, fuse-ov, fuse-updown
-    cmd->add_option("--method", opt->method, "awq (activation-aware, needs --stats) or rtn")
-        ->check(CLI::IsMember({"awq", "rtn"}))
+    cmd->add_option("--method", opt->method,
+                    "awq (activation-aware scales + clipping), gptq (error feedback), awq-gptq "
+                    "(both; the three need --stats) or rtn")
+        ->check(CLI::IsMember({"awq", "gptq", "awq-gptq", "rtn"}))
         ->capture_default_str();
     cmd->add_option("--group-size", opt->group_size,
                     "Group size 32, 64 or 128 (a linear whose width it does not divide falls back "
@@ -37,7 +39,17 @@ void add_quantize(CLI::App& app) {
     cmd->add_flag("--no-clip", (*no)[1], "No clipping search");
     cmd->add_flag("--no-fuse-ov", (*no)[2], "Do not fold o_proj scales into v_proj");
     cmd->add_flag("--no-fuse-updown", (*no)[3], "Do not fold down_proj scales into up_proj");
-    cmd->callback([opt, include, no] {
+    cmd->add_option("--damp", opt->gptq_damp,
+                    "GPTQ dampening: this fraction of mean diag(XᵀX) added to the diagonal")
+        ->capture_default_str();
+    cmd->add_flag("--act-order", opt->act_order,
+                  "GPTQ: quantize columns by descending diag(XᵀX) (grids fixed first, from the "
+                  "original order)");
+    auto no_compare = std::make_shared<bool>(false);
+    cmd->add_flag("--no-compare", *no_compare,
+                  "gptq/awq-gptq: skip the other GPTQ variant the report compares against");
+    cmd->callback([opt, include, no, no_compare] {
+        opt->compare = !*no_compare;
         for (const std::string& i : *include) {
             if (i == "lm_head") opt->include_lm_head = true;
             if (i == "vit") opt->include_vit = true;

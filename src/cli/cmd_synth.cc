@@ -26,7 +26,11 @@ void add_synth(CLI::App& app) {
         "Copy the tokenizer files from this folder (default: a synthetic byte-level one)");
     cmd->add_option("-o,--out", opt->out, "Output folder")->required();
     cmd->add_flag("--force", opt->force, "Replace an existing output folder");
-    cmd->callback([opt, dtype] {
+    auto no_outliers = std::make_shared<bool>(false);
+    cmd->add_flag("--no-outliers", *no_outliers,
+                  "Plant no activation-outlier channels (judge quantizers on plain weights)");
+    cmd->callback([opt, dtype, no_outliers] {
+        opt->outliers = !*no_outliers;
         opt->dtype = *dtype == "bf16" ? DType::BF16 : DType::F32;
         const auto t0 = std::chrono::steady_clock::now();
         const uint64_t bytes = synth_checkpoint(*opt);

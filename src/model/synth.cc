@@ -197,7 +197,8 @@ struct Filler {
                                    s.name.find("post_attention_layernorm") != std::string::npos);
         // Producers of the o_proj and down_proj inputs get a few loud rows, so those inputs have
         // outlier channels too.
-        const bool loud_rows = s.kind == TensorKind::LinearWeight &&
+        // (Planted with the outlier channels; `synth --no-outliers` leaves out both.)
+        const bool loud_rows = !outliers.channels.empty() && s.kind == TensorKind::LinearWeight &&
                                s.component != Component::Vit &&
                                (s.name.find("v_proj") != std::string::npos ||
                                 s.name.find("up_proj") != std::string::npos);
@@ -297,7 +298,7 @@ uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg) {
     write_file_atomic(out.file("Qwen2.5-VL-ViT/config.json"),
                       vit_folder_config_json(cfg.vision).dump(2) + "\n");
 
-    const OutlierPlan outliers = synth_outliers(cfg, opt.seed);
+    const OutlierPlan outliers = opt.outliers ? synth_outliers(cfg, opt.seed) : OutlierPlan{};
     const Filler filler{cfg, outliers, opt.seed};
     const auto specs = lance_tensor_list(cfg, VitLayout::Bundled);
     SafetensorsWriter w(out.file("model.safetensors"));
@@ -307,7 +308,8 @@ uint64_t synth_checkpoint(const SynthOptions& opt, LanceConfig cfg) {
         params += static_cast<uint64_t>(shape_numel(s.shape));
     }
     w.set_metadata("format", "pt");
-    w.set_metadata("lancet.synth", opt.preset + " seed " + std::to_string(opt.seed));
+    w.set_metadata("lancet.synth", opt.preset + " seed " + std::to_string(opt.seed) +
+                                       (opt.outliers ? "" : " no-outliers"));
     w.begin();
     log_info("synth: preset ", opt.preset, ", ", specs.size(), " tensors, ", params / 1000000,
              "M parameters, ", dtype_name(opt.dtype), ", tokenizer of ", tokenizer_len, " tokens");

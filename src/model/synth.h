@@ -18,6 +18,8 @@ struct SynthOptions {
     std::string out;            // output folder (Lance_3B_Video layout)
     std::string tokenizer_dir;  // copy vocab.json/merges.txt/tokenizer_config.json from here
     bool force = false;
+    // false: no planted activation-outlier channels (models a quantizer cannot win on by scaling).
+    bool outliers = true;
 };
 
 std::vector<std::string> synth_presets();

@@ -106,6 +106,11 @@ class Pipeline {
     void record(const std::string& base, const std::string& scheme, int gs, const AwqResult* group,
                 const AwqConsumerResult* c);
     void write_cached(const std::string& name);
+    AwqOptions::Feedback feedback() const {
+        return opt_.method == "gptq"       ? AwqOptions::Feedback::Gptq
+               : opt_.method == "awq-gptq" ? AwqOptions::Feedback::AwqGptq
+                                           : AwqOptions::Feedback::None;
+    }
     ojson make_meta() const;
     ojson make_report(double seconds) const;
 
@@ -128,17 +133,18 @@ class Pipeline {
 };
 
 void Pipeline::check_arguments() {
-    if (opt_.method != "awq" && opt_.method != "rtn")
-        fail("quantize: --method must be awq or rtn, got \"", opt_.method, "\"");
-    awq_ = opt_.method == "awq";
+    if (opt_.method != "awq" && opt_.method != "rtn" && opt_.method != "gptq" &&
+        opt_.method != "awq-gptq")
+        fail("quantize: --method must be awq, gptq, awq-gptq or rtn, got \"", opt_.method, "\"");
+    awq_ = opt_.method != "rtn";  // every method but rtn searches on recorded statistics
     if (opt_.group_size != 32 && opt_.group_size != 64 && opt_.group_size != 128)
         fail("quantize: --group-size must be 32, 64 or 128, got ", opt_.group_size);
     if (opt_.src.empty()) fail("quantize: no source checkpoint given (--src DIR)");
     if (opt_.out.empty()) fail("quantize: no output folder given (--out DIR)");
     if (awq_ && opt_.stats.empty())
-        fail(
-            "quantize: --method awq needs activation statistics (--stats FILE; "
-            "`lancet stats synth` makes synthetic ones)");
+        fail("quantize: --method ", opt_.method,
+             " needs activation statistics (--stats FILE; "
+             "`lancet stats synth` makes synthetic ones)");
     if (path_overlaps(opt_.src, opt_.out))
         fail("quantize: --out ", opt_.out, " overlaps the source checkpoint ", opt_.src,
              " (the source is never written; choose a folder outside it)");
@@ -309,13 +315,21 @@ void Pipeline::record(const std::string& base, const std::string& scheme, int gs
     if (group && c) {
         e["rtn_error"] = err_json(c->rtn);
         e["awq_error"] = err_json(c->awq);
+        e["gptq_error"] = err_json(c->gptq);
+        e["awq_gptq_error"] = err_json(c->awq_gptq);
+        e["result_error"] = err_json(c->result);
+        e["chosen"] = group->chosen;
         e["alpha"] = group->alpha;
         e["rtn_fallback"] = group->rtn_fallback;
         e["synthetic_rows"] = group->synthetic_rows;
         e["rows"] = {{"search", group->n_search_rows}, {"heldout", group->n_heldout_rows}};
         // The group's totals: the search guarantees awq <= rtn on the search rows per group, not
         // per consumer.
-        e["group_error"] = {{"rtn", err_json(group->rtn)}, {"awq", err_json(group->awq)}};
+        e["group_error"] = {{"rtn", err_json(group->rtn)},
+                            {"awq", err_json(group->awq)},
+                            {"gptq", err_json(group->gptq)},
+                            {"awq_gptq", err_json(group->awq_gptq)},
+                            {"result", err_json(group->result)}};
         double sum = 0;
         int64_t clipped = 0;
         for (float r : c->clip) {
@@ -407,11 +421,17 @@ void Pipeline::process_path(int layer, bool gen) {
         AwqOptions ao;  // group sizes: w.group_size
         ao.search_scales = opt_.search;
         ao.clip = opt_.clip;
+        ao.feedback = feedback();
+        ao.gptq_damp = opt_.gptq_damp;
+        ao.gptq_act_order = opt_.act_order;
+        ao.compare = opt_.compare;
         const LayerResult r = quantize_layer(w, ls, ao, {opt_.fuse_ov, opt_.fuse_updown});
 
-        const char* norm_scheme = !have ? kSchemeNoAwq : opt_.search ? kSchemeAwq : kSchemeMinmax;
+        // A norm or producer carries scales only where the search ran and they were kept.
+        const bool scaled = opt_.search && opt_.method != "gptq";
+        const char* norm_scheme = !have ? kSchemeNoAwq : scaled ? kSchemeAwq : kSchemeMinmax;
         auto pair_scheme = [&](bool fuse) {
-            return have && opt_.search && fuse ? kSchemeAwq : kSchemeMinmax;
+            return have && scaled && fuse ? kSchemeAwq : kSchemeMinmax;
         };
         struct Out {
             int name;
@@ -606,6 +626,11 @@ void Pipeline::quantize_single(const Target& t) {
         ao.group_size = t.gs;
         ao.search_scales = false;
         ao.clip = opt_.clip;
+        ao.feedback = feedback() == AwqOptions::Feedback::None ? AwqOptions::Feedback::None
+                                                               : AwqOptions::Feedback::Gptq;
+        ao.gptq_damp = opt_.gptq_damp;
+        ao.gptq_act_order = opt_.act_order;
+        ao.compare = false;
         const AwqResult r = awq_search({{t.base, w.data(), t.out}}, t.in, &st, ao);
         emit_quantized(t, r.consumers[0].q);
         record(t.base, kSchemeMinmax, t.gs, &r, &r.consumers[0]);
@@ -695,13 +720,18 @@ ojson Pipeline::make_report(double seconds) const {
                     {"fuse_ov", opt_.fuse_ov},
                     {"fuse_updown", opt_.fuse_updown},
                     {"include_lm_head", opt_.include_lm_head},
-                    {"include_vit", opt_.include_vit}};
+                    {"include_vit", opt_.include_vit},
+                    {"damp", opt_.gptq_damp},
+                    {"act_order", opt_.act_order},
+                    {"compare", opt_.compare}};
     r["warnings"] = warnings_;
-    // Means over the linears whose errors were measured (those with statistics).
+    // Means over the linears whose errors were measured (those with statistics), per method:
+    // rtn, awq (scale + clip stage), gptq, awq_gptq (NaN unless run) and the stored result.
+    static const char* const kKinds[5] = {"rtn", "awq", "gptq", "awq_gptq", "result"};
     struct Acc {
-        int n = 0, measured = 0;
-        double rtn_h = 0, awq_h = 0, rtn_s = 0, awq_s = 0;
-        int measured_h = 0;
+        int n = 0;
+        int measured_s[5] = {}, measured_h[5] = {};
+        double sum_s[5] = {}, sum_h[5] = {};
     };
     std::map<std::string, Acc> by_type;
     Acc all;
@@ -712,17 +742,18 @@ ojson Pipeline::make_report(double seconds) const {
         lin[base] = e;
         for (Acc* acc : {&by_type[e["type"].get<std::string>()], &all}) {
             ++acc->n;
-            if (!e.contains("rtn_error")) continue;
-            const ojson &re = e["rtn_error"], &ae = e["awq_error"];
-            if (re["search"].is_number() && ae["search"].is_number()) {
-                ++acc->measured;
-                acc->rtn_s += re["search"].get<double>();
-                acc->awq_s += ae["search"].get<double>();
-            }
-            if (re["heldout"].is_number() && ae["heldout"].is_number()) {
-                ++acc->measured_h;
-                acc->rtn_h += re["heldout"].get<double>();
-                acc->awq_h += ae["heldout"].get<double>();
+            for (int k = 0; k < 5; ++k) {
+                const std::string key = std::string(kKinds[k]) + "_error";
+                if (!e.contains(key)) continue;
+                const ojson& v = e[key];
+                if (v["search"].is_number()) {
+                    ++acc->measured_s[k];
+                    acc->sum_s[k] += v["search"].get<double>();
+                }
+                if (v["heldout"].is_number()) {
+                    ++acc->measured_h[k];
+                    acc->sum_h[k] += v["heldout"].get<double>();
+                }
             }
         }
     }
@@ -730,15 +761,18 @@ ojson Pipeline::make_report(double seconds) const {
         auto mean = [](double s, int n) { return n > 0 ? ojson(s / n) : ojson(nullptr); };
         ojson o;
         o["n_linears"] = a.n;
-        o["n_measured"] = a.measured;
-        o["mean_rtn_error_heldout"] = mean(a.rtn_h, a.measured_h);
-        o["mean_awq_error_heldout"] = mean(a.awq_h, a.measured_h);
+        o["n_measured"] = a.measured_s[0];
+        for (int k = 0; k < 5; ++k)
+            o[std::string("mean_") + kKinds[k] + "_error_heldout"] =
+                mean(a.sum_h[k], a.measured_h[k]);
+        // result / RTN over the linears where both were measured.
         o["ratio_heldout"] =
-            a.measured_h > 0 && a.rtn_h > 0 ? ojson(a.awq_h / a.rtn_h) : ojson(nullptr);
-        o["mean_rtn_error_search"] = mean(a.rtn_s, a.measured);
-        o["mean_awq_error_search"] = mean(a.awq_s, a.measured);
+            a.measured_h[4] > 0 && a.sum_h[0] > 0 ? ojson(a.sum_h[4] / a.sum_h[0]) : ojson(nullptr);
+        for (int k = 0; k < 5; ++k)
+            o[std::string("mean_") + kKinds[k] + "_error_search"] =
+                mean(a.sum_s[k], a.measured_s[k]);
         o["ratio_search"] =
-            a.measured > 0 && a.rtn_s > 0 ? ojson(a.awq_s / a.rtn_s) : ojson(nullptr);
+            a.measured_s[4] > 0 && a.sum_s[0] > 0 ? ojson(a.sum_s[4] / a.sum_s[0]) : ojson(nullptr);
         return o;
     };
     ojson bt = ojson::object();
@@ -857,30 +891,31 @@ ojson quantize_checkpoint(const QuantizeOptions& opt) {
 
 std::string report_table(const ojson& report) {
     std::string s;
-    char line[160];
+    char line[512];
     auto num = [](const ojson& v, char* buf, size_t n) {
         if (v.is_number())
             std::snprintf(buf, n, "%.4f", v.get<double>());
         else
             std::snprintf(buf, n, "-");
     };
-    std::snprintf(line, sizeof line, "%-10s %5s %12s %12s %8s\n", "linear", "n", "RTN err",
-                  "result err", "ratio");
+    std::snprintf(line, sizeof line, "%-10s %5s %9s %9s %9s %9s %9s %7s\n", "linear", "n", "RTN",
+                  "AWQ", "GPTQ", "AWQ+GPTQ", "result", "ratio");
     s += line;
     auto row = [&](const std::string& name, const ojson& o) {
-        char a[32], b[32], c[32];
-        num(o["mean_rtn_error_heldout"], a, sizeof a);
-        num(o["mean_awq_error_heldout"], b, sizeof b);
-        num(o["ratio_heldout"], c, sizeof c);
-        std::snprintf(line, sizeof line, "%-10s %5d %12s %12s %8s\n", name.c_str(),
-                      o["n_linears"].get<int>(), a, b, c);
+        char v[6][16];
+        const char* keys[6] = {"mean_rtn_error_heldout",    "mean_awq_error_heldout",
+                               "mean_gptq_error_heldout",   "mean_awq_gptq_error_heldout",
+                               "mean_result_error_heldout", "ratio_heldout"};
+        for (int k = 0; k < 6; ++k) num(o.value(keys[k], ojson(nullptr)), v[k], sizeof v[k]);
+        std::snprintf(line, sizeof line, "%-10s %5d %9s %9s %9s %9s %9s %7s\n", name.c_str(),
+                      o["n_linears"].get<int>(), v[0], v[1], v[2], v[3], v[4], v[5]);
         s += line;
     };
     for (auto it = report["by_type"].begin(); it != report["by_type"].end(); ++it)
         row(it.key(), it.value());
     row("overall", report["totals"]);
-    s += "(mean relative output error ||dY||/||Y|| on held-out recorded rows; '-': no "
-         "statistics)\n";
+    s += "(mean relative output error ||dY||/||Y|| on held-out recorded rows; result: what was "
+         "stored; ratio: result / RTN; '-': not run or no statistics)\n";
     return s;
 }
 

@@ -9,9 +9,9 @@
 namespace lancet {
 
 struct QuantizeOptions {
-    std::string method = "awq";  // awq | rtn
-    int group_size = 64;         // requested: 32, 64 or 128 (per-linear fallback, see q4.h)
-    std::string stats;           // statistics file (required for awq; unused by rtn)
+    std::string method = "awq-gptq";  // awq-gptq | awq | gptq | rtn
+    int group_size = 64;              // requested: 32, 64 or 128 (per-linear fallback, see q4.h)
+    std::string stats;                // statistics file (required for all but rtn)
     std::string src, out;
     bool force = false;            // replace an existing output folder
     bool include_lm_head = false;  // quantize lm_head too (clipping search with stats, else RTN)
@@ -21,6 +21,10 @@ struct QuantizeOptions {
     bool fuse_ov = true;           // o_proj scales folded into v_proj rows and bias
     bool fuse_updown = true;       // down_proj scales folded into up_proj rows
     bool progress = true;          // a line per layer on stderr
+    double gptq_damp = 0.01;       // GPTQ dampening (fraction of mean diag H)
+    bool act_order = false;        // GPTQ columns by descending diag(H)
+    // gptq / awq-gptq: also run the other GPTQ variant so the report compares all four methods.
+    bool compare = true;
 };
 
 // Runs the pipeline and commits the output folder: awq_state_dict.safetensors, awq_meta.json,

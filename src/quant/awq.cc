@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "core/thread_pool.h"
 #include "kernels/gemm.h"
+#include "quant/gptq.h"
 
 namespace lancet::quant {
 namespace {
@@ -503,13 +504,112 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             res.consumers[c].clip = std::move(awq[c].clip);
         }
     }
-    const bool have_h = nh > 0;
-    finish_rel(res.rtn, y2s, y2h, have_h);
-    finish_rel(res.awq, y2s, y2h, have_h);
+    res.chosen = res.rtn_fallback ? "rtn" : "awq";
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    res.gptq = res.awq_gptq = {nan, nan, nan, nan};
+    res.result = res.awq;
     for (auto& cr : res.consumers) {
-        finish_rel(cr.rtn, cr.y2_search, cr.y2_heldout, have_h);
-        finish_rel(cr.awq, cr.y2_search, cr.y2_heldout, have_h);
+        cr.gptq = cr.awq_gptq = res.gptq;
+        cr.result = cr.awq;
     }
+
+    // ---- error feedback (GPTQ) on W·diag(s), H from the search rows as the weights see them ----
+    if (opt.feedback != AwqOptions::Feedback::None) {
+        // Output error of q (quantized W·diag(s)) on the report rows, search and held-out.
+        auto measure = [&](const AwqConsumer& con, const QuantizedMatrix& q,
+                           const std::vector<float>& s, const std::vector<float>& xs_s,
+                           const std::vector<float>& xh_s) {
+            const std::vector<int64_t> rows = report_rows(con.out);
+            const int64_t n_rep = static_cast<int64_t>(rows.size());
+            std::vector<Sq> parts((n_rep + kRowChunk - 1) / kRowChunk);
+            parallel_chunks(pool, n_rep, kRowChunk, [&](int64_t j0, int64_t j1) {
+                const int64_t b = j1 - j0;
+                std::vector<float> dw(b * in), e(b * std::max(ns, nh));
+                for (int64_t r = 0; r < b; ++r) {
+                    const int64_t o = rows[j0 + r];
+                    dequantize_row(q, static_cast<int>(o), &dw[r * in]);
+                    for (int i = 0; i < in; ++i)
+                        dw[r * in + i] = con.w[o * in + i] * s[i] - dw[r * in + i];
+                }
+                Sq& p = parts[j0 / kRowChunk];
+                kernels::gemm_nt(b, ns, in, dw.data(), in, xs_s.data(), in, e.data(), ns, false);
+                p.e2s = sum_squares(e.data(), b * ns);
+                if (nh > 0) {
+                    kernels::gemm_nt(b, nh, in, dw.data(), in, xh_s.data(), in, e.data(), nh,
+                                     false);
+                    p.e2h = sum_squares(e.data(), b * nh);
+                }
+            });
+            RelErr r;
+            for (const Sq& p : parts) {
+                r.e2_search += p.e2s;
+                r.e2_heldout += p.e2h;
+            }
+            return r;
+        };
+        // One GPTQ run of every consumer with scales s; fills the errors, returns the matrices.
+        auto run = [&](const std::vector<float>& s, std::vector<RelErr>& errs, RelErr& total) {
+            const std::vector<float> xs_s = divide_columns(xs, in, s);
+            const std::vector<float> xh_s = divide_columns(xh, in, s);
+            const std::vector<float> h = gram_matrix(xs_s.data(), ns, in, &pool);
+            GptqOptions go;
+            go.group_size = gs;
+            go.damp = opt.gptq_damp;
+            go.act_order = opt.gptq_act_order;
+            go.pool = &pool;
+            if (opt.clip) go.clip_ratios = ratios;
+            std::vector<QuantizedMatrix> qs;
+            errs.assign(consumers.size(), {});
+            total = {};
+            for (size_t c = 0; c < consumers.size(); ++c) {
+                const AwqConsumer& con = consumers[c];
+                std::vector<float> ws(static_cast<size_t>(con.out) * in);
+                for (int64_t o = 0; o < con.out; ++o)
+                    for (int i = 0; i < in; ++i) ws[o * in + i] = con.w[o * in + i] * s[i];
+                qs.push_back(gptq_quantize(ws.data(), con.out, in, h.data(), go));
+                errs[c] = measure(con, qs.back(), s, xs_s, xh_s);
+                total.e2_search += errs[c].e2_search;
+                total.e2_heldout += errs[c].e2_heldout;
+            }
+            return qs;
+        };
+        const bool want_plain = opt.feedback == AwqOptions::Feedback::Gptq || opt.compare;
+        const bool want_scaled = opt.feedback == AwqOptions::Feedback::AwqGptq || opt.compare;
+        const std::vector<float> ones(in, 1.0f);
+        std::vector<RelErr> e_plain, e_scaled;
+        std::vector<QuantizedMatrix> q_plain, q_scaled;
+        if (want_plain) q_plain = run(ones, e_plain, res.gptq);
+        if (want_scaled) q_scaled = run(res.s, e_scaled, res.awq_gptq);
+        for (size_t c = 0; c < consumers.size(); ++c) {
+            if (want_plain) res.consumers[c].gptq = e_plain[c];
+            if (want_scaled) res.consumers[c].awq_gptq = e_scaled[c];
+        }
+        const bool plain = opt.feedback == AwqOptions::Feedback::Gptq;
+        const RelErr& got = plain ? res.gptq : res.awq_gptq;
+        // Kept unless worse than RTN on the search rows (the rows it was fitted to).
+        if (got.e2_search <= res.rtn.e2_search) {
+            res.chosen = plain ? "gptq" : "awq-gptq";
+            res.result = got;
+            res.rtn_fallback = false;
+            if (plain) {
+                res.alpha = 0;
+                res.s.assign(in, 1.0f);
+                res.s_free.assign(n_free, 1.0f);
+            }
+            for (size_t c = 0; c < consumers.size(); ++c) {
+                res.consumers[c].q = std::move(plain ? q_plain[c] : q_scaled[c]);
+                res.consumers[c].result = plain ? e_plain[c] : e_scaled[c];
+                res.consumers[c].clip.assign(static_cast<size_t>(consumers[c].out) * ng, 1.0f);
+            }
+        }
+    }
+
+    const bool have_h = nh > 0;
+    for (RelErr* r : {&res.rtn, &res.awq, &res.gptq, &res.awq_gptq, &res.result})
+        if (!std::isnan(r->e2_search)) finish_rel(*r, y2s, y2h, have_h);
+    for (auto& cr : res.consumers)
+        for (RelErr* r : {&cr.rtn, &cr.awq, &cr.gptq, &cr.awq_gptq, &cr.result})
+            if (!std::isnan(r->e2_search)) finish_rel(*r, cr.y2_search, cr.y2_heldout, have_h);
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     return res;
 }
@@ -523,7 +623,8 @@ AwqResult rtn_group(const std::vector<AwqConsumer>& consumers, int in, const Awq
     res.s.assign(in, 1.0f);
     res.s_free = res.s;
     res.rtn = {nan, nan, nan, nan};
-    res.awq = res.rtn;
+    res.awq = res.gptq = res.awq_gptq = res.result = res.rtn;
+    res.chosen = "rtn";
     for (const AwqConsumer& con : consumers) {
         if (!con.w || con.out <= 0) fail("RTN group: consumer ", con.name, " has no weight");
         AwqConsumerResult cr;
@@ -533,7 +634,7 @@ AwqResult rtn_group(const std::vector<AwqConsumer>& consumers, int in, const Awq
         cr.q = quantize_rtn(con.w, con.out, in, ro);
         cr.clip.assign(static_cast<size_t>(con.out) * cr.q.n_groups(), 1.0f);
         cr.rtn = res.rtn;
-        cr.awq = res.rtn;
+        cr.awq = cr.gptq = cr.awq_gptq = cr.result = res.rtn;
         res.consumers.push_back(std::move(cr));
     }
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

@@ -54,6 +54,16 @@ struct AwqOptions {
     uint64_t synthetic_seed = 0xC0DE;
     // Choose codes against the stored bf16 scale (spec §7.5); the RTN baseline stays seed-exact.
     bool codes_from_stored_scale = true;
+    // Error feedback after the scale and clip search (quant/gptq.h), with H = XsᵀXs from the
+    // search rows (X scaled by the chosen s, as the folded weights see it):
+    //   None: the AWQ result as before; Gptq: GPTQ of W itself (s = 1, the scales are measured
+    //   but not applied); AwqGptq: GPTQ of W·diag(s) with the AWQ scales.
+    enum class Feedback { None, Gptq, AwqGptq } feedback = Feedback::None;
+    double gptq_damp = 0.01;
+    bool gptq_act_order = false;  // GptqOptions::act_order
+    // With feedback on: also run the other GPTQ variant, so every result carries the RTN, AWQ,
+    // GPTQ and AWQ+GPTQ errors (the report's comparison; one more GPTQ per consumer).
+    bool compare = true;
     // Pool for the row-parallel work; nullptr = default_pool(). Results are bit-identical for any
     // pool size.
     ThreadPool* pool = nullptr;
@@ -69,9 +79,12 @@ struct RelErr {
 
 struct AwqConsumerResult {
     std::string name;
-    QuantizedMatrix q;                     // quantized W * diag(s) (or the RTN result on fallback)
-    std::vector<float> clip;               // [out, n_groups] chosen ratio per (row, group)
-    RelErr rtn, awq;                       // seed RTN of W vs the result, both against the f32 W
+    QuantizedMatrix q;        // quantized W * diag(s) (or the RTN result on fallback)
+    std::vector<float> clip;  // [out, n_groups] chosen ratio per (row, group)
+    RelErr rtn, awq;          // seed RTN of W vs the result, both against the f32 W
+    // With feedback: GPTQ with s = 1 and with the AWQ scales (NaN when not run); `awq` then
+    // stays the scale+clip stage's error and `result` is the error of q.
+    RelErr gptq, awq_gptq, result;
     double y2_search = 0, y2_heldout = 0;  // ||Y||^2 on each row set
 };
 
@@ -81,7 +94,10 @@ struct AwqResult {
     std::vector<float> s;       // [in] per-input-channel scale, expanded through the tie map
     std::vector<float> s_free;  // [n_free] the free scales (== s without a tie map)
     std::vector<AwqConsumerResult> consumers;
-    RelErr rtn, awq;              // over all consumers: sum of e2 over sum of y2
+    RelErr rtn, awq;                // over all consumers: sum of e2 over sum of y2
+    RelErr gptq, awq_gptq, result;  // as in AwqConsumerResult
+    // What q holds: "rtn", "awq", "gptq" or "awq-gptq".
+    std::string chosen = "awq";
     bool rtn_fallback = false;    // the search was worse than RTN on the search rows; RTN kept
     bool synthetic_rows = false;  // no recorded rows: Gaussian rows were used
     int n_search_rows = 0, n_heldout_rows = 0;
