@@ -260,7 +260,9 @@ void add_run(CLI::App& app) {
         a->preset = m.preset;
         if (a->task == "chat") {
             if (!a->image.empty() || !a->video.empty() || !a->examples.empty())
-                fail("run: --image/--video/--examples need an x2t or generation task");
+                fail(
+                    "run: --image/--video/--examples need --task x2t_image, x2t_video or a "
+                    "generation task");
             run_chat(*a);
         } else {
             run_x2t(*a);
