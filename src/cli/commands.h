@@ -18,6 +18,8 @@ void add_stats(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_preprocess(CLI::App& app);
 void add_vae(CLI::App& app);
+void add_serve(CLI::App& app);
+void add_batch(CLI::App& app);
 // `bench vae`, added under the bench command by add_bench.
 void add_bench_vae(CLI::App& bench);
 

@@ -59,6 +59,8 @@ int main(int argc, char** argv) {
     lancet::cli::add_perplexity(app);
     lancet::cli::add_preprocess(app);
     lancet::cli::add_vae(app);
+    lancet::cli::add_serve(app);
+    lancet::cli::add_batch(app);
 
     try {
         app.parse(argc, argv);
