@@ -51,7 +51,7 @@ struct Item {
 };
 
 std::vector<Item> read_items(const std::string& path) {
-    const json j = read_json_file(path);
+    const json j = read_json_value(path);
     if (!j.is_array()) fail(path, ": the examples must be a JSON array");
     std::vector<Item> items;
     std::map<std::string, size_t> seen;
