@@ -288,35 +288,35 @@ void HttpServer::Impl::chat(const httplib::Request& req, httplib::Response& res)
     const std::string id = "chatcmpl-" + std::to_string(next_id++);
     const int64_t created = static_cast<int64_t>(std::time(nullptr));
 
-    std::vector<std::shared_ptr<ChatJob>> jobs;
-    for (int i = 0; i < p.n; ++i) {
+    // One job per choice. Choices run one after another, so a request holds one session at most
+    // and n > 1 cannot fill the queue by itself.
+    auto submit = [&](int i) {
         ChatRequest r = p.req;
         r.gen.sampler.seed += static_cast<uint64_t>(i);
         auto job = engine.submit(std::move(r));
         if (!job) {
-            for (auto& j : jobs) j->cancel();
             res.set_header("Retry-After", "1");
             throw HttpError{429, "the server's queue is full; retry later", ""};
         }
-        jobs.push_back(std::move(job));
-    }
+        return job;
+    };
 
     if (!p.stream) {
         json choices = json::array();
-        size_t completion = 0;
+        size_t completion = 0, prompt = 0;
         for (int i = 0; i < p.n; ++i) {
-            ChatJob& job = *jobs[i];
+            auto job = submit(i);
             std::string text, piece;
-            while (job.next(piece)) text += piece;
-            job.wait();
-            metrics.finished(job, now_seconds() - start);
-            if (!job.error.empty()) throw HttpError{500, "generation failed: " + job.error, ""};
-            completion += job.completion_tokens;
+            while (job->next(piece)) text += piece;
+            job->wait();
+            metrics.finished(*job, now_seconds() - start);
+            if (!job->error.empty()) throw HttpError{500, "generation failed: " + job->error, ""};
+            completion += job->completion_tokens;
+            prompt = job->prompt_tokens;
             choices.push_back({{"index", i},
                                {"message", {{"role", "assistant"}, {"content", text}}},
-                               {"finish_reason", job.finish_reason}});
+                               {"finish_reason", job->finish_reason}});
         }
-        const size_t prompt = jobs[0]->prompt_tokens;
         json out = {{"id", id},
                     {"object", "chat.completion"},
                     {"created", created},
@@ -332,7 +332,7 @@ void HttpServer::Impl::chat(const httplib::Request& req, httplib::Response& res)
 
     // Server-sent events: a role chunk, content chunks, a finish chunk, [DONE]. A failed write
     // (the client went away) cancels the job; so does a response the server abandons.
-    auto job = jobs[0];
+    auto job = submit(0);
     auto chunk = [id, created, model = engine.model_name()](const json& delta, const json& finish) {
         json c = {{"id", id},
                   {"object", "chat.completion.chunk"},
@@ -360,7 +360,6 @@ void HttpServer::Impl::chat(const httplib::Request& req, httplib::Response& res)
             std::string piece;
             if (job->next(piece)) return write(chunk({{"content", piece}}, nullptr));
             job->wait();
-            metrics.finished(*job, now_seconds() - start);
             if (!job->error.empty()) {
                 write("data: " + error_body(500, "generation failed: " + job->error) + "\n\n");
             } else {
@@ -380,8 +379,11 @@ void HttpServer::Impl::chat(const httplib::Request& req, httplib::Response& res)
             sink.done();
             return true;
         },
-        [job](bool success) {
+        [this, job, start](bool success) {
+            // Called once the response ends either way: count the job when it has stopped.
             if (!success) job->cancel();
+            job->wait();
+            metrics.finished(*job, now_seconds() - start);
         });
 }
 
