@@ -2,6 +2,7 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -172,6 +173,7 @@ struct HttpServer::Impl {
     Metrics metrics;
     std::atomic<uint64_t> next_id{1};
     int port = -1;
+    int listen_fd = -1;
 
     Impl(ChatEngine& e, const ServerOptions& o) : engine(e), opt(o) {}
 
@@ -514,6 +516,13 @@ HttpServer::HttpServer(ChatEngine& engine, const ServerOptions& opt)
         return new httplib::ThreadPool(static_cast<size_t>(n));
     };
     impl_->routes();
+    // The library listens with a backlog of 5: a burst of clients connecting at once overflows
+    // it and the kernel drops their SYNs (the client retries after a second). The listening
+    // socket is kept here so bind() can raise the backlog (a second listen() on Linux).
+    impl_->http.set_socket_options([impl = impl_.get()](int sock) {
+        httplib::default_socket_options(sock);
+        impl->listen_fd = sock;
+    });
 }
 
 HttpServer::~HttpServer() { stop(); }
@@ -524,6 +533,7 @@ int HttpServer::bind() {
     impl_->port = port == 0 ? impl_->http.bind_to_any_port(host)
                             : (impl_->http.bind_to_port(host, port) ? port : -1);
     if (impl_->port < 0) fail("serve: cannot listen on ", host, ":", port);
+    if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, 1024);
     return impl_->port;
 }
 
