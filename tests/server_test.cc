@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/error.h"
 #include "model/synth.h"
 #include "pipeline/text_generation.h"
 #include "server/http_server.h"
@@ -37,6 +38,22 @@ class Server : public ::testing::Test {
         so.api_key = kKey;
         so.max_body_bytes = 4096;
         so.max_n = 2;
+        // The job machinery under /v1/videos with a stand-in runner (the generation pipeline is
+        // not on this branch): `steps` steps of `sleep_ms`, progress after each, cancel between.
+        so.max_video_jobs = 1;
+        so.video_jobs = [](const json& body) -> server::JobRunner {
+            const int steps = body.value("steps", 0);
+            const int sleep_ms = body.value("sleep_ms", 0);
+            if (steps < 1) fail("steps must be at least 1");
+            const std::string prompt = body.value("prompt", "");
+            return [steps, sleep_ms, prompt](server::JobControl& c) {
+                for (int i = 0; i < steps && !c.cancelled(); ++i) {
+                    std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+                    c.progress(i + 1, steps);
+                }
+                return server::JobResult{"video of " + prompt, "video/mp4"};
+            };
+        };
         http_ = new server::HttpServer(*engine_, so);
         port_ = http_->bind();
         thread_ = new std::thread([] { http_->listen(); });
@@ -327,6 +344,63 @@ TEST_F(Server, DisconnectCancelsAndAFullQueueAnswers429) {
     int status = 0;
     post({{"messages", {{{"role", "user"}, {"content", "after"}}}}, {"max_tokens", 2}}, &status);
     EXPECT_EQ(status, 200);
+}
+
+TEST_F(Server, VideoJobsRunToTheEndOrAreCancelled) {
+    auto c = client();
+    auto post_video = [&](const json& body) {
+        auto r = c.Post("/v1/videos", body.dump(), "application/json");
+        EXPECT_TRUE(r);
+        return r;
+    };
+    auto status = [&](const std::string& id) {
+        auto r = c.Get("/v1/videos/" + id);
+        EXPECT_TRUE(r);
+        return json::parse(r->body);
+    };
+    auto bad = post_video({{"steps", 0}});
+    EXPECT_EQ(bad->status, 400);
+    expect_error(json::parse(bad->body), "invalid_request_error");
+
+    auto r = post_video({{"steps", 3}, {"sleep_ms", 1}, {"prompt", "a cat"}});
+    ASSERT_EQ(r->status, 200) << r->body;
+    const std::string id = json::parse(r->body)["id"];
+    json st;
+    while ((st = status(id))["status"] == "queued" || st["status"] == "running")
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_EQ(st["status"], "succeeded") << st.dump();
+    EXPECT_EQ(st["progress"], 100);
+    EXPECT_EQ(st["steps"], 3);
+    auto content = c.Get("/v1/videos/" + id + "/content");
+    ASSERT_TRUE(content);
+    EXPECT_EQ(content->status, 200);
+    EXPECT_EQ(content->body, "video of a cat");
+    EXPECT_EQ(content->get_header_value("Content-Type"), "video/mp4");
+
+    // One running, one waiting, the third refused; DELETE cancels both.
+    const std::string a =
+        json::parse(post_video({{"steps", 1000000}, {"sleep_ms", 1}})->body)["id"];
+    while (status(a)["status"] == "queued")
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const std::string b = json::parse(post_video({{"steps", 5}})->body)["id"];
+    auto full = post_video({{"steps", 5}});
+    EXPECT_EQ(full->status, 429);
+    EXPECT_EQ(full->get_header_value("Retry-After"), "10");
+    auto not_ready = c.Get("/v1/videos/" + a + "/content");
+    EXPECT_EQ(not_ready->status, 409);
+    auto del_b = c.Delete("/v1/videos/" + b);
+    ASSERT_TRUE(del_b);
+    EXPECT_EQ(json::parse(del_b->body)["status"], "cancelled");
+    auto del_a = c.Delete("/v1/videos/" + a);
+    ASSERT_TRUE(del_a);
+    while ((st = status(a))["status"] == "running")
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    EXPECT_EQ(st["status"], "cancelled");
+    EXPECT_LT(st["step"].get<int>(), 1000000);
+    EXPECT_EQ(status(b)["step"], 0);  // never started
+    auto unknown = c.Get("/v1/videos/video_999_1");
+    EXPECT_EQ(unknown->status, 404);
+    expect_error(json::parse(unknown->body), "not_found_error");
 }
 
 TEST_F(Server, TwoChoicesWithDifferentSeeds) {

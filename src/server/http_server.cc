@@ -145,9 +145,9 @@ struct Metrics {
 
     void request(const std::string& path, int status) {
         // Known routes by name; everything else as one label, so clients cannot grow the table.
-        static const char* known[] = {"/", "/health", "/metrics", "/v1/models",
-                                      "/v1/chat/completions"};
-        std::string route = "other";
+        static const char* known[] = {
+            "/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/videos"};
+        std::string route = path.rfind("/v1/videos/", 0) == 0 ? "/v1/videos/{id}" : "other";
         for (const char* k : known)
             if (path == k) route = k;
         std::lock_guard<std::mutex> lock(mu);
@@ -172,12 +172,14 @@ struct HttpServer::Impl {
     httplib::Server http;
     Metrics metrics;
     std::atomic<uint64_t> next_id{1};
+    std::unique_ptr<JobQueue> videos;  // when opt.video_jobs is set
     int port = -1;
     int listen_fd = -1;
 
     Impl(ChatEngine& e, const ServerOptions& o) : engine(e), opt(o) {}
 
     void routes();
+    void video_routes();
     void chat(const httplib::Request& req, httplib::Response& res);
     std::string metrics_text();
 };
@@ -421,6 +423,10 @@ std::string HttpServer::Impl::metrics_text() {
           static_cast<double>(engine.queue_depth()));
     gauge("lancet_running", "Chat requests decoding now.", static_cast<double>(engine.running()));
     gauge("lancet_sessions", "Decoder sessions (--parallel).", engine.parallel());
+    gauge("lancet_video_queue_depth", "Video jobs waiting.",
+          videos ? static_cast<double>(videos->pending()) : 0.0);
+    gauge("lancet_video_running", "Video jobs running.",
+          videos ? static_cast<double>(videos->running()) : 0.0);
     s += "# HELP lancet_request_seconds Chat request latency.\n";
     s += "# TYPE lancet_request_seconds histogram\n";
     for (size_t i = 0; i < kNumBuckets; ++i) {
@@ -435,6 +441,72 @@ std::string HttpServer::Impl::metrics_text() {
                   static_cast<unsigned long long>(metrics.latency_count));
     s += line;
     return s;
+}
+
+namespace {
+
+json video_json(const JobStatus& st) {
+    json j = {{"id", st.id},
+              {"object", "video"},
+              {"status", st.state},
+              {"created_at", st.created},
+              {"step", st.step},
+              {"steps", st.steps},
+              {"progress", st.steps > 0 ? 100 * st.step / st.steps : 0}};
+    if (!st.error.empty()) j["error"] = {{"message", st.error}};
+    return j;
+}
+
+}  // namespace
+
+void HttpServer::Impl::video_routes() {
+    if (opt.video_jobs) videos = std::make_unique<JobQueue>(1, opt.max_video_jobs);
+    http.Post("/v1/videos", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!videos)
+            return send_error(res, 501, "video generation is not available in this server");
+        json body;
+        JobRunner run;
+        try {
+            body = parse_strict_json(req.body, "request body");
+            if (!body.is_object()) fail("the request body must be a JSON object");
+            run = opt.video_jobs(body);
+        } catch (const Error& e) {
+            return send_error(res, 400, e.what());
+        }
+        const auto id = videos->submit("video", std::move(run));
+        if (!id) {
+            res.set_header("Retry-After", "10");
+            return send_error(res, 429, "the video queue is full; retry later");
+        }
+        res.set_content(video_json(*videos->status(*id)).dump(), "application/json");
+    });
+    auto find = [this](const httplib::Request& req, httplib::Response& res) {
+        std::optional<JobStatus> st;
+        if (videos) st = videos->status(req.matches[1]);
+        if (!st) send_error(res, 404, "no video job \"" + std::string(req.matches[1]) + "\"");
+        return st;
+    };
+    http.Get(R"(/v1/videos/([A-Za-z0-9_]+))",
+             [find](const httplib::Request& req, httplib::Response& res) {
+                 if (auto st = find(req, res))
+                     res.set_content(video_json(*st).dump(), "application/json");
+             });
+    http.Get(R"(/v1/videos/([A-Za-z0-9_]+)/content)",
+             [this, find](const httplib::Request& req, httplib::Response& res) {
+                 const auto st = find(req, res);
+                 if (!st) return;
+                 const auto r = videos->result(st->id);
+                 if (!r)
+                     return send_error(
+                         res, 409, "video job " + st->id + " is " + st->state + ", not succeeded");
+                 res.set_content(r->bytes, r->content_type.c_str());
+             });
+    http.Delete(R"(/v1/videos/([A-Za-z0-9_]+))", [this, find](const httplib::Request& req,
+                                                              httplib::Response& res) {
+        if (!find(req, res)) return;
+        videos->cancel(req.matches[1]);
+        res.set_content(video_json(*videos->status(req.matches[1])).dump(), "application/json");
+    });
 }
 
 void HttpServer::Impl::routes() {
@@ -499,6 +571,7 @@ void HttpServer::Impl::routes() {
     http.Get("/", [](const httplib::Request&, httplib::Response& res) {
         res.set_content(kWebPage, "text/html; charset=utf-8");
     });
+    video_routes();
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
         try {
             chat(req, res);

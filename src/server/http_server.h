@@ -2,10 +2,13 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "server/chat_engine.h"
+#include "server/job_queue.h"
 
 namespace lancet::server {
 
@@ -17,7 +20,11 @@ struct ServerOptions {
     size_t max_prompt_tokens = 0;     // 0: the model's context; more: 400
     int default_max_tokens = 256;     // when the request names none
     int max_n = 1;                    // choices per request
-    int http_threads = 32;            // connections served at once
+    int http_threads = 64;            // connections served at once
+    // Video jobs (POST /v1/videos): turns a request body into a runner, throwing lancet::Error
+    // for a bad request (400). Unset: the routes answer 501 (no generation pipeline built in).
+    std::function<JobRunner(const nlohmann::json& body)> video_jobs;
+    size_t max_video_jobs = 4;  // waiting video jobs; more: 429
 };
 
 // Counters behind GET /metrics (Prometheus text).
