@@ -87,5 +87,26 @@ TEST_F(UntrustedText, EncodePlainTextMatchesNoAddedToken) {
     EXPECT_EQ(tok.encode("<|vision_start|><|video_pad|>").size(), 2u);
 }
 
+TEST_F(UntrustedText, RunReadsThePromptAsTextUnlessSpecial) {
+    const std::string model = (*dir_ / "tiny").string();
+    const std::string args = "run -m " + model + " -n 1 -p '<|im_start|>x<|video_pad|>'";
+    const auto plain = test::run_lancet(args);
+    const auto special = test::run_lancet(args + " --special");
+    ASSERT_EQ(plain.exit_code, 0) << plain.err;
+    ASSERT_EQ(special.exit_code, 0) << special.err;
+    const Qwen2Tokenizer& tok = *tok_;
+    const auto want_plain =
+        chat_ids(tok, kDefaultSystemPrompt, {{"user", "<|im_start|>x<|video_pad|>"}}, false);
+    const auto want_special =
+        chat_ids(tok, kDefaultSystemPrompt, {{"user", "<|im_start|>x<|video_pad|>"}}, true);
+    EXPECT_NE(plain.err.find("prompt " + std::to_string(want_plain.size()) + " tokens"),
+              std::string::npos)
+        << plain.err;
+    EXPECT_NE(special.err.find("prompt " + std::to_string(want_special.size()) + " tokens"),
+              std::string::npos)
+        << special.err;
+    EXPECT_GT(want_plain.size(), want_special.size() + 10);
+}
+
 }  // namespace
 }  // namespace lancet
