@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -49,6 +50,35 @@ TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
     EXPECT_EQ(linear, 4);  // int4 and bf16, n = 1 and 9
     EXPECT_EQ(naive, 2);
     EXPECT_FALSE(std::filesystem::exists(json.string() + ".tmp"));
+}
+
+// --types int5,nvfp4 time the spec §1.2/§1.3 weights next to BF16, with their ratio columns.
+TEST(BenchKernelsCli, Int5AndNvfp4Columns) {
+    TempDir tmp;
+    const auto json = tmp / "bench.jsonl";
+    const RunResult r = run_lancet(
+        "-t 2 bench kernels --shapes kv --n 1,9 --reps 1 --types int5,nvfp4,bf16 "
+        "--bandwidth-mib 64 --json " +
+        json.string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    for (const char* col : {"| int5 ms |", "| nvfp4 ms |", "| int5 speedup vs bf16 |",
+                            "| nvfp4 speedup vs bf16 |", "| nvfp4 GB/s / read |"})
+        EXPECT_NE(r.out.find(col), std::string::npos) << col << " in " << r.out;
+    std::istringstream lines(read_file(json));
+    std::string line;
+    std::map<std::string, int> linear;
+    while (std::getline(lines, line)) {
+        const auto rec = nlohmann::json::parse(line);
+        if (rec.at("kernel") != "linear") continue;
+        const std::string t = rec.at("weight_type");
+        ++linear[t];
+        EXPECT_EQ(rec.at("group_size").get<int>(), t == "int5" ? 64 : t == "nvfp4" ? 16 : 0);
+        EXPECT_GT(rec.at("median_ms").get<double>(), 0.0);
+    }
+    EXPECT_EQ(linear, (std::map<std::string, int>{{"bf16", 2}, {"int5", 2}, {"nvfp4", 2}}));
+    const RunResult bad = run_lancet("bench kernels --types int6 --shapes kv --n 1");
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_NE(bad.err.find("int4, int5, nvfp4, bf16 or f32"), std::string::npos) << bad.err;
 }
 
 TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {

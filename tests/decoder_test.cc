@@ -837,6 +837,90 @@ std::map<std::string, InTensor> cli_input(const MixedSeq& m) {
             {"latent_grid", tensor_of(DType::I64, {3}, std::vector<int64_t>{1, 2, 3})}};
 }
 
+// ---- INT5 and NVFP4 (spec §1.2, §1.3) --------------------------------------------------------
+
+// Folders in the seed's INT5 and NVFP4 layouts run through the same decoder: the fast forward
+// matches the float64 reference on the spec-decoded weights (<= 1e-4), the quantized weights are
+// really used (the result differs from the unquantized model), and `lancet forward` gives the
+// same. (How close each quantizer stays to the weights is quant_q4_test's business: this tiny
+// random model amplifies any weight change to O(1) in its logits, INT4 included.)
+TEST_F(DecoderModel, Int5AndNvfp4WeightsRunThroughTheSameCode) {
+    const std::string src = models_.at("g2_hd32_f32");
+    const auto ck32 = LanceCheckpoint::open(src);
+    const MixedSeq m = mixed_sequence(ck32->config(), 12);
+    const LanceWeights dec32_w(*ck32);
+    DecoderSession dec32(dec32_w);
+    Outputs plain;
+    dec32.forward(m.batch, nullptr, false, plain);
+    for (QuantFormat f : {QuantFormat::Int5, QuantFormat::Nvfp4}) {
+        const std::string name(quant_format_name(f));
+        const std::string dir =
+            test::make_rtn_int5_or_nvfp4(src, dir_->path() / ("q_" + name), f, 32);
+        const auto ck = LanceCheckpoint::open(dir);
+        ASSERT_EQ(ck->kind(),
+                  f == QuantFormat::Nvfp4 ? CheckpointKind::Nvfp4 : CheckpointKind::Awq);
+        ASSERT_EQ(ck->quant_meta()->format, f);
+        const LanceConfig& c = ck->config();
+        const LanceWeights dec_w(*ck);
+        DecoderSession dec(dec_w);
+        Outputs out;
+        ForwardOptions fo;
+        fo.layer_out = true;
+        dec.forward(m.batch, nullptr, false, out, fo);
+        const ref::Output want = ref::forward(*ck, m.ref);
+        double worst = 0;
+        for (int l = 0; l < c.num_hidden_layers; ++l)
+            worst = std::max(worst, rel_l2(out.layer_out[l], want.layer_out[l]));
+        const double e_logits = rel_l2(out.logits, want.logits),
+                     e_vel = rel_l2(out.velocity, want.velocity);
+        const double vs_plain = rel_l2(out.logits, to_f64(plain.logits));
+        std::printf("  %-6s layers %.2e logits %.2e velocity %.2e\n", name.c_str(), worst, e_logits,
+                    e_vel);
+        EXPECT_LT(worst, 1e-4) << name;
+        EXPECT_LT(e_logits, 1e-4) << name;
+        EXPECT_LT(e_vel, 1e-4) << name;
+        EXPECT_GT(vs_plain, 1e-3) << name;
+
+        // The CLI on the same folder: the library's logits.
+        TempDir tmp;
+        write_input(tmp / "in.safetensors", cli_input(m));
+        const auto r = test::run_lancet("forward --model " + dir + " --input " +
+                                        (tmp / "in.safetensors").string() + " --out " +
+                                        (tmp / "out.safetensors").string());
+        ASSERT_EQ(r.exit_code, 0) << name << ": " << r.err;
+        SafetensorsFile fo_file((tmp / "out.safetensors").string());
+        const TensorEntry* e = fo_file.find("velocity");
+        ASSERT_NE(e, nullptr);
+        EXPECT_LT(rel_l2(to_f32(fo_file.view(*e)), want.velocity), 1e-4) << name;
+    }
+}
+
+// A folder whose INT5 codes break the format fails to load with one line naming the tensor.
+TEST_F(DecoderModel, Int5CodeOutOfRangeIsOneLineError) {
+    const std::string dir = test::make_rtn_int5_or_nvfp4(
+        models_.at("g2_hd16_f32"), dir_->path() / "int5_bad", QuantFormat::Int5, 32);
+    const std::string file = dir + "/awq_state_dict.safetensors";
+    const std::string tensor = "language_model.model.layers.1.mlp.up_proj.qweight";
+    std::string bytes = test::read_file(file);
+    {
+        SafetensorsFile f(file);
+        const TensorEntry* e = f.find(tensor);
+        ASSERT_NE(e, nullptr);
+        bytes[f.view(*e).data - f.mapping().data() + 3] = char(40);  // row 0, column 3
+    }
+    test::write_file(file, bytes);
+    const auto ck = LanceCheckpoint::open(dir);
+    try {
+        const LanceWeights w(*ck);
+        ADD_FAILURE() << "code 40 accepted";
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("layers.1.mlp.up_proj"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("code 40 at row 0, column 3"), std::string::npos) << msg;
+        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+}
+
 TEST_F(DecoderModel, ForwardCliRoundTrip) {
     const std::string model = models_.at("g2_hd16_bf16");
     const auto ck = LanceCheckpoint::open(model);

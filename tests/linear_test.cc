@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "kernels/dispatch.h"
+#include "quant/q4.h"
 
 namespace lancet::kernels {
 namespace {
@@ -62,8 +63,54 @@ FileWeight make_weight(WeightType type, size_t out, size_t in, size_t gs, uint32
                                                out, in, gs);
             break;
         }
+        case WeightType::Int5: {
+            const size_t groups = in / gs;
+            w.qweight.resize(out * in);
+            for (auto& v : w.qweight) v = static_cast<uint8_t>(rng() % 32);
+            w.scales.resize(out * groups);
+            for (auto& v : w.scales)
+                v = f32_to_bf16(std::uniform_real_distribution<float>(0.001f, 0.025f)(rng));
+            w.zeros.resize(out * groups);
+            for (auto& v : w.zeros) v = static_cast<uint8_t>(rng() % 32);
+            w.view = WeightView::from_awq_int5(w.qweight.data(), w.scales.data(), w.zeros.data(),
+                                               out, in, gs);
+            break;
+        }
+        case WeightType::Nvfp4: {
+            // Every code 0..15 (random bytes), one bf16 scale per 16 columns; gs is not used.
+            w.qweight.resize(out * in / 2);
+            for (auto& v : w.qweight) v = static_cast<uint8_t>(rng());
+            w.scales.resize(out * (in / kNvfp4Block));
+            for (auto& v : w.scales)
+                v = f32_to_bf16(std::uniform_real_distribution<float>(0.005f, 0.08f)(rng));
+            w.view = WeightView::from_nvfp4(w.qweight.data(), w.scales.data(), out, in);
+            break;
+        }
     }
     return w;
+}
+
+bool factored(WeightType t) {
+    return t == WeightType::Q4 || t == WeightType::Int5 || t == WeightType::Nvfp4;
+}
+
+// The code of w[o, i] of a Q4, Int5 or Nvfp4 view, straight from the file layout.
+unsigned file_code(const WeightView& w, size_t o, size_t i) {
+    if (w.type == WeightType::Int5) return w.qweight[o * w.in + i];
+    return (w.qweight[o * (w.in / 2) + i / 2] >> (4 * (i & 1))) & 0xf;
+}
+
+// The factored form's terms for w[o, i] = (q - z) * s: |q s| + |z s|. For Nvfp4 the AVX2 GEMV
+// factors value = u / 2 - 6 with u / 2 = value + 6 in [0, 12].
+double factored_magnitude(const WeightView& w, size_t o, size_t i) {
+    const size_t groups = w.in / w.group_size, g = i / w.group_size;
+    const double s = bf16_to_f32(w.scales[o * groups + g]);
+    if (w.type == WeightType::Nvfp4) {
+        const unsigned c = file_code(w, o, i);
+        const double v = (c & 8 ? -1.0 : 1.0) * kE2m1Magnitude[c & 7];
+        return std::fabs((v + 6) * s) + std::fabs(6 * s);
+    }
+    return std::fabs(file_code(w, o, i) * s) + std::fabs(w.zeros[o * groups + g] * s);
 }
 
 std::vector<float> random_vector(size_t n, uint32_t seed) {
@@ -79,9 +126,14 @@ std::vector<float> random_vector(size_t n, uint32_t seed) {
 // sum, relative to the sum of the terms' magnitudes. The Q4 GEMV kernels compute the factored
 // form b + sum_g (s_g * sum_{k in g} q_k x_k - (z_g s_g) * sum_{k in g} x_k): each term then goes
 // through at most gs + 2G + 1 roundings (G = in/gs groups), and the magnitudes are
-// |x_k| (|q_k s_g| + |z_g s_g|), not |x_k w_k|. So the bound used for every path and type is
+// |x_k| (|q_k s_g| + |z_g s_g|), not |x_k w_k|; the Int5 GEMV kernels use the same form, and the
+// AVX2 Nvfp4 GEMV too, per 16-column block, with q = value + 6 and z = 6 (the AVX-512 one sums
+// value * x per block and scales once, the other paths decode each weight exactly and sum like a
+// dense weight: both within the same bound, their terms being |w x| <= |x| (|q s| + |z s|)). So the
+// bound used for every path and type is
 //   |y - ref| <= gamma(K + 2G + 2) * (|b| + sum_k |x_k| * mag_k)   (constant c = 1),
-// with mag_k = |w_k| for F32/BF16 (G = 1) and |q_k s| + |z s| for Q4; the double reference adds
+// with mag_k = |w_k| for F32/BF16 (G = 1) and |q_k s| + |z s| for Q4/Int5/Nvfp4; the double
+// reference adds
 // at most K * 2^-53 relative, covered by the +2. It is a worst case: observed errors are ~100x
 // smaller, and the CatchesOneWrongCode test shows that a single wrong code is still caught.
 struct CheckResult {
@@ -94,18 +146,15 @@ CheckResult check_linear(const float* x, size_t n, const WeightView& w, const fl
                          const float* y) {
     std::vector<double> ref(n * w.out);
     linear_ref(x, n, w, bias, ref.data());
-    const size_t groups = w.type == WeightType::Q4 ? w.in / w.group_size : 1;
+    const size_t groups = factored(w.type) ? w.in / w.group_size : 1;
     const double u = std::ldexp(1.0, -24), m = double(w.in + 2 * groups + 2);
     const double gamma = m * u / (1 - m * u);
     CheckResult res;
     std::vector<double> mag(w.in);
     for (size_t o = 0; o < w.out; ++o) {
         for (size_t i = 0; i < w.in; ++i) {
-            if (w.type == WeightType::Q4) {
-                const size_t g = i / w.group_size;
-                const double s = bf16_to_f32(w.scales[o * groups + g]);
-                const unsigned q = (w.qweight[o * (w.in / 2) + i / 2] >> (4 * (i & 1))) & 0xf;
-                mag[i] = std::fabs(q * s) + std::fabs(w.zeros[o * groups + g] * s);
+            if (factored(w.type)) {
+                mag[i] = factored_magnitude(w, o, i);
             } else {
                 mag[i] = std::fabs(weight_ref(w, o, i));
             }
@@ -138,7 +187,8 @@ class ScopedIsa {
 };
 
 const Isa kAllIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512};
-const WeightType kAllTypes[] = {WeightType::F32, WeightType::BF16, WeightType::Q4};
+const WeightType kAllTypes[] = {WeightType::F32, WeightType::BF16, WeightType::Q4, WeightType::Int5,
+                                WeightType::Nvfp4};
 
 class LinearPathTest : public ::testing::TestWithParam<std::tuple<Isa, WeightType>> {};
 
@@ -153,7 +203,11 @@ TEST_P(LinearPathTest, MatchesReference) {
     // to beyond one GEMM K chunk (256), including a K tail for the dense types.
     std::vector<Shape> shapes = {
         {257, 64, 32}, {24, 2048, 64}, {9, 1024, 128}, {40, 320, 32}, {16, 2304, 128}};
-    if (type != WeightType::Q4) shapes.push_back({19, 71, 0});
+    // Odd sizes per type: a K tail for the dense types; for Int5 groups of 8 (two 4-column
+    // chunks); for Nvfp4 three 16-column blocks (an odd number of blocks and of chunk pairs).
+    if (type == WeightType::F32 || type == WeightType::BF16) shapes.push_back({19, 71, 0});
+    if (type == WeightType::Int5) shapes.push_back({19, 40, 8});
+    if (type == WeightType::Nvfp4) shapes.push_back({19, 48, 16});
     // 300 > kNc (256): a second row chunk and a partial last tile in the first.
     const size_t ns[] = {1, 2, 3, 5, 8, 9, 16, 100, 300};
     uint32_t seed = 1;
@@ -217,6 +271,12 @@ TEST_P(LinearPathTest, CatchesOneWrongCode) {
         case WeightType::Q4:
             bad.qweight[5 * 64 + 38] ^= 0x10;
             break;  // column 77, high nibble
+        case WeightType::Int5:
+            bad.qweight[5 * 128 + 77] ^= 1;
+            break;
+        case WeightType::Nvfp4:
+            bad.qweight[5 * 64 + 38] ^= 0x10;  // column 77: the next or previous table entry
+            break;
     }
     bad.view.f32 = bad.f32.data();
     bad.view.bf16 = bad.bf16.data();
@@ -470,7 +530,7 @@ TEST(LinearWeight, RepackRoundTrips) {
                         << weight_type_name(type) << " gs " << gs << " at (" << o << ", " << i
                         << ")";
             }
-            if (type != WeightType::Q4) break;
+            if (type != WeightType::Q4 && type != WeightType::Int5) break;  // group sizes
         }
 }
 
@@ -521,6 +581,96 @@ TEST(LinearWeight, RejectsBadShapes) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("row 0, group 1"), std::string::npos) << e.what();
     }
+}
+
+// The Int5 and Nvfp4 repacks decode to exactly what quant/q4.cc's decoders (written from the
+// spec, §1.2 and §1.3) give for the same file tensors.
+TEST(LinearWeight, Int5AndNvfp4DecodeLikeTheSpecDecoders) {
+    const size_t out = 37, in = 192;
+    {
+        const FileWeight fw = make_weight(WeightType::Int5, out, in, 64, 51);
+        quant::Int5Matrix m;
+        m.out = out, m.in = in, m.group_size = 64;
+        m.qweight = fw.qweight, m.scales = fw.scales, m.zeros = fw.zeros;
+        quant::validate(m, "int5");
+        const std::vector<float> want = quant::dequantize(m);
+        const LinearWeight w(fw.view);
+        std::vector<float> row(in);
+        for (size_t o = 0; o < out; ++o) {
+            w.dequantize_row(o, row.data());
+            for (size_t i = 0; i < in; ++i) ASSERT_EQ(row[i], want[o * in + i]) << o << ", " << i;
+        }
+    }
+    {
+        const FileWeight fw = make_weight(WeightType::Nvfp4, out, in, 0, 52);
+        quant::Nvfp4Matrix m;
+        m.out = out, m.in = in;
+        m.qweight = fw.qweight, m.scales_bf16 = fw.scales;
+        quant::validate(m, "nvfp4");
+        const std::vector<float> want = quant::dequantize(m);
+        const LinearWeight w(fw.view);
+        std::vector<float> row(in);
+        for (size_t o = 0; o < out; ++o) {
+            w.dequantize_row(o, row.data());
+            for (size_t i = 0; i < in; ++i) ASSERT_EQ(row[i], want[o * in + i]) << o << ", " << i;
+        }
+    }
+}
+
+// The spec's NVFP4 code table by hand: codes 0..15 of one row with scale 0.25, in the INT4 nibble
+// order (even column = low nibble); code 8 is -0. Every ISA's linear() with x = e_i reads them.
+TEST(LinearWeight, Nvfp4CodeTableByHand) {
+    std::vector<uint8_t> q(8 + 8);  // two rows of 16 codes
+    for (int j = 0; j < 8; ++j) {
+        q[j] = uint8_t((2 * j) | ((2 * j + 1) << 4));
+        q[8 + j] = uint8_t((15 - 2 * j) | ((14 - 2 * j) << 4));
+    }
+    const uint16_t scales[2] = {f32_to_bf16(0.25f), f32_to_bf16(2.0f)};
+    const float table[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
+    const LinearWeight w = LinearWeight::from_nvfp4(q.data(), scales, 2, 16);
+    std::vector<float> row(16);
+    w.dequantize_row(0, row.data());
+    for (int i = 0; i < 16; ++i) EXPECT_EQ(row[i], table[i] * 0.25f) << i;
+    EXPECT_TRUE(std::signbit(row[8]));
+    w.dequantize_row(1, row.data());
+    for (int i = 0; i < 16; ++i) EXPECT_EQ(row[i], table[15 - i] * 2.0f) << i;
+    for (Isa isa : kAllIsas) {
+        if (!cpu_supports(isa)) continue;
+        ScopedIsa scoped(isa);
+        for (size_t i = 0; i < 16; ++i) {
+            std::vector<float> x(16, 0.0f), y(2);
+            x[i] = 1.0f;
+            linear(x.data(), 1, w, nullptr, y.data());
+            EXPECT_EQ(y[0], table[i] * 0.25f) << isa_name(isa) << " column " << i;
+            EXPECT_EQ(y[1], table[15 - i] * 2.0f) << isa_name(isa) << " column " << i;
+        }
+    }
+}
+
+TEST(LinearWeight, Int5AndNvfp4RejectBadInput) {
+    std::vector<uint8_t> q(2 * 64, 7), z(8, 3);
+    std::vector<uint16_t> s(8, f32_to_bf16(0.5f));
+    EXPECT_THROW(LinearWeight::from_awq_int5(q.data(), s.data(), z.data(), 2, 64, 12), Error);
+    EXPECT_THROW(LinearWeight::from_awq_int5(q.data(), s.data(), z.data(), 2, 64, 48), Error);
+    EXPECT_NO_THROW(LinearWeight::from_awq_int5(q.data(), s.data(), z.data(), 2, 64, 16));
+    z[5] = 32;
+    try {
+        LinearWeight::from_awq_int5(q.data(), s.data(), z.data(), 2, 64, 16);
+        ADD_FAILURE() << "zero-point 32 accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("row 1, group 1"), std::string::npos) << e.what();
+    }
+    z[5] = 31;
+    q[64 + 10] = 32;
+    try {
+        LinearWeight::from_awq_int5(q.data(), s.data(), z.data(), 2, 64, 16);
+        ADD_FAILURE() << "code 32 accepted";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("row 1, column 10"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(LinearWeight::from_nvfp4(q.data(), s.data(), 2, 40), Error);
+    EXPECT_THROW(LinearWeight::from_nvfp4(q.data(), s.data(), 0, 64), Error);
+    EXPECT_NO_THROW(LinearWeight::from_nvfp4(q.data(), s.data(), 2, 64));
 }
 
 TEST(Dispatch, ForcingAnUnsupportedIsaFails) {

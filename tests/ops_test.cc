@@ -88,6 +88,11 @@ struct WeightData {
                 return WeightView::from_f32(f32.data(), out, in);
             case WeightType::BF16:
                 return WeightView::from_bf16(bf16.data(), out, in);
+            case WeightType::Int5:
+                return WeightView::from_awq_int5(q.data(), scales.data(), zeros.data(), out, in,
+                                                 gs);
+            case WeightType::Nvfp4:
+                return WeightView::from_nvfp4(q.data(), scales.data(), out, in);
             case WeightType::Q4:
                 break;
         }
@@ -101,6 +106,22 @@ WeightData make_weight(WeightType type, size_t out, size_t in, size_t gs, uint64
     if (type == WeightType::F32) w.f32 = v;
     if (type == WeightType::BF16)
         for (float x : v) w.bf16.push_back(f32_to_bf16(x));
+    if (type == WeightType::Int5) {  // spec §1.2: one code 0..31 per byte
+        Rng rng(seed);
+        w.q.resize(out * in);
+        for (auto& b : w.q) b = static_cast<uint8_t>(rng.below(32));
+        for (size_t i = 0; i < out * (in / gs); ++i) {
+            w.scales.push_back(f32_to_bf16(0.005f + 0.025f * rng.unit_float()));
+            w.zeros.push_back(static_cast<uint8_t>(rng.below(32)));
+        }
+    }
+    if (type == WeightType::Nvfp4) {  // spec §1.3: every E2M1 code, a bf16 scale per 16 columns
+        Rng rng(seed);
+        w.q.resize(out * in / 2);
+        for (auto& b : w.q) b = static_cast<uint8_t>(rng.below(256));
+        for (size_t i = 0; i < out * (in / kNvfp4Block); ++i)
+            w.scales.push_back(f32_to_bf16(0.01f + 0.08f * rng.unit_float()));
+    }
     if (type == WeightType::Q4) {
         Rng rng(seed);
         w.q.resize(out * in / 2);
@@ -130,10 +151,11 @@ class LinearCase : public OpCase {
           bias_(rand_vec(out, 300 + out)) {}
     std::string name() const override {
         std::ostringstream s;
-        s << "linear_" << weight_type_name(wd_.type) << (wd_.type == WeightType::Q4 ? "g" : "")
-          << (wd_.type == WeightType::Q4 ? std::to_string(gs_) : "") << "_n" << n_ << "_in" << in_
-          << "_out" << out_ << (act_ == ActMode::Int8 ? "_w4a8" : "")
-          << (strided_ ? "_strided" : "") << (has_bias_ ? "_bias" : "");
+        const bool grouped = wd_.type == WeightType::Q4 || wd_.type == WeightType::Int5;
+        s << "linear_" << weight_type_name(wd_.type) << (grouped ? "g" : "")
+          << (grouped ? std::to_string(gs_) : "") << "_n" << n_ << "_in" << in_ << "_out" << out_
+          << (act_ == ActMode::Int8 ? "_w4a8" : "") << (strided_ ? "_strided" : "")
+          << (has_bias_ ? "_bias" : "");
         return s.str();
     }
     ActMode act() const override { return act_; }
@@ -164,7 +186,7 @@ class LinearCase : public OpCase {
                 double mag = has_bias_ ? std::fabs(b[o]) : 0.0, quant = 0;
                 for (size_t i = 0; i < in_; ++i) {
                     const double wi = std::fabs(weight_ref(w_, o, i)), xi = x[r * in_ + i];
-                    mag += std::fabs(xi) * wi;
+                    mag += std::fabs(xi) * factored_magnitude(o, i, wi);
                     if (act_ == ActMode::Int8) {
                         double amax = 0;
                         for (size_t k = i / kb * kb; k < (i / kb + 1) * kb; ++k)
@@ -178,6 +200,22 @@ class LinearCase : public OpCase {
     }
 
   private:
+    // The INT5 and (AVX2) NVFP4 GEMV kernels sum w = (q - z) * s per group as s * sum(q x) -
+    // z s * sum(x) (NVFP4: q = value + 6, z = 6, groups of 16), so a term's roundings act on
+    // |q s| + |z s| rather than |w|; at most gs + 2G + 1 <= in + 2 of them for these cases.
+    double factored_magnitude(size_t o, size_t i, double wi) const {
+        const size_t groups = wd_.type == WeightType::Nvfp4 ? in_ / kNvfp4Block : 0;
+        if (wd_.type == WeightType::Int5) {
+            const size_t g = i / gs_, ng = in_ / gs_;
+            const double s = bf16_to_f32(wd_.scales[o * ng + g]);
+            return (wd_.q[o * in_ + i] + wd_.zeros[o * ng + g]) * s;
+        }
+        if (wd_.type == WeightType::Nvfp4) {
+            const double s = bf16_to_f32(wd_.scales[o * groups + i / kNvfp4Block]);
+            return std::fabs(weight_ref(w_, o, i) / s + 6) * s + 6 * s;
+        }
+        return wi;
+    }
     size_t ldx() const { return strided_ ? in_ + 3 : in_; }
     size_t ldy() const { return strided_ ? out_ + 5 : out_; }
     size_t n_, in_, out_, gs_;
@@ -797,8 +835,17 @@ const std::vector<CasePtr>& all_cases() {
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::F32, false, true));
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::Int8, false, n == 1));
         }
+        // INT5 and NVFP4 (spec §1.2, §1.3): f32 activations only.
+        for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{
+                 {1, 64, 17, 32}, {3, 128, 8, 64}, {17, 64, 33, 32}, {65, 96, 7, 32}})
+            add_case(new LinearCase(n, in, out, WT::Int5, gs, AM::F32, false, n % 2 == 1));
+        for (auto [n, in, out] : std::vector<std::array<size_t, 3>>{
+                 {1, 64, 17}, {3, 128, 8}, {17, 48, 33}, {65, 96, 7}})
+            add_case(new LinearCase(n, in, out, WT::Nvfp4, 16, AM::F32, false, n % 2 == 0));
         add_case(new LinearCase(3, 65, 17, WT::F32, 0, AM::F32, true, true));
         add_case(new LinearCase(17, 64, 9, WT::Q4, 32, AM::F32, true, false));
+        add_case(new LinearCase(5, 64, 9, WT::Int5, 16, AM::F32, true, true));
+        add_case(new LinearCase(2, 96, 9, WT::Nvfp4, 16, AM::F32, true, true));
         // row ops
         for (size_t dim : {1, 7, 64, 65})
             for (size_t rows : {1, 3, 17})
@@ -864,6 +911,11 @@ const std::vector<CasePtr>& all_cases() {
         add_case(new AttentionCase(causal_cache70, 7, 2, 2, 128, false));
         add_case(new AttentionCase(windows, 17, 4, 2, 16, false));
         add_case(new AttentionCase(windows65, 65, 2, 1, 40, false));
+        // The ViT's head_dim 80 (the register-blocked path for head dims not a multiple of 64):
+        // row and key counts off the 3-row / 8-key blocks, and windows.
+        add_case(new AttentionCase(none, 70, 2, 2, 80, false));
+        add_case(new AttentionCase(windows65, 65, 2, 1, 80, false));
+        add_case(new AttentionCase(causal, 37, 2, 1, 24, false));
         add_case(new AttentionCase(splits, 10, 4, 2, 16, true));
         add_case(new AttentionCase(splits2, 9, 8, 1, 12, true));
         add_case(new AttentionCase(splits_cache, 5, 4, 2, 40, true));

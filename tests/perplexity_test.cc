@@ -48,6 +48,9 @@ class PerplexityModels : public ::testing::Test {
             synth_checkpoint(o);
         }
         test::make_rtn_int4(model("a_f32"), dir_->path() / "a_awq", 32);
+        test::make_rtn_int5_or_nvfp4(model("a_f32"), dir_->path() / "a_int5", QuantFormat::Int5,
+                                     32);
+        test::make_rtn_int5_or_nvfp4(model("a_f32"), dir_->path() / "a_nvfp4", QuantFormat::Nvfp4);
     }
     static void TearDownTestSuite() {
         delete dir_;
@@ -376,6 +379,39 @@ TEST_F(PerplexityModels, CliPrintsTableAndWritesJson) {
     EXPECT_EQ(m[2].at("mean_kl").get<double>(), 0.0);
     EXPECT_EQ(m[2].at("top1_agree").get<double>(), 1.0);
     EXPECT_EQ(m[2].at("ppl").get<double>(), m[0].at("ppl").get<double>());
+}
+
+// INT5 and NVFP4 folders (spec §1.2, §1.3) through the CLI: `perplexity` scores them against the
+// original and `run --task chat` generates from them. INT5 min-max with 31 levels must move the
+// distribution less than INT4 min-max with 15 at the same group size (a decoding error would not);
+// NVFP4 must stay closer than an unrelated model.
+TEST_F(PerplexityModels, Int5AndNvfp4ThroughPerplexityAndRun) {
+    TempDir tmp;
+    test::write_file(tmp / "t.txt", sample_text());
+    const auto json = tmp / "ppl.json";
+    const auto r = test::run_lancet("-t 2 perplexity --model " + model("a_f32") + " --model " +
+                                    model("a_awq") + " --model " + model("a_int5") + " --model " +
+                                    model("a_nvfp4") + " --model " + model("b_f32") + " --text " +
+                                    (tmp / "t.txt").string() + " --ctx 64 --json " + json.string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(test::read_file(json));
+    const auto& m = j.at("models");
+    ASSERT_EQ(m.size(), 5u);
+    const double kl4 = m[1].at("mean_kl").get<double>(), kl5 = m[2].at("mean_kl").get<double>(),
+                 klnv = m[3].at("mean_kl").get<double>(), klb = m[4].at("mean_kl").get<double>();
+    std::printf("  KL to f32: int4 %.3f, int5 %.3f, nvfp4 %.3f, other seed %.3f\n", kl4, kl5, klnv,
+                klb);
+    EXPECT_GT(kl5, 0.0);
+    EXPECT_LT(kl5, kl4);
+    EXPECT_GT(klnv, 0.0);
+    EXPECT_LT(klnv, klb);
+    EXPECT_NE(r.out.find("int5 g32"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("nvfp4 g16"), std::string::npos) << r.out;
+    for (const char* name : {"a_int5", "a_nvfp4"}) {
+        const auto run = test::run_lancet("run --task chat -m " + model(name) + " -p hello -n 4");
+        EXPECT_EQ(run.exit_code, 0) << name << ": " << run.err;
+        EXPECT_NE(run.err.find("4 new tokens"), std::string::npos) << name << ": " << run.err;
+    }
 }
 
 TEST_F(PerplexityModels, CliErrorsAreOneLine) {

@@ -2,6 +2,7 @@
 // against plain scalar definitions written out here independently.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -272,6 +273,132 @@ TEST(QuantQ4, Nvfp4DecodeHandBuilt) {
     EXPECT_TRUE(std::signbit(d[8]));  // code 8 decodes to -0
     m.scales_bf16.pop_back();
     EXPECT_THROW(validate(m, "nvfp4"), Error);
+}
+
+// Spec §1.2 written out: the §1.1 quantizer with 31 levels on the bf16-rounded group.
+TEST(QuantQ4, Int5RtnMatchesScalarReference) {
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    const int out = 7, in = 96;
+    std::vector<float> w(out * in);
+    for (float& v : w) v = nd(rng);
+    w[3] = 0.3f;  // an outlier
+    for (int requested : {64, 32}) {
+        const Int5Matrix q = quantize_int5_rtn(w.data(), out, in, requested);
+        const int gs = requested == 64 ? 32 : 32;  // 96 % 64 != 0: the fallback takes 32
+        ASSERT_EQ(q.group_size, gs);
+        validate(q, "int5");
+        const int ng = in / gs;
+        for (int o = 0; o < out; ++o)
+            for (int g = 0; g < ng; ++g) {
+                std::vector<float> grp(gs);
+                for (int i = 0; i < gs; ++i) grp[i] = round_bf16(w[o * in + g * gs + i]);
+                float m = grp[0], mx = grp[0];
+                for (float v : grp) m = std::min(m, v), mx = std::max(mx, v);
+                float scale = (mx - m) / 31.0f;
+                if (scale < 1e-8f) scale = 1e-8f;
+                const float z = std::clamp(round_half_even(-m / scale), 0.0f, 31.0f);
+                ASSERT_EQ(q.zeros[o * ng + g], int(z)) << o << ", " << g;
+                ASSERT_EQ(q.scales[o * ng + g], f32_to_bf16(scale)) << o << ", " << g;
+                for (int i = 0; i < gs; ++i) {
+                    const float c = std::clamp(round_half_even(grp[i] / scale + z), 0.0f, 31.0f);
+                    ASSERT_EQ(q.qweight[o * in + g * gs + i], int(c)) << o << ", " << g * gs + i;
+                }
+            }
+        // Within half a step (plus the bf16 rounding of the scale) of the bf16 weight.
+        const std::vector<float> d = dequantize(q);
+        for (int o = 0; o < out; ++o)
+            for (int i = 0; i < in; ++i) {
+                const float s = bf16_to_f32(q.scales[o * ng + i / gs]);
+                EXPECT_LE(std::fabs(d[o * in + i] - round_bf16(w[o * in + i])),
+                          s * 0.5f + 31 * s / 256)
+                    << o << ", " << i;
+            }
+    }
+    EXPECT_EQ(quantize_int5_rtn(w.data(), 1, 40, 64).group_size, 40);  // nothing divides 40
+    EXPECT_EQ(quantize_int5_rtn(w.data(), 1, 48, 64).group_size, 16);
+    w[5] = NAN;
+    EXPECT_THROW(quantize_int5_rtn(w.data(), out, in, 32), Error);
+}
+
+TEST(QuantQ4, E4m3fnBitPatterns) {
+    EXPECT_EQ(f32_to_e4m3fn(0.0f), 0x00);
+    EXPECT_EQ(f32_to_e4m3fn(1.0f), 0x38);
+    EXPECT_EQ(f32_to_e4m3fn(448.0f), 0x7e);             // the largest finite value
+    EXPECT_EQ(f32_to_e4m3fn(500.0f), 0x7f);             // not representable: NaN
+    EXPECT_EQ(f32_to_e4m3fn(0x1p-9f), 0x01);            // smallest subnormal
+    EXPECT_EQ(f32_to_e4m3fn(0x1p-6f), 0x08);            // smallest normal
+    EXPECT_EQ(f32_to_e4m3fn(0x1p-6f * 0.9999f), 0x08);  // rounds up into the normals
+    EXPECT_EQ(f32_to_e4m3fn(1.0625f), 0x38);            // tie between 1 and 1.125: even
+    EXPECT_EQ(f32_to_e4m3fn(1.1875f), 0x3a);            // tie between 1.125 and 1.25: even
+    EXPECT_EQ(f32_to_e4m3fn(1.96875f), 0x40);           // tie between 1.875 and 2: carries
+    EXPECT_EQ(f32_to_e4m3fn(3 * 0x1p-10f), 0x02);       // 1.5 subnormal steps: even
+    // Decode every finite pattern and encode it back.
+    for (int b = 0; b < 0x7f; ++b) {
+        const int e = b >> 3, m = b & 7;
+        const float v = e == 0 ? std::ldexp(float(m), -9) : std::ldexp(1.0f + m / 8.0f, e - 7);
+        EXPECT_EQ(f32_to_e4m3fn(v), b) << v;
+    }
+}
+
+// Spec §1.3 by hand: one block whose max is 6 (scale 1), the ties of the argmin going to the lower
+// index, and a small negative value coded as -0.
+TEST(QuantQ4, Nvfp4QuantizerByHand) {
+    const float w[16] = {6.0f,  -3.0f, 0.25f, 0.75f, 2.5f, 5.0f, -0.1f, 1.25f,
+                         -6.0f, 1.75f, 3.5f,  -4.9f, 0.0f, 1.5f, -0.5f, 4.0f};
+    std::vector<uint8_t> fp8;
+    const Nvfp4Matrix q = quantize_nvfp4(w, 1, 16, &fp8);
+    validate(q, "nvfp4");
+    const int want[16] = {7, 8 | 5, 0, 1, 4, 6, 8 | 0, 2, 8 | 7, 3, 5, 8 | 6, 0, 3, 8 | 1, 6};
+    std::vector<uint8_t> codes(16);
+    unpack_int4(q.qweight.data(), 16, codes.data());
+    for (int i = 0; i < 16; ++i) EXPECT_EQ(codes[i], want[i]) << i << ": " << w[i];
+    EXPECT_EQ(q.scales_bf16[0], f32_to_bf16(1.0f));
+    EXPECT_EQ(fp8[0], 0x38);
+}
+
+// On random weights: every element's code is the table entry nearest w / scale, so the decoded
+// weight is within half the widest table gap (1, between 4 and 6) times the stored scale, plus the
+// scale's bf16 rounding, of the bf16 weight; an all-zero block takes the 1e-8 floor.
+TEST(QuantQ4, Nvfp4QuantizerOnRandomWeights) {
+    std::mt19937 rng(9);
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    const int out = 5, in = 64;
+    std::vector<float> w(out * in);
+    for (float& v : w) v = nd(rng);
+    for (int i = 16; i < 32; ++i) w[i] = 0.0f;
+    std::vector<uint8_t> fp8;
+    const Nvfp4Matrix q = quantize_nvfp4(w.data(), out, in, &fp8);
+    validate(q, "nvfp4");
+    const std::vector<float> d = dequantize(q);
+    for (int o = 0; o < out; ++o)
+        for (int b = 0; b < in / 16; ++b) {
+            float amax = 0;
+            for (int i = 0; i < 16; ++i)
+                amax = std::max(amax, std::fabs(round_bf16(w[o * in + b * 16 + i])));
+            const float scale = std::max(amax / 6.0f, 1e-8f);
+            EXPECT_EQ(q.scales_bf16[o * (in / 16) + b], f32_to_bf16(scale));
+            EXPECT_EQ(fp8[o * (in / 16) + b], f32_to_e4m3fn(scale));
+            const float s = bf16_to_f32(q.scales_bf16[o * (in / 16) + b]);
+            for (int i = 0; i < 16; ++i) {
+                const size_t k = o * in + b * 16 + i;
+                // The nearest table entry to |w| / scale (clamped to 6), first on a tie.
+                const float a = std::min(std::fabs(round_bf16(w[k]) / scale), 6.0f);
+                const float mag[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+                int best = 0;
+                for (int t = 1; t < 8; ++t)
+                    if (std::fabs(a - mag[t]) < std::fabs(a - mag[best])) best = t;
+                const uint8_t byte = q.qweight[k / 2];
+                const int code = k % 2 ? byte >> 4 : byte & 15;
+                EXPECT_EQ(code, best | (round_bf16(w[k]) < 0 ? 8 : 0)) << o << ", " << b * 16 + i;
+                // Half the widest gap (4 to 6) times the scale, plus the scale's bf16 rounding.
+                EXPECT_LE(std::fabs(d[k] - round_bf16(w[k])), s + 6 * std::fabs(s - scale))
+                    << o << ", " << b * 16 + i;
+            }
+        }
+    EXPECT_THROW(quantize_nvfp4(w.data(), 1, 40, nullptr), Error);
+    w[3] = INFINITY;
+    EXPECT_THROW(quantize_nvfp4(w.data(), out, in, nullptr), Error);
 }
 
 }  // namespace

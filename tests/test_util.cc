@@ -9,10 +9,16 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
+#include "core/error.h"
+#include "core/numeric.h"
+#include "io/safetensors.h"
+#include "model/lance_checkpoint.h"
 #include "pipeline/quantize.h"
+#include "quant/q4.h"
 
 namespace lancet::test {
 
@@ -78,6 +84,87 @@ std::string make_rtn_int4(const std::string& src, const fs::path& dst, int gs) {
     o.progress = false;
     quantize_checkpoint(o);
     return o.out;
+}
+
+std::string make_rtn_int5_or_nvfp4(const std::string& src, const fs::path& dst, QuantFormat f,
+                                   int gs) {
+    if (f != QuantFormat::Int5 && f != QuantFormat::Nvfp4)
+        fail("make_rtn_int5_or_nvfp4: format must be int5 or nvfp4");
+    const bool nv = f == QuantFormat::Nvfp4;
+    const auto ck = LanceCheckpoint::open(src);
+    if (ck->kind() != CheckpointKind::Original) fail(src, ": not an original checkpoint");
+    std::set<std::string> targets;  // the decoder-layer linears, as the seed's writers pick them
+    for_each_lance_tensor(ck->config(), ck->vit_layout(), [&](const TensorSpec& s) {
+        if (s.kind == TensorKind::LinearWeight && s.layer >= 0 &&
+            (s.component == Component::LlmUnd || s.component == Component::LlmGen))
+            targets.insert(s.name);
+    });
+    AwqMeta meta;
+    meta.format = f;
+    meta.n_bit = nv ? 4 : 5;
+    meta.group_size = nv ? 16 : gs;
+    meta.scheme = nv ? "nvfp4_e2m1_block_fp8scale" : "asym_int5_grouped_awq_uint8_storage";
+    meta.extra = {{"awq_linears", 0}, {"plain_linears", targets.size()}};
+    if (nv) meta.extra["fp4_lut_pos"] = {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0};
+
+    struct Out {
+        std::string name;
+        DType dtype;
+        Shape shape;
+        std::vector<uint8_t> bytes;
+    };
+    auto bytes_of = [](const auto& v) {
+        const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+        return std::vector<uint8_t>(p, p + v.size() * sizeof(v[0]));
+    };
+    std::vector<Out> outs;
+    for (const std::string& name : ck->main().names()) {
+        const TensorView t = ck->main().view(name);
+        if (targets.count(name)) {
+            const std::string base = name.substr(0, name.size() - std::string(".weight").size());
+            const int64_t out = t.shape.at(0), in = t.shape.at(1);
+            const std::vector<float> w = to_f32(t);
+            if (nv) {
+                std::vector<uint8_t> fp8;
+                const quant::Nvfp4Matrix q = quant::quantize_nvfp4(w.data(), out, in, &fp8);
+                outs.push_back({base + ".qweight", DType::U8, {out, in / 2}, q.qweight});
+                outs.push_back({base + ".scales_fp8", DType::U8, {out, in / 16}, fp8});
+                outs.push_back(
+                    {base + ".scales_bf16", DType::BF16, {out, in / 16}, bytes_of(q.scales_bf16)});
+                meta.per_weight[name] = {t.shape, 16, "nvfp4_minmax"};
+            } else {
+                const quant::Int5Matrix q = quant::quantize_int5_rtn(w.data(), out, in, gs);
+                const int64_t ng = in / q.group_size;
+                outs.push_back({base + ".qweight", DType::U8, {out, in}, q.qweight});
+                outs.push_back({base + ".scales", DType::BF16, {out, ng}, bytes_of(q.scales)});
+                outs.push_back({base + ".zeros", DType::U8, {out, ng}, q.zeros});
+                meta.per_weight[name] = {t.shape, q.group_size, "asym_int5_grouped_minmax"};
+            }
+        } else if (dtype_is_float(t.dtype)) {
+            const std::vector<float> v = to_f32(t);
+            std::vector<uint16_t> h(v.size());
+            for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+            outs.push_back({name, DType::BF16, t.shape, bytes_of(h)});
+        } else {
+            outs.push_back(
+                {name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.nbytes)});
+        }
+    }
+    fs::create_directories(dst);
+    const std::string stem = nv ? "nvfp4" : "awq";
+    {
+        SafetensorsWriter w((dst / (stem + "_state_dict.safetensors")).string());
+        for (const Out& o : outs) w.add(o.name, o.dtype, o.shape);
+        for (const Out& o : outs) w.write(o.name, o.bytes.data(), o.bytes.size());
+        w.finish();
+    }
+    write_file(dst / (stem + "_meta.json"), meta.to_json().dump(2) + "\n");
+    for (const auto& e : fs::directory_iterator(src)) {
+        const std::string n = e.path().filename().string();
+        if (e.is_regular_file() && !n.ends_with(".safetensors") && !n.ends_with(".index.json"))
+            fs::copy_file(e.path(), dst / n, fs::copy_options::overwrite_existing);
+    }
+    return dst.string();
 }
 
 fs::path shared_dir() {

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <string>
 
+#include "io/awq_meta.h"
+
 namespace lancet::test {
 
 // A fresh folder under the system temp dir, removed with everything in it on destruction.
@@ -38,6 +40,15 @@ std::filesystem::path shared_dir();
 // An AWQ INT4 folder made from an original one by `lancet quantize --method rtn` (the seed's
 // min-max quantizer; other tensors as BF16), with group size `gs`. Returns the folder.
 std::string make_rtn_int4(const std::string& src, const std::filesystem::path& dst, int gs);
+
+// An INT5 (format spec §1.2: awq_state_dict.safetensors + awq_meta.json with n_bit 5) or NVFP4
+// (§1.3: nvfp4_state_dict.safetensors + nvfp4_meta.json) folder made from an original one the way
+// the seed's writers lay it out: every decoder-layer linear quantized by the spec's min-max
+// quantizer (quant::quantize_int5_rtn with group size `gs`, or quant::quantize_nvfp4), every
+// other float tensor as BF16, integer tensors as they are, configs and tokenizer files copied.
+// `f` must be Int5 or Nvfp4. Returns the folder.
+std::string make_rtn_int5_or_nvfp4(const std::string& src, const std::filesystem::path& dst,
+                                   QuantFormat f, int gs = 64);
 
 // Writes bytes to a file, replacing it.
 void write_file(const std::filesystem::path& p, const std::string& bytes);

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -35,6 +36,7 @@
 #include "model/lance_checkpoint.h"
 #include "model/vit.h"
 #include "pipeline/decode_bench.h"
+#include "pipeline/understanding.h"
 #include "quant/act_stats.h"
 #include "quant/awq.h"
 #include "quant/fusion.h"
@@ -73,7 +75,10 @@ WeightType type_by_key(const std::string& key) {
     if (key == "int4" || key == "q4") return WeightType::Q4;
     if (key == "bf16") return WeightType::BF16;
     if (key == "f32") return WeightType::F32;
-    fail("bench kernels: unknown weight type '", key, "' (expected int4, bf16 or f32)");
+    if (key == "int5") return WeightType::Int5;
+    if (key == "nvfp4") return WeightType::Nvfp4;
+    fail("bench kernels: unknown weight type '", key,
+         "' (expected int4, int5, nvfp4, bf16 or f32)");
 }
 
 // Uniform in [lo, hi) from the seeded stream: fast, so lm_head-sized weights take well under a
@@ -103,6 +108,23 @@ LinearWeight random_weight(WeightType type, size_t out, size_t in, size_t gs, ui
             for (auto& v : s) v = f32_to_bf16(uniform(rng, 0.001f, 0.01f));
             return LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), out, in, gs);
         }
+        case WeightType::Int5: {
+            if (gs == 0 || in % gs != 0)
+                fail("bench kernels: --group-size ", gs, " does not divide in=", in);
+            std::vector<uint8_t> q(out * in), z(out * (in / gs));
+            std::vector<uint16_t> s(out * (in / gs));
+            for (auto& v : q) v = uint8_t(rng.next_u64() & 31);
+            for (auto& v : z) v = uint8_t(rng.next_u64() & 31);
+            for (auto& v : s) v = f32_to_bf16(uniform(rng, 0.0005f, 0.005f));
+            return LinearWeight::from_awq_int5(q.data(), s.data(), z.data(), out, in, gs);
+        }
+        case WeightType::Nvfp4: {
+            std::vector<uint8_t> q(out * in / 2);
+            std::vector<uint16_t> s(out * (in / kernels::kNvfp4Block));
+            for (auto& v : q) v = uint8_t(rng.next_u64());
+            for (auto& v : s) v = f32_to_bf16(uniform(rng, 0.001f, 0.01f));
+            return LinearWeight::from_nvfp4(q.data(), s.data(), out, in);
+        }
     }
     fail("bench kernels: bad weight type");
 }
@@ -128,6 +150,31 @@ double time_call(F&& f, int reps) {
         samples.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / calls);
     }
     return median(samples);
+}
+
+// time_call for several functions at once, with the samples taken round-robin (rep 1 of each, then
+// rep 2, ...), so that a load change on a shared machine hits every column alike and the ratios
+// between them hold within one run.
+std::vector<double> time_calls_interleaved(const std::vector<std::function<void()>>& fns,
+                                           int reps) {
+    std::vector<int> calls;
+    for (const auto& f : fns) {
+        const auto t0 = Clock::now();
+        f();  // warm-up: page faults, caches, pool wake-up
+        const double once = std::chrono::duration<double>(Clock::now() - t0).count();
+        calls.push_back(std::clamp(int(2e-3 / std::max(once, 1e-7)), 1, 1000));
+    }
+    std::vector<std::vector<double>> samples(fns.size());
+    for (int r = 0; r < reps; ++r)
+        for (size_t i = 0; i < fns.size(); ++i) {
+            const auto t0 = Clock::now();
+            for (int c = 0; c < calls[i]; ++c) fns[i]();
+            samples[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count() /
+                                 calls[i]);
+        }
+    std::vector<double> med;
+    for (auto& v : samples) med.push_back(median(v));
+    return med;
 }
 
 // Streaming read bandwidth of all pool threads over a buffer far larger than the LLC, on huge
@@ -246,7 +293,8 @@ void run_kernels_bench(Options opt) {
         // The upper bound keeps n x k (the activations) from wrapping for "-1" read as size_t.
         if (n == 0 || n > 65536) fail("bench kernels: --n values must be in [1, 65536], got ", n);
     const bool has_q4 = std::count(types.begin(), types.end(), WeightType::Q4) > 0;
-    if (has_q4)
+    const bool has_int5 = std::count(types.begin(), types.end(), WeightType::Int5) > 0;
+    if (has_q4 || has_int5)
         for (const BenchShape* s : shapes)
             if (opt.group_size == 0 || opt.group_size % 8 != 0 || s->in % opt.group_size != 0)
                 fail("bench kernels: --group-size ", opt.group_size,
@@ -280,16 +328,19 @@ void run_kernels_bench(Options opt) {
         head += " naive ms |";
         sep += "---:|";
     }
-    // Ratio columns, once per int4 variant.
+    // Ratio columns, once per quantized variant (int4, int5, nvfp4).
+    auto quantized = [](WeightType t) {
+        return t == WeightType::Q4 || t == WeightType::Int5 || t == WeightType::Nvfp4;
+    };
     for (const Variant& v : variants) {
-        if (v.type != WeightType::Q4) continue;
+        if (!quantized(v.type)) continue;
         if (has_bf16) {
             head += " " + v.label + " speedup vs bf16 |";
             sep += "---:|";
         }
         head += " " + v.label + " GB/s / read |";
         sep += "---:|";
-        if (naive) {
+        if (naive && v.type == WeightType::Q4) {
             head += " naive / " + v.label + " |";
             sep += "---:|";
         }
@@ -327,21 +378,30 @@ void run_kernels_bench(Options opt) {
         }
         for (size_t n : opt.ns) {
             const double flops = 2.0 * double(n) * double(s->out) * double(s->in);
+            // Every column of this row (and the naive path) timed round-robin.
+            std::vector<std::function<void()>> fns;
+            for (const Variant& v : variants)
+                fns.push_back([&, v] {
+                    const LinearWeight& w = next(v.type);
+                    if (v.w4a8)
+                        kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
+                                             pool);
+                    else
+                        kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(), pool);
+                });
+            if (naive)
+                fns.push_back([&] {
+                    kernels::dequantize_to_bf16(next(WeightType::Q4), naive_dst, pool);
+                    kernels::linear(xbuf.as<float>(), n, naive_dst, nullptr, ybuf.as<float>(),
+                                    pool);
+                });
+            const std::vector<double> secs = time_calls_interleaved(fns, opt.reps);
             std::vector<Cell> cells;
-            for (const Variant& v : variants) {
+            for (size_t vi = 0; vi < variants.size(); ++vi) {
+                const Variant& v = variants[vi];
                 const WeightType t = v.type;
                 const LinearWeight& w0 = weights[t][0];
-                const double sec = time_call(
-                    [&] {
-                        const LinearWeight& w = next(t);
-                        if (v.w4a8)
-                            kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
-                                                 pool);
-                        else
-                            kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
-                                            pool);
-                    },
-                    opt.reps);
+                const double sec = secs[vi];
                 Cell c{sec * 1e3, flops / sec / 1e9, double(w0.file_bytes()) / sec / 1e9};
                 cells.push_back(c);
                 records.push_back({{"kernel", "linear"},
@@ -349,7 +409,7 @@ void run_kernels_bench(Options opt) {
                                    {"weight_type", kernels::weight_type_name(t)},
                                    {"activations", v.w4a8 ? "int8" : "f32"},
                                    {"cold", opt.cold},
-                                   {"group_size", t == WeightType::Q4 ? opt.group_size : 0},
+                                   {"group_size", w0.group_size()},
                                    {"m", s->out},
                                    {"k", s->in},
                                    {"n", n},
@@ -361,13 +421,7 @@ void run_kernels_bench(Options opt) {
             Cell nv;
             if (naive) {
                 const LinearWeight& q = weights[WeightType::Q4][0];
-                const double sec = time_call(
-                    [&] {
-                        kernels::dequantize_to_bf16(next(WeightType::Q4), naive_dst, pool);
-                        kernels::linear(xbuf.as<float>(), n, naive_dst, nullptr, ybuf.as<float>(),
-                                        pool);
-                    },
-                    opt.reps);
+                const double sec = secs.back();
                 nv = Cell{sec * 1e3, flops / sec / 1e9, double(q.file_bytes()) / sec / 1e9};
                 records.push_back({{"kernel", "naive_dequant_bf16"},
                                    {"shape", s->name},
@@ -392,10 +446,11 @@ void run_kernels_bench(Options opt) {
             }
             if (naive) row += " " + fmt("%.3f", nv.ms) + " |";
             for (size_t i = 0; i < variants.size(); ++i) {
-                if (variants[i].type != WeightType::Q4) continue;
+                if (!quantized(variants[i].type)) continue;
                 if (has_bf16) row += " " + fmt("%.2fx", bf16_ms / cells[i].ms) + " |";
                 row += " " + fmt("%.2f", cells[i].gbps / read_gbps) + " |";
-                if (naive) row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
+                if (naive && variants[i].type == WeightType::Q4)
+                    row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
             }
             std::printf("%s\n", row.c_str());
             std::fflush(stdout);
@@ -404,7 +459,9 @@ void run_kernels_bench(Options opt) {
     std::printf(
         "\nn = rows of x (tokens); GB/s = weight bytes in the published format / time; "
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
-        "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); "
+        "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); int5 "
+        "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
+        "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "
         "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
         opt.cold ? " --cold: each call reads a different copy of the weight (192 MiB in all), "
                    "so weights come from memory, not cache."
@@ -529,7 +586,46 @@ struct VisionOptions {
     std::string model, json;
     int64_t size = 672, frames = 2;
     int reps = 3;
+    bool ttft = false;
 };
+
+// Time to first token of x2t_image on the same pixels: ViT + prompt embedding + prefill + the
+// first greedy token, through X2tRunner as `run --task x2t_image` runs it (BF16-held weights).
+void run_ttft(const VisionOptions& o, const LanceCheckpoint& ck, const std::vector<float>& video,
+              nlohmann::json* rec) {
+    const Qwen2Tokenizer tok = Qwen2Tokenizer::load(o.model);
+    X2tOptions xo;
+    xo.generate.max_new_tokens = 1;
+    X2tRunner runner(ck, tok, xo);
+    PixelTensor px;
+    px.T = o.frames, px.H = o.size, px.W = o.size;
+    px.data = video;
+    const std::string sys = x2t_default_system(false), q = "What is shown in this image?";
+    runner.answer(px, sys, q);  // warm-up
+    std::vector<double> total, vit, prefill;
+    size_t prompt = 0;
+    for (int r = 0; r < o.reps; ++r) {
+        const auto t0 = Clock::now();
+        const X2tAnswer a = runner.answer(px, sys, q);
+        total.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        vit.push_back(a.vit_seconds);
+        prefill.push_back(a.gen.prefill_seconds);
+        prompt = a.gen.prompt_tokens;
+    }
+    const double t = median(total), tv = median(vit), tp = median(prefill);
+    std::printf(
+        "time to first token (x2t_image, %ldx%ld): %9.1f ms = ViT %.1f ms + prefill %.1f ms "
+        "(%zu prompt tokens, %.0f tok/s) + %.1f ms embedding and first token (median of %d; "
+        "BF16-held weights as `run`)\n",
+        long(o.size), long(o.size), t * 1e3, tv * 1e3, tp * 1e3, prompt, prompt / tp,
+        (t - tv - tp) * 1e3, o.reps);
+    if (rec) {
+        (*rec)["ttft_ms"] = t * 1e3;
+        (*rec)["ttft_vit_ms"] = tv * 1e3;
+        (*rec)["ttft_prefill_ms"] = tp * 1e3;
+        (*rec)["ttft_prompt_tokens"] = prompt;
+    }
+}
 
 // ViT forward on random pixels of size x size x frames: total, linear and attention time, and the
 // linears' GFLOP/s against linear() at n = 512 on the tower's own MLP gate weight (the GEMM rate
@@ -595,14 +691,21 @@ void run_vision_bench(const VisionOptions& o) {
         "GEMM reference: linear() n=%zu on the [%zu, %zu] %s gate weight: %.1f GFLOP/s; "
         "ViT linears reach %.2f of it\n",
         n, gw.out(), gw.in(), kernels::weight_type_name(gw.type()), gemm, lin_rate / gemm);
+    nlohmann::json rec;
+    if (o.ttft) run_ttft(o, *ck, video, &rec);
     if (!o.json.empty()) {
-        nlohmann::json rec = {
-            {"bench", "vision"},        {"model", o.model},
-            {"frames", o.frames},       {"size", o.size},
-            {"threads", pool.size()},   {"weights", kernels::weight_type_name(gw.type())},
-            {"forward_ms", t * 1e3},    {"linear_ms", tl * 1e3},
-            {"attention_ms", ta * 1e3}, {"linear_gflops", lin_rate},
-            {"gemm_n512_gflops", gemm}, {"linear_vs_gemm", lin_rate / gemm}};
+        rec.update(nlohmann::json{{"bench", "vision"},
+                                  {"model", o.model},
+                                  {"frames", o.frames},
+                                  {"size", o.size},
+                                  {"threads", pool.size()},
+                                  {"weights", kernels::weight_type_name(gw.type())},
+                                  {"forward_ms", t * 1e3},
+                                  {"linear_ms", tl * 1e3},
+                                  {"attention_ms", ta * 1e3},
+                                  {"linear_gflops", lin_rate},
+                                  {"gemm_n512_gflops", gemm},
+                                  {"linear_vs_gemm", lin_rate / gemm}});
         write_json_atomically(o.json, nlohmann::json::array({rec}));
     }
 }
@@ -730,9 +833,11 @@ void add_bench(CLI::App& app) {
                   "Shapes: qo, kv, gateup, down, lm_head (default all; --quick drops lm_head)")
         ->delimiter(',');
     k->add_option("--n", opt->ns, "Rows of x (tokens), default 1,4,16,128,512")->delimiter(',');
-    k->add_option("--types", opt->types, "Weight types: int4, bf16, f32 (default int4,bf16)")
+    k->add_option("--types", opt->types,
+                  "Weight types: int4, int5, nvfp4, bf16, f32 (default int4,bf16)")
         ->delimiter(',');
-    k->add_option("--group-size", opt->group_size, "INT4 group size (default 64)");
+    k->add_option("--group-size", opt->group_size,
+                  "INT4 and INT5 group size (default 64; NVFP4 blocks are 16)");
     k->add_option("--act", opt->act,
                   "int8: also time INT4 weights with int8 activations (W4A8) next to f32 "
                   "(default f32)");
@@ -771,6 +876,8 @@ void add_bench(CLI::App& app) {
     vb->add_option("--frames", vopt->frames, "Frames, even (default 2: one temporal patch)");
     vb->add_option("--reps", vopt->reps, "Timed forwards; the median is reported (default 3)");
     vb->add_option("--json", vopt->json, "Also write one JSON record to this file");
+    vb->add_flag("--ttft", vopt->ttft,
+                 "Also time x2t_image's time to first token on the same pixels (ViT + prefill)");
     vb->callback([vopt] { run_vision_bench(*vopt); });
 
     add_bench_vae(*bench);

@@ -12,6 +12,7 @@ void add_calibrate(CLI::App& app) {
         "calibrate", "Record activation statistics at every targeted linear (input for quantize)");
     auto o = std::make_shared<CalibrateOptions>();
     auto no_gen = std::make_shared<bool>(false);
+    auto no_vit = std::make_shared<bool>(false);
     cmd->add_option("-m,--model", o->model, "Original (unquantized) model folder")->required();
     cmd->add_option("--prompts", o->prompts,
                     "Prompt file(s): text lines, a JSON array, or Lance example JSONs")
@@ -26,10 +27,15 @@ void add_calibrate(CLI::App& app) {
         ->capture_default_str();
     cmd->add_flag("--no-gen", *no_gen,
                   "Skip the gen path (text-only calibration, as the seed's x2t)");
+    cmd->add_flag("--no-vit", *no_vit,
+                  "Run x2t example files as text only (no ViT rows, no ViT statistics)");
+    cmd->add_option("--vit-preset", o->vit_preset,
+                    "Resize preset for x2t media (default image_768res / video_480p)");
     cmd->add_option("--seed", o->seed, "Seed for the latents and the reservoirs")
         ->capture_default_str();
-    cmd->callback([o, no_gen] {
+    cmd->callback([o, no_gen, no_vit] {
         o->gen = !*no_gen;
+        o->vit = !*no_vit;
         log_info("lancet: ", kernels::runtime_description(default_pool()));
         calibrate(*o);
     });

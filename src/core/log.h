@@ -22,6 +22,14 @@ void log_info(const Args&... args) {
     std::fprintf(stderr, "%s\n", os.str().c_str());
 }
 
+// "lancet: warning: ..." on stderr, also under -q (a warning changes what the result means).
+template <typename... Args>
+void log_warn(const Args&... args) {
+    std::ostringstream os;
+    (os << ... << args);
+    std::fprintf(stderr, "lancet: warning: %s\n", os.str().c_str());
+}
+
 template <typename... Args>
 void log_debug(const Args&... args) {
     if (log_level() < LogLevel::Debug) return;

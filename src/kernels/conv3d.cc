@@ -63,6 +63,12 @@ Conv3dWeight Conv3dWeight::from_tap_major(const WeightView& wv, int64_t c_out, i
                     LinearWeight::from_awq_int4(q.data(), s.data(), z.data(), out, K, gs));
                 break;
             }
+            case WeightType::Int5:
+            case WeightType::Nvfp4:
+                // No checkpoint stores a convolution in these formats (spec §1.2, §1.3 quantize
+                // the decoder's linears only).
+                fail("conv3d weight: ", weight_type_name(wv.type),
+                     " is not supported (F32, BF16 or INT4)");
         }
     }
     return cw;

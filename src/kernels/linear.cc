@@ -1,6 +1,7 @@
 // LinearWeight repacking, the linear() entry point, the double-precision reference, naive dequant.
 #include "kernels/linear.h"
 
+#include <atomic>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -20,6 +21,10 @@ const char* weight_type_name(WeightType t) {
             return "bf16";
         case WeightType::Q4:
             return "int4";
+        case WeightType::Int5:
+            return "int5";
+        case WeightType::Nvfp4:
+            return "nvfp4";
     }
     return "?";
 }
@@ -56,6 +61,26 @@ WeightView WeightView::from_awq_int4(const uint8_t* qweight, const uint16_t* sca
     return v;
 }
 
+WeightView WeightView::from_awq_int5(const uint8_t* qweight, const uint16_t* scales,
+                                     const uint8_t* zeros, size_t out, size_t in,
+                                     size_t group_size) {
+    WeightView v = from_awq_int4(qweight, scales, zeros, out, in, group_size);
+    v.type = WeightType::Int5;
+    return v;
+}
+
+WeightView WeightView::from_nvfp4(const uint8_t* qweight, const uint16_t* scales_bf16, size_t out,
+                                  size_t in) {
+    WeightView v;
+    v.type = WeightType::Nvfp4;
+    v.out = out;
+    v.in = in;
+    v.group_size = kNvfp4Block;
+    v.qweight = qweight;
+    v.scales = scales_bf16;
+    return v;
+}
+
 namespace {
 
 inline unsigned file_nibble(const WeightView& w, size_t o, size_t i) {
@@ -85,7 +110,36 @@ void check_view(const WeightView& v) {
                              o, ", group ", g, " is outside 0..15");
             break;
         }
+        case WeightType::Int5: {
+            if (!v.qweight || !v.scales || !v.zeros) fail("linear weight: int5 tensors missing");
+            const size_t gs = v.group_size;
+            if (gs == 0 || gs % 8 != 0 || v.in % gs != 0)
+                fail("linear weight: int5 group size ", gs,
+                     " must be a multiple of 8 dividing in=", v.in);
+            const size_t groups = v.in / gs;
+            for (size_t o = 0; o < v.out; ++o)
+                for (size_t g = 0; g < groups; ++g)
+                    if (v.zeros[o * groups + g] > 31)
+                        fail("linear weight: int5 zero-point ", int(v.zeros[o * groups + g]),
+                             " at row ", o, ", group ", g, " is outside 0..31");
+            break;
+        }
+        case WeightType::Nvfp4:
+            if (!v.qweight || !v.scales) fail("linear weight: nvfp4 tensors missing");
+            if (v.group_size != kNvfp4Block || v.in % kNvfp4Block != 0)
+                fail("linear weight: nvfp4 needs in=", v.in, " to be a multiple of ", kNvfp4Block,
+                     " (block size ", v.group_size, ")");
+            break;
     }
+}
+
+// The first code above 31 of an Int5 view, as a one-line error (called when the repack saw one).
+[[noreturn]] void fail_int5_code(const WeightView& v) {
+    for (size_t k = 0; k < v.out * v.in; ++k)
+        if (v.qweight[k] > 31)
+            fail("linear weight: int5 code ", int(v.qweight[k]), " at row ", k / v.in, ", column ",
+                 k % v.in, " is outside 0..31");
+    fail("linear weight: int5 code outside 0..31");
 }
 
 }  // namespace
@@ -101,6 +155,16 @@ double weight_ref(const WeightView& w, size_t o, size_t i) {
             const double s = bf16_to_f32(w.scales[o * groups + g]);
             return (double(file_nibble(w, o, i)) - double(w.zeros[o * groups + g])) * s;
         }
+        case WeightType::Int5: {
+            const size_t groups = w.in / w.group_size, g = i / w.group_size;
+            const double s = bf16_to_f32(w.scales[o * groups + g]);
+            return (double(w.qweight[o * w.in + i]) - double(w.zeros[o * groups + g])) * s;
+        }
+        case WeightType::Nvfp4: {
+            const unsigned c = file_nibble(w, o, i);
+            const double s = bf16_to_f32(w.scales[o * (w.in / kNvfp4Block) + i / kNvfp4Block]);
+            return (c & 8 ? -1.0 : 1.0) * double(kE2m1Magnitude[c & 7]) * s;
+        }
     }
     return 0;
 }
@@ -109,7 +173,10 @@ LinearWeight::LinearWeight(const WeightView& v)
     : type_(v.type),
       out_(v.out),
       in_(v.in),
-      group_size_(v.type == WeightType::Q4 ? v.group_size : 0) {
+      group_size_(v.type == WeightType::Q4 || v.type == WeightType::Int5 ||
+                          v.type == WeightType::Nvfp4
+                      ? v.group_size
+                      : 0) {
     check_view(v);
     const size_t nb = n_blocks(), in = in_;
     ThreadPool& pool = default_pool();
@@ -164,6 +231,63 @@ LinearWeight::LinearWeight(const WeightView& v)
             });
             break;
         }
+        case WeightType::Int5: {
+            const size_t chunks = in / 4, groups = in / group_size_;
+            data_ = AlignedBuffer(nb * chunks * kRowBlock * 4);
+            scales_ = AlignedBuffer(nb * groups * kRowBlock * sizeof(uint16_t));
+            zeros_ = AlignedBuffer(nb * groups * kRowBlock);
+            uint32_t* d = data_.as<uint32_t>();
+            uint16_t* s = scales_.as<uint16_t>();
+            uint8_t* z = zeros_.as<uint8_t>();
+            std::atomic<bool> bad{false};
+            pool.parallel_for(nb, [&](size_t b0, size_t b1) {
+                uint8_t any = 0;  // OR of every code: > 31 iff some code is
+                for (size_t b = b0; b < b1; ++b)
+                    for (size_t r = 0; r < kRowBlock && b * kRowBlock + r < out_; ++r) {
+                        const size_t o = b * kRowBlock + r;
+                        const uint8_t* row = v.qweight + o * in;
+                        for (size_t c = 0; c < chunks; ++c) {
+                            uint32_t word = 0;
+                            for (unsigned t = 0; t < 4; ++t) {
+                                any |= row[4 * c + t];
+                                word |= uint32_t(row[4 * c + t]) << (8 * t);
+                            }
+                            d[(b * chunks + c) * kRowBlock + r] = word;
+                        }
+                        for (size_t g = 0; g < groups; ++g) {
+                            s[(b * groups + g) * kRowBlock + r] = v.scales[o * groups + g];
+                            z[(b * groups + g) * kRowBlock + r] = v.zeros[o * groups + g];
+                        }
+                    }
+                if (any > 31) bad = true;
+            });
+            if (bad) fail_int5_code(v);
+            break;
+        }
+        case WeightType::Nvfp4: {
+            const size_t chunks = in / 8, blocks = in / kNvfp4Block;
+            data_ = AlignedBuffer(nb * chunks * kRowBlock * 4);
+            scales_ = AlignedBuffer(nb * blocks * kRowBlock * sizeof(uint16_t));
+            uint32_t* d = data_.as<uint32_t>();
+            uint16_t* s = scales_.as<uint16_t>();
+            pool.parallel_for(nb, [&](size_t b0, size_t b1) {
+                for (size_t b = b0; b < b1; ++b)
+                    for (size_t r = 0; r < kRowBlock && b * kRowBlock + r < out_; ++r) {
+                        const size_t o = b * kRowBlock + r;
+                        // Four file bytes are already one word: nibble t = column 8c+t.
+                        const uint8_t* row = v.qweight + o * (in / 2);
+                        for (size_t c = 0; c < chunks; ++c) {
+                            uint32_t word = 0;
+                            for (unsigned t = 0; t < 4; ++t)
+                                word |= uint32_t(row[4 * c + t]) << (8 * t);
+                            d[(b * chunks + c) * kRowBlock + r] = word;
+                        }
+                        for (size_t k = 0; k < blocks; ++k)
+                            s[(b * blocks + k) * kRowBlock + r] = v.scales[o * blocks + k];
+                    }
+            });
+            break;
+        }
     }
 }
 
@@ -193,6 +317,32 @@ void LinearWeight::dequantize_row(size_t o, float* dst) const {
             }
             break;
         }
+        case WeightType::Int5: {
+            const size_t chunks = in / 4, groups = in / group_size_;
+            const uint32_t* d = data_.as<uint32_t>();
+            for (size_t i = 0; i < in; ++i) {
+                const uint32_t word = d[(b * chunks + i / 4) * kRowBlock + r];
+                const size_t g = i / group_size_;
+                const float s =
+                    bf16_to_f32(scales_.as<uint16_t>()[(b * groups + g) * kRowBlock + r]);
+                const float z = zeros_.as<uint8_t>()[(b * groups + g) * kRowBlock + r];
+                dst[i] = (float((word >> (8 * (i % 4))) & 0xffu) - z) * s;
+            }
+            break;
+        }
+        case WeightType::Nvfp4: {
+            const size_t chunks = in / 8, blocks = in / kNvfp4Block;
+            const uint32_t* d = data_.as<uint32_t>();
+            for (size_t i = 0; i < in; ++i) {
+                const unsigned c =
+                    (d[(b * chunks + i / 8) * kRowBlock + r] >> (4 * (i % 8))) & 0xfu;
+                const float s = bf16_to_f32(
+                    scales_.as<uint16_t>()[(b * blocks + i / kNvfp4Block) * kRowBlock + r]);
+                const float m = kE2m1Magnitude[c & 7] * s;
+                dst[i] = c & 8 ? -m : m;
+            }
+            break;
+        }
     }
 }
 
@@ -204,6 +354,11 @@ size_t LinearWeight::file_bytes() const {
             return out_ * in_ * 2;
         case WeightType::Q4:
             return out_ * in_ / 2 + out_ * (in_ / group_size_) * 3;
+        case WeightType::Int5:
+            return out_ * in_ + out_ * (in_ / group_size_) * 3;
+        case WeightType::Nvfp4:
+            // The published file stores each block scale twice (scales_fp8 and scales_bf16).
+            return out_ * in_ / 2 + out_ * (in_ / kNvfp4Block) * 3;
     }
     return 0;
 }
@@ -238,7 +393,9 @@ LinearWeight LinearWeight::clone() const {
 
 namespace detail {
 size_t scratch_floats(size_t n, const PackedView& w) {
-    if (w.type != WeightType::Q4 || n > kGemvMaxRows) return 0;
+    const bool factored =
+        w.type == WeightType::Q4 || w.type == WeightType::Int5 || w.type == WeightType::Nvfp4;
+    if (!factored || n > kGemvMaxRows) return 0;
     return n * w.in + n * (w.in / w.group_size);
 }
 }  // namespace detail

@@ -9,7 +9,7 @@
 
 namespace lancet::kernels {
 
-enum class WeightType { F32, BF16, Q4 };
+enum class WeightType { F32, BF16, Q4, Int5, Nvfp4 };
 const char* weight_type_name(WeightType t);
 
 // A weight as it is stored in a checkpoint (not owned). Row-major [out, in], y = x·Wᵀ + b.
@@ -17,10 +17,17 @@ const char* weight_type_name(WeightType t);
 //  Q4 (published AWQ INT4): qweight = U8 [out, in/2], the byte at (o, j) holds column 2j in its
 //  low nibble and 2j+1 in its high nibble; scales = BF16 [out, in/gs]; zeros = U8 [out, in/gs],
 //  one byte per group, 0..15. w[o,i] = (q[o,i] - zero[o,i/gs]) * scale[o,i/gs].
+//  Int5 (spec §1.2): qweight = U8 [out, in], one code 0..31 per byte (not packed); scales = BF16
+//  and zeros = U8 (0..31) [out, in/gs]. w[o,i] = (q[o,i] - zero[o,i/gs]) * scale[o,i/gs].
+//  Nvfp4 (spec §1.3): qweight = U8 [out, in/2] in the Q4 nibble order; each code is E2M1, bit 3
+//  the sign and bits 0-2 an index into {0, 0.5, 1, 1.5, 2, 3, 4, 6}; scales = scales_bf16 =
+//  BF16 [out, in/16], one per block of 16 columns (group_size = 16). No per-tensor global scale
+//  exists (the spec's writer has none) and the file's scales_fp8 copy is never read.
+//  w[o,i] = (code & 8 ? -1 : 1) * table[code & 7] * scale[o, i/16].
 struct WeightView {
     WeightType type = WeightType::F32;
     size_t out = 0, in = 0;
-    size_t group_size = 0;  // Q4 only
+    size_t group_size = 0;  // Q4, Int5; 16 for Nvfp4
     const float* f32 = nullptr;
     const uint16_t* bf16 = nullptr;
     const uint8_t* qweight = nullptr;
@@ -31,9 +38,18 @@ struct WeightView {
     static WeightView from_bf16(const uint16_t* w, size_t out, size_t in);
     static WeightView from_awq_int4(const uint8_t* qweight, const uint16_t* scales,
                                     const uint8_t* zeros, size_t out, size_t in, size_t group_size);
+    static WeightView from_awq_int5(const uint8_t* qweight, const uint16_t* scales,
+                                    const uint8_t* zeros, size_t out, size_t in, size_t group_size);
+    static WeightView from_nvfp4(const uint8_t* qweight, const uint16_t* scales_bf16, size_t out,
+                                 size_t in);
 };
 
-// w[o, i] of a view, exactly (the Q4 product (q - z) * scale is exact in f32 and double).
+// NVFP4: the block size and the E2M1 magnitudes, indexed by code & 7 (bit 3 is the sign).
+constexpr size_t kNvfp4Block = 16;
+inline constexpr float kE2m1Magnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+
+// w[o, i] of a view, exactly (the Q4/Int5 product (q - z) * scale and the Nvfp4 product
+// table * scale are exact in f32 and double).
 double weight_ref(const WeightView& w, size_t o, size_t i);
 
 // The repacked layout the kernels read, as plain data (the per-ISA files see only this, so no
@@ -46,6 +62,14 @@ double weight_ref(const WeightView& w, size_t o, size_t i);
 //        8-row x 8-column tile and a mask plus an int->float convert extracts a column;
 //        uint16_t scales[n_blocks][in/gs][8] (bf16 bits), uint8_t zeros[n_blocks][in/gs][8].
 //        Scales stay bf16 and zeros u8 so the repacked weight streams as few bytes as the file.
+//  Int5: uint8_t data[n_blocks][in/4][8][4]  one code per byte as in the file: the 32-bit word
+//        of row r in chunk c holds columns 4c..4c+3 in bytes 0..3 (bits 8t..8t+7 = column 4c+t),
+//        so one 32-byte load is an 8-row x 4-column tile and a byte mask plus an int->float
+//        convert extracts a column (codes <= 31 keep the top byte's word positive);
+//        scales and zeros as Q4.
+//  Nvfp4: uint8_t data[n_blocks][in/8][8][4]  the Q4 word layout (nibble t of row r's word in
+//        chunk c = the code of column 8c+t, as in the file); uint16_t scales[n_blocks][in/16][8]
+//        (bf16 bits of scales_bf16); no zeros. Kernels decode a code through a 16-entry table.
 struct PackedView {
     WeightType type;
     size_t out, in, group_size, n_blocks;
@@ -58,7 +82,9 @@ constexpr size_t kRowBlock = 8;
 
 // A weight repacked once, at construction, into PackedView's layout on 2 MiB pages. Limits
 // (checked, lancet::Error otherwise): out, in >= 1; Q4 needs group_size a multiple of 8 that
-// divides in (the checkpoints use 32, 64, 128) and zeros in 0..15.
+// divides in (the checkpoints use 32, 64, 128) and zeros in 0..15; Int5 needs the same group
+// sizes (the spec's writer uses 64, 32 or 16) and codes and zeros in 0..31; Nvfp4 needs in a
+// multiple of 16.
 class LinearWeight {
   public:
     LinearWeight() = default;
@@ -73,6 +99,15 @@ class LinearWeight {
                                       const uint8_t* zeros, size_t out, size_t in,
                                       size_t group_size) {
         return LinearWeight(WeightView::from_awq_int4(qweight, scales, zeros, out, in, group_size));
+    }
+    static LinearWeight from_awq_int5(const uint8_t* qweight, const uint16_t* scales,
+                                      const uint8_t* zeros, size_t out, size_t in,
+                                      size_t group_size) {
+        return LinearWeight(WeightView::from_awq_int5(qweight, scales, zeros, out, in, group_size));
+    }
+    static LinearWeight from_nvfp4(const uint8_t* qweight, const uint16_t* scales_bf16, size_t out,
+                                   size_t in) {
+        return LinearWeight(WeightView::from_nvfp4(qweight, scales_bf16, out, in));
     }
 
     WeightType type() const { return type_; }
@@ -97,12 +132,12 @@ class LinearWeight {
     friend LinearWeight dequantize_to_bf16(const LinearWeight& w, ThreadPool& pool);
 };
 
-// How linear() treats the activations of an INT4 (Q4) weight (other weight types are always
-// F32). F32: exact f32 activations, f32 accumulation (the accurate default). Int8 ("W4A8"): each
-// row of x is quantized once per call in blocks of kb = gcd(group_size, 32) columns, symmetric
-// round-to-nearest-even int8 with one f32 scale per block (d = max|x| / 127, x8 = rint(x * (127 /
-// max|x|)), each operation rounded in f32; x8 in [-127, 127]), and the u4 x s8 products are summed
-// exactly in integers; then, per output element, in this order:
+// How linear() treats the activations of an INT4 (Q4) weight (other weight types, Int5 and Nvfp4
+// included, are always F32). F32: exact f32 activations, f32 accumulation (the accurate default).
+// Int8 ("W4A8"): each row of x is quantized once per call in blocks of kb = gcd(group_size, 32)
+// columns, symmetric round-to-nearest-even int8 with one f32 scale per block (d = max|x| / 127, x8
+// = rint(x * (127 / max|x|)), each operation rounded in f32; x8 in [-127, 127]), and the u4 x s8
+// products are summed exactly in integers; then, per output element, in this order:
 //   acc = 0; for each group g: { for each block k of g: acc = fma(float(sum_k q*x8), s_g*d_k, acc);
 //                               acc = fma(-(z_g*s_g), XS_g, acc) }   y = acc + bias
 // with XS_g = sum over the blocks k of g of d_k * float(sum_k x8), accumulated by fma in block

@@ -49,6 +49,32 @@ inline __m512 q4_column_scaled(__m512i v) {
 constexpr float kColumnUnscale[8] = {1.0f,         1.0f / 16,      1.0f / 256,      1.0f / 4096,
                                      1.0f / 65536, 1.0f / 1048576, 1.0f / 16777216, 1.0f};
 
+// Int5 (see linear_x86_impl.h): column T of an 8-row x 4-column tile masked in place, scaled by
+// 2^(8T) (column 3 shifted down, scale 1).
+template <int T>
+inline __m512 int5_column_scaled(__m512i v) {
+    if constexpr (T == 3) {
+        return _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 24));
+    } else {
+        return _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xff << (8 * T))));
+    }
+}
+constexpr float kInt5Unscale[8] = {1.0f, 1.0f / 256, 1.0f / 65536, 1.0f,
+                                   1.0f, 1.0f / 256, 1.0f / 65536, 1.0f};
+
+// Nvfp4: the signed E2M1 values of the 16 codes; vpermps reads only an index's low 4 bits, so
+// code T of a word needs just a shift.
+inline __m512 nvfp4_value_table() {
+    return _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f,
+                          -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
+}
+
+template <typename F>
+inline void unroll4(F&& f) {
+    [&]<int... T>(std::integer_sequence<int, T...>) { (f.template operator()<T>(), ...); }
+    (std::make_integer_sequence<int, 4>{});
+}
+
 template <typename F>
 inline void unroll8(F&& f) {
     [&]<int... T>(std::integer_sequence<int, T...>) { (f.template operator()<T>(), ...); }
@@ -115,6 +141,98 @@ void gemv_q4_pair(const PackedView& p, size_t ba, size_t bb, const float* xs, co
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, tot[r]);
 }
 
+// Int5, factored per group as Q4; xs = x * kInt5Unscale; two chunks (8 columns) per step.
+template <int NR>
+void gemv_int5_pair(const PackedView& p, size_t ba, size_t bb, const float* xs, const float* xsum,
+                    float* out) {
+    constexpr int NA = accumulators(NR);
+    const size_t in = p.in, groups = in / p.group_size, cpg = p.group_size / 4;
+    const __m256i* q = reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data));
+    const __m256i* qa = q + ba * (in / 4);
+    const __m256i* qb = q + bb * (in / 4);
+    __m512 tot[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) tot[r] = _mm512_setzero_ps();
+    for (size_t g = 0; g < groups; ++g) {
+        __m512 acc[NR][NA];
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+            for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
+        for (size_t c = 0; c < cpg; c += 2) {
+            const size_t chunk = g * cpg + c;
+            const __m512i v0 = load_pair(qa + chunk, qb + chunk);
+            const __m512i v1 = load_pair(qa + chunk + 1, qb + chunk + 1);
+            const float* xk = xs + chunk * 4;
+            unroll4([&]<int T>() {
+                const __m512 q0 = int5_column_scaled<T>(v0), q1 = int5_column_scaled<T>(v1);
+#pragma GCC unroll 8
+                for (int r = 0; r < NR; ++r) {
+                    acc[r][T % NA] =
+                        _mm512_fmadd_ps(q0, _mm512_set1_ps(xk[r * in + T]), acc[r][T % NA]);
+                    acc[r][(T + 4) % NA] = _mm512_fmadd_ps(q1, _mm512_set1_ps(xk[r * in + 4 + T]),
+                                                           acc[r][(T + 4) % NA]);
+                }
+            });
+        }
+        const __m512 s = bf16_pair_to_f32(p.scales + (ba * groups + g) * kRowBlock,
+                                          p.scales + (bb * groups + g) * kRowBlock);
+        const __m512 zs = _mm512_mul_ps(u8_pair_to_f32(p.zeros + (ba * groups + g) * kRowBlock,
+                                                       p.zeros + (bb * groups + g) * kRowBlock),
+                                        s);
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) {
+            tot[r] = _mm512_fmadd_ps(s, sum_accumulators<NA>(acc[r]), tot[r]);
+            tot[r] = _mm512_fnmadd_ps(zs, _mm512_set1_ps(xsum[r * groups + g]), tot[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, tot[r]);
+}
+
+// Nvfp4: the signed table value of each code (vpermps), summed against x per 16-column block and
+// scaled once per block: y += s * sum(value * x). At most four accumulators per row of x, so the
+// reduction at the end of each short block stays cheap.
+template <int NR>
+void gemv_nvfp4_pair(const PackedView& p, size_t ba, size_t bb, const float* x, float* out) {
+    constexpr int NA = accumulators(NR) < 4 ? accumulators(NR) : 4;
+    const size_t in = p.in, blocks = in / kNvfp4Block;
+    const __m256i* q = reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data));
+    const __m256i* qa = q + ba * (in / 8);
+    const __m256i* qb = q + bb * (in / 8);
+    const __m512 table = nvfp4_value_table();
+    __m512 tot[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) tot[r] = _mm512_setzero_ps();
+    for (size_t k = 0; k < blocks; ++k) {
+        __m512 acc[NR][NA];
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+            for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+        for (int c = 0; c < 2; ++c) {
+            const __m512i v = load_pair(qa + 2 * k + c, qb + 2 * k + c);
+            const float* xk = x + k * kNvfp4Block + 8 * c;
+            unroll8([&]<int T>() {
+                const __m512i idx = T == 0 ? v : _mm512_srli_epi32(v, 4 * T);
+                const __m512 w = _mm512_permutexvar_ps(idx, table);
+#pragma GCC unroll 8
+                for (int r = 0; r < NR; ++r)
+                    acc[r][T % NA] =
+                        _mm512_fmadd_ps(w, _mm512_set1_ps(xk[r * in + T]), acc[r][T % NA]);
+            });
+        }
+        const __m512 s = bf16_pair_to_f32(p.scales + (ba * blocks + k) * kRowBlock,
+                                          p.scales + (bb * blocks + k) * kRowBlock);
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+            tot[r] = _mm512_fmadd_ps(s, sum_accumulators<NA>(acc[r]), tot[r]);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, tot[r]);
+}
+
 template <int NR, bool kBf16>
 void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, float* out) {
     constexpr int NA = accumulators(NR);
@@ -167,6 +285,12 @@ void gemv_pair(const PackedView& p, size_t ba, size_t bb, const float* x, const 
         case WeightType::Q4:
             gemv_q4_pair<NR>(p, ba, bb, xs, xsum, out);
             break;
+        case WeightType::Int5:
+            gemv_int5_pair<NR>(p, ba, bb, xs, xsum, out);
+            break;
+        case WeightType::Nvfp4:
+            gemv_nvfp4_pair<NR>(p, ba, bb, x, out);
+            break;
     }
 }
 
@@ -175,12 +299,14 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
     const size_t in = p.in;
     const float* xs = nullptr;
     const float* xsum = nullptr;
-    const size_t groups = p.type == WeightType::Q4 ? in / p.group_size : 0;
-    if (p.type == WeightType::Q4) {
+    const bool factored = p.type == WeightType::Q4 || p.type == WeightType::Int5;
+    const size_t groups = factored ? in / p.group_size : 0;
+    if (factored) {
         const size_t gs = p.group_size;
         float* s = scratch;
         float* sums = scratch + n * in;
-        const __m256 unscale = _mm256_loadu_ps(kColumnUnscale);
+        const __m256 unscale =
+            _mm256_loadu_ps(p.type == WeightType::Q4 ? kColumnUnscale : kInt5Unscale);
         for (size_t r = 0; r < n; ++r)
             for (size_t g = 0; g < groups; ++g) {
                 __m256 sum = _mm256_setzero_ps();
@@ -320,6 +446,54 @@ void fill_panel(const PackedView& p, size_t b, size_t j, size_t k0, size_t kc, f
                         _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 4 * T), low4));
                     // (q - z) * s is exact in f32, and so is this single-rounding FMA.
                     _mm256_store_ps(dst + (8 * c + T) * kPanel, _mm256_fmadd_ps(qf, s, neg_zs));
+                });
+            }
+            break;
+        }
+        case WeightType::Int5: {
+            const size_t groups = in / p.group_size;
+            const __m256i* q =
+                reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) +
+                b * (in / 4) + k0 / 4;
+            const __m256i low8 = _mm256_set1_epi32(0xff);
+            for (size_t c = 0; c < kc / 4; ++c) {
+                const size_t g = (k0 + 4 * c) / p.group_size;
+                const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(load128(p.scales + (b * groups + g) * kRowBlock)), 16));
+                const __m256 z = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    reinterpret_cast<const __m128i*>(p.zeros + (b * groups + g) * kRowBlock))));
+                const __m256 neg_zs = _mm256_mul_ps(z, _mm256_sub_ps(_mm256_setzero_ps(), s));
+                const __m256i v = _mm256_load_si256(q + c);
+                unroll4([&]<int T>() {
+                    const __m256 qf =
+                        _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 8 * T), low8));
+                    // (q - z) * s is exact in f32, and so is this single-rounding FMA.
+                    _mm256_store_ps(dst + (4 * c + T) * kPanel, _mm256_fmadd_ps(qf, s, neg_zs));
+                });
+            }
+            break;
+        }
+        case WeightType::Nvfp4: {
+            const size_t blocks = in / kNvfp4Block;
+            const __m256i* q =
+                reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) +
+                b * (in / 8) + k0 / 8;
+            // The signed E2M1 values of codes 0..7 and 8..15 (vpermps reads an index's low 3 bits).
+            const __m256 pos = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+            const __m256 sign = _mm256_set1_ps(-0.0f);
+            for (size_t c = 0; c < kc / 8; ++c) {
+                const size_t k = (k0 + 8 * c) / kNvfp4Block;
+                const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(load128(p.scales + (b * blocks + k) * kRowBlock)), 16));
+                const __m256i v = _mm256_load_si256(q + c);
+                unroll8([&]<int T>() {
+                    const __m256i code = _mm256_srli_epi32(v, 4 * T);
+                    const __m256 mag = _mm256_permutevar8x32_ps(pos, code);
+                    // Bit 3 of the code moved to the sign bit.
+                    const __m256 sgn =
+                        _mm256_and_ps(_mm256_castsi256_ps(_mm256_slli_epi32(code, 28)), sign);
+                    _mm256_store_ps(dst + (8 * c + T) * kPanel,
+                                    _mm256_mul_ps(_mm256_xor_ps(mag, sgn), s));
                 });
             }
             break;

@@ -22,7 +22,8 @@ constexpr size_t kGemvMaxRows = 8;
 constexpr size_t kKc = 256;
 constexpr size_t kNc = 256;
 
-// Scratch floats linear() must pass for this call (Q4 GEMV: scaled x and per-group sums of x).
+// Scratch floats linear() must pass for this call (Q4, Int5 and Nvfp4 GEMV: scaled x and
+// per-group sums of x).
 size_t scratch_floats(size_t n, const PackedView& w);
 
 using LinearFn = void (*)(const float* x, size_t n, const PackedView& w, const float* bias,

@@ -33,6 +33,29 @@ void block_column(const PackedView& p, size_t b, size_t i, float* w) {
             }
             break;
         }
+        case WeightType::Int5: {
+            const size_t chunks = p.in / 4, groups = p.in / p.group_size, g = i / p.group_size;
+            const uint32_t* d =
+                static_cast<const uint32_t*>(p.data) + (b * chunks + i / 4) * kRowBlock;
+            for (size_t r = 0; r < kRowBlock; ++r) {
+                const float s = bf16_to_f32(p.scales[(b * groups + g) * kRowBlock + r]);
+                const float z = p.zeros[(b * groups + g) * kRowBlock + r];
+                w[r] = (float((d[r] >> (8 * (i % 4))) & 0xffu) - z) * s;
+            }
+            break;
+        }
+        case WeightType::Nvfp4: {
+            const size_t chunks = p.in / 8, blocks = p.in / kNvfp4Block, k = i / kNvfp4Block;
+            const uint32_t* d =
+                static_cast<const uint32_t*>(p.data) + (b * chunks + i / 8) * kRowBlock;
+            for (size_t r = 0; r < kRowBlock; ++r) {
+                const unsigned c = (d[r] >> (4 * (i % 8))) & 0xfu;
+                const float m =
+                    kE2m1Magnitude[c & 7] * bf16_to_f32(p.scales[(b * blocks + k) * kRowBlock + r]);
+                w[r] = c & 8 ? -m : m;
+            }
+            break;
+        }
     }
 }
 

@@ -37,6 +37,53 @@ inline __m256 q4_column_scaled(__m256i v) {
 constexpr float kColumnUnscale[8] = {1.0f,         1.0f / 16,      1.0f / 256,      1.0f / 4096,
                                      1.0f / 65536, 1.0f / 1048576, 1.0f / 16777216, 1.0f};
 
+// Int5: column T of an 8-row x 4-column tile (one code per byte), masked in place, so scaled by
+// 2^(8T); column 3 is shifted down instead. Int5 x is pre-multiplied by kInt5Unscale (two chunks).
+template <int T>
+inline __m256 int5_column_scaled(__m256i v) {
+    if constexpr (T == 3) {
+        return _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 24));
+    } else {
+        return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xff << (8 * T))));
+    }
+}
+constexpr float kInt5Unscale[8] = {1.0f, 1.0f / 256, 1.0f / 65536, 1.0f,
+                                   1.0f, 1.0f / 256, 1.0f / 65536, 1.0f};
+
+// Nvfp4: a byte table from an E2M1 code to u = 2 * value + 12 (0..24), for vpshufb (both lanes).
+inline __m256i nvfp4_u_table() {
+    return _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,  //
+                            12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+}
+
+// The codes of an 8-row x 8-column Nvfp4 tile through the table: byte j of row r's word in `lo`
+// is u of column 2j, in `hi` u of column 2j+1.
+inline void nvfp4_tile_u(__m256i v, __m256i table, __m256i& lo, __m256i& hi) {
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m));
+    hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m));
+}
+
+// Column T of such a tile as u * 2^(8j) (j = T / 2: byte j masked in place; byte 3 shifted down,
+// so scale 1). x is pre-multiplied by kNvfp4Unscale: 2^(-8j) and the 1/2 of u / 2.
+template <int T>
+inline __m256 nvfp4_column_u_scaled(__m256i lo, __m256i hi) {
+    const __m256i src = T % 2 == 0 ? lo : hi;
+    if constexpr (T / 2 == 3) {
+        return _mm256_cvtepi32_ps(_mm256_srli_epi32(src, 24));
+    } else {
+        return _mm256_cvtepi32_ps(_mm256_and_si256(src, _mm256_set1_epi32(0xff << (8 * (T / 2)))));
+    }
+}
+
+constexpr float kNvfp4Unscale[8] = {0.5f, 0.5f, 0x1p-9f, 0x1p-9f, 0x1p-17f, 0x1p-17f, 0.5f, 0.5f};
+
+template <typename F>
+inline void unroll4(F&& f) {
+    [&]<int... T>(std::integer_sequence<int, T...>) { (f.template operator()<T>(), ...); }
+    (std::make_integer_sequence<int, 4>{});
+}
+
 template <typename F>
 inline void unroll8(F&& f) {
     [&]<int... T>(std::integer_sequence<int, T...>) { (f.template operator()<T>(), ...); }
@@ -141,6 +188,103 @@ void gemv_dense_block(const PackedView& p, size_t b, const float* x, float* out)
         _mm256_storeu_ps(out + r * kRowBlock, sum_accumulators<NA>(acc[r]));
 }
 
+// Int5, factored per group as Q4: y += s * sum(q * x) - (z * s) * sum(x). xs holds x
+// pre-multiplied by kInt5Unscale (see int5_column_scaled). Two chunks (8 columns) per step; the
+// group size is a multiple of 8.
+template <int NR>
+void gemv_int5_block(const PackedView& p, size_t b, const float* xs, const float* xsum,
+                     float* out) {
+    constexpr int NA = accumulators(NR);
+    const size_t in = p.in, groups = in / p.group_size, cpg = p.group_size / 4;
+    const __m256i* q =
+        reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) + b * (in / 4);
+    const uint16_t* sc = p.scales + b * groups * kRowBlock;
+    const uint8_t* zr = p.zeros + b * groups * kRowBlock;
+    __m256 tot[NR];
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) tot[r] = _mm256_setzero_ps();
+    for (size_t g = 0; g < groups; ++g) {
+        __m256 acc[NR][NA];
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 16
+            for (int a = 0; a < NA; ++a) acc[r][a] = _mm256_setzero_ps();
+        for (size_t c = 0; c < cpg; c += 2) {
+            const size_t chunk = g * cpg + c;
+            const __m256i v0 = _mm256_load_si256(q + chunk), v1 = _mm256_load_si256(q + chunk + 1);
+            const float* xk = xs + chunk * 4;
+            unroll4([&]<int T>() {
+                const __m256 q0 = int5_column_scaled<T>(v0), q1 = int5_column_scaled<T>(v1);
+#pragma GCC unroll 16
+                for (int r = 0; r < NR; ++r) {
+                    acc[r][T % NA] =
+                        _mm256_fmadd_ps(q0, _mm256_broadcast_ss(xk + r * in + T), acc[r][T % NA]);
+                    acc[r][(T + 4) % NA] = _mm256_fmadd_ps(
+                        q1, _mm256_broadcast_ss(xk + r * in + 4 + T), acc[r][(T + 4) % NA]);
+                }
+            });
+        }
+        const __m256 s = bf16x8_to_f32(sc + g * kRowBlock);
+        const __m256 zs = _mm256_mul_ps(u8x8_to_f32(zr + g * kRowBlock), s);
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; ++r) {
+            tot[r] = _mm256_fmadd_ps(s, sum_accumulators<NA>(acc[r]), tot[r]);
+            tot[r] = _mm256_fnmadd_ps(zs, _mm256_broadcast_ss(xsum + r * groups + g), tot[r]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kRowBlock, tot[r]);
+}
+
+// Nvfp4, factored per 16-column block as Q4 with codes u / 2 and zero-point 6: the table gives
+// u = 2 * value + 12 (0..24), so y += s * sum((u / 2) * x) - (6 s) * sum(x). xs holds x times
+// kNvfp4Unscale (byte j of the looked-up tile masked in place is u * 2^(8j); byte 3 is shifted
+// down), which also folds in the 1/2. At most four accumulators per row of x, so the reduction
+// at the end of each short block stays cheap.
+template <int NR>
+void gemv_nvfp4_block(const PackedView& p, size_t b, const float* xs, const float* xsum,
+                      float* out) {
+    constexpr int NA = accumulators(NR) < 4 ? accumulators(NR) : 4;
+    const size_t in = p.in, blocks = in / kNvfp4Block;
+    const __m256i* q =
+        reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) + b * (in / 8);
+    const uint16_t* sc = p.scales + b * blocks * kRowBlock;
+    const __m256i table = nvfp4_u_table();
+    const __m256 six = _mm256_set1_ps(6.0f);
+    __m256 tot[NR];
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) tot[r] = _mm256_setzero_ps();
+    for (size_t k = 0; k < blocks; ++k) {
+        __m256 acc[NR][NA];
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 16
+            for (int a = 0; a < NA; ++a) acc[r][a] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+        for (int c = 0; c < 2; ++c) {
+            __m256i lo, hi;
+            nvfp4_tile_u(_mm256_load_si256(q + 2 * k + c), table, lo, hi);
+            const float* xk = xs + k * kNvfp4Block + 8 * c;
+            unroll8([&]<int T>() {
+                const __m256 u = nvfp4_column_u_scaled<T>(lo, hi);
+#pragma GCC unroll 16
+                for (int r = 0; r < NR; ++r)
+                    acc[r][T % NA] =
+                        _mm256_fmadd_ps(u, _mm256_broadcast_ss(xk + r * in + T), acc[r][T % NA]);
+            });
+        }
+        const __m256 s = bf16x8_to_f32(sc + k * kRowBlock);
+        const __m256 zs = _mm256_mul_ps(six, s);
+#pragma GCC unroll 16
+        for (int r = 0; r < NR; ++r) {
+            tot[r] = _mm256_fmadd_ps(s, sum_accumulators<NA>(acc[r]), tot[r]);
+            tot[r] = _mm256_fnmadd_ps(zs, _mm256_broadcast_ss(xsum + r * blocks + k), tot[r]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < NR; ++r) _mm256_storeu_ps(out + r * kRowBlock, tot[r]);
+}
+
 template <int NR>
 void gemv_block(const PackedView& p, size_t b, const float* x, const float* xs, const float* xsum,
                 float* out) {
@@ -154,6 +298,12 @@ void gemv_block(const PackedView& p, size_t b, const float* x, const float* xs, 
         case WeightType::Q4:
             gemv_q4_block<NR>(p, b, xs, xsum, out);
             break;
+        case WeightType::Int5:
+            gemv_int5_block<NR>(p, b, xs, xsum, out);
+            break;
+        case WeightType::Nvfp4:
+            gemv_nvfp4_block<NR>(p, b, xs, xsum, out);
+            break;
     }
 }
 
@@ -162,11 +312,16 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
     const size_t in = p.in;
     const float* xs = nullptr;
     const float* xsum = nullptr;
-    if (p.type == WeightType::Q4) {
+    // The kernels that factor a zero-point out per group read x pre-scaled and per-group sums.
+    const bool factored =
+        p.type == WeightType::Q4 || p.type == WeightType::Int5 || p.type == WeightType::Nvfp4;
+    if (factored) {
         const size_t gs = p.group_size, groups = in / gs;
         float* s = scratch;
         float* sums = scratch + n * in;
-        const __m256 unscale = _mm256_loadu_ps(kColumnUnscale);
+        const __m256 unscale = _mm256_loadu_ps(p.type == WeightType::Q4     ? kColumnUnscale
+                                               : p.type == WeightType::Int5 ? kInt5Unscale
+                                                                            : kNvfp4Unscale);
         for (size_t r = 0; r < n; ++r)
             for (size_t g = 0; g < groups; ++g) {
                 __m256 sum = _mm256_setzero_ps();
@@ -183,7 +338,7 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
         xs = s;
         xsum = sums;
     }
-    const size_t groups = p.type == WeightType::Q4 ? in / p.group_size : 0;
+    const size_t groups = factored ? in / p.group_size : 0;
     pool.parallel_for(p.n_blocks, [&](size_t b0, size_t b1) {
         alignas(32) float out[4 * kRowBlock];
         for (size_t b = b0; b < b1; ++b) {
@@ -302,6 +457,53 @@ const float* block_panel(const PackedView& p, size_t b, size_t k0, size_t kc, fl
                         _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 4 * T), low4));
                     // (q - z) * s is exact in f32, and so is this single-rounding FMA.
                     _mm256_store_ps(dst + (8 * c + T) * 8, _mm256_fmadd_ps(qf, s, neg_zs));
+                });
+            }
+            return dst;
+        }
+        case WeightType::Int5: {
+            // k0 and kc are multiples of 8 here (in % 8 == 0 for Int5, kKc % 8 == 0).
+            const size_t groups = in / p.group_size;
+            const __m256i* q =
+                reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) +
+                b * (in / 4) + k0 / 4;
+            const __m256i low8 = _mm256_set1_epi32(0xff);
+            for (size_t c = 0; c < kc / 4; ++c) {
+                const size_t g = (k0 + 4 * c) / p.group_size;
+                const __m256 s = bf16x8_to_f32(p.scales + (b * groups + g) * kRowBlock);
+                const __m256 neg_zs =
+                    _mm256_mul_ps(u8x8_to_f32(p.zeros + (b * groups + g) * kRowBlock),
+                                  _mm256_sub_ps(_mm256_setzero_ps(), s));
+                const __m256i v = _mm256_load_si256(q + c);
+                unroll4([&]<int T>() {
+                    const __m256 qf =
+                        _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 8 * T), low8));
+                    // (q - z) * s is exact in f32, and so is this single-rounding FMA.
+                    _mm256_store_ps(dst + (4 * c + T) * 8, _mm256_fmadd_ps(qf, s, neg_zs));
+                });
+            }
+            return dst;
+        }
+        case WeightType::Nvfp4: {
+            // k0 and kc are multiples of 16 here (in % 16 == 0 for Nvfp4, kKc % 16 == 0).
+            const __m256i* q =
+                reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) +
+                b * (in / 8) + k0 / 8;
+            const size_t blocks = in / kNvfp4Block;
+            const __m256i table = nvfp4_u_table(), low8 = _mm256_set1_epi32(0xff);
+            for (size_t c = 0; c < kc / 8; ++c) {
+                const size_t k = (k0 + 8 * c) / kNvfp4Block;
+                const __m256 s = bf16x8_to_f32(p.scales + (b * blocks + k) * kRowBlock);
+                const __m256 half_s = _mm256_mul_ps(s, _mm256_set1_ps(0.5f));
+                const __m256 neg6s = _mm256_mul_ps(s, _mm256_set1_ps(-6.0f));
+                __m256i lo, hi;
+                nvfp4_tile_u(_mm256_load_si256(q + c), table, lo, hi);
+                unroll8([&]<int T>() {
+                    const __m256i src = T % 2 == 0 ? lo : hi;
+                    const __m256 u = _mm256_cvtepi32_ps(
+                        _mm256_and_si256(_mm256_srli_epi32(src, 8 * (T / 2)), low8));
+                    // u * s / 2 - 6 s = value * s, exact.
+                    _mm256_store_ps(dst + (8 * c + T) * 8, _mm256_fmadd_ps(u, half_s, neg6s));
                 });
             }
             return dst;

@@ -161,17 +161,33 @@ std::vector<RopePosition> rope_index(const std::vector<int64_t>& ids,
 std::vector<double> linear_weight(const LanceCheckpoint& ck, const std::string& base) {
     if (!ck.is_quantized(base)) return plain(ck, base + ".weight");
     const QuantizedLinearView q = ck.quantized(base);
-    if (q.format != QuantFormat::Int4) fail("ref: only AWQ INT4 is supported, ", base);
     const size_t out = q.out, in = q.in, gs = q.group_size, ng = in / gs;
     std::vector<double> scales(out * ng);
     convert_to_f64(q.scales, scales.data());
     std::vector<double> w(out * in);
+    // The spec's decode rules (awq-checkpoint-format.md §1.1-1.3), one weight at a time.
     for (size_t o = 0; o < out; ++o)
         for (size_t i = 0; i < in; ++i) {
-            const uint8_t byte = q.qweight.data[o * (in / 2) + i / 2];
-            const int code = (i % 2) ? byte >> 4 : byte & 15;
-            const int zero = q.zeros.data[o * ng + i / gs];
-            w[o * in + i] = (code - zero) * scales[o * ng + i / gs];
+            const double s = scales[o * ng + i / gs];
+            switch (q.format) {
+                case QuantFormat::Int4: {
+                    const uint8_t byte = q.qweight.data[o * (in / 2) + i / 2];
+                    const int code = (i % 2) ? byte >> 4 : byte & 15;
+                    w[o * in + i] = (code - q.zeros.data[o * ng + i / gs]) * s;
+                    break;
+                }
+                case QuantFormat::Int5:
+                    w[o * in + i] =
+                        (int(q.qweight.data[o * in + i]) - q.zeros.data[o * ng + i / gs]) * s;
+                    break;
+                case QuantFormat::Nvfp4: {
+                    static const double kMagnitude[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+                    const uint8_t byte = q.qweight.data[o * (in / 2) + i / 2];
+                    const int code = (i % 2) ? byte >> 4 : byte & 15;
+                    w[o * in + i] = (code & 8 ? -1.0 : 1.0) * kMagnitude[code & 7] * s;
+                    break;
+                }
+            }
         }
     return w;
 }

@@ -165,6 +165,10 @@ std::vector<float> VisionTower::forward(const kernels::OpContext& ctx, const flo
     const int64_t nh = cfg_.num_heads, hd = cfg_.head_dim(), P = cfg_.patch_dim();
     const int64_t unit = cfg_.merge_unit(), fr = plan.frame_rows;
     t_linear_ = t_attention_ = linear_macs_ = 0;
+    auto observe = [&](int block, VitLinearInput which, const float* rows, int64_t n, int64_t dim) {
+        if (observer_)
+            observer_(block, which, rows, static_cast<size_t>(n), static_cast<size_t>(dim));
+    };
 
     // Patch embedding one temporal patch at a time (bounded scratch): its merge blocks packed
     // straight into window order, then the Conv3d as a linear.
@@ -206,6 +210,7 @@ std::vector<float> VisionTower::forward(const kernels::OpContext& ctx, const flo
             const TensorRef h = TensorRef::contiguous(s_.h.data(), {fr, D});
             float* qkv = s_.qkv.data();
             kernels::rms_norm(ctx, xt, B.norm1.data(), kEps, h);
+            observe(j, VitLinearInput::Qkv, s_.h.data(), fr, D);
             run_linear(ctx, h, B.qkv, B.qkv_b.data(), TensorRef::contiguous(qkv, {fr, 3 * D}));
             const auto t0 = Clock::now();
             // qkv columns are [q | k | v], heads consecutive inside each.
@@ -220,6 +225,7 @@ std::vector<float> VisionTower::forward(const kernels::OpContext& ctx, const flo
                                0.0f, att, s_.attn);
             t_attention_ += seconds_since(t0);
             const TensorRef o = TensorRef::contiguous(s_.tmp.data(), {fr, D});
+            observe(j, VitLinearInput::Proj, s_.att.data(), fr, D);
             run_linear(ctx, TensorRef::contiguous(s_.att.data(), {fr, D}), B.proj, B.proj_b.data(),
                        o);
             kernels::add(ctx, xt, o, xt);
@@ -233,9 +239,11 @@ std::vector<float> VisionTower::forward(const kernels::OpContext& ctx, const flo
             const TensorRef u = TensorRef::contiguous(s_.up.data(), {n, F});
             const TensorRef o = TensorRef::contiguous(s_.tmp.data(), {n, D});
             kernels::rms_norm(ctx, xr, B.norm2.data(), kEps, h);
+            observe(j, VitLinearInput::GateUp, s_.h.data(), n, D);
             run_linear(ctx, h, B.gate, B.gate_b.data(), g);
             run_linear(ctx, h, B.up, B.up_b.data(), u);
             kernels::silu_mul(ctx, g, u, g);
+            observe(j, VitLinearInput::Down, s_.gate.data(), n, F);
             run_linear(ctx, g, B.down, B.down_b.data(), o);
             kernels::add(ctx, xr, o, xr);
         }
@@ -256,9 +264,11 @@ std::vector<float> VisionTower::forward(const kernels::OpContext& ctx, const flo
                           ln_q_.data(), kEps,
                           TensorRef::contiguous(s_.merged.data(), {n * unit, D}));
         const TensorRef mid = TensorRef::contiguous(s_.mid.data(), {n, M});
+        observe(-1, VitLinearInput::Merger0, s_.merged.data(), n, M);
         run_linear(ctx, TensorRef::contiguous(s_.merged.data(), {n, M}), mlp0_, mlp0_b_.data(),
                    mid);
         kernels::gelu(ctx, mid, mid);
+        observe(-1, VitLinearInput::Merger2, s_.mid.data(), n, M);
         run_linear(ctx, mid, mlp2_, mlp2_b_.data(),
                    TensorRef::contiguous(s_.tmp.data(), {n, out_dim}));
         for (int64_t i = 0; i < n; ++i)

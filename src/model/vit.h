@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -50,6 +51,14 @@ struct VitTraceF32 {
     std::vector<std::vector<float>> block_out;  // per block [patches, hidden]
 };
 
+// The inputs of the tower's linears, for calibration (spec §4 names): per block the norm1 output
+// (attn.qkv), the attention output (attn.proj), the norm2 output (mlp.gate_proj / up_proj) and
+// silu(gate) * up (mlp.down_proj); the merger's concatenated ln_q rows (merger.mlp.0) and its
+// GELU output (merger.mlp.2, block -1 for both).
+enum class VitLinearInput { Qkv, Proj, GateUp, Down, Merger0, Merger2 };
+using VitObserver =
+    std::function<void(int block, VitLinearInput which, const float* x, size_t n, size_t dim)>;
+
 class VisionTower {
   public:
     // Loads and repacks the tower's weights (vit_model.*, or the separate vit.safetensors) as F32,
@@ -63,6 +72,9 @@ class VisionTower {
     // (t, h, w) order of merge blocks. Not thread-safe (scratch lives in the tower).
     std::vector<float> forward(const kernels::OpContext& ctx, const float* video, int64_t T,
                                int64_t H, int64_t W, VitTraceF32* trace = nullptr);
+
+    // Optional: sees the rows entering every linear (x [n, dim], window order) in later forwards.
+    void set_observer(VitObserver observer) { observer_ = std::move(observer); }
 
     // Seconds spent in linears and in attention by the last forward (bench vision).
     double linear_seconds() const { return t_linear_; }
@@ -86,6 +98,7 @@ class VisionTower {
     std::vector<float> ln_q_, mlp0_b_, mlp2_b_;
     kernels::LinearWeight mlp0_, mlp2_;
 
+    VitObserver observer_;
     double t_linear_ = 0, t_attention_ = 0, linear_macs_ = 0;
     struct Scratch {
         std::vector<float> rows, x, h, qkv, att, tmp, gate, up, merged, mid;

@@ -19,21 +19,41 @@ kernels::LinearWeight load_linear(const LanceCheckpoint& ck, const std::string& 
                                   size_t in, bool to_bf16) {
     if (ck.is_quantized(base)) {
         const QuantizedLinearView q = ck.quantized(base);
-        if (q.format != QuantFormat::Int4)
-            fail(ck.dir(), ": ", base, " is ", quant_format_name(q.format), "; only AWQ INT4 runs");
         if (static_cast<size_t>(q.out) != out || static_cast<size_t>(q.in) != in)
             fail(ck.dir(), ": ", base, " is [", q.out, ", ", q.in, "], expected [", out, ", ", in,
                  "]");
+        const bool nvfp4 = q.format == QuantFormat::Nvfp4;
+        if (nvfp4 && q.group_size != static_cast<int>(kernels::kNvfp4Block))
+            fail(ck.dir(), ": ", base, " has NVFP4 block size ", q.group_size, "; the format has ",
+                 kernels::kNvfp4Block);
+        const char* scales_name = nvfp4 ? ".scales_bf16" : ".scales";
         if (q.scales.dtype != DType::BF16)
-            fail(ck.dir(), ": ", base, ".scales is ", dtype_name(q.scales.dtype),
+            fail(ck.dir(), ": ", base, scales_name, " is ", dtype_name(q.scales.dtype),
                  ", expected BF16");
         // The mapped bytes may be unaligned for uint16_t; copy the scales.
         std::vector<uint16_t> scales(q.scales.nbytes / 2);
         std::memcpy(scales.data(), q.scales.data, q.scales.nbytes);
-        kernels::LinearWeight w = kernels::LinearWeight::from_awq_int4(
-            q.qweight.data, scales.data(), q.zeros.data, out, in, q.group_size);
+        kernels::LinearWeight w;
+        try {
+            switch (q.format) {
+                case QuantFormat::Int4:
+                    w = kernels::LinearWeight::from_awq_int4(q.qweight.data, scales.data(),
+                                                             q.zeros.data, out, in, q.group_size);
+                    break;
+                case QuantFormat::Int5:
+                    w = kernels::LinearWeight::from_awq_int5(q.qweight.data, scales.data(),
+                                                             q.zeros.data, out, in, q.group_size);
+                    break;
+                case QuantFormat::Nvfp4:
+                    w = kernels::LinearWeight::from_nvfp4(q.qweight.data, scales.data(), out, in);
+                    break;
+            }
+        } catch (const Error& e) {
+            fail(ck.dir(), ": ", base, ": ", e.what());  // say which tensor of which folder
+        }
         // The repacked copy is what runs; drop the file pages so RSS holds the weights once.
-        for (const TensorView* v : {&q.qweight, &q.scales, &q.zeros}) ck.release(*v);
+        for (const TensorView* v : {&q.qweight, &q.scales, &q.zeros})
+            if (v->data) ck.release(*v);
         return w;
     }
     const TensorView t = ck.tensor(base + ".weight");

@@ -16,6 +16,8 @@
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
+#include "model/vit.h"
+#include "pipeline/understanding.h"
 #include "quant/act_stats.h"
 #include "quant/stats_file.h"
 #include "tokenizer/chat_template.h"
@@ -87,6 +89,41 @@ struct PathStats {
     std::unique_ptr<quant::StatsAccumulator> acc[kLinearInputs];
 };
 
+// Whether `path` is one of Lance's x2t example files: a JSON map whose first record is an
+// interleave of one image or video and [instruction, question, answer].
+bool is_x2t_example_file(const std::string& path) {
+    if (!(path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0)) return false;
+    const json j = read_json_file(path);
+    if (!j.is_object() || j.empty()) return false;
+    const json& rec = j.begin().value();
+    if (!rec.is_object()) return false;
+    const auto dt = rec.find("element_dtype_array");
+    const auto ia = rec.find("interleave_array");
+    return dt != rec.end() && dt->is_array() && !dt->empty() &&
+           ((*dt)[0] == "image" || (*dt)[0] == "video") && ia != rec.end() && ia->is_array() &&
+           ia->size() == 2 && (*ia)[0].is_string() && (*ia)[1].is_array();
+}
+
+// The ViT linears fed by each observed input: per block qkv, proj, gate/up, down; the merger's two.
+std::vector<std::string> vit_linears(int block, VitLinearInput which) {
+    const std::string b = "vit_model.blocks." + std::to_string(block) + ".";
+    switch (which) {
+        case VitLinearInput::Qkv:
+            return {b + "attn.qkv"};
+        case VitLinearInput::Proj:
+            return {b + "attn.proj"};
+        case VitLinearInput::GateUp:
+            return {b + "mlp.gate_proj", b + "mlp.up_proj"};
+        case VitLinearInput::Down:
+            return {b + "mlp.down_proj"};
+        case VitLinearInput::Merger0:
+            return {"vit_model.merger.mlp.0"};
+        case VitLinearInput::Merger2:
+            return {"vit_model.merger.mlp.2"};
+    }
+    return {};
+}
+
 // Lance's shifted flow-time schedule (§3.1): sigma_k = s u / (1 + (s-1) u), u = 1 - k/S.
 float shifted_sigma(int k, int steps, float shift) {
     const float u = 1.0f - static_cast<float>(k) / static_cast<float>(steps);
@@ -108,12 +145,24 @@ void calibrate(const CalibrateOptions& opt) {
     if (opt.latent_hw < 1 || opt.latent_hw > cfg.max_latent_size)
         fail("calibrate: --latent-size must be in [1, ", cfg.max_latent_size, "]");
     std::vector<CalibrationPrompt> prompts;
+    std::vector<X2tExample> x2t_items;
     std::vector<std::string> tasks;
     for (const std::string& f : opt.prompts) {
+        if (opt.vit && is_x2t_example_file(f)) {
+            if (!ck->has_vit()) {
+                log_warn(opt.model, " has no ViT weights: ", f, " calibrates as text only");
+            } else {
+                const auto x = read_x2t_examples(f);
+                x2t_items.insert(x2t_items.end(), x.begin(), x.end());
+                tasks.push_back("x2t:" + f);
+                continue;
+            }
+        }
         const auto p = read_calibration_prompts(f);
         prompts.insert(prompts.end(), p.begin(), p.end());
         tasks.push_back("text:" + f);
     }
+    if (!opt.vit_preset.empty()) stream_spec(opt.vit_preset, VisionStream::Vit);  // known preset
     if (opt.gen) tasks.push_back("gen:noise-latents");
 
     DecoderOptions dopt;
@@ -144,22 +193,91 @@ void calibrate(const CalibrateOptions& opt) {
         return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) *
                                   std::cos(6.283185307179586 * u2));
     };
-    size_t und_tokens = 0, gen_tokens = 0;
+    size_t und_tokens = 0, gen_tokens = 0, vit_tokens = 0;
     const int steps = 30;
+
+    // x2t items: the ViT (its linears observed) then the decoder on the x2t prompt with the
+    // reference answer after it. Items whose media cannot be loaded fall back to text.
+    std::vector<std::unique_ptr<quant::StatsAccumulator>> vit_acc;
+    std::vector<std::vector<std::string>> vit_names;
+    std::unique_ptr<VisionTower> tower;
+    const size_t first_x2t = prompts.size();
+    if (!x2t_items.empty()) {
+        tower = std::make_unique<VisionTower>(*ck, /*bf16_weights=*/true);
+        const int depth = tower->config().depth;
+        vit_acc.resize(static_cast<size_t>(depth) * 4 + 2);
+        vit_names.resize(vit_acc.size());
+        tower->set_observer([&, depth](int block, VitLinearInput which, const float* x, size_t n,
+                                       size_t dim) {
+            const size_t k = block >= 0 ? static_cast<size_t>(block) * 4 + static_cast<int>(which)
+                                        : static_cast<size_t>(depth) * 4 +
+                                              (which == VitLinearInput::Merger2 ? 1 : 0);
+            auto& slot = vit_acc[k];
+            if (!slot) {
+                slot = std::make_unique<quant::StatsAccumulator>(static_cast<int>(dim), opt.rows,
+                                                                 acc_seed++);
+                vit_names[k] = vit_linears(block, which);
+            }
+            slot->add_rows(x, static_cast<int64_t>(n), static_cast<int>(dim));
+        });
+        for (const X2tExample& e : x2t_items)
+            prompts.push_back({e.instruction, e.question, e.answer});
+    }
     for (size_t i = 0; i < prompts.size(); ++i) {
         const CalibrationPrompt& p = prompts[i];
-        std::vector<ChatMessage> msgs = {{"user", p.user}};
-        if (!p.assistant.empty()) msgs.push_back({"assistant", p.assistant});
-        const std::string text =
-            render_chat(p.system.empty() ? kDefaultSystemPrompt : p.system, msgs);
-        std::vector<int32_t> ids32 = tok.encode(text);
-        if (ids32.size() > static_cast<size_t>(opt.max_prompt_tokens))
-            ids32.resize(opt.max_prompt_tokens);
-        const std::vector<int64_t> ids(ids32.begin(), ids32.end());
-        SequenceBuilder sb(cfg);
-        sb.text(ids);
-        decoder.forward(sb.build(), nullptr, false, outputs, fo);
-        und_tokens += ids.size();
+        bool done = false;
+        if (i >= first_x2t) {
+            const X2tExample& e = x2t_items[i - first_x2t];
+            try {
+                const std::string preset =
+                    opt.vit_preset.empty() ? x2t_default_preset(e.is_video) : opt.vit_preset;
+                const PreprocessResult px = load_x2t_media(e.media, e.is_video, preset);
+                std::vector<float> emb;
+                Batch b = x2t_prompt_batch(decoder, *tower, tok, px.pixels, e.instruction,
+                                           e.question, 0, emb);
+                const size_t K =
+                    static_cast<size_t>(px.pixels.T / 2 * px.pixels.H / 28 * px.pixels.W / 28);
+                // The reference answer and <|im_end|> after the prompt, as text continuing the
+                // positions (the rendered training sample), within --max-prompt-tokens.
+                std::vector<int32_t> ans = tok.encode(e.answer + "<|im_end|>");
+                const size_t room = static_cast<size_t>(opt.max_prompt_tokens) > b.size()
+                                        ? static_cast<size_t>(opt.max_prompt_tokens) - b.size()
+                                        : 0;
+                if (ans.size() > room) ans.resize(room);
+                const size_t H = static_cast<size_t>(cfg.hidden_size);
+                int64_t next = next_text_position(b.positions);
+                for (const int32_t id : ans) {
+                    const int64_t id64 = id;
+                    b.token_ids.push_back(id64);
+                    b.positions.push_back({next, next, next});
+                    ++next;
+                    emb.resize(emb.size() + H);
+                    decoder.embed_tokens(&id64, 1, emb.data() + emb.size() - H);
+                }
+                b.splits.back().len += static_cast<int64_t>(ans.size());
+                b.embeddings = emb.data();
+                decoder.forward(b, nullptr, false, outputs, fo);
+                und_tokens += b.size();
+                vit_tokens += K;
+                done = true;
+            } catch (const Error& err) {
+                log_warn("calibrate: item ", e.key, ": ", err.what(), "; using its text only");
+            }
+        }
+        if (!done) {
+            std::vector<ChatMessage> msgs = {{"user", p.user}};
+            if (!p.assistant.empty()) msgs.push_back({"assistant", p.assistant});
+            const std::string text =
+                render_chat(p.system.empty() ? kDefaultSystemPrompt : p.system, msgs);
+            std::vector<int32_t> ids32 = tok.encode(text);
+            if (ids32.size() > static_cast<size_t>(opt.max_prompt_tokens))
+                ids32.resize(opt.max_prompt_tokens);
+            const std::vector<int64_t> ids(ids32.begin(), ids32.end());
+            SequenceBuilder sb(cfg);
+            sb.text(ids);
+            decoder.forward(sb.build(), nullptr, false, outputs, fo);
+            und_tokens += ids.size();
+        }
 
         if (opt.gen) {
             // t2i layout (§2.4): template + caption, then VS + latents + VE as the noisy split.
@@ -188,9 +306,9 @@ void calibrate(const CalibrateOptions& opt) {
         }
         const double s =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        log_info("calibrate: prompt ", i + 1, "/", prompts.size(), ", ", und_tokens, " text + ",
-                 gen_tokens, " latent tokens, ", static_cast<int>(s), " s, ETA ",
-                 static_cast<int>(s / (i + 1) * (prompts.size() - i - 1)), " s");
+        log_info("calibrate: prompt ", i + 1, "/", prompts.size(), ", ", und_tokens, " und (",
+                 vit_tokens, " ViT) + ", gen_tokens, " latent tokens, ", static_cast<int>(s),
+                 " s, ETA ", static_cast<int>(s / (i + 1) * (prompts.size() - i - 1)), " s");
     }
 
     quant::StatsFileWriter w(opt.out, tasks, opt.rows);
@@ -205,6 +323,9 @@ void calibrate(const CalibrateOptions& opt) {
                     if (static_cast<int>(linear_input(lin)) == k)
                         order.emplace_back(n[lin], a.get());
             }
+    for (size_t k = 0; k < vit_acc.size(); ++k)
+        if (vit_acc[k])
+            for (const std::string& base : vit_names[k]) order.emplace_back(base, vit_acc[k].get());
     for (const auto& [base, acc] : order) w.declare(base, acc->in(), acc->n_rows());
     // q/k/v (and gate/up) share one accumulator: compute its statistics once for the run of names.
     const quant::StatsAccumulator* last = nullptr;
@@ -215,7 +336,7 @@ void calibrate(const CalibrateOptions& opt) {
     }
     w.finish();
     log_info("calibrate: wrote ", opt.out, " (", order.size(), " linears, ", und_tokens,
-             " text tokens, ", gen_tokens, " latent tokens)");
+             " und tokens (", vit_tokens, " of them ViT rows), ", gen_tokens, " latent tokens)");
 }
 
 }  // namespace lancet

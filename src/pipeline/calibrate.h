@@ -30,6 +30,13 @@ struct CalibrateOptions {
     // _moe_gen linears see real decoder activations. latent_hw x latent_hw latent tokens.
     bool gen = true;
     int latent_hw = 16;
+    // Lance's x2t example files among the prompts (x2t_image_example.json, x2t_video_example.json)
+    // run as x2t: each item's image or video through the ViT, whose rows fill the prompt's pads
+    // (the und path sees real vision rows), the reference answer after the prompt; the ViT's own
+    // linears are recorded too (vit_model.blocks.*, merger.mlp.*). An item whose media is
+    // missing runs as text with a warning. false: the items' text only (the seed's recipe).
+    bool vit = true;
+    std::string vit_preset;  // empty: image_768res for images, video_480p for videos
     uint64_t seed = 1;
 };
 

@@ -20,6 +20,7 @@
 #include "model/lance_tensors.h"
 #include "quant/awq.h"
 #include "quant/awq_layer.h"
+#include "quant/fusion.h"
 #include "quant/q4.h"
 #include "quant/stats_file.h"
 
@@ -97,6 +98,8 @@ class Pipeline {
     void check_stats();
     void plan();
     void process_path(int layer, bool gen);
+    void process_vit_block(int block);
+    void process_vit_merger();
     void quantize_single(const Target& t);
     void emit_quantized(const Target& t, const QuantizedMatrix& q);
     void pass_through(const TensorSpec& s);
@@ -115,6 +118,9 @@ class Pipeline {
     std::vector<std::string> meta_order_;    // weight names in the meta's order
     std::vector<OutTensor> outputs_;         // declaration order
     std::set<std::pair<int, bool>> no_stats_paths_;
+    // ViT blocks (and the merger) whose linears have statistics: AWQ with --include vit.
+    std::set<int> vit_awq_blocks_;
+    bool vit_awq_merger0_ = false, vit_awq_merger2_ = false;
     std::unique_ptr<SafetensorsWriter> writer_;
     std::map<std::string, std::vector<uint8_t>> cache_;  // outputs of the current layer path
     std::map<std::string, ojson> linear_report_;
@@ -159,6 +165,17 @@ void Pipeline::plan() {
         return false;
     };
     for (const TensorSpec& s : specs_) {
+        // The INT4 kernels need a group size that is a multiple of 8 dividing `in`: a width with
+        // none (the ViT's MLP width 3420 = 4 x 855, the small preset's 172) stays unquantized.
+        if (targeted(s) && !in_decoder_path(s) &&
+            choose_group_size(static_cast<int>(s.shape[1]), opt_.group_size) % 8 != 0) {
+            warnings_.push_back(strip(s.name, ".weight") + ": in = " + std::to_string(s.shape[1]) +
+                                " has no INT4 group size (a multiple of 8 dividing it); kept as "
+                                "BF16");
+            std::fprintf(stderr, "lancet: warning: %s\n", warnings_.back().c_str());
+            outputs_.push_back({s.name, DType::BF16, s.shape});
+            continue;
+        }
         if (targeted(s)) {
             Target t;
             t.base = strip(s.name, ".weight");
@@ -204,6 +221,11 @@ void Pipeline::check_stats() {
             widths[strip(s.name, ".weight")] = static_cast<int>(s.shape[1]);
     for (const auto& [base, e] : stats_->entries()) {
         auto it = widths.find(base);
+        // A separate ViT file (Lance_3B layout) is not part of the output: its statistics are
+        // unused.
+        if (it == widths.end() && base.starts_with("vit_model.") &&
+            ck_->vit_layout() != VitLayout::Bundled)
+            continue;
         if (it == widths.end())
             fail(opt_.stats, ": statistics for \"", base, "\", which is not a linear of ",
                  opt_.src);
@@ -226,6 +248,40 @@ void Pipeline::check_stats() {
                 if (!stats_->has(b))
                     fail(opt_.stats, ": no statistics for ", b, " (", have,
                          " other linears of its layer path have some)");
+        }
+    }
+    // ViT blocks likewise: all five linears of a block or none (then RTN, as without stats).
+    if (opt_.include_vit) {
+        const int depth = ck_->config().vision.depth;
+        int without = 0;
+        for (int j = 0; j < depth; ++j) {
+            const std::string b = "vit_model.blocks." + std::to_string(j) + ".";
+            const std::string names[5] = {b + "attn.qkv", b + "attn.proj", b + "mlp.gate_proj",
+                                          b + "mlp.up_proj", b + "mlp.down_proj"};
+            int have = 0;
+            for (const std::string& n : names) have += stats_->has(n);
+            if (have == 0) {
+                ++without;
+                continue;
+            }
+            for (const std::string& n : names)
+                if (!stats_->has(n))
+                    fail(opt_.stats, ": no statistics for ", n, " (", have,
+                         " other linears of its ViT block have some)");
+            bool quantized = true;  // qkv, proj, gate and up all have an INT4 group size
+            for (int i = 0; i < 4; ++i) quantized &= targets_.count(names[i] + ".weight") != 0;
+            if (quantized) vit_awq_blocks_.insert(j);
+        }
+        // (a merger linear left in BF16 for want of a group size is not a target)
+        vit_awq_merger0_ = stats_->has("vit_model.merger.mlp.0") &&
+                           targets_.count("vit_model.merger.mlp.0.weight");
+        vit_awq_merger2_ = stats_->has("vit_model.merger.mlp.2") &&
+                           targets_.count("vit_model.merger.mlp.2.weight");
+        if (awq_ && without > 0) {
+            warnings_.push_back(std::to_string(without) + " of " + std::to_string(depth) +
+                                " ViT blocks have no statistics (calibrate with x2t example "
+                                "files): plain RTN");
+            std::fprintf(stderr, "lancet: warning: %s\n", warnings_.back().c_str());
         }
     }
     if (awq_ && !no_stats_paths_.empty()) {
@@ -384,6 +440,156 @@ void Pipeline::process_path(int layer, bool gen) {
         cache_[names[2] + ".bias"] = bf16_bytes(w.v_bias);
     }
     for (const TensorView& v : used) ck_->release(v);
+}
+
+// One ViT block as a decoder layer path (spec §4 -> §3.1 fusion groups): norm1 -> the q/k/v row
+// blocks of attn.qkv, norm2 -> gate/up, attn.proj through the v rows of qkv (one kv head per
+// head: no tie), down through up's rows and bias. Every fusion is exact: RoPE touches q and k
+// only, and silu(gate) * (up / s) = (silu(gate) * up) / s.
+void Pipeline::process_vit_block(int block) {
+    const VitConfig& v = ck_->config().vision;
+    const int d = v.hidden_size, f = v.intermediate_size;
+    const std::string b = "vit_model.blocks." + std::to_string(block) + ".";
+    std::vector<TensorView> used;
+    auto load = [&](const std::string& name) {
+        const TensorView t = ck_->tensor(name);
+        used.push_back(t);
+        return to_f32(t);
+    };
+    LayerWeights w;
+    w.hidden = d;
+    w.intermediate = f;
+    w.num_heads = w.num_kv_heads = v.num_heads;
+    w.head_dim = v.head_dim();
+    w.input_norm = load(b + "norm1.weight");
+    w.post_norm = load(b + "norm2.weight");
+    const std::vector<float> qkv = load(b + "attn.qkv.weight"), qkv_b = load(b + "attn.qkv.bias");
+    const size_t dd = static_cast<size_t>(d) * d;
+    w.q.assign(qkv.begin(), qkv.begin() + dd);
+    w.k.assign(qkv.begin() + dd, qkv.begin() + 2 * dd);
+    w.v.assign(qkv.begin() + 2 * dd, qkv.end());
+    w.q_bias.assign(qkv_b.begin(), qkv_b.begin() + d);
+    w.k_bias.assign(qkv_b.begin() + d, qkv_b.begin() + 2 * d);
+    w.v_bias.assign(qkv_b.begin() + 2 * d, qkv_b.end());
+    w.o = load(b + "attn.proj.weight");
+    w.gate = load(b + "mlp.gate_proj.weight");
+    w.up = load(b + "mlp.up_proj.weight");
+    std::vector<float> up_b = load(b + "mlp.up_proj.bias");
+    w.down = load(b + "mlp.down_proj.weight");
+    for (const TensorView& t : used) ck_->release(t);
+
+    const std::string names[5] = {b + "attn.qkv", b + "attn.proj", b + "mlp.gate_proj",
+                                  b + "mlp.up_proj", b + "mlp.down_proj"};
+    const LinearStats st_qkv = stats_->load(names[0]), st_o = stats_->load(names[1]),
+                      st_gu = stats_->load(names[2]), st_down = stats_->load(names[4]);
+    for (const std::string& n : names) stats_->release(n);
+    auto gs = [&](int i) {
+        const auto t = targets_.find(names[i] + ".weight");
+        return t != targets_.end() ? t->second.gs
+                                   : choose_group_size(i == 4 ? f : d, opt_.group_size);
+    };
+    w.group_size = {gs(0), gs(1), gs(2), gs(4)};
+    AwqOptions ao;  // group sizes: w.group_size
+    ao.search_scales = opt_.search;
+    ao.clip = opt_.clip;
+    // A down_proj left in BF16 (no INT4 group size for its width) keeps up's rows unscaled.
+    const bool down_q = targets_.count(names[4] + ".weight") != 0;
+    const bool fuse_updown = opt_.fuse_updown && down_q;
+    const LayerResult r =
+        quantize_layer(w, {&st_qkv, &st_o, &st_gu, &st_down}, ao, {opt_.fuse_ov, fuse_updown});
+    // quantize_layer divides up's rows by down's scales; up's bias (the decoder has none) too.
+    if (opt_.search && fuse_updown && !r.down.rtn_fallback)
+        for (int i = 0; i < f; ++i)
+            up_b[i] = static_cast<float>(static_cast<double>(up_b[i]) / r.down.s[i]);
+
+    const char* norm_scheme = opt_.search ? kSchemeAwq : kSchemeMinmax;
+    auto pair_scheme = [&](bool fuse) { return opt_.search && fuse ? kSchemeAwq : kSchemeMinmax; };
+    // attn.qkv is one stored linear: its q, k and v row blocks stacked (groups run along the
+    // input, so rows quantize independently); reported with the group's totals.
+    const Target& tq = targets_.at(names[0] + ".weight");
+    QuantizedMatrix qm;
+    AwqConsumerResult qc;
+    qc.rtn = r.qkv.rtn;
+    qc.awq = r.qkv.awq;
+    for (const AwqConsumerResult& c : r.qkv.consumers) {
+        qm.out += c.q.out;
+        qm.in = c.q.in;
+        qm.group_size = c.q.group_size;
+        qm.qweight.insert(qm.qweight.end(), c.q.qweight.begin(), c.q.qweight.end());
+        qm.scales.insert(qm.scales.end(), c.q.scales.begin(), c.q.scales.end());
+        qm.zeros.insert(qm.zeros.end(), c.q.zeros.begin(), c.q.zeros.end());
+        qc.clip.insert(qc.clip.end(), c.clip.begin(), c.clip.end());
+    }
+    emit_quantized(tq, qm);
+    record(names[0], norm_scheme, tq.gs, &r.qkv, &qc);
+    struct Out {
+        int name;
+        const AwqResult* g;
+        int consumer;
+        const char* scheme;
+    };
+    const Out outs[4] = {{1, &r.o, 0, pair_scheme(opt_.fuse_ov)},
+                         {2, &r.gate_up, 0, norm_scheme},
+                         {3, &r.gate_up, 1, norm_scheme},
+                         {4, &r.down, 0, pair_scheme(fuse_updown)}};
+    for (const Out& o : outs) {
+        if (o.name == 4 && !down_q) continue;
+        const Target& t = targets_.at(names[o.name] + ".weight");
+        const AwqConsumerResult& cr = o.g->consumers[o.consumer];
+        emit_quantized(t, cr.q);
+        record(names[o.name], o.scheme, t.gs, o.g, &cr);
+    }
+    std::vector<float> bias = w.q_bias;
+    bias.insert(bias.end(), w.k_bias.begin(), w.k_bias.end());
+    bias.insert(bias.end(), w.v_bias.begin(), w.v_bias.end());
+    cache_[b + "norm1.weight"] = bf16_bytes(w.input_norm);
+    cache_[b + "norm2.weight"] = bf16_bytes(w.post_norm);
+    cache_[b + "attn.qkv.bias"] = bf16_bytes(bias);
+    cache_[b + "mlp.up_proj.bias"] = bf16_bytes(up_b);
+}
+
+// The merger: mlp.0 reads the ln_q output of the merge unit's patches side by side (channel i is
+// ln_q channel i mod hidden), so its scales are tied mod hidden and folded into ln_q; mlp.2 reads
+// a GELU output (nothing to fold into): the clipping search only.
+void Pipeline::process_vit_merger() {
+    const VitConfig& v = ck_->config().vision;
+    const int d = v.hidden_size, M = v.merged_dim();
+    const std::string b0 = "vit_model.merger.mlp.0", b2 = "vit_model.merger.mlp.2";
+    AwqOptions ao;
+    ao.clip = opt_.clip;
+    if (vit_awq_merger0_) {
+        ao.group_size = targets_.at(b0 + ".weight").gs;
+        const TensorView tn = ck_->tensor("vit_model.merger.ln_q.weight");
+        std::vector<float> ln_q = to_f32(tn);
+        ck_->release(tn);
+        const TensorView tw = ck_->tensor(b0 + ".weight");
+        const std::vector<float> w0 = to_f32(tw);
+        ck_->release(tw);
+        const LinearStats st = stats_->load(b0);
+        stats_->release(b0);
+        std::vector<int> tie(static_cast<size_t>(M));
+        for (int i = 0; i < M; ++i) tie[i] = i % d;
+        ao.search_scales = opt_.search;
+        const AwqResult r = awq_search({{b0, w0.data(), M}}, M, &st, ao, &tie);
+        if (opt_.search && !r.rtn_fallback) fuse_scale_into_norm(ln_q.data(), r.s_free.data(), d);
+        const Target& t = targets_.at(b0 + ".weight");
+        emit_quantized(t, r.consumers[0].q);
+        record(b0, opt_.search ? kSchemeAwq : kSchemeMinmax, t.gs, &r, &r.consumers[0]);
+        cache_["vit_model.merger.ln_q.weight"] = bf16_bytes(ln_q);
+    }
+    if (vit_awq_merger2_) {
+        const Target& t = targets_.at(b2 + ".weight");
+        ao.group_size = t.gs;
+        const TensorView tw = ck_->tensor(b2 + ".weight");
+        const std::vector<float> w2 = to_f32(tw);
+        ck_->release(tw);
+        const LinearStats st = stats_->load(b2);
+        stats_->release(b2);
+        ao.search_scales = false;
+        const AwqResult r = awq_search({{b2, w2.data(), t.out}}, t.in, &st, ao);
+        emit_quantized(t, r.consumers[0].q);
+        record(b2, kSchemeMinmax, t.gs, &r, &r.consumers[0]);
+    }
 }
 
 void Pipeline::quantize_single(const Target& t) {
@@ -575,8 +781,19 @@ ojson Pipeline::run() {
 
     const int L = ck_->config().num_hidden_layers;
     std::set<std::pair<int, bool>> done;
+    std::set<int> vit_done;
     int layers_done = 0;
     for (const TensorSpec& s : specs_) {
+        // AWQ'd ViT blocks and the merger: processed at their first tensor (a norm), their
+        // outputs cached until the writer reaches them.
+        if (awq_ && s.component == Component::Vit) {
+            if (s.layer >= 0 && vit_awq_blocks_.count(s.layer) && !vit_done.count(s.layer)) {
+                process_vit_block(s.layer);
+                vit_done.insert(s.layer);
+            } else if (s.name == "vit_model.merger.ln_q.weight") {
+                process_vit_merger();
+            }
+        }
         if (in_decoder_path(s)) {
             const std::pair<int, bool> key{s.layer, s.component == Component::LlmGen};
             if (!done.count(key)) {
@@ -596,7 +813,7 @@ ojson Pipeline::run() {
         }
         auto t = targets_.find(s.name);
         if (t != targets_.end()) {
-            if (in_decoder_path(s)) {
+            if (in_decoder_path(s) || cache_.count(t->second.base + ".qweight")) {
                 for (const char* suffix : {".qweight", ".scales", ".zeros"})
                     write_cached(t->second.base + suffix);
             } else {

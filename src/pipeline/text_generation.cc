@@ -20,6 +20,24 @@ GenerateResult generate_text(DecoderSession& decoder, const LanceConfig& cfg,
                              const std::vector<int64_t>& prompt, const GenerateOptions& opt,
                              const std::function<bool(int32_t)>& on_token) {
     if (prompt.empty()) fail("generate: empty prompt");
+    // Text positions are equal on the three M-RoPE axes, so the whole prompt is one causal split
+    // at positions 0..n-1 and each new token continues at the next position.
+    Batch b;
+    b.token_ids = prompt;
+    b.positions.resize(prompt.size());
+    for (size_t i = 0; i < prompt.size(); ++i) {
+        const auto p = static_cast<int64_t>(i);
+        b.positions[i] = {p, p, p};
+    }
+    return generate_from_batch(decoder, cfg, b, opt, on_token);
+}
+
+GenerateResult generate_from_batch(DecoderSession& decoder, const LanceConfig& cfg,
+                                   const Batch& prompt, const GenerateOptions& opt,
+                                   const std::function<bool(int32_t)>& on_token) {
+    if (prompt.size() == 0) fail("generate: empty prompt");
+    if (!prompt.is_gen.empty() && prompt.is_gen.back())
+        fail("generate: the prompt's last row is a latent, not text");
     const size_t limit = static_cast<size_t>(cfg.max_position_embeddings);
     if (prompt.size() + static_cast<size_t>(opt.max_new_tokens) > limit)
         fail("prompt of ", prompt.size(), " tokens plus ", opt.max_new_tokens,
@@ -33,19 +51,11 @@ GenerateResult generate_text(DecoderSession& decoder, const LanceConfig& cfg,
     fo.logits = LogitRows::Last;
     fo.velocity = false;
 
-    // Text positions are equal on the three M-RoPE axes, so the whole prompt is one causal split
-    // at positions 0..n-1 and each new token continues at the next position.
-    Batch b;
-    b.token_ids = prompt;
-    b.positions.resize(prompt.size());
-    for (size_t i = 0; i < prompt.size(); ++i) {
-        const auto p = static_cast<int64_t>(i);
-        b.positions[i] = {p, p, p};
-    }
     const auto t0 = std::chrono::steady_clock::now();
-    decoder.forward(b, &cache, /*append=*/true, out, fo);
+    decoder.forward(prompt, &cache, /*append=*/true, out, fo);
     r.prefill_seconds = seconds_since(t0);
 
+    const int64_t next = next_text_position(prompt.positions);
     const int vocab = cfg.vocab_size;
     const auto t1 = std::chrono::steady_clock::now();
     for (int step = 0; step < opt.max_new_tokens; ++step) {
@@ -57,7 +67,7 @@ GenerateResult generate_text(DecoderSession& decoder, const LanceConfig& cfg,
         r.tokens.push_back(id);
         if (on_token && !on_token(id)) break;
         if (step + 1 == opt.max_new_tokens) break;
-        const auto p = static_cast<int64_t>(prompt.size() + static_cast<size_t>(step));
+        const int64_t p = next + step;
         Batch d;
         d.token_ids = {id};
         d.positions = {{p, p, p}};

@@ -30,4 +30,13 @@ GenerateResult generate_text(DecoderSession& decoder, const LanceConfig& cfg,
                              const std::vector<int64_t>& prompt, const GenerateOptions& opt,
                              const std::function<bool(int32_t)>& on_token = {});
 
+// The same loop for a prompt that is already a packed und sequence (positions, splits, optional
+// input embeddings, e.g. x2t's ViT block): prefilled in one chunk, then decoding continues at the
+// next text position after the prompt's largest M-RoPE coordinate (spec §2.7.2: the ids are
+// computed once for prompt ++ 256 pads, so new tokens continue the text positions). The prompt's
+// last row must be und text (its logits start the decoding).
+GenerateResult generate_from_batch(DecoderSession& decoder, const LanceConfig& cfg,
+                                   const Batch& prompt, const GenerateOptions& opt,
+                                   const std::function<bool(int32_t)>& on_token = {});
+
 }  // namespace lancet

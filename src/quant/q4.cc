@@ -252,7 +252,103 @@ std::vector<float> dequantize(const Int5Matrix& q, bool round_to_bf16) {
     return w;
 }
 
+Int5Matrix quantize_int5_rtn(const float* w, int out, int in, int requested) {
+    if (out <= 0 || in <= 0 || requested <= 0)
+        fail("cannot INT5-quantize a ", out, "x", in, " matrix with group size ", requested);
+    Int5Matrix q;
+    q.out = out;
+    q.in = in;
+    q.group_size = in;
+    if (in % requested == 0) {
+        q.group_size = requested;
+    } else {
+        for (int g : {64, 32, 16})
+            if (in % g == 0) {
+                q.group_size = g;
+                break;
+            }
+    }
+    const int gs = q.group_size, ng = in / gs;
+    q.qweight.resize(static_cast<size_t>(out) * in);
+    q.scales.resize(static_cast<size_t>(out) * ng);
+    q.zeros.resize(static_cast<size_t>(out) * ng);
+    for (int o = 0; o < out; ++o)
+        for (int g = 0; g < ng; ++g) {
+            const float* src = w + static_cast<size_t>(o) * in + g * gs;
+            float m = 0, mx = 0;
+            for (int i = 0; i < gs; ++i) {
+                if (!std::isfinite(src[i]))
+                    fail("weight [", o, ", ", g * gs + i, "] = ", src[i], " is not finite");
+                const float v = round_bf16(src[i]);
+                m = i == 0 ? v : std::min(m, v);
+                mx = i == 0 ? v : std::max(mx, v);
+            }
+            const float scale = std::max((mx - m) / 31.0f, 1e-8f);
+            const float zf = std::clamp(round_half_even(-m / scale), 0.0f, 31.0f);
+            for (int i = 0; i < gs; ++i) {
+                const float t =
+                    std::clamp(round_half_even(round_bf16(src[i]) / scale + zf), 0.0f, 31.0f);
+                q.qweight[static_cast<size_t>(o) * in + g * gs + i] = static_cast<uint8_t>(t);
+            }
+            q.scales[static_cast<size_t>(o) * ng + g] = f32_to_bf16(scale);
+            q.zeros[static_cast<size_t>(o) * ng + g] = static_cast<uint8_t>(zf);
+        }
+    return q;
+}
+
 // ---- NVFP4 ----
+
+uint8_t f32_to_e4m3fn(float v) {
+    if (!(v >= 0.0f) || !std::isfinite(v)) fail("E4M3 conversion of ", v);
+    // Subnormals are multiples of 2^-9 below 2^-6; rint of v * 2^9 rounds half to even, and a
+    // result of 8 is the bit pattern of the smallest normal, 2^-6.
+    if (v < 0x1p-6f) return static_cast<uint8_t>(std::nearbyint(v * 512.0f));
+    int e;
+    const float f = std::frexp(v, &e);  // v = f * 2^e, f in [0.5, 1)
+    int exp = e - 1;                    // v = (2f) * 2^exp, 2f in [1, 2)
+    int mant = static_cast<int>(std::nearbyint((2.0f * f - 1.0f) * 8.0f));
+    if (mant == 8) mant = 0, ++exp;
+    const int biased = exp + 7;
+    if (biased > 15 || (biased == 15 && mant == 7)) return 0x7f;  // NaN: E4M3FN has no infinity
+    return static_cast<uint8_t>((biased << 3) | mant);
+}
+
+Nvfp4Matrix quantize_nvfp4(const float* w, int out, int in, std::vector<uint8_t>* scales_fp8) {
+    if (out <= 0 || in <= 0 || in % 16 != 0)
+        fail("cannot NVFP4-quantize a ", out, "x", in, " matrix (in must be a multiple of 16)");
+    Nvfp4Matrix q;
+    q.out = out;
+    q.in = in;
+    const int nb = in / 16;
+    q.qweight.assign(static_cast<size_t>(out) * (in / 2), 0);
+    q.scales_bf16.resize(static_cast<size_t>(out) * nb);
+    if (scales_fp8) scales_fp8->resize(static_cast<size_t>(out) * nb);
+    for (int o = 0; o < out; ++o)
+        for (int b = 0; b < nb; ++b) {
+            const float* src = w + static_cast<size_t>(o) * in + b * 16;
+            float v[16], amax = 0;
+            for (int i = 0; i < 16; ++i) {
+                if (!std::isfinite(src[i]))
+                    fail("weight [", o, ", ", b * 16 + i, "] = ", src[i], " is not finite");
+                v[i] = round_bf16(src[i]);
+                amax = std::max(amax, std::fabs(v[i]));
+            }
+            const float scale = std::max(amax / 6.0f, 1e-8f);
+            for (int i = 0; i < 16; ++i) {
+                const float a = std::min(std::fabs(v[i] / scale), 6.0f);
+                int best = 0;
+                for (int k = 1; k < 8; ++k)  // strict: a tie keeps the lower index
+                    if (std::fabs(a - kE2m1Table[k]) < std::fabs(a - kE2m1Table[best])) best = k;
+                const int code = best | (v[i] < 0 ? 8 : 0);
+                const size_t col = static_cast<size_t>(b) * 16 + i;
+                q.qweight[static_cast<size_t>(o) * (in / 2) + col / 2] |=
+                    static_cast<uint8_t>(code << (4 * (col & 1)));
+            }
+            q.scales_bf16[static_cast<size_t>(o) * nb + b] = f32_to_bf16(scale);
+            if (scales_fp8) (*scales_fp8)[static_cast<size_t>(o) * nb + b] = f32_to_e4m3fn(scale);
+        }
+    return q;
+}
 
 void validate(const Nvfp4Matrix& q, const char* what) {
     check_shapes(q.out, q.in, q.block_size, what);

@@ -94,6 +94,12 @@ struct Int5Matrix {
 };
 void validate(const Int5Matrix& q, const char* what);
 std::vector<float> dequantize(const Int5Matrix& q, bool round_to_bf16 = false);
+// The seed's INT5 writer (spec §1.2): the group size is `requested` if it divides `in`, else the
+// first of 64, 32, 16 that does, else `in`; the spec §1.1 min-max quantizer with 31 levels on the
+// bf16-rounded weight (scale = max((M - m) / 31, 1e-8), zero = clamp(round(-m / scale), 0, 31),
+// q = clamp(round(w / scale + zero), 0, 31), round half to even, codes from the fp32 scale, the
+// bf16 rounding of it stored). Throws on non-finite weights.
+Int5Matrix quantize_int5_rtn(const float* w, int out, int in, int requested_group_size = 64);
 
 // NVFP4 as the seed wrote it (spec §1.3): E2M1 nibbles in the INT4 nibble order, bit 3 the sign,
 // bits 0-2 an index into {0, 0.5, 1, 1.5, 2, 3, 4, 6} (so code 8 is -0); one bf16 scale per block
@@ -107,6 +113,15 @@ struct Nvfp4Matrix {
 };
 void validate(const Nvfp4Matrix& q, const char* what);
 std::vector<float> dequantize(const Nvfp4Matrix& q, bool round_to_bf16 = false);
+// The seed's NVFP4 writer (spec §1.3) on the bf16-rounded weight: per block of 16 along `in`,
+// scale = max(max|w| / 6, 1e-8) in fp32; each w / scale (the unrounded scale), clamped to
+// magnitude <= 6, takes the nearest table entry (ties to the lower index), bit 3 = (w < 0); the
+// scale is stored as bf16 (scales_bf16) and as float8 E4M3FN bits (scales_fp8). `in` must be a
+// multiple of 16. Throws on non-finite weights.
+Nvfp4Matrix quantize_nvfp4(const float* w, int out, int in, std::vector<uint8_t>* scales_fp8);
+// float8 E4M3FN bits of a finite non-negative value (round to nearest even, subnormals down to
+// 2^-9; above 464 the value is not representable and the NaN pattern 0x7f is returned).
+uint8_t f32_to_e4m3fn(float v);
 // The E2M1 magnitude table, indexed by code & 7.
 inline constexpr float kE2m1Table[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 
