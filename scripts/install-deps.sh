@@ -11,4 +11,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev zlib1g-dev \
     libgtest-dev libgmock-dev \
     libpng-dev libjpeg62-turbo-dev libwebp-dev \
-    libavformat-dev libavcodec-dev libswscale-dev libavutil-dev >/dev/null
+    libavformat-dev libavcodec-dev libswscale-dev libavutil-dev \
+    libcpp-httplib-dev curl openmpi-bin >/dev/null

@@ -30,6 +30,7 @@ struct RunArgs {
     float top_p = 1.0f;
     int top_k = 0;
     uint64_t seed = 42;
+    bool special = false;  // special-token strings in --prompt/--system become the tokens
 };
 
 void run_chat(const RunArgs& a) {
@@ -46,9 +47,8 @@ void run_chat(const RunArgs& a) {
     const LanceWeights weights(*ck, dopt);
     DecoderSession decoder(weights);
 
-    const std::string text =
-        render_chat(a.system.empty() ? kDefaultSystemPrompt : a.system, {{"user", a.prompt}});
-    const std::vector<int32_t> ids32 = tok.encode(text);
+    const std::vector<int32_t> ids32 = chat_ids(
+        tok, a.system.empty() ? kDefaultSystemPrompt : a.system, {{"user", a.prompt}}, a.special);
     const std::vector<int64_t> ids(ids32.begin(), ids32.end());
 
     GenerateOptions g;
@@ -248,6 +248,9 @@ void add_run(CLI::App& app) {
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
     auto* seed = cmd->add_option("-s,--seed", a->seed, "Sampling seed")->capture_default_str();
+    cmd->add_flag("--special", a->special,
+                  "Special-token strings such as <|im_start|> in the prompt become special tokens "
+                  "(default: plain text)");
     // --image, --video, --examples and --preset serve understanding and generation alike.
     auto gen = add_generation_options(cmd);
     cmd->callback([a, gen, seed] {

@@ -78,6 +78,8 @@ int main(int argc, char** argv) {
     lancet::cli::add_vae(app);
     lancet::cli::add_sample(app);
     lancet::cli::add_compare(app);
+    lancet::cli::add_serve(app);
+    lancet::cli::add_batch(app);
 
     try {
         app.parse(argc, argv);

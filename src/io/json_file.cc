@@ -67,14 +67,18 @@ json parse_strict_json(std::string_view text, const std::string& where) {
     return j;
 }
 
-json read_json_file(const std::string& path) {
+json read_json_value(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) fail(path, ": cannot open");
     std::stringstream ss;
     ss << in.rdbuf();
     const std::string text = ss.str();
     if (text.size() > (64u << 20)) fail(path, ": absurdly large for a JSON file");
-    json j = parse_strict_json(text, path);
+    return parse_strict_json(text, path);
+}
+
+json read_json_file(const std::string& path) {
+    json j = read_json_value(path);
     if (!j.is_object()) fail(path, ": not a JSON object");
     return j;
 }

@@ -11,8 +11,10 @@ namespace lancet {
 // Parses `text`; errors are one line prefixed by `where`.
 nlohmann::json parse_strict_json(std::string_view text, const std::string& where);
 
-// Reads and parses a JSON file of at most 64 MiB; errors name the file.
+// Reads and parses a JSON file of at most 64 MiB that holds an object; errors name the file.
 nlohmann::json read_json_file(const std::string& path);
+// The same for any JSON value (an array of examples).
+nlohmann::json read_json_value(const std::string& path);
 
 // Config fields: an integer (double) key within [lo, hi]; a missing or null key is a one-line
 // error naming `where` unless `def` is given, which is then returned.

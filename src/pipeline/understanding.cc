@@ -27,11 +27,26 @@ X2tPrompt build_x2t_prompt(const LanceConfig& cfg, const Qwen2Tokenizer& tok,
         fail("x2t: ViT grid (", grid.t, ", ", grid.h, ", ", grid.w,
              ") is not divisible by the merge size ", merge_size);
     X2tPrompt p;
-    // Added tokens are matched before BPE, so encoding the pieces between the vision tokens
-    // separately gives the ids of the whole rendered text.
-    const std::vector<int32_t> head =
-        tok.encode("<|im_start|>system\n" + system + "<|im_end|>\n<|im_start|>user\n");
-    const std::vector<int32_t> tail = tok.encode(question + "<|im_end|>\n<|im_start|>assistant\n");
+    // Added tokens are matched before BPE, so encoding the pieces between the special tokens
+    // separately gives the ids of the whole rendered text. The system prompt and the question are
+    // untrusted text: encoded plain, a "<|vision_start|>" in them stays characters and cannot open
+    // a vision block (the template's own markers are the only special tokens).
+    const int32_t im_start = tok.special_id("<|im_start|>"), im_end = tok.special_id("<|im_end|>");
+    auto plain = [&](std::vector<int32_t>& out, const std::string& text) {
+        const std::vector<int32_t> p = tok.encode_plain_text(text);
+        out.insert(out.end(), p.begin(), p.end());
+    };
+    std::vector<int32_t> head = {im_start}, tail;
+    plain(head, "system\n" + system);
+    head.push_back(im_end);
+    plain(head, "\n");
+    head.push_back(im_start);
+    plain(head, "user\n");
+    plain(tail, question);
+    tail.push_back(im_end);
+    plain(tail, "\n");
+    tail.push_back(im_start);
+    plain(tail, "assistant\n");
     p.vit_rows = grid.t * (grid.h / merge_size) * (grid.w / merge_size);
     p.ids.assign(head.begin(), head.end());
     p.ids.push_back(cfg.vision_start_token_id);

@@ -751,6 +751,14 @@ std::vector<int32_t> Qwen2Tokenizer::encode(std::string_view utf8) const {
     return ids;
 }
 
+std::vector<int32_t> Qwen2Tokenizer::encode_plain_text(std::string_view utf8) const {
+    const std::string text = nfc_normalize(utf8);
+    std::vector<int32_t> ids;
+    ids.reserve(text.size() / 3 + 4);
+    if (!text.empty()) encode_plain(text, ids);
+    return ids;
+}
+
 std::string Qwen2Tokenizer::decode(const std::vector<int32_t>& ids) const {
     std::string bytes;
     for (int32_t id : ids) bytes += token_bytes(id);

@@ -25,6 +25,10 @@ class Qwen2Tokenizer {
     // UTF-8 text to ids, as HF `tokenizer(text)["input_ids"]`: NFC, added tokens matched first, the
     // Qwen2 pre-tokenizer split, byte-level BPE. Throws lancet::Error on invalid UTF-8.
     std::vector<int32_t> encode(std::string_view utf8) const;
+    // Untrusted text to ids: NFC and byte-level BPE with no added-token matching, so a string such
+    // as "<|im_start|>" becomes the ids of its characters, never the special token (a client cannot
+    // forge turns or vision blocks). Throws lancet::Error on invalid UTF-8.
+    std::vector<int32_t> encode_plain_text(std::string_view utf8) const;
 
     // Ids to text, as HF `decode(ids)`: byte-level inverse, added tokens as their text, invalid
     // UTF-8 replaced by U+FFFD (one per maximal invalid subpart, like Python's errors="replace").

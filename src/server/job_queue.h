@@ -1,0 +1,79 @@
+// Long jobs (video generation) behind ids: a bounded queue, worker threads, step progress,
+// cancellation, results kept for a while. The HTTP routes /v1/videos* sit on top of it; what a
+// job computes is a runner handed in by whoever submits it.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace lancet::server {
+
+// What a runner sees: cancellation to poll between steps, and a place to report progress.
+class JobControl {
+  public:
+    virtual ~JobControl() = default;
+    virtual bool cancelled() const = 0;
+    virtual void progress(int step, int steps) = 0;
+};
+
+struct JobResult {
+    std::string bytes;         // the content (an MP4)
+    std::string content_type;  // "video/mp4"
+};
+
+// Runs the job; throws (lancet::Error or any std::exception) to fail it.
+using JobRunner = std::function<JobResult(JobControl&)>;
+
+struct JobStatus {
+    std::string id, kind;
+    std::string state;  // queued | running | succeeded | failed | cancelled
+    int step = 0, steps = 0;
+    std::string error;
+    int64_t created = 0;  // unix seconds
+};
+
+class JobQueue {
+  public:
+    // `workers` jobs run at once; at most `max_pending` wait; the newest `keep_finished`
+    // finished jobs stay readable (older ones are forgotten, their results freed).
+    JobQueue(size_t workers, size_t max_pending, size_t keep_finished = 64);
+    ~JobQueue();  // cancels everything and joins the workers
+    JobQueue(const JobQueue&) = delete;
+    JobQueue& operator=(const JobQueue&) = delete;
+
+    // The new job's id, or nullopt when the queue is full.
+    std::optional<std::string> submit(const std::string& kind, JobRunner run);
+    std::optional<JobStatus> status(const std::string& id);
+    // The result of a succeeded job; nullptr otherwise.
+    std::shared_ptr<const JobResult> result(const std::string& id);
+    // Cancels a queued or running job; false when the id is unknown.
+    bool cancel(const std::string& id);
+    size_t pending();
+    size_t running();
+
+  private:
+    struct Job;
+    void worker();
+
+    size_t max_pending_, keep_finished_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::map<std::string, std::shared_ptr<Job>> jobs_;
+    std::deque<std::shared_ptr<Job>> queue_;
+    std::deque<std::string> finished_;  // ids, oldest first
+    uint64_t next_id_ = 1;
+    size_t running_ = 0;
+    bool stop_ = false;
+    std::vector<std::thread> workers_;
+};
+
+}  // namespace lancet::server

@@ -1,0 +1,81 @@
+// The `lancet serve` binary itself, driven by curl: start-up line, chat, streaming, a wrong key,
+// and a clean stop on SIGTERM.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "model/synth.h"
+#include "test_util.h"
+
+namespace lancet {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string shell(const std::string& cmd) {
+    std::string out;
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) return out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    pclose(p);
+    return out;
+}
+
+TEST(ServeCli, CurlAgainstTheBinary) {
+    if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "curl not installed";
+    test::TempDir dir;
+    SynthOptions o;
+    o.out = (dir / "tiny").string();
+    synth_checkpoint(o);
+    const char* env_bin = std::getenv("LANCET_BIN");
+    const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
+    const fs::path log = dir / "serve.log", pidfile = dir / "pid";
+    const std::string start = bin + " serve -m " + o.out + " --port 0 --api-key k1 2>" +
+                              log.string() + " & echo $! >" + pidfile.string();
+    ASSERT_EQ(std::system(start.c_str()), 0);
+    const int pid = std::stoi(test::read_file(pidfile));
+    // The port is in the start-up line once the server listens.
+    std::string port;
+    while (port.empty()) {
+        const std::string text = test::read_file(log);
+        const size_t p = text.find("serving http://127.0.0.1:");
+        if (p != std::string::npos && text.find("/ (", p) != std::string::npos)
+            port = text.substr(p + 25, text.find('/', p + 25) - (p + 25));
+        ASSERT_EQ(kill(pid, 0), 0) << "the server exited: " << text;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const std::string url = "http://127.0.0.1:" + port;
+    const std::string body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
+    const std::string ok = shell("curl -s -H 'Authorization: Bearer k1' " + url +
+                                 "/v1/chat/completions -d '" + body + "'");
+    const auto j = nlohmann::json::parse(ok);
+    EXPECT_EQ(j["object"], "chat.completion") << ok;
+    EXPECT_EQ(j["usage"]["completion_tokens"].get<int>() + j["usage"]["prompt_tokens"].get<int>(),
+              j["usage"]["total_tokens"].get<int>());
+    const std::string sse = shell(
+        "curl -s -N -H 'Authorization: Bearer k1' " + url + "/v1/chat/completions -d '" +
+        R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true})" + "'");
+    EXPECT_EQ(sse.rfind("data: {", 0), 0u) << sse;
+    EXPECT_NE(sse.find("data: [DONE]\n\n"), std::string::npos) << sse;
+    EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer k2' " + url +
+                    "/v1/models"),
+              "401");
+    EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' " + url + "/health"), "200");
+    kill(pid, SIGTERM);
+    // Gone, or a zombie that nobody reaps (the shell that started it has exited).
+    auto alive = [pid] {
+        if (kill(pid, 0) != 0) return false;
+        const std::string stat = test::read_file("/proc/" + std::to_string(pid) + "/stat");
+        const size_t p = stat.rfind(')');
+        return p == std::string::npos || p + 2 >= stat.size() || stat[p + 2] != 'Z';
+    };
+    while (alive()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
+}  // namespace
+}  // namespace lancet
