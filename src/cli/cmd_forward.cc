@@ -28,12 +28,7 @@ struct ForwardArgs {
 };
 
 void run_forward(const ForwardArgs& a) {
-    if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
-    std::error_code ec;
-    if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
-    OpenOptions oo;
-    oo.vit_dir = a.vit_dir;
-    const auto ck = LanceCheckpoint::open(a.model, oo);
+    const auto ck = open_model_for("forward", a.model, a.vit_dir, a.input, a.out);
     const LanceConfig& cfg = ck->config();
     const InputFile in(a.input);
 
@@ -48,6 +43,7 @@ void run_forward(const ForwardArgs& a) {
     // Lance masks logits at ids >= len(tokenizer) when the folder has one.
     DecoderOptions dopt;
     dopt.lm_head = lm_head_option();
+    std::error_code ec;
     if (std::filesystem::exists(std::filesystem::path(a.model) / "vocab.json", ec))
         dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(a.model).size());
     const LanceWeights weights(*ck, dopt);
@@ -106,12 +102,7 @@ void run_forward(const ForwardArgs& a) {
 
 // --component vit: `video` F32 [C, T, H, W] -> `embeds` F32 [T/tp * H/(p m) * W/(p m), out_hidden].
 void run_forward_vit(const ForwardArgs& a) {
-    if (a.input.empty() || a.out.empty()) fail("forward: --input and --out are required");
-    std::error_code ec;
-    if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
-    OpenOptions oo;
-    oo.vit_dir = a.vit_dir;
-    const auto ck = LanceCheckpoint::open(a.model, oo);
+    const auto ck = open_model_for("forward", a.model, a.vit_dir, a.input, a.out);
     const VitConfig& v = ck->config().vision;
     const InputFile in(a.input);
     const TensorEntry& e = in.get("video", DType::F32, 4);

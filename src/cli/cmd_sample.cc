@@ -29,12 +29,7 @@ struct SampleArgs {
 };
 
 void run_sample(const SampleArgs& a) {
-    if (a.input.empty() || a.out.empty()) fail("sample: --input and --out are required");
-    std::error_code ec;
-    if (!std::filesystem::exists(a.input, ec)) fail(a.input, ": no such input file");
-    OpenOptions oo;
-    oo.vit_dir = a.vit_dir;
-    const auto ck = LanceCheckpoint::open(a.model, oo);
+    const auto ck = open_model_for("sample", a.model, a.vit_dir, a.input, a.out);
     const LanceConfig& cfg = ck->config();
     const InputFile in(a.input);
     const std::string& p = in.path();

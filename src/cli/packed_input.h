@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,21 @@
 #include "model/vit.h"
 
 namespace lancet::cli {
+
+// The start of every file-to-file model command (forward, forward --component vit, sample): both
+// paths given, the input present, then the model folder opened (ViT config from vit_dir if given),
+// so a typo fails before the slow weight load.
+inline std::unique_ptr<LanceCheckpoint> open_model_for(const char* cmd, const std::string& model,
+                                                       const std::string& vit_dir,
+                                                       const std::string& input,
+                                                       const std::string& out) {
+    if (input.empty() || out.empty()) fail(cmd, ": --input and --out are required");
+    std::error_code ec;
+    if (!std::filesystem::exists(input, ec)) fail(input, ": no such input file");
+    OpenOptions oo;
+    oo.vit_dir = vit_dir;
+    return LanceCheckpoint::open(model, oo);
+}
 
 // Reads the input file's tensors with one-line errors naming the tensor.
 class InputFile {
