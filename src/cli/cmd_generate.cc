@@ -1,6 +1,8 @@
 // `lancet run --task t2i|t2v|i2v|image_edit|video_edit`: Lance's generation tasks end to end
 // (spec §3.2–3.4, §3.6 defaults, §3.7 resize rules): media in, sequence, flow sampler, VAE decode,
 // PNG / MP4 out with the settings as metadata. `--examples` runs Lance's example JSONs.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -176,10 +178,13 @@ class Generator {
             if (log_level() < LogLevel::Info) return;
             const int done = k + 1, width = 24, fill = done * width / n;
             const double per = secs / done, eta = per * (n - done);
-            std::fprintf(stderr, "\rsampling [%s%s] %d/%d  %.2f s/step  ETA %.0f s ",
-                         std::string(fill, '#').c_str(), std::string(width - fill, '.').c_str(),
-                         done, n, per, eta);
-            if (done == n) std::fputc('\n', stderr);
+            // A terminal gets one bar redrawn in place; a log file or pipe gets one line per step.
+            static const bool tty = isatty(STDERR_FILENO) != 0;
+            std::fprintf(stderr, "%ssampling [%s%s] %d/%d  %.2f s/step  ETA %.0f s%s",
+                         tty ? "\r" : "", std::string(fill, '#').c_str(),
+                         std::string(width - fill, '.').c_str(), done, n, per, eta,
+                         tty ? " " : "\n");
+            if (tty && done == n) std::fputc('\n', stderr);
             std::fflush(stderr);
         };
         log_info(gen_task_name(it.task), ": ", seq.batch.size(), " tokens, target latent ", in.lt,
