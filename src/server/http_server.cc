@@ -546,7 +546,9 @@ void HttpServer::Impl::routes() {
         }
         return httplib::Server::HandlerResponse::Unhandled;
     });
-    http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    // Counted when the response is about to be written (not in the logger, which runs after it is
+    // sent), so a client that has its answer always sees its request in /metrics.
+    http.set_post_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
         if (res.status != 401) metrics.request(req.path, res.status);
     });
 
