@@ -940,6 +940,7 @@ void add_bench(CLI::App& app) {
     vb->callback([vopt] { run_vision_bench(*vopt); });
 
     add_bench_vae(*bench);
+    add_bench_gen(*bench);
 
     auto aopt = std::make_shared<AwqBenchOptions>();
     CLI::App* a = bench->add_subcommand(
