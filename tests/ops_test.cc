@@ -10,6 +10,10 @@
 //  - dot products of length K (linear, conv3d, attention scores): (K + 2)·u·Σ|a·b| (any
 //    summation order, fma or not; Higham's γ_K) plus u·|y| for the final rounding;
 //  - W4A8 linear additionally Σ_i |w_i|·(d_i/2 + 4u|x_i|), d_i = max|x| / 127 of i's block;
+//  - bf16 activations (linear, conv3d on BF16 weights): x̃ = bf16(x) has |x̃ - x| <= 2^-9|x|
+//    (round to nearest with 8 significand bits), so Σ w·x̃ is off by at most 2^-9·Σ|w·x|; the
+//    f32 sum of the products w·x̃ adds (K + 2)·u·Σ|w·x̃| <= (K + 2)·u·(1 + 2^-9)·Σ|w·x|; and
+//    vdpbf16ps' flush of denormal inputs drops at most 2^-126·Σ|w|;
 //  - row/elementwise ops: a few u of the result for each rounded step (listed at each case);
 //  - attention: the score errors Δs perturb each probability by ≤ 2·max Δs (+ exp's error),
 //    which moves the output by at most that relative amount of Σ p·|v|, plus the rounding of
@@ -66,6 +70,7 @@ class OpCase {
     virtual ~OpCase() = default;
     virtual std::string name() const = 0;
     virtual ActMode act() const { return ActMode::F32; }
+    virtual Bf16Act bf16_act() const { return Bf16Act::F32; }
     // Runs the op under ctx on the case's (unchanged) inputs; returns the output.
     virtual std::vector<float> run(const OpContext& ctx) = 0;
     // The float64 result and the allowed |error| of each output element.
@@ -137,12 +142,13 @@ WeightData make_weight(WeightType type, size_t out, size_t in, size_t gs, uint64
 class LinearCase : public OpCase {
   public:
     LinearCase(size_t n, size_t in, size_t out, WeightType type, size_t gs, ActMode act,
-               bool strided, bool bias)
+               bool strided, bool bias, Bf16Act bf16_act = Bf16Act::F32)
         : n_(n),
           in_(in),
           out_(out),
           gs_(gs),
           act_(act),
+          bf16_act_(bf16_act),
           strided_(strided),
           has_bias_(bias),
           wd_(make_weight(type, out, in, gs, 100 + n * 7 + in)),
@@ -154,11 +160,13 @@ class LinearCase : public OpCase {
         const bool grouped = wd_.type == WeightType::Q4 || wd_.type == WeightType::Int5;
         s << "linear_" << weight_type_name(wd_.type) << (grouped ? "g" : "")
           << (grouped ? std::to_string(gs_) : "") << "_n" << n_ << "_in" << in_ << "_out" << out_
-          << (act_ == ActMode::Int8 ? "_w4a8" : "") << (strided_ ? "_strided" : "")
+          << (act_ == ActMode::Int8 ? "_w4a8" : "")
+          << (bf16_act_ == Bf16Act::Bf16 ? "_bf16act" : "") << (strided_ ? "_strided" : "")
           << (has_bias_ ? "_bias" : "");
         return s.str();
     }
     ActMode act() const override { return act_; }
+    Bf16Act bf16_act() const override { return bf16_act_; }
     std::vector<float> run(const OpContext& ctx) override {
         std::vector<float> y(n_ * ldy(), 7.0f);
         TensorRef x = TensorRef::contiguous(x_.data(), {I(n_), I(ldx())}).slice(1, 0, I(in_));
@@ -187,6 +195,8 @@ class LinearCase : public OpCase {
                 for (size_t i = 0; i < in_; ++i) {
                     const double wi = std::fabs(weight_ref(w_, o, i)), xi = x[r * in_ + i];
                     mag += std::fabs(xi) * factored_magnitude(o, i, wi);
+                    if (bf16_act_ == Bf16Act::Bf16)
+                        quant += wi * (0x1p-9 * std::fabs(xi) * (1 + (in_ + 2) * u) + 0x1p-126);
                     if (act_ == ActMode::Int8) {
                         double amax = 0;
                         for (size_t k = i / kb * kb; k < (i / kb + 1) * kb; ++k)
@@ -220,6 +230,7 @@ class LinearCase : public OpCase {
     size_t ldy() const { return strided_ ? out_ + 5 : out_; }
     size_t n_, in_, out_, gs_;
     ActMode act_;
+    Bf16Act bf16_act_;
     bool strided_, has_bias_;
     WeightData wd_;
     WeightView w_;
@@ -686,7 +697,7 @@ class Conv3dCase : public OpCase {
   public:
     Conv3dCase(size_t T, size_t H, size_t W, size_t ci, size_t co, int kt, int kh, int kw,
                Conv3dParams p, size_t tc, WeightType type, bool bias, bool accumulate,
-               size_t gs = 0)
+               size_t gs = 0, Bf16Act bf16_act = Bf16Act::F32)
         : T_(T),
           H_(H),
           W_(W),
@@ -699,7 +710,8 @@ class Conv3dCase : public OpCase {
           p_(p),
           type_(type),
           bias_on_(bias),
-          acc_(accumulate) {
+          acc_(accumulate),
+          bf16_act_(bf16_act) {
         x_ = rand_vec(T * H * W * ci, 91 + T * ci);
         cache_ = rand_vec(std::max<size_t>(tc, 1) * H * W * ci, 92 + ci);
         bias_ = rand_vec(co, 93 + co);
@@ -751,9 +763,10 @@ class Conv3dCase : public OpCase {
           << ci_ << "_co" << co_ << "_k" << kt_ << kh_ << kw_ << "_s" << p_.stride_t << p_.stride_h
           << p_.stride_w << "_pt" << p_.pad_t_front << "_p" << p_.pad_top << p_.pad_bottom
           << p_.pad_left << p_.pad_right << "_cache" << tc_ << (bias_on_ ? "_bias" : "")
-          << (acc_ ? "_acc" : "");
+          << (acc_ ? "_acc" : "") << (bf16_act_ == Bf16Act::Bf16 ? "_bf16act" : "");
         return s.str();
     }
+    Bf16Act bf16_act() const override { return bf16_act_; }
     std::vector<float> run(const OpContext& ctx) override {
         std::vector<float> y = acc_ ? y0_ : std::vector<float>(y0_.size(), 0.0f);
         const TensorRef cache =
@@ -781,10 +794,18 @@ class Conv3dCase : public OpCase {
                     mag.data());
         const size_t K = static_cast<size_t>(kt_ * kh_ * kw_) * ci_;
         bound.resize(want.size());
+        // bf16 activations: 2^-9 of Σ|w·x| (mag less |bias|), the sums' u on a 2^-9 larger
+        // magnitude, and the flush term with Σ|w| <= K·max|w| per output.
+        double wmax = 0;
+        for (double a : aw) wmax = std::max(wmax, a);
         for (size_t i = 0; i < want.size(); ++i) {
             if (acc_) want[i] += y0_[i];
             bound[i] = (K + kt_ + 3) * u * (mag[i] + (acc_ ? std::fabs(y0_[i]) : 0.0)) +
                        u * std::fabs(want[i]) + 1e-30;
+            if (bf16_act_ == Bf16Act::Bf16) {
+                const double wx = mag[i] - (bias_on_ ? ab[i % co_] : 0.0);
+                bound[i] += 0x1p-9 * wx * (1 + (K + kt_ + 3) * u) + 0x1p-126 * K * wmax;
+            }
         }
     }
 
@@ -795,6 +816,7 @@ class Conv3dCase : public OpCase {
     Conv3dParams p_;
     WeightType type_;
     bool bias_on_, acc_;
+    Bf16Act bf16_act_;
     size_t To_ = 0, Ho_ = 0, Wo_ = 0;
     std::vector<float> x_, cache_, bias_, y0_;
     std::vector<double> wref_;
@@ -835,6 +857,19 @@ const std::vector<CasePtr>& all_cases() {
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::F32, false, true));
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::Int8, false, n == 1));
         }
+        // BF16 weights with bf16 activations (vdpbf16ps on AVX-512): GEMV (n <= 8) with in
+        // not a multiple of 4 (masked tail) and odd block counts, GEMM with odd in (a zero pair),
+        // several row chunks and panels, strided rows.
+        for (auto [n, in, out] : std::vector<std::array<size_t, 3>>{{1, 64, 17},
+                                                                    {2, 7, 8},
+                                                                    {4, 130, 24},
+                                                                    {8, 65, 3},
+                                                                    {9, 96, 33},
+                                                                    {17, 301, 40},
+                                                                    {300, 33, 70}})
+            add_case(
+                new LinearCase(n, in, out, WT::BF16, 0, AM::F32, false, n % 2 == 1, Bf16Act::Bf16));
+        add_case(new LinearCase(13, 65, 17, WT::BF16, 0, AM::F32, true, true, Bf16Act::Bf16));
         // INT5 and NVFP4 (spec §1.2, §1.3): f32 activations only.
         for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{
                  {1, 64, 17, 32}, {3, 128, 8, 64}, {17, 64, 33, 32}, {65, 96, 7, 32}})
@@ -934,11 +969,22 @@ const std::vector<CasePtr>& all_cases() {
             add_case(new Conv3dCase(5, 3, 3, 4, 6, 3, 1, 1, time_down, 0, t, true, false));
             add_case(new Conv3dCase(2, 3, 17, 65, 7, 1, 1, 1, one, 0, t, true, true));
         }
+        // BF16 weights with bf16 activations: cache, stride 2, accumulate, 1x1 with odd C_in.
+        add_case(new Conv3dCase(3, 5, 7, 3, 17, 3, 3, 3, same3, 0, WT::BF16, true, false, 0,
+                                Bf16Act::Bf16));
+        add_case(new Conv3dCase(2, 4, 3, 5, 40, 3, 3, 3, same3, 2, WT::BF16, true, true, 0,
+                                Bf16Act::Bf16));
+        add_case(new Conv3dCase(1, 7, 5, 3, 9, 1, 3, 3, down, 0, WT::BF16, true, false, 0,
+                                Bf16Act::Bf16));
+        add_case(new Conv3dCase(2, 3, 17, 65, 7, 1, 1, 1, one, 0, WT::BF16, false, true, 0,
+                                Bf16Act::Bf16));
         add_case(new Conv3dCase(3, 4, 5, 16, 9, 3, 3, 3, same3, 1, WT::Q4, true, false, 16));
         add_case(new Conv3dCase(2, 5, 3, 32, 17, 1, 1, 1, one, 0, WT::Q4, false, false, 32));
         add_case(new Conv3dCase(1, 6, 6, 32, 8, 1, 3, 3, down, 0, WT::Q4, true, true, 32));
         // Many output pixels: several panels of one frame, threaded gathers.
         add_case(new Conv3dCase(1, 40, 40, 8, 16, 1, 3, 3, same3, 0, WT::F32, true, false));
+        add_case(new Conv3dCase(1, 40, 40, 8, 40, 1, 3, 3, same3, 0, WT::BF16, true, false, 0,
+                                Bf16Act::Bf16));
         return c;
     }();
     return cases;
@@ -956,7 +1002,7 @@ TEST_P(Ops, MatchesReferenceAndIsThreadInvariant) {
     c.reference(want, bound);
     std::vector<float> first;
     for (size_t threads : {1, 2, 3}) {
-        const OpContext ctx{&pool_of(threads), isa, c.act()};
+        const OpContext ctx{&pool_of(threads), isa, c.act(), c.bf16_act()};
         const std::vector<float> got = c.run(ctx);
         ASSERT_EQ(got.size(), want.size());
         if (threads == 1) {

@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "io/image.h"
 #include "io/pth_writer.h"
 #include "io/safetensors.h"
+#include "io/video.h"
 #include "model/wan_vae_synth.h"
 #include "test_util.h"
 
@@ -88,6 +91,106 @@ TEST_F(VaeCli, EncodeDecodeRoundTripShapesAndForwardAgrees) {
     for (float v : to_f32(f.view(*f.find("video")))) ASSERT_LE(std::fabs(v), 1.0f);
 }
 
+// An image with smooth colour ramps (so the encoder sees structure, not noise).
+ImageRGB8 ramp_image(int w, int h) {
+    ImageRGB8 img;
+    img.width = w;
+    img.height = h;
+    img.rgb.resize(static_cast<size_t>(3 * w * h));
+    for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+            uint8_t* p = &img.rgb[static_cast<size_t>(3 * (y * w + x))];
+            p[0] = static_cast<uint8_t>(255 * x / (w - 1));
+            p[1] = static_cast<uint8_t>(255 * y / (h - 1));
+            p[2] = static_cast<uint8_t>((x * 7 + y * 3) % 256);
+        }
+    return img;
+}
+
+TEST_F(VaeCli, ImageAndVideoFilesRoundTrip) {
+    // PNG in -> latent -> PNG and MP4 out: the files decode, at the input's size.
+    write_png((dir / "in.png").string(), ramp_image(48, 32));
+    auto r = run_lancet("-q vae encode --vae " + q(vae) + " --input " + q(dir / "in.png") + " -o " +
+                        q(dir / "z.safetensors"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(shape_of(dir / "z.safetensors", "latent"), (Shape{48, 1, 2, 3}));
+    r = run_lancet("-q vae decode --vae " + q(vae) + " --input " + q(dir / "z.safetensors") +
+                   " -o " + q(dir / "out.png"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const ImageRGB8 back = read_image((dir / "out.png").string());
+    EXPECT_EQ(back.width, 48);
+    EXPECT_EQ(back.height, 32);
+    // With --bf16-activations the same command works (weights rounded to bf16 at load).
+    r = run_lancet("-q --bf16-activations vae decode --vae " + q(vae) + " --input " +
+                   q(dir / "z.safetensors") + " -o " + q(dir / "out16.png"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(read_image((dir / "out16.png").string()).width, 48);
+    if (!video_support_built()) GTEST_SKIP() << "no FFmpeg in this build";
+    r = run_lancet("-q vae decode --vae " + q(vae) + " --input " + q(dir / "z.safetensors") +
+                   " -o " + q(dir / "one.mp4"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(VideoReader((dir / "one.mp4").string()).info().frame_count, 1);
+
+    // MP4 in (9 frames at 12 fps: Lance's sampler keeps all 9 = 4·2+1) -> latent t = 3 -> MP4 of
+    // 9 frames at 12 fps.
+    std::vector<float> clip(static_cast<size_t>(3 * 9 * 32 * 32));
+    Rng rng(4);
+    for (float& v : clip) v = static_cast<float>(rng.unit_float() * 2 - 1);
+    write_mp4((dir / "clip.mp4").string(), clip.data(), 9, 32, 32);
+    r = run_lancet("-q vae encode --vae " + q(vae) + " --input " + q(dir / "clip.mp4") + " -o " +
+                   q(dir / "zc.safetensors"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(shape_of(dir / "zc.safetensors", "latent"), (Shape{48, 3, 2, 2}));
+    r = run_lancet("-q vae decode --vae " + q(vae) + " --input " + q(dir / "zc.safetensors") +
+                   " -o " + q(dir / "out.mp4"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    VideoReader vr((dir / "out.mp4").string());
+    EXPECT_EQ(vr.info().frame_count, 9);
+    EXPECT_EQ(vr.info().width, 32);
+    EXPECT_NEAR(vr.info().avg_fps, 12.0, 1e-6);
+    // --preset: Lance's VAE preprocessing (image_256res: a 48x32 image goes to a 3:2-ish bucket).
+    r = run_lancet("-q vae encode --preset image_256res --vae " + q(vae) + " --input " +
+                   q(dir / "in.png") + " -o " + q(dir / "zp.safetensors"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const Shape zp = shape_of(dir / "zp.safetensors", "latent");
+    EXPECT_EQ(zp[0], 48);
+    EXPECT_GT(zp[2] * zp[3], 150);  // ~256² pixels / 16²
+}
+
+TEST_F(VaeCli, MediaBadInputIsOneLineAndWritesNothing) {
+    const fs::path z = dir / "z.safetensors";
+    const std::string enc = "vae encode --vae " + q(vae) + " --input ";
+    write_png((dir / "odd.png").string(), ramp_image(40, 30));
+    expect_error(enc + q(dir / "odd.png") + " -o " + q(z), "not multiples of 16", z);
+    std::ofstream(dir / "notes.txt") << "hello";
+    expect_error(enc + q(dir / "notes.txt") + " -o " + q(z), "unknown input type '.txt'", z);
+    write_png((dir / "ok.png").string(), ramp_image(32, 32));
+    expect_error(enc + q(dir / "ok.png") + " -o " + q(dir / "z.png"), "unknown output type",
+                 dir / "z.png");
+    expect_error(enc + q(dir / "ok.png") + " --preset huge -o " + q(z), "unknown resolution preset",
+                 z);
+    // A PNG that is not one: one line naming it.
+    std::ofstream(dir / "fake.png") << "not a png at all";
+    expect_error(enc + q(dir / "fake.png") + " -o " + q(z), "fake.png", z);
+    // --crop takes the centre 32x16 of 40x30
+    auto r =
+        run_lancet("-q vae encode --crop " + enc.substr(11) + q(dir / "odd.png") + " -o " + q(z));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(shape_of(z, "latent"), (Shape{48, 1, 1, 2}));
+    const std::string dec = "vae decode --vae " + q(vae) + " --input ";
+    expect_error(dec + q(z) + " -o " + q(dir / "out.jpg"), "unknown output type '.jpg'",
+                 dir / "out.jpg");
+    expect_error(dec + q(z) + " -o " + q(dir / "missing" / "out.png"), "does not exist",
+                 dir / "missing" / "out.png");
+    write_tensor(dir / "z3.safetensors", "latent", {48, 3, 2, 2});
+    expect_error(dec + q(dir / "z3.safetensors") + " -o " + q(dir / "v.png"),
+                 "a PNG holds one frame", dir / "v.png");
+    // An output that cannot be created (a folder in the way of the temporary name's rename).
+    fs::create_directories(dir / "taken.png" / "inside");
+    expect_error(dec + q(z) + " -o " + q(dir / "taken.png"), "output is a folder",
+                 dir / "taken.png" / "x");
+}
+
 TEST_F(VaeCli, BenchVaeOnTheTinyPreset) {
     auto r = run_lancet(
         "bench vae --preset tiny --latent 2 --conv-side 4 --reps 1 --tile 1 "
@@ -99,6 +202,10 @@ TEST_F(VaeCli, BenchVaeOnTheTinyPreset) {
     EXPECT_NE(r.out.find("decode 2x2 latent -> 32x32 image"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("x cut)"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("tiled decode (tiles of 1, overlap 0"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("| 32 | 32 | bf16 |"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("bf16 activations (weights rounded to bf16): decode"), std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("bf16 activations: encode"), std::string::npos) << r.out;
     r = run_lancet("bench vae --preset tiny --reps 0");
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_NE(r.err.find("--reps must be >= 1"), std::string::npos) << r.err;

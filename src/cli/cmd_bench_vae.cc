@@ -32,6 +32,12 @@ struct BenchVaeOptions {
     int64_t tile = 0, overlap = 4;  // also time a tiled decode and its error vs the untiled one
 };
 
+std::string fmt_double(const char* f, double v) {
+    char b[64];
+    std::snprintf(b, sizeof b, f, v);
+    return b;
+}
+
 template <typename F>
 double median_seconds(int reps, F&& f) {
     std::vector<double> s;
@@ -71,44 +77,75 @@ void run_bench_vae(const BenchVaeOptions& o) {
 
     WanVaeFile f(path);
     const WanVaeConfig& cfg = f.config();
+    // Every measurement twice: exact f32 activations (the weights as stored), and bf16
+    // activations with the weights rounded to bf16 at load (--bf16-activations, vdpbf16ps where
+    // the CPU has it); the second reports its speed-up and its relative error against the first.
     wan_vae::Context ctx;
     ctx.ops = kernels::OpContext::defaults();
+    ctx.ops.bf16_act = kernels::Bf16Act::F32;
+    wan_vae::Context ctx16 = ctx;
+    ctx16.ops.bf16_act = kernels::Bf16Act::Bf16;
+    auto rel_l2 = [](const std::vector<float>& got, const std::vector<float>& ref) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+            num += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
+            den += double(ref[i]) * ref[i];
+        }
+        return std::sqrt(num / std::max(den, 1e-300));
+    };
     std::printf("VAE %s: widths %lld/%lld, %s, %zu threads\n\n", path.c_str(),
                 static_cast<long long>(cfg.dim), static_cast<long long>(cfg.dec_dim),
                 std::string(dtype_name(f.dtype())).c_str(), ctx.ops.threads().size());
 
     // 1. conv3d vs GEMM on the decoder's first and last stage widths.
     std::printf(
-        "| stage conv | C | pixels | conv3d ms | conv3d GFLOP/s | GEMM GFLOP/s (n=512) | ratio |\n"
-        "|---|---|---|---|---|---|---|\n");
+        "| stage conv | C | pixels | act | conv3d ms | conv3d GFLOP/s | GEMM GFLOP/s (n=512) | "
+        "ratio | speed-up | rel. L2 err vs f32 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n");
     const auto dd = cfg.dec_dims();
     for (const std::string& p :
          {std::string("decoder.upsamples.0.upsamples.1.residual.2"),
           "decoder.upsamples." + std::to_string(cfg.stages() - 1) + ".upsamples.1.residual.2"}) {
-        const wan_vae::Conv conv = wan_vae::load_conv(f, p);
-        const int64_t C = conv.w.c_in, H = o.conv_side, W = 2 * o.conv_side;
-        wan_vae::Frames x(1, H, W, C), cache(2, H, W, C), y;
+        const wan_vae::Conv conv32 = wan_vae::load_conv(f, p);
+        f.set_bf16_weights(true);
+        const wan_vae::Conv conv16 = wan_vae::load_conv(f, p);
+        f.set_bf16_weights(false);
+        const int64_t C = conv32.w.c_in, H = o.conv_side, W = 2 * o.conv_side;
+        wan_vae::Frames x(1, H, W, C), cache(2, H, W, C), y32;
         Rng r(3);
         for (float& v : x.d) v = static_cast<float>(r.normal());
         for (float& v : cache.d) v = static_cast<float>(r.normal());
-        const double conv_s = median_seconds(o.reps, [&] { conv.run(ctx, x, &cache, y); });
-        const double flop = 2.0 * static_cast<double>(H * W) * static_cast<double>(conv.w.c_out) *
-                            static_cast<double>(conv.w.c_in * 27);
         // One temporal tap's weight [C, 9·C] as a GEMM on 512 rows: the product conv3d runs
         // three times per output frame.
         const int64_t n = 512, K = 9 * C;
-        std::vector<float> a(static_cast<size_t>(n * K)), b(static_cast<size_t>(n * conv.w.c_out));
+        std::vector<float> a(static_cast<size_t>(n * K)),
+            b(static_cast<size_t>(n * conv32.w.c_out));
         for (float& v : a) v = static_cast<float>(r.normal());
-        const double gemm_s = median_seconds(o.reps, [&] {
-            kernels::linear(ctx.ops, kernels::TensorRef::contiguous(a.data(), {n, K}), conv.w.w[0],
-                            conv.w.bias.data(),
-                            kernels::TensorRef::contiguous(b.data(), {n, conv.w.c_out}));
-        });
-        const double gemm_flop = 2.0 * static_cast<double>(n * K * conv.w.c_out);
-        std::printf("| %s | %lld | %lld | %.2f | %.1f | %.1f | %.2f |\n", p.c_str(),
-                    static_cast<long long>(C), static_cast<long long>(H * W), conv_s * 1e3,
-                    flop / conv_s / 1e9, gemm_flop / gemm_s / 1e9,
-                    (flop / conv_s) / (gemm_flop / gemm_s));
+        const double flop = 2.0 * static_cast<double>(H * W) * static_cast<double>(conv32.w.c_out) *
+                            static_cast<double>(conv32.w.c_in * 27);
+        const double gemm_flop = 2.0 * static_cast<double>(n * K * conv32.w.c_out);
+        double conv32_s = 0;
+        for (int mode = 0; mode < 2; ++mode) {
+            const wan_vae::Context& c = mode ? ctx16 : ctx;
+            const wan_vae::Conv& conv = mode ? conv16 : conv32;
+            wan_vae::Frames y;
+            const double conv_s = median_seconds(o.reps, [&] { conv.run(c, x, &cache, y); });
+            const double gemm_s = median_seconds(o.reps, [&] {
+                kernels::linear(c.ops, kernels::TensorRef::contiguous(a.data(), {n, K}),
+                                conv.w.w[0], conv.w.bias.data(),
+                                kernels::TensorRef::contiguous(b.data(), {n, conv.w.c_out}));
+            });
+            if (mode == 0) {
+                conv32_s = conv_s;
+                y32 = y;
+            }
+            std::printf("| %s | %lld | %lld | %s | %.2f | %.1f | %.1f | %.2f | %s | %s |\n",
+                        p.c_str(), static_cast<long long>(C), static_cast<long long>(H * W),
+                        mode ? "bf16" : "f32", conv_s * 1e3, flop / conv_s / 1e9,
+                        gemm_flop / gemm_s / 1e9, (flop / conv_s) / (gemm_flop / gemm_s),
+                        mode ? fmt_double("%.2fx", conv32_s / conv_s).c_str() : "",
+                        mode ? fmt_double("%.2e", rel_l2(y.d, y32.d)).c_str() : "");
+        }
     }
 
     // 2. decode of one latent frame of latent × latent, and the encode of that image.
@@ -150,13 +187,38 @@ void run_bench_vae(const BenchVaeOptions& o) {
     wan_vae::Encoder enc(f);
     fl = {};
     t0 = Clock::now();
-    wan_vae::encode(ctx, enc, img.data(), 1, lh * cfg.space_factor(), lw * cfg.space_factor());
+    const std::vector<float> lat =
+        wan_vae::encode(ctx, enc, img.data(), 1, lh * cfg.space_factor(), lw * cfg.space_factor());
     const double enc_s = std::chrono::duration<double>(Clock::now() - t0).count();
     std::printf(
         "encode of that image: %.2f s, %.1f GFLOP executed, %.1f with the zero frames "
         "(%.2fx cut), %.1f GFLOP/s\n",
         enc_s, 2 * fl.executed / 1e9, 2 * fl.dense / 1e9, fl.dense / fl.executed,
         2 * fl.executed / enc_s / 1e9);
+
+    // 3. The same decode and encode with bf16 activations (and weights rounded to bf16).
+    f.set_bf16_weights(true);
+    wan_vae::Decoder dec16(f);
+    wan_vae::Encoder enc16(f);
+    f.set_bf16_weights(false);
+    ctx16.flops = nullptr;
+    t0 = Clock::now();
+    const std::vector<float> img16 = wan_vae::decode_all(ctx16, dec16, z.data(), 1, lh, lw);
+    const double dec16_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    double worst = 0;
+    for (size_t i = 0; i < img.size(); ++i)
+        worst = std::max(worst, std::fabs(double(img16[i]) - img[i]));
+    std::printf(
+        "\nbf16 activations (weights rounded to bf16): decode %.2f s (%.2fx the f32 path), "
+        "image vs f32: rel. L2 %.2e, max |diff| %.3g (pixels in [-1, 1])\n",
+        dec16_s, dec_s / dec16_s, rel_l2(img16, img), worst);
+    t0 = Clock::now();
+    const std::vector<float> lat16 = wan_vae::encode(
+        ctx16, enc16, img.data(), 1, lh * cfg.space_factor(), lw * cfg.space_factor());
+    const double enc16_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf(
+        "bf16 activations: encode %.2f s (%.2fx the f32 path), latent vs f32: rel. L2 %.2e\n",
+        enc16_s, enc_s / enc16_s, rel_l2(lat16, lat));
 }
 
 }  // namespace

@@ -30,6 +30,7 @@ struct PerplexityArgs {
     std::vector<std::string> models;
     std::string text, json;
     size_t ctx = 512, stride = 0, max_tokens = 0;
+    bool also_bf16_act = false;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -95,6 +96,20 @@ void run_perplexity(const PerplexityArgs& a) {
             std::make_unique<DecoderSession>(*weights.back(), kernels::OpContext::defaults(&pool)));
         ptrs.push_back(decs.back().get());
     }
+    // Labels and kinds per session; --also-bf16-activations adds a session per model over the
+    // same weights with bf16 activations for its BF16 weights (scored against the first model as
+    // the flags left it: exact f32 unless --bf16-activations).
+    std::vector<std::string> labels = a.models, kinds;
+    for (const auto& ck : cks) kinds.push_back(weight_format_label(*ck));
+    if (a.also_bf16_act)
+        for (size_t i = 0; i < cks.size(); ++i) {
+            kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
+            ctx.bf16_act = kernels::Bf16Act::Bf16;
+            decs.push_back(std::make_unique<DecoderSession>(*weights[i], ctx));
+            ptrs.push_back(decs.back().get());
+            labels.push_back(a.models[i] + " (bf16 act)");
+            kinds.push_back(kinds[i]);
+        }
     PerplexityOptions po;
     po.ctx = a.ctx;
     po.stride = stride;
@@ -108,12 +123,12 @@ void run_perplexity(const PerplexityArgs& a) {
     nlohmann::json models = nlohmann::json::array();
     for (size_t i = 0; i < r.models.size(); ++i) {
         const ModelScore& s = r.models[i];
-        const std::string kind = weight_format_label(*cks[i]);
-        std::printf("| %s | %s | %zu | %s ± %s | %s | %s | %s | %.1f |\n", a.models[i].c_str(),
+        const std::string& kind = kinds[i];
+        std::printf("| %s | %s | %zu | %s ± %s | %s | %s | %s | %.1f |\n", labels[i].c_str(),
                     kind.c_str(), s.tokens, num("%.4f", s.ppl).c_str(),
                     num("%.4f", s.ppl_se).c_str(), num("%.6f", s.mean_kl).c_str(),
                     num("%.6f", s.kl_p99).c_str(), num("%.4f", s.top1_agree).c_str(), s.seconds);
-        nlohmann::json j = {{"model", a.models[i]},   {"kind", kind},        {"tokens", s.tokens},
+        nlohmann::json j = {{"model", labels[i]},     {"kind", kind},        {"tokens", s.tokens},
                             {"mean_nll", s.mean_nll}, {"nll_se", s.nll_se},  {"ppl", s.ppl},
                             {"ppl_se", s.ppl_se},     {"seconds", s.seconds}};
         if (i > 0) {
@@ -161,6 +176,9 @@ void add_perplexity(CLI::App& app) {
     cmd->add_option("--stride", args->stride, "Window advance in tokens (default ctx/2)");
     cmd->add_option("--max-tokens", args->max_tokens, "Score only the first T tokens");
     cmd->add_option("--json", args->json, "Also write the results as JSON to this file");
+    cmd->add_flag("--also-bf16-activations", args->also_bf16_act,
+                  "Also score every model with bf16 activations for its BF16 weights (same "
+                  "weights, a second session), against the first model as run");
     cmd->callback([args] { run_perplexity(*args); });
 }
 

@@ -41,6 +41,13 @@ int main(int argc, char** argv) {
     bool exact_activations = false;
     app.add_flag("--exact-activations", exact_activations,
                  "INT4 weights with exact f32 activations (default: int8 activations, W4A8)");
+    // bf16 activations for BF16 weights (vdpbf16ps on AVX-512 BF16): opt-in by measurement
+    // (README, "BF16 weights with bf16 activations"). The VAE then also rounds its F32 weights to
+    // bf16 at load, as Lance's bf16 autocast does.
+    bool bf16_activations = false;
+    app.add_flag("--bf16-activations", bf16_activations,
+                 "BF16 weights (and the VAE, its weights rounded to bf16) with activations "
+                 "rounded to bf16: bf16 x bf16 dot products, f32 sums (default: exact f32)");
     // The lm_head an INT4 checkpoint stores in BF16 runs as INT4 g64 by measurement (README,
     // "Defaults from measurement": +0.2% KL with W4A8 on the small synth's AWQ form).
     std::string lm_head = "int4";
@@ -61,6 +68,14 @@ int main(int argc, char** argv) {
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Int8);
         else
             (void)lancet::kernels::activation_mode();  // $LANCET_ACT decides; a bad value fails
+        if (exact_activations && bf16_activations)
+            lancet::fail("--exact-activations and --bf16-activations contradict each other");
+        if (exact_activations)
+            lancet::kernels::set_bf16_activation_mode(lancet::kernels::Bf16Act::F32);
+        else if (bf16_activations)
+            lancet::kernels::set_bf16_activation_mode(lancet::kernels::Bf16Act::Bf16);
+        else
+            (void)lancet::kernels::bf16_activation_mode();  // $LANCET_BF16_ACT; bad value fails
     });
 
     lancet::cli::add_synth(app);

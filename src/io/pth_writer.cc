@@ -191,10 +191,7 @@ PthWriter::PthWriter(std::string path, bool force_zip64)
     check_not_source(path_);
 }
 
-PthWriter::~PthWriter() {
-    if (fd_ >= 0) ::close(fd_);
-    if (begun_ && !finished_) ::unlink(tmp_path_.c_str());
-}
+PthWriter::~PthWriter() = default;
 
 void PthWriter::add(const std::string& name, DType dtype, const Shape& shape) {
     if (begun_) fail(path_, ": tensor \"", name, "\" added after the header was written");
@@ -208,17 +205,8 @@ void PthWriter::add(const std::string& name, DType dtype, const Shape& shape) {
 }
 
 void PthWriter::write_raw(const void* data, size_t n) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    while (n > 0) {
-        const ssize_t w = ::write(fd_, p, std::min<size_t>(n, 1 << 30));
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            fail(path_, ": write failed: ", std::strerror(errno));
-        }
-        p += w;
-        pos_ += static_cast<uint64_t>(w);
-        n -= static_cast<size_t>(w);
-    }
+    file_->write_all(data, n);
+    pos_ += n;
 }
 
 // A local header (CRC 0 for now: close_entry() writes the real one in place) whose extra field
@@ -265,8 +253,7 @@ void PthWriter::close_entry() {
     e.crc = cur_crc_;
     uint8_t b[4];
     for (int i = 0; i < 4; ++i) b[i] = static_cast<uint8_t>((e.crc >> (8 * i)) & 0xff);
-    if (::pwrite(fd_, b, 4, static_cast<off_t>(e.local_offset + 14)) != 4)
-        fail(path_, ": write failed: ", std::strerror(errno));
+    file_->pwrite_all(b, 4, e.local_offset + 14);
 }
 
 void PthWriter::write_entry(const std::string& name, const std::string& bytes) {
@@ -279,9 +266,7 @@ void PthWriter::write_entry(const std::string& name, const std::string& bytes) {
 
 void PthWriter::begin() {
     if (begun_) return;
-    tmp_path_ = path_ + ".tmp." + std::to_string(::getpid());
-    fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail(path_, ": cannot create ", tmp_path_, ": ", std::strerror(errno));
+    file_ = std::make_unique<TempFile>(path_);
     begun_ = true;
     write_entry("data.pkl", state_dict_pickle(tensors_));
     write_entry("byteorder", "little");
@@ -390,14 +375,7 @@ void PthWriter::finish() {
     put16(cd, 0);
     write_raw(cd.data(), cd.size());
 
-    if (::fsync(fd_) != 0) fail(path_, ": fsync failed: ", std::strerror(errno));
-    if (::close(fd_) != 0) {
-        fd_ = -1;
-        fail(path_, ": close failed: ", std::strerror(errno));
-    }
-    fd_ = -1;
-    if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-        fail(path_, ": cannot rename ", tmp_path_, ": ", std::strerror(errno));
+    file_->commit();
     finished_ = true;
 }
 

@@ -3,11 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_set>
 #include <vector>
 
 #include "core/tensor.h"
+#include "io/temp_output.h"
 
 namespace lancet {
 
@@ -61,11 +63,11 @@ class PthWriter {
     void close_entry();
     void write_entry(const std::string& name, const std::string& bytes);
 
-    std::string path_, tmp_path_;
+    std::string path_;
+    std::unique_ptr<TempFile> file_;  // from begin(); removed unless finish() committed it
     std::vector<PthTensorDecl> tensors_;
     std::unordered_set<std::string> names_;
     std::vector<Entry> entries_;
-    int fd_ = -1;
     bool force_zip64_ = false;
     bool begun_ = false, finished_ = false;
     uint64_t pos_ = 0;         // bytes written to the file

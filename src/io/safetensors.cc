@@ -233,10 +233,7 @@ SafetensorsWriter::SafetensorsWriter(std::string path) : path_(std::move(path)) 
     check_not_source(path_);
 }
 
-SafetensorsWriter::~SafetensorsWriter() {
-    if (fd_ >= 0) ::close(fd_);
-    if (begun_ && !finished_) ::unlink(tmp_path_.c_str());
-}
+SafetensorsWriter::~SafetensorsWriter() = default;
 
 void SafetensorsWriter::add(const std::string& name, DType dtype, const Shape& shape) {
     if (begun_) fail(path_, ": tensor \"", name, "\" added after the header was written");
@@ -258,18 +255,7 @@ void SafetensorsWriter::set_metadata(const std::string& key, const std::string& 
     metadata_[key] = value;
 }
 
-void SafetensorsWriter::write_raw(const void* data, size_t n) {
-    const auto* p = static_cast<const uint8_t*>(data);
-    while (n > 0) {
-        const ssize_t w = ::write(fd_, p, std::min<size_t>(n, 1 << 30));
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            fail(path_, ": write failed: ", std::strerror(errno));
-        }
-        p += w;
-        n -= static_cast<size_t>(w);
-    }
-}
+void SafetensorsWriter::write_raw(const void* data, size_t n) { file_->write_all(data, n); }
 
 void SafetensorsWriter::begin() {
     if (begun_) return;
@@ -283,11 +269,7 @@ void SafetensorsWriter::begin() {
     // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
     while ((8 + text.size()) % 8 != 0) text.push_back(' ');
 
-    remove_stale_temps(path_);
-    tmp_path_ = path_ + ".tmp." + std::to_string(::getpid());
-    tmp_reg_ = std::make_unique<TempRegistration>(tmp_path_);
-    fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail(path_, ": cannot create ", tmp_path_, ": ", std::strerror(errno));
+    file_ = std::make_unique<TempFile>(path_);
     begun_ = true;
     uint8_t len[8];
     uint64_t n = text.size();
@@ -341,49 +323,15 @@ void SafetensorsWriter::finish() {
     if (!begun_) begin();
     if (cur_ != entries_.size())
         fail(path_, ": finished before tensor \"", entries_[cur_].name, "\" was written");
-    if (::fsync(fd_) != 0) fail(path_, ": fsync failed: ", std::strerror(errno));
-    if (::close(fd_) != 0) {
-        fd_ = -1;
-        fail(path_, ": close failed: ", std::strerror(errno));
-    }
-    fd_ = -1;
-    tmp_reg_->commit([&] {
-        if (::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-            fail(path_, ": cannot rename ", tmp_path_, ": ", std::strerror(errno));
-    });
+    file_->commit();
     finished_ = true;
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
     check_not_source(path);
-    remove_stale_temps(path);
-    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-    TempRegistration reg(tmp);
-    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) fail(path, ": cannot create: ", std::strerror(errno));
-    size_t done = 0;
-    while (done < bytes.size()) {
-        const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) {
-            const int e = errno;
-            ::close(fd);
-            ::unlink(tmp.c_str());
-            fail(path, ": write failed: ", std::strerror(e));
-        }
-        done += static_cast<size_t>(w);
-    }
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-        ::unlink(tmp.c_str());
-        fail(path, ": cannot flush: ", std::strerror(errno));
-    }
-    reg.commit([&] {
-        if (::rename(tmp.c_str(), path.c_str()) != 0) {
-            const int e = errno;
-            ::unlink(tmp.c_str());
-            fail(path, ": cannot rename: ", std::strerror(e));
-        }
-    });
+    TempFile f(path);
+    f.write_all(bytes.data(), bytes.size());
+    f.commit();
 }
 
 }  // namespace lancet

@@ -116,12 +116,11 @@ class SafetensorsWriter {
   private:
     void write_raw(const void* data, size_t n);
 
-    std::string path_, tmp_path_;
-    std::unique_ptr<TempRegistration> tmp_reg_;  // removes tmp_path_ on SIGINT/SIGTERM
+    std::string path_;
+    std::unique_ptr<TempFile> file_;  // from begin(); removed unless finish() committed it
     std::vector<TensorEntry> entries_;
     std::map<std::string, std::string> metadata_;
     std::unordered_map<std::string, size_t> names_;
-    int fd_ = -1;
     bool begun_ = false, finished_ = false;
     size_t cur_ = 0;         // index of the tensor being written
     uint64_t cur_done_ = 0;  // bytes of it written so far

@@ -1,14 +1,17 @@
 // Implementation of the temporary-output registry and the interruption cleanup thread.
 #include "io/temp_output.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <thread>
@@ -143,6 +146,63 @@ void TempRegistration::commit(const std::function<void()>& publish) {
             break;
         }
     id_ = -1;
+}
+
+namespace {
+std::string temp_name(const std::string& path) {
+    remove_stale_temps(path);
+    return path + ".tmp." + std::to_string(::getpid());
+}
+}  // namespace
+
+TempFile::TempFile(std::string path) : path_(std::move(path)), tmp_(temp_name(path_)), reg_(tmp_) {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail(path_, ": cannot create ", tmp_, ": ", std::strerror(errno));
+}
+
+TempFile::~TempFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+}
+
+void TempFile::write_all(const void* data, size_t n) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (n > 0) {
+        const ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t{1} << 30));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            fail(path_, ": write failed: ", std::strerror(errno));
+        }
+        p += w;
+        n -= static_cast<size_t>(w);
+    }
+}
+
+void TempFile::pwrite_all(const void* data, size_t n, uint64_t offset) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (n > 0) {
+        const ssize_t w = ::pwrite(fd_, p, n, static_cast<off_t>(offset));
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            fail(path_, ": write failed: ", std::strerror(errno));
+        }
+        p += w;
+        offset += static_cast<uint64_t>(w);
+        n -= static_cast<size_t>(w);
+    }
+}
+
+void TempFile::commit() {
+    if (committed_) return;
+    if (::fsync(fd_) != 0) fail(path_, ": fsync failed: ", std::strerror(errno));
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    if (rc != 0) fail(path_, ": close failed: ", std::strerror(errno));
+    reg_.commit([&] {
+        if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+            fail(path_, ": cannot rename ", tmp_, ": ", std::strerror(errno));
+    });
+    committed_ = true;
 }
 
 int remove_stale_temps(const std::string& final_path) {

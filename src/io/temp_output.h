@@ -3,6 +3,8 @@
 // cleaning up (SIGKILL, power loss).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -39,6 +41,35 @@ class TempRegistration {
 
   private:
     int id_ = -1;
+};
+
+// One output file written under a temporary name: the temporaries of dead runs beside `path` are
+// removed, `<path>.tmp.<pid>` is registered for removal on interruption and created; commit()
+// fsyncs, closes and renames it onto `path` (with the interruption cleanup held off); destroyed
+// before commit(), it closes and removes the temporary. Every error names `path`. The one
+// temp/fsync/rename sequence behind the safetensors, .pth and whole-file writers.
+class TempFile {
+  public:
+    explicit TempFile(std::string path);
+    ~TempFile();
+    TempFile(const TempFile&) = delete;
+    TempFile& operator=(const TempFile&) = delete;
+
+    int fd() const { return fd_; }
+    const std::string& path() const { return path_; }
+    const std::string& temp_path() const { return tmp_; }
+    // Writes all n bytes at the current offset (EINTR retried; a short or failed write is an
+    // Error naming path, e.g. a full disk).
+    void write_all(const void* data, size_t n);
+    // n bytes at `offset` (patching a header written earlier).
+    void pwrite_all(const void* data, size_t n, uint64_t offset);
+    void commit();
+
+  private:
+    std::string path_, tmp_;
+    TempRegistration reg_;
+    int fd_ = -1;
+    bool committed_ = false;
 };
 
 // Removes the temporaries `<final_path>.tmp.<pid>` (and `.old.<pid>`, the replaced output a forced

@@ -25,6 +25,16 @@ std::optional<Isa> g_forced;
 std::optional<Isa> g_env;  // resolved once from LANCET_ISA
 std::optional<ActMode> g_act_forced;
 std::optional<ActMode> g_act_env;  // resolved once from LANCET_ACT
+std::optional<Bf16Act> g_bf16_act_forced;
+std::optional<Bf16Act> g_bf16_act_env;  // resolved once from LANCET_BF16_ACT
+
+Bf16Act parse_bf16_act_env() {
+    const char* v = std::getenv("LANCET_BF16_ACT");
+    if (!v || !*v || std::strcmp(v, "f32") == 0) return Bf16Act::F32;
+    if (std::strcmp(v, "bf16") == 0) return Bf16Act::Bf16;
+    fail("LANCET_BF16_ACT=", v,
+         ": unknown activation mode for bf16 weights (expected f32 or bf16)");
+}
 
 ActMode parse_act_env() {
     const char* v = std::getenv("LANCET_ACT");
@@ -162,6 +172,25 @@ void clear_activation_mode() {
     g_act_forced.reset();
 }
 
+const char* bf16_act_name(Bf16Act m) { return m == Bf16Act::Bf16 ? "bf16" : "f32"; }
+
+Bf16Act bf16_activation_mode() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_bf16_act_forced) return *g_bf16_act_forced;
+    if (!g_bf16_act_env) g_bf16_act_env = parse_bf16_act_env();
+    return *g_bf16_act_env;
+}
+
+void set_bf16_activation_mode(Bf16Act m) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_bf16_act_forced = m;
+}
+
+void clear_bf16_activation_mode() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_bf16_act_forced.reset();
+}
+
 std::string runtime_description(const ThreadPool& pool) {
     const Isa isa = active_isa();
     std::string s = "ISA ";
@@ -178,6 +207,7 @@ std::string runtime_description(const ThreadPool& pool) {
     }
     s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
     if (activation_mode() == ActMode::Int8) s += ", int4 activations int8 (W4A8)";
+    if (bf16_activation_mode() == Bf16Act::Bf16) s += ", bf16 activations for bf16 weights";
     return s;
 }
 
@@ -220,6 +250,12 @@ W4A8Fn w4a8_kernel(Isa isa) {
             break;
     }
     return &w4a8_scalar;
+}
+
+// vdpbf16ps for BF16 weights x bf16 activations: the AVX-512 path only (its file is built with
+// -mavx512bf16 and cpu_supports(Avx512) requires BF16); the others round x and use linear_kernel.
+Bf16DotFn bf16dot_kernel(Isa isa) {
+    return checked(isa) == Isa::Avx512 ? &bf16dot_avx512 : nullptr;
 }
 
 DequantBf16Fn dequant_bf16_kernel(Isa isa) {

@@ -420,6 +420,30 @@ void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
 }
 }  // namespace detail
 
+namespace detail {
+void bf16_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const float* bias,
+               float* y, ThreadPool& pool) {
+    if (w.type() != WeightType::BF16)
+        fail("bf16 activations: weight is ", weight_type_name(w.type()), ", not bf16");
+    if (n == 0) return;
+    if (const Bf16DotFn fn = bf16dot_kernel(isa)) {
+        fn(x, n, w.packed(), bias, y, pool);
+        return;
+    }
+    // No vdpbf16ps on this path: the f32 kernel on x rounded to bf16 (the same products, exact
+    // in f32, summed in f32).
+    thread_local std::vector<float> xr;
+    if (xr.size() < n * w.in()) xr.resize(n * w.in());
+    for (size_t i = 0; i < n * w.in(); ++i) xr[i] = round_bf16(x[i]);
+    linear_kernel(isa)(xr.data(), n, w.packed(), bias, y, nullptr, pool);
+}
+}  // namespace detail
+
+void linear_bf16act(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
+                    ThreadPool& pool) {
+    detail::bf16_rows(active_isa(), x, n, w, bias, y, pool);
+}
+
 void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
                  ThreadPool& pool) {
     detail::w4a8_rows(active_isa(), x, n, w, bias, y, pool);
@@ -429,7 +453,7 @@ void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* b
 // ISA and activation mode.
 void linear(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
             ThreadPool& pool) {
-    const OpContext ctx{&pool, active_isa(), activation_mode()};
+    const OpContext ctx{&pool, active_isa(), activation_mode(), bf16_activation_mode()};
     detail::linear_rows(ctx, x, n, w, bias, y);
 }
 

@@ -152,6 +152,24 @@ ActMode activation_mode();
 void set_activation_mode(ActMode m);
 void clear_activation_mode();  // back to $LANCET_ACT / F32
 
+// How linear() and conv3d treat the activations of a BF16 weight (other types ignore it).
+// F32: exact f32 activations, f32 accumulation (the accurate default). Bf16: each element of x is
+// rounded once per call to bf16, x̃ = f32_to_bf16(x) (round to nearest even, as torch's
+// .to(bfloat16); core/numeric.h), then the products w·x̃ (exact in f32: 8-bit by 8-bit
+// significands) are summed in f32. On AVX-512 BF16 the sums run on vdpbf16ps, which adds the two
+// products of each column pair (k, k+1) to an f32 accumulator and flushes denormal inputs and
+// results to zero; on scalar and AVX2 the same x̃ goes through that ISA's f32 kernel, so the
+// paths agree to f32 summation order, not to the bit. Error vs exact: |x̃ - x| <= 2^-9 |x| per
+// element (the bf16 unit roundoff), i.e. at most 2^-9 Σ|w·x| per output, plus the f32 sum's
+// (K + 2)·2^-24 Σ|w·x̃| and, from the flush, 2^-126 Σ|w|. Bit-identical across thread counts.
+enum class Bf16Act : uint8_t { F32, Bf16 };
+const char* bf16_act_name(Bf16Act m);  // "f32", "bf16"
+// The mode linear() uses now: set_bf16_activation_mode()'s, else $LANCET_BF16_ACT (f32|bf16;
+// lancet::Error if anything else), else F32. (dispatch.cc.)
+Bf16Act bf16_activation_mode();
+void set_bf16_activation_mode(Bf16Act m);
+void clear_bf16_activation_mode();  // back to $LANCET_BF16_ACT / F32
+
 // y[n, out] = x[n, in] · Wᵀ + bias (bias nullable), f32 activations and accumulation (or W4A8 for
 // Q4 weights when activation_mode() is Int8), on the kernel dispatch picked (dispatch.h). Each
 // output element is computed by one thread with the same instructions for any thread count, so
@@ -169,6 +187,10 @@ void reset_linear_seconds();
 
 // Reference: the same product in double precision, plain loops, straight from the file layout.
 void linear_ref(const float* x, size_t n, const WeightView& w, const float* bias, double* y);
+
+// Bf16Act::Bf16 explicitly, whatever bf16_activation_mode() says. BF16 weights only.
+void linear_bf16act(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
+                    ThreadPool& pool);
 
 // W4A8 (ActMode::Int8) explicitly, whatever activation_mode() says. Q4 weights only.
 void linear_w4a8(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,

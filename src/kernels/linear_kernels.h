@@ -55,9 +55,23 @@ void w4a8_avx2(const float* x, size_t n, const PackedView& w, const float* bias,
 void w4a8_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
                  const W4A8Scratch& s, ThreadPool& pool);
 
+// BF16 weights x bf16-rounded activations (Bf16Act::Bf16, linear.h) with vdpbf16ps: rounds x
+// itself (n rows of in f32) and multiplies. AVX-512 BF16 only.
+using Bf16DotFn = void (*)(const float* x, size_t n, const PackedView& w, const float* bias,
+                           float* y, ThreadPool& pool);
+void bf16dot_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                    ThreadPool& pool);
+
 }  // namespace lancet::kernels::detail
 
 namespace lancet::kernels::detail {
+// The vdpbf16ps kernel for an ISA; nullptr where the ISA has none (scalar, AVX2: bf16_rows rounds
+// x to bf16 and runs that ISA's f32 kernel on it, the same products and f32 sums).
+Bf16DotFn bf16dot_kernel(Isa isa);
+// Bf16Act::Bf16 on dense rows of a BF16 weight with the kernels of `isa`.
+void bf16_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const float* bias,
+               float* y, ThreadPool& pool);
+
 // The kernel for an ISA (dispatch.cc; lancet::Error if this CPU lacks it).
 LinearFn linear_kernel(Isa isa);
 W4A8Fn w4a8_kernel(Isa isa);

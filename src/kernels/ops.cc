@@ -89,6 +89,7 @@ OpContext OpContext::defaults(ThreadPool* pool) {
     c.pool = pool ? pool : &default_pool();
     c.isa = active_isa();
     c.act = activation_mode();
+    c.bf16_act = bf16_activation_mode();
     return c;
 }
 
@@ -188,6 +189,10 @@ void linear_rows_untimed(const OpContext& ctx, const float* x, size_t n, const L
     ThreadPool& pool = ctx.threads();
     if (w.type() == WeightType::Q4 && ctx.act == ActMode::Int8) {
         w4a8_rows(ctx.isa, x, n, w, bias, y, pool);
+        return;
+    }
+    if (w.type() == WeightType::BF16 && ctx.bf16_act == Bf16Act::Bf16) {
+        bf16_rows(ctx.isa, x, n, w, bias, y, pool);
         return;
     }
     const PackedView p = w.packed();

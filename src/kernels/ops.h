@@ -67,18 +67,20 @@ struct TensorRef {
 struct OpContext {
     ThreadPool* pool = nullptr;
     Isa isa = Isa::Scalar;
-    ActMode act = ActMode::F32;  // how linear/conv3d treat activations of INT4 weights
+    ActMode act = ActMode::F32;       // how linear/conv3d treat activations of INT4 weights
+    Bf16Act bf16_act = Bf16Act::F32;  // how linear/conv3d treat activations of BF16 weights
 
     ThreadPool& threads() const { return pool ? *pool : default_pool(); }
     // The process defaults at the edge of a program (CLI, tests): active_isa(),
-    // activation_mode(), and the given pool (nullptr: default_pool()).
+    // activation_mode(), bf16_activation_mode(), and the given pool (nullptr: default_pool()).
     static OpContext defaults(ThreadPool* pool = nullptr);
 };
 
 // ---- dense algebra --------------------------------------------------------------------------
 
 // y[n, out] = x[n, in] · Wᵀ + bias (bias nullable). x and y: 2-D, unit column stride (rows may
-// be strided). INT4 weights use ctx.act (linear.h documents the exact W4A8 arithmetic).
+// be strided). INT4 weights use ctx.act, BF16 weights ctx.bf16_act (linear.h documents the exact
+// W4A8 and bf16-activation arithmetic).
 void linear(const OpContext& ctx, const TensorRef& x, const LinearWeight& w, const float* bias,
             const TensorRef& y);
 

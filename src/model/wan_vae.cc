@@ -76,10 +76,28 @@ void Conv::run(const Context& ctx, const Frames& x, const Frames* cache, Frames&
     }
 }
 
+namespace {
+// `v` as it reaches the kernels: rounded to bf16 (into `keep`) when the file asks for bf16 weights
+// and v is F32, else v itself.
+TensorView weight_view(const WanVaeFile& f, const TensorView& v, std::vector<uint16_t>& keep) {
+    if (!f.bf16_weights() || v.dtype != DType::F32) return v;
+    const std::vector<float> w = to_f32(v);
+    keep.resize(w.size());
+    for (size_t i = 0; i < w.size(); ++i) keep[i] = f32_to_bf16(w[i]);
+    TensorView r = v;
+    r.dtype = DType::BF16;
+    r.data = reinterpret_cast<const uint8_t*>(keep.data());
+    r.nbytes = keep.size() * sizeof(uint16_t);
+    return r;
+}
+}  // namespace
+
 Conv load_conv(const WanVaeFile& f, const std::string& prefix) {
     Conv c;
     const TensorView& bias = f.view(prefix + ".bias");
-    c.w = kernels::Conv3dWeight::from_checkpoint(f.view(prefix + ".weight"), &bias);
+    std::vector<uint16_t> keep;
+    c.w = kernels::Conv3dWeight::from_checkpoint(weight_view(f, f.view(prefix + ".weight"), keep),
+                                                 &bias);
     c.p.pad_t_front = static_cast<int>(2 * (c.w.kt / 2));
     c.p.pad_top = c.p.pad_bottom = c.p.pad_left = c.p.pad_right = static_cast<int>(c.w.kh / 2);
     return c;
@@ -124,7 +142,8 @@ AttentionBlock::AttentionBlock(const WanVaeFile& f, const std::string& p)
       proj_b_(f.to_f32(p + ".proj.bias")) {
     c_ = f.view(p + ".proj.weight").shape[0];
     auto load = [&](const std::string& n) {
-        const TensorView& v = f.view(n);
+        std::vector<uint16_t> keep;
+        const TensorView v = weight_view(f, f.view(n), keep);
         const size_t out = static_cast<size_t>(v.shape[0]), in = static_cast<size_t>(v.shape[1]);
         return v.dtype == DType::BF16 ? kernels::LinearWeight::from_bf16(
                                             reinterpret_cast<const uint16_t*>(v.data), out, in)

@@ -91,6 +91,11 @@ class WanVaeFile {
     std::vector<double> to_f64(const std::string& name) const;
     uint64_t params() const { return params_; }
     DType dtype() const { return dtype_; }  // of the first weight (files are not mixed in practice)
+    // When set, the blocks built from this file (model/wan_vae.h) round F32 convolution and
+    // attention weights to bf16 as they load (what Lance's bf16 autocast multiplies with), so they
+    // run on the BF16 kernels; pair it with OpContext::bf16_act = Bf16 for bf16 activations.
+    void set_bf16_weights(bool on) { bf16_weights_ = on; }
+    bool bf16_weights() const { return bf16_weights_; }
 
   private:
     std::string path_;
@@ -101,6 +106,7 @@ class WanVaeFile {
     std::vector<std::vector<uint8_t>> gathered_;  // strided .pth tensors made contiguous
     uint64_t params_ = 0;
     DType dtype_ = DType::F32;
+    bool bf16_weights_ = false;
 };
 
 // The 48-channel latent statistics of Wan2.2 (vae2_2.py), as Lance builds them: mean and std in

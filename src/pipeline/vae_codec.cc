@@ -12,9 +12,12 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "io/image.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
+#include "io/video.h"
 #include "model/wan_vae.h"
+#include "pipeline/preprocess.h"
 
 namespace lancet {
 
@@ -52,6 +55,78 @@ std::vector<float> read_input(const std::string& path, const std::string& name, 
     return v;
 }
 
+enum class Media { Safetensors, Image, Video, Png, Mp4, Unknown };
+
+std::string lower_extension(const std::string& path) {
+    std::string e = fs::path(path).extension().string();
+    for (char& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return e;
+}
+
+Media input_media(const std::string& path) {
+    const std::string e = lower_extension(path);
+    if (e == ".safetensors") return Media::Safetensors;
+    if (e == ".png" || e == ".jpg" || e == ".jpeg" || e == ".webp") return Media::Image;
+    if (e == ".mp4" || e == ".mkv" || e == ".mov" || e == ".webm" || e == ".avi")
+        return Media::Video;
+    fail(path, ": unknown input type '", e,
+         "' (expected .safetensors, an image .png/.jpg/.jpeg/.webp or a video "
+         ".mp4/.mkv/.mov/.webm/.avi)");
+}
+
+Media output_media(const std::string& path, bool video) {
+    const std::string e = lower_extension(path);
+    if (e == ".safetensors") return Media::Safetensors;
+    if (video && e == ".png") return Media::Png;
+    if (video && e == ".mp4") return Media::Mp4;
+    fail(path, ": unknown output type '", e, "' (expected ",
+         video ? ".safetensors, .png or .mp4" : ".safetensors", ")");
+}
+
+// Frames of an image or video file as [3, T, H, W] in [-1, 1] (see vae_encode_file). Shape:
+// {3, T, H, W}.
+std::vector<float> read_media(const std::string& path, Media m, const std::string& preset,
+                              Shape& shape) {
+    std::error_code ec;
+    if (!fs::exists(path, ec)) fail(path, ": no such input file");
+    if (!preset.empty()) {
+        const PreprocessResult r =
+            m == Media::Image ? preprocess_image(read_image(path), preset, VisionStream::Vae)
+                              : preprocess_video(path, preset, VisionStream::Vae);
+        shape = {3, r.pixels.T, r.pixels.H, r.pixels.W};
+        log_info("vae encode: ", path, " (", r.source_width, "x", r.source_height, ") through ",
+                 preset, "'s VAE preprocessing: ", r.pixels.T, " frame(s) of ", r.pixels.W, "x",
+                 r.pixels.H);
+        return r.pixels.data;
+    }
+    // The pixels as they are, normalised as the VAE stream does ((x/255 − 0.5) / 0.5).
+    StreamSpec spec;
+    spec.divisible = 16;
+    std::fill(spec.mean, spec.mean + 3, 0.5f);
+    std::fill(spec.std, spec.std + 3, 0.5f);
+    PixelTensor px;
+    if (m == Media::Image) {
+        const ImageRGB8 img = read_image(path);
+        px.T = 1, px.H = img.height, px.W = img.width;
+        px.data.resize(static_cast<size_t>(3 * px.H * px.W));
+        normalize_frame(img, spec, &px, 0);
+    } else {
+        VideoReader vr(path);
+        const VideoInfo& info = vr.info();
+        const FrameSampling fsamp = lance_sample_frames(info.frame_count, info.avg_fps);
+        px.T = static_cast<int64_t>(fsamp.indices.size());
+        px.H = info.height, px.W = info.width;
+        px.data.resize(static_cast<size_t>(3 * px.T * px.H * px.W));
+        vr.read_frames(fsamp.indices, [&](size_t k, const ImageRGB8& fr) {
+            normalize_frame(fr, spec, &px, static_cast<int64_t>(k));
+        });
+        log_info("vae encode: ", path, ": ", px.T, " of ", info.frame_count,
+                 " frames sampled at 12 fps (spec §3.5)");
+    }
+    shape = {3, px.T, px.H, px.W};
+    return std::move(px.data);
+}
+
 // Refuses an output that cannot be written before any work is done.
 void check_output(const std::string& out, const std::string& in) {
     if (out.empty()) fail("no output file given");
@@ -66,6 +141,10 @@ void check_output(const std::string& out, const std::string& in) {
     check_not_source(out);
 }
 
+// The decoded video [3, T, H, W] to `out` by its extension (checked by output_media earlier).
+void write_video(const std::string& out, const std::vector<float>& video, int64_t T, int64_t H,
+                 int64_t W);
+
 void write_output(const std::string& out, const std::string& name, const Shape& shape,
                   const std::vector<float>& v) {
     SafetensorsWriter w(out);
@@ -74,6 +153,24 @@ void write_output(const std::string& out, const std::string& name, const Shape& 
     w.begin();
     w.write(name, v.data(), v.size() * 4);
     w.finish();
+}
+
+void write_video(const std::string& out, const std::vector<float>& video, int64_t T, int64_t H,
+                 int64_t W) {
+    switch (output_media(out, true)) {
+        case Media::Png:
+            write_png(out, frame_to_rgb8(video.data(), T, H, W, 0));
+            break;
+        case Media::Mp4: {
+            VideoWriteOptions o;
+            o.fps = 12.0;
+            write_mp4(out, video.data(), T, H, W, o);
+            break;
+        }
+        default:
+            write_output(out, "video", {3, T, H, W}, video);
+            break;
+    }
 }
 
 // "encode: 5/9 frames, 2.1 s, ETA 1.7 s" on stderr.
@@ -88,13 +185,34 @@ wan_vae::Progress progress_printer(const char* what) {
     };
 }
 
+// The process's op context for a VAE run; with bf16 activations for BF16 weights (the top-level
+// --bf16-activations / $LANCET_BF16_ACT), `f` also rounds its F32 weights to bf16 as they load,
+// as Lance's bf16 autocast does, so every convolution runs bf16 x bf16 with f32 sums.
+wan_vae::Context vae_context(WanVaeFile& f) {
+    wan_vae::Context ctx;
+    ctx.ops = kernels::OpContext::defaults();
+    f.set_bf16_weights(ctx.ops.bf16_act == kernels::Bf16Act::Bf16);
+    return ctx;
+}
+
 }  // namespace
 
 void vae_encode_file(const std::string& vae, const std::string& in, const std::string& out,
                      const VaeEncodeOptions& opt) {
+    const Media in_kind = input_media(in);
+    output_media(out, false);
+    if (!opt.preset.empty()) {
+        if (in_kind == Media::Safetensors)
+            fail(in, ": --preset applies to image and video input, not to a 'video' tensor");
+        (void)stream_spec(opt.preset, VisionStream::Vae);  // an unknown preset fails here
+    }
+    if (in_kind == Media::Video && !video_support_built())
+        fail(in, ": this build has no video support (FFmpeg)");
     check_output(out, in);
     Shape s;
-    std::vector<float> video = read_input(in, "video", s);
+    std::vector<float> video = in_kind == Media::Safetensors
+                                   ? read_input(in, "video", s)
+                                   : read_media(in, in_kind, opt.preset, s);
     const std::string path = resolve_vae_path(vae);
     auto f = std::make_unique<WanVaeFile>(path);
     const WanVaeConfig cfg = f->config();
@@ -132,11 +250,13 @@ void vae_encode_file(const std::string& vae, const std::string& in, const std::s
              s[1] < 1 ? 0 : (s[1] - 1) % tf, " frame(s) (use the first ",
              s[1] < 1 ? 1 : s[1] - (s[1] - 1) % tf, "; --crop does that)");
     log_info("vae encode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
-             dtype_name(f->dtype()), "), video ", shape_str(s));
+             dtype_name(f->dtype()), "), video ", shape_str(s),
+             kernels::bf16_activation_mode() == kernels::Bf16Act::Bf16
+                 ? ", bf16 weights and activations"
+                 : "");
+    const wan_vae::Context ctx = vae_context(*f);
     wan_vae::Encoder enc(*f);
     f.reset();  // the encoder holds its own repacked weights: unmap the file
-    wan_vae::Context ctx;
-    ctx.ops = kernels::OpContext::defaults();
     std::vector<float> logvar;
     std::vector<float> z =
         wan_vae::encode(ctx, enc, video.data(), s[1], s[2], s[3], opt.sample ? &logvar : nullptr,
@@ -153,6 +273,9 @@ void vae_encode_file(const std::string& vae, const std::string& in, const std::s
 
 void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out,
                      const VaeDecodeOptions& opt) {
+    const Media out_kind = output_media(out, true);
+    if (out_kind == Media::Mp4 && !video_support_built())
+        fail(out, ": this build has no video support (FFmpeg)");
     check_output(out, in);
     if (opt.tile < 0 || opt.overlap < 0 || (opt.tile > 0 && opt.overlap >= opt.tile))
         fail("vae decode: --tile must be >= 1 with 0 <= --tile-overlap < --tile (got ", opt.tile,
@@ -168,12 +291,17 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     if (s[1] < 1 || s[2] < 1 || s[3] < 1) fail(in, ": 'latent' ", shape_str(s), " is empty");
     const int64_t T = 1 + cfg.time_factor() * (s[1] - 1), H = s[2] * cfg.space_factor(),
                   W = s[3] * cfg.space_factor();
+    if (out_kind == Media::Png && T != 1)
+        fail(out, ": a PNG holds one frame, the latent ", shape_str(s), " decodes to ", T,
+             " (write .mp4 or .safetensors)");
     log_info("vae decode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
-             dtype_name(f->dtype()), "), latent ", shape_str(s));
+             dtype_name(f->dtype()), "), latent ", shape_str(s),
+             kernels::bf16_activation_mode() == kernels::Bf16Act::Bf16
+                 ? ", bf16 weights and activations"
+                 : "");
+    const wan_vae::Context ctx = vae_context(*f);
     wan_vae::Decoder dec(*f);
     f.reset();  // the decoder holds its own repacked weights: unmap the file
-    wan_vae::Context ctx;
-    ctx.ops = kernels::OpContext::defaults();
     std::vector<float> video;
     if (opt.tile > 0) {
         video = wan_vae::decode_tiled(
@@ -184,7 +312,7 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
                 log_info("vae decode: tile ", d, "/", n, ", ", static_cast<int>(sec * 10) / 10.0,
                          " s, ETA ", static_cast<int>(sec * (n - d) / d * 10) / 10.0, " s");
             });
-        write_output(out, "video", {3, T, H, W}, video);
+        write_video(out, video, T, H, W);
         log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] in tiles of ", opt.tile,
                  " (overlap ", opt.overlap, ") -> ", out);
         return;
@@ -200,7 +328,7 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
             t0 += n;
         },
         progress_printer("vae decode"));
-    write_output(out, "video", {3, T, H, W}, video);
+    write_video(out, video, T, H, W);
     log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] -> ", out);
 }
 
@@ -212,10 +340,9 @@ std::vector<float> vae_encode_video(const std::string& vae_path, const float* vi
     if (T < 1 || (T - 1) % tf || H < sf || W < sf || H % sf || W % sf)
         fail("vae encode: video ", T, "x", H, "x", W, " is not ", tf, "k+1 frames of multiples of ",
              sf);
+    const wan_vae::Context ctx = vae_context(*f);
     wan_vae::Encoder enc(*f);
     f.reset();
-    wan_vae::Context ctx;
-    ctx.ops = kernels::OpContext::defaults();
     std::vector<float> logvar;
     std::vector<float> z =
         wan_vae::encode(ctx, enc, video, T, H, W, opt.sample ? &logvar : nullptr, nullptr);
@@ -233,10 +360,9 @@ std::vector<float> vae_decode_latent(const std::string& vae_path, const float* l
     const WanVaeConfig cfg = f->config();
     const int64_t T = 1 + cfg.time_factor() * (t - 1), H = h * cfg.space_factor(),
                   W = w * cfg.space_factor();
+    const wan_vae::Context ctx = vae_context(*f);
     wan_vae::Decoder dec(*f);
     f.reset();
-    wan_vae::Context ctx;
-    ctx.ops = kernels::OpContext::defaults();
     std::vector<float> video(static_cast<size_t>(3 * T * H * W));
     int64_t t0 = 0;
     wan_vae::decode(

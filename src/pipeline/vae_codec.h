@@ -19,19 +19,28 @@ struct VaeEncodeOptions {
     // round((H − H')/2) as torchvision's center_crop) and keep the first 4k+1 frames (what Lance's
     // chunk loop encodes) instead of refusing such input.
     bool crop = false;
+    // Image or video input only: Lance's VAE-stream preprocessing of this preset (spec §3.7:
+    // bucket, centre crop, Pillow bicubic resize, crop to multiples of 16) instead of the pixels
+    // as they are. Empty: the frames at their own size (sides multiples of 16, or --crop).
+    std::string preset;
 };
 
-// in: safetensors with `video` F32 [3, T, H, W] in [-1, 1], T = 4k+1, H and W multiples of 16.
-// out: safetensors with `latent` F32 [z, 1+(T-1)/4, H/16, W/16]. Everything is validated before
-// the weights load; output is written to a temporary name and renamed. Progress (chunks, ETA) on
-// stderr.
+// in, by extension: .safetensors with `video` F32 [3, T, H, W] in [-1, 1], T = 4k+1, H and W
+// multiples of 16; an image (.png, .jpg, .jpeg, .webp: one frame) or a video (.mp4, .mkv, .mov,
+// .webm, .avi: frames sampled as Lance does, spec §3.5, 12 fps over at most 6 s, 4k+1 of them),
+// pixels mapped to x/255·2 − 1 (the VAE stream's normalisation), through opt.preset's
+// preprocessing when given. out: safetensors with `latent` F32 [z, 1+(T-1)/4, H/16, W/16].
+// Everything is validated before the weights load; output is written to a temporary name and
+// renamed. Progress (chunks, ETA) on stderr.
 void vae_encode_file(const std::string& vae, const std::string& in, const std::string& out,
                      const VaeEncodeOptions& opt = {});
 struct VaeDecodeOptions {
     int64_t tile = 0;     // > 0: spatial tiles of at most tile × tile latent positions
     int64_t overlap = 0;  // latent positions shared by neighbouring tiles (blended)
 };
-// in: `latent` F32 [z, t, h, w]; out: `video` F32 [3, 1+4(t-1), 16h, 16w] in [-1, 1].
+// in: `latent` F32 [z, t, h, w]; out, by extension: .safetensors with `video` F32
+// [3, 1+4(t-1), 16h, 16w] in [-1, 1]; .png (t = 1: one frame) or .mp4 (H.264 at 12 fps), pixels
+// round(255·(x+1)/2). Written to a temporary name and renamed.
 void vae_decode_file(const std::string& vae, const std::string& in, const std::string& out,
                      const VaeDecodeOptions& opt = {});
 
