@@ -323,10 +323,11 @@ TEST_F(CalibrateTasks, ShardedRunsReduceToTheSingleProcessBytes) {
         int world;
         bool indexed;
     };
-    const Launcher launchers[] = {{"RANK", "WORLD_SIZE", 2, false},
-                                  {"SLURM_PROCID", "SLURM_NTASKS", 3, false},
-                                  {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", 2, false},
-                                  {"JOB_COMPLETION_INDEX", nullptr, 4, true}};
+    const Launcher launchers[] = {
+        {"RANK", "WORLD_SIZE", 2, false},
+        {"SLURM_PROCID", "SLURM_NTASKS", 3, false},
+        {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", 2, false},
+        {"JOB_COMPLETION_INDEX", nullptr, 7, true}};  // 6 items: rank 6 has none
     for (const Launcher& l : launchers) {
         SCOPED_TRACE(l.rank);
         const fs::path out = *dir_ / (std::string(l.rank) + ".safetensors");

@@ -641,16 +641,24 @@ void calibrate(const CalibrateOptions& opt) {
     std::vector<std::string> parts;
     for (int r = 0; r < rank.world; ++r)
         parts.push_back(calibrate_part_path(opt.out, r, rank.world));
-    const bool all = wait_until(
-        [&] {
-            for (const std::string& p : parts)
-                if (!fs::exists(p)) return false;
-            return true;
-        },
-        merge_wait_seconds(rank, opt.merge_wait));
+    // A part counts once it exists (parts appear whole: written under a temporary name, then
+    // renamed) and belongs to this run: a stale part of another run waits to be overwritten.
+    const auto part_ready = [&](const std::string& p) {
+        if (!fs::exists(p)) return false;
+        try {
+            const std::string md = quant::StatsFile(p).metadata("lancet.stats.partial");
+            return md.find(info.fingerprint) != std::string::npos;
+        } catch (const Error&) {
+            return false;
+        }
+    };
+    const bool all = wait_until([&] { return std::all_of(parts.begin(), parts.end(), part_ready); },
+                                merge_wait_seconds(rank, opt.merge_wait));
     if (!all) {
-        log_info("calibrate: waiting for the other ranks' parts: run `lancet calibrate --merge ",
-                 opt.out, "` when all ranks have finished");
+        log_info(
+            "calibrate: the other ranks' parts of this run are not all there yet: run "
+            "`lancet calibrate --merge ",
+            opt.out, "` when all ranks have finished");
         return;
     }
     quant::reduce_partial_stats_files(parts, opt.out);
