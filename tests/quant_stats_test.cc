@@ -158,5 +158,55 @@ TEST(QuantStats, RejectsBadInput) {
     EXPECT_THROW(merge(a, b), Error);
 }
 
+// Items spread over shards in any order reduce to exactly what one accumulator over every item
+// in order gives: the same means (bits), maxima, counts, and the same rows in the same order.
+TEST(QuantStats, ShardsReduceToOneAccumulatorExactly) {
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    const int in = 7, cap = 20, items = 11;
+    std::vector<std::vector<float>> rows(items);
+    for (int i = 0; i < items; ++i) {
+        rows[i].resize(static_cast<size_t>(3 + 4 * i) * in);
+        for (float& v : rows[i]) v = nd(rng) * (1.0f + static_cast<float>(i));
+    }
+    auto add_item = [&](StatsAccumulator& a, int i) {
+        a.begin_item(i);
+        const int64_t n = static_cast<int64_t>(rows[i].size()) / in;
+        a.add_rows(rows[i].data(), 2, in);  // any chunking of an item's rows
+        a.add_rows(rows[i].data() + 2 * in, n - 2, in);
+    };
+    StatsAccumulator one(in, cap, 42);
+    for (int i = 0; i < items; ++i) add_item(one, i);
+    const LinearStats want = one.stats(true);
+    ASSERT_EQ(want.n_rows(), cap);
+    for (int world : {2, 3, 5}) {
+        std::vector<StatsAccumulator> shard;
+        for (int r = 0; r < world; ++r) shard.emplace_back(in, cap, 42);
+        for (int i = items - 1; i >= 0; --i) add_item(shard[i % world], i);  // reversed order
+        std::vector<LinearStats> parts;
+        for (auto& a : shard) parts.push_back(a.stats(true));
+        std::vector<const LinearStats*> ptrs;
+        for (int r = world - 1; r >= 0; --r) ptrs.push_back(&parts[r]);
+        const LinearStats got = reduce_exact(ptrs, cap);
+        EXPECT_EQ(got.n_tokens, want.n_tokens);
+        EXPECT_EQ(got.mean_abs, want.mean_abs);  // bitwise: exact integer sums
+        EXPECT_EQ(got.max_abs, want.max_abs);
+        EXPECT_EQ(got.rows, want.rows);
+        EXPECT_EQ(got.row_keys, want.row_keys);
+        EXPECT_EQ(got.sum_abs_q32, want.sum_abs_q32);
+    }
+    // The mean is the exact mean rounded once (to 2^-32 per value, then to f32).
+    std::vector<double> sum(in, 0.0);
+    for (const auto& r : rows)
+        for (size_t k = 0; k < r.size(); ++k) sum[k % in] += std::fabs(r[k]);
+    for (int i = 0; i < in; ++i)
+        EXPECT_NEAR(want.mean_abs[i], sum[i] / want.n_tokens, sum[i] / want.n_tokens * 2e-7) << i;
+    // The same item in two parts is refused; a part without the exact state too.
+    const LinearStats dup = want;
+    EXPECT_THROW(reduce_exact({&want, &dup}, cap), Error);
+    const LinearStats plain = one.stats(false);
+    EXPECT_THROW(reduce_exact({&plain}, cap), Error);
+}
+
 }  // namespace
 }  // namespace lancet::quant

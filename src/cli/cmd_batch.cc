@@ -1,7 +1,5 @@
 // `lancet batch`: examples split across launcher ranks (pipeline/batch.h), and --merge.
-#include <chrono>
 #include <cstdio>
-#include <thread>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -44,18 +42,13 @@ void run(const BatchArgs& a) {
     if (rank.rank != 0) return;
     // Rank 0 merges once every part is there: at once when alone; under mpirun the ranks run
     // together, so it waits for the others (bounded); otherwise `batch --merge OUT` joins later.
-    const bool mpi = rank.source.rfind("OMPI_", 0) == 0;
-    const double wait = a.merge_wait >= 0 ? a.merge_wait : (mpi ? 3600.0 : 0.0);
-    const auto t0 = std::chrono::steady_clock::now();
-    while (!batch_parts_complete(a.opt.out, rank.world)) {
-        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >= wait) {
-            std::printf(
-                "waiting for the other ranks' parts: run `lancet batch --merge %s` when "
-                "all ranks have finished\n",
-                a.opt.out.c_str());
-            return;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (!wait_until([&] { return batch_parts_complete(a.opt.out, rank.world); },
+                    merge_wait_seconds(rank, a.merge_wait))) {
+        std::printf(
+            "waiting for the other ranks' parts: run `lancet batch --merge %s` when "
+            "all ranks have finished\n",
+            a.opt.out.c_str());
+        return;
     }
     print_merge(merge_batch(a.opt.out));
 }

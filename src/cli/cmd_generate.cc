@@ -85,16 +85,6 @@ int64_t latent_frames(GenTask task, int frames, const LanceConfig& cfg) {
     return lt;
 }
 
-void check_latent_side(const char* what, int px, const LanceConfig& cfg, const std::string& ctx) {
-    if (px < 16 || px % 16)
-        fail(ctx, ": ", what, " ", px, " is not a positive multiple of 16 (the VAE's stride)");
-    if (px / 16 > cfg.max_latent_size)
-        fail(ctx, ": ", what, " ", px, " gives a latent side of ", px / 16,
-             " beyond the PE3D limit ", cfg.max_latent_size,
-             " (Lance would silently wrap the position rows, spec §8.9); at most ",
-             16 * cfg.max_latent_size, " px");
-}
-
 void parse_size(const std::string& s, int* w, int* h) {
     const auto x = s.find('x');
     try {
@@ -239,58 +229,12 @@ class Generator {
 
     // i2v: the first frame's clean latent; editing: the source latent and its ViT rows.
     void prepare_media(const GenItem& it, const std::string& preset, GenTaskInput& in) {
-        const LanceConfig& cfg = ck_->config();
-        const int64_t C = cfg.latent_channels;
-        const bool video_src = it.task == GenTask::VideoEdit;
-        PreprocessResult vae_px =
-            video_src ? preprocess_video(it.media, preset, VisionStream::Vae)
-                      : preprocess_image(read_image(it.media), preset, VisionStream::Vae);
-        const PixelTensor& px = vae_px.pixels;
-        check_latent_side("the source height", static_cast<int>(px.H), cfg, it.media);
-        check_latent_side("the source width", static_cast<int>(px.W), cfg, it.media);
-        in.lh = px.H / 16;
-        in.lw = px.W / 16;
-        const int64_t max_lt = cfg.max_num_frames / 4 + 1;
-        if (1 + (px.T - 1) / 4 > max_lt)
-            fail(it.media, ": ", px.T, " sampled frames make ", 1 + (px.T - 1) / 4,
-                 " latent frames; the PE3D table holds ", max_lt);
-        VaeEncodeOptions eo;  // the mean: Lance samples with torch's RNG (spec §3.4, pitfall 10)
-        const std::vector<float> z =
-            vae_encode_video(vae_path_, px.data.data(), px.T, px.H, px.W, eo);
-        const int64_t zt = 1 + (px.T - 1) / 4;
-        if (it.task == GenTask::I2V) {
-            // The image alone (T = 1): the causal VAE's latent frame 0 sees only pixel frame 0.
-            in.cond_latent = latent_to_rows(z, C, 1, in.lh, in.lw);
-            log_info("i2v: image ", vae_px.source_width, "x", vae_px.source_height, " -> bucket ",
-                     px.W, "x", px.H, " (", preset, ")");
-            return;
-        }
-        in.lt = zt;
-        in.cond_latent = latent_to_rows(z, C, zt, in.lh, in.lw);
-        PreprocessResult vit_px =
-            video_src ? preprocess_video(it.media, preset, VisionStream::Vit)
-                      : preprocess_image(read_image(it.media), preset, VisionStream::Vit);
-        const PixelTensor& vp = vit_px.pixels;
-        PixelTensor two;  // an image goes to the ViT as two identical frames
-        const PixelTensor* v = &vp;
-        if (vp.T == 1) {
-            two.T = 2, two.H = vp.H, two.W = vp.W;
-            const size_t plane = static_cast<size_t>(vp.H * vp.W);
-            two.data.resize(3 * 2 * plane);
-            for (int c = 0; c < 3; ++c)
-                for (int t = 0; t < 2; ++t)
-                    std::copy_n(vp.data.data() + c * plane, plane,
-                                two.data.data() + (c * 2 + t) * plane);
-            v = &two;
-        }
-        if (!tower_) tower_ = std::make_unique<VisionTower>(*ck_, true);
-        const VitConfig& vc = cfg.vision;
-        in.vit_rows =
-            tower_->forward(kernels::OpContext::defaults(), v->data.data(), v->T, v->H, v->W);
-        in.vit_grid = {v->T / vc.temporal_patch_size, v->H / vc.patch_size, v->W / vc.patch_size};
-        log_info(gen_task_name(it.task), ": source ", vae_px.source_width, "x",
-                 vae_px.source_height, " -> VAE ", px.W, "x", px.H, "x", px.T, ", ViT ", v->W, "x",
-                 v->H, "x", v->T, " (", preset, ")");
+        if (gen_task_is_edit(it.task) && !tower_)
+            tower_ = std::make_unique<VisionTower>(*ck_, true);
+        GenMediaOptions mo;
+        mo.preset = preset;
+        mo.vae_path = vae_path_;
+        prepare_gen_media(it.task, it.media, ck_->config(), mo, tower_.get(), in);
     }
 
     const GenRunArgs& a_;
@@ -337,63 +281,23 @@ void plan_item(const GenRunArgs& a, const LanceConfig& cfg, GenItem& it) {
     it.lt = latent_frames(it.task, a.frames, cfg);
 }
 
-// An example's media path: as written relative to the JSON's folder, else its file name under the
-// folder's images/ or videos/, else a file there named "<anything>-<file name>" (the shared copies
-// carry a task prefix, e.g. i2v-00003.png).
-std::string find_media(const fs::path& dir, const std::string& p) {
-    std::error_code ec;
-    const fs::path name = fs::path(p).filename();
-    for (const fs::path& c : {dir / p, dir / "images" / name, dir / "videos" / name, fs::path(p)})
-        if (fs::is_regular_file(c, ec)) return c.string();
-    const std::string suffix = "-" + name.string();
-    for (const char* sub : {"images", "videos"}) {
-        if (!fs::is_directory(dir / sub, ec)) continue;
-        for (const auto& e : fs::directory_iterator(dir / sub, ec)) {
-            const std::string f = e.path().filename().string();
-            if (f.size() > suffix.size() && f.ends_with(suffix)) return e.path().string();
-        }
-    }
-    return {};
-}
-
 std::vector<GenItem> read_examples(const GenRunArgs& a, GenTask task) {
-    const nlohmann::json j = read_json_file(a.examples);
-    if (!j.is_object() || j.empty()) fail(a.examples, ": expected an object of items");
-    const fs::path dir = fs::path(a.examples).parent_path();
     const char* ext = gen_task_is_video(task) ? ".mp4" : ".png";
     std::vector<GenItem> items;
-    for (const auto& [key, v] : j.items()) {
+    for (const GenExample& e : read_gen_examples(a.examples)) {
         GenItem it;
         it.task = task;
-        const std::string stem = fs::path(key).stem().string();
+        const std::string stem = fs::path(e.key).stem().string();
         if (stem.empty() || stem.find('/') != std::string::npos || stem[0] == '.')
-            fail(a.examples, ": item name '", key, "' is not a plain file name");
+            fail(a.examples, ": item name '", e.key, "' is not a plain file name");
         it.out = stem + ext;
-        if (v.is_string()) {
-            it.caption = v.get<std::string>();
-        } else if (v.is_object() && v.contains("interleave_array") &&
-                   v["interleave_array"].is_array() && v.contains("element_dtype_array")) {
-            const auto& arr = v["interleave_array"];
-            const auto& types = v["element_dtype_array"];
-            for (size_t i = 0; i < arr.size() && i < types.size(); ++i) {
-                if (!arr[i].is_string() || !types[i].is_string())
-                    fail(a.examples, ": item ", key, ": interleave entries must be strings");
-                const std::string t = types[i].get<std::string>(), s = arr[i].get<std::string>();
-                if (t == "text") it.caption = s;
-                if (t == "image" || t == "video") {
-                    it.media = find_media(dir, s);
-                    if (it.media.empty()) {
-                        log_info("examples: item ", key, ": ", s, " not found; skipped");
-                        it.caption.clear();
-                        break;
-                    }
-                }
-            }
-            if (it.caption.empty()) continue;
-        } else {
-            fail(a.examples, ": item ", key,
-                 " is neither a prompt string nor an interleave_array object");
+        it.caption = e.caption;
+        it.media = e.media;
+        if (!e.media_ref.empty() && e.media.empty()) {
+            log_info("examples: item ", e.key, ": ", e.media_ref, " not found; skipped");
+            continue;
         }
+        if (it.caption.empty()) continue;
         items.push_back(it);
     }
     if (items.empty()) fail(a.examples, ": no item can run (their media files are missing)");

@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -28,21 +29,17 @@ using nlohmann::json;
 namespace {
 
 // A non-negative integer environment variable, or -1 when unset.
-int64_t env_int(const char* name) {
+int64_t env_int(const char* name, const char* who) {
     const char* v = std::getenv(name);
     if (!v || !*v) return -1;
     char* end = nullptr;
     const long long x = std::strtoll(v, &end, 10);
     if (*end != '\0' || x < 0 || x > (1 << 30))
-        fail("batch: $", name, " is not a rank: \"", v, "\"");
+        fail(who, ": $", name, " is not a rank: \"", v, "\"");
     return x;
 }
 
-std::string part_name(int rank, int world) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "rank-%05d-of-%05d.jsonl", rank, world);
-    return buf;
-}
+std::string part_name(int rank, int world) { return rank_part_name(rank, world, ".jsonl"); }
 
 struct Item {
     size_t index;
@@ -82,7 +79,28 @@ std::vector<Item> read_items(const std::string& path) {
 
 }  // namespace
 
-RankInfo launcher_rank(int count) {
+std::string rank_part_name(int rank, int world, const std::string& ext) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "rank-%05d-of-%05d", rank, world);
+    return buf + ext;
+}
+
+double merge_wait_seconds(const RankInfo& rank, double requested) {
+    if (requested >= 0) return requested;
+    return rank.source.rfind("OMPI_", 0) == 0 ? 3600.0 : 0.0;
+}
+
+bool wait_until(const std::function<bool()>& ready, double seconds) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!ready()) {
+        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >= seconds)
+            return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    return true;
+}
+
+RankInfo launcher_rank(int count, const char* who) {
     struct Pair {
         const char *rank, *size;
     };
@@ -91,21 +109,21 @@ RankInfo launcher_rank(int count) {
                           {"SLURM_PROCID", "SLURM_NTASKS"}};
     RankInfo r;
     for (const Pair& p : pairs) {
-        const int64_t rank = env_int(p.rank), size = env_int(p.size);
+        const int64_t rank = env_int(p.rank, who), size = env_int(p.size, who);
         if (rank < 0 && size < 0) continue;
-        if (rank < 0 || size < 1) fail("batch: $", p.rank, " and $", p.size, " must both be set");
+        if (rank < 0 || size < 1) fail(who, ": $", p.rank, " and $", p.size, " must both be set");
         r.rank = static_cast<int>(rank);
         r.world = static_cast<int>(size);
         r.source = std::string(p.rank) + "/" + p.size;
         break;
     }
     if (r.source.empty()) {
-        const int64_t index = env_int("JOB_COMPLETION_INDEX");
+        const int64_t index = env_int("JOB_COMPLETION_INDEX", who);
         if (index >= 0) {
             if (count < 1)
-                fail(
-                    "batch: $JOB_COMPLETION_INDEX is set: give the job's completions as "
-                    "--world-size");
+                fail(who,
+                     ": $JOB_COMPLETION_INDEX is set: give the job's completions as "
+                     "--world-size");
             r.rank = static_cast<int>(index);
             r.world = count;
             r.source = "JOB_COMPLETION_INDEX/--world-size";
@@ -113,9 +131,9 @@ RankInfo launcher_rank(int count) {
             r.world = count;  // a world size alone: rank 0 of it
         }
     } else if (count > 0 && count != r.world) {
-        fail("batch: --world-size ", count, " disagrees with $", r.source, " (", r.world, ")");
+        fail(who, ": --world-size ", count, " disagrees with $", r.source, " (", r.world, ")");
     }
-    if (r.rank >= r.world) fail("batch: rank ", r.rank, " is outside a world of ", r.world);
+    if (r.rank >= r.world) fail(who, ": rank ", r.rank, " is outside a world of ", r.world);
     return r;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace lancet {
@@ -16,8 +17,19 @@ struct RankInfo {
 // This process's rank and the world size from the launcher's environment, first match wins:
 // Open MPI (OMPI_COMM_WORLD_RANK/SIZE), torchrun and friends (RANK/WORLD_SIZE), Slurm
 // (SLURM_PROCID/SLURM_NTASKS), Kubernetes indexed jobs (JOB_COMPLETION_INDEX with `count`, which
-// must then be given: the job's completions). Alone: rank 0 of 1. Error on inconsistent values.
-RankInfo launcher_rank(int count = 0);
+// must then be given: the job's completions). Alone: rank 0 of 1. Error on inconsistent values,
+// prefixed by `who` (the command).
+RankInfo launcher_rank(int count = 0, const char* who = "batch");
+
+// "rank-RRRRR-of-WWWWW<ext>": the file name of rank R's part of a world of W.
+std::string rank_part_name(int rank, int world, const std::string& ext);
+
+// How long rank 0 waits for the other ranks' parts before merging: `requested` when >= 0, else an
+// hour under mpirun (its ranks run together) and 0 otherwise (other launchers may run the ranks
+// at different times; `--merge` joins later).
+double merge_wait_seconds(const RankInfo& rank, double requested);
+// Polls ready() every 200 ms until it is true (returns true) or `seconds` have passed (false).
+bool wait_until(const std::function<bool()>& ready, double seconds);
 
 struct BatchOptions {
     std::string model;

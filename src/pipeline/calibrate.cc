@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -17,9 +19,11 @@
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "model/vit.h"
+#include "pipeline/batch.h"
 #include "pipeline/flow_sampler.h"
 #include "pipeline/gen_tasks.h"
 #include "pipeline/understanding.h"
+#include "pipeline/vae_codec.h"
 #include "quant/act_stats.h"
 #include "quant/stats_file.h"
 #include "tokenizer/chat_template.h"
@@ -86,10 +90,7 @@ std::vector<CalibrationPrompt> read_calibration_prompts(const std::string& path)
 
 namespace {
 
-// Accumulators for one layer path: the four linear inputs (q/k/v share one, gate/up share one).
-struct PathStats {
-    std::unique_ptr<quant::StatsAccumulator> acc[kLinearInputs];
-};
+namespace fs = std::filesystem;
 
 // Whether `path` is one of Lance's x2t example files: a JSON map whose first record is an
 // interleave of one image or video and [instruction, question, answer].
@@ -132,232 +133,536 @@ float shifted_sigma(int k, int steps, float shift) {
     return shift * u / (1.0f + (shift - 1.0f) * u);
 }
 
+const char* const kCalibrationTasks[] = {"t2i",        "t2v",       "i2v",      "image_edit",
+                                         "video_edit", "x2t_image", "x2t_video"};
+
+// One unit of calibration work; its index in the run's item list keys its rows (sharding).
+struct CalItem {
+    enum Kind { Text, X2t, Gen } kind = Text;
+    std::string label;         // "<task> <key>" for logs
+    CalibrationPrompt prompt;  // Text
+    X2tExample x2t;            // X2t
+    bool legacy_gen = false;   // Text / X2t without --tasks: also the gen-path recipe
+    bool x2t_as_text = false;  // X2t whose media is missing (without --tasks): its text only
+    GenTask gen_task = GenTask::T2I;
+    GenExample gen;  // Gen
+};
+
+struct Plan {
+    std::vector<CalItem> items;
+    std::vector<std::string> tasks;  // the statistics file's lancet.stats.tasks
+    bool need_gen = false, need_vit = false, need_vae = false;
+    int width = 0, height = 0;
+    std::string preset;
+    int steps = 30;
+};
+
+void parse_wxh(const std::string& s, int* w, int* h) {
+    const auto x = s.find('x');
+    size_t a = 0, b = 0;
+    try {
+        if (x == std::string::npos) throw std::invalid_argument("");
+        *w = std::stoi(s.substr(0, x), &a);
+        *h = std::stoi(s.substr(x + 1), &b);
+    } catch (const std::exception&) {
+        a = 0;
+    }
+    if (x == std::string::npos || a != x || b != s.size() - x - 1)
+        fail("calibrate: --size '", s, "' is not WIDTHxHEIGHT (e.g. 256x256)");
+}
+
+// Reads every input and checks it before anything loads: unknown tasks, missing files, missing
+// media (unless skipped) fail here, so a bad run writes nothing.
+Plan make_plan(const CalibrateOptions& opt, const LanceCheckpoint& ck) {
+    Plan pl;
+    const LanceConfig& cfg = ck.config();
+    const bool tasks_mode = !opt.tasks.empty();
+    for (const std::string& f : opt.prompts) {
+        if (!tasks_mode && opt.vit && is_x2t_example_file(f)) {
+            if (!ck.has_vit()) {
+                log_warn(opt.model, " has no ViT weights: ", f, " calibrates as text only");
+            } else {
+                for (const X2tExample& e : read_x2t_examples(f)) {
+                    CalItem it;
+                    it.kind = CalItem::X2t;
+                    it.label = "x2t " + e.key;
+                    it.x2t = e;
+                    it.prompt = {e.instruction, e.question, e.answer};
+                    it.legacy_gen = opt.gen;
+                    pl.items.push_back(it);
+                }
+                pl.need_vit = true;
+                pl.tasks.push_back("x2t:" + f);
+                continue;
+            }
+        }
+        size_t n = 0;
+        for (const CalibrationPrompt& p : read_calibration_prompts(f)) {
+            CalItem it;
+            it.label = "text " + std::to_string(++n);
+            it.prompt = p;
+            it.legacy_gen = !tasks_mode && opt.gen;
+            pl.items.push_back(it);
+        }
+        pl.tasks.push_back("text:" + f);
+    }
+    if (!tasks_mode) {
+        if (opt.prompts.empty()) fail("calibrate: give --prompts files or --tasks");
+        if (opt.latent_hw < 1 || opt.latent_hw > cfg.max_latent_size)
+            fail("calibrate: --latent-size must be in [1, ", cfg.max_latent_size, "]");
+        if (opt.gen)
+            pl.tasks.push_back(opt.gen_steps > 0
+                                   ? "gen:t2i-trajectories-" + std::to_string(opt.gen_steps)
+                                   : std::string("gen:noise-latents"));
+        pl.need_gen = opt.gen;
+        return pl;
+    }
+
+    if (opt.examples_dir.empty()) fail("calibrate: --tasks needs --examples-dir");
+    std::error_code ec;
+    if (!fs::is_directory(opt.examples_dir, ec))
+        fail(opt.examples_dir, ": no such folder (--examples-dir)");
+    pl.preset = opt.preset.empty() ? "image_256res" : opt.preset;
+    stream_spec(pl.preset, VisionStream::Vae);  // refuses unknown names
+    pl.steps = opt.gen_steps > 0 ? opt.gen_steps : 30;
+    if (!std::isfinite(opt.shift) || opt.shift <= 0 || opt.shift > 1000)
+        fail("calibrate: --shift must be a number in (0, 1000]");
+    if (!std::isfinite(opt.cfg) || opt.cfg < 0 || opt.cfg > 100)
+        fail("calibrate: --cfg must be a number in [0, 100]");
+    if (opt.frames < 1) fail("calibrate: --frames must be at least 1");
+    parse_wxh(opt.size, &pl.width, &pl.height);
+    std::vector<std::string> seen;
+    for (const std::string& t : opt.tasks) {
+        if (std::find(std::begin(kCalibrationTasks), std::end(kCalibrationTasks), t) ==
+            std::end(kCalibrationTasks))
+            fail("calibrate: unknown task '", t,
+                 "' (t2i, t2v, i2v, image_edit, video_edit, x2t_image, x2t_video)");
+        if (std::find(seen.begin(), seen.end(), t) != seen.end())
+            fail("calibrate: task '", t, "' is listed twice");
+        seen.push_back(t);
+        const std::string file = (fs::path(opt.examples_dir) / (t + "_example.json")).string();
+        if (!fs::is_regular_file(file, ec)) fail(file, ": no such examples file (task ", t, ")");
+        size_t before = pl.items.size(), skipped = 0;
+        if (t.rfind("x2t_", 0) == 0) {
+            if (!ck.has_vit()) fail(opt.model, ": ", t, " needs the ViT, and this model has none");
+            pl.need_vit = true;
+            for (const X2tExample& e : read_x2t_examples(file)) {
+                std::error_code ec2;
+                if (!fs::is_regular_file(e.media, ec2)) {
+                    if (!opt.skip_missing_media)
+                        fail(file, ": item ", e.key, ": ", e.media,
+                             " not found (--skip-missing-media skips such items)");
+                    log_info("calibrate: ", t, " item ", e.key, ": ", e.media,
+                             " not found; skipped");
+                    ++skipped;
+                    continue;
+                }
+                CalItem it;
+                it.kind = CalItem::X2t;
+                it.label = t + " " + e.key;
+                it.x2t = e;
+                it.prompt = {e.instruction, e.question, e.answer};
+                pl.items.push_back(it);
+            }
+        } else {
+            GenTask task;
+            parse_gen_task(t, &task);
+            pl.need_gen = true;
+            const bool media = task == GenTask::I2V || gen_task_is_edit(task);
+            if (gen_task_is_edit(task)) {
+                if (!ck.has_vit())
+                    fail(opt.model, ": ", t, " needs the ViT, and this model has none");
+                pl.need_vit = true;
+            }
+            pl.need_vae = pl.need_vae || media;
+            if (!media) {
+                check_latent_side("width", pl.width, cfg, "calibrate --size");
+                check_latent_side("height", pl.height, cfg, "calibrate --size");
+            }
+            for (const GenExample& e : read_gen_examples(file)) {
+                if (e.caption.empty()) fail(file, ": item ", e.key, " has no text");
+                if (media && e.media_ref.empty())
+                    fail(file, ": item ", e.key, " has no input ",
+                         task == GenTask::VideoEdit ? "video" : "image");
+                if (media && e.media.empty()) {
+                    if (!opt.skip_missing_media)
+                        fail(file, ": item ", e.key, ": ", e.media_ref,
+                             " not found (--skip-missing-media skips such items)");
+                    log_info("calibrate: ", t, " item ", e.key, ": ", e.media_ref,
+                             " not found; skipped");
+                    ++skipped;
+                    continue;
+                }
+                CalItem it;
+                it.kind = CalItem::Gen;
+                it.label = t + " " + e.key;
+                it.gen_task = task;
+                it.gen = e;
+                pl.items.push_back(it);
+            }
+        }
+        if (pl.items.size() == before) fail(file, ": no item can run");
+        pl.tasks.push_back(t + ":" + file + " (" + std::to_string(pl.items.size() - before) +
+                           " items" + (skipped ? ", " + std::to_string(skipped) + " skipped" : "") +
+                           ")");
+    }
+    if (pl.need_gen) {
+        char buf[200];
+        std::snprintf(buf, sizeof buf,
+                      "gen:trajectories steps=%d shift=%g cfg=%g size=%dx%d frames=%d preset=%s",
+                      pl.steps, opt.shift, opt.cfg, pl.width, pl.height, opt.frames,
+                      pl.preset.c_str());
+        pl.tasks.push_back(buf);
+    }
+    return pl;
+}
+
+// Fingerprint of a run: what decides its statistics (tasks, items, settings, model path), so
+// partial files of different runs are never joined.
+std::string fingerprint(const CalibrateOptions& opt, const Plan& pl) {
+    std::string d = json(pl.tasks).dump();
+    for (const CalItem& it : pl.items) d += "\n" + it.label;
+    char buf[400];
+    std::snprintf(buf, sizeof buf, "\n%d %d %d %d %d %llu %s %d %s %g %g %d %s %d", opt.rows,
+                  opt.max_prompt_tokens, opt.gen ? 1 : 0, opt.latent_hw, opt.vit ? 1 : 0,
+                  static_cast<unsigned long long>(opt.seed), opt.vit_preset.c_str(), opt.gen_steps,
+                  opt.size.c_str(), opt.shift, opt.cfg, opt.frames, pl.preset.c_str(),
+                  opt.skip_missing_media ? 1 : 0);
+    d += buf;
+    d += "\n" + fs::absolute(opt.model).lexically_normal().string();
+    char hex[32];
+    std::snprintf(hex, sizeof hex, "%016llx",
+                  static_cast<unsigned long long>(name_hash(0x5ca1ab1e, d)));
+    return hex;
+}
+
+// Every linear's accumulator, keyed by a slot name that does not depend on the order linears are
+// first seen in (each rank sees its own items), so seeds and keys agree across ranks.
+class Recorder {
+  public:
+    Recorder(int rows, uint64_t seed) : rows_(rows), seed_(seed) {}
+
+    void begin_item(int64_t item) {
+        item_ = item;
+        for (auto& [k, a] : acc_) a.acc->begin_item(item);
+    }
+    void add(const std::string& slot, const std::vector<std::string>& names, const float* x,
+             size_t n, size_t dim) {
+        auto it = acc_.find(slot);
+        if (it == acc_.end()) {
+            Slot s{std::make_unique<quant::StatsAccumulator>(static_cast<int>(dim), rows_,
+                                                             name_hash(seed_, slot)),
+                   names};
+            s.acc->begin_item(item_);
+            it = acc_.emplace(slot, std::move(s)).first;
+        }
+        it->second.acc->add_rows(x, static_cast<int64_t>(n), static_cast<int>(dim));
+    }
+    // name -> statistics (q/k/v and gate/up share their input's).
+    std::map<std::string, quant::LinearStats> stats(bool exact) const {
+        std::map<std::string, quant::LinearStats> out;
+        for (const auto& [k, s] : acc_) {
+            const quant::LinearStats st = s.acc->stats(exact);
+            for (const std::string& n : s.names) out[n] = st;
+        }
+        return out;
+    }
+
+  private:
+    struct Slot {
+        std::unique_ptr<quant::StatsAccumulator> acc;
+        std::vector<std::string> names;
+    };
+    int rows_;
+    uint64_t seed_;
+    int64_t item_ = 0;
+    std::map<std::string, Slot> acc_;
+};
+
+std::vector<std::string> decoder_linears(int layer, bool gen, LinearInput which) {
+    std::vector<std::string> v;
+    const PathNames n = path_names(layer, gen);
+    for (PathLinear lin : kAllPathLinears)
+        if (linear_input(lin) == which) v.push_back(n[lin]);
+    return v;
+}
+
 }  // namespace
 
+std::string calibrate_part_path(const std::string& out, int rank, int world) {
+    return (fs::path(out + ".parts") / rank_part_name(rank, world, ".safetensors")).string();
+}
+
+void calibrate_merge(const std::string& out, std::vector<std::string> parts) {
+    if (parts.empty()) {
+        const fs::path dir(out + ".parts");
+        std::error_code ec;
+        if (!fs::is_directory(dir, ec))
+            fail("calibrate --merge: ", dir.string(), " does not exist (give the parts)");
+        for (const auto& e : fs::directory_iterator(dir, ec)) {
+            const std::string f = e.path().filename().string();
+            if (f.rfind("rank-", 0) == 0 && f.ends_with(".safetensors"))
+                parts.push_back(e.path().string());
+        }
+        std::sort(parts.begin(), parts.end());
+        if (parts.empty()) fail("calibrate --merge: no parts in ", dir.string());
+    }
+    check_not_source(out);
+    quant::reduce_partial_stats_files(parts, out);
+}
+
 void calibrate(const CalibrateOptions& opt) {
-    if (opt.prompts.empty()) fail("calibrate: no --prompts file");
     if (opt.rows < 8) fail("calibrate: --rows must be at least 8");
     if (opt.max_prompt_tokens < 1) fail("calibrate: --max-prompt-tokens must be at least 1");
+    if (opt.gen_steps < 0 || opt.gen_steps > 1000)
+        fail("calibrate: --gen-steps must be in 0..1000");
+    if (!opt.tasks.empty() && !opt.gen)
+        fail(
+            "calibrate: --no-gen applies to --prompts calibration; leave generation tasks out "
+            "of --tasks instead");
+    const RankInfo rank = launcher_rank(opt.world_size, "calibrate");
     auto ck = LanceCheckpoint::open(opt.model);
     check_not_source(opt.out);  // before the decoder runs, not after
     if (ck->kind() != CheckpointKind::Original)
         fail(opt.model, ": calibrate needs the original (unquantized) checkpoint");
     const Qwen2Tokenizer tok = Qwen2Tokenizer::load(opt.model);
     const LanceConfig& cfg = ck->config();
-    if (opt.latent_hw < 1 || opt.latent_hw > cfg.max_latent_size)
-        fail("calibrate: --latent-size must be in [1, ", cfg.max_latent_size, "]");
-    std::vector<CalibrationPrompt> prompts;
-    std::vector<X2tExample> x2t_items;
-    std::vector<std::string> tasks;
-    for (const std::string& f : opt.prompts) {
-        if (opt.vit && is_x2t_example_file(f)) {
-            if (!ck->has_vit()) {
-                log_warn(opt.model, " has no ViT weights: ", f, " calibrates as text only");
-            } else {
-                const auto x = read_x2t_examples(f);
-                x2t_items.insert(x2t_items.end(), x.begin(), x.end());
-                tasks.push_back("x2t:" + f);
-                continue;
-            }
-        }
-        const auto p = read_calibration_prompts(f);
-        prompts.insert(prompts.end(), p.begin(), p.end());
-        tasks.push_back("text:" + f);
-    }
     if (!opt.vit_preset.empty()) stream_spec(opt.vit_preset, VisionStream::Vit);  // known preset
-    if (opt.gen_steps < 0 || opt.gen_steps > 1000)
-        fail("calibrate: --gen-steps must be in 0..1000");
-    if (opt.gen)
-        tasks.push_back(opt.gen_steps > 0 ? "gen:t2i-trajectories-" + std::to_string(opt.gen_steps)
-                                          : std::string("gen:noise-latents"));
+    const Plan pl = make_plan(opt, *ck);
+    const std::string vae_path = pl.need_vae ? resolve_vae_path(opt.model) : std::string();
+    const bool tasks_mode = !opt.tasks.empty();
+    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+    const int64_t cal_lt = std::min<int64_t>((opt.frames - 1) / 4 + 1, max_lt);
+    if (tasks_mode && pl.need_gen && cal_lt < (opt.frames - 1) / 4 + 1)
+        log_info("calibrate: --frames ", opt.frames, " makes ", (opt.frames - 1) / 4 + 1,
+                 " latent frames; the model's PE3D table holds ", max_lt, ", using ", cal_lt);
 
-    DecoderOptions dopt;
-    // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
-    dopt.bf16_weights = true;
-    dopt.logits_limit = static_cast<int64_t>(tok.size());
-    const LanceWeights weights(*ck, dopt);
-    DecoderSession decoder(weights);
-    std::vector<PathStats> stats(static_cast<size_t>(cfg.num_hidden_layers) * 2);
-    uint64_t acc_seed = opt.seed;
-    Outputs outputs;
+    std::vector<size_t> mine;
+    for (size_t i = 0; i < pl.items.size(); ++i)
+        if (static_cast<int>(i % static_cast<size_t>(rank.world)) == rank.rank) mine.push_back(i);
+    if (rank.world > 1)
+        log_info("calibrate: rank ", rank.rank, " of ", rank.world, " (from $", rank.source,
+                 "): ", mine.size(), " of ", pl.items.size(), " items");
+
+    Recorder rec(opt.rows, opt.seed);
+    size_t rows_seen[2] = {0, 0}, vit_rows = 0;
+    std::unique_ptr<LanceWeights> weights;
+    std::unique_ptr<DecoderSession> decoder;
+    std::unique_ptr<VisionTower> tower;
     ForwardOptions fo;
     fo.logits = LogitRows::None;
     fo.velocity = false;
     fo.observer = [&](int layer, bool gen, LinearInput which, const float* x, size_t n,
                       size_t dim) {
-        auto& slot = stats[static_cast<size_t>(layer) * 2 + gen].acc[static_cast<int>(which)];
-        if (!slot)
-            slot = std::make_unique<quant::StatsAccumulator>(static_cast<int>(dim), opt.rows,
-                                                             acc_seed++);
-        slot->add_rows(x, static_cast<int64_t>(n), static_cast<int>(dim));
+        if (layer == 0 && which == LinearInput::Qkv) rows_seen[gen] += n;
+        char slot[48];
+        std::snprintf(slot, sizeof slot, "L%03d.%c.%d", layer, gen ? 'g' : 'u',
+                      static_cast<int>(which));
+        rec.add(slot, decoder_linears(layer, gen, which), x, n, dim);
     };
-
-    const auto t0 = std::chrono::steady_clock::now();
-    Rng rng(opt.seed * 0x9e3779b97f4a7c15ull + 1);
-    auto gauss = [&] {  // Box-Muller on the seeded stream
-        const double u1 = rng.unit_double() + 0x1.0p-54, u2 = rng.unit_double();
-        return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) *
-                                  std::cos(6.283185307179586 * u2));
-    };
-    size_t und_tokens = 0, gen_tokens = 0, vit_tokens = 0;
-    const int steps = 30;
-
-    // x2t items: the ViT (its linears observed) then the decoder on the x2t prompt with the
-    // reference answer after it. Items whose media cannot be loaded fall back to text.
-    std::vector<std::unique_ptr<quant::StatsAccumulator>> vit_acc;
-    std::vector<std::vector<std::string>> vit_names;
-    std::unique_ptr<VisionTower> tower;
-    const size_t first_x2t = prompts.size();
-    if (!x2t_items.empty()) {
-        tower = std::make_unique<VisionTower>(*ck, /*bf16_weights=*/true);
-        const int depth = tower->config().depth;
-        vit_acc.resize(static_cast<size_t>(depth) * 4 + 2);
-        vit_names.resize(vit_acc.size());
-        tower->set_observer([&, depth](int block, VitLinearInput which, const float* x, size_t n,
-                                       size_t dim) {
-            const size_t k = block >= 0 ? static_cast<size_t>(block) * 4 + static_cast<int>(which)
-                                        : static_cast<size_t>(depth) * 4 +
-                                              (which == VitLinearInput::Merger2 ? 1 : 0);
-            auto& slot = vit_acc[k];
-            if (!slot) {
-                slot = std::make_unique<quant::StatsAccumulator>(static_cast<int>(dim), opt.rows,
-                                                                 acc_seed++);
-                vit_names[k] = vit_linears(block, which);
-            }
-            slot->add_rows(x, static_cast<int64_t>(n), static_cast<int>(dim));
-        });
-        for (const X2tExample& e : x2t_items)
-            prompts.push_back({e.instruction, e.question, e.answer});
+    if (!mine.empty()) {
+        DecoderOptions dopt;
+        // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
+        dopt.bf16_weights = true;
+        dopt.load_gen = pl.need_gen;
+        dopt.logits_limit = static_cast<int64_t>(tok.size());
+        weights = std::make_unique<LanceWeights>(*ck, dopt);
+        decoder = std::make_unique<DecoderSession>(*weights);
+        if (pl.need_vit) {
+            tower = std::make_unique<VisionTower>(*ck, /*bf16_weights=*/true);
+            tower->set_observer(
+                [&](int block, VitLinearInput which, const float* x, size_t n, size_t dim) {
+                    if (block == 0 && which == VitLinearInput::Qkv) vit_rows += n;
+                    char slot[48];
+                    std::snprintf(slot, sizeof slot, "V%03d.%d", block, static_cast<int>(which));
+                    rec.add(slot, vit_linears(block, which), x, n, dim);
+                });
+        }
     }
-    for (size_t i = 0; i < prompts.size(); ++i) {
-        const CalibrationPrompt& p = prompts[i];
-        bool done = false;
-        if (i >= first_x2t) {
-            const X2tExample& e = x2t_items[i - first_x2t];
-            try {
-                const std::string preset =
-                    opt.vit_preset.empty() ? x2t_default_preset(e.is_video) : opt.vit_preset;
-                const PreprocessResult px = load_x2t_media(e.media, e.is_video, preset);
-                std::vector<float> emb;
-                Batch b = x2t_prompt_batch(decoder, *tower, tok, px.pixels, e.instruction,
-                                           e.question, 0, emb);
-                const size_t K =
-                    static_cast<size_t>(px.pixels.T / 2 * px.pixels.H / 28 * px.pixels.W / 28);
-                // The reference answer and <|im_end|> after the prompt, as text continuing the
-                // positions (the rendered training sample), within --max-prompt-tokens.
-                std::vector<int32_t> ans = tok.encode(e.answer + "<|im_end|>");
-                const size_t room = static_cast<size_t>(opt.max_prompt_tokens) > b.size()
-                                        ? static_cast<size_t>(opt.max_prompt_tokens) - b.size()
-                                        : 0;
-                if (ans.size() > room) ans.resize(room);
-                const size_t H = static_cast<size_t>(cfg.hidden_size);
-                int64_t next = next_text_position(b.positions);
-                for (const int32_t id : ans) {
-                    const int64_t id64 = id;
-                    b.token_ids.push_back(id64);
-                    b.positions.push_back({next, next, next});
-                    ++next;
-                    emb.resize(emb.size() + H);
-                    decoder.embed_tokens(&id64, 1, emb.data() + emb.size() - H);
-                }
-                b.splits.back().len += static_cast<int64_t>(ans.size());
-                b.embeddings = emb.data();
-                decoder.forward(b, nullptr, false, outputs, fo);
-                und_tokens += b.size();
-                vit_tokens += K;
-                done = true;
-            } catch (const Error& err) {
-                log_warn("calibrate: item ", e.key, ": ", err.what(), "; using its text only");
-            }
-        }
-        if (!done) {
-            std::vector<ChatMessage> msgs = {{"user", p.user}};
-            if (!p.assistant.empty()) msgs.push_back({"assistant", p.assistant});
-            const std::string text =
-                render_chat(p.system.empty() ? kDefaultSystemPrompt : p.system, msgs);
-            std::vector<int32_t> ids32 = tok.encode(text);
-            if (ids32.size() > static_cast<size_t>(opt.max_prompt_tokens))
-                ids32.resize(opt.max_prompt_tokens);
-            const std::vector<int64_t> ids(ids32.begin(), ids32.end());
-            SequenceBuilder sb(cfg);
-            sb.text(ids);
-            decoder.forward(sb.build(), nullptr, false, outputs, fo);
-            und_tokens += ids.size();
-        }
 
-        if (opt.gen && opt.gen_steps > 0 && !p.user.empty()) {
-            // A real t2i trajectory: every step's noisy block (and both CFG branches) passes the
-            // observer, so the gen linears see the activations of the whole schedule.
-            GenTaskInput in;
-            in.task = GenTask::T2I;
-            in.caption = p.user;
-            in.lh = in.lw = opt.latent_hw;
-            in.noise = flow_noise(opt.seed + i,
-                                  static_cast<size_t>(gen_task_rows(in)) * cfg.latent_channels);
-            const GenSequence seq = build_gen_sequence(tok, cfg, in);
-            FlowSamplerOptions so;
-            so.steps = opt.gen_steps;
-            so.observer = fo.observer;
-            const SampleResult r = flow_sample(decoder, seq, so);
-            gen_tokens += static_cast<size_t>(opt.latent_hw) * opt.latent_hw * r.forwards;
-        } else if (opt.gen && opt.gen_steps == 0) {
-            // t2i layout (§2.4): template + caption, then VS + latents + VE as the noisy split.
-            const std::string sys =
-                "Describe the image by detailing the color, quantity, text, shape, size, texture, "
-                "spatial relationships of the objects and background:";
-            const std::string head = "<|im_start|>system\n" + sys +
-                                     "<|im_end|>\n<|im_start|>user\n" + p.user +
-                                     "<|im_end|>\n<|im_start|>assistant\n";
-            std::vector<int32_t> h32 = tok.encode(head);
-            if (h32.size() > static_cast<size_t>(opt.max_prompt_tokens))
-                h32.resize(opt.max_prompt_tokens);
-            const int hw = opt.latent_hw;
-            std::vector<float> lat(static_cast<size_t>(hw) * hw * cfg.latent_channels);
-            for (float& v : lat) v = gauss();
-            // Spread prompts over the whole schedule; the latent is noise scaled like x_t of a
-            // unit-variance x0 (a proxy until real generations can be recorded).
-            const float t = shifted_sigma(static_cast<int>(i % steps), steps, 3.5f);
-            const float sd = std::sqrt((1 - t) * (1 - t) + t * t);
-            for (float& v : lat) v *= sd;
-            SequenceBuilder g(cfg);
-            g.text(std::vector<int64_t>(h32.begin(), h32.end()));
-            g.latent_block(1, hw, hw, lat, t, SplitMode::Noise);
-            decoder.forward(g.build(), nullptr, false, outputs, fo);
-            gen_tokens += static_cast<size_t>(hw) * hw;
+    Outputs outputs;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto run_text = [&](const CalibrationPrompt& p) {
+        std::vector<ChatMessage> msgs = {{"user", p.user}};
+        if (!p.assistant.empty()) msgs.push_back({"assistant", p.assistant});
+        const std::string text =
+            render_chat(p.system.empty() ? kDefaultSystemPrompt : p.system, msgs);
+        std::vector<int32_t> ids32 = tok.encode(text);
+        if (ids32.size() > static_cast<size_t>(opt.max_prompt_tokens))
+            ids32.resize(opt.max_prompt_tokens);
+        SequenceBuilder sb(cfg);
+        sb.text(std::vector<int64_t>(ids32.begin(), ids32.end()));
+        decoder->forward(sb.build(), nullptr, false, outputs, fo);
+    };
+    // x2t: the ViT (its linears observed), then the decoder on the x2t prompt with the reference
+    // answer after it.
+    auto run_x2t = [&](const X2tExample& e) {
+        const std::string preset =
+            tasks_mode ? pl.preset
+                       : (opt.vit_preset.empty() ? x2t_default_preset(e.is_video) : opt.vit_preset);
+        const PreprocessResult px = load_x2t_media(e.media, e.is_video, preset);
+        std::vector<float> emb;
+        Batch b =
+            x2t_prompt_batch(*decoder, *tower, tok, px.pixels, e.instruction, e.question, 0, emb);
+        // The reference answer and <|im_end|> after the prompt, as text continuing the positions
+        // (the rendered training sample), within --max-prompt-tokens.
+        std::vector<int32_t> ans = tok.encode(e.answer + "<|im_end|>");
+        const size_t room = static_cast<size_t>(opt.max_prompt_tokens) > b.size()
+                                ? static_cast<size_t>(opt.max_prompt_tokens) - b.size()
+                                : 0;
+        if (ans.size() > room) ans.resize(room);
+        const size_t H = static_cast<size_t>(cfg.hidden_size);
+        int64_t next = next_text_position(b.positions);
+        for (const int32_t id : ans) {
+            const int64_t id64 = id;
+            b.token_ids.push_back(id64);
+            b.positions.push_back({next, next, next});
+            ++next;
+            emb.resize(emb.size() + H);
+            decoder->embed_tokens(&id64, 1, emb.data() + emb.size() - H);
+        }
+        b.splits.back().len += static_cast<int64_t>(ans.size());
+        b.embeddings = emb.data();
+        decoder->forward(b, nullptr, false, outputs, fo);
+    };
+    // A real trajectory: every forward of the sampler (prefix prefill into both caches, the noisy
+    // block at every step and both CFG branches) passes the observer.
+    auto run_trajectory = [&](const GenTaskInput& in, size_t i, int steps, double shift,
+                              double cfg_scale) {
+        GenTaskInput g = in;
+        g.noise =
+            flow_noise(opt.seed + i, static_cast<size_t>(gen_task_rows(g)) * cfg.latent_channels);
+        const GenSequence seq = build_gen_sequence(tok, cfg, g);
+        FlowSamplerOptions so;
+        so.steps = steps;
+        so.shift = shift;
+        so.cfg = cfg_scale;
+        so.observer = fo.observer;
+        flow_sample(*decoder, seq, so);
+    };
+    auto run_gen_item = [&](const CalItem& it, size_t i) {
+        GenTaskInput in;
+        in.task = it.gen_task;
+        in.caption = it.gen.caption;
+        in.lh = pl.height / 16;
+        in.lw = pl.width / 16;
+        in.lt = gen_task_is_video(it.gen_task) && !gen_task_is_edit(it.gen_task) ? cal_lt : 1;
+        if (!it.gen.media.empty()) {
+            GenMediaOptions mo;
+            mo.preset = pl.preset;
+            mo.vae_path = vae_path;
+            mo.max_latent_frames = cal_lt;
+            prepare_gen_media(it.gen_task, it.gen.media, cfg, mo, tower.get(), in);
+        }
+        run_trajectory(in, i, pl.steps, opt.shift, opt.cfg);
+    };
+    // The text recipe's gen path: a t2i-layout sequence of Gaussian latents at one flow time.
+    auto run_latent_proxy = [&](const CalibrationPrompt& p, size_t i) {
+        const std::string head = "<|im_start|>system\n" + gen_system_prompt(GenTask::T2I) +
+                                 "<|im_end|>\n<|im_start|>user\n" + p.user +
+                                 "<|im_end|>\n<|im_start|>assistant\n";
+        std::vector<int32_t> h32 = tok.encode(head);
+        if (h32.size() > static_cast<size_t>(opt.max_prompt_tokens))
+            h32.resize(opt.max_prompt_tokens);
+        const int hw = opt.latent_hw, steps = 30;
+        // Spread prompts over the whole schedule; the latent is noise scaled like x_t of a
+        // unit-variance x0. Each item draws from its own seeded stream (ranks agree).
+        std::vector<float> lat = flow_noise(name_hash(opt.seed, "latent " + std::to_string(i)),
+                                            static_cast<size_t>(hw) * hw * cfg.latent_channels);
+        const float t = shifted_sigma(static_cast<int>(i % steps), steps, 3.5f);
+        const float sd = std::sqrt((1 - t) * (1 - t) + t * t);
+        for (float& v : lat) v *= sd;
+        SequenceBuilder g(cfg);
+        g.text(std::vector<int64_t>(h32.begin(), h32.end()));
+        g.latent_block(1, hw, hw, lat, t, SplitMode::Noise);
+        decoder->forward(g.build(), nullptr, false, outputs, fo);
+    };
+
+    for (size_t n = 0; n < mine.size(); ++n) {
+        const size_t i = mine[n];
+        const CalItem& it = pl.items[i];
+        rec.begin_item(static_cast<int64_t>(i));
+        switch (it.kind) {
+            case CalItem::Text:
+                run_text(it.prompt);
+                break;
+            case CalItem::X2t:
+                if (tasks_mode) {
+                    run_x2t(it.x2t);
+                } else {
+                    // The text recipe: an item whose media cannot be loaded falls back to text.
+                    bool done = false;
+                    try {
+                        run_x2t(it.x2t);
+                        done = true;
+                    } catch (const Error& err) {
+                        log_warn("calibrate: item ", it.x2t.key, ": ", err.what(),
+                                 "; using its text only");
+                    }
+                    if (!done) run_text(it.prompt);
+                }
+                break;
+            case CalItem::Gen:
+                run_gen_item(it, i);
+                break;
+        }
+        if (it.legacy_gen && !it.prompt.user.empty()) {
+            if (opt.gen_steps > 0) {
+                GenTaskInput in;
+                in.task = GenTask::T2I;
+                in.caption = it.prompt.user;
+                in.lh = in.lw = opt.latent_hw;
+                run_trajectory(in, i, opt.gen_steps, 3.5, 4.0);
+            } else {
+                run_latent_proxy(it.prompt, i);
+            }
         }
         const double s =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        log_info("calibrate: prompt ", i + 1, "/", prompts.size(), ", ", und_tokens, " und (",
-                 vit_tokens, " ViT) + ", gen_tokens, " latent tokens, ", static_cast<int>(s),
-                 " s, ETA ", static_cast<int>(s / (i + 1) * (prompts.size() - i - 1)), " s");
+        log_info("calibrate: item ", n + 1, "/", mine.size(), " (", it.label,
+                 "), rows so far: ", rows_seen[0], " und (", vit_rows, " ViT patches) + ",
+                 rows_seen[1], " gen, ", static_cast<int>(s), " s, ETA ",
+                 static_cast<int>(s / (n + 1) * (mine.size() - n - 1)), " s");
     }
 
-    quant::StatsFileWriter w(opt.out, tasks, opt.rows);
-    std::vector<std::pair<std::string, const quant::StatsAccumulator*>> order;
-    for (int l = 0; l < cfg.num_hidden_layers; ++l)
-        for (int gen = 0; gen < 2; ++gen)
-            for (int k = 0; k < kLinearInputs; ++k) {
-                const auto& a = stats[static_cast<size_t>(l) * 2 + gen].acc[k];
-                if (!a) continue;
-                const PathNames n = path_names(l, gen == 1);
-                for (PathLinear lin : kAllPathLinears)
-                    if (static_cast<int>(linear_input(lin)) == k)
-                        order.emplace_back(n[lin], a.get());
-            }
-    for (size_t k = 0; k < vit_acc.size(); ++k)
-        if (vit_acc[k])
-            for (const std::string& base : vit_names[k]) order.emplace_back(base, vit_acc[k].get());
-    for (const auto& [base, acc] : order) w.declare(base, acc->in(), acc->n_rows());
-    // q/k/v (and gate/up) share one accumulator: compute its statistics once for the run of names.
-    const quant::StatsAccumulator* last = nullptr;
-    quant::LinearStats cur;
-    for (const auto& [base, acc] : order) {
-        if (acc != last) cur = acc->stats(), last = acc;
-        w.write(base, cur);
+    if (rank.world == 1) {
+        const auto stats = rec.stats(false);
+        quant::write_stats_file(opt.out, pl.tasks, opt.rows, stats);
+        log_info("calibrate: wrote ", opt.out, " (", stats.size(), " linears, ", rows_seen[0],
+                 " und rows (", vit_rows, " ViT patches), ", rows_seen[1], " gen rows)");
+        return;
     }
-    w.finish();
-    log_info("calibrate: wrote ", opt.out, " (", order.size(), " linears, ", und_tokens,
-             " und tokens (", vit_tokens, " of them ViT rows), ", gen_tokens, " latent tokens)");
+    const std::string part = calibrate_part_path(opt.out, rank.rank, rank.world);
+    fs::create_directories(fs::path(part).parent_path());
+    quant::PartialInfo info{rank.rank, rank.world, fingerprint(opt, pl)};
+    quant::write_stats_file(part, pl.tasks, opt.rows, rec.stats(true), &info);
+    log_info("calibrate: rank ", rank.rank, " wrote ", part);
+    if (rank.rank != 0) return;
+    std::vector<std::string> parts;
+    for (int r = 0; r < rank.world; ++r)
+        parts.push_back(calibrate_part_path(opt.out, r, rank.world));
+    // A part counts once it exists (parts appear whole: written under a temporary name, then
+    // renamed) and belongs to this run: a stale part of another run waits to be overwritten.
+    const auto part_ready = [&](const std::string& p) {
+        if (!fs::exists(p)) return false;
+        try {
+            const std::string md = quant::StatsFile(p).metadata("lancet.stats.partial");
+            return md.find(info.fingerprint) != std::string::npos;
+        } catch (const Error&) {
+            return false;
+        }
+    };
+    const bool all = wait_until([&] { return std::all_of(parts.begin(), parts.end(), part_ready); },
+                                merge_wait_seconds(rank, opt.merge_wait));
+    if (!all) {
+        log_info(
+            "calibrate: the other ranks' parts of this run are not all there yet: run "
+            "`lancet calibrate --merge ",
+            opt.out, "` when all ranks have finished");
+        return;
+    }
+    quant::reduce_partial_stats_files(parts, opt.out);
+    log_info("calibrate: merged ", parts.size(), " parts into ", opt.out);
 }
 
 }  // namespace lancet

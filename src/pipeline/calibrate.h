@@ -25,9 +25,10 @@ struct CalibrateOptions {
     std::string out;
     int rows = 512;                // reservoir rows kept per linear
     int max_prompt_tokens = 2048;  // longer prompts are cut
-    // Gen path: every prompt also runs as a t2i-layout sequence whose noisy latent block holds
-    // Gaussian latents at a flow time from Lance's shifted schedule (no VAE is needed), so the
-    // _moe_gen linears see real decoder activations. latent_hw x latent_hw latent tokens.
+    // --prompts without --tasks (the text recipe): every prompt also runs as a t2i-layout
+    // sequence whose noisy latent block holds Gaussian latents at a flow time from Lance's
+    // shifted schedule (no VAE is needed), so the _moe_gen linears see real decoder activations.
+    // latent_hw x latent_hw latent tokens.
     bool gen = true;
     int latent_hw = 16;
     // Lance's x2t example files among the prompts (x2t_image_example.json, x2t_video_example.json)
@@ -37,14 +38,43 @@ struct CalibrateOptions {
     // missing runs as text with a warning. false: the items' text only (the seed's recipe).
     bool vit = true;
     std::string vit_preset;  // empty: image_768res for images, video_480p for videos
-    // > 0: instead of that proxy, run the real flow sampler (t2i sequence of Lance's layout, this
-    // many steps, CFG 4.0, shift 3.5, seeded noise) per prompt and record every forward of the
-    // trajectory: the noisy block at each step of the schedule, both CFG branches, and the
-    // prefilled prefix on the und path.
+    // Without --tasks: > 0 runs, instead of that proxy, the real flow sampler (t2i sequence, this
+    // many steps) per prompt. With --tasks: the steps of every generation item's schedule
+    // (0: Lance's 30).
     int gen_steps = 0;
     uint64_t seed = 1;
+
+    // Lance's tasks (t2i, t2v, i2v, image_edit, video_edit, x2t_image, x2t_video), each from
+    // <examples_dir>/<task>_example.json. A generation item builds the task's real sequence
+    // (pipeline/gen_tasks.h, what `lancet run --task` runs) and runs the flow sampler with CFG;
+    // every forward of the trajectory is recorded: the condition prefix prefilled into both caches
+    // (und rows: system prompt, caption, ViT block; gen rows: editing's clean source latent) and
+    // the noisy target block at every step, both CFG branches (gen rows; its two markers on the
+    // und path). An x2t item records the understanding prompt with its ViT rows and the answer.
+    // With tasks given, --prompts files add und rows only (no latent proxy).
+    std::vector<std::string> tasks;
+    std::string examples_dir;
+    std::string size = "256x256";  // t2i / t2v target (calibration's cap, not Lance's 768x768)
+    int frames = 5;                // t2v / i2v frames, video sources cut to as many latent frames
+    std::string preset;            // media resize preset; empty: image_256res (the smallest)
+    double shift = 3.5, cfg = 4.0;
+    bool skip_missing_media = false;  // skip (logged) items whose media is missing; else error
+
+    // Sharding across launcher ranks (pipeline/batch.h): rank r of W calibrates items i with
+    // i % W == r into <out>.parts/rank-r-of-W.safetensors; rank 0 reduces the parts into `out`
+    // (byte-identical to one process over every item) once all exist, waiting up to merge_wait
+    // seconds (< 0: an hour under mpirun, else 0; `calibrate --merge` joins later).
+    int world_size = 0;
+    double merge_wait = -1;
 };
 
 void calibrate(const CalibrateOptions& opt);
+
+// The partial files rank 0 waits for: <out>.parts/rank-R-of-W.safetensors.
+std::string calibrate_part_path(const std::string& out, int rank, int world);
+
+// Joins partial statistics files into `out` (quant::reduce_partial_stats_files). No parts: every
+// <out>.parts/rank-*-of-*.safetensors.
+void calibrate_merge(const std::string& out, std::vector<std::string> parts);
 
 }  // namespace lancet

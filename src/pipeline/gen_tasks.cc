@@ -1,7 +1,14 @@
 // Generation task sequences (spec §2.4 worked layouts, §3.2–3.4).
 #include "pipeline/gen_tasks.h"
 
+#include <filesystem>
+
 #include "core/error.h"
+#include "core/log.h"
+#include "io/image.h"
+#include "io/json_file.h"
+#include "pipeline/preprocess.h"
+#include "pipeline/vae_codec.h"
 
 namespace lancet {
 
@@ -165,6 +172,145 @@ std::vector<float> latent_to_rows(const std::vector<float>& z, int64_t C, int64_
     for (int64_t c = 0; c < C; ++c)
         for (int64_t r = 0; r < n; ++r) rows[r * C + c] = z[c * n + r];
     return rows;
+}
+
+void check_latent_side(const char* what, int px, const LanceConfig& cfg, const std::string& ctx) {
+    if (px < 16 || px % 16)
+        fail(ctx, ": ", what, " ", px, " is not a positive multiple of 16 (the VAE's stride)");
+    if (px / 16 > cfg.max_latent_size)
+        fail(ctx, ": ", what, " ", px, " gives a latent side of ", px / 16,
+             " beyond the PE3D limit ", cfg.max_latent_size,
+             " (Lance would silently wrap the position rows, spec §8.9); at most ",
+             16 * cfg.max_latent_size, " px");
+}
+
+namespace {
+
+// The first `frames` frames of pixels [3, T, H, W].
+PixelTensor first_frames(const PixelTensor& p, int64_t frames) {
+    if (frames >= p.T) return p;
+    PixelTensor o;
+    o.T = frames, o.H = p.H, o.W = p.W;
+    const size_t plane = static_cast<size_t>(p.H * p.W);
+    o.data.resize(3 * static_cast<size_t>(frames) * plane);
+    for (int c = 0; c < 3; ++c)
+        std::copy_n(p.data.data() + static_cast<size_t>(c * p.T) * plane, frames * plane,
+                    o.data.data() + static_cast<size_t>(c * frames) * plane);
+    return o;
+}
+
+}  // namespace
+
+void prepare_gen_media(GenTask task, const std::string& media, const LanceConfig& cfg,
+                       const GenMediaOptions& opt, VisionTower* tower, GenTaskInput& in) {
+    const int64_t C = cfg.latent_channels;
+    const bool video_src = task == GenTask::VideoEdit;
+    PreprocessResult vae_px =
+        video_src ? preprocess_video(media, opt.preset, VisionStream::Vae)
+                  : preprocess_image(read_image(media), opt.preset, VisionStream::Vae);
+    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+    if (opt.max_latent_frames > 0) {
+        const int64_t keep = 1 + 4 * (std::min(opt.max_latent_frames, max_lt) - 1);
+        if (vae_px.pixels.T > keep) vae_px.pixels = first_frames(vae_px.pixels, keep);
+    }
+    const PixelTensor& px = vae_px.pixels;
+    check_latent_side("the source height", static_cast<int>(px.H), cfg, media);
+    check_latent_side("the source width", static_cast<int>(px.W), cfg, media);
+    in.lh = px.H / 16;
+    in.lw = px.W / 16;
+    if (1 + (px.T - 1) / 4 > max_lt)
+        fail(media, ": ", px.T, " sampled frames make ", 1 + (px.T - 1) / 4,
+             " latent frames; the PE3D table holds ", max_lt);
+    VaeEncodeOptions eo;  // the mean: Lance samples with torch's RNG (spec §3.4, pitfall 10)
+    const std::vector<float> z =
+        vae_encode_video(opt.vae_path, px.data.data(), px.T, px.H, px.W, eo);
+    const int64_t zt = 1 + (px.T - 1) / 4;
+    if (task == GenTask::I2V) {
+        // The image alone (T = 1): the causal VAE's latent frame 0 sees only pixel frame 0.
+        in.cond_latent = latent_to_rows(z, C, 1, in.lh, in.lw);
+        log_info("i2v: image ", vae_px.source_width, "x", vae_px.source_height, " -> bucket ", px.W,
+                 "x", px.H, " (", opt.preset, ")");
+        return;
+    }
+    if (!gen_task_is_edit(task)) fail(gen_task_name(task), ": takes no input media");
+    if (!tower) fail(gen_task_name(task), ": editing needs the ViT");
+    in.lt = zt;
+    in.cond_latent = latent_to_rows(z, C, zt, in.lh, in.lw);
+    PreprocessResult vit_px =
+        video_src ? preprocess_video(media, opt.preset, VisionStream::Vit)
+                  : preprocess_image(read_image(media), opt.preset, VisionStream::Vit);
+    if (vit_px.pixels.T > px.T + (px.T % 2))  // the same frames as the VAE source, an even count
+        vit_px.pixels = first_frames(vit_px.pixels, px.T + (px.T % 2));
+    const PixelTensor& vp = vit_px.pixels;
+    PixelTensor two;  // an image (or one frame) goes to the ViT as two identical frames
+    const PixelTensor* v = &vp;
+    if (vp.T == 1) {
+        two.T = 2, two.H = vp.H, two.W = vp.W;
+        const size_t plane = static_cast<size_t>(vp.H * vp.W);
+        two.data.resize(3 * 2 * plane);
+        for (int c = 0; c < 3; ++c)
+            for (int t = 0; t < 2; ++t)
+                std::copy_n(vp.data.data() + c * plane, plane,
+                            two.data.data() + (c * 2 + t) * plane);
+        v = &two;
+    }
+    const VitConfig& vc = cfg.vision;
+    in.vit_rows = tower->forward(kernels::OpContext::defaults(), v->data.data(), v->T, v->H, v->W);
+    in.vit_grid = {v->T / vc.temporal_patch_size, v->H / vc.patch_size, v->W / vc.patch_size};
+    log_info(gen_task_name(task), ": source ", vae_px.source_width, "x", vae_px.source_height,
+             " -> VAE ", px.W, "x", px.H, "x", px.T, ", ViT ", v->W, "x", v->H, "x", v->T, " (",
+             opt.preset, ")");
+}
+
+std::string find_example_media(const std::string& dir_s, const std::string& p) {
+    namespace fs = std::filesystem;
+    const fs::path dir(dir_s);
+    std::error_code ec;
+    const fs::path name = fs::path(p).filename();
+    for (const fs::path& c : {dir / p, dir / "images" / name, dir / "videos" / name, fs::path(p)})
+        if (fs::is_regular_file(c, ec)) return c.string();
+    const std::string suffix = "-" + name.string();
+    for (const char* sub : {"images", "videos"}) {
+        if (!fs::is_directory(dir / sub, ec)) continue;
+        for (const auto& e : fs::directory_iterator(dir / sub, ec)) {
+            const std::string f = e.path().filename().string();
+            if (f.size() > suffix.size() && f.ends_with(suffix)) return e.path().string();
+        }
+    }
+    return {};
+}
+
+std::vector<GenExample> read_gen_examples(const std::string& path) {
+    const nlohmann::json j = read_json_file(path);
+    if (!j.is_object() || j.empty()) fail(path, ": expected an object of items");
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    std::vector<GenExample> items;
+    for (const auto& [key, v] : j.items()) {
+        GenExample it;
+        it.key = key;
+        if (v.is_string()) {
+            it.caption = v.get<std::string>();
+        } else if (v.is_object() && v.contains("interleave_array") &&
+                   v["interleave_array"].is_array() && v.contains("element_dtype_array")) {
+            const auto& arr = v["interleave_array"];
+            const auto& types = v["element_dtype_array"];
+            for (size_t i = 0; i < arr.size() && i < types.size(); ++i) {
+                if (!arr[i].is_string() || !types[i].is_string())
+                    fail(path, ": item ", key, ": interleave entries must be strings");
+                const std::string t = types[i].get<std::string>(), s = arr[i].get<std::string>();
+                if (t == "text") it.caption = s;
+                if ((t == "image" || t == "video") && it.media_ref.empty()) {
+                    it.media_ref = s;
+                    it.media = find_example_media(dir, s);
+                }
+            }
+        } else {
+            fail(path, ": item ", key,
+                 " is neither a prompt string nor an interleave_array object");
+        }
+        items.push_back(it);
+    }
+    return items;
 }
 
 }  // namespace lancet

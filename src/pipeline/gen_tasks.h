@@ -7,7 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "model/lance_checkpoint.h"
 #include "model/lance_config.h"
+#include "model/vit.h"
 #include "pipeline/flow_sampler.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
@@ -51,5 +53,44 @@ std::vector<float> target_latent(const GenTaskInput& in, const std::vector<float
 // A VAE latent [C, t, h, w] as token rows [(t h w), C].
 std::vector<float> latent_to_rows(const std::vector<float>& z, int64_t C, int64_t t, int64_t h,
                                   int64_t w);
+
+// A pixel side of a generated or source frame: a positive multiple of 16 (the VAE's stride) whose
+// latent side fits the PE3D table. Error naming `ctx` otherwise.
+void check_latent_side(const char* what, int px, const LanceConfig& cfg, const std::string& ctx);
+
+// How a task's input media becomes its conditioning.
+struct GenMediaOptions {
+    std::string preset;    // resize preset (preprocess.h)
+    std::string vae_path;  // resolve_vae_path's result
+    // > 0: a video source is cut to its first 1 + 4 (n - 1) sampled frames, n = this (or fewer
+    // when the clip is shorter), so its latent has at most n frames (calibration's cap); 0: the
+    // whole sampled clip, refused beyond the PE3D table.
+    int64_t max_latent_frames = 0;
+};
+
+// The media conditioning of i2v (the first frame's clean latent in `in.cond_latent`, `in.lh/lw`
+// from the input's bucket) and editing (the source latent, its grid `in.lt/lh/lw`, and its ViT
+// rows and grid from `tower`, which must be given for editing). The VAE encodes the mean (Lance
+// samples with torch's RNG: spec §3.4, pitfall 10). One-line Error naming the file.
+void prepare_gen_media(GenTask task, const std::string& media, const LanceConfig& cfg,
+                       const GenMediaOptions& opt, VisionTower* tower, GenTaskInput& in);
+
+// One item of Lance's generation example JSONs (t2i_example.json, t2v_example.json: a map of
+// captions; i2v_example.json and the edit examples: interleave records of the instruction and an
+// image or video path).
+struct GenExample {
+    std::string key;
+    std::string caption;
+    std::string media_ref;  // the path as the JSON writes it ("" for t2i / t2v)
+    std::string media;      // the file found for it ("" when media_ref is empty or not found)
+};
+// Reads every item (structure errors name the file and item); media are looked up with
+// find_example_media relative to the JSON's folder.
+std::vector<GenExample> read_gen_examples(const std::string& path);
+
+// An example's media path: as written relative to the JSON's folder `dir`, else its file name under
+// the folder's images/ or videos/, else a file there named "<anything>-<file name>" (the shared
+// copies carry a task prefix, e.g. i2v-00003.png). "" when none exists.
+std::string find_example_media(const std::string& dir, const std::string& ref);
 
 }  // namespace lancet

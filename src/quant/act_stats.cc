@@ -9,10 +9,57 @@
 
 namespace lancet::quant {
 
+namespace {
+
+// round(|x| 2^32) as an exact integer (x >= 0 and finite).
+unsigned __int128 q32(float a) {
+    const double d = static_cast<double>(a) * 0x1p32 + 0.5;
+    if (d < 0x1p62) return static_cast<uint64_t>(d);
+    if (d >= 0x1p120) fail("stats: activation ", a, " is too large to record");
+    return static_cast<unsigned __int128>(d);
+}
+
+float mean_of(unsigned __int128 sum_q32, int64_t n) {
+    return n > 0
+               ? static_cast<float>(static_cast<double>(sum_q32) * 0x1p-32 / static_cast<double>(n))
+               : 0.0f;
+}
+
+uint64_t mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+struct KeyLess {
+    template <class A>
+    bool operator()(const A& a, const A& b) const {
+        if (a.priority != b.priority) return a.priority < b.priority;
+        if (a.item != b.item) return a.item < b.item;
+        return a.ordinal < b.ordinal;
+    }
+};
+
+}  // namespace
+
+uint64_t row_priority(uint64_t seed, int64_t item, int64_t ordinal) {
+    return mix64(mix64(mix64(seed) ^ static_cast<uint64_t>(item)) ^ static_cast<uint64_t>(ordinal));
+}
+
 StatsAccumulator::StatsAccumulator(int in, int capacity, uint64_t seed)
-    : in_(in), capacity_(capacity), rng_(seed), sum_abs_(in, 0.0), max_abs_(in, 0.0f) {
+    : in_(in),
+      capacity_(capacity),
+      seed_(seed),
+      sum_q32_(in > 0 ? in : 0, 0),
+      max_abs_(in > 0 ? in : 0, 0.0f) {
     if (in <= 0 || capacity < 0)
         fail("stats accumulator: bad width ", in, " or capacity ", capacity);
+}
+
+void StatsAccumulator::begin_item(int64_t item) {
+    item_ = item;
+    ordinal_ = 0;
 }
 
 void StatsAccumulator::add_rows(const float* x, int64_t n, int in) {
@@ -24,34 +71,118 @@ void StatsAccumulator::add_rows(const float* x, int64_t n, int in) {
                 fail("stats: activation [", t, ", ", i, "] = ", row[i], " is not finite");
         for (int i = 0; i < in; ++i) {
             const float a = std::fabs(row[i]);
-            sum_abs_[i] += a;
+            sum_q32_[i] += q32(a);
             max_abs_[i] = std::max(max_abs_[i], a);
         }
-        // Algorithm R: row number k (0-based) replaces a uniform slot with probability cap/(k+1).
-        const int64_t k = n_tokens_ + t;
-        int64_t slot = -1;
-        if (k < capacity_) {
-            slot = k;
-            rows_.resize(static_cast<size_t>(k + 1) * in_);
+        // Bottom-k: keep the row when its priority beats the worst kept one.
+        Kept k{row_priority(seed_, item_, ordinal_), item_, ordinal_, 0};
+        ++ordinal_;
+        if (static_cast<int64_t>(heap_.size()) < capacity_) {
+            k.slot = static_cast<int64_t>(heap_.size());
+            rows_.resize(static_cast<size_t>(k.slot + 1) * in_);
+            heap_.push_back(k);
+            std::push_heap(heap_.begin(), heap_.end(), KeyLess{});
+        } else if (capacity_ > 0 && KeyLess{}(k, heap_.front())) {
+            std::pop_heap(heap_.begin(), heap_.end(), KeyLess{});
+            k.slot = heap_.back().slot;
+            heap_.back() = k;
+            std::push_heap(heap_.begin(), heap_.end(), KeyLess{});
         } else {
-            const uint64_t j = rng_.below(static_cast<uint64_t>(k + 1));
-            if (j < static_cast<uint64_t>(capacity_)) slot = static_cast<int64_t>(j);
+            continue;
         }
-        if (slot >= 0) std::memcpy(&rows_[slot * in_], row, sizeof(float) * in_);
+        std::memcpy(&rows_[k.slot * in_], row, sizeof(float) * in_);
     }
     n_tokens_ += n;
 }
 
-LinearStats StatsAccumulator::stats() const {
+LinearStats StatsAccumulator::stats(bool exact) const {
     LinearStats s;
     s.in = in_;
     s.n_tokens = n_tokens_;
     s.mean_abs.resize(in_);
-    for (int i = 0; i < in_; ++i)
-        s.mean_abs[i] = n_tokens_ > 0 ? static_cast<float>(sum_abs_[i] / n_tokens_) : 0.0f;
+    for (int i = 0; i < in_; ++i) s.mean_abs[i] = mean_of(sum_q32_[i], n_tokens_);
     s.max_abs = max_abs_;
-    s.rows = rows_;
+    std::vector<Kept> kept = heap_;
+    std::sort(kept.begin(), kept.end(), [](const Kept& a, const Kept& b) {
+        return a.item != b.item ? a.item < b.item : a.ordinal < b.ordinal;
+    });
+    s.rows.resize(kept.size() * in_);
+    for (size_t r = 0; r < kept.size(); ++r)
+        std::memcpy(&s.rows[r * in_], &rows_[kept[r].slot * in_], sizeof(float) * in_);
+    if (exact) {
+        s.sum_abs_q32.resize(static_cast<size_t>(in_) * 2);
+        for (int i = 0; i < in_; ++i) {
+            s.sum_abs_q32[2 * i] = static_cast<int64_t>(static_cast<uint64_t>(sum_q32_[i]));
+            s.sum_abs_q32[2 * i + 1] =
+                static_cast<int64_t>(static_cast<uint64_t>(sum_q32_[i] >> 64));
+        }
+        s.row_keys.resize(kept.size() * 3);
+        for (size_t r = 0; r < kept.size(); ++r) {
+            s.row_keys[3 * r] = static_cast<int64_t>(kept[r].priority);
+            s.row_keys[3 * r + 1] = kept[r].item;
+            s.row_keys[3 * r + 2] = kept[r].ordinal;
+        }
+    }
     return s;
+}
+
+LinearStats reduce_exact(const std::vector<const LinearStats*>& parts, int capacity) {
+    if (parts.empty()) fail("stats reduce: nothing to reduce");
+    const int in = parts.front()->in;
+    struct Cand {
+        uint64_t priority;
+        int64_t item, ordinal;
+        const float* row;
+    };
+    std::vector<unsigned __int128> sum(in, 0);
+    LinearStats r;
+    r.in = in;
+    r.max_abs.assign(in, 0.0f);
+    std::vector<Cand> cand;
+    for (const LinearStats* p : parts) {
+        if (p->in != in) fail("stats reduce: widths ", in, " and ", p->in, " differ");
+        if (p->sum_abs_q32.size() != static_cast<size_t>(in) * 2 ||
+            p->row_keys.size() != static_cast<size_t>(p->n_rows()) * 3)
+            fail("stats reduce: a part holds no exact sums and row keys (not a partial file)");
+        for (int i = 0; i < in; ++i) {
+            sum[i] +=
+                (static_cast<unsigned __int128>(static_cast<uint64_t>(p->sum_abs_q32[2 * i + 1]))
+                 << 64) |
+                static_cast<uint64_t>(p->sum_abs_q32[2 * i]);
+            r.max_abs[i] = std::max(r.max_abs[i], p->max_abs[i]);
+        }
+        r.n_tokens += p->n_tokens;
+        for (int64_t k = 0; k < p->n_rows(); ++k)
+            cand.push_back({static_cast<uint64_t>(p->row_keys[3 * k]), p->row_keys[3 * k + 1],
+                            p->row_keys[3 * k + 2], &p->rows[k * in]});
+    }
+    std::sort(cand.begin(), cand.end(), KeyLess{});
+    for (size_t k = 1; k < cand.size(); ++k)
+        if (cand[k].item == cand[k - 1].item && cand[k].ordinal == cand[k - 1].ordinal &&
+            cand[k].priority == cand[k - 1].priority)
+            fail("stats reduce: row ", cand[k].ordinal, " of item ", cand[k].item,
+                 " appears in two parts (overlapping item sets)");
+    if (cand.size() > static_cast<size_t>(std::max(capacity, 0)))
+        cand.resize(std::max(capacity, 0));
+    std::sort(cand.begin(), cand.end(), [](const Cand& a, const Cand& b) {
+        return a.item != b.item ? a.item < b.item : a.ordinal < b.ordinal;
+    });
+    r.mean_abs.resize(in);
+    r.sum_abs_q32.resize(static_cast<size_t>(in) * 2);
+    for (int i = 0; i < in; ++i) {
+        r.mean_abs[i] = mean_of(sum[i], r.n_tokens);
+        r.sum_abs_q32[2 * i] = static_cast<int64_t>(static_cast<uint64_t>(sum[i]));
+        r.sum_abs_q32[2 * i + 1] = static_cast<int64_t>(static_cast<uint64_t>(sum[i] >> 64));
+    }
+    r.rows.resize(cand.size() * in);
+    r.row_keys.resize(cand.size() * 3);
+    for (size_t k = 0; k < cand.size(); ++k) {
+        std::memcpy(&r.rows[k * in], cand[k].row, sizeof(float) * in);
+        r.row_keys[3 * k] = static_cast<int64_t>(cand[k].priority);
+        r.row_keys[3 * k + 1] = cand[k].item;
+        r.row_keys[3 * k + 2] = cand[k].ordinal;
+    }
+    return r;
 }
 
 LinearStats merge(const LinearStats& a, const LinearStats& b, int capacity, uint64_t seed) {

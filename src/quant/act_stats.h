@@ -1,5 +1,5 @@
 // Per-linear activation statistics for AWQ: mean and max |x| per input channel, the token count,
-// and a deterministic reservoir sample of input rows; accumulation and merging.
+// and a deterministic, mergeable sample of input rows; accumulation and merging.
 #pragma once
 
 #include <algorithm>
@@ -20,31 +20,65 @@ struct LinearStats {
     int64_t n_tokens = 0;
     std::vector<float> rows;  // [n_rows, in]: a uniform sample (without replacement) of the inputs
     int64_t n_rows() const { return in > 0 ? static_cast<int64_t>(rows.size()) / in : 0; }
+
+    // The exact state a sharded calibration reduces (both empty otherwise; `<linear>.sum_abs_q32`
+    // I64 [in, 2] and `<linear>.row_keys` I64 [n_rows, 3] in a partial statistics file):
+    // sum_abs_q32: per channel the sum of round(|x| 2^32) as a 128-bit integer (low, high words),
+    // exact, so partial sums add up to the same bits in any grouping and order;
+    // row_keys: per kept row its priority (the reservoir keeps the smallest) and key (item,
+    // ordinal), rows in key order.
+    std::vector<int64_t> sum_abs_q32;
+    std::vector<int64_t> row_keys;
+    bool exact() const { return !sum_abs_q32.empty(); }
 };
 
-// Accumulates LinearStats over calls. Sums are kept in double; the reservoir is Vitter's
-// algorithm R driven by a seeded Rng, so the same sequence of add_rows calls (same row
-// counts and values) gives the same sample on every machine.
+// Accumulates LinearStats over calls. Every row has a key: the calibration item it belongs to
+// (begin_item) and its ordinal among that item's rows here; the reservoir keeps the `capacity`
+// rows of smallest priority hash(seed, key) (a uniform sample without replacement, "bottom-k"),
+// listed in key order. The per-channel |x| sums are exact fixed-point integers. So the result
+// depends only on the set of (key, row) pairs, not on the order items are added in: statistics
+// of disjoint item sets reduce (reduce_exact) to exactly what one accumulator over all of them
+// gives, byte for byte.
 class StatsAccumulator {
   public:
     StatsAccumulator(int in, int capacity = 512, uint64_t seed = 0x5eed);
+    // Rows added from now on belong to item `item` (ordinals from 0). Begin each item once. Without
+    // a call every row is item 0's, numbered in the order added.
+    void begin_item(int64_t item);
     // Adds n rows of width `in` (row-major). Throws lancet::Error on a width mismatch or a
     // non-finite value (a NaN would silently poison every statistic).
     void add_rows(const float* x, int64_t n, int in);
-    LinearStats stats() const;
+    // The statistics; with `exact`, sum_abs_q32 and row_keys are filled too.
+    LinearStats stats(bool exact = false) const;
     int64_t n_tokens() const { return n_tokens_; }
     int in() const { return in_; }
     // Rows the reservoir holds now: min(n_tokens, capacity).
     int64_t n_rows() const { return std::min<int64_t>(n_tokens_, capacity_); }
 
   private:
+    struct Kept {
+        uint64_t priority;
+        int64_t item, ordinal;
+        int64_t slot;  // row index in rows_
+    };
     int in_, capacity_;
-    Rng rng_;
-    std::vector<double> sum_abs_;
+    uint64_t seed_;
+    int64_t item_ = 0, ordinal_ = 0;
+    std::vector<unsigned __int128> sum_q32_;
     std::vector<float> max_abs_;
     int64_t n_tokens_ = 0;
+    std::vector<Kept> heap_;  // max-heap by (priority, item, ordinal): the worst kept row on top
     std::vector<float> rows_;
 };
+
+// The reservoir priority of row `ordinal` of item `item` under `seed` (splitmix64 mixing).
+uint64_t row_priority(uint64_t seed, int64_t item, int64_t ordinal);
+
+// Reduces exact statistics of disjoint item sets (StatsAccumulator::stats(true) or a partial
+// statistics file) into the statistics of their union: summed integers, max of maxes, the
+// `capacity` rows of smallest (priority, key) in key order. Independent of the order of `parts`;
+// equal, byte for byte, to one accumulator over every item. The result is exact too.
+LinearStats reduce_exact(const std::vector<const LinearStats*>& parts, int capacity);
 
 // Combines statistics of disjoint token sets: means weighted by token counts, max of maxes, and a
 // reservoir that is again a uniform sample of the union (each output row comes from a with

@@ -16,7 +16,16 @@ namespace lancet::quant {
 
 namespace {
 
-const char* const kSuffixes[] = {".mean_abs", ".max_abs", ".n_tokens", ".rows"};
+// The last two are optional: a partial statistics file's exact state (LinearStats::exact()).
+constexpr int kNumSuffixes = 6;
+const char* const kSuffixes[kNumSuffixes] = {".mean_abs", ".max_abs",     ".n_tokens",
+                                             ".rows",     ".sum_abs_q32", ".row_keys"};
+
+std::vector<int64_t> read_i64(const TensorView& v) {
+    std::vector<int64_t> r(static_cast<size_t>(v.numel()));
+    if (!r.empty()) std::memcpy(r.data(), v.data, r.size() * sizeof(int64_t));
+    return r;
+}
 
 std::vector<float> read_f32(const TensorView& v) {
     std::vector<float> r(static_cast<size_t>(v.numel()));
@@ -69,14 +78,15 @@ StatsFile::StatsFile(const std::string& path) {
     }
 
     // Group the tensors by linear and check dtypes and shapes.
-    std::map<std::string, std::array<const TensorEntry*, 4>> parts;
+    std::map<std::string, std::array<const TensorEntry*, kNumSuffixes>> parts;
     for (const TensorEntry& e : file_->tensors()) {
         int k = -1;
-        for (int s = 0; s < 4; ++s)
+        for (int s = 0; s < kNumSuffixes; ++s)
             if (e.name.ends_with(kSuffixes[s])) k = s;
         if (k < 0)
             fail(path, ": tensor \"", e.name,
-                 "\" is not <linear>.mean_abs, .max_abs, .n_tokens or .rows");
+                 "\" is not <linear>.mean_abs, .max_abs, .n_tokens, .rows, .sum_abs_q32 or "
+                 ".row_keys");
         const std::string base = e.name.substr(0, e.name.size() - std::strlen(kSuffixes[k]));
         parts[base][k] = &e;  // operator[] value-initializes: all null
     }
@@ -105,8 +115,27 @@ StatsFile::StatsFile(const std::string& path) {
                      dtype_name(r->dtype), " ", shape_str(r->shape));
             se.n_rows = r->shape[0];
         }
+        const TensorEntry* q = p[4];
+        const TensorEntry* k = p[5];
+        if ((q == nullptr) != (k == nullptr))
+            fail(path, ": linear \"", base, "\" has only one of .sum_abs_q32 and .row_keys");
+        if (q) {
+            if (q->dtype != DType::I64 || q->shape != Shape{in, 2})
+                fail(path, ": ", q->name, " must be I64 [", in, ", 2], is ", dtype_name(q->dtype),
+                     " ", shape_str(q->shape));
+            if (k->dtype != DType::I64 || k->shape != Shape{se.n_rows, 3})
+                fail(path, ": ", k->name, " must be I64 [", se.n_rows, ", 3], is ",
+                     dtype_name(k->dtype), " ", shape_str(k->shape));
+            se.exact = true;
+        }
         entries_[base] = se;
     }
+}
+
+std::string StatsFile::metadata(const std::string& key) const {
+    const auto& md = file_->metadata();
+    const auto it = md.find(key);
+    return it == md.end() ? std::string() : it->second;
 }
 
 int64_t StatsFile::n_tokens(const std::string& base) const {
@@ -128,6 +157,10 @@ LinearStats StatsFile::load(const std::string& base) const {
     s.max_abs = read_f32(view(".max_abs"));
     s.n_tokens = n_tokens(base);
     if (it->second.n_rows > 0) s.rows = read_f32(view(".rows"));
+    if (it->second.exact) {
+        s.sum_abs_q32 = read_i64(view(".sum_abs_q32"));
+        if (it->second.n_rows > 0) s.row_keys = read_i64(view(".row_keys"));
+    }
     if (s.n_rows() > s.n_tokens)
         fail(path(), ": ", base, ".rows holds ", s.n_rows(), " rows but n_tokens is ", s.n_tokens);
     for (const auto& [suffix, v] :
@@ -163,15 +196,23 @@ StatsFileWriter::StatsFileWriter(const std::string& path, const std::vector<std:
     w_.set_metadata("lancet.stats.capacity", std::to_string(capacity));
 }
 
-void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows) {
+void StatsFileWriter::set_metadata(const std::string& key, const std::string& value) {
+    w_.set_metadata(key, value);
+}
+
+void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows, bool exact) {
     if (begun_) fail("statistics writer: ", base, " declared after writing began");
     if (in <= 0 || n_rows < 0) fail("statistics writer: ", base, ": bad shape");
-    if (!declared_.emplace(base, StatsEntry{in, n_rows}).second)
+    if (!declared_.emplace(base, StatsEntry{in, n_rows, exact}).second)
         fail("statistics writer: ", base, " declared twice");
     w_.add(base + ".mean_abs", DType::F32, {in});
     w_.add(base + ".max_abs", DType::F32, {in});
     w_.add(base + ".n_tokens", DType::I64, {1});
     w_.add(base + ".rows", DType::F32, {n_rows, in});
+    if (exact) {
+        w_.add(base + ".sum_abs_q32", DType::I64, {in, 2});
+        w_.add(base + ".row_keys", DType::I64, {n_rows, 3});
+    }
 }
 
 void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
@@ -179,17 +220,115 @@ void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
     if (it == declared_.end()) fail("statistics writer: ", base, " was not declared");
     if (s.in != it->second.in || s.n_rows() != it->second.n_rows ||
         s.mean_abs.size() != static_cast<size_t>(s.in) ||
-        s.max_abs.size() != static_cast<size_t>(s.in))
+        s.max_abs.size() != static_cast<size_t>(s.in) ||
+        (it->second.exact && (s.sum_abs_q32.size() != static_cast<size_t>(s.in) * 2 ||
+                              s.row_keys.size() != static_cast<size_t>(s.n_rows()) * 3)))
         fail("statistics writer: ", base, " has width ", s.in, " and ", s.n_rows(),
-             " rows; declared ", it->second.in, " and ", it->second.n_rows);
+             " rows; declared ", it->second.in, " and ", it->second.n_rows,
+             it->second.exact ? " with exact sums and row keys" : "");
     begun_ = true;
     w_.write(base + ".mean_abs", s.mean_abs.data(), s.mean_abs.size() * 4);
     w_.write(base + ".max_abs", s.max_abs.data(), s.max_abs.size() * 4);
     w_.write(base + ".n_tokens", &s.n_tokens, 8);
     w_.write(base + ".rows", s.rows.data(), s.rows.size() * 4);
+    if (it->second.exact) {
+        w_.write(base + ".sum_abs_q32", s.sum_abs_q32.data(), s.sum_abs_q32.size() * 8);
+        w_.write(base + ".row_keys", s.row_keys.data(), s.row_keys.size() * 8);
+    }
 }
 
 void StatsFileWriter::finish() { w_.finish(); }
+
+// ---- whole files, partial files ----
+
+void write_stats_file(const std::string& path, const std::vector<std::string>& tasks, int capacity,
+                      const std::map<std::string, LinearStats>& stats, const PartialInfo* partial) {
+    StatsFileWriter w(path, tasks, capacity);
+    if (partial)
+        w.set_metadata("lancet.stats.partial",
+                       nlohmann::json({{"rank", partial->rank},
+                                       {"world", partial->world},
+                                       {"fingerprint", partial->fingerprint}})
+                           .dump());
+    for (const auto& [base, s] : stats) w.declare(base, s.in, s.n_rows(), partial != nullptr);
+    for (const auto& [base, s] : stats) w.write(base, s);
+    w.finish();
+}
+
+void reduce_partial_stats_files(const std::vector<std::string>& parts, const std::string& output) {
+    if (parts.empty()) fail("stats reduce: no partial files");
+    std::vector<std::unique_ptr<StatsFile>> files;
+    std::vector<int> seen;
+    PartialInfo first;
+    for (const std::string& p : parts) {
+        files.push_back(std::make_unique<StatsFile>(p));
+        const StatsFile& f = *files.back();
+        const std::string md = f.metadata("lancet.stats.partial");
+        if (md.empty())
+            fail(p, ": not a partial statistics file (no lancet.stats.partial metadata)");
+        const nlohmann::json j = parse_strict_json(md, p + ": metadata lancet.stats.partial");
+        PartialInfo info;
+        try {
+            info.rank = j.at("rank").get<int>();
+            info.world = j.at("world").get<int>();
+            info.fingerprint = j.at("fingerprint").get<std::string>();
+        } catch (const std::exception&) {
+            fail(p, ": metadata lancet.stats.partial needs rank, world and fingerprint");
+        }
+        if (info.world < 1 || info.rank < 0 || info.rank >= info.world)
+            fail(p, ": rank ", info.rank, " of a world of ", info.world, " is not valid");
+        if (files.size() == 1) {
+            first = info;
+            seen.assign(info.world, -1);
+        } else {
+            const StatsFile& f0 = *files.front();
+            if (info.world != first.world)
+                fail(p, ": a part of a world of ", info.world, " ranks; ", parts.front(), " is of ",
+                     first.world);
+            if (info.fingerprint != first.fingerprint)
+                fail(p, ": a part of another calibration run (fingerprint ", info.fingerprint, ", ",
+                     parts.front(), " has ", first.fingerprint, ")");
+            if (f.tasks() != f0.tasks() || f.capacity() != f0.capacity())
+                fail(p, ": tasks or capacity differ from ", parts.front());
+        }
+        if (seen[info.rank] >= 0)
+            fail(p, ": rank ", info.rank, " is also ", parts[seen[info.rank]]);
+        seen[info.rank] = static_cast<int>(files.size() - 1);
+        for (const auto& [base, e] : f.entries())
+            if (!e.exact) fail(p, ": ", base, " holds no exact sums (not a partial file)");
+    }
+    for (int r = 0; r < first.world; ++r)
+        if (seen[r] < 0)
+            fail("stats reduce: the part of rank ", r, " of ", first.world, " is missing");
+
+    const int cap = files.front()->capacity();
+    std::map<std::string, std::pair<int, int64_t>> plan;  // width, rows
+    for (const auto& f : files)
+        for (const auto& [base, e] : f->entries()) {
+            auto [it, fresh] = plan.try_emplace(base, e.in, 0);
+            if (!fresh && it->second.first != e.in)
+                fail(f->path(), ": ", base, " has ", e.in, " channels, another part ",
+                     it->second.first);
+            // Each part keeps min(cap, its tokens) rows, so the union keeps min(cap, their sum).
+            it->second.second = std::min<int64_t>(cap, it->second.second + e.n_rows);
+        }
+    StatsFileWriter w(output, files.front()->tasks(), cap);
+    for (const auto& [base, p] : plan) w.declare(base, p.first, p.second);
+    for (const auto& [base, p] : plan) {
+        std::vector<LinearStats> loaded;
+        for (const auto& f : files)
+            if (f->has(base)) loaded.push_back(f->load(base));
+        std::vector<const LinearStats*> ptrs;
+        for (const LinearStats& l : loaded) ptrs.push_back(&l);
+        LinearStats r = reduce_exact(ptrs, cap);
+        r.sum_abs_q32.clear();
+        r.row_keys.clear();
+        w.write(base, r);
+        for (const auto& f : files)
+            if (f->has(base)) f->release(base);
+    }
+    w.finish();
+}
 
 // ---- merging ----
 

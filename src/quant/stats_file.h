@@ -1,7 +1,9 @@
 // The activation-statistics file (safetensors): per targeted linear `<base>.mean_abs` F32 [in],
 // `<base>.max_abs` F32 [in], `<base>.n_tokens` I64 [1] and `<base>.rows` F32 [r, in], plus the
-// format version, calibrated tasks and reservoir capacity in the metadata. Reading, streaming
-// writing and merging (synthetic statistics: pipeline/stats_synth.h).
+// format version, calibrated tasks and reservoir capacity in the metadata. A partial file (one
+// rank of a sharded calibration) adds `<base>.sum_abs_q32` I64 [in, 2] and `<base>.row_keys` I64
+// [r, 3], the exact state quant::reduce_exact joins, and `lancet.stats.partial` metadata. Reading,
+// streaming writing and merging (synthetic statistics: pipeline/stats_synth.h).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +23,7 @@ inline constexpr int kStatsFormatVersion = 1;
 struct StatsEntry {
     int in = 0;
     int64_t n_rows = 0;  // 0 when the file records no rows for it
+    bool exact = false;  // .sum_abs_q32 and .row_keys present (a partial file, see act_stats.h)
 };
 
 // A mapped statistics file, validated up front for names, dtypes and shapes; values are read and
@@ -33,6 +36,8 @@ class StatsFile {
     const std::string& path() const { return file_->path(); }
     const std::vector<std::string>& tasks() const { return tasks_; }
     int capacity() const { return capacity_; }
+    // A metadata value, "" when absent.
+    std::string metadata(const std::string& key) const;
     // Linear base names ("language_model.model.layers.0.self_attn.q_proj"), sorted.
     const std::map<std::string, StatsEntry>& entries() const { return entries_; }
     bool has(const std::string& base) const { return entries_.count(base) != 0; }
@@ -55,7 +60,10 @@ class StatsFile {
 class StatsFileWriter {
   public:
     StatsFileWriter(const std::string& path, const std::vector<std::string>& tasks, int capacity);
-    void declare(const std::string& base, int in, int64_t n_rows);
+    // exact: also `<base>.sum_abs_q32` and `<base>.row_keys` (a partial file's exact state).
+    void declare(const std::string& base, int in, int64_t n_rows, bool exact = false);
+    // Extra metadata (before the first write).
+    void set_metadata(const std::string& key, const std::string& value);
     // Must follow declaration order; checks the shapes against the declaration.
     void write(const std::string& base, const LinearStats& s);
     void finish();
@@ -65,6 +73,26 @@ class StatsFileWriter {
     std::map<std::string, StatsEntry> declared_;
     bool begun_ = false;
 };
+
+// A partial file's identity: which rank of how many wrote it, and a fingerprint of the whole
+// run's settings and items (the parts of one run share it). Metadata `lancet.stats.partial`.
+struct PartialInfo {
+    int rank = 0, world = 1;
+    std::string fingerprint;
+};
+
+// Writes statistics for the linears of `stats` (sorted by name, the one order every writer of a
+// calibration uses) to `path`, atomically. With `partial`, the exact state and the partial
+// metadata are written too (every entry must then be exact); without, a plain statistics file.
+// The same inputs give the same bytes.
+void write_stats_file(const std::string& path, const std::vector<std::string>& tasks, int capacity,
+                      const std::map<std::string, LinearStats>& stats,
+                      const PartialInfo* partial = nullptr);
+
+// Joins the partial files of one sharded calibration (every rank 0..W-1 once, one fingerprint,
+// the same tasks and capacity) into one statistics file with quant::reduce_exact, linear by
+// linear: byte for byte what one process over every item writes. Error naming the file otherwise.
+void reduce_partial_stats_files(const std::vector<std::string>& parts, const std::string& output);
 
 // Merges several files linear by linear (quant::merge: token-weighted means, max of maxes, a
 // uniform reservoir of the union; linears present in only some files are carried over), the task
