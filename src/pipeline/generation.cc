@@ -1,0 +1,201 @@
+// One generation request end to end: media, sequence, sampler, VAE decode.
+#include "pipeline/generation.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "io/video.h"
+#include "kernels/ops.h"
+#include "pipeline/flow_sampler.h"
+#include "pipeline/preprocess.h"
+#include "pipeline/vae_codec.h"
+
+namespace lancet {
+
+namespace {
+
+std::string fmt(double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%g", v);
+    return b;
+}
+
+}  // namespace
+
+void check_gen_settings(const GenSettings& s, const std::string& where, const char* flag) {
+    if (s.steps < 1 || s.steps > 1000)
+        fail(where, ": ", flag, "steps must be in 1..1000 (got ", s.steps, ")");
+    if (!std::isfinite(s.shift) || s.shift <= 0 || s.shift > 1000)
+        fail(where, ": ", flag, "shift must be a number in (0, 1000] (got ", s.shift, ")");
+    if (!std::isfinite(s.cfg) || s.cfg < 0 || s.cfg > 100)
+        fail(where, ": ", flag, "cfg must be a number in [0, 100] (got ", s.cfg, ")");
+}
+
+std::string default_gen_preset(GenTask t) {
+    return (t == GenTask::ImageEdit) ? "image_768res" : "video_480p";
+}
+
+int64_t gen_latent_frames(GenTask task, int frames, const LanceConfig& cfg) {
+    if (task == GenTask::T2I || gen_task_is_edit(task)) return 1;  // editing: the source's
+    const int f = frames > 0 ? frames : kGenDefaultFrames;
+    if (frames < 0 || f < 1) fail(gen_task_name(task), ": frames must be at least 1");
+    const int64_t lt = (f - 1) / 4 + 1;
+    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+    if (lt > max_lt)
+        fail(gen_task_name(task), ": ", f, " frames need ", lt,
+             " latent frames; the PE3D table holds ", max_lt, " (at most ", 1 + 4 * (max_lt - 1),
+             " frames)");
+    if (1 + 4 * (lt - 1) != f)
+        log_info(gen_task_name(task), ": ", f, " frames requested; Lance generates ", lt,
+                 " latent frames = ", 1 + 4 * (lt - 1), " frames (the form 4k+1), using those");
+    return lt;
+}
+
+void check_latent_side(const char* what, int px, const LanceConfig& cfg, const std::string& ctx) {
+    if (px < 16 || px % 16)
+        fail(ctx, ": ", what, " ", px, " is not a positive multiple of 16 (the VAE's stride)");
+    if (px / 16 > cfg.max_latent_size)
+        fail(ctx, ": ", what, " ", px, " gives a latent side of ", px / 16,
+             " beyond the PE3D limit ", cfg.max_latent_size,
+             " (Lance would silently wrap the position rows, spec §8.9); at most ",
+             16 * cfg.max_latent_size, " px");
+}
+
+void parse_gen_size(const std::string& s, int* w, int* h, const std::string& what) {
+    const auto x = s.find('x');
+    try {
+        if (x == std::string::npos) throw std::invalid_argument("");
+        size_t a = 0, b = 0;
+        *w = std::stoi(s.substr(0, x), &a);
+        *h = std::stoi(s.substr(x + 1), &b);
+        if (a != x || b != s.size() - x - 1) throw std::invalid_argument("");
+    } catch (const std::exception&) {
+        fail(what, " '", s, "' is not WIDTHxHEIGHT (e.g. 768x768)");
+    }
+}
+
+ImageMetadata gen_metadata(const GenItem& it, const GenSettings& s, uint64_t seed,
+                           const std::string& model, const std::string& source) {
+    ImageMetadata meta = {{"Software", kLancetVersion},
+                          {"task", gen_task_name(it.task)},
+                          {"prompt", it.caption},
+                          {"seed", std::to_string(seed)},
+                          {"steps", std::to_string(s.steps)},
+                          {"shift", fmt(s.shift)},
+                          {"cfg", fmt(s.cfg)},
+                          {"model", model}};
+    if (!source.empty()) meta.push_back({"source", source});
+    return meta;
+}
+
+Generator::Generator(const LanceCheckpoint& ck, const Qwen2Tokenizer& tok, std::string vae_path)
+    : ck_(ck), tok_(tok), vae_path_(std::move(vae_path)) {}
+
+GenOutput Generator::generate(DecoderSession& dec, const GenItem& it, const GenSettings& s,
+                              uint64_t seed, const GenCallbacks& cb) {
+    const LanceConfig& cfg = ck_.config();
+    const int64_t C = cfg.latent_channels;
+    GenTaskInput in;
+    in.task = it.task;
+    in.caption = it.caption;
+    in.lt = it.lt;
+    in.lh = it.height / 16;
+    in.lw = it.width / 16;
+    const std::string preset = s.preset.empty() ? default_gen_preset(it.task) : s.preset;
+    if (it.task == GenTask::I2V || gen_task_is_edit(it.task)) prepare_media(it, s, preset, in);
+    in.noise = flow_noise(seed, static_cast<size_t>(gen_task_rows(in) * C));
+    const GenSequence seq = build_gen_sequence(tok_, cfg, in);
+
+    FlowSamplerOptions fo;
+    fo.steps = s.steps;
+    fo.shift = s.shift;
+    fo.cfg = s.cfg;
+    fo.bf16_state = !s.f32_state;
+    fo.uncond_cache_cond_positions = !s.consistent_positions;
+    fo.on_step = cb.on_step;
+    fo.cancelled = cb.cancelled;
+    log_info(gen_task_name(it.task), ": ", seq.batch.size(), " tokens, target latent ", in.lt, "x",
+             in.lh, "x", in.lw, " (", in.lw * 16, "x", in.lh * 16, " px), ", s.steps,
+             " steps, shift ", s.shift, ", CFG ", s.cfg, ", seed ", seed);
+    const SampleResult r = flow_sample(dec, seq, fo);
+    GenOutput o;
+    for (double t : r.step_seconds) o.step_s += t;
+    o.prefill_s = r.prefill_seconds;
+    o.cfg_steps = r.cfg_steps;
+    const auto t0 = std::chrono::steady_clock::now();
+    o.latent = target_latent(in, r.x, C);
+    o.frames = vae_decode_latent(vae_path_, o.latent.data(), in.lt, in.lh, in.lw,
+                                 gen_task_is_video(it.task));
+    o.vae_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    o.T = 1 + 4 * (in.lt - 1), o.H = in.lh * 16, o.W = in.lw * 16;
+    return o;
+}
+
+// i2v: the first frame's clean latent; editing: the source latent and its ViT rows.
+void Generator::prepare_media(const GenItem& it, const GenSettings& s, const std::string& preset,
+                              GenTaskInput& in) {
+    const LanceConfig& cfg = ck_.config();
+    const int64_t C = cfg.latent_channels;
+    const bool video_src = it.task == GenTask::VideoEdit;
+    ImageReadOptions ro;
+    ro.max_pixels = s.max_pixels;
+    VideoReadOptions vro;
+    vro.max_pixels = s.max_pixels;
+    PreprocessResult vae_px =
+        video_src ? preprocess_video(it.media, preset, VisionStream::Vae, vro)
+                  : preprocess_image(read_image(it.media, ro), preset, VisionStream::Vae);
+    const PixelTensor& px = vae_px.pixels;
+    check_latent_side("the source height", static_cast<int>(px.H), cfg, it.media);
+    check_latent_side("the source width", static_cast<int>(px.W), cfg, it.media);
+    in.lh = px.H / 16;
+    in.lw = px.W / 16;
+    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+    if (1 + (px.T - 1) / 4 > max_lt)
+        fail(it.media, ": ", px.T, " sampled frames make ", 1 + (px.T - 1) / 4,
+             " latent frames; the PE3D table holds ", max_lt);
+    VaeEncodeOptions eo;  // the mean: Lance samples with torch's RNG (spec §3.4, pitfall 10)
+    const std::vector<float> z = vae_encode_video(vae_path_, px.data.data(), px.T, px.H, px.W, eo);
+    const int64_t zt = 1 + (px.T - 1) / 4;
+    if (it.task == GenTask::I2V) {
+        // The image alone (T = 1): the causal VAE's latent frame 0 sees only pixel frame 0.
+        in.cond_latent = latent_to_rows(z, C, 1, in.lh, in.lw);
+        log_info("i2v: image ", vae_px.source_width, "x", vae_px.source_height, " -> bucket ", px.W,
+                 "x", px.H, " (", preset, ")");
+        return;
+    }
+    in.lt = zt;
+    in.cond_latent = latent_to_rows(z, C, zt, in.lh, in.lw);
+    PreprocessResult vit_px =
+        video_src ? preprocess_video(it.media, preset, VisionStream::Vit, vro)
+                  : preprocess_image(read_image(it.media, ro), preset, VisionStream::Vit);
+    const PixelTensor& vp = vit_px.pixels;
+    PixelTensor two;  // an image goes to the ViT as two identical frames
+    const PixelTensor* v = &vp;
+    if (vp.T == 1) {
+        two.T = 2, two.H = vp.H, two.W = vp.W;
+        const size_t plane = static_cast<size_t>(vp.H * vp.W);
+        two.data.resize(3 * 2 * plane);
+        for (int c = 0; c < 3; ++c)
+            for (int t = 0; t < 2; ++t)
+                std::copy_n(vp.data.data() + c * plane, plane,
+                            two.data.data() + (c * 2 + t) * plane);
+        v = &two;
+    }
+    const VitConfig& vc = cfg.vision;
+    {
+        std::lock_guard<std::mutex> lock(tower_mu_);
+        if (!tower_) tower_ = std::make_unique<VisionTower>(ck_, true);
+        in.vit_rows =
+            tower_->forward(kernels::OpContext::defaults(), v->data.data(), v->T, v->H, v->W);
+    }
+    in.vit_grid = {v->T / vc.temporal_patch_size, v->H / vc.patch_size, v->W / vc.patch_size};
+    log_info(gen_task_name(it.task), ": source ", vae_px.source_width, "x", vae_px.source_height,
+             " -> VAE ", px.W, "x", px.H, "x", px.T, ", ViT ", v->W, "x", v->H, "x", v->T, " (",
+             preset, ")");
+}
+
+}  // namespace lancet
