@@ -68,7 +68,7 @@ ChatEngine::ChatEngine(const ChatEngineOptions& opt)
     if (opt.parallel < 1 || opt.parallel > 64) fail("serve: --parallel must be within [1, 64]");
     if (name_.empty()) name_ = std::filesystem::absolute(opt.model).parent_path().filename();
     DecoderOptions dopt;
-    dopt.load_gen = false;     // chat runs the und expert alone
+    dopt.load_gen = opt.load_gen;  // chat runs the und expert alone; generation needs both
     dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
     dopt.logits_limit = static_cast<int64_t>(tok_.size());
     weights_ = std::make_unique<LanceWeights>(*ck_, dopt);

@@ -61,6 +61,7 @@ struct ChatEngineOptions {
     int parallel = 1;       // sessions decoding at once
     size_t max_queue = 16;  // requests waiting beyond the running ones; more are refused
     size_t threads = 0;     // worker threads in all (0: the process default), split among sessions
+    bool load_gen = false;  // also load the gen expert (the server generates images and videos)
 };
 
 class ChatEngine {
@@ -73,6 +74,9 @@ class ChatEngine {
     const Qwen2Tokenizer& tokenizer() const { return tok_; }
     const LanceConfig& config() const { return ck_->config(); }
     const std::string& model_name() const { return name_; }
+    // The one checkpoint and weights of the server (generation runs sessions over them too).
+    const LanceCheckpoint& checkpoint() const { return *ck_; }
+    const LanceWeights& weights() const { return *weights_; }
 
     // Queues a request; nullptr when the queue is full (the caller answers 429).
     std::shared_ptr<ChatJob> submit(ChatRequest req);

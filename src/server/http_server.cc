@@ -8,12 +8,14 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/json_file.h"
+#include "server/media_input.h"
 #include "server/web_page.h"
 #include "tokenizer/chat_template.h"
 
@@ -145,8 +147,14 @@ struct Metrics {
 
     void request(const std::string& path, int status) {
         // Known routes by name; everything else as one label, so clients cannot grow the table.
-        static const char* known[] = {
-            "/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/videos"};
+        static const char* known[] = {"/",
+                                      "/health",
+                                      "/metrics",
+                                      "/v1/models",
+                                      "/v1/chat/completions",
+                                      "/v1/videos",
+                                      "/v1/images/generations",
+                                      "/v1/images/edits"};
         std::string route = path.rfind("/v1/videos/", 0) == 0 ? "/v1/videos/{id}" : "other";
         for (const char* k : known)
             if (path == k) route = k;
@@ -172,7 +180,7 @@ struct HttpServer::Impl {
     httplib::Server http;
     Metrics metrics;
     std::atomic<uint64_t> next_id{1};
-    std::unique_ptr<JobQueue> videos;  // when opt.video_jobs is set
+    std::unique_ptr<JobQueue> videos;  // image and video jobs, when either kind is configured
     int port = -1;
     int listen_fd = -1;
 
@@ -180,6 +188,9 @@ struct HttpServer::Impl {
 
     void routes();
     void video_routes();
+    void image_routes();
+    void image_request(const nlohmann::json& body, const std::string* upload, bool edit,
+                       httplib::Response& res);
     void chat(const httplib::Request& req, httplib::Response& res);
     std::string metrics_text();
 };
@@ -460,9 +471,11 @@ json video_json(const JobStatus& st) {
 }  // namespace
 
 void HttpServer::Impl::video_routes() {
-    if (opt.video_jobs) videos = std::make_unique<JobQueue>(1, opt.max_video_jobs);
+    if (opt.video_jobs || opt.image_jobs)
+        videos = std::make_unique<JobQueue>(opt.gen_parallel, opt.max_video_jobs, opt.keep_jobs,
+                                            opt.keep_bytes);
     http.Post("/v1/videos", [this](const httplib::Request& req, httplib::Response& res) {
-        if (!videos)
+        if (!opt.video_jobs)
             return send_error(res, 501, "video generation is not available in this server");
         json body;
         JobRunner run;
@@ -491,21 +504,115 @@ void HttpServer::Impl::video_routes() {
                  if (auto st = find(req, res))
                      res.set_content(video_json(*st).dump(), "application/json");
              });
-    http.Get(R"(/v1/videos/([A-Za-z0-9_]+)/content)",
-             [this, find](const httplib::Request& req, httplib::Response& res) {
-                 const auto st = find(req, res);
-                 if (!st) return;
-                 const auto r = videos->result(st->id);
-                 if (!r)
-                     return send_error(
-                         res, 409, "video job " + st->id + " is " + st->state + ", not succeeded");
-                 res.set_content(r->bytes, r->content_type.c_str());
-             });
+    http.Get(R"(/v1/videos/([A-Za-z0-9_]+)/content)", [this, find](const httplib::Request& req,
+                                                                   httplib::Response& res) {
+        const auto st = find(req, res);
+        if (!st) return;
+        const auto r = videos->result(st->id);
+        if (!r)
+            return send_error(res, 409,
+                              "video job " + st->id + " is " + st->state + ", not succeeded");
+        if (!r->file) return res.set_content(r->bytes, r->content_type.c_str());
+        // Streamed from the temp folder; the result (and so the file) stays alive until
+        // the response is done even if the store evicts the job meanwhile.
+        auto in = std::make_shared<std::ifstream>(r->file->path(), std::ios::binary);
+        if (!*in) return send_error(res, 500, "the video file is gone");
+        res.set_content_provider(r->file_bytes, r->content_type.c_str(),
+                                 [r, in](size_t offset, size_t length, httplib::DataSink& sink) {
+                                     std::vector<char> buf(std::min<size_t>(length, 1 << 16));
+                                     in->seekg(static_cast<std::streamoff>(offset));
+                                     in->read(buf.data(), static_cast<std::streamsize>(buf.size()));
+                                     const auto got = in->gcount();
+                                     if (got <= 0) return false;
+                                     return sink.write(buf.data(), static_cast<size_t>(got));
+                                 });
+    });
     http.Delete(R"(/v1/videos/([A-Za-z0-9_]+))", [this, find](const httplib::Request& req,
                                                               httplib::Response& res) {
         if (!find(req, res)) return;
         videos->cancel(req.matches[1]);
         res.set_content(video_json(*videos->status(req.matches[1])).dump(), "application/json");
+    });
+}
+
+void HttpServer::Impl::image_request(const json& body, const std::string* upload, bool edit,
+                                     httplib::Response& res) {
+    if (!opt.image_jobs)
+        return send_error(res, 501, "image generation is not available in this server");
+    JobRunner run;
+    try {
+        if (!body.is_object()) fail("the request body must be a JSON object");
+        run = opt.image_jobs(body, upload, edit);
+    } catch (const Error& e) {
+        return send_error(res, 400, e.what());
+    }
+    const auto id = videos->submit(edit ? "image_edit" : "image", std::move(run));
+    if (!id) {
+        res.set_header("Retry-After", "10");
+        return send_error(res, 429, "the generation queue is full; retry later");
+    }
+    // The client waits for its images (they come back inline); the job is dropped afterwards.
+    const auto st = videos->wait(*id);
+    const auto r = videos->result(*id);
+    videos->forget(*id);
+    if (!st || !r) {
+        const std::string why = st ? st->state + (st->error.empty() ? "" : ": " + st->error) : "";
+        return send_error(res, 500, "image generation failed: " + why);
+    }
+    json data = json::array();
+    for (const std::string& png : r->parts) data.push_back({{"b64_json", base64_encode(png)}});
+    res.set_content(
+        json{{"created", static_cast<int64_t>(std::time(nullptr))}, {"data", data}}.dump(),
+        "application/json");
+}
+
+void HttpServer::Impl::image_routes() {
+    http.Post("/v1/images/generations",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                  json body;
+                  try {
+                      body = parse_strict_json(req.body, "request body");
+                  } catch (const Error& e) {
+                      return send_error(res, 400, e.what());
+                  }
+                  image_request(body, nullptr, false, res);
+              });
+    http.Post("/v1/images/edits", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!req.is_multipart_form_data())
+            return send_error(
+                res, 400, "images/edits takes multipart/form-data (an image file and a prompt)");
+        // The text fields as JSON values: numbers where the field is numeric, so the checks are
+        // those of the JSON routes.
+        json body = json::object();
+        std::string image;
+        bool have_image = false;
+        for (const auto& [name, f] : req.files) {
+            if (name == "image" || name == "image[]") {
+                if (have_image) return send_error(res, 400, "one image per edit", "image");
+                image = f.content;
+                have_image = true;
+                continue;
+            }
+            json v = f.content;
+            if (name == "n" || name == "seed" || name == "steps") {
+                try {
+                    size_t used = 0;
+                    const long long i = std::stoll(f.content, &used);
+                    if (used == f.content.size()) v = i;
+                } catch (const std::exception&) {
+                }
+            } else if (name == "cfg" || name == "shift") {
+                try {
+                    size_t used = 0;
+                    const double d = std::stod(f.content, &used);
+                    if (used == f.content.size()) v = d;
+                } catch (const std::exception&) {
+                }
+            }
+            body[name] = v;
+        }
+        if (!have_image) return send_error(res, 400, "an image file field is required", "image");
+        image_request(body, &image, true, res);
     });
 }
 
@@ -574,6 +681,7 @@ void HttpServer::Impl::routes() {
         res.set_content(kWebPage, "text/html; charset=utf-8");
     });
     video_routes();
+    image_routes();
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
         try {
             chat(req, res);

@@ -24,7 +24,20 @@ struct ServerOptions {
     // Video jobs (POST /v1/videos): turns a request body into a runner, throwing lancet::Error
     // for a bad request (400). Unset: the routes answer 501 (no generation pipeline built in).
     std::function<JobRunner(const nlohmann::json& body)> video_jobs;
-    size_t max_video_jobs = 4;  // waiting video jobs; more: 429
+    // Image requests (POST /v1/images/generations with edit = false, /v1/images/edits with
+    // edit = true and `upload` the multipart image): a runner whose result holds one PNG per
+    // image in `parts`; lancet::Error for a bad request (400). Unset: 501.
+    std::function<JobRunner(const nlohmann::json& body, const std::string* upload, bool edit)>
+        image_jobs;
+    // Image and video jobs share one bounded queue: `gen_parallel` run at once, at most
+    // `max_video_jobs` wait (more: 429 + Retry-After); finished jobs are kept while there are at
+    // most `keep_jobs` of them holding at most `keep_bytes`.
+    size_t gen_parallel = 1;
+    size_t max_video_jobs = 4;
+    size_t keep_jobs = 16;
+    uint64_t keep_bytes = uint64_t{256} << 20;
+    // image_url parts in chat: local paths allowed only inside this folder ("" = none).
+    std::string allow_local_files;
 };
 
 // Counters behind GET /metrics (Prometheus text).

@@ -1,10 +1,23 @@
 // Implementation of the long-job queue.
 #include "server/job_queue.h"
 
+#include <algorithm>
 #include <atomic>
 #include <ctime>
+#include <filesystem>
 
 namespace lancet::server {
+
+OwnedFile::~OwnedFile() {
+    std::error_code ec;
+    std::filesystem::remove(path_, ec);
+}
+
+uint64_t JobResult::size() const {
+    uint64_t n = bytes.size() + file_bytes;
+    for (const auto& p : parts) n += p.size();
+    return n;
+}
 
 struct JobQueue::Job : JobControl {
     JobStatus st;
@@ -21,8 +34,8 @@ struct JobQueue::Job : JobControl {
     }
 };
 
-JobQueue::JobQueue(size_t workers, size_t max_pending, size_t keep_finished)
-    : max_pending_(max_pending), keep_finished_(keep_finished) {
+JobQueue::JobQueue(size_t workers, size_t max_pending, size_t keep_finished, uint64_t keep_bytes)
+    : max_pending_(max_pending), keep_finished_(keep_finished), keep_bytes_(keep_bytes) {
     for (size_t i = 0; i < std::max<size_t>(1, workers); ++i)
         workers_.emplace_back([this] { worker(); });
 }
@@ -35,6 +48,10 @@ JobQueue::~JobQueue() {
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
+    // Jobs that never started end as cancelled, so nobody waits on them forever.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& j : queue_) j->st.state = "cancelled";
+    done_cv_.notify_all();
 }
 
 std::optional<std::string> JobQueue::submit(const std::string& kind, JobRunner run) {
@@ -85,8 +102,46 @@ bool JobQueue::cancel(const std::string& id) {
             }
         j.st.state = "cancelled";
         finished_.push_back(id);
+        evict_locked();
+        done_cv_.notify_all();
     }
     return true;
+}
+
+std::optional<JobStatus> JobQueue::wait(const std::string& id) {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return std::nullopt;
+    const std::shared_ptr<Job> job = it->second;  // kept alive even if evicted meanwhile
+    done_cv_.wait(lock, [&] {
+        const std::string& s = job->st.state;
+        return s == "succeeded" || s == "failed" || s == "cancelled";
+    });
+    return job->st;
+}
+
+void JobQueue::forget(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second->st.state == "queued" || it->second->st.state == "running")
+        return;
+    if (it->second->result) kept_bytes_ -= it->second->result->size();
+    jobs_.erase(it);
+    finished_.erase(std::remove(finished_.begin(), finished_.end(), id), finished_.end());
+}
+
+// Drops the oldest finished jobs beyond the count and byte bounds (the newest one always stays,
+// so a result larger than the bound can still be fetched once).
+void JobQueue::evict_locked() {
+    while (!finished_.empty() && (finished_.size() > keep_finished_ ||
+                                  (kept_bytes_ > keep_bytes_ && finished_.size() > 1))) {
+        const auto it = jobs_.find(finished_.front());
+        if (it != jobs_.end()) {
+            if (it->second->result) kept_bytes_ -= it->second->result->size();
+            jobs_.erase(it);
+        }
+        finished_.pop_front();
+    }
 }
 
 size_t JobQueue::pending() {
@@ -123,17 +178,16 @@ void JobQueue::worker() {
             error = e.what();
         }
         if (job->cancelled()) state = "cancelled", result = nullptr;
+        job->run = nullptr;
         std::lock_guard<std::mutex> lock(mu_);
         --running_;
         job->st.state = state;
         job->st.error = error;
         job->result = result;
-        job->run = nullptr;
+        if (result) kept_bytes_ += result->size();
         finished_.push_back(job->st.id);
-        while (finished_.size() > keep_finished_) {
-            jobs_.erase(finished_.front());
-            finished_.pop_front();
-        }
+        evict_locked();
+        done_cv_.notify_all();
     }
 }
 
