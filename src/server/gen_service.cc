@@ -13,6 +13,7 @@
 #include "io/image.h"
 #include "io/video.h"
 #include "kernels/ops.h"
+#include "pipeline/preprocess.h"
 #include "server/media_input.h"
 
 namespace lancet::server {
@@ -125,6 +126,10 @@ GenSettings GenService::settings(const json& body) const {
     s.cfg = number_field(body, "cfg", 0, 100, s.cfg);
     s.shift = number_field(body, "shift", 1e-3, 1000, s.shift);
     s.max_pixels = opt_.max_input_pixels;
+    // Media tasks: Lance's resize preset (an extension; default as `run`: image_768res for image
+    // edits, video_480p otherwise).
+    s.preset = string_field(body, "preset", "");
+    if (!s.preset.empty()) stream_spec(s.preset, VisionStream::Vae);  // refuses unknown names
     return s;
 }
 
