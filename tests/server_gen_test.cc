@@ -14,6 +14,7 @@
 #include "io/image.h"
 #include "io/video.h"
 #include "model/synth.h"
+#include "pipeline/understanding.h"
 #include "server/gen_service.h"
 #include "server/http_server.h"
 #include "server/media_input.h"
@@ -55,6 +56,9 @@ class ServerGen : public ::testing::Test {
         so.max_body_bytes = kMaxBody;
         so.max_video_jobs = 1;
         so.keep_jobs = 2;
+        so.max_image_pixels = 1 << 20;
+        fs::create_directories(*dir_ / "allowed");
+        so.allow_local_files = (*dir_ / "allowed").string();
         so.image_jobs = [](const json& b, const std::string* up, bool edit) {
             return gen_->image_job(b, up, edit);
         };
@@ -318,6 +322,90 @@ TEST_F(ServerGen, TheStoreIsBoundedAndRemovesFiles) {
     for (const auto& e : fs::directory_iterator(gen_->temp_dir()))
         mp4 += e.path().extension() == ".mp4";
     EXPECT_LE(mp4, 2u);
+}
+
+ImageRGB8 pattern(int w, int h) {
+    ImageRGB8 img;
+    img.width = w, img.height = h;
+    for (int i = 0; i < w * h * 3; ++i)
+        img.rgb.push_back(static_cast<uint8_t>((i * 29 + i / 7) & 255));
+    return img;
+}
+
+json chat_with_image(const std::string& url, const std::string& question, int max_tokens) {
+    return {{"messages",
+             {{{"role", "user"},
+               {"content",
+                {{{"type", "image_url"}, {"image_url", {{"url", url}}}},
+                 {{"type", "text"}, {"text", question}}}}}}},
+            {"max_tokens", max_tokens}};
+}
+
+TEST_F(ServerGen, ChatImageRunsAsX2tImage) {
+    const ImageRGB8 img = pattern(64, 48);
+    const std::string png = encode_png(img);
+    const std::string url = "data:image/png;base64," + server::base64_encode(png);
+    auto r = post("/v1/chat/completions", chat_with_image(url, "What is in the picture?", 6));
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const json j = json::parse(r->body);
+    const std::string got = j["choices"][0]["message"]["content"];
+    // The same question through the understanding pipeline (lancet run --task x2t_image's code).
+    auto ck = LanceCheckpoint::open((*dir_ / "tiny").string());
+    X2tOptions xo;
+    xo.generate.max_new_tokens = 6;
+    X2tRunner runner(*ck, engine_->tokenizer(), xo);
+    const PixelTensor px =
+        preprocess_image(img, x2t_default_preset(false), VisionStream::Vit).pixels;
+    const X2tAnswer want = runner.answer(px, x2t_default_system(false), "What is in the picture?");
+    EXPECT_EQ(got, want.text);
+    EXPECT_EQ(j["usage"]["completion_tokens"].get<size_t>(), want.gen.tokens.size());
+    // The ViT rows count as prompt tokens.
+    EXPECT_GT(j["usage"]["prompt_tokens"].get<size_t>(), want.vit_tokens);
+
+    // A local file inside --allow-local-files gives the same answer; one outside is refused.
+    test::write_file(*dir_ / "allowed" / "pic.png", png);
+    r = post("/v1/chat/completions", chat_with_image((*dir_ / "allowed" / "pic.png").string(),
+                                                     "What is in the picture?", 6));
+    ASSERT_EQ(r->status, 200) << r->body;
+    EXPECT_EQ(json::parse(r->body)["choices"][0]["message"]["content"], want.text);
+    test::write_file(*dir_ / "outside.png", png);
+    expect_error(
+        post("/v1/chat/completions", chat_with_image((*dir_ / "outside.png").string(), "q", 2)),
+        400, "outside");
+    expect_error(post("/v1/chat/completions",
+                      chat_with_image((*dir_ / "allowed" / ".." / "outside.png").string(), "q", 2)),
+                 400, "outside");
+}
+
+TEST_F(ServerGen, ChatImageErrorsAre400) {
+    const std::string png = encode_png(pattern(32, 32));
+    const std::string b64 = server::base64_encode(png);
+    const std::string chat = "/v1/chat/completions";
+    expect_error(post(chat, chat_with_image("data:image/png;base64,@@@", "q", 2)), 400, "base64");
+    expect_error(post(chat, chat_with_image("data:text/plain;base64," + b64, "q", 2)), 400,
+                 "image/png");
+    expect_error(post(chat, chat_with_image("data:image/png;base64,AAAA", "q", 2)), 400, "");
+    expect_error(post(chat, chat_with_image("https://example.com/a.png", "q", 2)), 400, "fetch");
+    // 2000 x 1000 pixels is past the server's 1 MP limit (checked from the header).
+    ImageRGB8 big;
+    big.width = 2000, big.height = 1000;
+    big.rgb.assign(size_t{2000} * 1000 * 3, 128);
+    expect_error(
+        post(chat, chat_with_image(
+                       "data:image/png;base64," + server::base64_encode(encode_png(big)), "q", 2)),
+        400, "pixels");
+    // Two images, or an image in a longer conversation: no layout for it in Lance.
+    json two = chat_with_image("data:image/png;base64," + b64, "q", 2);
+    two["messages"][0]["content"].push_back(
+        {{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64," + b64}}}});
+    expect_error(post(chat, two), 400, "one image");
+    json longer = chat_with_image("data:image/png;base64," + b64, "q", 2);
+    longer["messages"].insert(longer["messages"].begin(),
+                              json{{"role", "user"}, {"content", "hi"}});
+    longer["messages"].insert(longer["messages"].begin() + 1,
+                              json{{"role", "assistant"}, {"content", "hello"}});
+    expect_error(post(chat, longer), 400, "one user message");
 }
 
 }  // namespace

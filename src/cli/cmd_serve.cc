@@ -46,6 +46,7 @@ void run_serve(const ServeArgs& a) {
              "; ", a.engine.parallel, " chat session(s)");
     std::unique_ptr<server::GenService> gen;
     server::ServerOptions so = a.http;
+    so.max_image_pixels = a.gen.max_input_pixels;
     if (eo.load_gen) {
         go.model = a.engine.model;
         gen = std::make_unique<server::GenService>(engine.checkpoint(), engine.tokenizer(),
@@ -121,7 +122,7 @@ void add_serve(CLI::App& app) {
         ->check(CLI::Range(uint64_t{256}, uint64_t{1} << 30))
         ->capture_default_str();
     cmd->add_option("--max-input-pixels", a->gen.max_input_pixels,
-                    "Largest uploaded image or video frame (width x height)")
+                    "Largest uploaded image or video frame, chat images included (width x height)")
         ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 30))
         ->capture_default_str();
     cmd->add_option("--max-images", a->gen.max_images, "Most images (n) per image request")

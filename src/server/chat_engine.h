@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,6 +24,11 @@ struct ChatRequest {
     std::vector<int64_t> prompt;    // chat-template ids
     GenerateOptions gen;            // limit, stop ids, sampler
     std::vector<std::string> stop;  // stop strings: the text ends before the first one
+    // Optional (a message with an image): builds the prompt as a packed batch whose input
+    // embeddings it writes into `embeddings` (an x2t prompt with its ViT block), on the session
+    // that prefills it; `prompt` then holds the same ids for counting. Unset: `prompt` is
+    // prefilled as text.
+    std::function<Batch(DecoderSession& session, std::vector<float>& embeddings)> vision;
 };
 
 // One request's progress. The worker pushes text; the HTTP side pulls it with next().

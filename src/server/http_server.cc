@@ -14,7 +14,11 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/image.h"
 #include "io/json_file.h"
+#include "model/vit.h"
+#include "pipeline/preprocess.h"
+#include "pipeline/understanding.h"
 #include "server/media_input.h"
 #include "server/web_page.h"
 #include "tokenizer/chat_template.h"
@@ -80,8 +84,9 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
     return diff == 0;
 }
 
-// The text of a message's content: a string, or an array of {"type": "text", "text": ...} parts.
-std::string message_text(const json& content, size_t index) {
+// The text of a message's content: a string, or an array of {"type": "text", "text": ...} and
+// {"type": "image_url", "image_url": {"url": ...}} parts (the URLs go to `images`).
+std::string message_text(const json& content, size_t index, std::vector<std::string>& images) {
     const std::string param = "messages[" + std::to_string(index) + "].content";
     if (content.is_string()) return content.get<std::string>();
     if (!content.is_array()) throw HttpError{400, "content must be a string or an array", param};
@@ -95,7 +100,12 @@ std::string message_text(const json& content, size_t index) {
                 throw HttpError{400, "a text part needs a string \"text\"", param};
             text += part["text"].get<std::string>();
         } else if (type == "image_url") {
-            throw HttpError{400, "image input is not supported by this server yet", param};
+            const json* u = part.contains("image_url") ? &part["image_url"] : nullptr;
+            if (u && u->is_object() && u->contains("url")) u = &(*u)["url"];
+            if (!u || !u->is_string() || u->get<std::string>().empty())
+                throw HttpError{400, "an image_url part needs {\"image_url\": {\"url\": ...}}",
+                                param};
+            images.push_back(u->get<std::string>());
         } else {
             throw HttpError{400, "unknown content part type \"" + type + "\"", param};
         }
@@ -174,6 +184,17 @@ struct Metrics {
     }
 };
 
+namespace {
+
+// The ViT for image_url parts, loaded on the first such request; its scratch is its own, so one
+// forward at a time.
+struct SharedTower {
+    std::mutex mu;
+    std::unique_ptr<VisionTower> tower;
+};
+
+}  // namespace
+
 struct HttpServer::Impl {
     ChatEngine& engine;
     ServerOptions opt;
@@ -181,6 +202,7 @@ struct HttpServer::Impl {
     Metrics metrics;
     std::atomic<uint64_t> next_id{1};
     std::unique_ptr<JobQueue> videos;  // image and video jobs, when either kind is configured
+    SharedTower vision;
     int port = -1;
     int listen_fd = -1;
 
@@ -203,8 +225,34 @@ struct ParsedChat {
     int n = 1;
 };
 
+// An image_url's pixels for the ViT: a base64 data URL (PNG, JPEG or WebP), or a local file
+// inside --allow-local-files; the pixel limit is checked from the header before decoding.
+PixelTensor chat_image(const std::string& url, const ServerOptions& opt, const std::string& param) {
+    ImageReadOptions ro;
+    ro.max_pixels = opt.max_image_pixels;
+    try {
+        ImageRGB8 img;
+        if (url.rfind("data:", 0) == 0) {
+            std::string mime;
+            const std::string bytes = decode_data_url(url, "image_url", &mime);
+            if (mime != "image/png" && mime != "image/jpeg" && mime != "image/webp" &&
+                mime != "image/jpg")
+                fail("image_url: the data URL's type must be image/png, image/jpeg or image/webp");
+            img = decode_image({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
+                               "image_url", ro);
+        } else if (url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0) {
+            fail("image_url: this server does not fetch URLs; send a data URL");
+        } else {
+            img = read_image(confined_local_file(url, opt.allow_local_files, "image_url"), ro);
+        }
+        return preprocess_image(img, x2t_default_preset(false), VisionStream::Vit).pixels;
+    } catch (const Error& e) {
+        throw HttpError{400, e.what(), param};
+    }
+}
+
 ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
-                      const ServerOptions& opt) {
+                      const ServerOptions& opt, SharedTower& vision) {
     json body;
     try {
         body = parse_strict_json(body_text, "request body");
@@ -218,6 +266,8 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
     std::string system = kDefaultSystemPrompt;
     bool have_system = false;
     std::vector<ChatMessage> messages;
+    std::vector<std::string> images;
+    std::string image_param;
     const json& msgs = body["messages"];
     for (size_t i = 0; i < msgs.size(); ++i) {
         const json& m = msgs[i];
@@ -226,7 +276,9 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
             !m.contains("content"))
             throw HttpError{400, "each message needs a string role and a content", param};
         const std::string role = m["role"];
-        const std::string text = message_text(m["content"], i);
+        const size_t had = images.size();
+        const std::string text = message_text(m["content"], i, images);
+        if (images.size() > had) image_param = param + ".content";
         if (role == "system" || role == "developer") {
             if (!messages.empty())
                 throw HttpError{400, "a system message must come before the others", param};
@@ -242,8 +294,49 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
 
     ParsedChat p;
     const int64_t ctx = engine.config().max_position_embeddings;
-    // Untrusted text stays text: special-token strings in any message are plain characters.
-    const std::vector<int32_t> ids = chat_ids(engine.tokenizer(), system, messages, false);
+    std::vector<int32_t> ids;
+    if (images.empty()) {
+        // Untrusted text stays text: special-token strings in any message are plain characters.
+        ids = chat_ids(engine.tokenizer(), system, messages, false);
+    } else {
+        // Lance's x2t layout (spec §2.4): system, one user turn holding one image (the ViT block,
+        // bidirectional) and the question, the assistant's turn. Other shapes have no layout in
+        // Lance, so they are refused rather than guessed.
+        if (images.size() != 1)
+            throw HttpError{400, "one image per request (Lance's x2t layout holds one)",
+                            image_param};
+        if (messages.size() != 1 || messages[0].role != "user")
+            throw HttpError{400,
+                            "a request with an image holds one user message (with the image and "
+                            "the question) and optionally a system message",
+                            "messages"};
+        if (!engine.checkpoint().has_vit())
+            throw HttpError{400, "this model has no ViT (Qwen2.5-VL-ViT), so it cannot see images",
+                            image_param};
+        if (!have_system) system = x2t_default_system(false);
+        auto px = std::make_shared<const PixelTensor>(chat_image(images[0], opt, image_param));
+        const VitConfig& vc = engine.config().vision;
+        VitPlan plan;
+        try {
+            plan = vit_plan(vc, px->T, px->H, px->W, "image_url");
+        } catch (const Error& e) {
+            throw HttpError{400, e.what(), image_param};
+        }
+        const X2tPrompt xp =
+            build_x2t_prompt(engine.config(), engine.tokenizer(), system, messages[0].content,
+                             {plan.gt, plan.gh, plan.gw}, vc.spatial_merge_size);
+        ids.assign(xp.ids.begin(), xp.ids.end());
+        const std::string question = messages[0].content;
+        const Qwen2Tokenizer& tok = engine.tokenizer();
+        const LanceCheckpoint& ck = engine.checkpoint();
+        p.req.vision = [px, system, question, &tok, &ck, &vision](DecoderSession& session,
+                                                                  std::vector<float>& emb) {
+            std::lock_guard<std::mutex> lock(vision.mu);
+            if (!vision.tower) vision.tower = std::make_unique<VisionTower>(ck, true);
+            // The context was checked when the request arrived (new_tokens 0 here).
+            return x2t_prompt_batch(session, *vision.tower, tok, *px, system, question, 0, emb);
+        };
+    }
     const size_t max_prompt = opt.max_prompt_tokens ? opt.max_prompt_tokens : ctx;
     if (ids.size() >= max_prompt || static_cast<int64_t>(ids.size()) >= ctx)
         throw HttpError{400,
@@ -299,7 +392,7 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
 
 void HttpServer::Impl::chat(const httplib::Request& req, httplib::Response& res) {
     const double start = now_seconds();
-    ParsedChat p = parse_chat(req.body, engine, opt);
+    ParsedChat p = parse_chat(req.body, engine, opt, vision);
     const std::string id = "chatcmpl-" + std::to_string(next_id++);
     const int64_t created = static_cast<int64_t>(std::time(nullptr));
 

@@ -38,6 +38,7 @@ struct ServerOptions {
     uint64_t keep_bytes = uint64_t{256} << 20;
     // image_url parts in chat: local paths allowed only inside this folder ("" = none).
     std::string allow_local_files;
+    uint64_t max_image_pixels = 16 << 20;  // a chat image, checked from its header
 };
 
 // Counters behind GET /metrics (Prometheus text).
