@@ -56,6 +56,7 @@ class ServerGen : public ::testing::Test {
         so.max_body_bytes = kMaxBody;
         so.max_video_jobs = 1;
         so.keep_jobs = 2;
+        so.vision = gen_->vision();
         so.max_image_pixels = 1 << 20;
         fs::create_directories(*dir_ / "allowed");
         so.allow_local_files = (*dir_ / "allowed").string();
@@ -232,6 +233,11 @@ TEST_F(ServerGen, VideoJobRunsToAnMp4) {
     EXPECT_EQ(vr.info().width, 32);
     EXPECT_EQ(vr.info().height, 32);
     EXPECT_EQ(vr.info().frame_count, 5);
+    // Steps are counted in /metrics.
+    const std::string metrics = c.Get("/metrics")->body;
+    const size_t at = metrics.find("\nlancet_gen_steps_total ");
+    ASSERT_NE(at, std::string::npos);
+    EXPECT_GE(std::stod(metrics.substr(at + 24)), 3.0);
     // The file lives in the server's temp folder while the job is kept.
     size_t files = 0;
     for (const auto& e : fs::directory_iterator(gen_->temp_dir())) files += e.is_regular_file();

@@ -52,6 +52,7 @@ void run_serve(const ServeArgs& a) {
         gen = std::make_unique<server::GenService>(engine.checkpoint(), engine.tokenizer(),
                                                    engine.weights(), go);
         so.gen_parallel = static_cast<size_t>(go.parallel);
+        so.vision = gen->vision();  // one ViT for image edits and image chat
         so.image_jobs = [g = gen.get()](const nlohmann::json& body, const std::string* upload,
                                         bool edit) { return g->image_job(body, upload, edit); };
         so.video_jobs = [g = gen.get()](const nlohmann::json& body) { return g->video_job(body); };

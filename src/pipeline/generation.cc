@@ -92,8 +92,12 @@ ImageMetadata gen_metadata(const GenItem& it, const GenSettings& s, uint64_t see
     return meta;
 }
 
-Generator::Generator(const LanceCheckpoint& ck, const Qwen2Tokenizer& tok, std::string vae_path)
-    : ck_(ck), tok_(tok), vae_path_(std::move(vae_path)) {}
+Generator::Generator(const LanceCheckpoint& ck, const Qwen2Tokenizer& tok, std::string vae_path,
+                     std::shared_ptr<SharedVisionTower> tower)
+    : ck_(ck),
+      tok_(tok),
+      vae_path_(std::move(vae_path)),
+      tower_(tower ? std::move(tower) : std::make_shared<SharedVisionTower>(ck)) {}
 
 GenOutput Generator::generate(DecoderSession& dec, const GenItem& it, const GenSettings& s,
                               uint64_t seed, const GenCallbacks& cb) {
@@ -186,12 +190,9 @@ void Generator::prepare_media(const GenItem& it, const GenSettings& s, const std
         v = &two;
     }
     const VitConfig& vc = cfg.vision;
-    {
-        std::lock_guard<std::mutex> lock(tower_mu_);
-        if (!tower_) tower_ = std::make_unique<VisionTower>(ck_, true);
-        in.vit_rows =
-            tower_->forward(kernels::OpContext::defaults(), v->data.data(), v->T, v->H, v->W);
-    }
+    in.vit_rows = tower_->with([&](VisionTower& t) {
+        return t.forward(kernels::OpContext::defaults(), v->data.data(), v->T, v->H, v->W);
+    });
     in.vit_grid = {v->T / vc.temporal_patch_size, v->H / vc.patch_size, v->W / vc.patch_size};
     log_info(gen_task_name(it.task), ": source ", vae_px.source_width, "x", vae_px.source_height,
              " -> VAE ", px.W, "x", px.H, "x", px.T, ", ViT ", v->W, "x", v->H, "x", v->T, " (",

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -84,7 +83,10 @@ struct GenCallbacks {
 // over LanceWeights with the gen expert, so one Generator serves any number of sessions.
 class Generator {
   public:
-    Generator(const LanceCheckpoint& ck, const Qwen2Tokenizer& tok, std::string vae_path);
+    // `tower`: a ViT shared with other users in the process (null: one of its own, loaded on
+    // the first editing request).
+    Generator(const LanceCheckpoint& ck, const Qwen2Tokenizer& tok, std::string vae_path,
+              std::shared_ptr<SharedVisionTower> tower = nullptr);
     const LanceConfig& config() const { return ck_.config(); }
     const std::string& vae_path() const { return vae_path_; }
 
@@ -99,8 +101,7 @@ class Generator {
     const LanceCheckpoint& ck_;
     const Qwen2Tokenizer& tok_;
     std::string vae_path_;
-    std::mutex tower_mu_;  // the tower's scratch is its own: one forward at a time
-    std::unique_ptr<VisionTower> tower_;
+    std::shared_ptr<SharedVisionTower> tower_;
 };
 
 }  // namespace lancet

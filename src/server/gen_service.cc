@@ -70,7 +70,10 @@ void size_field(const json& body, const LanceConfig& cfg, uint64_t max_pixels, G
 
 GenService::GenService(const LanceCheckpoint& ck, const Qwen2Tokenizer& tok,
                        const LanceWeights& weights, const GenServiceOptions& opt)
-    : ck_(ck), opt_(opt), gen_(ck, tok, opt.vae) {
+    : ck_(ck),
+      opt_(opt),
+      vision_(std::make_shared<SharedVisionTower>(ck)),
+      gen_(ck, tok, opt.vae, vision_) {
     if (!weights.has_gen()) fail("serve: the loaded weights hold no gen expert");
     if (opt.parallel < 1 || opt.parallel > 16) fail("serve: --gen-parallel must be within [1, 16]");
     std::string parent = opt.temp_parent;

@@ -48,6 +48,8 @@ class GenService {
     JobRunner video_job(const nlohmann::json& body);
 
     const std::string& temp_dir() const { return dir_; }
+    // The ViT image edits use; the HTTP server's image chat shares it (ServerOptions::vision).
+    const std::shared_ptr<SharedVisionTower>& vision() const { return vision_; }
     int parallel() const { return static_cast<int>(sessions_.size()); }
 
   private:
@@ -64,6 +66,7 @@ class GenService {
 
     const LanceCheckpoint& ck_;
     GenServiceOptions opt_;
+    std::shared_ptr<SharedVisionTower> vision_;
     Generator gen_;
     std::string dir_;
     std::unique_ptr<TempRegistration> dir_reg_;

@@ -184,17 +184,6 @@ struct Metrics {
     }
 };
 
-namespace {
-
-// The ViT for image_url parts, loaded on the first such request; its scratch is its own, so one
-// forward at a time.
-struct SharedTower {
-    std::mutex mu;
-    std::unique_ptr<VisionTower> tower;
-};
-
-}  // namespace
-
 struct HttpServer::Impl {
     ChatEngine& engine;
     ServerOptions opt;
@@ -202,11 +191,14 @@ struct HttpServer::Impl {
     Metrics metrics;
     std::atomic<uint64_t> next_id{1};
     std::unique_ptr<JobQueue> videos;  // image and video jobs, when either kind is configured
-    SharedTower vision;
+    std::shared_ptr<SharedVisionTower> vision;  // the ViT for image_url parts
     int port = -1;
     int listen_fd = -1;
 
-    Impl(ChatEngine& e, const ServerOptions& o) : engine(e), opt(o) {}
+    Impl(ChatEngine& e, const ServerOptions& o)
+        : engine(e),
+          opt(o),
+          vision(o.vision ? o.vision : std::make_shared<SharedVisionTower>(e.checkpoint())) {}
 
     void routes();
     void video_routes();
@@ -252,7 +244,7 @@ PixelTensor chat_image(const std::string& url, const ServerOptions& opt, const s
 }
 
 ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
-                      const ServerOptions& opt, SharedTower& vision) {
+                      const ServerOptions& opt, SharedVisionTower& vision) {
     json body;
     try {
         body = parse_strict_json(body_text, "request body");
@@ -328,13 +320,12 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
         ids.assign(xp.ids.begin(), xp.ids.end());
         const std::string question = messages[0].content;
         const Qwen2Tokenizer& tok = engine.tokenizer();
-        const LanceCheckpoint& ck = engine.checkpoint();
-        p.req.vision = [px, system, question, &tok, &ck, &vision](DecoderSession& session,
-                                                                  std::vector<float>& emb) {
-            std::lock_guard<std::mutex> lock(vision.mu);
-            if (!vision.tower) vision.tower = std::make_unique<VisionTower>(ck, true);
+        p.req.vision = [px, system, question, &tok, &vision](DecoderSession& session,
+                                                             std::vector<float>& emb) {
             // The context was checked when the request arrived (new_tokens 0 here).
-            return x2t_prompt_batch(session, *vision.tower, tok, *px, system, question, 0, emb);
+            return vision.with([&](VisionTower& t) {
+                return x2t_prompt_batch(session, t, tok, *px, system, question, 0, emb);
+            });
         };
     }
     const size_t max_prompt = opt.max_prompt_tokens ? opt.max_prompt_tokens : ctx;
@@ -392,7 +383,7 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
 
 void HttpServer::Impl::chat(const httplib::Request& req, httplib::Response& res) {
     const double start = now_seconds();
-    ParsedChat p = parse_chat(req.body, engine, opt, vision);
+    ParsedChat p = parse_chat(req.body, engine, opt, *vision);
     const std::string id = "chatcmpl-" + std::to_string(next_id++);
     const int64_t created = static_cast<int64_t>(std::time(nullptr));
 
@@ -527,10 +518,12 @@ std::string HttpServer::Impl::metrics_text() {
           static_cast<double>(engine.queue_depth()));
     gauge("lancet_running", "Chat requests decoding now.", static_cast<double>(engine.running()));
     gauge("lancet_sessions", "Decoder sessions (--parallel).", engine.parallel());
-    gauge("lancet_video_queue_depth", "Video jobs waiting.",
+    gauge("lancet_video_queue_depth", "Image and video jobs waiting.",
           videos ? static_cast<double>(videos->pending()) : 0.0);
-    gauge("lancet_video_running", "Video jobs running.",
+    gauge("lancet_video_running", "Image and video jobs running.",
           videos ? static_cast<double>(videos->running()) : 0.0);
+    counter("lancet_gen_steps_total", "Sampler steps of image and video jobs.",
+            videos ? static_cast<double>(videos->steps_done()) : 0.0);
     s += "# HELP lancet_request_seconds Chat request latency.\n";
     s += "# TYPE lancet_request_seconds histogram\n";
     for (size_t i = 0; i < kNumBuckets; ++i) {
@@ -718,6 +711,12 @@ void HttpServer::Impl::routes() {
             if (res.status == 404) msg = "no route " + req.method + " " + req.path;
             if (res.status == 413)
                 msg = "the request body exceeds " + std::to_string(opt.max_body_bytes) + " bytes";
+            // The library caps form-encoded bodies far lower (curl -d sends that type).
+            if (res.status == 413 && req.get_header_value("Content-Type")
+                                             .rfind("application/x-www-form-urlencoded", 0) == 0)
+                msg = "a form-encoded body is limited to " +
+                      std::to_string(CPPHTTPLIB_FORM_URL_ENCODED_PAYLOAD_MAX_LENGTH) +
+                      " bytes; send the JSON with Content-Type: application/json";
             if (res.status == 400) msg = "malformed HTTP request";
             send_error(res, res.status, msg);
         }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "model/vit.h"
 #include "server/chat_engine.h"
 #include "server/job_queue.h"
 
@@ -39,6 +40,9 @@ struct ServerOptions {
     // image_url parts in chat: local paths allowed only inside this folder ("" = none).
     std::string allow_local_files;
     uint64_t max_image_pixels = 16 << 20;  // a chat image, checked from its header
+    // The ViT for chat images, shared with the generation side (null: the server loads its own
+    // on the first image request).
+    std::shared_ptr<SharedVisionTower> vision;
 };
 
 // Counters behind GET /metrics (Prometheus text).

@@ -25,10 +25,12 @@ struct JobQueue::Job : JobControl {
     std::shared_ptr<const JobResult> result;
     std::atomic<bool> cancel_flag{false};
     std::mutex* mu = nullptr;
+    std::atomic<uint64_t>* steps_done = nullptr;
 
     bool cancelled() const override { return cancel_flag; }
     void progress(int step, int steps) override {
         std::lock_guard<std::mutex> lock(*mu);
+        if (step > st.step) *steps_done += static_cast<uint64_t>(step - st.step);
         st.step = step;
         st.steps = steps;
     }
@@ -58,6 +60,7 @@ std::optional<std::string> JobQueue::submit(const std::string& kind, JobRunner r
     auto job = std::make_shared<Job>();
     job->run = std::move(run);
     job->mu = &mu_;
+    job->steps_done = &steps_done_;
     {
         std::lock_guard<std::mutex> lock(mu_);
         if (stop_ || queue_.size() >= max_pending_) return std::nullopt;

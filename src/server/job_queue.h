@@ -3,6 +3,7 @@
 // job computes is a runner handed in by whoever submits it.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -84,6 +85,8 @@ class JobQueue {
     void forget(const std::string& id);
     size_t pending();
     size_t running();
+    // Sampler steps reported by every job so far (/metrics).
+    uint64_t steps_done() const { return steps_done_; }
 
   private:
     struct Job;
@@ -101,6 +104,7 @@ class JobQueue {
     uint64_t next_id_ = 1;
     size_t running_ = 0;
     bool stop_ = false;
+    std::atomic<uint64_t> steps_done_{0};
     std::vector<std::thread> workers_;
 };
 
