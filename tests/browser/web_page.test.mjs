@@ -1,6 +1,7 @@
 // The page `lancet serve` answers at "/", driven in a real browser: Debian's Chromium, headless,
-// through playwright-core (tests/browser/setup.sh). One test per flow — chat streaming,
-// text-to-image, a video job — each leaving a screenshot in $LANCET_BROWSER_ARTIFACTS.
+// through playwright-core (tests/browser/setup.sh). One test per flow — chat streaming, chat with
+// an uploaded image, text-to-image, a video job — each leaving a screenshot in
+// $LANCET_BROWSER_ARTIFACTS.
 // Run by tests/browser/run.sh (CTest), which skips when node, playwright-core or chromium is
 // missing. Env: LANCET_BIN (the lancet binary), CHROMIUM (the browser), LANCET_BROWSER_ARTIFACTS.
 import { test, before, after } from 'node:test';
@@ -73,6 +74,33 @@ test('chat streams a reply', async () => {
   await page.waitForTimeout(50);
   assert.ok(sse.includes('data: [DONE]'), 'the reply was not a server-sent event stream');
   assert.ok(sse.split('chat.completion.chunk').length > 3, 'fewer chunks than tokens');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('chat with an uploaded image answers it', async () => {
+  // A picture to upload: lancet's own t2i output.
+  const pic = path.join(dir, 'pic.png');
+  execFileSync(bin, ['run', '--model', path.join(dir, 'tiny'), '--task', 't2i', '-p', 'a cat',
+                     '--size', '32x32', '--steps', '1', '-o', pic], { stdio: 'ignore' });
+  const { page, errors } = await open();
+  let sent = null;
+  page.on('request', (r) => {
+    if (r.url().endsWith('/v1/chat/completions')) sent = JSON.parse(r.postData());
+  });
+  await page.fill('#max', '6');
+  await page.setInputFiles('#img', pic);
+  await page.fill('#q', 'What is in the picture?');
+  await page.click('#send');
+  const reply = page.locator('#log .assistant[data-done="1"]');
+  await reply.waitFor({ timeout: 30000 });
+  await page.screenshot({ path: path.join(artifacts, 'chat_image.png'), fullPage: true });
+  assert.equal(await page.locator('#log .user img').count(), 1);
+  assert.equal(await page.locator('#log .err').count(), 0);
+  const parts = sent.messages[0].content;
+  assert.equal(parts[0].type, 'image_url');
+  assert.match(parts[0].image_url.url, /^data:image\/png;base64,/);
+  assert.equal(parts[1].text, 'What is in the picture?');
   assert.deepEqual(errors, []);
   await page.close();
 });
