@@ -638,8 +638,8 @@ void HttpServer::Impl::image_request(const json& body, const std::string* upload
         return send_error(res, 429, "the generation queue is full; retry later");
     }
     // The client waits for its images (they come back inline); the job is dropped afterwards.
-    const auto st = videos->wait(*id);
-    const auto r = videos->result(*id);
+    std::shared_ptr<const JobResult> r;
+    const auto st = videos->wait(*id, &r);
     videos->forget(*id);
     if (!st || !r) {
         const std::string why = st ? st->state + (st->error.empty() ? "" : ": " + st->error) : "";

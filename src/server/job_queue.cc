@@ -111,7 +111,8 @@ bool JobQueue::cancel(const std::string& id) {
     return true;
 }
 
-std::optional<JobStatus> JobQueue::wait(const std::string& id) {
+std::optional<JobStatus> JobQueue::wait(const std::string& id,
+                                        std::shared_ptr<const JobResult>* result) {
     std::unique_lock<std::mutex> lock(mu_);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return std::nullopt;
@@ -120,6 +121,7 @@ std::optional<JobStatus> JobQueue::wait(const std::string& id) {
         const std::string& s = job->st.state;
         return s == "succeeded" || s == "failed" || s == "cancelled";
     });
+    if (result) *result = job->st.state == "succeeded" ? job->result : nullptr;
     return job->st;
 }
 

@@ -80,7 +80,9 @@ class JobQueue {
     // Cancels a queued or running job; false when the id is unknown.
     bool cancel(const std::string& id);
     // Waits until the job has finished (succeeded, failed or cancelled); nullopt for an unknown id.
-    std::optional<JobStatus> wait(const std::string& id);
+    // `result` (optional) receives the job's result, even if the store evicts it meanwhile.
+    std::optional<JobStatus> wait(const std::string& id,
+                                  std::shared_ptr<const JobResult>* result = nullptr);
     // Forgets a finished job now (its result freed once nobody holds it).
     void forget(const std::string& id);
     size_t pending();
