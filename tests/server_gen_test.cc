@@ -412,6 +412,9 @@ TEST_F(ServerGen, ChatImageErrorsAre400) {
     longer["messages"].insert(longer["messages"].begin() + 1,
                               json{{"role", "assistant"}, {"content", "hello"}});
     expect_error(post(chat, longer), 400, "one user message");
+    json in_system = chat_with_image("data:image/png;base64," + b64, "q", 2);
+    in_system["messages"][0]["role"] = "system";
+    expect_error(post(chat, in_system), 400, "user message");
 }
 
 }  // namespace

@@ -270,7 +270,10 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
         const std::string role = m["role"];
         const size_t had = images.size();
         const std::string text = message_text(m["content"], i, images);
-        if (images.size() > had) image_param = param + ".content";
+        if (images.size() > had) {
+            image_param = param + ".content";
+            if (role != "user") throw HttpError{400, "images go in a user message", image_param};
+        }
         if (role == "system" || role == "developer") {
             if (!messages.empty())
                 throw HttpError{400, "a system message must come before the others", param};
