@@ -264,6 +264,28 @@ TEST_F(ServerGen, I2vTakesADataUrl) {
     expect_error(post("/v1/videos", {{"task", "i2v"}, {"prompt", "x"}}), 400, "image");
 }
 
+TEST_F(ServerGen, VideoEditTakesABase64Clip) {
+    // A 5-frame 32x32 clip made with the MP4 writer, sent as bare base64.
+    std::vector<float> frames(3 * 5 * 32 * 32);
+    for (size_t i = 0; i < frames.size(); ++i)
+        frames[i] = static_cast<float>((i * 13) % 200) / 100 - 1;
+    const fs::path clip = *dir_ / "clip.mp4";
+    write_mp4(clip.string(), frames.data(), 5, 32, 32);
+    auto r = post("/v1/videos", {{"task", "video_edit"},
+                                 {"prompt", "make it night"},
+                                 {"video", server::base64_encode(test::read_file(clip))},
+                                 {"steps", 2},
+                                 {"preset", "video_192p"}});
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const std::string id = json::parse(r->body)["id"];
+    EXPECT_EQ(wait_video(id)["status"], "succeeded");
+    auto c = client();
+    auto content = c.Get(("/v1/videos/" + id + "/content").c_str());
+    ASSERT_EQ(content->status, 200);
+    EXPECT_EQ(content->body.substr(4, 4), "ftyp");
+}
+
 TEST_F(ServerGen, DeleteCancelsBetweenSteps) {
     auto r = post("/v1/videos",
                   {{"prompt", "a long one"}, {"size", "32x32"}, {"frames", 5}, {"steps", 1000}});
