@@ -12,4 +12,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     libgtest-dev libgmock-dev \
     libpng-dev libjpeg62-turbo-dev libwebp-dev \
     libavformat-dev libavcodec-dev libswscale-dev libavutil-dev \
-    libcpp-httplib-dev curl openmpi-bin >/dev/null
+    libcpp-httplib-dev curl openmpi-bin \
+    chromium nodejs >/dev/null

@@ -51,7 +51,10 @@ class Server : public ::testing::Test {
                     std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
                     c.progress(i + 1, steps);
                 }
-                return server::JobResult{"video of " + prompt, "video/mp4"};
+                server::JobResult r;
+                r.bytes = "video of " + prompt;
+                r.content_type = "video/mp4";
+                return r;
             };
         };
         http_ = new server::HttpServer(*engine_, so);

@@ -26,6 +26,7 @@
 #include "model/vit.h"
 #include "pipeline/flow_sampler.h"
 #include "pipeline/gen_tasks.h"
+#include "pipeline/generation.h"
 #include "pipeline/preprocess.h"
 #include "pipeline/vae_codec.h"
 #include "tokenizer/qwen2_tokenizer.h"
@@ -44,58 +45,10 @@ struct GenRunArgs {
 
 namespace {
 
-constexpr const char* kVersion = "lancet 0.1.0";
-constexpr int kDefaultFrames = 50;  // NUM_FRAMES
-constexpr int kDefaultSide = 768;   // VIDEO_HEIGHT x VIDEO_WIDTH
-
-// One generation to run: everything checked before any weight loads.
-struct GenItem {
-    GenTask task = GenTask::T2I;
-    std::string caption, media, out;  // out: the final path
-    int width = 0, height = 0;        // t2i / t2v pixels
-    int64_t lt = 1;                   // target latent frames
-};
-
 std::string lower_ext(const std::string& path) {
     std::string e = fs::path(path).extension().string();
     for (char& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return e;
-}
-
-std::string default_preset(GenTask t) {
-    // Lance's RESOLUTION default is video_480p; its README uses image_768res for image tasks.
-    return (t == GenTask::ImageEdit) ? "image_768res" : "video_480p";
-}
-
-// Latent frames for a requested frame count (Lance: (NUM_FRAMES - 1) // 4 + 1), with a note when
-// the decoded length differs from the request.
-int64_t latent_frames(GenTask task, int frames, const LanceConfig& cfg) {
-    if (task == GenTask::T2I || gen_task_is_edit(task)) return 1;  // editing: the source's
-    const int f = frames > 0 ? frames : kDefaultFrames;
-    if (frames < 0 || f < 1) fail(gen_task_name(task), ": --frames must be at least 1");
-    const int64_t lt = (f - 1) / 4 + 1;
-    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
-    if (lt > max_lt)
-        fail(gen_task_name(task), ": ", f, " frames need ", lt,
-             " latent frames; the PE3D table holds ", max_lt, " (at most ", 1 + 4 * (max_lt - 1),
-             " frames)");
-    if (1 + 4 * (lt - 1) != f)
-        log_info(gen_task_name(task), ": ", f, " frames requested; Lance generates ", lt,
-                 " latent frames = ", 1 + 4 * (lt - 1), " frames (the form 4k+1), using those");
-    return lt;
-}
-
-void parse_size(const std::string& s, int* w, int* h) {
-    const auto x = s.find('x');
-    try {
-        if (x == std::string::npos) throw std::invalid_argument("");
-        size_t a = 0, b = 0;
-        *w = std::stoi(s.substr(0, x), &a);
-        *h = std::stoi(s.substr(x + 1), &b);
-        if (a != x || b != s.size() - x - 1) throw std::invalid_argument("");
-    } catch (const std::exception&) {
-        fail("--size '", s, "' is not WIDTHxHEIGHT (e.g. 768x768)");
-    }
 }
 
 void check_output_ext(const GenItem& it) {
@@ -112,17 +65,30 @@ void check_output_ext(const GenItem& it) {
         fail(it.out, ": this build has no FFmpeg, so it cannot write MP4");
 }
 
-// The settings and the checkpoint, loaded once for every item.
-class Generator {
+GenSettings settings(const GenRunArgs& a) {
+    GenSettings s;
+    s.steps = a.steps;
+    s.shift = a.shift;
+    s.cfg = a.cfg;
+    s.f32_state = a.f32_state;
+    s.consistent_positions = a.consistent_positions;
+    s.preset = a.preset;
+    return s;
+}
+
+// The settings and the checkpoint, loaded once for every item; the generation itself is
+// pipeline/generation's Generator on this command's one session.
+class GenHost {
   public:
-    Generator(const GenRunArgs& a, const std::string& model, bool need_vit) : a_(a), model_(model) {
+    GenHost(const GenRunArgs& a, const std::string& model, bool need_vit) : a_(a), model_(model) {
         OpenOptions oo;
         oo.vit_dir = a.vit_dir;
         ck_ = LanceCheckpoint::open(model, oo);
         if (need_vit && !ck_->has_vit())
             fail(model, ": editing needs the ViT (Qwen2.5-VL-ViT), and this model has none");
-        vae_path_ = resolve_vae_path(a.vae.empty() ? model : a.vae);
         tok_ = std::make_unique<Qwen2Tokenizer>(Qwen2Tokenizer::load(model));
+        gen_ = std::make_unique<Generator>(*ck_, *tok_,
+                                           resolve_vae_path(a.vae.empty() ? model : a.vae));
     }
     const LanceConfig& config() const { return ck_->config(); }
 
@@ -134,37 +100,9 @@ class Generator {
         dec_ = std::make_unique<DecoderSession>(*weights_);
     }
 
-    // What one item produced.
-    struct Output {
-        std::vector<float> latent;  // [C, lt, lh, lw] the target's final latent
-        std::vector<float> frames;  // [3, T, H, W] in [-1, 1]
-        int64_t T = 0, H = 0, W = 0;
-        double prefill_s = 0, step_s = 0, vae_s = 0;
-        int cfg_steps = 0;
-    };
-
-    // Samples and decodes one item.
-    Output generate(const GenItem& it, uint64_t seed) {
-        const LanceConfig& cfg = ck_->config();
-        const int64_t C = cfg.latent_channels;
-        GenTaskInput in;
-        in.task = it.task;
-        in.caption = it.caption;
-        in.lt = it.lt;
-        in.lh = it.height / 16;
-        in.lw = it.width / 16;
-        const std::string preset = a_.preset.empty() ? default_preset(it.task) : a_.preset;
-        if (it.task == GenTask::I2V || gen_task_is_edit(it.task)) prepare_media(it, preset, in);
-        in.noise = flow_noise(seed, static_cast<size_t>(gen_task_rows(in) * C));
-        const GenSequence seq = build_gen_sequence(*tok_, cfg, in);
-
-        FlowSamplerOptions fo;
-        fo.steps = a_.steps;
-        fo.shift = a_.shift;
-        fo.cfg = a_.cfg;
-        fo.bf16_state = !a_.f32_state;
-        fo.uncond_cache_cond_positions = !a_.consistent_positions;
-        fo.on_step = [](int k, int n, double secs) {
+    GenOutput generate(const GenItem& it, uint64_t seed) {
+        GenCallbacks cb;
+        cb.on_step = [](int k, int n, double secs) {
             if (log_level() < LogLevel::Info) return;
             const int done = k + 1, width = 24, fill = done * width / n;
             const double per = secs / done, eta = per * (n - done);
@@ -177,35 +115,13 @@ class Generator {
             if (tty && done == n) std::fputc('\n', stderr);
             std::fflush(stderr);
         };
-        log_info(gen_task_name(it.task), ": ", seq.batch.size(), " tokens, target latent ", in.lt,
-                 "x", in.lh, "x", in.lw, " (", in.lw * 16, "x", in.lh * 16, " px), ", a_.steps,
-                 " steps, shift ", a_.shift, ", CFG ", a_.cfg, ", seed ", seed);
-        const SampleResult r = flow_sample(*dec_, seq, fo);
-        Output o;
-        for (double s : r.step_seconds) o.step_s += s;
-        o.prefill_s = r.prefill_seconds;
-        o.cfg_steps = r.cfg_steps;
-        const auto t0 = std::chrono::steady_clock::now();
-        o.latent = target_latent(in, r.x, C);
-        o.frames = vae_decode_latent(vae_path_, o.latent.data(), in.lt, in.lh, in.lw,
-                                     gen_task_is_video(it.task));
-        o.vae_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        o.T = 1 + 4 * (in.lt - 1), o.H = in.lh * 16, o.W = in.lw * 16;
-        return o;
+        return gen_->generate(*dec_, it, settings(a_), seed, cb);
     }
 
     // Runs one item, writing `path` (a temporary name the caller renames, or the final one).
     void run(const GenItem& it, const std::string& path, uint64_t seed) {
-        const Output o = generate(it, seed);
-        ImageMetadata meta = {{"Software", kVersion},
-                              {"task", gen_task_name(it.task)},
-                              {"prompt", it.caption},
-                              {"seed", std::to_string(seed)},
-                              {"steps", std::to_string(a_.steps)},
-                              {"shift", fmt(a_.shift)},
-                              {"cfg", fmt(a_.cfg)},
-                              {"model", model_}};
-        if (!it.media.empty()) meta.push_back({"source", it.media});
+        const GenOutput o = generate(it, seed);
+        const ImageMetadata meta = gen_metadata(it, settings(a_), seed, model_, it.media);
         if (gen_task_is_video(it.task)) {
             VideoWriteOptions vo;
             vo.metadata = meta;
@@ -221,38 +137,16 @@ class Generator {
     }
 
   private:
-    static std::string fmt(double v) {
-        char b[32];
-        std::snprintf(b, sizeof b, "%g", v);
-        return b;
-    }
-
-    // i2v: the first frame's clean latent; editing: the source latent and its ViT rows.
-    void prepare_media(const GenItem& it, const std::string& preset, GenTaskInput& in) {
-        if (gen_task_is_edit(it.task) && !tower_)
-            tower_ = std::make_unique<VisionTower>(*ck_, true);
-        GenMediaOptions mo;
-        mo.preset = preset;
-        mo.vae_path = vae_path_;
-        prepare_gen_media(it.task, it.media, ck_->config(), mo, tower_.get(), in);
-    }
-
     const GenRunArgs& a_;
-    std::string model_, vae_path_;
+    std::string model_;
     std::unique_ptr<LanceCheckpoint> ck_;
     std::unique_ptr<Qwen2Tokenizer> tok_;
+    std::unique_ptr<Generator> gen_;
     std::unique_ptr<LanceWeights> weights_;
     std::unique_ptr<DecoderSession> dec_;
-    std::unique_ptr<VisionTower> tower_;
 };
 
-void check_settings(const GenRunArgs& a) {
-    if (a.steps < 1 || a.steps > 1000) fail("run: --steps must be in 1..1000 (got ", a.steps, ")");
-    if (!std::isfinite(a.shift) || a.shift <= 0 || a.shift > 1000)
-        fail("run: --shift must be a number in (0, 1000] (got ", a.shift, ")");
-    if (!std::isfinite(a.cfg) || a.cfg < 0 || a.cfg > 100)
-        fail("run: --cfg must be a number in [0, 100] (got ", a.cfg, ")");
-}
+void check_settings(const GenRunArgs& a) { check_gen_settings(settings(a), "run", "--"); }
 
 // The item's target size (t2i / t2v) and frame count; media existence.
 void plan_item(const GenRunArgs& a, const LanceConfig& cfg, GenItem& it) {
@@ -272,13 +166,13 @@ void plan_item(const GenRunArgs& a, const LanceConfig& cfg, GenItem& it) {
             log_info(name, ": --size ignored; the size comes from the input's bucket");
     }
     if (it.task == GenTask::T2I || it.task == GenTask::T2V) {
-        it.width = it.height = kDefaultSide;
-        if (!a.size.empty()) parse_size(a.size, &it.width, &it.height);
+        it.width = it.height = kGenDefaultSide;
+        if (!a.size.empty()) parse_gen_size(a.size, &it.width, &it.height, "--size");
         check_latent_side("width", it.width, cfg, "--size");
         check_latent_side("height", it.height, cfg, "--size");
     }
     if (it.task == GenTask::T2I && a.frames > 1) log_info("t2i: --frames ignored (one image)");
-    it.lt = latent_frames(it.task, a.frames, cfg);
+    it.lt = gen_latent_frames(it.task, a.frames, cfg);
 }
 
 std::vector<GenItem> read_examples(const GenRunArgs& a, GenTask task) {
@@ -347,7 +241,7 @@ void run_generation(const GenRunArgs& a, const std::string& task_name, const std
         fail("video_edit: takes --video (an image goes to image_edit)");
     if ((task == GenTask::I2V || task == GenTask::ImageEdit) && !a.video.empty() && a.image.empty())
         fail(task_name, ": takes --image");
-    Generator gen(a, model, gen_task_is_edit(task));
+    GenHost gen(a, model, gen_task_is_edit(task));
     const LanceConfig& cfg = gen.config();
 
     if (!a.examples.empty()) {
@@ -411,7 +305,7 @@ void run_compare(const CompareArgs& c) {
     if (a.examples.empty() == c.prompt.empty()) fail("compare: give either -p or --examples");
     std::vector<GenItem> items;
     {
-        Generator probe(a, c.models[0], gen_task_is_edit(task));
+        GenHost probe(a, c.models[0], gen_task_is_edit(task));
         if (!a.examples.empty()) {
             items = read_examples(a, task);
         } else {
@@ -431,11 +325,11 @@ void run_compare(const CompareArgs& c) {
     };
     std::vector<std::vector<Result>> res(c.models.size());
     for (size_t m = 0; m < c.models.size(); ++m) {
-        Generator gen(a, c.models[m], gen_task_is_edit(task));  // one model resident at a time
+        GenHost gen(a, c.models[m], gen_task_is_edit(task));  // one model resident at a time
         gen.load();
         for (const GenItem& it : items) {
             log_info("compare: ", c.models[m], ": ", it.out);
-            Generator::Output o = gen.generate(it, c.seed);  // the same noise for every model
+            GenOutput o = gen.generate(it, c.seed);  // the same noise for every model
             res[m].push_back({std::move(o.latent), std::move(o.frames), o.T, o.H, o.W});
         }
     }
@@ -476,7 +370,7 @@ void run_compare(const CompareArgs& c) {
                 std::copy_n(f.row(y), f.width * 3,
                             sheet.row(static_cast<int>(i) * th + y) + m * tw * 3);
         }
-    ImageMetadata meta = {{"Software", kVersion}, {"task", c.task}};
+    ImageMetadata meta = {{"Software", kLancetVersion}, {"task", c.task}};
     for (size_t m = 0; m < c.models.size(); ++m)
         meta.push_back({"model " + std::to_string(m), c.models[m]});
     write_png(c.out, sheet, meta);

@@ -8,6 +8,8 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -105,6 +107,26 @@ class VisionTower {
         kernels::RopeTable rope;
         kernels::AttentionScratch attn;
     } s_;
+};
+
+// One tower for every part of a process that needs it (the server's image edits and image chat):
+// loaded on first use with BF16 linears (as Lance casts the model), one forward at a time since
+// the tower's scratch is its own. `ck` must outlive it.
+class SharedVisionTower {
+  public:
+    explicit SharedVisionTower(const LanceCheckpoint& ck) : ck_(ck) {}
+    // Runs fn(tower) under the lock and returns what it returns.
+    template <class F>
+    auto with(F&& fn) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!tower_) tower_ = std::make_unique<VisionTower>(ck_, true);
+        return fn(*tower_);
+    }
+
+  private:
+    const LanceCheckpoint& ck_;
+    std::mutex mu_;
+    std::unique_ptr<VisionTower> tower_;
 };
 
 }  // namespace lancet

@@ -552,7 +552,12 @@ void calibrate(const CalibrateOptions& opt) {
             mo.preset = pl.preset;
             mo.vae_path = vae_path;
             mo.max_latent_frames = cal_lt;
-            prepare_gen_media(it.gen_task, it.gen.media, cfg, mo, tower.get(), in);
+            VitRunner vit;
+            if (tower)
+                vit = [&](const float* px, int64_t T, int64_t H, int64_t W) {
+                    return tower->forward(kernels::OpContext::defaults(), px, T, H, W);
+                };
+            prepare_gen_media(it.gen_task, it.gen.media, cfg, mo, vit, in);
         }
         run_trajectory(in, i, pl.steps, opt.shift, opt.cfg);
     };

@@ -313,6 +313,7 @@ SampleResult flow_sample(DecoderSession& dec, const GenSequence& seq, const Flow
     std::vector<uint8_t> gen_blk(seq.gen_rows.begin() + g0, seq.gen_rows.begin() + g1);
     const auto t_steps = Clock::now();
     for (int k = 0; k < o.steps; ++k) {
+        if (o.cancelled && o.cancelled()) throw SampleCancelled();
         const auto t_k = Clock::now();
         const float t = sigma[k], dt = sigma[k] - sigma[k + 1];
         for (size_t gi = g0; gi < g1; ++gi) work.timesteps[gi] = seq.gen_rows[gi] ? t : 0.0f;

@@ -12,6 +12,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/error.h"
 #include "model/decoder.h"
 #include "model/positions.h"
 
@@ -67,6 +68,14 @@ struct FlowSamplerOptions {
     ActivationObserver observer;
     // After every step: step index (0-based), steps, seconds since the first step began.
     std::function<void(int, int, double)> on_step;
+    // Checked before every step; true stops the run with SampleCancelled
+    // (a server job whose client cancelled it).
+    std::function<bool()> cancelled;
+};
+
+// Thrown by flow_sample when FlowSamplerOptions::cancelled answers true.
+struct SampleCancelled : Error {
+    SampleCancelled() : Error("sampling cancelled") {}
 };
 
 struct SampleResult {

@@ -202,12 +202,16 @@ PixelTensor first_frames(const PixelTensor& p, int64_t frames) {
 }  // namespace
 
 void prepare_gen_media(GenTask task, const std::string& media, const LanceConfig& cfg,
-                       const GenMediaOptions& opt, VisionTower* tower, GenTaskInput& in) {
+                       const GenMediaOptions& opt, const VitRunner& vit, GenTaskInput& in) {
     const int64_t C = cfg.latent_channels;
     const bool video_src = task == GenTask::VideoEdit;
+    ImageReadOptions ro;
+    ro.max_pixels = opt.max_pixels;
+    VideoReadOptions vro;
+    vro.max_pixels = opt.max_pixels;
     PreprocessResult vae_px =
-        video_src ? preprocess_video(media, opt.preset, VisionStream::Vae)
-                  : preprocess_image(read_image(media), opt.preset, VisionStream::Vae);
+        video_src ? preprocess_video(media, opt.preset, VisionStream::Vae, vro)
+                  : preprocess_image(read_image(media, ro), opt.preset, VisionStream::Vae);
     const int64_t max_lt = cfg.max_num_frames / 4 + 1;
     if (opt.max_latent_frames > 0) {
         const int64_t keep = 1 + 4 * (std::min(opt.max_latent_frames, max_lt) - 1);
@@ -233,12 +237,12 @@ void prepare_gen_media(GenTask task, const std::string& media, const LanceConfig
         return;
     }
     if (!gen_task_is_edit(task)) fail(gen_task_name(task), ": takes no input media");
-    if (!tower) fail(gen_task_name(task), ": editing needs the ViT");
+    if (!vit) fail(gen_task_name(task), ": editing needs the ViT");
     in.lt = zt;
     in.cond_latent = latent_to_rows(z, C, zt, in.lh, in.lw);
     PreprocessResult vit_px =
-        video_src ? preprocess_video(media, opt.preset, VisionStream::Vit)
-                  : preprocess_image(read_image(media), opt.preset, VisionStream::Vit);
+        video_src ? preprocess_video(media, opt.preset, VisionStream::Vit, vro)
+                  : preprocess_image(read_image(media, ro), opt.preset, VisionStream::Vit);
     if (vit_px.pixels.T > px.T + (px.T % 2))  // the same frames as the VAE source, an even count
         vit_px.pixels = first_frames(vit_px.pixels, px.T + (px.T % 2));
     const PixelTensor& vp = vit_px.pixels;
@@ -255,7 +259,7 @@ void prepare_gen_media(GenTask task, const std::string& media, const LanceConfig
         v = &two;
     }
     const VitConfig& vc = cfg.vision;
-    in.vit_rows = tower->forward(kernels::OpContext::defaults(), v->data.data(), v->T, v->H, v->W);
+    in.vit_rows = vit(v->data.data(), v->T, v->H, v->W);
     in.vit_grid = {v->T / vc.temporal_patch_size, v->H / vc.patch_size, v->W / vc.patch_size};
     log_info(gen_task_name(task), ": source ", vae_px.source_width, "x", vae_px.source_height,
              " -> VAE ", px.W, "x", px.H, "x", px.T, ", ViT ", v->W, "x", v->H, "x", v->T, " (",

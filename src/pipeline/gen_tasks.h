@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "io/image.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_config.h"
 #include "model/vit.h"
@@ -66,14 +68,18 @@ struct GenMediaOptions {
     // when the clip is shorter), so its latent has at most n frames (calibration's cap); 0: the
     // whole sampled clip, refused beyond the PE3D table.
     int64_t max_latent_frames = 0;
+    uint64_t max_pixels = kDefaultMaxPixels;  // input images and video frames (io/image.h)
 };
+// Runs the ViT on normalised pixels [3, T, H, W] (T even): its output rows [merged, hidden].
+using VitRunner =
+    std::function<std::vector<float>(const float* pixels, int64_t T, int64_t H, int64_t W)>;
 
 // The media conditioning of i2v (the first frame's clean latent in `in.cond_latent`, `in.lh/lw`
 // from the input's bucket) and editing (the source latent, its grid `in.lt/lh/lw`, and its ViT
-// rows and grid from `tower`, which must be given for editing). The VAE encodes the mean (Lance
+// rows and grid from `vit`, which must be given for editing). The VAE encodes the mean (Lance
 // samples with torch's RNG: spec §3.4, pitfall 10). One-line Error naming the file.
 void prepare_gen_media(GenTask task, const std::string& media, const LanceConfig& cfg,
-                       const GenMediaOptions& opt, VisionTower* tower, GenTaskInput& in);
+                       const GenMediaOptions& opt, const VitRunner& vit, GenTaskInput& in);
 
 // One item of Lance's generation example JSONs (t2i_example.json, t2v_example.json: a map of
 // captions; i2v_example.json and the edit examples: interleave records of the instruction and an

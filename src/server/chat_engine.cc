@@ -68,8 +68,8 @@ ChatEngine::ChatEngine(const ChatEngineOptions& opt)
     if (opt.parallel < 1 || opt.parallel > 64) fail("serve: --parallel must be within [1, 64]");
     if (name_.empty()) name_ = std::filesystem::absolute(opt.model).parent_path().filename();
     DecoderOptions dopt;
-    dopt.load_gen = false;     // chat runs the und expert alone
-    dopt.bf16_weights = true;  // as Lance, which casts the model to bf16 at load
+    dopt.load_gen = opt.load_gen;  // chat runs the und expert alone; generation needs both
+    dopt.bf16_weights = true;      // as Lance, which casts the model to bf16 at load
     dopt.logits_limit = static_cast<int64_t>(tok_.size());
     weights_ = std::make_unique<LanceWeights>(*ck_, dopt);
     // The cores are split among the sessions: each runs its kernels on a pool of its own, so
@@ -176,8 +176,12 @@ void ChatEngine::run_job(DecoderSession& session, ChatJob& job) {
         return !job.cancelled();
     };
     try {
+        std::vector<float> embeddings;
         const GenerateResult r =
-            generate_text(session, config(), job.req_.prompt, job.req_.gen, on_token);
+            job.req_.vision
+                ? generate_from_batch(session, config(), job.req_.vision(session, embeddings),
+                                      job.req_.gen, on_token)
+                : generate_text(session, config(), job.req_.prompt, job.req_.gen, on_token);
         if (!hit_stop) {
             text += stream.finish();
             if (text.size() > emitted) job.push(text.substr(emitted));

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -23,6 +24,11 @@ struct ChatRequest {
     std::vector<int64_t> prompt;    // chat-template ids
     GenerateOptions gen;            // limit, stop ids, sampler
     std::vector<std::string> stop;  // stop strings: the text ends before the first one
+    // Optional (a message with an image): builds the prompt as a packed batch whose input
+    // embeddings it writes into `embeddings` (an x2t prompt with its ViT block), on the session
+    // that prefills it; `prompt` then holds the same ids for counting. Unset: `prompt` is
+    // prefilled as text.
+    std::function<Batch(DecoderSession& session, std::vector<float>& embeddings)> vision;
 };
 
 // One request's progress. The worker pushes text; the HTTP side pulls it with next().
@@ -61,6 +67,7 @@ struct ChatEngineOptions {
     int parallel = 1;       // sessions decoding at once
     size_t max_queue = 16;  // requests waiting beyond the running ones; more are refused
     size_t threads = 0;     // worker threads in all (0: the process default), split among sessions
+    bool load_gen = false;  // also load the gen expert (the server generates images and videos)
 };
 
 class ChatEngine {
@@ -73,6 +80,9 @@ class ChatEngine {
     const Qwen2Tokenizer& tokenizer() const { return tok_; }
     const LanceConfig& config() const { return ck_->config(); }
     const std::string& model_name() const { return name_; }
+    // The one checkpoint and weights of the server (generation runs sessions over them too).
+    const LanceCheckpoint& checkpoint() const { return *ck_; }
+    const LanceWeights& weights() const { return *weights_; }
 
     // Queues a request; nullptr when the queue is full (the caller answers 429).
     std::shared_ptr<ChatJob> submit(ChatRequest req);

@@ -8,12 +8,18 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/image.h"
 #include "io/json_file.h"
+#include "model/vit.h"
+#include "pipeline/preprocess.h"
+#include "pipeline/understanding.h"
+#include "server/media_input.h"
 #include "server/web_page.h"
 #include "tokenizer/chat_template.h"
 
@@ -78,8 +84,9 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
     return diff == 0;
 }
 
-// The text of a message's content: a string, or an array of {"type": "text", "text": ...} parts.
-std::string message_text(const json& content, size_t index) {
+// The text of a message's content: a string, or an array of {"type": "text", "text": ...} and
+// {"type": "image_url", "image_url": {"url": ...}} parts (the URLs go to `images`).
+std::string message_text(const json& content, size_t index, std::vector<std::string>& images) {
     const std::string param = "messages[" + std::to_string(index) + "].content";
     if (content.is_string()) return content.get<std::string>();
     if (!content.is_array()) throw HttpError{400, "content must be a string or an array", param};
@@ -93,7 +100,12 @@ std::string message_text(const json& content, size_t index) {
                 throw HttpError{400, "a text part needs a string \"text\"", param};
             text += part["text"].get<std::string>();
         } else if (type == "image_url") {
-            throw HttpError{400, "image input is not supported by this server yet", param};
+            const json* u = part.contains("image_url") ? &part["image_url"] : nullptr;
+            if (u && u->is_object() && u->contains("url")) u = &(*u)["url"];
+            if (!u || !u->is_string() || u->get<std::string>().empty())
+                throw HttpError{400, "an image_url part needs {\"image_url\": {\"url\": ...}}",
+                                param};
+            images.push_back(u->get<std::string>());
         } else {
             throw HttpError{400, "unknown content part type \"" + type + "\"", param};
         }
@@ -145,8 +157,14 @@ struct Metrics {
 
     void request(const std::string& path, int status) {
         // Known routes by name; everything else as one label, so clients cannot grow the table.
-        static const char* known[] = {
-            "/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/videos"};
+        static const char* known[] = {"/",
+                                      "/health",
+                                      "/metrics",
+                                      "/v1/models",
+                                      "/v1/chat/completions",
+                                      "/v1/videos",
+                                      "/v1/images/generations",
+                                      "/v1/images/edits"};
         std::string route = path.rfind("/v1/videos/", 0) == 0 ? "/v1/videos/{id}" : "other";
         for (const char* k : known)
             if (path == k) route = k;
@@ -172,14 +190,21 @@ struct HttpServer::Impl {
     httplib::Server http;
     Metrics metrics;
     std::atomic<uint64_t> next_id{1};
-    std::unique_ptr<JobQueue> videos;  // when opt.video_jobs is set
+    std::unique_ptr<JobQueue> videos;  // image and video jobs, when either kind is configured
+    std::shared_ptr<SharedVisionTower> vision;  // the ViT for image_url parts
     int port = -1;
     int listen_fd = -1;
 
-    Impl(ChatEngine& e, const ServerOptions& o) : engine(e), opt(o) {}
+    Impl(ChatEngine& e, const ServerOptions& o)
+        : engine(e),
+          opt(o),
+          vision(o.vision ? o.vision : std::make_shared<SharedVisionTower>(e.checkpoint())) {}
 
     void routes();
     void video_routes();
+    void image_routes();
+    void image_request(const nlohmann::json& body, const std::string* upload, bool edit,
+                       httplib::Response& res);
     void chat(const httplib::Request& req, httplib::Response& res);
     std::string metrics_text();
 };
@@ -192,8 +217,34 @@ struct ParsedChat {
     int n = 1;
 };
 
+// An image_url's pixels for the ViT: a base64 data URL (PNG, JPEG or WebP), or a local file
+// inside --allow-local-files; the pixel limit is checked from the header before decoding.
+PixelTensor chat_image(const std::string& url, const ServerOptions& opt, const std::string& param) {
+    ImageReadOptions ro;
+    ro.max_pixels = opt.max_image_pixels;
+    try {
+        ImageRGB8 img;
+        if (url.rfind("data:", 0) == 0) {
+            std::string mime;
+            const std::string bytes = decode_data_url(url, "image_url", &mime);
+            if (mime != "image/png" && mime != "image/jpeg" && mime != "image/webp" &&
+                mime != "image/jpg")
+                fail("image_url: the data URL's type must be image/png, image/jpeg or image/webp");
+            img = decode_image({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()},
+                               "image_url", ro);
+        } else if (url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0) {
+            fail("image_url: this server does not fetch URLs; send a data URL");
+        } else {
+            img = read_image(confined_local_file(url, opt.allow_local_files, "image_url"), ro);
+        }
+        return preprocess_image(img, x2t_default_preset(false), VisionStream::Vit).pixels;
+    } catch (const Error& e) {
+        throw HttpError{400, e.what(), param};
+    }
+}
+
 ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
-                      const ServerOptions& opt) {
+                      const ServerOptions& opt, SharedVisionTower& vision) {
     json body;
     try {
         body = parse_strict_json(body_text, "request body");
@@ -207,6 +258,8 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
     std::string system = kDefaultSystemPrompt;
     bool have_system = false;
     std::vector<ChatMessage> messages;
+    std::vector<std::string> images;
+    std::string image_param;
     const json& msgs = body["messages"];
     for (size_t i = 0; i < msgs.size(); ++i) {
         const json& m = msgs[i];
@@ -215,7 +268,12 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
             !m.contains("content"))
             throw HttpError{400, "each message needs a string role and a content", param};
         const std::string role = m["role"];
-        const std::string text = message_text(m["content"], i);
+        const size_t had = images.size();
+        const std::string text = message_text(m["content"], i, images);
+        if (images.size() > had) {
+            image_param = param + ".content";
+            if (role != "user") throw HttpError{400, "images go in a user message", image_param};
+        }
         if (role == "system" || role == "developer") {
             if (!messages.empty())
                 throw HttpError{400, "a system message must come before the others", param};
@@ -231,8 +289,48 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
 
     ParsedChat p;
     const int64_t ctx = engine.config().max_position_embeddings;
-    // Untrusted text stays text: special-token strings in any message are plain characters.
-    const std::vector<int32_t> ids = chat_ids(engine.tokenizer(), system, messages, false);
+    std::vector<int32_t> ids;
+    if (images.empty()) {
+        // Untrusted text stays text: special-token strings in any message are plain characters.
+        ids = chat_ids(engine.tokenizer(), system, messages, false);
+    } else {
+        // Lance's x2t layout (spec §2.4): system, one user turn holding one image (the ViT block,
+        // bidirectional) and the question, the assistant's turn. Other shapes have no layout in
+        // Lance, so they are refused rather than guessed.
+        if (images.size() != 1)
+            throw HttpError{400, "one image per request (Lance's x2t layout holds one)",
+                            image_param};
+        if (messages.size() != 1 || messages[0].role != "user")
+            throw HttpError{400,
+                            "a request with an image holds one user message (with the image and "
+                            "the question) and optionally a system message",
+                            "messages"};
+        if (!engine.checkpoint().has_vit())
+            throw HttpError{400, "this model has no ViT (Qwen2.5-VL-ViT), so it cannot see images",
+                            image_param};
+        if (!have_system) system = x2t_default_system(false);
+        auto px = std::make_shared<const PixelTensor>(chat_image(images[0], opt, image_param));
+        const VitConfig& vc = engine.config().vision;
+        VitPlan plan;
+        try {
+            plan = vit_plan(vc, px->T, px->H, px->W, "image_url");
+        } catch (const Error& e) {
+            throw HttpError{400, e.what(), image_param};
+        }
+        const X2tPrompt xp =
+            build_x2t_prompt(engine.config(), engine.tokenizer(), system, messages[0].content,
+                             {plan.gt, plan.gh, plan.gw}, vc.spatial_merge_size);
+        ids.assign(xp.ids.begin(), xp.ids.end());
+        const std::string question = messages[0].content;
+        const Qwen2Tokenizer& tok = engine.tokenizer();
+        p.req.vision = [px, system, question, &tok, &vision](DecoderSession& session,
+                                                             std::vector<float>& emb) {
+            // The context was checked when the request arrived (new_tokens 0 here).
+            return vision.with([&](VisionTower& t) {
+                return x2t_prompt_batch(session, t, tok, *px, system, question, 0, emb);
+            });
+        };
+    }
     const size_t max_prompt = opt.max_prompt_tokens ? opt.max_prompt_tokens : ctx;
     if (ids.size() >= max_prompt || static_cast<int64_t>(ids.size()) >= ctx)
         throw HttpError{400,
@@ -288,7 +386,7 @@ ParsedChat parse_chat(const std::string& body_text, const ChatEngine& engine,
 
 void HttpServer::Impl::chat(const httplib::Request& req, httplib::Response& res) {
     const double start = now_seconds();
-    ParsedChat p = parse_chat(req.body, engine, opt);
+    ParsedChat p = parse_chat(req.body, engine, opt, *vision);
     const std::string id = "chatcmpl-" + std::to_string(next_id++);
     const int64_t created = static_cast<int64_t>(std::time(nullptr));
 
@@ -423,10 +521,12 @@ std::string HttpServer::Impl::metrics_text() {
           static_cast<double>(engine.queue_depth()));
     gauge("lancet_running", "Chat requests decoding now.", static_cast<double>(engine.running()));
     gauge("lancet_sessions", "Decoder sessions (--parallel).", engine.parallel());
-    gauge("lancet_video_queue_depth", "Video jobs waiting.",
+    gauge("lancet_video_queue_depth", "Image and video jobs waiting.",
           videos ? static_cast<double>(videos->pending()) : 0.0);
-    gauge("lancet_video_running", "Video jobs running.",
+    gauge("lancet_video_running", "Image and video jobs running.",
           videos ? static_cast<double>(videos->running()) : 0.0);
+    counter("lancet_gen_steps_total", "Sampler steps of image and video jobs.",
+            videos ? static_cast<double>(videos->steps_done()) : 0.0);
     s += "# HELP lancet_request_seconds Chat request latency.\n";
     s += "# TYPE lancet_request_seconds histogram\n";
     for (size_t i = 0; i < kNumBuckets; ++i) {
@@ -460,9 +560,11 @@ json video_json(const JobStatus& st) {
 }  // namespace
 
 void HttpServer::Impl::video_routes() {
-    if (opt.video_jobs) videos = std::make_unique<JobQueue>(1, opt.max_video_jobs);
+    if (opt.video_jobs || opt.image_jobs)
+        videos = std::make_unique<JobQueue>(opt.gen_parallel, opt.max_video_jobs, opt.keep_jobs,
+                                            opt.keep_bytes);
     http.Post("/v1/videos", [this](const httplib::Request& req, httplib::Response& res) {
-        if (!videos)
+        if (!opt.video_jobs)
             return send_error(res, 501, "video generation is not available in this server");
         json body;
         JobRunner run;
@@ -491,21 +593,115 @@ void HttpServer::Impl::video_routes() {
                  if (auto st = find(req, res))
                      res.set_content(video_json(*st).dump(), "application/json");
              });
-    http.Get(R"(/v1/videos/([A-Za-z0-9_]+)/content)",
-             [this, find](const httplib::Request& req, httplib::Response& res) {
-                 const auto st = find(req, res);
-                 if (!st) return;
-                 const auto r = videos->result(st->id);
-                 if (!r)
-                     return send_error(
-                         res, 409, "video job " + st->id + " is " + st->state + ", not succeeded");
-                 res.set_content(r->bytes, r->content_type.c_str());
-             });
+    http.Get(R"(/v1/videos/([A-Za-z0-9_]+)/content)", [this, find](const httplib::Request& req,
+                                                                   httplib::Response& res) {
+        const auto st = find(req, res);
+        if (!st) return;
+        const auto r = videos->result(st->id);
+        if (!r)
+            return send_error(res, 409,
+                              "video job " + st->id + " is " + st->state + ", not succeeded");
+        if (!r->file) return res.set_content(r->bytes, r->content_type.c_str());
+        // Streamed from the temp folder; the result (and so the file) stays alive until
+        // the response is done even if the store evicts the job meanwhile.
+        auto in = std::make_shared<std::ifstream>(r->file->path(), std::ios::binary);
+        if (!*in) return send_error(res, 500, "the video file is gone");
+        res.set_content_provider(r->file_bytes, r->content_type.c_str(),
+                                 [r, in](size_t offset, size_t length, httplib::DataSink& sink) {
+                                     std::vector<char> buf(std::min<size_t>(length, 1 << 16));
+                                     in->seekg(static_cast<std::streamoff>(offset));
+                                     in->read(buf.data(), static_cast<std::streamsize>(buf.size()));
+                                     const auto got = in->gcount();
+                                     if (got <= 0) return false;
+                                     return sink.write(buf.data(), static_cast<size_t>(got));
+                                 });
+    });
     http.Delete(R"(/v1/videos/([A-Za-z0-9_]+))", [this, find](const httplib::Request& req,
                                                               httplib::Response& res) {
         if (!find(req, res)) return;
         videos->cancel(req.matches[1]);
         res.set_content(video_json(*videos->status(req.matches[1])).dump(), "application/json");
+    });
+}
+
+void HttpServer::Impl::image_request(const json& body, const std::string* upload, bool edit,
+                                     httplib::Response& res) {
+    if (!opt.image_jobs)
+        return send_error(res, 501, "image generation is not available in this server");
+    JobRunner run;
+    try {
+        if (!body.is_object()) fail("the request body must be a JSON object");
+        run = opt.image_jobs(body, upload, edit);
+    } catch (const Error& e) {
+        return send_error(res, 400, e.what());
+    }
+    const auto id = videos->submit(edit ? "image_edit" : "image", std::move(run));
+    if (!id) {
+        res.set_header("Retry-After", "10");
+        return send_error(res, 429, "the generation queue is full; retry later");
+    }
+    // The client waits for its images (they come back inline); the job is dropped afterwards.
+    std::shared_ptr<const JobResult> r;
+    const auto st = videos->wait(*id, &r);
+    videos->forget(*id);
+    if (!st || !r) {
+        const std::string why = st ? st->state + (st->error.empty() ? "" : ": " + st->error) : "";
+        return send_error(res, 500, "image generation failed: " + why);
+    }
+    json data = json::array();
+    for (const std::string& png : r->parts) data.push_back({{"b64_json", base64_encode(png)}});
+    res.set_content(
+        json{{"created", static_cast<int64_t>(std::time(nullptr))}, {"data", data}}.dump(),
+        "application/json");
+}
+
+void HttpServer::Impl::image_routes() {
+    http.Post("/v1/images/generations",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                  json body;
+                  try {
+                      body = parse_strict_json(req.body, "request body");
+                  } catch (const Error& e) {
+                      return send_error(res, 400, e.what());
+                  }
+                  image_request(body, nullptr, false, res);
+              });
+    http.Post("/v1/images/edits", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!req.is_multipart_form_data())
+            return send_error(
+                res, 400, "images/edits takes multipart/form-data (an image file and a prompt)");
+        // The text fields as JSON values: numbers where the field is numeric, so the checks are
+        // those of the JSON routes.
+        json body = json::object();
+        std::string image;
+        bool have_image = false;
+        for (const auto& [name, f] : req.files) {
+            if (name == "image" || name == "image[]") {
+                if (have_image) return send_error(res, 400, "one image per edit", "image");
+                image = f.content;
+                have_image = true;
+                continue;
+            }
+            json v = f.content;
+            if (name == "n" || name == "seed" || name == "steps") {
+                try {
+                    size_t used = 0;
+                    const long long i = std::stoll(f.content, &used);
+                    if (used == f.content.size()) v = i;
+                } catch (const std::exception&) {
+                }
+            } else if (name == "cfg" || name == "shift") {
+                try {
+                    size_t used = 0;
+                    const double d = std::stod(f.content, &used);
+                    if (used == f.content.size()) v = d;
+                } catch (const std::exception&) {
+                }
+            }
+            body[name] = v;
+        }
+        if (!have_image) return send_error(res, 400, "an image file field is required", "image");
+        image_request(body, &image, true, res);
     });
 }
 
@@ -518,6 +714,12 @@ void HttpServer::Impl::routes() {
             if (res.status == 404) msg = "no route " + req.method + " " + req.path;
             if (res.status == 413)
                 msg = "the request body exceeds " + std::to_string(opt.max_body_bytes) + " bytes";
+            // The library caps form-encoded bodies far lower (curl -d sends that type).
+            if (res.status == 413 && req.get_header_value("Content-Type")
+                                             .rfind("application/x-www-form-urlencoded", 0) == 0)
+                msg = "a form-encoded body is limited to " +
+                      std::to_string(CPPHTTPLIB_FORM_URL_ENCODED_PAYLOAD_MAX_LENGTH) +
+                      " bytes; send the JSON with Content-Type: application/json";
             if (res.status == 400) msg = "malformed HTTP request";
             send_error(res, res.status, msg);
         }
@@ -574,6 +776,7 @@ void HttpServer::Impl::routes() {
         res.set_content(kWebPage, "text/html; charset=utf-8");
     });
     video_routes();
+    image_routes();
     http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
         try {
             chat(req, res);

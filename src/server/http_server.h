@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "model/vit.h"
 #include "server/chat_engine.h"
 #include "server/job_queue.h"
 
@@ -24,7 +25,24 @@ struct ServerOptions {
     // Video jobs (POST /v1/videos): turns a request body into a runner, throwing lancet::Error
     // for a bad request (400). Unset: the routes answer 501 (no generation pipeline built in).
     std::function<JobRunner(const nlohmann::json& body)> video_jobs;
-    size_t max_video_jobs = 4;  // waiting video jobs; more: 429
+    // Image requests (POST /v1/images/generations with edit = false, /v1/images/edits with
+    // edit = true and `upload` the multipart image): a runner whose result holds one PNG per
+    // image in `parts`; lancet::Error for a bad request (400). Unset: 501.
+    std::function<JobRunner(const nlohmann::json& body, const std::string* upload, bool edit)>
+        image_jobs;
+    // Image and video jobs share one bounded queue: `gen_parallel` run at once, at most
+    // `max_video_jobs` wait (more: 429 + Retry-After); finished jobs are kept while there are at
+    // most `keep_jobs` of them holding at most `keep_bytes`.
+    size_t gen_parallel = 1;
+    size_t max_video_jobs = 4;
+    size_t keep_jobs = 16;
+    uint64_t keep_bytes = uint64_t{256} << 20;
+    // image_url parts in chat: local paths allowed only inside this folder ("" = none).
+    std::string allow_local_files;
+    uint64_t max_image_pixels = 16 << 20;  // a chat image, checked from its header
+    // The ViT for chat images, shared with the generation side (null: the server loads its own
+    // on the first image request).
+    std::shared_ptr<SharedVisionTower> vision;
 };
 
 // Counters behind GET /metrics (Prometheus text).

@@ -1,10 +1,23 @@
 // Implementation of the long-job queue.
 #include "server/job_queue.h"
 
+#include <algorithm>
 #include <atomic>
 #include <ctime>
+#include <filesystem>
 
 namespace lancet::server {
+
+OwnedFile::~OwnedFile() {
+    std::error_code ec;
+    std::filesystem::remove(path_, ec);
+}
+
+uint64_t JobResult::size() const {
+    uint64_t n = bytes.size() + file_bytes;
+    for (const auto& p : parts) n += p.size();
+    return n;
+}
 
 struct JobQueue::Job : JobControl {
     JobStatus st;
@@ -12,17 +25,19 @@ struct JobQueue::Job : JobControl {
     std::shared_ptr<const JobResult> result;
     std::atomic<bool> cancel_flag{false};
     std::mutex* mu = nullptr;
+    std::atomic<uint64_t>* steps_done = nullptr;
 
     bool cancelled() const override { return cancel_flag; }
     void progress(int step, int steps) override {
         std::lock_guard<std::mutex> lock(*mu);
+        if (step > st.step) *steps_done += static_cast<uint64_t>(step - st.step);
         st.step = step;
         st.steps = steps;
     }
 };
 
-JobQueue::JobQueue(size_t workers, size_t max_pending, size_t keep_finished)
-    : max_pending_(max_pending), keep_finished_(keep_finished) {
+JobQueue::JobQueue(size_t workers, size_t max_pending, size_t keep_finished, uint64_t keep_bytes)
+    : max_pending_(max_pending), keep_finished_(keep_finished), keep_bytes_(keep_bytes) {
     for (size_t i = 0; i < std::max<size_t>(1, workers); ++i)
         workers_.emplace_back([this] { worker(); });
 }
@@ -35,12 +50,17 @@ JobQueue::~JobQueue() {
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
+    // Jobs that never started end as cancelled, so nobody waits on them forever.
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& j : queue_) j->st.state = "cancelled";
+    done_cv_.notify_all();
 }
 
 std::optional<std::string> JobQueue::submit(const std::string& kind, JobRunner run) {
     auto job = std::make_shared<Job>();
     job->run = std::move(run);
     job->mu = &mu_;
+    job->steps_done = &steps_done_;
     {
         std::lock_guard<std::mutex> lock(mu_);
         if (stop_ || queue_.size() >= max_pending_) return std::nullopt;
@@ -85,8 +105,48 @@ bool JobQueue::cancel(const std::string& id) {
             }
         j.st.state = "cancelled";
         finished_.push_back(id);
+        evict_locked();
+        done_cv_.notify_all();
     }
     return true;
+}
+
+std::optional<JobStatus> JobQueue::wait(const std::string& id,
+                                        std::shared_ptr<const JobResult>* result) {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return std::nullopt;
+    const std::shared_ptr<Job> job = it->second;  // kept alive even if evicted meanwhile
+    done_cv_.wait(lock, [&] {
+        const std::string& s = job->st.state;
+        return s == "succeeded" || s == "failed" || s == "cancelled";
+    });
+    if (result) *result = job->st.state == "succeeded" ? job->result : nullptr;
+    return job->st;
+}
+
+void JobQueue::forget(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = jobs_.find(id);
+    if (it == jobs_.end() || it->second->st.state == "queued" || it->second->st.state == "running")
+        return;
+    if (it->second->result) kept_bytes_ -= it->second->result->size();
+    jobs_.erase(it);
+    finished_.erase(std::remove(finished_.begin(), finished_.end(), id), finished_.end());
+}
+
+// Drops the oldest finished jobs beyond the count and byte bounds (the newest one always stays,
+// so a result larger than the bound can still be fetched once).
+void JobQueue::evict_locked() {
+    while (!finished_.empty() && (finished_.size() > keep_finished_ ||
+                                  (kept_bytes_ > keep_bytes_ && finished_.size() > 1))) {
+        const auto it = jobs_.find(finished_.front());
+        if (it != jobs_.end()) {
+            if (it->second->result) kept_bytes_ -= it->second->result->size();
+            jobs_.erase(it);
+        }
+        finished_.pop_front();
+    }
 }
 
 size_t JobQueue::pending() {
@@ -123,17 +183,16 @@ void JobQueue::worker() {
             error = e.what();
         }
         if (job->cancelled()) state = "cancelled", result = nullptr;
+        job->run = nullptr;
         std::lock_guard<std::mutex> lock(mu_);
         --running_;
         job->st.state = state;
         job->st.error = error;
         job->result = result;
-        job->run = nullptr;
+        if (result) kept_bytes_ += result->size();
         finished_.push_back(job->st.id);
-        while (finished_.size() > keep_finished_) {
-            jobs_.erase(finished_.front());
-            finished_.pop_front();
-        }
+        evict_locked();
+        done_cv_.notify_all();
     }
 }
 
