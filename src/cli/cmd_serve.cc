@@ -22,7 +22,7 @@ void run_serve(const ServeArgs& a) {
     if (a.http.port < 0 || a.http.port > 65535) fail("serve: --port must be within [0, 65535]");
     server::ChatEngine engine(a.engine);
     log_info("lancet: ", kernels::runtime_description(default_pool()), "; model ", a.engine.model,
-             "; ", a.engine.parallel, " session(s)");
+             "; up to ", a.engine.parallel, " request(s) decoding together");
     server::HttpServer http(engine, a.http);
     const int port = http.bind();
     log_info("lancet: serving http://", a.http.host, ":", port, "/ (",
@@ -41,8 +41,14 @@ void add_serve(CLI::App& app) {
     cmd->add_option("--port", a->http.port, "TCP port (0: any free one)")->capture_default_str();
     cmd->add_option("--api-key", a->http.api_key,
                     "Require 'Authorization: Bearer KEY' (default: $LANCET_API_KEY, else none)");
-    cmd->add_option("--parallel", a->engine.parallel, "Requests decoding at once (sessions)")
+    cmd->add_option("--parallel", a->engine.parallel,
+                    "Requests decoding together (continuous batching: one pass over the weights "
+                    "per token serves all of them)")
         ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+    cmd->add_option("--prefill-chunk", a->engine.prefill_chunk,
+                    "Prompt tokens prefilled between two decode steps of the running requests")
+        ->check(CLI::Range(size_t{1}, size_t{1} << 20))
         ->capture_default_str();
     cmd->add_option("--max-queue", a->engine.max_queue,
                     "Requests waiting for a session; more are answered 429")
@@ -66,6 +72,7 @@ void add_serve(CLI::App& app) {
     cmd->callback([a] {
         if (a->http.api_key.empty())
             if (const char* k = std::getenv("LANCET_API_KEY")) a->http.api_key = k;
+        a->engine.lm_head = lm_head_option();
         run_serve(*a);
     });
 }
