@@ -644,7 +644,7 @@ void run_decode_bench(const DecodeOptions& opt) {
     if (!opt.streams.empty()) {
         std::printf(
             "\n| model | weights | streams | aggregate decode tok/s | per stream tok/s | x one "
-            "stream |\n|---|---|---:|---:|---:|---:|\n");
+            "stream | ms/step | linears ms |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
         for (size_t i = 0; i < rows.size(); ++i) {
             const Row& w = rows[i];
             // The ratio is against the batched step's own one-stream row when it was run.
@@ -652,10 +652,13 @@ void run_decode_bench(const DecodeOptions& opt) {
             for (const auto& st : w.streams)
                 if (st.streams == 1) one = st.decode_tps;
             for (const auto& st : w.streams) {
-                std::printf("| %s | %s | %zu | %.2f | %.2f | %s |\n", opt.models[i].c_str(),
-                            w.label.c_str(), st.streams, st.decode_tps,
-                            st.decode_tps / double(st.streams),
-                            fmt("%.2f", one > 0 ? st.decode_tps / one : NAN).c_str());
+                const double steps = double(opt.decode_tokens);
+                std::printf(
+                    "| %s | %s | %zu | %.2f | %.2f | %s | %s | %s |\n", opt.models[i].c_str(),
+                    w.label.c_str(), st.streams, st.decode_tps, st.decode_tps / double(st.streams),
+                    fmt("%.2f", one > 0 ? st.decode_tps / one : NAN).c_str(),
+                    fmt("%.2f", steps > 0 ? 1e3 * st.decode_s / steps : NAN).c_str(),
+                    fmt("%.2f", steps > 0 ? 1e3 * st.decode_linear_s / steps : NAN).c_str());
                 records.push_back({{"kernel", "decode_streams"},
                                    {"model", opt.models[i]},
                                    {"weights", w.label},
@@ -665,14 +668,17 @@ void run_decode_bench(const DecodeOptions& opt) {
                                    {"decode_tokens", opt.decode_tokens},
                                    {"reps", opt.reps},
                                    {"decode_s", st.decode_s},
-                                   {"decode_tps", st.decode_tps}});
+                                   {"decode_tps", st.decode_tps},
+                                   {"decode_linear_s", st.decode_linear_s}});
             }
         }
         std::printf(
             "\nstreams = sequences decoded together by continuous batching (each prefilled alone "
             "with its own random prompt of the same length, then one decode step feeds all of "
             "them through one pass over the weights); aggregate = streams x decode tokens / "
-            "median decode seconds; x one stream = aggregate / the 1-stream row.\n");
+            "median decode seconds; x one stream = aggregate / the 1-stream row; ms/step = one "
+            "decode "
+            "step of all streams, linears ms = its time inside the linear kernels.\n");
     }
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
 }

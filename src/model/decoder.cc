@@ -634,7 +634,7 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
     kernels::rope(
         ctx, kernels::TensorRef::contiguous(s_.k.data(), {int64_t(n), int64_t(nkv), int64_t(hd)}),
         s_.rope);
-    for (const AttnGroup& grp : groups) {
+    auto attend = [&](const AttnGroup& grp, kernels::AttentionScratch& scratch) {
         KvCache& cache = *grp.cache;
         const size_t P = grp.mask.n_cached, cap = cache.capacity(), r0 = grp.row0, rows = grp.rows;
         // Keys and values go to the cache slots of their sequence positions (a chunk run without
@@ -661,7 +661,21 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
                            grp.mask, 0.0f,
                            kernels::TensorRef::contiguous(
                                &s_.att[r0 * qd], {int64_t(rows), int64_t(nh), int64_t(hd)}),
-                           s_.attn);
+                           scratch);
+    };
+    if (groups.size() == 1) {
+        attend(groups[0], s_.attn);  // one sequence: attention splits its heads over the pool
+    } else {
+        // Several sequences (decode_step): one per pool share at a time, so a step of short
+        // attentions costs one pool dispatch instead of one per sequence. attention() called
+        // inside the job runs inline; its results do not depend on the thread count, so each
+        // sequence's output is the one it gets alone.
+        ThreadPool& pool = ctx.threads();
+        if (s_.attn_shares.size() < pool.size()) s_.attn_shares.resize(pool.size());
+        pool.run([&](size_t share, size_t n_shares) {
+            for (size_t g = share; g < groups.size(); g += n_shares)
+                attend(groups[g], s_.attn_shares[share]);
+        });
     }
 
     for (int p = 0; p < 2; ++p) {

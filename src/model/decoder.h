@@ -286,6 +286,7 @@ class DecoderSession {
         std::vector<float> t_unique;
         std::vector<int32_t> t_slot;
         kernels::AttentionScratch attn;
+        std::vector<kernels::AttentionScratch> attn_shares;  // per pool share (decode_step)
         KvCache own_cache;
     } s_;
 };

@@ -53,6 +53,14 @@ DecodeWeightBytes decode_weight_bytes(const LanceCheckpoint& ck) {
 
 namespace {
 
+// The run whose time is closest to the median (its own split, not one mixed from other runs).
+size_t median_index(const std::vector<double>& v, double med) {
+    return std::min_element(
+               v.begin(), v.end(),
+               [&](double a, double b) { return std::abs(a - med) < std::abs(b - med); }) -
+           v.begin();
+}
+
 // A prompt of n random ids below `limit` at text positions 0..n-1.
 Batch random_prompt(size_t n, uint64_t seed, uint64_t limit) {
     Batch prompt;
@@ -98,7 +106,8 @@ StreamsBenchResult bench_decode_streams(DecoderSession& dec, const DecodeBenchOp
     std::vector<int64_t> ids(streams);
     std::vector<RopePosition> pos(streams);
     std::vector<DecodeItem> items(streams);
-    std::vector<double> decs;
+    std::vector<double> decs, lins;
+    kernels::set_linear_timing(true);
     for (int r = 0; r < opt.reps; ++r) {
         for (size_t s = 0; s < streams; ++s) {
             caches[s].clear();
@@ -108,6 +117,7 @@ StreamsBenchResult bench_decode_streams(DecoderSession& dec, const DecodeBenchOp
             items[s] = {std::span<const int64_t>(&ids[s], 1),
                         std::span<const RopePosition>(&pos[s], 1), &caches[s]};
         }
+        kernels::reset_linear_seconds();
         const auto t0 = std::chrono::steady_clock::now();
         for (size_t i = 0; i < m; ++i) {
             const int64_t p = static_cast<int64_t>(n + i);
@@ -120,10 +130,13 @@ StreamsBenchResult bench_decode_streams(DecoderSession& dec, const DecodeBenchOp
         }
         decs.push_back(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        lins.push_back(kernels::linear_seconds());
     }
+    kernels::set_linear_timing(false);
     StreamsBenchResult res;
     res.streams = streams;
     res.decode_s = median(decs);
+    res.decode_linear_s = lins[median_index(decs, res.decode_s)];
     res.decode_tps = m ? static_cast<double>(streams * m) / res.decode_s : 0.0;
     return res;
 }
@@ -168,13 +181,7 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
     res.prefill_s = median(pre);
     res.decode_s = median(decs);
     // The linear share of the median run (not the median of the shares, which may mix runs).
-    const size_t mid =
-        std::min_element(decs.begin(), decs.end(),
-                         [&](double a, double b) {
-                             return std::abs(a - res.decode_s) < std::abs(b - res.decode_s);
-                         }) -
-        decs.begin();
-    res.decode_linear_s = lins[mid];
+    res.decode_linear_s = lins[median_index(decs, res.decode_s)];
     res.prefill_tps = static_cast<double>(n) / res.prefill_s;
     res.decode_tps = m ? static_cast<double>(m) / res.decode_s : 0.0;
     return res;

@@ -48,8 +48,9 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
 
 struct StreamsBenchResult {
     size_t streams = 0;
-    double decode_s = 0;    // median seconds of all decode steps
-    double decode_tps = 0;  // aggregate: streams * decode_tokens / decode_s
+    double decode_s = 0;         // median seconds of all decode steps
+    double decode_tps = 0;       // aggregate: streams * decode_tokens / decode_s
+    double decode_linear_s = 0;  // of the median run: seconds inside the linear calls
 };
 
 // Continuous batching: `streams` sequences, each prefilled alone with a random prompt of its own
