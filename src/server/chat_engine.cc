@@ -170,6 +170,18 @@ bool ChatEngine::admit(Seq& s) {
 }
 
 bool ChatEngine::advance(Seq& s, const float* logits) {
+    // Whatever goes wrong here ends this request alone (the scheduler thread must go on).
+    try {
+        return advance_or_throw(s, logits);
+    } catch (const std::bad_alloc&) {
+        s.job->error = "out of memory";
+    } catch (const std::exception& e) {
+        s.job->error = e.what();
+    }
+    return false;
+}
+
+bool ChatEngine::advance_or_throw(Seq& s, const float* logits) {
     ChatJob& job = *s.job;
     const auto& req = job.req_;
     if (s.generated >= req.gen.max_new_tokens) return false;

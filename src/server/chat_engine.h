@@ -107,6 +107,7 @@ class ChatEngine {
     // Samples the next token from the sequence's logits and hands its text on; false when the
     // sequence is finished (stop id, stop string, limit, cancel).
     bool advance(Seq& s, const float* logits);
+    bool advance_or_throw(Seq& s, const float* logits);
     void finish(Seq& s);
 
     ChatEngineOptions opt_;
