@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 #include <tuple>
+#include <vector>
 
 #include "core/error.h"
 #include "core/numeric.h"
@@ -484,15 +485,25 @@ TEST_F(PerplexityModels, BenchDecodeSmoke) {
     const auto r = test::run_lancet("-t 2 bench decode --model " + model("a_f32") + " --model " +
                                     model("a_bf16") +
                                     " --prompt-tokens 8 --decode-tokens 3 --reps 1 "
-                                    "--bandwidth-mib 16 --json " +
+                                    "--bandwidth-mib 16 --streams 1,3 --json " +
                                     json.string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("| model | weights | prompt |"), std::string::npos) << r.out;
     std::istringstream lines(test::read_file(json));
     std::string line;
     int decode = 0;
+    std::vector<size_t> streams;
     while (std::getline(lines, line)) {
         const auto rec = nlohmann::json::parse(line);
+        if (rec.at("kernel") == "decode_streams") {
+            // Continuous batching rows: one per model and stream count, aggregate over streams.
+            streams.push_back(rec.at("streams").get<size_t>());
+            EXPECT_GT(rec.at("decode_tps").get<double>(), 0.0);
+            EXPECT_LE(rec.at("decode_linear_s").get<double>(), rec.at("decode_s").get<double>());
+            EXPECT_NEAR(rec.at("decode_tps").get<double>(),
+                        3.0 * double(streams.back()) / rec.at("decode_s").get<double>(), 1e-6);
+            continue;
+        }
         if (rec.at("kernel") != "decode") continue;
         ++decode;
         const auto ck = LanceCheckpoint::open(rec.at("model").get<std::string>());
@@ -505,8 +516,13 @@ TEST_F(PerplexityModels, BenchDecodeSmoke) {
         EXPECT_GT(rec.at("peak_rss_mib").get<double>(), 0.0);
     }
     EXPECT_EQ(decode, 2);
+    EXPECT_EQ(streams, (std::vector<size_t>{1, 3, 1, 3}));
+    EXPECT_NE(r.out.find("| model | weights | streams | aggregate decode tok/s |"),
+              std::string::npos)
+        << r.out;
     for (const char* args :
          {"bench decode --model /nonexistent/x", "bench decode --model MODEL --reps 0",
+          "bench decode --model MODEL --streams 1,0", "bench decode --model MODEL --streams 1,x",
           "bench decode --model MODEL --prompt-tokens 4090 --decode-tokens 64"}) {
         std::string s = args;
         const size_t p = s.find("MODEL");

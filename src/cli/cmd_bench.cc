@@ -508,6 +508,7 @@ struct DecodeOptions {
     int reps = 3;
     std::string json;
     size_t bandwidth_mib = 1024;
+    std::vector<size_t> streams;  // --streams: aggregate decode with these many sequences
 };
 
 // Peak resident set of this process so far, MiB (Linux reports ru_maxrss in KiB).
@@ -521,6 +522,8 @@ void run_decode_bench(const DecodeOptions& opt) {
     ThreadPool& pool = default_pool();
     if (opt.reps < 1) fail("bench decode: --reps must be >= 1");
     if (opt.prompt_tokens < 1) fail("bench decode: --prompt-tokens must be >= 1");
+    for (size_t k : opt.streams)
+        if (k < 1 || k > 256) fail("bench decode: --streams counts must be within [1, 256]");
     if (opt.bandwidth_mib < 1) fail("bench decode: --bandwidth-mib must be >= 1");
     // Open every folder first so a bad one fails before any timing.
     std::vector<std::unique_ptr<LanceCheckpoint>> cks;
@@ -541,6 +544,7 @@ void run_decode_bench(const DecodeOptions& opt) {
         DecodeWeightBytes wb;
         DecodeBenchResult r;
         double rss_mib;
+        std::vector<StreamsBenchResult> streams;
     };
     std::vector<Row> rows;
     for (size_t i = 0; i < cks.size(); ++i) {
@@ -552,7 +556,7 @@ void run_decode_bench(const DecodeOptions& opt) {
         std::error_code ec;
         if (std::filesystem::exists(std::filesystem::path(opt.models[i]) / "vocab.json", ec))
             dopt.logits_limit = static_cast<int64_t>(Qwen2Tokenizer::load(opt.models[i]).size());
-        Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0};
+        Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0, {}};
         if (ck.quant_meta()) {
             // What the INT4 linears and the lm_head actually run as (the global flags).
             row.label +=
@@ -575,6 +579,8 @@ void run_decode_bench(const DecodeOptions& opt) {
             bo.decode_tokens = opt.decode_tokens;
             bo.reps = opt.reps;
             row.r = bench_decode(dec, bo);
+            // Same weights, same session: the batched steps of 1, 2, 4, ... sequences.
+            for (size_t k : opt.streams) row.streams.push_back(bench_decode_streams(dec, bo, k));
         }
         row.rss_mib = peak_rss_mib();
         rows.push_back(row);
@@ -635,6 +641,45 @@ void run_decode_bench(const DecodeOptions& opt) {
         "read (measured after the models); peak RSS = process maximum after each model (models "
         "run one at a time, in order).\n",
         opt.reps);
+    if (!opt.streams.empty()) {
+        std::printf(
+            "\n| model | weights | streams | aggregate decode tok/s | per stream tok/s | x one "
+            "stream | ms/step | linears ms |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+        for (size_t i = 0; i < rows.size(); ++i) {
+            const Row& w = rows[i];
+            // The ratio is against the batched step's own one-stream row when it was run.
+            double one = 0;
+            for (const auto& st : w.streams)
+                if (st.streams == 1) one = st.decode_tps;
+            for (const auto& st : w.streams) {
+                const double steps = double(opt.decode_tokens);
+                std::printf(
+                    "| %s | %s | %zu | %.2f | %.2f | %s | %s | %s |\n", opt.models[i].c_str(),
+                    w.label.c_str(), st.streams, st.decode_tps, st.decode_tps / double(st.streams),
+                    fmt("%.2f", one > 0 ? st.decode_tps / one : NAN).c_str(),
+                    fmt("%.2f", steps > 0 ? 1e3 * st.decode_s / steps : NAN).c_str(),
+                    fmt("%.2f", steps > 0 ? 1e3 * st.decode_linear_s / steps : NAN).c_str());
+                records.push_back({{"kernel", "decode_streams"},
+                                   {"model", opt.models[i]},
+                                   {"weights", w.label},
+                                   {"threads", pool.size()},
+                                   {"streams", st.streams},
+                                   {"prompt_tokens", opt.prompt_tokens},
+                                   {"decode_tokens", opt.decode_tokens},
+                                   {"reps", opt.reps},
+                                   {"decode_s", st.decode_s},
+                                   {"decode_tps", st.decode_tps},
+                                   {"decode_linear_s", st.decode_linear_s}});
+            }
+        }
+        std::printf(
+            "\nstreams = sequences decoded together by continuous batching (each prefilled alone "
+            "with its own random prompt of the same length, then one decode step feeds all of "
+            "them through one pass over the weights); aggregate = streams x decode tokens / "
+            "median decode seconds; x one stream = aggregate / the 1-stream row; ms/step = one "
+            "decode "
+            "step of all streams, linears ms = its time inside the linear kernels.\n");
+    }
     if (!opt.json.empty()) write_json_atomically(opt.json, records);
 }
 
@@ -923,6 +968,10 @@ void add_bench(CLI::App& app) {
                   "Prefill + decode runs; the median is reported (default 3)");
     d->add_option("--bandwidth-mib", dopt->bandwidth_mib,
                   "Buffer for the streaming-read probe, MiB (default 1024, >> LLC)");
+    d->add_option("--streams", dopt->streams,
+                  "Also time continuous batching: aggregate decode tok/s with each of these "
+                  "numbers of sequences decoding together (e.g. 1,2,4,8)")
+        ->delimiter(',');
     d->add_option("--json", dopt->json, "Also write one JSON record per line to this file");
     d->callback([dopt] { run_decode_bench(*dopt); });
 

@@ -43,7 +43,7 @@ void run_serve(const ServeArgs& a) {
     }
     server::ChatEngine engine(eo);
     log_info("lancet: ", kernels::runtime_description(default_pool()), "; model ", a.engine.model,
-             "; ", a.engine.parallel, " chat session(s)");
+             "; up to ", a.engine.parallel, " request(s) decoding together");
     std::unique_ptr<server::GenService> gen;
     server::ServerOptions so = a.http;
     so.max_image_pixels = a.gen.max_input_pixels;
@@ -80,8 +80,14 @@ void add_serve(CLI::App& app) {
     cmd->add_option("--port", a->http.port, "TCP port (0: any free one)")->capture_default_str();
     cmd->add_option("--api-key", a->http.api_key,
                     "Require 'Authorization: Bearer KEY' (default: $LANCET_API_KEY, else none)");
-    cmd->add_option("--parallel", a->engine.parallel, "Requests decoding at once (sessions)")
+    cmd->add_option("--parallel", a->engine.parallel,
+                    "Requests decoding together (continuous batching: one pass over the weights "
+                    "per token serves all of them)")
         ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+    cmd->add_option("--prefill-chunk", a->engine.prefill_chunk,
+                    "Prompt tokens prefilled between two decode steps of the running requests")
+        ->check(CLI::Range(size_t{1}, size_t{1} << 20))
         ->capture_default_str();
     cmd->add_option("--max-queue", a->engine.max_queue,
                     "Requests waiting for a session; more are answered 429")
@@ -140,6 +146,7 @@ void add_serve(CLI::App& app) {
     cmd->callback([a] {
         if (a->http.api_key.empty())
             if (const char* k = std::getenv("LANCET_API_KEY")) a->http.api_key = k;
+        a->engine.lm_head = lm_head_option();
         run_serve(*a);
     });
 }

@@ -480,9 +480,10 @@ void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Out
     mask.modes = s_.modes.data();
     mask.split_end = s_.split_end.data();
 
+    const AttnGroup group{0, n, &cache, mask};
     if (opt.layer_out) out.layer_out.resize(w_.cfg_.num_hidden_layers);
     for (int l = 0; l < w_.cfg_.num_hidden_layers; ++l) {
-        run_layer(l, n, n_und, cache, mask, opt.observer);
+        run_layer(l, n, n_und, std::span<const AttnGroup>(&group, 1), opt.observer);
         if (opt.layer_out) {
             out.layer_out[l].resize(n * H);
             for (size_t r = 0; r < n; ++r)
@@ -521,11 +522,86 @@ void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Out
     }
 }
 
-void DecoderSession::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
-                               const kernels::AttnMask& mask, const ActivationObserver& observer) {
+void DecoderSession::decode_step(std::span<const DecodeItem> items, Outputs& out) {
+    if (items.empty()) fail("decode_step: no sequences");
+    if (!w_.has_und_) fail("decode_step: the decoder was loaded without the und path");
+    const size_t H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim(), V = w_.cfg_.vocab_size;
+    size_t n = 0, longest = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+        const DecodeItem& it = items[i];
+        if (it.token_ids.empty()) fail("decode_step: sequence ", i, " has no tokens");
+        if (it.positions.size() != it.token_ids.size())
+            fail("decode_step: sequence ", i, " has ", it.positions.size(), " positions for ",
+                 it.token_ids.size(), " tokens");
+        if (!it.cache || !it.cache->matches(w_.cfg_))
+            fail("decode_step: sequence ", i, " has no KV cache of this model's shape");
+        for (size_t j = 0; j < i; ++j)
+            if (items[j].cache == it.cache)
+                fail("decode_step: sequences ", j, " and ", i, " share one KV cache");
+        n += it.token_ids.size();
+        longest = std::max(longest, it.token_ids.size());
+    }
+
+    // Rows stacked in item order; perm[r] = the row's position in its own sequence's chunk. Each
+    // item is one causal split after its cache: the mask forward() builds for a text chunk.
+    s_.perm.resize(n);
+    s_.rope_pos.resize(n);
+    s_.split_of.assign(longest, 0);
+    s_.modes.assign(1, kernels::AttnSplit::Causal);
+    s_.split_end.resize(items.size());
+    s_.groups.clear();
+    grow(s_.x, n * H);
+    float* x = s_.x.data();
+    for (size_t i = 0, r = 0; i < items.size(); ++i) {
+        const DecodeItem& it = items[i];
+        KvCache& cache = *it.cache;
+        const size_t m = it.token_ids.size(), P = cache.size();
+        if (P + m > cache.capacity()) cache.reserve(std::max(P + m, cache.capacity() * 3 / 2 + 64));
+        w_.embed_tokens(it.token_ids.data(), m, x + r * H);
+        for (size_t j = 0; j < m; ++j) {
+            s_.perm[r + j] = static_cast<int32_t>(j);
+            s_.rope_pos[r + j] = it.positions[j];
+            cache.hidden()[P + j] = 0;
+        }
+        s_.split_end[i] = static_cast<int32_t>(m);
+        AttnGroup g{r, m, &cache, {}};
+        g.mask.kind = kernels::AttnMask::Kind::Splits;
+        g.mask.n_cached = P;
+        g.mask.cached_hidden = cache.hidden();
+        g.mask.split_of = s_.split_of.data();
+        g.mask.modes = s_.modes.data();
+        g.mask.split_end = &s_.split_end[i];
+        s_.groups.push_back(g);
+        r += m;
+    }
+    kernels::rope_angles_mrope(s_.rope_pos.data(), n, hd, w_.cfg_.mrope_section, w_.cfg_.rope_theta,
+                               s_.rope);
+    for (int l = 0; l < w_.cfg_.num_hidden_layers; ++l) run_layer(l, n, n, s_.groups, {});
+    for (const AttnGroup& g : s_.groups) g.cache->set_size(g.mask.n_cached + g.rows);
+
+    // Each item's last row: the und final norm, then lm_head on those rows together.
+    const size_t k = items.size();
+    grow(s_.h, k * H);
+    grow(s_.tmp, k * H);
+    for (size_t i = 0; i < k; ++i) {
+        const AttnGroup& g = s_.groups[i];
+        std::copy_n(x + (g.row0 + g.rows - 1) * H, H, &s_.tmp[i * H]);
+    }
+    kernels::rms_norm(ctx_, view(s_.tmp.data(), k, H), w_.norm_[0].data(),
+                      static_cast<float>(w_.cfg_.rms_norm_eps), view(s_.h.data(), k, H));
+    out.logit_rows = k;
+    out.logits.resize(k * V);
+    lin(ctx_, s_.h.data(), k, w_.lm_head_, nullptr, out.logits.data());
+    for (size_t r = 0; r < k; ++r)
+        std::fill(out.logits.begin() + r * V + w_.logits_limit_, out.logits.begin() + (r + 1) * V,
+                  -std::numeric_limits<float>::infinity());
+}
+
+void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const AttnGroup> groups,
+                               const ActivationObserver& observer) {
     const size_t H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim(), nh = w_.cfg_.num_attention_heads,
                  nkv = w_.cfg_.num_key_value_heads, qd = w_.cfg_.q_dim(), kvd = w_.cfg_.kv_dim(),
-                 I = w_.cfg_.intermediate_size, P = mask.n_cached, cap = cache.capacity();
+                 I = w_.cfg_.intermediate_size;
     const float eps = static_cast<float>(w_.cfg_.rms_norm_eps);
     const kernels::OpContext ctx = ctx_;
     grow(s_.h, n * H);
@@ -558,28 +634,49 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, KvCache& cache,
     kernels::rope(
         ctx, kernels::TensorRef::contiguous(s_.k.data(), {int64_t(n), int64_t(nkv), int64_t(hd)}),
         s_.rope);
-    // Keys and values go to the cache slots of their sequence positions (a chunk run without
-    // append still uses the slots past size(); the size is not advanced).
-    float* kc = cache.k(l);
-    float* vc = cache.v(l);
-    for (size_t r = 0; r < n; ++r) {
-        const size_t a = P + s_.perm[r];
-        for (size_t g = 0; g < nkv; ++g) {
-            std::copy_n(&s_.k[r * kvd + g * hd], hd, kc + (g * cap + a) * hd);
-            std::copy_n(&s_.v[r * kvd + g * hd], hd, vc + (g * cap + a) * hd);
+    auto attend = [&](const AttnGroup& grp, kernels::AttentionScratch& scratch) {
+        KvCache& cache = *grp.cache;
+        const size_t P = grp.mask.n_cached, cap = cache.capacity(), r0 = grp.row0, rows = grp.rows;
+        // Keys and values go to the cache slots of their sequence positions (a chunk run without
+        // append still uses the slots past size(); the size is not advanced).
+        float* kc = cache.k(l);
+        float* vc = cache.v(l);
+        for (size_t r = r0; r < r0 + rows; ++r) {
+            const size_t a = P + s_.perm[r];
+            for (size_t g = 0; g < nkv; ++g) {
+                std::copy_n(&s_.k[r * kvd + g * hd], hd, kc + (g * cap + a) * hd);
+                std::copy_n(&s_.v[r * kvd + g * hd], hd, vc + (g * cap + a) * hd);
+            }
         }
+        // The cache holds [kv_head][capacity][hd]; attention sees its first P + rows positions.
+        const int64_t keys = static_cast<int64_t>(P + rows);
+        kernels::TensorRef kr =
+            kernels::TensorRef::contiguous(kc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
+        kernels::TensorRef vr =
+            kernels::TensorRef::contiguous(vc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
+        kernels::attention(ctx,
+                           kernels::TensorRef::contiguous(
+                               &s_.q[r0 * qd], {int64_t(rows), int64_t(nh), int64_t(hd)}),
+                           s_.perm.data() + r0, kr.slice(1, 0, keys), vr.slice(1, 0, keys),
+                           grp.mask, 0.0f,
+                           kernels::TensorRef::contiguous(
+                               &s_.att[r0 * qd], {int64_t(rows), int64_t(nh), int64_t(hd)}),
+                           scratch);
+    };
+    if (groups.size() == 1) {
+        attend(groups[0], s_.attn);  // one sequence: attention splits its heads over the pool
+    } else {
+        // Several sequences (decode_step): one per pool share at a time, so a step of short
+        // attentions costs one pool dispatch instead of one per sequence. attention() called
+        // inside the job runs inline; its results do not depend on the thread count, so each
+        // sequence's output is the one it gets alone.
+        ThreadPool& pool = ctx.threads();
+        if (s_.attn_shares.size() < pool.size()) s_.attn_shares.resize(pool.size());
+        pool.run([&](size_t share, size_t n_shares) {
+            for (size_t g = share; g < groups.size(); g += n_shares)
+                attend(groups[g], s_.attn_shares[share]);
+        });
     }
-    // The cache holds [kv_head][capacity][hd]; attention sees its first P + n positions.
-    const int64_t keys = static_cast<int64_t>(P + n);
-    kernels::TensorRef kr =
-        kernels::TensorRef::contiguous(kc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
-    kernels::TensorRef vr =
-        kernels::TensorRef::contiguous(vc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
-    kernels::attention(
-        ctx, kernels::TensorRef::contiguous(s_.q.data(), {int64_t(n), int64_t(nh), int64_t(hd)}),
-        s_.perm.data(), kr.slice(1, 0, keys), vr.slice(1, 0, keys), mask, 0.0f,
-        kernels::TensorRef::contiguous(s_.att.data(), {int64_t(n), int64_t(nh), int64_t(hd)}),
-        s_.attn);
 
     for (int p = 0; p < 2; ++p) {
         const size_t b = begin[p], m = end[p] - begin[p];

@@ -11,6 +11,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <vector>
 
 #include "core/tensor.h"
@@ -139,6 +140,15 @@ struct Outputs {
     std::vector<std::vector<float>> layer_out;  // [layers][n, hidden]
 };
 
+// One sequence's rows in a batched decode step (DecoderSession::decode_step): a few text tokens
+// (und path, one causal split) continuing the sequence held in `cache`, with their M-RoPE
+// positions. The rows' keys and values are appended to the cache.
+struct DecodeItem {
+    std::span<const int64_t> token_ids;       // [n_i], n_i >= 1
+    std::span<const RopePosition> positions;  // [n_i]
+    KvCache* cache = nullptr;                 // this sequence's own cache
+};
+
 struct DecoderOptions {
     // Logits at ids >= this are -inf (Lance uses len(tokenizer)); <= 0: vocab_size.
     int64_t logits_limit = 0;
@@ -227,6 +237,17 @@ class DecoderSession {
     void forward(const Batch& batch, KvCache* cache, bool append, Outputs& out,
                  const ForwardOptions& opt = {});
 
+    // Continuous batching: one step of several sequences, each against its own cache. The linears
+    // run once on all rows stacked (sum of n_i rows: each weight is read once for the whole
+    // step); attention runs per sequence against that sequence's cache. out.logits [items, vocab]
+    // holds each item's last row, in item order (out.logit_rows = items.size()); other outputs
+    // are left alone. An item's result equals forward() of its rows alone on its cache:
+    // bit-identical when every linear is row-independent for any row count (W4A8 on INT4
+    // weights, lm_head included: linear.h fixes its per-element arithmetic; every other op here
+    // is per row), else within f32 rounding of another summation order (the f32 kernels keep
+    // more accumulators for fewer rows and switch to the GEMM above 8 rows).
+    void decode_step(std::span<const DecodeItem> items, Outputs& out);
+
     // Input embeddings: embed_tokens rows; vae2llm(latent) + TimestepEmbedder(t) + PE3D[pos_id].
     void embed_tokens(const int64_t* ids, size_t n, float* out) const {
         w_.embed_tokens(ids, n, out);
@@ -240,7 +261,15 @@ class DecoderSession {
 
   private:
     void check_batch(const Batch& b) const;
-    void run_layer(int l, size_t n, size_t n_und, KvCache& cache, const kernels::AttnMask& mask,
+    // Rows [row0, row0 + rows) of the chunk attend together against `cache` under `mask`; their
+    // keys/values go to the cache slots n_cached + perm[r] (perm: the row's position in its own
+    // chunk). forward() has one group, decode_step() one per sequence.
+    struct AttnGroup {
+        size_t row0 = 0, rows = 0;
+        KvCache* cache = nullptr;
+        kernels::AttnMask mask;
+    };
+    void run_layer(int l, size_t n, size_t n_und, std::span<const AttnGroup> groups,
                    const ActivationObserver& observer);
 
     const LanceWeights& w_;
@@ -249,6 +278,7 @@ class DecoderSession {
     // Scratch, grown on demand and reused.
     struct Scratch {
         std::vector<int32_t> perm, split_of, split_end;
+        std::vector<AttnGroup> groups;
         std::vector<kernels::AttnSplit> modes;
         std::vector<float> x, h, q, k, v, att, o, gate, up, feat, tmp;
         std::vector<RopePosition> rope_pos;
@@ -256,6 +286,7 @@ class DecoderSession {
         std::vector<float> t_unique;
         std::vector<int32_t> t_slot;
         kernels::AttentionScratch attn;
+        std::vector<kernels::AttentionScratch> attn_shares;  // per pool share (decode_step)
         KvCache own_cache;
     } s_;
 };

@@ -51,25 +51,101 @@ DecodeWeightBytes decode_weight_bytes(const LanceCheckpoint& ck) {
     return b;
 }
 
-DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& opt) {
-    const LanceConfig& cfg = dec.config();
-    const size_t n = opt.prompt_tokens, m = opt.decode_tokens;
-    if (n < 1) fail("bench decode: --prompt-tokens must be >= 1");
-    if (opt.reps < 1) fail("bench decode: --reps must be >= 1");
-    // Compared without n + m, which wraps for a huge (e.g. "-1" parsed as size_t) count.
-    const size_t ctx = static_cast<size_t>(cfg.max_position_embeddings);
-    if (cfg.max_position_embeddings > 0 && (n > ctx || m > ctx - n))
-        fail("bench decode: ", n, " prompt + ", m, " decoded tokens exceed the context (",
-             cfg.max_position_embeddings, ")");
-    const uint64_t limit = static_cast<uint64_t>(dec.logits_limit());
+namespace {
+
+// The run whose time is closest to the median (its own split, not one mixed from other runs).
+size_t median_index(const std::vector<double>& v, double med) {
+    return std::min_element(
+               v.begin(), v.end(),
+               [&](double a, double b) { return std::abs(a - med) < std::abs(b - med); }) -
+           v.begin();
+}
+
+// A prompt of n random ids below `limit` at text positions 0..n-1.
+Batch random_prompt(size_t n, uint64_t seed, uint64_t limit) {
     Batch prompt;
-    uint64_t s = opt.seed;
+    uint64_t s = seed;
     for (size_t i = 0; i < n; ++i) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         prompt.token_ids.push_back(static_cast<int64_t>((s >> 33) % limit));
         const int64_t p = static_cast<int64_t>(i);
         prompt.positions.push_back({p, p, p});
     }
+    return prompt;
+}
+
+void check_lengths(const LanceConfig& cfg, size_t n, size_t m, int reps) {
+    if (n < 1) fail("bench decode: --prompt-tokens must be >= 1");
+    if (reps < 1) fail("bench decode: --reps must be >= 1");
+    // Compared without n + m, which wraps for a huge (e.g. "-1" parsed as size_t) count.
+    const size_t ctx = static_cast<size_t>(cfg.max_position_embeddings);
+    if (cfg.max_position_embeddings > 0 && (n > ctx || m > ctx - n))
+        fail("bench decode: ", n, " prompt + ", m, " decoded tokens exceed the context (",
+             cfg.max_position_embeddings, ")");
+}
+
+}  // namespace
+
+StreamsBenchResult bench_decode_streams(DecoderSession& dec, const DecodeBenchOptions& opt,
+                                        size_t streams) {
+    const size_t n = opt.prompt_tokens, m = opt.decode_tokens;
+    check_lengths(dec.config(), n, m, opt.reps);
+    if (streams < 1) fail("bench decode: --streams must be >= 1");
+    const uint64_t limit = static_cast<uint64_t>(dec.logits_limit());
+    const size_t V = static_cast<size_t>(dec.config().vocab_size);
+    std::vector<Batch> prompts;
+    std::vector<KvCache> caches;
+    for (size_t s = 0; s < streams; ++s) {
+        prompts.push_back(random_prompt(n, opt.seed + 7919 * s, limit));
+        caches.push_back(dec.make_cache(n + m));
+    }
+    Outputs out;
+    ForwardOptions fo;
+    fo.logits = LogitRows::Last;
+    fo.velocity = false;
+    std::vector<int64_t> ids(streams);
+    std::vector<RopePosition> pos(streams);
+    std::vector<DecodeItem> items(streams);
+    std::vector<double> decs, lins;
+    kernels::set_linear_timing(true);
+    for (int r = 0; r < opt.reps; ++r) {
+        for (size_t s = 0; s < streams; ++s) {
+            caches[s].clear();
+            dec.forward(prompts[s], &caches[s], true, out, fo);
+            const float* row = out.logits.data();
+            ids[s] = std::max_element(row, row + limit) - row;
+            items[s] = {std::span<const int64_t>(&ids[s], 1),
+                        std::span<const RopePosition>(&pos[s], 1), &caches[s]};
+        }
+        kernels::reset_linear_seconds();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (size_t i = 0; i < m; ++i) {
+            const int64_t p = static_cast<int64_t>(n + i);
+            for (size_t s = 0; s < streams; ++s) pos[s] = {p, p, p};
+            dec.decode_step(items, out);
+            for (size_t s = 0; s < streams; ++s) {
+                const float* row = out.logits.data() + s * V;
+                ids[s] = std::max_element(row, row + limit) - row;
+            }
+        }
+        decs.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        lins.push_back(kernels::linear_seconds());
+    }
+    kernels::set_linear_timing(false);
+    StreamsBenchResult res;
+    res.streams = streams;
+    res.decode_s = median(decs);
+    res.decode_linear_s = lins[median_index(decs, res.decode_s)];
+    res.decode_tps = m ? static_cast<double>(streams * m) / res.decode_s : 0.0;
+    return res;
+}
+
+DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& opt) {
+    const size_t n = opt.prompt_tokens, m = opt.decode_tokens;
+    check_lengths(dec.config(), n, m, opt.reps);
+    const uint64_t limit = static_cast<uint64_t>(dec.logits_limit());
+    const Batch prompt = random_prompt(n, opt.seed, limit);
     KvCache cache = dec.make_cache(n + m);
     Outputs out;
     ForwardOptions fo;
@@ -105,13 +181,7 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
     res.prefill_s = median(pre);
     res.decode_s = median(decs);
     // The linear share of the median run (not the median of the shares, which may mix runs).
-    const size_t mid =
-        std::min_element(decs.begin(), decs.end(),
-                         [&](double a, double b) {
-                             return std::abs(a - res.decode_s) < std::abs(b - res.decode_s);
-                         }) -
-        decs.begin();
-    res.decode_linear_s = lins[mid];
+    res.decode_linear_s = lins[median_index(decs, res.decode_s)];
     res.prefill_tps = static_cast<double>(n) / res.prefill_s;
     res.decode_tps = m ? static_cast<double>(m) / res.decode_s : 0.0;
     return res;

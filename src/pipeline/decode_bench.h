@@ -46,4 +46,18 @@ struct DecodeBenchResult {
 // plus the decoded tokens exceed the model's context.
 DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& opt);
 
+struct StreamsBenchResult {
+    size_t streams = 0;
+    double decode_s = 0;         // median seconds of all decode steps
+    double decode_tps = 0;       // aggregate: streams * decode_tokens / decode_s
+    double decode_linear_s = 0;  // of the median run: seconds inside the linear calls
+};
+
+// Continuous batching: `streams` sequences, each prefilled alone with a random prompt of its own
+// (opt.prompt_tokens ids, seeds differ per stream), then opt.decode_tokens steps of
+// DecoderSession::decode_step over all of them together (greedy per sequence, each token fed
+// back on its own cache). Only the decode steps are timed; median of opt.reps runs.
+StreamsBenchResult bench_decode_streams(DecoderSession& dec, const DecodeBenchOptions& opt,
+                                        size_t streams);
+
 }  // namespace lancet

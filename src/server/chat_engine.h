@@ -1,5 +1,9 @@
-// The server's chat engine: the weights loaded once, N decoder sessions on N worker threads, a
-// bounded queue of requests. Each request streams its text pieces to whoever waits on its job.
+// The server's chat engine: the weights loaded once and one scheduler thread that decodes up to
+// N requests together (continuous batching: each decode step runs every active sequence through
+// one pass over the weights, DecoderSession::decode_step), behind a bounded queue. A new request
+// is prefilled in bounded chunks between decode steps and then joins the batch; a finished one
+// leaves it and a queued one takes its place. Each request streams its text pieces to whoever
+// waits on its job.
 #pragma once
 
 #include <atomic>
@@ -27,7 +31,8 @@ struct ChatRequest {
     // Optional (a message with an image): builds the prompt as a packed batch whose input
     // embeddings it writes into `embeddings` (an x2t prompt with its ViT block), on the session
     // that prefills it; `prompt` then holds the same ids for counting. Unset: `prompt` is
-    // prefilled as text.
+    // prefilled as text. A vision prompt is prefilled in one forward (its ViT block is one
+    // bidirectional split), not in chunks.
     std::function<Batch(DecoderSession& session, std::vector<float>& embeddings)> vision;
 };
 
@@ -38,7 +43,7 @@ class ChatJob {
     bool next(std::string& piece);
     // Waits until the job is finished (pieces are kept for next()).
     void wait();
-    // Asks the worker to stop at its next token (a client that went away).
+    // Asks the scheduler to drop the request at its next step (a client that went away).
     void cancel() { cancelled_ = true; }
     bool cancelled() const { return cancelled_; }
 
@@ -64,10 +69,24 @@ class ChatJob {
 
 struct ChatEngineOptions {
     std::string model;      // model folder (original or AWQ)
-    int parallel = 1;       // sessions decoding at once
+    int parallel = 1;       // requests decoding together (sequences in the batch)
     size_t max_queue = 16;  // requests waiting beyond the running ones; more are refused
-    size_t threads = 0;     // worker threads in all (0: the process default), split among sessions
+    size_t threads = 0;     // worker threads of the scheduler's pool (0: the process default)
+    // Prompt tokens prefilled per scheduler step: a long prompt is prefilled in chunks of this
+    // size with a decode step of the running requests between two chunks, so it stalls them for
+    // one chunk's time at most.
+    size_t prefill_chunk = 256;
+    // lm_head of an INT4 checkpoint (DecoderOptions::lm_head; the CLI passes --lm-head).
+    DecoderOptions::LmHead lm_head = DecoderOptions::LmHead::Stored;
     bool load_gen = false;  // also load the gen expert (the server generates images and videos)
+};
+
+// Counters of the scheduler's work (for tests, metrics and benchmarks).
+struct ChatEngineStats {
+    uint64_t decode_steps = 0;    // decode_step calls
+    uint64_t decode_rows = 0;     // sequences over all of them (rows / steps = mean batch)
+    uint64_t prefill_chunks = 0;  // prefill forward() calls
+    size_t max_batch = 0;         // most sequences in one decode step
 };
 
 class ChatEngine {
@@ -88,19 +107,29 @@ class ChatEngine {
     std::shared_ptr<ChatJob> submit(ChatRequest req);
     size_t queue_depth();
     size_t running() const { return running_; }
-    int parallel() const { return static_cast<int>(workers_.size()); }
+    int parallel() const { return opt_.parallel; }
+    ChatEngineStats stats();
 
   private:
-    void worker(size_t index);
-    void run_job(DecoderSession& session, ChatJob& job);
+    struct Seq;
+    void scheduler();
+    // Sets up a request that left the queue (false: it failed or was cancelled, and is finished).
+    bool admit(Seq& s);
+    // Samples the next token from the sequence's logits and hands its text on; false when the
+    // sequence is finished (stop id, stop string, limit, cancel).
+    bool advance(Seq& s, const float* logits);
+    bool advance_or_throw(Seq& s, const float* logits);
+    void finish(Seq& s);
 
     ChatEngineOptions opt_;
     std::string name_;
     std::unique_ptr<LanceCheckpoint> ck_;
     Qwen2Tokenizer tok_;
     std::unique_ptr<LanceWeights> weights_;
-    std::vector<std::unique_ptr<ThreadPool>> pools_;
-    std::vector<std::thread> workers_;
+    std::unique_ptr<ThreadPool> pool_;
+    std::thread scheduler_;
+    std::mutex stats_mu_;
+    ChatEngineStats stats_;
     std::mutex mu_;
     std::condition_variable cv_;
     std::deque<std::shared_ptr<ChatJob>> queue_;
