@@ -442,6 +442,28 @@ TEST_P(W4A8Test, BitIdenticalAcrossThreadCounts) {
     }
 }
 
+// A K long enough for the GEMMs to split it into several chunks (the AVX-512 one takes about 4096
+// columns per chunk and carries y between them), with ragged rows and outputs: bit-identical to
+// the scalar path (the double reference would take seconds at this K).
+TEST_P(W4A8Test, SeveralKChunksMatchScalarBitExactly) {
+    const Isa isa = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    const size_t out = 41, in = 8448;
+    ThreadPool pool(2);
+    for (size_t gs : {64, 128}) {
+        const FileWeight fw = make_weight(WeightType::Q4, out, in, gs, 11 + gs);
+        const LinearWeight w(fw.view);
+        const std::vector<float> bias = random_vector(out, 12);
+        for (size_t n : {9, 13}) {
+            const std::vector<float> x = random_vector(n * in, 13 + n);
+            const auto y = run_w4a8(isa, x.data(), n, w, bias.data(), pool);
+            const auto want = run_w4a8(Isa::Scalar, x.data(), n, w, bias.data(), pool);
+            EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * 4), 0)
+                << "gs " << gs << " n " << n;
+        }
+    }
+}
+
 // The largest integer sums the AVX2 path can meet: every code 15 and every x8 = +-127 (all |x|
 // equal), where a block's i16 lanes reach 4 * 7620 = 30480; any saturation or wrap would show as
 // a difference from the scalar int32 reference. One block of x is all zero (amax = 0, d = 0).
