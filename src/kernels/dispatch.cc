@@ -222,6 +222,10 @@ W4A8Fn w4a8_kernel(Isa isa) {
     return &w4a8_scalar;
 }
 
+W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
+    return checked(isa) == Isa::Avx512 ? &w4a8_gemv_many_avx512 : nullptr;
+}
+
 DequantBf16Fn dequant_bf16_kernel(Isa isa) {
     return checked(isa) == Isa::Scalar ? nullptr : &dequant_bf16_avx2;
 }

@@ -408,15 +408,17 @@ void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
     if (w.type() != WeightType::Q4)
         fail("linear_w4a8: weight is ", weight_type_name(w.type()), ", not int4");
     if (n == 0) return;
-    const size_t in = w.in(), q_floats = (n * in + 63) / 64 * 16;
-    const size_t d_floats = n * (in / w4a8_block(w.group_size())),
-                 xs_floats = n * (in / w.group_size());
+    w4a8_kernel(isa)(x, n, w.packed(), bias, y, w4a8_scratch(n, w.in(), w.group_size()), pool);
+}
+
+W4A8Scratch w4a8_scratch(size_t n, size_t in, size_t gs) {
+    const size_t q_floats = (n * in + 63) / 64 * 16;
+    const size_t d_floats = n * (in / w4a8_block(gs)), xs_floats = n * (in / gs);
     thread_local std::vector<float> scratch;
     const size_t need = q_floats + d_floats + xs_floats;
     if (scratch.size() < need) scratch.resize(need);
-    const W4A8Scratch s{reinterpret_cast<int8_t*>(scratch.data()), scratch.data() + q_floats,
-                        scratch.data() + q_floats + d_floats};
-    w4a8_kernel(isa)(x, n, w.packed(), bias, y, s, pool);
+    return W4A8Scratch{reinterpret_cast<int8_t*>(scratch.data()), scratch.data() + q_floats,
+                       scratch.data() + q_floats + d_floats};
 }
 }  // namespace detail
 

@@ -656,39 +656,44 @@ void w4a8_gemv_rows(size_t nr, const PackedView& p, const w4a8::Layout& L, size_
     }
 }
 
+// Rows 0..n-1 of y for the block pair (b, bb) (bb == b: the weight's odd last block alone).
+void w4a8_gemv_pair_rows(size_t n, const PackedView& p, const w4a8::Layout& L, size_t b, size_t bb,
+                         const float* bias, float* y, const W4A8Scratch& a) {
+    alignas(64) float out[4 * 16];
+    for (size_t r0 = 0; r0 < n; r0 += 4) {
+        const size_t nr = std::min<size_t>(4, n - r0);
+        switch (L.kb / 8) {
+            case 1:
+                w4a8_gemv_rows<1>(nr, p, L, b, bb, a, r0, out);
+                break;
+            case 2:
+                w4a8_gemv_rows<2>(nr, p, L, b, bb, a, r0, out);
+                break;
+            default:
+                w4a8_gemv_rows<4>(nr, p, L, b, bb, a, r0, out);
+                break;
+        }
+        for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
+            const size_t blk = b + half;
+            const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
+            for (size_t r = 0; r < nr; ++r) {
+                float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
+                const float* o = out + r * 16 + half * 8;
+                for (size_t j = 0; j < rows; ++j)
+                    yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
+            }
+        }
+    }
+}
+
 void w4a8_gemv(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias, float* y,
                const W4A8Scratch& a, ThreadPool& pool) {
     pool.parallel_for(
         p.n_blocks,
         [&](size_t b0, size_t b1) {
-            alignas(64) float out[4 * 16];
-            for (size_t b = b0; b < b1; b += 2) {
-                const size_t bb = b + 1 < b1 ? b + 1 : b;  // odd tail: compute b twice
-                for (size_t r0 = 0; r0 < n; r0 += 4) {
-                    const size_t nr = std::min<size_t>(4, n - r0);
-                    switch (L.kb / 8) {
-                        case 1:
-                            w4a8_gemv_rows<1>(nr, p, L, b, bb, a, r0, out);
-                            break;
-                        case 2:
-                            w4a8_gemv_rows<2>(nr, p, L, b, bb, a, r0, out);
-                            break;
-                        default:
-                            w4a8_gemv_rows<4>(nr, p, L, b, bb, a, r0, out);
-                            break;
-                    }
-                    for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
-                        const size_t blk = b + half;
-                        const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
-                        for (size_t r = 0; r < nr; ++r) {
-                            float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
-                            const float* o = out + r * 16 + half * 8;
-                            for (size_t j = 0; j < rows; ++j)
-                                yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
-                        }
-                    }
-                }
-            }
+            // Ranges start at even blocks (grain 2): pairs (b, b + 1), the odd tail alone.
+            for (size_t b = b0; b < b1; b += 2)
+                w4a8_gemv_pair_rows(n, p, L, b, b + 1 < b1 ? b + 1 : b, bias, y, a);
         },
         2);
 }
@@ -1001,6 +1006,26 @@ void linear_avx512(const float* x, size_t n, const PackedView& p, const float* b
         gemv(x, n, p, bias, y, scratch, pool);
     else
         gemm(x, n, p, bias, y, pool);
+}
+
+void w4a8_gemv_many_avx512(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                           const W4A8Scratch& s, ThreadPool& pool) {
+    if (count == 0) return;
+    const w4a8::Layout L(outs[0].w);
+    w4a8::quantize(x, n, L, s, pool);
+    // The block pairs of all weights, one after another: pair u of weight k is unit
+    // start[k] + u. The same pairs as w4a8_gemv forms per weight, so each y is bit-identical.
+    size_t start[kW4A8MaxOuts + 1] = {0};
+    for (size_t k = 0; k < count; ++k) start[k + 1] = start[k] + (outs[k].w.n_blocks + 1) / 2;
+    pool.parallel_for(start[count], [&](size_t u0, size_t u1) {
+        size_t k = 0;
+        for (size_t u = u0; u < u1; ++u) {
+            while (u >= start[k + 1]) ++k;
+            const W4A8Out& o = outs[k];
+            const size_t b = 2 * (u - start[k]);
+            w4a8_gemv_pair_rows(n, o.w, L, b, b + 1 < o.w.n_blocks ? b + 1 : b, o.bias, o.y, s);
+        }
+    });
 }
 
 void w4a8_avx512(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
