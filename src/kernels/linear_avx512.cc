@@ -1,5 +1,6 @@
 // AVX-512 linear kernels: GEMV over pairs of 8-row blocks (16 rows per zmm), 12x32 panel GEMM;
-// W4A8 with vpdpbusd (512-bit GEMV over block pairs, 512-bit 4x32 GEMM over 4-block panels).
+// W4A8 with vpdpbusd (512-bit GEMV over block pairs, 512-bit 6x32 GEMM over 4-block panels and
+// row blocks of 6 quantized rows).
 // GCC 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized when
 // they are inlined (a known false positive of the intrinsics headers); nothing here reads it.
 #if defined(__GNUC__) && !defined(__clang__)
