@@ -223,7 +223,15 @@ W4A8Fn w4a8_kernel(Isa isa) {
 }
 
 W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
-    return checked(isa) == Isa::Avx512 ? &w4a8_gemv_many_avx512 : nullptr;
+    switch (checked(isa)) {
+        case Isa::Avx512:
+            return &w4a8_gemv_many_avx512;
+        case Isa::Avx2:
+            return &w4a8_gemv_many_avx2;
+        case Isa::Scalar:
+            break;
+    }
+    return nullptr;
 }
 
 DequantBf16Fn dequant_bf16_kernel(Isa isa) {

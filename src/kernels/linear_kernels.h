@@ -67,6 +67,8 @@ struct W4A8Out {
 // pairs in one pool job. Each y is bit-identical to the single-weight kernel's.
 using W4A8ManyFn = void (*)(const float* x, size_t n, const W4A8Out* outs, size_t count,
                             const W4A8Scratch& s, ThreadPool& pool);
+void w4a8_gemv_many_avx2(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                         const W4A8Scratch& s, ThreadPool& pool);
 void w4a8_gemv_many_avx512(const float* x, size_t n, const W4A8Out* outs, size_t count,
                            const W4A8Scratch& s, ThreadPool& pool);
 

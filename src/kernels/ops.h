@@ -89,8 +89,8 @@ struct LinearOut {
     float* y;
 };
 // Several linears of one input x [n, in] (dense rows), as q/k/v or gate/up: each y bit for bit as
-// linear() gives it. INT4 weights with int8 activations at n <= 8 on AVX-512 (decode) quantize x
-// once and run all outputs as one pool job instead of one job per weight.
+// linear() gives it. INT4 weights with int8 activations at n <= 8 on AVX2 or AVX-512 (decode)
+// quantize x once and run all outputs as one pool job instead of one job per weight.
 void linear_same_input(const OpContext& ctx, const float* x, size_t n, const LinearOut* outs,
                        size_t count);
 
