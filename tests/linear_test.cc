@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "kernels/dispatch.h"
+#include "kernels/ops.h"
 #include "quant/q4.h"
 
 namespace lancet::kernels {
@@ -442,6 +443,28 @@ TEST_P(W4A8Test, BitIdenticalAcrossThreadCounts) {
     }
 }
 
+// A K long enough for the GEMMs to split it into several chunks (the AVX-512 one takes about 4096
+// columns per chunk and carries y between them), with ragged rows and outputs: bit-identical to
+// the scalar path (the double reference would take seconds at this K).
+TEST_P(W4A8Test, SeveralKChunksMatchScalarBitExactly) {
+    const Isa isa = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    const size_t out = 41, in = 8448;
+    ThreadPool pool(2);
+    for (size_t gs : {64, 128}) {
+        const FileWeight fw = make_weight(WeightType::Q4, out, in, gs, 11 + gs);
+        const LinearWeight w(fw.view);
+        const std::vector<float> bias = random_vector(out, 12);
+        for (size_t n : {9, 13}) {
+            const std::vector<float> x = random_vector(n * in, 13 + n);
+            const auto y = run_w4a8(isa, x.data(), n, w, bias.data(), pool);
+            const auto want = run_w4a8(Isa::Scalar, x.data(), n, w, bias.data(), pool);
+            EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * 4), 0)
+                << "gs " << gs << " n " << n;
+        }
+    }
+}
+
 // The largest integer sums the AVX2 path can meet: every code 15 and every x8 = +-127 (all |x|
 // equal), where a block's i16 lanes reach 4 * 7620 = 30480; any saturation or wrap would show as
 // a difference from the scalar int32 reference. One block of x is all zero (amax = 0, d = 0).
@@ -688,6 +711,58 @@ TEST(Dispatch, ForcingAnUnsupportedIsaFails) {
     const std::string d = runtime_description(pool);
     EXPECT_EQ(d.rfind("ISA ", 0), 0u) << d;
     EXPECT_NE(d.find(", 3 threads"), std::string::npos) << d;
+}
+
+// linear_same_input (q/k/v, gate/up in one call): every output bit-identical to its own linear()
+// call, on every ISA, in both activation modes, at decode (n <= 8, the fused W4A8 job on
+// AVX-512) and prefill sizes, with an odd block count (out 17) and two thread counts; weights of
+// different group sizes or types fall back to one call each, still bit-identical.
+TEST(LinearSameInput, EachOutputMatchesItsOwnLinearBitExactly) {
+    const size_t in = 256;
+    const FileWeight fq = make_weight(WeightType::Q4, 40, in, 64, 21),
+                     fk = make_weight(WeightType::Q4, 16, in, 64, 22),
+                     fv = make_weight(WeightType::Q4, 17, in, 64, 23),
+                     f32 = make_weight(WeightType::Q4, 24, in, 32, 24),
+                     fb = make_weight(WeightType::BF16, 8, in, 0, 25);
+    const LinearWeight wq(fq.view), wk(fk.view), wv(fv.view), w32(f32.view), wb(fb.view);
+    const std::vector<float> bq = random_vector(40, 26), bv = random_vector(17, 27);
+    const std::vector<std::vector<const LinearWeight*>> sets = {
+        {&wq, &wk, &wv}, {&wq, &w32}, {&wk, &wb, &wv}};
+    ThreadPool p1(1), p2(2);
+    for (Isa isa : kAllIsas) {
+        if (!cpu_supports(isa)) continue;
+        for (ActMode act : {ActMode::F32, ActMode::Int8})
+            for (ThreadPool* pool : {&p1, &p2})
+                for (const auto& set : sets)
+                    for (size_t n : {1, 3, 8, 9}) {
+                        const OpContext ctx{pool, isa, act};
+                        const std::vector<float> x = random_vector(n * in, 28 + n);
+                        std::vector<std::vector<float>> got(set.size()), want(set.size());
+                        std::vector<LinearOut> outs;
+                        for (size_t k = 0; k < set.size(); ++k) {
+                            const LinearWeight& w = *set[k];
+                            const float* bias = &w == &wq   ? bq.data()
+                                                : &w == &wv ? bv.data()
+                                                            : nullptr;
+                            got[k].assign(n * w.out(), NAN);
+                            want[k].assign(n * w.out(), NAN);
+                            outs.push_back({&w, bias, got[k].data()});
+                            linear(ctx, TensorRef::matrix(x.data(), n, in), w, bias,
+                                   TensorRef::matrix(want[k].data(), n, w.out()));
+                        }
+                        linear_same_input(ctx, x.data(), n, outs.data(), outs.size());
+                        for (size_t k = 0; k < set.size(); ++k)
+                            EXPECT_EQ(std::memcmp(got[k].data(), want[k].data(), got[k].size() * 4),
+                                      0)
+                                << isa_name(isa) << " " << act_mode_name(act) << " threads "
+                                << pool->size() << " n " << n << " output " << k;
+                    }
+    }
+    const FileWeight fo = make_weight(WeightType::Q4, 8, 128, 64, 29);
+    const LinearWeight wo(fo.view);
+    std::vector<float> x(256), y1(40), y2(8);
+    const LinearOut bad[2] = {{&wq, nullptr, y1.data()}, {&wo, nullptr, y2.data()}};
+    EXPECT_THROW(linear_same_input(OpContext::defaults(), x.data(), 1, bad, 2), Error);
 }
 
 }  // namespace

@@ -594,8 +594,8 @@ void run_decode_bench(const DecodeOptions& opt) {
         {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
     std::printf(
         "| model | weights | prompt | prefill tok/s | decode tok/s | ms/token | linears ms | "
-        "other ms | MB/token | GB/s | roofline | peak RSS MiB "
-        "|\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        "other ms | jobs/token | MB/token | GB/s | roofline | peak RSS MiB "
+        "|\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (size_t i = 0; i < rows.size(); ++i) {
         const Row& w = rows[i];
         const double bytes = double(w.wb.total());
@@ -603,13 +603,15 @@ void run_decode_bench(const DecodeOptions& opt) {
         const double per_tok = opt.decode_tokens ? 1e3 * w.r.decode_s / opt.decode_tokens : NAN;
         const double lin_tok =
             opt.decode_tokens ? 1e3 * w.r.decode_linear_s / opt.decode_tokens : NAN;
-        std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %s | %s | %s | %.0f |\n",
+        std::printf("| %s | %s | %zu | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f |\n",
                     opt.models[i].c_str(), w.label.c_str(), opt.prompt_tokens,
                     fmt("%.1f", w.r.prefill_tps).c_str(),
                     fmt("%.2f", opt.decode_tokens ? w.r.decode_tps : NAN).c_str(),
                     fmt("%.2f", per_tok).c_str(), fmt("%.2f", lin_tok).c_str(),
-                    fmt("%.2f", per_tok - lin_tok).c_str(), fmt("%.2f", bytes / 1e6).c_str(),
-                    fmt("%.1f", gbps).c_str(), fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
+                    fmt("%.2f", per_tok - lin_tok).c_str(),
+                    fmt("%.1f", opt.decode_tokens ? w.r.decode_jobs_per_token : NAN).c_str(),
+                    fmt("%.2f", bytes / 1e6).c_str(), fmt("%.1f", gbps).c_str(),
+                    fmt("%.2f", gbps / read_gbps).c_str(), w.rss_mib);
         records.push_back({{"kernel", "decode"},
                            {"model", opt.models[i]},
                            {"weights", w.label},
@@ -622,6 +624,7 @@ void run_decode_bench(const DecodeOptions& opt) {
                            {"decode_s", w.r.decode_s},
                            {"decode_tps", w.r.decode_tps},
                            {"decode_linear_s", w.r.decode_linear_s},
+                           {"decode_jobs_per_token", w.r.decode_jobs_per_token},
                            {"bytes_per_token", w.wb.total()},
                            {"bytes_linears", w.wb.linears},
                            {"bytes_norms", w.wb.norms},
@@ -634,7 +637,8 @@ void run_decode_bench(const DecodeOptions& opt) {
     std::printf(
         "\nprefill = one forward of a random-id prompt; decode = greedy steps on the KV cache "
         "(median of %d runs); ms/token = decode time per token, split into the time inside the "
-        "linear kernels and the rest (norms, attention, RoPE, embedding, argmax); MB/token = "
+        "linear kernels and the rest (norms, attention, RoPE, embedding, argmax); jobs/token = "
+        "thread-pool jobs dispatched per decoded token; MB/token = "
         "und-path layer weights + norms + lm_head + one "
         "embedding row as run (an lm_head quantized at load counts as INT4 g64); GB/s = MB/token x "
         "decode tok/s; roofline = GB/s / streaming "

@@ -135,6 +135,7 @@ void ThreadPool::run_erased(Thunk thunk, void* ctx, size_t n_chunks) {
         return;
     }
     std::lock_guard<std::mutex> lock(run_mutex_);
+    jobs_.fetch_add(1, std::memory_order_relaxed);
     const uint32_t gen = ++gen_;
     const uint32_t n = static_cast<uint32_t>(n_chunks);
     thunk_.store(thunk, std::memory_order_relaxed);

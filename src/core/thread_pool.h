@@ -38,6 +38,9 @@ class ThreadPool {
     ThreadPool& operator=(const ThreadPool&) = delete;
 
     size_t size() const { return n_threads_; }
+    // Jobs handed to the workers so far (run()/parallel_for calls of more than one chunk on a
+    // pool of more than one thread, not nested); what `bench decode` counts per token.
+    uint64_t jobs_dispatched() const { return jobs_.load(std::memory_order_relaxed); }
 
     // Calls fn(share, n_shares) once for every share 0..size()-1 (n_shares == size()), each on
     // whichever thread claims it (the calling thread takes part), and returns when all have
@@ -101,6 +104,7 @@ class ThreadPool {
     std::atomic<uint32_t> job_seq_{0};          // generation of the newest job (futex word)
     std::atomic<uint32_t> sleepers_{0};         // workers waiting on job_seq_ in the kernel
     std::atomic<bool> stop_{false};
+    std::atomic<uint64_t> jobs_{0};
 };
 
 // Number of CPUs this process may run on (at least 1).

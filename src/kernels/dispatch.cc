@@ -258,6 +258,18 @@ Bf16DotFn bf16dot_kernel(Isa isa) {
     return checked(isa) == Isa::Avx512 ? &bf16dot_avx512 : nullptr;
 }
 
+W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
+    switch (checked(isa)) {
+        case Isa::Avx512:
+            return &w4a8_gemv_many_avx512;
+        case Isa::Avx2:
+            return &w4a8_gemv_many_avx2;
+        case Isa::Scalar:
+            break;
+    }
+    return nullptr;
+}
+
 DequantBf16Fn dequant_bf16_kernel(Isa isa) {
     return checked(isa) == Isa::Scalar ? nullptr : &dequant_bf16_avx2;
 }

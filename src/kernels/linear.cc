@@ -291,6 +291,24 @@ LinearWeight::LinearWeight(const WeightView& v)
     }
 }
 
+namespace {
+// Row r of row block b of a repacked zero-point weight whose 32-bit words hold 32 / bits codes of
+// `bits` bits each (Q4: 8 of 4; Int5: 4 of 8, one code per byte), as (q - z) * s.
+void dequantize_zero_point_row(const uint32_t* data, const uint16_t* scales, const uint8_t* zeros,
+                               size_t b, size_t r, size_t in, size_t gs, unsigned bits,
+                               float* dst) {
+    const size_t per_word = 32 / bits, chunks = in / per_word, groups = in / gs;
+    const uint32_t mask = (1u << bits) - 1;
+    for (size_t i = 0; i < in; ++i) {
+        const uint32_t word = data[(b * chunks + i / per_word) * kRowBlock + r];
+        const size_t at = (b * groups + i / gs) * kRowBlock + r;
+        const float s = bf16_to_f32(scales[at]);
+        const float z = zeros[at];
+        dst[i] = (float((word >> (bits * (i % per_word))) & mask) - z) * s;
+    }
+}
+}  // namespace
+
 void LinearWeight::dequantize_row(size_t o, float* dst) const {
     const size_t b = o / kRowBlock, r = o % kRowBlock, in = in_;
     switch (type_) {
@@ -304,32 +322,14 @@ void LinearWeight::dequantize_row(size_t o, float* dst) const {
             for (size_t i = 0; i < in; ++i) dst[i] = bf16_to_f32(d[(b * in + i) * kRowBlock + r]);
             break;
         }
-        case WeightType::Q4: {
-            const size_t chunks = in / 8, groups = in / group_size_;
-            const uint32_t* d = data_.as<uint32_t>();
-            for (size_t i = 0; i < in; ++i) {
-                const uint32_t word = d[(b * chunks + i / 8) * kRowBlock + r];
-                const size_t g = i / group_size_;
-                const float s =
-                    bf16_to_f32(scales_.as<uint16_t>()[(b * groups + g) * kRowBlock + r]);
-                const float z = zeros_.as<uint8_t>()[(b * groups + g) * kRowBlock + r];
-                dst[i] = (float((word >> (4 * (i % 8))) & 0xfu) - z) * s;
-            }
+        case WeightType::Q4:
+            dequantize_zero_point_row(data_.as<uint32_t>(), scales_.as<uint16_t>(),
+                                      zeros_.as<uint8_t>(), b, r, in, group_size_, 4, dst);
             break;
-        }
-        case WeightType::Int5: {
-            const size_t chunks = in / 4, groups = in / group_size_;
-            const uint32_t* d = data_.as<uint32_t>();
-            for (size_t i = 0; i < in; ++i) {
-                const uint32_t word = d[(b * chunks + i / 4) * kRowBlock + r];
-                const size_t g = i / group_size_;
-                const float s =
-                    bf16_to_f32(scales_.as<uint16_t>()[(b * groups + g) * kRowBlock + r]);
-                const float z = zeros_.as<uint8_t>()[(b * groups + g) * kRowBlock + r];
-                dst[i] = (float((word >> (8 * (i % 4))) & 0xffu) - z) * s;
-            }
+        case WeightType::Int5:
+            dequantize_zero_point_row(data_.as<uint32_t>(), scales_.as<uint16_t>(),
+                                      zeros_.as<uint8_t>(), b, r, in, group_size_, 8, dst);
             break;
-        }
         case WeightType::Nvfp4: {
             const size_t chunks = in / 8, blocks = in / kNvfp4Block;
             const uint32_t* d = data_.as<uint32_t>();
@@ -408,15 +408,17 @@ void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
     if (w.type() != WeightType::Q4)
         fail("linear_w4a8: weight is ", weight_type_name(w.type()), ", not int4");
     if (n == 0) return;
-    const size_t in = w.in(), q_floats = (n * in + 63) / 64 * 16;
-    const size_t d_floats = n * (in / w4a8_block(w.group_size())),
-                 xs_floats = n * (in / w.group_size());
+    w4a8_kernel(isa)(x, n, w.packed(), bias, y, w4a8_scratch(n, w.in(), w.group_size()), pool);
+}
+
+W4A8Scratch w4a8_scratch(size_t n, size_t in, size_t gs) {
+    const size_t q_floats = (n * in + 63) / 64 * 16;
+    const size_t d_floats = n * (in / w4a8_block(gs)), xs_floats = n * (in / gs);
     thread_local std::vector<float> scratch;
     const size_t need = q_floats + d_floats + xs_floats;
     if (scratch.size() < need) scratch.resize(need);
-    const W4A8Scratch s{reinterpret_cast<int8_t*>(scratch.data()), scratch.data() + q_floats,
-                        scratch.data() + q_floats + d_floats};
-    w4a8_kernel(isa)(x, n, w.packed(), bias, y, s, pool);
+    return W4A8Scratch{reinterpret_cast<int8_t*>(scratch.data()), scratch.data() + q_floats,
+                       scratch.data() + q_floats + d_floats};
 }
 }  // namespace detail
 

@@ -18,6 +18,11 @@ void w4a8_avx2(const float* x, size_t n, const PackedView& p, const float* bias,
     w4a8::run(x, n, p, bias, y, s, pool);
 }
 
+void w4a8_gemv_many_avx2(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                         const W4A8Scratch& s, ThreadPool& pool) {
+    w4a8::gemv_many(x, n, outs, count, s, pool);
+}
+
 void dequant_bf16_avx2(const PackedView& p, uint16_t* dst, ThreadPool& pool) {
     dequant_bf16(p, dst, pool);
 }

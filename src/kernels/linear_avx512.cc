@@ -1,5 +1,6 @@
 // AVX-512 linear kernels: GEMV over pairs of 8-row blocks (16 rows per zmm), 12x32 panel GEMM;
-// W4A8 with vpdpbusd (512-bit GEMV over block pairs, 512-bit 4x32 GEMM over 4-block panels).
+// W4A8 with vpdpbusd (512-bit GEMV over block pairs, 512-bit 6x32 GEMM over 4-block panels and
+// row blocks of 6 quantized rows).
 // GCC 12 reports _mm512_undefined_epi32() inside its own intrinsics as maybe-uninitialized when
 // they are inlined (a known false positive of the intrinsics headers); nothing here reads it.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -8,6 +9,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -655,39 +657,44 @@ void w4a8_gemv_rows(size_t nr, const PackedView& p, const w4a8::Layout& L, size_
     }
 }
 
+// Rows 0..n-1 of y for the block pair (b, bb) (bb == b: the weight's odd last block alone).
+void w4a8_gemv_pair_rows(size_t n, const PackedView& p, const w4a8::Layout& L, size_t b, size_t bb,
+                         const float* bias, float* y, const W4A8Scratch& a) {
+    alignas(64) float out[4 * 16];
+    for (size_t r0 = 0; r0 < n; r0 += 4) {
+        const size_t nr = std::min<size_t>(4, n - r0);
+        switch (L.kb / 8) {
+            case 1:
+                w4a8_gemv_rows<1>(nr, p, L, b, bb, a, r0, out);
+                break;
+            case 2:
+                w4a8_gemv_rows<2>(nr, p, L, b, bb, a, r0, out);
+                break;
+            default:
+                w4a8_gemv_rows<4>(nr, p, L, b, bb, a, r0, out);
+                break;
+        }
+        for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
+            const size_t blk = b + half;
+            const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
+            for (size_t r = 0; r < nr; ++r) {
+                float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
+                const float* o = out + r * 16 + half * 8;
+                for (size_t j = 0; j < rows; ++j)
+                    yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
+            }
+        }
+    }
+}
+
 void w4a8_gemv(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias, float* y,
                const W4A8Scratch& a, ThreadPool& pool) {
     pool.parallel_for(
         p.n_blocks,
         [&](size_t b0, size_t b1) {
-            alignas(64) float out[4 * 16];
-            for (size_t b = b0; b < b1; b += 2) {
-                const size_t bb = b + 1 < b1 ? b + 1 : b;  // odd tail: compute b twice
-                for (size_t r0 = 0; r0 < n; r0 += 4) {
-                    const size_t nr = std::min<size_t>(4, n - r0);
-                    switch (L.kb / 8) {
-                        case 1:
-                            w4a8_gemv_rows<1>(nr, p, L, b, bb, a, r0, out);
-                            break;
-                        case 2:
-                            w4a8_gemv_rows<2>(nr, p, L, b, bb, a, r0, out);
-                            break;
-                        default:
-                            w4a8_gemv_rows<4>(nr, p, L, b, bb, a, r0, out);
-                            break;
-                    }
-                    for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
-                        const size_t blk = b + half;
-                        const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
-                        for (size_t r = 0; r < nr; ++r) {
-                            float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
-                            const float* o = out + r * 16 + half * 8;
-                            for (size_t j = 0; j < rows; ++j)
-                                yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
-                        }
-                    }
-                }
-            }
+            // Ranges start at even blocks (grain 2): pairs (b, b + 1), the odd tail alone.
+            for (size_t b = b0; b < b1; b += 2)
+                w4a8_gemv_pair_rows(n, p, L, b, b + 1 < b1 ? b + 1 : b, bias, y, a);
         },
         2);
 }
@@ -743,150 +750,248 @@ void unpack_panel512(const PackedView& p, const w4a8::Layout& L, size_t b, size_
     }
 }
 
-// c[MR][32] (+)= rows r .. r+MR-1 against the panel. init: start from zero; last: add bias32.
-template <int MR, int CPB>
-void w4a8_micro512(const Panel512& P, const w4a8::Layout& L, size_t k0, size_t kc,
-                   const W4A8Scratch& a, size_t r, float* c, size_t ldc, bool init, bool last,
-                   const float* bias32) {
+// Activations of the GEMM repacked once per call into row blocks of kMR512 rows, so that a tile
+// reads one contiguous stream instead of kMR512 rows `in` bytes apart:
+//   q[rb][c][i][8] = x8 of chunk c (8 columns, W4A8Scratch's even/odd order) of row 6 rb + i,
+//   d[rb][blk][i], xs[rb][g][i] = its block scales and XS_g.
+// Rows past n are zero (their outputs are computed and never stored).
+constexpr size_t kMR512 = 6;
+
+struct RowPack {
+    int8_t* q;
+    float* d;
+    float* xs;
+};
+
+void pack_row_blocks(const W4A8Scratch& a, const w4a8::Layout& L, size_t n, size_t rb0, size_t rb1,
+                     const RowPack& X) {
+    const size_t nc = L.in / 8;
+    for (size_t rb = rb0; rb < rb1; ++rb) {
+        int8_t* q = X.q + rb * kMR512 * L.in;
+        float* d = X.d + rb * kMR512 * L.nblk;
+        float* xs = X.xs + rb * kMR512 * L.groups;
+        for (size_t i = 0; i < kMR512; ++i) {
+            const size_t r = rb * kMR512 + i;
+            if (r >= n) {
+                for (size_t c = 0; c < nc; ++c) std::memset(q + (c * kMR512 + i) * 8, 0, 8);
+                for (size_t k = 0; k < L.nblk; ++k) d[k * kMR512 + i] = 0.0f;
+                for (size_t g = 0; g < L.groups; ++g) xs[g * kMR512 + i] = 0.0f;
+                continue;
+            }
+            const int8_t* src = a.q + r * L.in;
+            for (size_t c = 0; c < nc; ++c) std::memcpy(q + (c * kMR512 + i) * 8, src + c * 8, 8);
+            for (size_t k = 0; k < L.nblk; ++k) d[k * kMR512 + i] = a.d[r * L.nblk + k];
+            for (size_t g = 0; g < L.groups; ++g) xs[g * kMR512 + i] = a.xs[r * L.groups + g];
+        }
+    }
+}
+
+// c[6][32] (+)= one row block against the panel over ng local groups. xq, d, xs point at the row
+// block's chunk, block and group where the panel starts. init: start from zero; bias32 (non-null
+// on the last K chunk) is added at the end. 12 i32 and 12 f32 accumulators, 4 plane registers
+// and 2 broadcasts: 30 of the 32 zmm, so nothing spills; 24 vpdpbusd per 8 columns.
+template <int CPB>
+[[gnu::noinline]] void w4a8_tile512(const Panel512& P, size_t ng, size_t bpg, const int8_t* xq,
+                                    const float* d, const float* xs, float* c, size_t ldc,
+                                    bool init, const float* bias32) {
+    constexpr int MR = int(kMR512);
     __m512 y[MR][2];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
         for (int j = 0; j < 2; ++j)
             y[i][j] = init ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc + j * 16);
-    const size_t g0 = k0 / L.gs, ng = kc / L.gs;
-    const int8_t* xq = a.q + r * L.in;
+    const uint8_t* pl = P.planes;
     for (size_t g = 0; g < ng; ++g) {
-        for (size_t bi = 0; bi < L.bpg; ++bi) {
-            const size_t lblk = g * L.bpg + bi, blk = g0 * L.bpg + lblk;
+        const __m512 s0 = _mm512_load_ps(P.s + g * 32), s1 = _mm512_load_ps(P.s + g * 32 + 16);
+        for (size_t bi = 0; bi < bpg; ++bi) {
             __m512i acc[MR][2];
 #pragma GCC unroll 8
             for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
 #pragma GCC unroll 4
             for (int cc = 0; cc < CPB; ++cc) {
-                const size_t lc = lblk * CPB + cc;
-                const uint8_t* pl = P.planes + lc * 256;
                 const __m512i lo0 = _mm512_load_si512(pl), hi0 = _mm512_load_si512(pl + 64),
                               lo1 = _mm512_load_si512(pl + 128), hi1 = _mm512_load_si512(pl + 192);
-                const size_t col = k0 + lc * 8;
 #pragma GCC unroll 8
                 for (int i = 0; i < MR; ++i) {
                     int32_t xe, xo;
-                    std::memcpy(&xe, xq + i * L.in + col, 4);
-                    std::memcpy(&xo, xq + i * L.in + col + 4, 4);
+                    std::memcpy(&xe, xq + i * 8, 4);
+                    std::memcpy(&xo, xq + i * 8 + 4, 4);
                     const __m512i ve = _mm512_set1_epi32(xe), vo = _mm512_set1_epi32(xo);
                     acc[i][0] =
                         _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][0], lo0, ve), hi0, vo);
                     acc[i][1] =
                         _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][1], lo1, ve), hi1, vo);
                 }
+                pl += 256;
+                xq += MR * 8;
             }
 #pragma GCC unroll 8
             for (int i = 0; i < MR; ++i) {
-                const __m512 dv = _mm512_set1_ps(a.d[(r + i) * L.nblk + blk]);
-#pragma GCC unroll 2
-                for (int j = 0; j < 2; ++j)
-                    y[i][j] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(acc[i][j]),
-                        _mm512_mul_ps(_mm512_load_ps(P.s + (g * 2 + j) * 16), dv), y[i][j]);
+                const __m512 dv = _mm512_set1_ps(d[i]);
+                y[i][0] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s0, dv), y[i][0]);
+                y[i][1] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s1, dv), y[i][1]);
             }
+            d += MR;
         }
+        const __m512 z0 = _mm512_load_ps(P.zs + g * 32), z1 = _mm512_load_ps(P.zs + g * 32 + 16);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
-            const __m512 xv = _mm512_set1_ps(a.xs[(r + i) * L.groups + g0 + g]);
-#pragma GCC unroll 2
-            for (int j = 0; j < 2; ++j)
-                y[i][j] = _mm512_fnmadd_ps(_mm512_load_ps(P.zs + (g * 2 + j) * 16), xv, y[i][j]);
+            const __m512 xv = _mm512_set1_ps(xs[i]);
+            y[i][0] = _mm512_fnmadd_ps(z0, xv, y[i][0]);
+            y[i][1] = _mm512_fnmadd_ps(z1, xv, y[i][1]);
         }
+        xs += MR;
     }
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 2
         for (int j = 0; j < 2; ++j) {
             __m512 v = y[i][j];
-            if (last) v = _mm512_add_ps(v, _mm512_load_ps(bias32 + j * 16));
+            if (bias32) v = _mm512_add_ps(v, _mm512_load_ps(bias32 + j * 16));
             _mm512_storeu_ps(c + i * ldc + j * 16, v);
         }
 }
 
-// 4 rows x 32 outputs: 8 i32 and 8 f32 accumulators, 4 plane loads and 8 broadcasts feed 16
-// vpdpbusd per 8 columns.
-constexpr size_t kMR512 = 4;
-
-template <int CPB>
-void w4a8_micro512_rows(size_t mr, const Panel512& P, const w4a8::Layout& L, size_t k0, size_t kc,
-                        const W4A8Scratch& a, size_t r, float* c, size_t ldc, bool init, bool last,
-                        const float* bias32) {
-    switch (mr) {
-        case 4:
-            w4a8_micro512<4, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
-            break;
-        case 3:
-            w4a8_micro512<3, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
-            break;
-        case 2:
-            w4a8_micro512<2, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
-            break;
-        default:
-            w4a8_micro512<1, CPB>(P, L, k0, kc, a, r, c, ldc, init, last, bias32);
-            break;
+// Rows [r0, r1) of x quantized by linear.h's W4A8 formula straight into the row-block layout,
+// for kb = 32 (two zmm per block): the same operations, each rounded in f32, as
+// w4a8::quantize_rows (d = amax / 127, id = 127 / amax, x8 = rint(x * id) under the default
+// MXCSR, XS_g by fma in block order), so the codes and scales are identical to it.
+void quantize_packed(const float* x, size_t r0, size_t r1, const w4a8::Layout& L,
+                     const RowPack& X) {
+    // Within each 8-column chunk: even columns, then odd (W4A8Scratch's order).
+    const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (size_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * L.in;
+        const size_t rb = r / kMR512, i = r % kMR512;
+        int8_t* q = X.q + rb * kMR512 * L.in + i * 8;
+        float* d = X.d + rb * kMR512 * L.nblk + i;
+        float* xs = X.xs + rb * kMR512 * L.groups + i;
+        for (size_t g = 0; g < L.groups; ++g) {
+            float acc = 0.0f;
+            for (size_t bi = 0; bi < L.bpg; ++bi) {
+                const size_t blk = g * L.bpg + bi, k0 = blk * 32;
+                const __m512 a = _mm512_loadu_ps(xr + k0), b = _mm512_loadu_ps(xr + k0 + 16);
+                const float amax = _mm512_reduce_max_ps(
+                    _mm512_max_ps(_mm512_and_ps(a, abs_mask), _mm512_and_ps(b, abs_mask)));
+                const float dd = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+                const __m512 vid = _mm512_set1_ps(id);
+                const __m512i va = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid)),
+                              vb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vid));
+                const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(va, vb));
+                // |x8| <= 127: the saturating narrow is exact.
+                const __m128i qa = _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, va)),
+                              qb = _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, vb));
+                int8_t* qc = q + (k0 / 8) * kMR512 * 8;
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc), qa);
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc + kMR512 * 8),
+                                 _mm_unpackhi_epi64(qa, qa));
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc + 2 * kMR512 * 8), qb);
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc + 3 * kMR512 * 8),
+                                 _mm_unpackhi_epi64(qb, qb));
+                d[blk * kMR512] = dd;
+                acc = std::fma(dd, float(sum), acc);
+            }
+            xs[g * kMR512] = acc;
+        }
     }
 }
 
-void w4a8_gemm512(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias, float* y,
-                  const W4A8Scratch& a, ThreadPool& pool) {
+// Zeroes rows [n, n_rb * 6) of the row-block layout.
+void zero_pad_rows(const w4a8::Layout& L, size_t n, size_t n_rb, const RowPack& X) {
+    for (size_t r = n; r < n_rb * kMR512; ++r) {
+        const size_t rb = r / kMR512, i = r % kMR512;
+        for (size_t c = 0; c < L.in / 8; ++c)
+            std::memset(X.q + rb * kMR512 * L.in + (c * kMR512 + i) * 8, 0, 8);
+        for (size_t k = 0; k < L.nblk; ++k) X.d[(rb * L.nblk + k) * kMR512 + i] = 0.0f;
+        for (size_t g = 0; g < L.groups; ++g) X.xs[(rb * L.groups + g) * kMR512 + i] = 0.0f;
+    }
+}
+
+// Grows a thread's scratch buffer to at least `bytes` (kept between calls: no per-call
+// allocation once warm).
+uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
+    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
+    return buf.data();
+}
+
+// x quantized (into `a`, or straight into the row blocks when kb = 32), then the tiles.
+void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+                  const float* bias, float* y, const W4A8Scratch& a, ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
-    // K chunk as in w4a8::gemm: whole groups, about 1024 columns (int8 x of kNc rows: 256 KiB of
-    // L2; the panel: kc / 8 * 256 bytes = 32 KiB, within L1).
-    constexpr size_t kKc8 = 1024;
+    const size_t n_rb = (n + kMR512 - 1) / kMR512;
+    // The row-block copy of the activations, kept per calling thread.
+    thread_local AlignedBuffer pack_buf;
+    const size_t q_bytes = n_rb * kMR512 * in, d_floats = n_rb * kMR512 * L.nblk,
+                 xs_floats = n_rb * kMR512 * L.groups;
+    uint8_t* pb = thread_scratch(pack_buf, q_bytes + (d_floats + xs_floats) * sizeof(float) + 64);
+    const RowPack X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
+                    reinterpret_cast<float*>(pb + q_bytes) + d_floats};
+    if (L.kb == 32) {
+        if (n * L.in < (size_t{1} << 16))
+            quantize_packed(x, 0, n, L, X);
+        else
+            pool.parallel_for(n, [&](size_t r0, size_t r1) { quantize_packed(x, r0, r1, L, X); });
+        zero_pad_rows(L, n, n_rb, X);
+    } else {
+        w4a8::quantize(x, n, L, a, pool);
+        pool.parallel_for(n_rb, [&](size_t b0, size_t b1) { pack_row_blocks(a, L, n, b0, b1, X); });
+    }
+
+    // K chunk: whole groups, about 4096 columns, so that y is loaded and stored once per chunk
+    // for in <= 4096 (its misses, not the panel's, cost most: measured here). The panel (kc / 8 *
+    // 256 bytes = 128 KiB) and the row blocks of one pass (kRb * 6 * kc bytes = 768 KiB) share L2.
+    constexpr size_t kKc8 = 4096, kRb = 32;
     const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
     const size_t n_panels = (p.n_blocks + 3) / 4;
     pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
+        thread_local AlignedBuffer panel_buf;
         const size_t plane_bytes = kc_max / 8 * 256, sfloats = kc_max / L.gs * 32;
-        AlignedBuffer buf(plane_bytes + 2 * sfloats * sizeof(float));
-        const Panel512 P{buf.data(), buf.as<float>() + plane_bytes / 4,
-                         buf.as<float>() + plane_bytes / 4 + sfloats};
+        uint8_t* buf = thread_scratch(panel_buf, plane_bytes + 2 * sfloats * sizeof(float));
+        const Panel512 P{buf, reinterpret_cast<float*>(buf + plane_bytes),
+                         reinterpret_cast<float*>(buf + plane_bytes) + sfloats};
         alignas(64) float bias32[32];
         alignas(64) float tile[kMR512 * 32];
-        for (size_t r0 = 0; r0 < n; r0 += kNc) {
-            const size_t nr = std::min(kNc, n - r0);
+        for (size_t rb0 = 0; rb0 < n_rb; rb0 += kRb) {
+            const size_t rb1 = std::min(n_rb, rb0 + kRb);
             for (size_t k0 = 0; k0 < in; k0 += kc_max) {
                 const size_t kc = std::min(kc_max, in - k0);
                 const bool init = k0 == 0, last = k0 + kc == in;
+                const size_t c0 = k0 / 8, blk0 = k0 / L.kb, g0 = k0 / L.gs, ng = kc / L.gs;
                 for (size_t pp = p0; pp < p1; ++pp) {
-                    const size_t b = 4 * pp, o0 = 32 * pp, cols = std::min<size_t>(32, out - o0);
-                    unpack_panel512(p, L, b, k0, kc, P);
+                    const size_t o0 = 32 * pp, cols = std::min<size_t>(32, out - o0);
+                    unpack_panel512(p, L, 4 * pp, k0, kc, P);
                     for (size_t j = 0; j < 32; ++j) bias32[j] = bias && j < cols ? bias[o0 + j] : 0;
-                    for (size_t i = 0; i < nr; i += kMR512) {
-                        const size_t mr = std::min(kMR512, nr - i);
-                        float* yi = y + (r0 + i) * out + o0;
-                        float* dst = yi;
-                        size_t ldc = out;
-                        if (cols < 32) {
-                            // Ragged last panel: run on a full-width tile, copy the valid columns.
-                            dst = tile;
-                            ldc = 32;
-                            if (!init)
-                                for (size_t r = 0; r < mr; ++r)
-                                    std::memcpy(tile + r * 32, yi + r * out, cols * sizeof(float));
-                        }
+                    for (size_t rb = rb0; rb < rb1; ++rb) {
+                        const size_t r = rb * kMR512, rows = std::min(kMR512, n - r);
+                        float* yi = y + r * out + o0;
+                        const bool direct = rows == kMR512 && cols == 32;
+                        float* dst = direct ? yi : tile;
+                        const size_t ldc = direct ? out : 32;
+                        if (!direct && !init)
+                            for (size_t i = 0; i < rows; ++i)
+                                std::memcpy(tile + i * 32, yi + i * out, cols * sizeof(float));
+                        const int8_t* xq = X.q + rb * kMR512 * in + c0 * kMR512 * 8;
+                        const float* d = X.d + (rb * L.nblk + blk0) * kMR512;
+                        const float* xs = X.xs + (rb * L.groups + g0) * kMR512;
+                        const float* b32 = last ? bias32 : nullptr;
                         switch (L.kb / 8) {
                             case 1:
-                                w4a8_micro512_rows<1>(mr, P, L, k0, kc, a, r0 + i, dst, ldc, init,
-                                                      last, bias32);
+                                w4a8_tile512<1>(P, ng, L.bpg, xq, d, xs, dst, ldc, init, b32);
                                 break;
                             case 2:
-                                w4a8_micro512_rows<2>(mr, P, L, k0, kc, a, r0 + i, dst, ldc, init,
-                                                      last, bias32);
+                                w4a8_tile512<2>(P, ng, L.bpg, xq, d, xs, dst, ldc, init, b32);
                                 break;
                             default:
-                                w4a8_micro512_rows<4>(mr, P, L, k0, kc, a, r0 + i, dst, ldc, init,
-                                                      last, bias32);
+                                w4a8_tile512<4>(P, ng, L.bpg, xq, d, xs, dst, ldc, init, b32);
                                 break;
                         }
-                        if (dst == tile)
-                            for (size_t r = 0; r < mr; ++r)
-                                std::memcpy(yi + r * out, tile + r * 32, cols * sizeof(float));
+                        if (!direct)
+                            for (size_t i = 0; i < rows; ++i)
+                                std::memcpy(yi + i * out, tile + i * 32, cols * sizeof(float));
                     }
                 }
             }
@@ -904,14 +1009,35 @@ void linear_avx512(const float* x, size_t n, const PackedView& p, const float* b
         gemm(x, n, p, bias, y, pool);
 }
 
+void w4a8_gemv_many_avx512(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                           const W4A8Scratch& s, ThreadPool& pool) {
+    if (count == 0) return;
+    const w4a8::Layout L(outs[0].w);
+    w4a8::quantize(x, n, L, s, pool);
+    // The block pairs of all weights, one after another: pair u of weight k is unit
+    // start[k] + u. The same pairs as w4a8_gemv forms per weight, so each y is bit-identical.
+    size_t start[kW4A8MaxOuts + 1] = {0};
+    for (size_t k = 0; k < count; ++k) start[k + 1] = start[k] + (outs[k].w.n_blocks + 1) / 2;
+    pool.parallel_for(start[count], [&](size_t u0, size_t u1) {
+        size_t k = 0;
+        for (size_t u = u0; u < u1; ++u) {
+            while (u >= start[k + 1]) ++k;
+            const W4A8Out& o = outs[k];
+            const size_t b = 2 * (u - start[k]);
+            w4a8_gemv_pair_rows(n, o.w, L, b, b + 1 < o.w.n_blocks ? b + 1 : b, o.bias, o.y, s);
+        }
+    });
+}
+
 void w4a8_avx512(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
                  const W4A8Scratch& s, ThreadPool& pool) {
     const w4a8::Layout L(p);
-    w4a8::quantize(x, n, L, s, pool);
-    if (n <= kGemvMaxRows)
+    if (n <= kGemvMaxRows) {
+        w4a8::quantize(x, n, L, s, pool);
         w4a8_gemv(n, p, L, bias, y, s, pool);
-    else
-        w4a8_gemm512(n, p, L, bias, y, s, pool);
+    } else {
+        w4a8_gemm512(x, n, p, L, bias, y, s, pool);
+    }
 }
 
 }  // namespace lancet::kernels::detail

@@ -62,6 +62,23 @@ using Bf16DotFn = void (*)(const float* x, size_t n, const PackedView& w, const 
 void bf16dot_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
                     ThreadPool& pool);
 
+constexpr size_t kW4A8MaxOuts = 8;
+// One weight of a fused W4A8 GEMV: y [n, w.out] = x · wᵀ + bias (bias nullable).
+struct W4A8Out {
+    PackedView w;
+    const float* bias;
+    float* y;
+};
+// Several W4A8 GEMVs (n <= kGemvMaxRows) of one x [n, in] whose weights share in and the group
+// size (q/k/v, gate/up; at most kW4A8MaxOuts): x quantized once into s, and every weight's block
+// pairs in one pool job. Each y is bit-identical to the single-weight kernel's.
+using W4A8ManyFn = void (*)(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                            const W4A8Scratch& s, ThreadPool& pool);
+void w4a8_gemv_many_avx2(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                         const W4A8Scratch& s, ThreadPool& pool);
+void w4a8_gemv_many_avx512(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                           const W4A8Scratch& s, ThreadPool& pool);
+
 }  // namespace lancet::kernels::detail
 
 namespace lancet::kernels::detail {
@@ -75,6 +92,9 @@ void bf16_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
 // The kernel for an ISA (dispatch.cc; lancet::Error if this CPU lacks it).
 LinearFn linear_kernel(Isa isa);
 W4A8Fn w4a8_kernel(Isa isa);
+// The fused W4A8 GEMV of an ISA, or nullptr where it has none (callers then run the linears one
+// by one).
+W4A8ManyFn w4a8_gemv_many_kernel(Isa isa);
 
 // Q4 -> BF16 (repacked layout) for the naive baseline; nullptr: use the portable loop.
 using DequantBf16Fn = void (*)(const PackedView& p, uint16_t* dst, ThreadPool& pool);
@@ -87,4 +107,7 @@ void linear_rows(const OpContext& ctx, const float* x, size_t n, const LinearWei
 // W4A8 on dense rows with the kernels of `isa`.
 void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const float* bias,
                float* y, ThreadPool& pool);
+// The W4A8 scratch of linear.h for n rows of a weight of `in` columns and group size gs, in a
+// buffer of the calling thread (grown, never shrunk).
+W4A8Scratch w4a8_scratch(size_t n, size_t in, size_t gs);
 }  // namespace lancet::kernels::detail

@@ -192,31 +192,53 @@ void gemv_rows(size_t nr, const PackedView& p, const Layout& L, size_t b, const 
     }
 }
 
+// Rows 0..n-1 of y for row block b.
+inline void gemv_block_rows(size_t n, const PackedView& p, const Layout& L, size_t b,
+                            const float* bias, float* y, const W4A8Scratch& a) {
+    alignas(32) float out[4 * kRowBlock];
+    const size_t rows = std::min(kRowBlock, p.out - b * kRowBlock);
+    for (size_t r0 = 0; r0 < n; r0 += 4) {
+        const size_t nr = std::min<size_t>(4, n - r0);
+        switch (L.kb / 8) {
+            case 1:
+                gemv_rows<1>(nr, p, L, b, a, r0, out);
+                break;
+            case 2:
+                gemv_rows<2>(nr, p, L, b, a, r0, out);
+                break;
+            default:
+                gemv_rows<4>(nr, p, L, b, a, r0, out);
+                break;
+        }
+        for (size_t r = 0; r < nr; ++r) {
+            float* yr = y + (r0 + r) * p.out + b * kRowBlock;
+            for (size_t j = 0; j < rows; ++j)
+                yr[j] = out[r * kRowBlock + j] + (bias ? bias[b * kRowBlock + j] : 0.0f);
+        }
+    }
+}
+
 [[maybe_unused]] void gemv(size_t n, const PackedView& p, const Layout& L, const float* bias,
                            float* y, const W4A8Scratch& a, ThreadPool& pool) {
     pool.parallel_for(p.n_blocks, [&](size_t b0, size_t b1) {
-        alignas(32) float out[4 * kRowBlock];
-        for (size_t b = b0; b < b1; ++b) {
-            const size_t rows = std::min(kRowBlock, p.out - b * kRowBlock);
-            for (size_t r0 = 0; r0 < n; r0 += 4) {
-                const size_t nr = std::min<size_t>(4, n - r0);
-                switch (L.kb / 8) {
-                    case 1:
-                        gemv_rows<1>(nr, p, L, b, a, r0, out);
-                        break;
-                    case 2:
-                        gemv_rows<2>(nr, p, L, b, a, r0, out);
-                        break;
-                    default:
-                        gemv_rows<4>(nr, p, L, b, a, r0, out);
-                        break;
-                }
-                for (size_t r = 0; r < nr; ++r) {
-                    float* yr = y + (r0 + r) * p.out + b * kRowBlock;
-                    for (size_t j = 0; j < rows; ++j)
-                        yr[j] = out[r * kRowBlock + j] + (bias ? bias[b * kRowBlock + j] : 0.0f);
-                }
-            }
+        for (size_t b = b0; b < b1; ++b) gemv_block_rows(n, p, L, b, bias, y, a);
+    });
+}
+
+// Several weights of one x (W4A8ManyFn): x quantized once, the row blocks of all weights one
+// after another in one pool job; each block computed as gemv() computes it.
+[[maybe_unused]] void gemv_many(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                                const W4A8Scratch& s, ThreadPool& pool) {
+    if (count == 0) return;
+    const Layout L(outs[0].w);
+    quantize(x, n, L, s, pool);
+    size_t start[kW4A8MaxOuts + 1] = {0};
+    for (size_t k = 0; k < count; ++k) start[k + 1] = start[k] + outs[k].w.n_blocks;
+    pool.parallel_for(start[count], [&](size_t u0, size_t u1) {
+        size_t k = 0;
+        for (size_t u = u0; u < u1; ++u) {
+            while (u >= start[k + 1]) ++k;
+            gemv_block_rows(n, outs[k].w, L, u - start[k], outs[k].bias, outs[k].y, s);
         }
     });
 }
@@ -357,12 +379,11 @@ void micro_any(size_t mr, const Panel& P, const Layout& L, size_t k0, size_t kc,
 [[maybe_unused]] void gemm(size_t n, const PackedView& p, const Layout& L, const float* bias,
                            float* y, const W4A8Scratch& a, ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
-    // K chunk: whole groups, about kKc8 columns. int8 x is 4x smaller than f32, so the chunk can
-    // be 4x deeper than the f32 GEMM's for the same L2 footprint (kNc * kc = 256 KiB), and the
-    // unpacked panel (kc / 8 * 128 bytes = 16 KiB) still fits L1. Fewer K chunks mean fewer
-    // passes of loads and stores over y, which matter most when out is a power of two (rows of y
-    // then share cache sets).
-    constexpr size_t kKc8 = 1024;
+    // K chunk: whole groups, about kKc8 = 4096 columns, so y is loaded and stored once per chunk
+    // for in <= 4096: those passes over y cost more than an L2-resident panel (kc / 8 * 128
+    // bytes = 64 KiB; x of kNc rows: 1 MiB), most when out is a power of two (rows of y then
+    // share cache sets). Measured: 1024 -> 4096 is 1.10-1.19x at n = 128-512 on Lance's shapes.
+    constexpr size_t kKc8 = 4096;
     const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
     const size_t n_panels = (p.n_blocks + 1) / 2;
     pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {

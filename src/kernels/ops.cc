@@ -203,19 +203,25 @@ void linear_rows_untimed(const OpContext& ctx, const float* x, size_t n, const L
 }
 }  // namespace
 
-void linear_rows(const OpContext& ctx, const float* x, size_t n, const LinearWeight& w,
-                 const float* bias, float* y) {
-    if (n == 0) return;
+// Runs f, adding its wall time to linear_seconds() while timing is on.
+template <typename F>
+void timed_linear(F&& f) {
     if (!g_linear_timing.load(std::memory_order_relaxed)) {
-        linear_rows_untimed(ctx, x, n, w, bias, y);
+        f();
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
-    linear_rows_untimed(ctx, x, n, w, bias, y);
+    f();
     g_linear_ns.fetch_add(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
             .count(),
         std::memory_order_relaxed);
+}
+
+void linear_rows(const OpContext& ctx, const float* x, size_t n, const LinearWeight& w,
+                 const float* bias, float* y) {
+    if (n == 0) return;
+    timed_linear([&] { linear_rows_untimed(ctx, x, n, w, bias, y); });
 }
 
 }  // namespace detail
@@ -249,6 +255,30 @@ void linear(const OpContext& ctx, const TensorRef& x, const LinearWeight& w, con
     if (!y_dense)
         for (size_t r = 0; r < n; ++r)
             std::memcpy(y.f32() + r * y.stride[0], &ybuf[r * out], out * 4);
+}
+
+void linear_same_input(const OpContext& ctx, const float* x, size_t n, const LinearOut* outs,
+                       size_t count) {
+    if (n == 0 || count == 0) return;
+    const size_t in = outs[0].w->in();
+    bool fused = ctx.act == ActMode::Int8 && n <= detail::kGemvMaxRows &&
+                 count <= detail::kW4A8MaxOuts && detail::w4a8_gemv_many_kernel(ctx.isa);
+    for (size_t k = 0; k < count; ++k) {
+        const LinearWeight& w = *outs[k].w;
+        if (w.in() != in)
+            fail("linear_same_input: weight ", k, " takes ", w.in(), " inputs, weight 0 ", in);
+        fused = fused && w.type() == WeightType::Q4 && w.group_size() == outs[0].w->group_size();
+    }
+    if (!fused) {
+        for (size_t k = 0; k < count; ++k)
+            detail::linear_rows(ctx, x, n, *outs[k].w, outs[k].bias, outs[k].y);
+        return;
+    }
+    detail::W4A8Out o[detail::kW4A8MaxOuts];
+    for (size_t k = 0; k < count; ++k) o[k] = {outs[k].w->packed(), outs[k].bias, outs[k].y};
+    const detail::W4A8Scratch s = detail::w4a8_scratch(n, in, outs[0].w->group_size());
+    detail::timed_linear(
+        [&] { detail::w4a8_gemv_many_kernel(ctx.isa)(x, n, o, count, s, ctx.threads()); });
 }
 
 // ---- elementwise and row ops -----------------------------------------------------------------

@@ -84,6 +84,18 @@ struct OpContext {
 void linear(const OpContext& ctx, const TensorRef& x, const LinearWeight& w, const float* bias,
             const TensorRef& y);
 
+// One output of linear_same_input: y [n, w->out()] (dense rows) = x · wᵀ + bias (nullable).
+struct LinearOut {
+    const LinearWeight* w;
+    const float* bias;
+    float* y;
+};
+// Several linears of one input x [n, in] (dense rows), as q/k/v or gate/up: each y bit for bit as
+// linear() gives it. INT4 weights with int8 activations at n <= 8 on AVX2 or AVX-512 (decode)
+// quantize x once and run all outputs as one pool job instead of one job per weight.
+void linear_same_input(const OpContext& ctx, const float* x, size_t n, const LinearOut* outs,
+                       size_t count);
+
 // ---- elementwise and row ops (x and y of equal shape, y may alias x) ------------------------
 
 // Rows of the last dimension: y = x · rsqrt(mean(x²) + eps) · w (w nullable = 1).

@@ -619,9 +619,10 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
         const auto& w = w_.layers_[l].path[p];
         kernels::rms_norm(ctx, view(x + b * H, m, H), w.ln.data(), eps, view(&s_.h[b * H], m, H));
         if (observer) observer(l, p == 1, LinearInput::Qkv, &s_.h[b * H], m, H);
-        lin(ctx_, &s_.h[b * H], m, w.q, w.bq.data(), &s_.q[b * qd]);
-        lin(ctx_, &s_.h[b * H], m, w.k, w.bk.data(), &s_.k[b * kvd]);
-        lin(ctx_, &s_.h[b * H], m, w.v, w.bv.data(), &s_.v[b * kvd]);
+        const kernels::LinearOut qkv[3] = {{&w.q, w.bq.data(), &s_.q[b * qd]},
+                                           {&w.k, w.bk.data(), &s_.k[b * kvd]},
+                                           {&w.v, w.bv.data(), &s_.v[b * kvd]}};
+        kernels::linear_same_input(ctx_, &s_.h[b * H], m, qkv, 3);
         const kernels::TensorRef qh = view(&s_.q[b * qd], m * nh, hd),
                                  kh = view(&s_.k[b * kvd], m * nkv, hd);
         kernels::rms_norm(ctx, qh, w.q_norm.data(), eps, qh);
@@ -693,8 +694,9 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
             kernels::rms_norm(ctx, view(xr, rows, H), w.post.data(), eps,
                               view(s_.h.data(), rows, H));
             if (observer) observer(l, p == 1, LinearInput::GateUp, s_.h.data(), rows, H);
-            lin(ctx_, s_.h.data(), rows, w.gate, nullptr, s_.gate.data());
-            lin(ctx_, s_.h.data(), rows, w.up, nullptr, s_.up.data());
+            const kernels::LinearOut gate_up[2] = {{&w.gate, nullptr, s_.gate.data()},
+                                                   {&w.up, nullptr, s_.up.data()}};
+            kernels::linear_same_input(ctx_, s_.h.data(), rows, gate_up, 2);
             const kernels::TensorRef g = view(s_.gate.data(), rows, I);
             kernels::silu_mul(ctx, g, view(s_.up.data(), rows, I), g);
             if (observer) observer(l, p == 1, LinearInput::Down, s_.gate.data(), rows, I);

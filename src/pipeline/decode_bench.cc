@@ -155,7 +155,8 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
     step.token_ids.resize(1);
     step.positions.resize(1);
     using Clock = std::chrono::steady_clock;
-    std::vector<double> pre, decs, lins;
+    std::vector<double> pre, decs, lins, jobs;
+    const ThreadPool& pool = dec.context().threads();
     kernels::set_linear_timing(true);
     for (int r = 0; r < opt.reps; ++r) {
         cache.clear();
@@ -163,6 +164,7 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
         dec.forward(prompt, &cache, true, out, fo);
         const auto t1 = Clock::now();
         kernels::reset_linear_seconds();
+        const uint64_t j0 = pool.jobs_dispatched();
         for (size_t i = 0; i < m; ++i) {
             const float* row = out.logits.data();
             const int64_t next = std::max_element(row, row + limit) - row;
@@ -175,13 +177,16 @@ DecodeBenchResult bench_decode(DecoderSession& dec, const DecodeBenchOptions& op
         pre.push_back(std::chrono::duration<double>(t1 - t0).count());
         decs.push_back(std::chrono::duration<double>(t2 - t1).count());
         lins.push_back(kernels::linear_seconds());
+        jobs.push_back(m ? double(pool.jobs_dispatched() - j0) / double(m) : 0.0);
     }
     kernels::set_linear_timing(false);
     DecodeBenchResult res;
     res.prefill_s = median(pre);
     res.decode_s = median(decs);
     // The linear share of the median run (not the median of the shares, which may mix runs).
-    res.decode_linear_s = lins[median_index(decs, res.decode_s)];
+    const size_t mid = median_index(decs, res.decode_s);
+    res.decode_linear_s = lins[mid];
+    res.decode_jobs_per_token = jobs[mid];
     res.prefill_tps = static_cast<double>(n) / res.prefill_s;
     res.decode_tps = m ? static_cast<double>(m) / res.decode_s : 0.0;
     return res;

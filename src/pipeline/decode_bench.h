@@ -39,6 +39,9 @@ struct DecodeBenchResult {
     // Of the run whose decode time is the median: seconds of its decode steps spent inside the
     // linear calls (kernels::linear_seconds); decode_s minus this is the time outside them.
     double decode_linear_s = 0;
+    // Pool jobs dispatched per decoded token (ThreadPool::jobs_dispatched over the decode steps
+    // of that run, divided by the tokens).
+    double decode_jobs_per_token = 0;
 };
 
 // Prefills a prompt of random ids below dec.logits_limit(), then decodes greedily (argmax of the
