@@ -920,6 +920,27 @@ const std::vector<CasePtr>& all_cases() {
         add_case(new AttentionCase(splits2, 9, 8, 1, 12, true));
         add_case(new AttentionCase(splits_cache, 5, 4, 2, 40, true));
         add_case(new AttentionCase(splits_cache_long, 65, 4, 2, 16, true));
+        // Many-query blocks (the column-form tiles: blocks of 32 query rows, 8 or more take them)
+        // with partial query blocks (rows off the vector width) and partial key tiles (64) for
+        // every mask kind and the head dims Lance runs (ViT 80, decoder 128) and the odd ones.
+        const MaskSpec windows_edge{K::Segments, 0,  {0, 64, 128, 150, 200},
+                                    {},          {}, "segments"};  // a partial edge window
+        const MaskSpec splits_many{
+            K::Splits,
+            9,
+            {},
+            {{4, S::Causal}, {5, S::Noise}},
+            {{40, S::Causal}, {50, S::Full}, {20, S::Noise}, {30, S::Causal}},
+            "splits"};
+        add_case(new AttentionCase(none, 100, 2, 1, 24, false));
+        add_case(new AttentionCase(none, 45, 2, 2, 80, false));
+        add_case(new AttentionCase(none_cache, 41, 2, 1, 64, false));
+        add_case(new AttentionCase(causal, 77, 4, 2, 128, false));
+        add_case(new AttentionCase(causal_cache70, 40, 4, 2, 128, false));
+        add_case(new AttentionCase(windows_edge, 200, 2, 2, 80, false));
+        add_case(new AttentionCase(windows_edge, 200, 2, 1, 16, false));
+        add_case(new AttentionCase(splits_many, 140, 4, 2, 64, true));
+        add_case(new AttentionCase(splits_many, 140, 2, 1, 80, false));
         // conv3d: causal time padding with and without cache, stride 2 (VAE downsample pads),
         // 1x1, odd channels, every weight type, accumulate.
         const Conv3dParams same3 = conv_params(1, 1, 1, 2, 1, 1, 1, 1);

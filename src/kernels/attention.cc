@@ -13,6 +13,9 @@ namespace {
 
 constexpr size_t kQueryTile = 32;  // query rows per task: one K/V tile serves them all
 constexpr size_t kKeyTile = 64;    // keys per step of the online softmax
+// Query blocks of at least this many rows take the column-form tiles where the ISA has them
+// (a vector of query rows per register); fewer (decode's one row) stay row by row.
+constexpr size_t kMinColumnRows = 8;
 
 // Lance's split rule for cached key a (< n_cached) or chunk key a − n_cached, query chunk index
 // qi.
@@ -134,24 +137,32 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
     const bool splits = mask.kind == AttnMask::Kind::Splits;
 
     const size_t tiles = (n + kQueryTile - 1) / kQueryTile, tasks = tiles * nh;
-    const size_t per_share = kQueryTile * (hd * 2 + kKeyTile + 2);
+    // Row form: q, acc [kQueryTile, hd], s [kQueryTile, kKeyTile], max, sum. Column form (lanes
+    // are query rows): qt, acc [hd, kQueryTile], st [kKeyTile, kQueryTile], max, sum, corr.
+    const size_t per_share = kQueryTile * (hd * 2 + kKeyTile + 3);
     if (scratch.per_share.size() < pool.size()) scratch.per_share.resize(pool.size());
     for (size_t s = 0; s < pool.size(); ++s)
         if (scratch.per_share[s].size() < per_share) scratch.per_share[s].resize(per_share);
     const size_t ldk = static_cast<size_t>(k.stride[1]), ldv = static_cast<size_t>(v.stride[1]);
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+    // Keys a0 + j (j < nk) that chunk token qi may not see get −inf in row r of a score tile
+    // whose rows are `ld` apart and keys `jstride` apart.
+    const auto mask_row = [&](float* sr, size_t jstride, size_t qi, size_t a0, size_t nk) {
+        for (size_t j = 0; j < nk && a0 + j < lo[qi]; ++j) sr[j * jstride] = kNegInf;
+        for (size_t j = dense[qi] > a0 ? dense[qi] - a0 : 0; j < nk; ++j)
+            if (!splits || !split_allows(mask, qi, a0 + j)) sr[j * jstride] = kNegInf;
+    };
+
     pool.run([&](size_t share, size_t n_shares) {
-        float* qb = scratch.per_share[share].data();
-        float* acc = qb + kQueryTile * hd;
-        float* s = acc + kQueryTile * hd;
-        float* mx = s + kQueryTile * kKeyTile;
-        float* sum = mx + kQueryTile;
+        float* base = scratch.per_share[share].data();
         // Round-robin over tasks: under a causal mask later query tiles cost more, and contiguous
         // ranges would leave the last thread with most of the work. Each output is still
-        // computed by one task the same way, whatever the thread count.
+        // computed by one task the same way, whatever the thread count. Head-major: the threads
+        // walk one head's query blocks together, so its K and V (1.5 MB for the ViT's 2304
+        // tokens × 80) stay in cache across blocks instead of cycling through all heads'.
         for (size_t task = share; task < tasks; task += n_shares) {
-            const size_t h = task % nh, tile = task / nh, g = h / group;
+            const size_t h = task / tiles, tile = task % tiles, g = h / group;
             const size_t r0 = tile * kQueryTile, nr = std::min(kQueryTile, n - r0);
             const float* kh = k.f32() + g * k.stride[0];
             const float* vh = v.f32() + g * v.stride[0];
@@ -160,7 +171,57 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
                 key_begin = std::min(key_begin, lo[qi]);
                 key_end = std::max(key_end, hi[qi]);
-                const float* src = q.f32() + (r0 + r) * q.stride[0] + h * q.stride[1];
+            }
+            const auto q_row = [&](size_t r) {
+                return q.f32() + (r0 + r) * q.stride[0] + h * q.stride[1];
+            };
+            const auto out_row = [&](size_t r) {
+                return out.f32() + (r0 + r) * out.stride[0] + h * out.stride[1];
+            };
+            const auto row_qi = [&](size_t r) { return q_index ? q_index[r0 + r] : r0 + r; };
+
+            if (kern.attn_scores_cols && nr >= kMinColumnRows) {
+                // Column form: S = Q·Kᵀ, softmax and O += P·V as register-blocked outer
+                // products over the whole query block (attention_x86_impl.h).
+                constexpr size_t ld = kQueryTile;
+                float* qt = base;
+                float* acc = qt + hd * ld;
+                float* st = acc + hd * ld;
+                float* mx = st + kKeyTile * ld;
+                float* sum = mx + ld;
+                float* corr = sum + ld;
+                std::fill(qt, qt + hd * ld, 0.0f);  // rows past nr: finite, unused
+                for (size_t r = 0; r < nr; ++r) {
+                    const float* src = q_row(r);
+                    for (size_t d = 0; d < hd; ++d) qt[d * ld + r] = src[d] * scale;
+                }
+                std::fill(acc, acc + hd * ld, 0.0f);
+                std::fill(mx, mx + ld, kNegInf);
+                std::fill(sum, sum + ld, 0.0f);
+                for (size_t a0 = key_begin; a0 < key_end; a0 += kKeyTile) {
+                    const size_t nk = std::min(kKeyTile, key_end - a0);
+                    kern.attn_scores_cols(qt, ld, nr, kh + a0 * ldk, ldk, nk, hd, st);
+                    for (size_t r = 0; r < nr; ++r) mask_row(st + r, ld, row_qi(r), a0, nk);
+                    kern.attn_softmax_cols(st, ld, nr, nk, mx, sum, corr);
+                    kern.attn_pv_cols(st, ld, nr, vh + a0 * ldv, ldv, nk, hd, corr, acc);
+                }
+                for (size_t r = 0; r < nr; ++r) {
+                    float* dst = out_row(r);
+                    const float inv = 1.0f / sum[r];
+                    for (size_t d = 0; d < hd; ++d) dst[d] = acc[d * ld + r] * inv;
+                }
+                continue;
+            }
+
+            // Row form (few rows: decode, a chunk's last partial block; paths without column
+            // tiles).
+            float* qb = base;
+            float* acc = qb + kQueryTile * hd;
+            float* s = acc + kQueryTile * hd;
+            float* mx = s + kQueryTile * kKeyTile;
+            float* sum = mx + kQueryTile;
+            for (size_t r = 0; r < nr; ++r) {
+                const float* src = q_row(r);
                 for (size_t d = 0; d < hd; ++d) qb[r * hd + d] = src[d] * scale;
                 mx[r] = kNegInf;
                 sum[r] = 0;
@@ -171,10 +232,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 kern.attn_scores(qb, nr, kh + a0 * ldk, ldk, nk, hd, s);
                 for (size_t r = 0; r < nr; ++r) {
                     float* sr = s + r * nk;
-                    const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
-                    for (size_t j = 0; j < nk && a0 + j < lo[qi]; ++j) sr[j] = kNegInf;
-                    for (size_t j = dense[qi] > a0 ? dense[qi] - a0 : 0; j < nk; ++j)
-                        if (!splits || !split_allows(mask, qi, a0 + j)) sr[j] = kNegInf;
+                    mask_row(sr, 1, row_qi(r), a0, nk);
                     float top = mx[r];
                     for (size_t j = 0; j < nk; ++j) top = std::max(top, sr[j]);
                     if (top == kNegInf) {
@@ -190,7 +248,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 kern.attn_pv(s, nr, vh + a0 * ldv, ldv, nk, hd, acc);
             }
             for (size_t r = 0; r < nr; ++r) {
-                float* dst = out.f32() + (r0 + r) * out.stride[0] + h * out.stride[1];
+                float* dst = out_row(r);
                 const float inv = 1.0f / sum[r];
                 for (size_t d = 0; d < hd; ++d) dst[d] = acc[r * hd + d] * inv;
             }
