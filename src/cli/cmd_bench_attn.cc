@@ -1,10 +1,12 @@
 // `lancet bench attention`: the op layer's attention() alone on the shapes Lance runs — the ViT's
 // windows (n = 576 tokens in windows of 64) and full-attention blocks (n = 2304) at 16 heads ×
-// 80, and decoder prefill (n = 512 causal, 16 query / 2 kv heads × 128) plus one decode row
-// against a 512-token cache — in GFLOP/s against the f32 FMA probe of the same run.
+// 80 (q, k, v strided views of the qkv rows, as the ViT passes them), and decoder prefill (n = 512
+// causal, 16 query / 2 kv heads × 128) plus one decode row against a 512-token cache — in GFLOP/s
+// against the f32 FMA probe of the same run.
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -130,12 +132,38 @@ void run_bench_attention(const BenchAttnOptions& o) {
                 "hd", "GFLOP", "ms", "GFLOP/s", "of FMA", "GF/cpu-s", "of core");
     for (const AttnShape* s : shapes) {
         const size_t keys = s->n_cached + s->n;
-        std::vector<float> q(s->n * s->heads * s->hd), k(s->kv_heads * keys * s->hd), v(k.size()),
-            out(q.size());
+        // The ViT's layout: q, k and v are strided views of the qkv linear's output rows
+        // [n, 3·heads·hd] (rows 3·D apart); the decoder's: q rows [n, heads, hd], k and v a cache
+        // [kv_heads, keys, hd].
+        const bool vit = s->kv_heads == s->heads && s->n_cached == 0;
+        const size_t D = s->heads * s->hd, kvd = s->kv_heads * s->hd;
+        std::vector<float> q(vit ? s->n * 3 * D : s->n * D), kc(vit ? 0 : kvd * keys),
+            vc(kc.size()), out(s->n * D);
         Rng rng(7);
-        for (float& x : q) x = static_cast<float>(rng.normal());
-        for (float& x : k) x = static_cast<float>(rng.normal());
-        for (float& x : v) x = static_cast<float>(rng.normal());
+        for (auto* buf : {&q, &kc, &vc})
+            for (float& x : *buf) x = static_cast<float>(rng.normal());
+        const auto I = [](size_t x) { return static_cast<int64_t>(x); };
+        const auto view = [](float* p, std::array<int64_t, 3> shape,
+                             std::array<int64_t, 3> stride) {
+            kernels::TensorRef t;
+            t.ndim = 3;
+            std::copy(shape.begin(), shape.end(), t.shape.begin());
+            std::copy(stride.begin(), stride.end(), t.stride.begin());
+            t.data = p;
+            return t;
+        };
+        const int64_t row = I(vit ? 3 * D : D);
+        const auto qr = view(q.data(), {I(s->n), I(s->heads), I(s->hd)}, {row, I(s->hd), 1});
+        const auto kr =
+            vit ? view(q.data() + D, {I(s->heads), I(s->n), I(s->hd)}, {I(s->hd), row, 1})
+                : view(kc.data(), {I(s->kv_heads), I(keys), I(s->hd)},
+                       {I(keys * s->hd), I(s->hd), 1});
+        const auto vr =
+            vit ? view(q.data() + 2 * D, {I(s->heads), I(s->n), I(s->hd)}, {I(s->hd), row, 1})
+                : view(vc.data(), {I(s->kv_heads), I(keys), I(s->hd)},
+                       {I(keys * s->hd), I(s->hd), 1});
+        const auto outr =
+            kernels::TensorRef::contiguous(out.data(), {I(s->n), I(s->heads), I(s->hd)});
         std::vector<int32_t> cu;
         kernels::AttnMask mask;
         mask.kind = s->kind;
@@ -146,14 +174,6 @@ void run_bench_attention(const BenchAttnOptions& o) {
             mask.cu_seqlens = cu.data();
             mask.n_segments = cu.size() - 1;
         }
-        const auto I = [](size_t x) { return static_cast<int64_t>(x); };
-        const auto qr = kernels::TensorRef::contiguous(q.data(), {I(s->n), I(s->heads), I(s->hd)});
-        const auto kr =
-            kernels::TensorRef::contiguous(k.data(), {I(s->kv_heads), I(keys), I(s->hd)});
-        const auto vr =
-            kernels::TensorRef::contiguous(v.data(), {I(s->kv_heads), I(keys), I(s->hd)});
-        const auto outr =
-            kernels::TensorRef::contiguous(out.data(), {I(s->n), I(s->heads), I(s->hd)});
         kernels::AttentionScratch scratch;
         // Enough calls per sample that each takes ~0.1 s or more.
         const auto call = [&] {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "kernels/ops.h"
 #include "kernels/ops_kernels.h"
@@ -143,7 +144,36 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
     if (scratch.per_share.size() < pool.size()) scratch.per_share.resize(pool.size());
     for (size_t s = 0; s < pool.size(); ++s)
         if (scratch.per_share[s].size() < per_share) scratch.per_share[s].resize(per_share);
-    const size_t ldk = static_cast<size_t>(k.stride[1]), ldv = static_cast<size_t>(v.stride[1]);
+    // K and V as [nkv][keys][hd] rows hd apart. The ViT passes them as strided views of its qkv
+    // rows (keys 3·D floats = 15 KB apart at 1280 wide, so every key sits on its own 4 KiB page
+    // and a block's pass over a head's keys misses the TLB on each): when many query rows will
+    // read them, they are copied once per call to dense rows on huge pages (~1 % of the full
+    // blocks' time). The copy is exact, so results do not change.
+    const float* kbase = k.f32();
+    const float* vbase = v.f32();
+    size_t ldk = static_cast<size_t>(k.stride[1]), ldv = static_cast<size_t>(v.stride[1]);
+    size_t kgs = static_cast<size_t>(k.stride[0]), vgs = static_cast<size_t>(v.stride[0]);
+    const size_t keys = P + n;
+    if (kern.attn_scores_cols && n >= kMinColumnRows && (ldk != hd || ldv != hd)) {
+        const size_t bytes = 2 * nkv * keys * hd * sizeof(float);
+        if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
+        float* kp = scratch.kv_packed.as<float>();
+        float* vp = kp + nkv * keys * hd;
+        const float* ks = kbase;
+        const float* vs = vbase;
+        const size_t kstride = ldk, vstride = ldv, kg = kgs, vg = vgs;
+        pool.parallel_for(nkv * keys, [&](size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) {
+                const size_t g = i / keys, a = i % keys;
+                std::copy(ks + g * kg + a * kstride, ks + g * kg + a * kstride + hd, kp + i * hd);
+                std::copy(vs + g * vg + a * vstride, vs + g * vg + a * vstride + hd, vp + i * hd);
+            }
+        });
+        kbase = kp;
+        vbase = vp;
+        ldk = ldv = hd;
+        kgs = vgs = keys * hd;
+    }
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
     // Keys a0 + j (j < nk) that chunk token qi may not see get −inf in row r of a score tile
@@ -175,8 +205,8 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
         prefetch_rows(q.f32() + r0 * qs + h * q.stride[1], nr, qs, hd, false);
         prefetch_rows(out.f32() + r0 * os + h * out.stride[1], nr, os, hd, true);
         const size_t a0 = lo[q_index ? q_index[r0] : r0], nk = std::min(kKeyTile, P + n - a0);
-        prefetch_rows(k.f32() + g * k.stride[0] + a0 * ldk, nk, ldk, hd, false);
-        prefetch_rows(v.f32() + g * v.stride[0] + a0 * ldv, nk, ldv, hd, false);
+        prefetch_rows(kbase + g * kgs + a0 * ldk, nk, ldk, hd, false);
+        prefetch_rows(vbase + g * vgs + a0 * ldv, nk, ldv, hd, false);
     };
 
     const float scale_q = scale;  // a local: the gathers below need not reload it per store
@@ -191,8 +221,8 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
             if (task + n_shares < tasks) prefetch_task(task + n_shares);
             const size_t h = task / tiles, tile = task % tiles, g = h / group;
             const size_t r0 = tile * kQueryTile, nr = std::min(kQueryTile, n - r0);
-            const float* kh = k.f32() + g * k.stride[0];
-            const float* vh = v.f32() + g * v.stride[0];
+            const float* kh = kbase + g * kgs;
+            const float* vh = vbase + g * vgs;
             size_t key_begin = P + n, key_end = 0;  // the keys any row of the tile may see
             for (size_t r = 0; r < nr; ++r) {
                 const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
