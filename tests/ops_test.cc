@@ -597,14 +597,16 @@ struct MaskSpec {
 
 class AttentionCase : public OpCase {
   public:
+    // kv_pad > 0: k/v rows kv_pad floats further apart than hd (the ViT's views of its qkv
+    // rows), which attention() copies to dense rows for many query rows.
     AttentionCase(MaskSpec m, size_t n, size_t nh, size_t nkv, size_t hd, bool shuffle,
-                  float scale = 0.0f)
-        : m_(std::move(m)), n_(n), nh_(nh), nkv_(nkv), hd_(hd), scale_(scale) {
+                  float scale = 0.0f, size_t kv_pad = 0)
+        : m_(std::move(m)), n_(n), nh_(nh), nkv_(nkv), hd_(hd), row_(hd + kv_pad), scale_(scale) {
         const size_t L = m_.n_cached + n;
         q_ = rand_vec(n * nh * hd, 81 + n * hd, 1.5f);
         cap_ = L + 5;  // a cache with spare capacity: k/v rows are strided views
-        kc_ = rand_vec(nkv * cap_ * hd, 82 + L, 1.5f);
-        vc_ = rand_vec(nkv * cap_ * hd, 83 + L);
+        kc_ = rand_vec(nkv * cap_ * row_, 82 + L, 1.5f);
+        vc_ = rand_vec(nkv * cap_ * row_, 83 + L);
         for (size_t i = 0; i < n; ++i) order_.push_back(static_cast<int32_t>(i));
         if (shuffle)
             for (size_t i = 0; i < n; ++i)
@@ -629,17 +631,16 @@ class AttentionCase : public OpCase {
     std::string name() const override {
         return "attention_" + m_.label + "_P" + std::to_string(m_.n_cached) + "_n" +
                std::to_string(n_) + "_h" + std::to_string(nh_) + "kv" + std::to_string(nkv_) +
-               "_hd" + std::to_string(hd_) + (order_.size() && order_[0] != 0 ? "_qperm" : "");
+               "_hd" + std::to_string(hd_) + (order_.size() && order_[0] != 0 ? "_qperm" : "") +
+               (row_ != hd_ ? "_kvrow" + std::to_string(row_) : "");
     }
     std::vector<float> run(const OpContext& ctx) override {
         const int64_t L = I(m_.n_cached + n_);
         std::vector<float> out(n_ * nh_ * hd_);
         AttentionScratch scratch;
         attention(ctx, TensorRef::contiguous(q_.data(), {I(n_), I(nh_), I(hd_)}), order_.data(),
-                  TensorRef::contiguous(kc_.data(), {I(nkv_), I(cap_), I(hd_)}).slice(1, 0, L),
-                  TensorRef::contiguous(vc_.data(), {I(nkv_), I(cap_), I(hd_)}).slice(1, 0, L),
-                  mask_, scale_, TensorRef::contiguous(out.data(), {I(n_), I(nh_), I(hd_)}),
-                  scratch);
+                  kv_view(kc_.data(), L), kv_view(vc_.data(), L), mask_, scale_,
+                  TensorRef::contiguous(out.data(), {I(n_), I(nh_), I(hd_)}), scratch);
         return out;
     }
     void reference(std::vector<double>& want, std::vector<double>& bound) override {
@@ -648,8 +649,8 @@ class AttentionCase : public OpCase {
         for (size_t g = 0; g < nkv_; ++g)
             for (size_t a = 0; a < L; ++a)
                 for (size_t d = 0; d < hd_; ++d) {
-                    k[(g * L + a) * hd_ + d] = kc_[(g * cap_ + a) * hd_ + d];
-                    v[(g * L + a) * hd_ + d] = vc_[(g * cap_ + a) * hd_ + d];
+                    k[(g * L + a) * hd_ + d] = kc_[(g * cap_ + a) * row_ + d];
+                    v[(g * L + a) * hd_ + d] = vc_[(g * cap_ + a) * row_ + d];
                 }
         const double scale =
             scale_ > 0 ? scale_ : double(1.0f / std::sqrt(static_cast<float>(hd_)));
@@ -681,8 +682,15 @@ class AttentionCase : public OpCase {
     }
 
   private:
+    // [nkv, L, hd] over a cache of cap_ rows of row_ floats.
+    TensorRef kv_view(float* p, int64_t L) const {
+        TensorRef t = TensorRef::contiguous(p, {I(nkv_), L, I(hd_)});
+        t.stride[0] = I(cap_ * row_);
+        t.stride[1] = I(row_);
+        return t;
+    }
     MaskSpec m_;
-    size_t n_, nh_, nkv_, hd_, cap_ = 0;
+    size_t n_, nh_, nkv_, hd_, row_, cap_ = 0;
     float scale_;
     std::vector<float> q_, kc_, vc_;
     std::vector<int32_t> order_, split_of_, split_end_;
@@ -955,6 +963,30 @@ const std::vector<CasePtr>& all_cases() {
         add_case(new AttentionCase(splits2, 9, 8, 1, 12, true));
         add_case(new AttentionCase(splits_cache, 5, 4, 2, 40, true));
         add_case(new AttentionCase(splits_cache_long, 65, 4, 2, 16, true));
+        // Many-query blocks (the column-form tiles: blocks of 32 query rows, 8 or more take them)
+        // with partial query blocks (rows off the vector width) and partial key tiles (64) for
+        // every mask kind and the head dims Lance runs (ViT 80, decoder 128) and the odd ones.
+        const MaskSpec windows_edge{K::Segments, 0,  {0, 64, 128, 150, 200},
+                                    {},          {}, "segments"};  // a partial edge window
+        const MaskSpec splits_many{
+            K::Splits,
+            9,
+            {},
+            {{4, S::Causal}, {5, S::Noise}},
+            {{40, S::Causal}, {50, S::Full}, {20, S::Noise}, {30, S::Causal}},
+            "splits"};
+        add_case(new AttentionCase(none, 100, 2, 1, 24, false));
+        add_case(new AttentionCase(none, 45, 2, 2, 80, false));
+        add_case(new AttentionCase(none_cache, 41, 2, 1, 64, false));
+        add_case(new AttentionCase(causal, 77, 4, 2, 128, false));
+        add_case(new AttentionCase(causal_cache70, 40, 4, 2, 128, false));
+        add_case(new AttentionCase(windows_edge, 200, 2, 2, 80, false));
+        add_case(new AttentionCase(windows_edge, 200, 2, 1, 16, false));
+        add_case(new AttentionCase(splits_many, 140, 4, 2, 64, true));
+        add_case(new AttentionCase(splits_many, 140, 2, 1, 80, false));
+        add_case(new AttentionCase(windows_edge, 200, 2, 2, 80, false, 0.0f, 160));  // ViT views
+        add_case(new AttentionCase(causal_cache5, 40, 4, 2, 24, true, 0.0f, 3));
+        add_case(new AttentionCase(splits_many, 140, 4, 2, 16, false, 0.0f, 48));
         // conv3d: causal time padding with and without cache, stride 2 (VAE downsample pads),
         // 1x1, odd channels, every weight type, accumulate.
         const Conv3dParams same3 = conv_params(1, 1, 1, 2, 1, 1, 1, 1);

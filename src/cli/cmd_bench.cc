@@ -927,7 +927,7 @@ void run_awq_bench(const AwqBenchOptions& opt) {
 
 void add_bench(CLI::App& app) {
     CLI::App* bench = app.add_subcommand(
-        "bench", "Measure performance (scenarios: kernels, decode, vision, vae, awq)");
+        "bench", "Measure performance (scenarios: kernels, attention, decode, vision, vae, awq)");
     bench->require_subcommand(1);
     bench->fallthrough();
     auto opt = std::make_shared<Options>();
@@ -994,6 +994,7 @@ void add_bench(CLI::App& app) {
 
     add_bench_vae(*bench);
     add_bench_gen(*bench);
+    add_bench_attention(*bench);
 
     auto aopt = std::make_shared<AwqBenchOptions>();
     CLI::App* a = bench->add_subcommand(

@@ -42,6 +42,7 @@ void add_batch(CLI::App& app);
 // `bench vae`, added under the bench command by add_bench.
 void add_bench_vae(CLI::App& bench);
 void add_bench_gen(CLI::App& bench);
+void add_bench_attention(CLI::App& bench);
 
 // The global speed/accuracy flags (main.cc): `--lm-head int4|bf16` (default int4) is what every
 // command that loads a decoder passes as DecoderOptions::lm_head; `--exact-activations` (else

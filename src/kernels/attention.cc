@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "kernels/ops.h"
 #include "kernels/ops_kernels.h"
@@ -13,6 +14,9 @@ namespace {
 
 constexpr size_t kQueryTile = 32;  // query rows per task: one K/V tile serves them all
 constexpr size_t kKeyTile = 64;    // keys per step of the online softmax
+// Query blocks of at least this many rows take the column-form tiles where the ISA has them
+// (a vector of query rows per register); fewer (decode's one row) stay row by row.
+constexpr size_t kMinColumnRows = 8;
 
 // Lance's split rule for cached key a (< n_cached) or chunk key a − n_cached, query chunk index
 // qi.
@@ -134,33 +138,155 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
     const bool splits = mask.kind == AttnMask::Kind::Splits;
 
     const size_t tiles = (n + kQueryTile - 1) / kQueryTile, tasks = tiles * nh;
-    const size_t per_share = kQueryTile * (hd * 2 + kKeyTile + 2);
+    // Row form: q, acc [kQueryTile, hd], s [kQueryTile, kKeyTile], max, sum. Column form (lanes
+    // are query rows): qt, acc [hd, kQueryTile], st [kKeyTile, kQueryTile], max, sum, corr.
+    const size_t per_share = kQueryTile * (hd * 2 + kKeyTile + 3);
     if (scratch.per_share.size() < pool.size()) scratch.per_share.resize(pool.size());
     for (size_t s = 0; s < pool.size(); ++s)
         if (scratch.per_share[s].size() < per_share) scratch.per_share[s].resize(per_share);
-    const size_t ldk = static_cast<size_t>(k.stride[1]), ldv = static_cast<size_t>(v.stride[1]);
+    // K and V as [nkv][keys][hd] rows hd apart. The ViT passes them as strided views of its qkv
+    // rows (keys 3·D floats = 15 KB apart at 1280 wide, so every key sits on its own 4 KiB page
+    // and a block's pass over a head's keys misses the TLB on each): when many query rows will
+    // read them, they are copied once per call to dense rows on huge pages (~1 % of the full
+    // blocks' time). The copy is exact, so results do not change.
+    const float* kbase = k.f32();
+    const float* vbase = v.f32();
+    size_t ldk = static_cast<size_t>(k.stride[1]), ldv = static_cast<size_t>(v.stride[1]);
+    size_t kgs = static_cast<size_t>(k.stride[0]), vgs = static_cast<size_t>(v.stride[0]);
+    const size_t keys = P + n;
+    if (kern.attn_scores_cols && n >= kMinColumnRows && (ldk != hd || ldv != hd)) {
+        const size_t bytes = 2 * nkv * keys * hd * sizeof(float);
+        if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
+        float* kp = scratch.kv_packed.as<float>();
+        float* vp = kp + nkv * keys * hd;
+        const float* ks = kbase;
+        const float* vs = vbase;
+        const size_t kstride = ldk, vstride = ldv, kg = kgs, vg = vgs;
+        pool.parallel_for(nkv * keys, [&](size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) {
+                const size_t g = i / keys, a = i % keys;
+                std::copy(ks + g * kg + a * kstride, ks + g * kg + a * kstride + hd, kp + i * hd);
+                std::copy(vs + g * vg + a * vstride, vs + g * vg + a * vstride + hd, vp + i * hd);
+            }
+        });
+        kbase = kp;
+        vbase = vp;
+        ldk = ldv = hd;
+        kgs = vgs = keys * hd;
+    }
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+    // Keys a0 + j (j < nk) that chunk token qi may not see get −inf in row r of a score tile
+    // whose rows are `ld` apart and keys `jstride` apart.
+    const auto mask_row = [&](float* sr, size_t jstride, size_t qi, size_t a0, size_t nk) {
+        for (size_t j = 0; j < nk && a0 + j < lo[qi]; ++j) sr[j * jstride] = kNegInf;
+        for (size_t j = dense[qi] > a0 ? dense[qi] - a0 : 0; j < nk; ++j)
+            if (!splits || !split_allows(mask, qi, a0 + j)) sr[j * jstride] = kNegInf;
+    };
+
+    // The next task's query rows, output rows and first key tile, fetched while this one
+    // computes: its rows are hd floats a whole token (nh·hd) apart, a stride the hardware
+    // prefetcher does not follow, and a window's keys are new to the cache (measured on the ViT's
+    // windows: the query gather was the op's hottest load).
+    const auto prefetch_rows = [](const float* p, size_t rows, size_t stride, size_t len,
+                                  bool write) {
+        for (size_t r = 0; r < rows; ++r)
+            for (size_t d = 0; d < len; d += 16) {
+                if (write)
+                    __builtin_prefetch(p + r * stride + d, 1);
+                else
+                    __builtin_prefetch(p + r * stride + d);
+            }
+    };
+    const auto prefetch_task = [&](size_t task) {
+        const size_t h = task / tiles, r0 = task % tiles * kQueryTile, g = h / group;
+        const size_t nr = std::min(kQueryTile, n - r0);
+        const size_t qs = static_cast<size_t>(q.stride[0]), os = static_cast<size_t>(out.stride[0]);
+        prefetch_rows(q.f32() + r0 * qs + h * q.stride[1], nr, qs, hd, false);
+        prefetch_rows(out.f32() + r0 * os + h * out.stride[1], nr, os, hd, true);
+        const size_t a0 = lo[q_index ? q_index[r0] : r0], nk = std::min(kKeyTile, P + n - a0);
+        prefetch_rows(kbase + g * kgs + a0 * ldk, nk, ldk, hd, false);
+        prefetch_rows(vbase + g * vgs + a0 * ldv, nk, ldv, hd, false);
+    };
+
+    const float scale_q = scale;  // a local: the gathers below need not reload it per store
     pool.run([&](size_t share, size_t n_shares) {
-        float* qb = scratch.per_share[share].data();
-        float* acc = qb + kQueryTile * hd;
-        float* s = acc + kQueryTile * hd;
-        float* mx = s + kQueryTile * kKeyTile;
-        float* sum = mx + kQueryTile;
+        float* base = scratch.per_share[share].data();
         // Round-robin over tasks: under a causal mask later query tiles cost more, and contiguous
         // ranges would leave the last thread with most of the work. Each output is still
-        // computed by one task the same way, whatever the thread count.
+        // computed by one task the same way, whatever the thread count. Head-major: the threads
+        // walk one head's query blocks together, so its K and V (1.5 MB for the ViT's 2304
+        // tokens × 80) stay in cache across blocks instead of cycling through all heads'.
         for (size_t task = share; task < tasks; task += n_shares) {
-            const size_t h = task % nh, tile = task / nh, g = h / group;
+            if (task + n_shares < tasks) prefetch_task(task + n_shares);
+            const size_t h = task / tiles, tile = task % tiles, g = h / group;
             const size_t r0 = tile * kQueryTile, nr = std::min(kQueryTile, n - r0);
-            const float* kh = k.f32() + g * k.stride[0];
-            const float* vh = v.f32() + g * v.stride[0];
+            const float* kh = kbase + g * kgs;
+            const float* vh = vbase + g * vgs;
             size_t key_begin = P + n, key_end = 0;  // the keys any row of the tile may see
             for (size_t r = 0; r < nr; ++r) {
                 const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
                 key_begin = std::min(key_begin, lo[qi]);
                 key_end = std::max(key_end, hi[qi]);
-                const float* src = q.f32() + (r0 + r) * q.stride[0] + h * q.stride[1];
+            }
+            const auto q_row = [&](size_t r) {
+                return q.f32() + (r0 + r) * q.stride[0] + h * q.stride[1];
+            };
+            const auto out_row = [&](size_t r) {
+                return out.f32() + (r0 + r) * out.stride[0] + h * out.stride[1];
+            };
+            const auto row_qi = [&](size_t r) { return q_index ? q_index[r0 + r] : r0 + r; };
+
+            if (kern.attn_scores_cols && nr >= kMinColumnRows) {
+                // Column form: S = Q·Kᵀ, softmax and O += P·V as register-blocked outer
+                // products over the whole query block (attention_x86_impl.h).
+                constexpr size_t ld = kQueryTile;
+                float* qt = base;
+                float* acc = qt + hd * ld;
+                float* st = acc + hd * ld;
+                float* mx = st + kKeyTile * ld;
+                float* sum = mx + ld;
+                float* corr = sum + ld;
+                // The gather runs across rows for each d, so all the block's rows are fetched at
+                // once (row by row, each row's few cache lines were fetched one after another:
+                // the op's hottest loads on the ViT's windows). Rows past nr: 0 (finite, unused).
+                const float* src[kQueryTile];
+                for (size_t r = 0; r < nr; ++r) src[r] = q_row(r);
+                for (size_t d = 0; d < hd; ++d) {
+                    float* t = qt + d * ld;
+                    for (size_t r = 0; r < nr; ++r) t[r] = src[r][d] * scale_q;
+                    std::fill(t + nr, t + ld, 0.0f);
+                }
+                std::fill(acc, acc + hd * ld, 0.0f);
+                std::fill(mx, mx + ld, kNegInf);
+                std::fill(sum, sum + ld, 0.0f);
+                for (size_t a0 = key_begin; a0 < key_end; a0 += kKeyTile) {
+                    const size_t nk = std::min(kKeyTile, key_end - a0);
+                    kern.attn_scores_cols(qt, ld, nr, kh + a0 * ldk, ldk, nk, hd, st);
+                    for (size_t r = 0; r < nr; ++r) mask_row(st + r, ld, row_qi(r), a0, nk);
+                    kern.attn_softmax_cols(st, ld, nr, nk, mx, sum, corr);
+                    kern.attn_pv_cols(st, ld, nr, vh + a0 * ldv, ldv, nk, hd, corr, acc);
+                }
+                float* dst[kQueryTile];
+                float inv[kQueryTile];
+                for (size_t r = 0; r < nr; ++r) {
+                    dst[r] = out_row(r);
+                    inv[r] = 1.0f / sum[r];
+                }
+                for (size_t d = 0; d < hd; ++d)
+                    for (size_t r = 0; r < nr; ++r) dst[r][d] = acc[d * ld + r] * inv[r];
+                continue;
+            }
+
+            // Row form (few rows: decode, a chunk's last partial block; paths without column
+            // tiles).
+            float* qb = base;
+            float* acc = qb + kQueryTile * hd;
+            float* s = acc + kQueryTile * hd;
+            float* mx = s + kQueryTile * kKeyTile;
+            float* sum = mx + kQueryTile;
+            for (size_t r = 0; r < nr; ++r) {
+                const float* src = q_row(r);
                 for (size_t d = 0; d < hd; ++d) qb[r * hd + d] = src[d] * scale;
                 mx[r] = kNegInf;
                 sum[r] = 0;
@@ -171,10 +297,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 kern.attn_scores(qb, nr, kh + a0 * ldk, ldk, nk, hd, s);
                 for (size_t r = 0; r < nr; ++r) {
                     float* sr = s + r * nk;
-                    const size_t qi = q_index ? q_index[r0 + r] : r0 + r;
-                    for (size_t j = 0; j < nk && a0 + j < lo[qi]; ++j) sr[j] = kNegInf;
-                    for (size_t j = dense[qi] > a0 ? dense[qi] - a0 : 0; j < nk; ++j)
-                        if (!splits || !split_allows(mask, qi, a0 + j)) sr[j] = kNegInf;
+                    mask_row(sr, 1, row_qi(r), a0, nk);
                     float top = mx[r];
                     for (size_t j = 0; j < nk; ++j) top = std::max(top, sr[j]);
                     if (top == kNegInf) {
@@ -190,7 +313,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 kern.attn_pv(s, nr, vh + a0 * ldv, ldv, nk, hd, acc);
             }
             for (size_t r = 0; r < nr; ++r) {
-                float* dst = out.f32() + (r0 + r) * out.stride[0] + h * out.stride[1];
+                float* dst = out_row(r);
                 const float inv = 1.0f / sum[r];
                 for (size_t d = 0; d < hd; ++d) dst[d] = acc[r * hd + d] * inv;
             }

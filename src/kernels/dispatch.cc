@@ -274,12 +274,12 @@ DequantBf16Fn dequant_bf16_kernel(Isa isa) {
     return checked(isa) == Isa::Scalar ? nullptr : &dequant_bf16_avx2;
 }
 
-// The op layer's row kernels. AVX-512 runs the AVX2 ones: these ops are bound by memory, libm's
-// exp/erf or the sequential norm sums, not by vector width (the linear kernels, where width
-// pays, have their own AVX-512 path above).
+// The op layer's row kernels. AVX-512 runs the AVX2 row ones (bound by memory, libm's exp/erf
+// or the sequential norm sums, not by vector width) with its own query-block attention tiles.
 const OpKernels& op_kernels(Isa isa) {
     switch (checked(isa)) {
         case Isa::Avx512:
+            return op_kernels_avx512();
         case Isa::Avx2:
             return op_kernels_avx2();
         case Isa::Scalar:

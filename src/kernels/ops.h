@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "core/aligned_buffer.h"
 #include "core/dtype.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
@@ -177,6 +178,8 @@ struct AttentionScratch {
     // Per chunk token: keys [key_begin, dense_end) are all visible, none outside
     // [key_begin, key_end).
     std::vector<size_t> key_begin, dense_end, key_end;
+    // Strided K and V copied to dense [nkv][keys][hd] rows for many-query calls.
+    AlignedBuffer kv_packed;
 };
 
 // Softmax attention with GQA: q [n, nh, hd]; k, v [nkv, n_cached + n, hd] (any strides, so a KV

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
+#include "kernels/attention_x86_impl.h"
 #include "kernels/ops_kernels.h"
 
 namespace lancet::kernels::detail {
@@ -248,6 +250,40 @@ float exp_sum(float* p, size_t n, float m) {
     return s;
 }
 
+// 256-bit vectors for attention_x86_impl.h's query-block tiles.
+struct Vec8 {
+    using V = __m256;
+    static constexpr size_t kLanes = 8;
+    static V zero() { return _mm256_setzero_ps(); }
+    static V load(const float* p) { return _mm256_loadu_ps(p); }
+    static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+    static V set1(float x) { return _mm256_set1_ps(x); }
+    static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+    static V add(V a, V b) { return _mm256_add_ps(a, b); }
+    static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+    static V max(V a, V b) { return _mm256_max_ps(a, b); }
+    static V exp_neg(V x) { return detail::exp_neg(x); }
+    static V zero_if_neg_inf(V x) {
+        const V ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+        return _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), x);
+    }
+};
+
+// 16 registers: scores 2 row vectors × 6 keys (12 accumulators + 2 q + 1 broadcast), p·v
+// 2 row vectors × 6 dims.
+void scores_cols8(const float* q, size_t ld, size_t nr, const float* k, size_t ldk, size_t nk,
+                  size_t hd, float* st) {
+    scores_cols<Vec8, 6>(q, ld, nr, k, ldk, nk, hd, st);
+}
+void softmax_cols8(float* st, size_t ld, size_t nr, size_t nk, float* m, float* sum, float* corr) {
+    softmax_cols<Vec8>(st, ld, nr, nk, m, sum, corr);
+}
+void pv_cols8(const float* p, size_t ld, size_t nr, const float* v, size_t ldv, size_t nk,
+              size_t hd, const float* corr, float* acc) {
+    pv_cols<Vec8, 6>(p, ld, nr, v, ldv, nk, hd, corr, acc);
+}
+
 }  // namespace
 
 namespace {
@@ -381,7 +417,9 @@ const OpKernels& op_kernels_avx2() {
                              &silu_mul,     &silu,
                              &gelu,         &add,
                              &rope_row,     &scores,
-                             &pv,           &exp_sum};
+                             &pv,           &exp_sum,
+                             &scores_cols8, &softmax_cols8,
+                             &pv_cols8};
     return k;
 }
 

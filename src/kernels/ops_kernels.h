@@ -36,10 +36,24 @@ struct OpKernels {
     void (*attn_pv)(const float* p, size_t nq, const float* v, size_t ldv, size_t nk, size_t hd,
                     float* acc);
     float (*attn_exp_sum)(float* p, size_t n, float m);
+    // Query-block tiles (attention_x86_impl.h; null on paths without them): a block of nr <= ld
+    // query rows held transposed, lanes = rows. q[d*ld + r]; s/p st[j*ld + r]; m, sum, corr
+    // [ld]; acc[d*ld + r]. Rows past nr up to the vector width are computed too (finite, unused).
+    //   scores: st[j*ld + r] = Σ_d q[d*ld + r] · k[j*ldk + d]
+    //   softmax: per row, top = max(m, max_j s), corr = exp(m − top), p = exp(s − top) in place,
+    //            sum = sum·corr + Σ_j p, m = top (a row with no visible key yet: p = corr = 0)
+    //   pv: acc[d*ld + r] = acc[d*ld + r]·corr[r] + Σ_j v[j*ldv + d] · p[j*ld + r]
+    void (*attn_scores_cols)(const float* q, size_t ld, size_t nr, const float* k, size_t ldk,
+                             size_t nk, size_t hd, float* st);
+    void (*attn_softmax_cols)(float* st, size_t ld, size_t nr, size_t nk, float* m, float* sum,
+                              float* corr);
+    void (*attn_pv_cols)(const float* p, size_t ld, size_t nr, const float* v, size_t ldv,
+                         size_t nk, size_t hd, const float* corr, float* acc);
 };
 
 const OpKernels& op_kernels_scalar();
 const OpKernels& op_kernels_avx2();
+const OpKernels& op_kernels_avx512();
 // The table for an ISA (dispatch.cc; lancet::Error if this CPU lacks it).
 const OpKernels& op_kernels(Isa isa);
 

@@ -88,8 +88,9 @@ float attn_exp_sum(float* p, size_t n, float m) {
 
 const OpKernels& op_kernels_scalar() {
     static const OpKernels k{
-        &rms_norm_row, &channel_rms_norm_row, &silu_mul, &silu,        &gelu, &add,
-        &rope_row,     &attn_scores,          &attn_pv,  &attn_exp_sum};
+        &rms_norm_row, &channel_rms_norm_row, &silu_mul, &silu,         &gelu,   &add,
+        &rope_row,     &attn_scores,          &attn_pv,  &attn_exp_sum, nullptr, nullptr,
+        nullptr};  // no query-block tiles: row by row
     return k;
 }
 

@@ -1,0 +1,223 @@
+// `lancet bench attention`: the op layer's attention() alone on the shapes Lance runs — the ViT's
+// windows (n = 576 tokens in windows of 64) and full-attention blocks (n = 2304) at 16 heads ×
+// 80 (q, k, v strided views of the qkv rows, as the ViT passes them), and decoder prefill (n = 512
+// causal, 16 query / 2 kv heads × 128) plus one decode row against a 512-token cache — in GFLOP/s
+// against the f32 FMA probe of the same run.
+#include <time.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/thread_pool.h"
+#include "kernels/dispatch.h"
+#include "kernels/ops.h"
+#include "kernels/probe.h"
+
+namespace lancet::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct AttnShape {
+    const char* name;
+    size_t n, n_cached, heads, kv_heads, hd;
+    kernels::AttnMask::Kind kind;
+    size_t window;  // Segments: tokens per window
+};
+
+const AttnShape kAttnShapes[] = {
+    {"vit-windows", 576, 0, 16, 16, 80, kernels::AttnMask::Kind::Segments, 64},
+    {"vit-full", 2304, 0, 16, 16, 80, kernels::AttnMask::Kind::None, 0},
+    {"prefill-causal", 512, 0, 16, 2, 128, kernels::AttnMask::Kind::Causal, 0},
+    {"decode-row", 1, 512, 16, 2, 128, kernels::AttnMask::Kind::Causal, 0},
+};
+
+struct BenchAttnOptions {
+    std::vector<std::string> shapes;
+    int reps = 3;
+};
+
+// Multiply-adds ×2 over the visible (query, key) pairs: q·k and p·v, hd each.
+double attention_flops(const AttnShape& s) {
+    double pairs = 0;
+    switch (s.kind) {
+        case kernels::AttnMask::Kind::None:
+            pairs = double(s.n) * double(s.n_cached + s.n);
+            break;
+        case kernels::AttnMask::Kind::Causal:
+            for (size_t i = 0; i < s.n; ++i) pairs += double(s.n_cached + i + 1);
+            break;
+        case kernels::AttnMask::Kind::Segments:
+            for (size_t b = 0; b < s.n; b += s.window) {
+                const double w = double(std::min(s.window, s.n - b));
+                pairs += w * w;
+            }
+            break;
+        case kernels::AttnMask::Kind::Splits:
+            break;
+    }
+    return pairs * double(s.heads) * double(s.hd) * 4.0;
+}
+
+// CPU seconds of this process (all threads): on a shared, oversubscribed machine wall time
+// counts other processes' turns, CPU time only this one's.
+double cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+// f32 FMA rate of one core per CPU second (the probe on the calling thread), GFLOP/s.
+double fma_per_cpu_second() {
+    const size_t iters = size_t{4} << 20;
+    std::vector<double> rates;
+    for (int r = 0; r < 3; ++r) {
+        const double c0 = cpu_seconds();
+        const double flops = kernels::probe_fma(iters, 1.0f);
+        rates.push_back(flops / (cpu_seconds() - c0) / 1e9);
+    }
+    std::sort(rates.begin(), rates.end());
+    return rates[1];
+}
+
+// f32 FMA peak of all pool threads, one probe each (median of 3 runs after a warm-up), GFLOP/s.
+double fma_peak(ThreadPool& pool) {
+    const size_t iters = size_t{4} << 20;
+    std::vector<double> ops(pool.size());
+    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_fma(iters / 8, 1.0f + float(t)); });
+    std::vector<double> rates;
+    for (int r = 0; r < 3; ++r) {
+        const auto t0 = Clock::now();
+        pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_fma(iters, 1.0f + float(t)); });
+        const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
+        double total = 0;
+        for (double f : ops) total += f;
+        rates.push_back(total / sec / 1e9);
+    }
+    std::sort(rates.begin(), rates.end());
+    return rates[1];
+}
+
+void run_bench_attention(const BenchAttnOptions& o) {
+    if (o.reps < 1) fail("bench attention: --reps must be >= 1");
+    std::vector<const AttnShape*> shapes;
+    for (const auto& key : o.shapes) {
+        const AttnShape* hit = nullptr;
+        for (const auto& s : kAttnShapes)
+            if (key == s.name) hit = &s;
+        if (!hit)
+            fail("bench attention: unknown shape '", key,
+                 "' (expected vit-windows, vit-full, prefill-causal or decode-row)");
+        shapes.push_back(hit);
+    }
+    if (shapes.empty())
+        for (const auto& s : kAttnShapes) shapes.push_back(&s);
+
+    ThreadPool& pool = default_pool();
+    const kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
+    std::printf("%s\n", kernels::runtime_description(pool).c_str());
+    const double peak = fma_peak(pool);
+    const double core = fma_per_cpu_second();
+    std::printf("f32 FMA probe: %.1f GFLOP/s (all threads, wall), %.1f GFLOP per CPU second\n\n",
+                peak, core);
+    std::printf("%-15s %5s %6s %6s %4s %8s %9s %8s %7s %9s %8s\n", "shape", "n", "cache", "heads",
+                "hd", "GFLOP", "ms", "GFLOP/s", "of FMA", "GF/cpu-s", "of core");
+    for (const AttnShape* s : shapes) {
+        const size_t keys = s->n_cached + s->n;
+        // The ViT's layout: q, k and v are strided views of the qkv linear's output rows
+        // [n, 3·heads·hd] (rows 3·D apart); the decoder's: q rows [n, heads, hd], k and v a cache
+        // [kv_heads, keys, hd].
+        const bool vit = s->kv_heads == s->heads && s->n_cached == 0;
+        const size_t D = s->heads * s->hd, kvd = s->kv_heads * s->hd;
+        std::vector<float> q(vit ? s->n * 3 * D : s->n * D), kc(vit ? 0 : kvd * keys),
+            vc(kc.size()), out(s->n * D);
+        Rng rng(7);
+        for (auto* buf : {&q, &kc, &vc})
+            for (float& x : *buf) x = static_cast<float>(rng.normal());
+        const auto I = [](size_t x) { return static_cast<int64_t>(x); };
+        const auto view = [](float* p, std::array<int64_t, 3> shape,
+                             std::array<int64_t, 3> stride) {
+            kernels::TensorRef t;
+            t.ndim = 3;
+            std::copy(shape.begin(), shape.end(), t.shape.begin());
+            std::copy(stride.begin(), stride.end(), t.stride.begin());
+            t.data = p;
+            return t;
+        };
+        const int64_t row = I(vit ? 3 * D : D);
+        const auto qr = view(q.data(), {I(s->n), I(s->heads), I(s->hd)}, {row, I(s->hd), 1});
+        const auto kr =
+            vit ? view(q.data() + D, {I(s->heads), I(s->n), I(s->hd)}, {I(s->hd), row, 1})
+                : view(kc.data(), {I(s->kv_heads), I(keys), I(s->hd)},
+                       {I(keys * s->hd), I(s->hd), 1});
+        const auto vr =
+            vit ? view(q.data() + 2 * D, {I(s->heads), I(s->n), I(s->hd)}, {I(s->hd), row, 1})
+                : view(vc.data(), {I(s->kv_heads), I(keys), I(s->hd)},
+                       {I(keys * s->hd), I(s->hd), 1});
+        const auto outr =
+            kernels::TensorRef::contiguous(out.data(), {I(s->n), I(s->heads), I(s->hd)});
+        std::vector<int32_t> cu;
+        kernels::AttnMask mask;
+        mask.kind = s->kind;
+        mask.n_cached = s->n_cached;
+        if (s->kind == kernels::AttnMask::Kind::Segments) {
+            for (size_t b = 0; b < s->n; b += s->window) cu.push_back(static_cast<int32_t>(b));
+            cu.push_back(static_cast<int32_t>(s->n));
+            mask.cu_seqlens = cu.data();
+            mask.n_segments = cu.size() - 1;
+        }
+        kernels::AttentionScratch scratch;
+        // Enough calls per sample that each takes ~0.1 s or more.
+        const auto call = [&] {
+            kernels::attention(ctx, qr, nullptr, kr, vr, mask, 0.0f, outr, scratch);
+        };
+        auto t0 = Clock::now();
+        call();
+        const double once = std::chrono::duration<double>(Clock::now() - t0).count();
+        const int calls = std::max(1, static_cast<int>(0.1 / std::max(once, 1e-6)));
+        std::vector<double> sec, cpu;
+        for (int r = 0; r < o.reps; ++r) {
+            t0 = Clock::now();
+            const double c0 = cpu_seconds();
+            for (int c = 0; c < calls; ++c) call();
+            cpu.push_back((cpu_seconds() - c0) / calls);
+            sec.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / calls);
+        }
+        std::sort(sec.begin(), sec.end());
+        std::sort(cpu.begin(), cpu.end());
+        const double t = sec[sec.size() / 2], tc = cpu[cpu.size() / 2],
+                     gf = attention_flops(*s) / 1e9;
+        std::printf("%-15s %5zu %6zu %3zu/%-2zu %4zu %8.3f %9.3f %8.1f %7.2f %9.1f %8.2f\n",
+                    s->name, s->n, s->n_cached, s->heads, s->kv_heads, s->hd, gf, t * 1e3, gf / t,
+                    gf / t / peak, gf / tc, gf / tc / core);
+    }
+    std::printf(
+        "\nGFLOP = 4·hd per visible (query, key) pair and head (q·k and p·v); ms = median call; "
+        "of FMA = GFLOP/s ÷ the f32 FMA probe; GF/cpu-s = GFLOP per CPU second of all threads, of "
+        "core = that ÷ one core's probe per CPU second (the fraction of the FMA peak while "
+        "running, robust to a busy machine).\n");
+}
+
+}  // namespace
+
+void add_bench_attention(CLI::App& bench) {
+    auto o = std::make_shared<BenchAttnOptions>();
+    CLI::App* c = bench.add_subcommand(
+        "attention", "Time attention() on the ViT's and the decoder's shapes vs the FMA probe");
+    c->fallthrough();
+    c->add_option("--shapes", o->shapes,
+                  "vit-windows, vit-full, prefill-causal, decode-row (default all)")
+        ->delimiter(',');
+    c->add_option("--reps", o->reps, "Timed samples per shape; the median is reported (default 3)");
+    c->callback([o] { run_bench_attention(*o); });
+}
+
+}  // namespace lancet::cli
