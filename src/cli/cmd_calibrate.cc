@@ -37,6 +37,9 @@ void add_calibrate(CLI::App& app) {
                     "Resize preset for x2t media (default image_768res / video_480p)");
     cmd->add_option("--seed", o->seed, "Seed for the latents and the reservoirs")
         ->capture_default_str();
+    cmd->add_flag("--hessian", o->hessian,
+                  "Also record XᵀX over every input (<linear>.hessian, packed upper triangle), "
+                  "which GPTQ then uses instead of the reservoir rows");
     cmd->callback([o, no_gen, no_vit] {
         o->gen = !*no_gen;
         o->vit = !*no_vit;

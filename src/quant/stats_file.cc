@@ -16,7 +16,7 @@ namespace lancet::quant {
 
 namespace {
 
-const char* const kSuffixes[] = {".mean_abs", ".max_abs", ".n_tokens", ".rows"};
+const char* const kSuffixes[] = {".mean_abs", ".max_abs", ".n_tokens", ".rows", ".hessian"};
 
 std::vector<float> read_f32(const TensorView& v) {
     std::vector<float> r(static_cast<size_t>(v.numel()));
@@ -69,14 +69,14 @@ StatsFile::StatsFile(const std::string& path) {
     }
 
     // Group the tensors by linear and check dtypes and shapes.
-    std::map<std::string, std::array<const TensorEntry*, 4>> parts;
+    std::map<std::string, std::array<const TensorEntry*, 5>> parts;
     for (const TensorEntry& e : file_->tensors()) {
         int k = -1;
-        for (int s = 0; s < 4; ++s)
+        for (int s = 0; s < 5; ++s)
             if (e.name.ends_with(kSuffixes[s])) k = s;
         if (k < 0)
             fail(path, ": tensor \"", e.name,
-                 "\" is not <linear>.mean_abs, .max_abs, .n_tokens or .rows");
+                 "\" is not <linear>.mean_abs, .max_abs, .n_tokens, .rows or .hessian");
         const std::string base = e.name.substr(0, e.name.size() - std::strlen(kSuffixes[k]));
         parts[base][k] = &e;  // operator[] value-initializes: all null
     }
@@ -104,6 +104,13 @@ StatsFile::StatsFile(const std::string& path) {
                 fail(path, ": ", r->name, " must be F32 [rows, ", in, "], is ",
                      dtype_name(r->dtype), " ", shape_str(r->shape));
             se.n_rows = r->shape[0];
+        }
+        if (const TensorEntry* h = p[4]) {
+            if (h->dtype != DType::F32 || h->shape != Shape{packed_size(in)})
+                fail(path, ": ", h->name, " must be F32 [", packed_size(in), "] (the upper ",
+                     "triangle of [", in, ", ", in, "]), is ", dtype_name(h->dtype), " ",
+                     shape_str(h->shape));
+            se.hessian = true;
         }
         entries_[base] = se;
     }
@@ -140,6 +147,20 @@ LinearStats StatsFile::load(const std::string& base) const {
         if (!std::isfinite(s.rows[i]))
             fail(path(), ": ", base, ".rows[", i / s.in, ", ", i % s.in, "] = ", s.rows[i],
                  " is not finite");
+    if (it->second.hessian) {
+        const std::vector<float> h = read_f32(view(".hessian"));
+        s.hessian.assign(h.begin(), h.end());
+        // A Gram matrix has a finite, non-negative diagonal.
+        for (int i = 0; i < s.in; ++i) {
+            const double d = s.hessian[packed_index(s.in, i, i)];
+            if (!std::isfinite(d) || d < 0)
+                fail(path(), ": ", base, ".hessian diagonal [", i, "] = ", d,
+                     " (must be finite and >= 0)");
+        }
+        for (size_t i = 0; i < s.hessian.size(); ++i)
+            if (!std::isfinite(s.hessian[i]))
+                fail(path(), ": ", base, ".hessian[", i, "] is not finite");
+    }
     return s;
 }
 
@@ -163,15 +184,16 @@ StatsFileWriter::StatsFileWriter(const std::string& path, const std::vector<std:
     w_.set_metadata("lancet.stats.capacity", std::to_string(capacity));
 }
 
-void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows) {
+void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows, bool hessian) {
     if (begun_) fail("statistics writer: ", base, " declared after writing began");
     if (in <= 0 || n_rows < 0) fail("statistics writer: ", base, ": bad shape");
-    if (!declared_.emplace(base, StatsEntry{in, n_rows}).second)
+    if (!declared_.emplace(base, StatsEntry{in, n_rows, hessian}).second)
         fail("statistics writer: ", base, " declared twice");
     w_.add(base + ".mean_abs", DType::F32, {in});
     w_.add(base + ".max_abs", DType::F32, {in});
     w_.add(base + ".n_tokens", DType::I64, {1});
     w_.add(base + ".rows", DType::F32, {n_rows, in});
+    if (hessian) w_.add(base + ".hessian", DType::F32, {packed_size(in)});
 }
 
 void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
@@ -179,14 +201,29 @@ void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
     if (it == declared_.end()) fail("statistics writer: ", base, " was not declared");
     if (s.in != it->second.in || s.n_rows() != it->second.n_rows ||
         s.mean_abs.size() != static_cast<size_t>(s.in) ||
-        s.max_abs.size() != static_cast<size_t>(s.in))
-        fail("statistics writer: ", base, " has width ", s.in, " and ", s.n_rows(),
-             " rows; declared ", it->second.in, " and ", it->second.n_rows);
+        s.max_abs.size() != static_cast<size_t>(s.in) || s.has_hessian() != it->second.hessian ||
+        (s.has_hessian() && static_cast<int64_t>(s.hessian.size()) != packed_size(s.in)))
+        fail("statistics writer: ", base, " has width ", s.in, " and ", s.n_rows(), " rows",
+             s.has_hessian() ? " and a Hessian" : "", "; declared ", it->second.in, " and ",
+             it->second.n_rows, it->second.hessian ? " and a Hessian" : "");
     begun_ = true;
     w_.write(base + ".mean_abs", s.mean_abs.data(), s.mean_abs.size() * 4);
     w_.write(base + ".max_abs", s.max_abs.data(), s.max_abs.size() * 4);
     w_.write(base + ".n_tokens", &s.n_tokens, 8);
     w_.write(base + ".rows", s.rows.data(), s.rows.size() * 4);
+    if (s.has_hessian()) {
+        // Rounded to f32 once, after the double accumulation; written in slices.
+        constexpr size_t kSlice = 1 << 20;
+        std::vector<float> f;
+        for (size_t i = 0; i < s.hessian.size(); i += kSlice) {
+            const size_t k = std::min(kSlice, s.hessian.size() - i);
+            f.assign(s.hessian.begin() + i, s.hessian.begin() + i + k);
+            if (w_.next_tensor() != base + ".hessian")
+                fail("statistics writer: internal: writing ", base, ".hessian, expected ",
+                     w_.next_tensor());
+            w_.append(f.data(), f.size() * 4);
+        }
+    }
 }
 
 void StatsFileWriter::finish() { w_.finish(); }
@@ -209,12 +246,15 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
 
     // Union of the linears, with the merged row counts computed from the headers.
     std::map<std::string, std::pair<int, Count>> plan;
+    std::map<std::string, bool> all_hessian;
     for (const auto& f : files)
         for (const auto& [base, e] : f->entries()) {
             auto [it, fresh] = plan.try_emplace(base, e.in, Count{});
             if (!fresh && it->second.first != e.in)
                 fail(f->path(), ": ", base, " has ", e.in, " channels, ", inputs.front(),
                      " and the others before it ", it->second.first);
+            auto [h, first] = all_hessian.try_emplace(base, e.hessian);
+            if (!first) h->second = h->second && e.hessian;
         }
     StatsFileWriter w(output, tasks, cap);
     for (auto& [base, pc] : plan) {
@@ -228,7 +268,7 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
             first = false;
         }
         pc.second = c;
-        w.declare(base, pc.first, c.rows);
+        w.declare(base, pc.first, c.rows, all_hessian.at(base));
     }
     for (const auto& [base, pc] : plan) {
         LinearStats acc;
@@ -244,6 +284,7 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
                 acc = merge(acc, s, cap, 0x3e46eull ^ name_hash(0, base));
             }
         }
+        if (!all_hessian.at(base)) acc.hessian.clear();  // a lone file's H is not the union's
         w.write(base, acc);
     }
     w.finish();

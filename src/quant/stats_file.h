@@ -1,5 +1,6 @@
 // The activation-statistics file (safetensors): per targeted linear `<base>.mean_abs` F32 [in],
-// `<base>.max_abs` F32 [in], `<base>.n_tokens` I64 [1] and `<base>.rows` F32 [r, in], plus the
+// `<base>.max_abs` F32 [in], `<base>.n_tokens` I64 [1] and `<base>.rows` F32 [r, in], optionally
+// `<base>.hessian` F32 [in (in + 1) / 2] (XᵀX over all inputs, packed upper triangle), plus the
 // format version, calibrated tasks and reservoir capacity in the metadata. Reading, streaming
 // writing and merging (synthetic statistics: pipeline/stats_synth.h).
 #pragma once
@@ -20,7 +21,8 @@ inline constexpr int kStatsFormatVersion = 1;
 // One linear's entry as declared in the header (shapes only; the values are read on demand).
 struct StatsEntry {
     int in = 0;
-    int64_t n_rows = 0;  // 0 when the file records no rows for it
+    int64_t n_rows = 0;    // 0 when the file records no rows for it
+    bool hessian = false;  // <base>.hessian present
 };
 
 // A mapped statistics file, validated up front for names, dtypes and shapes; values are read and
@@ -55,7 +57,8 @@ class StatsFile {
 class StatsFileWriter {
   public:
     StatsFileWriter(const std::string& path, const std::vector<std::string>& tasks, int capacity);
-    void declare(const std::string& base, int in, int64_t n_rows);
+    // hessian: the linear's statistics carry H (written as F32, packed upper triangle).
+    void declare(const std::string& base, int in, int64_t n_rows, bool hessian = false);
     // Must follow declaration order; checks the shapes against the declaration.
     void write(const std::string& base, const LinearStats& s);
     void finish();
@@ -67,7 +70,8 @@ class StatsFileWriter {
 };
 
 // Merges several files linear by linear (quant::merge: token-weighted means, max of maxes, a
-// uniform reservoir of the union; linears present in only some files are carried over), the task
+// uniform reservoir of the union, Hessians summed where every file has one; linears present in
+// only some files are carried over), the task
 // lists concatenated. capacity <= 0: the largest capacity of the inputs.
 void merge_stats_files(const std::vector<std::string>& inputs, const std::string& output,
                        int capacity = 0);
