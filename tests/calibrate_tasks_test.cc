@@ -4,6 +4,7 @@
 // single-process file byte for byte; bad input is one line with nothing written.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -390,6 +391,32 @@ TEST_F(CalibrateTasks, ShardedRunsReduceToTheSingleProcessBytes) {
         cli_args(tasks) + " -o " + out.string() + " >" + (*dir_ / "mpi.log").string() + " 2>&1";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << test::read_file(*dir_ / "mpi.log");
     EXPECT_EQ(test::read_file(out), want);  // rank 0 waited for rank 1's part and reduced
+}
+
+// --hessian with task trajectories on one rank records H for every linear; with several ranks
+// it is refused up front (H is summed in an order-dependent way, so parts would not reduce to
+// the single-process bytes), one line, no part written.
+TEST_F(CalibrateTasks, HessianOnOneRankOnly) {
+    const fs::path one = *dir_ / "hessian.safetensors";
+    const auto r1 = test::run_lancet(cli_args("t2i") + " --hessian -o " + one.string());
+    ASSERT_EQ(r1.exit_code, 0) << r1.err;
+    quant::StatsFile sf(one.string());
+    ASSERT_TRUE(sf.has(kQ0Gen));
+    EXPECT_TRUE(sf.entries().at(kQ0Gen).hessian);
+    EXPECT_TRUE(sf.entries().at(kQ0).hessian);
+    const quant::LinearStats s = sf.load(kQ0Gen);
+    EXPECT_EQ(static_cast<int64_t>(s.hessian.size()), quant::packed_size(s.in));
+
+    const fs::path out = *dir_ / "hessian2.safetensors";
+    const ScopedEnv env({{"RANK", "1"}, {"WORLD_SIZE", "2"}});
+    const auto r2 = test::run_lancet(cli_args("t2i") + " --hessian -o " + out.string());
+    EXPECT_EQ(r2.exit_code, 1);
+    EXPECT_NE(r2.err.find("lancet: error: calibrate: --hessian runs on one rank only"),
+              std::string::npos)
+        << r2.err;
+    EXPECT_EQ(std::count(r2.err.begin(), r2.err.end(), '\n'), 1) << r2.err;
+    EXPECT_FALSE(fs::exists(out.string() + ".parts"));
+    EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(CalibrateTasks, BadInputIsOneLineAndWritesNothing) {

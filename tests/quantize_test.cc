@@ -894,3 +894,89 @@ TEST(ParallelChunks, CoversEveryIndexOnceAndRethrows) {
 
 }  // namespace
 }  // namespace lancet
+
+namespace lancet {
+namespace {
+
+// quantize --sequential: the published layout, every decoder linear AWQ'd from statistics the run
+// recorded itself. Layer 0 sees the embeddings either way, so its codes equal those quantized from
+// calibrate()'s file over the same prompts; layer 1 sees rows that came through the quantized
+// layer 0, so its codes differ. With --hessian every GPTQ ran on the full XᵀX, and the folder loads
+// and runs.
+TEST(QuantizeSequential, WritesThePublishedFormatFromItsOwnStatistics) {
+    TempDir dir;
+    SynthOptions so;
+    so.out = (dir / "src").string();
+    synth_checkpoint(so);
+    test::write_file(dir / "p.txt", "one prompt\nanother prompt, longer than the first one\n");
+    CalibrateOptions co;
+    co.model = so.out;
+    co.prompts = {(dir / "p.txt").string()};
+    co.out = (dir / "stats.st").string();
+    co.latent_hw = 4;
+    calibrate(co);
+    QuantizeOptions qo;
+    qo.src = so.out;
+    qo.progress = false;
+    qo.stats = co.out;
+    qo.out = (dir / "plain").string();
+    quantize_checkpoint(qo);
+    qo.stats.clear();
+    qo.sequential = true;
+    qo.calib = co;
+    qo.out = (dir / "seq").string();
+    const json report = quantize_checkpoint(qo);
+    check_layout(dir / "seq", dir / "src" / "model.safetensors", true);
+    EXPECT_EQ(report["sequential"]["sequences"], 4);
+    EXPECT_EQ(report["sequential"]["sequences_dropped"], 0);
+    const json meta = read_json(dir / "seq" / "awq_meta.json");
+    EXPECT_EQ(meta["awq_linears"], 28);
+    EXPECT_EQ(meta["tasks_calibrated"].back(), "sequential");
+    auto plain = LanceCheckpoint::open((dir / "plain").string());
+    auto seq = LanceCheckpoint::open((dir / "seq").string());
+    for (bool gen : {false, true}) {
+        const PathNames l0 = path_names(0, gen), l1 = path_names(1, gen);
+        for (PathLinear pl : kAllPathLinears) {
+            EXPECT_EQ(read_quantized(*plain, l0[pl]).qweight, read_quantized(*seq, l0[pl]).qweight)
+                << l0[pl];
+            EXPECT_NE(read_quantized(*plain, l1[pl]).qweight, read_quantized(*seq, l1[pl]).qweight)
+                << l1[pl];
+        }
+    }
+
+    qo.calib.hessian = true;
+    qo.out = (dir / "seq-h").string();
+    const json rh = quantize_checkpoint(qo);
+    check_layout(dir / "seq-h", dir / "src" / "model.safetensors", true);
+    for (auto it = rh["linears"].begin(); it != rh["linears"].end(); ++it)
+        EXPECT_TRUE(it.value()["full_hessian"].get<bool>()) << it.key();
+    auto ck = LanceCheckpoint::open((dir / "seq-h").string());
+    EXPECT_EQ(ck->kind(), CheckpointKind::Awq);
+    const LanceWeights w(*ck);
+    DecoderSession s(w);
+    SequenceBuilder sb(ck->config());
+    sb.text({1, 2, 3, 40, 50});
+    Outputs out;
+    s.forward(sb.build(), nullptr, false, out, {});
+    for (float v : out.logits) ASSERT_TRUE(std::isfinite(v));
+
+    // Bad combinations are one-line errors and leave nothing behind.
+    qo.out = (dir / "bad").string();
+    qo.calib.prompts.clear();
+    EXPECT_THROW(quantize_checkpoint(qo), Error);
+    qo.calib.prompts = {(dir / "p.txt").string()};
+    qo.method = "rtn";
+    EXPECT_THROW(quantize_checkpoint(qo), Error);
+    qo.method = "awq-gptq";
+    qo.calib.gen_steps = 3;
+    EXPECT_THROW(quantize_checkpoint(qo), Error);
+    EXPECT_FALSE(fs::exists(dir / "bad"));
+    const auto r =
+        run_lancet("quantize --sequential --src " + q(dir / "src") + " --out " + q(dir / "bad"));
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(count_lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find("--prompts"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace lancet

@@ -70,6 +70,9 @@ void add_calibrate(CLI::App& app) {
                     "OUT [PART...]: join partial files (default OUT.parts/rank-*.safetensors) "
                     "into OUT")
         ->expected(1, -1);
+    cmd->add_flag("--hessian", o->hessian,
+                  "Also record XᵀX over every input (<linear>.hessian, packed upper triangle), "
+                  "which GPTQ then uses instead of the reservoir rows (one rank only)");
     cmd->callback([o, no_gen, no_vit, merge] {
         if (!merge->empty()) {
             const std::string out = merge->front();

@@ -45,6 +45,38 @@ void add_quantize(CLI::App& app) {
     cmd->add_flag("--act-order", opt->act_order,
                   "GPTQ: quantize columns by descending diag(XᵀX) (grids fixed first, from the "
                   "original order)");
+    cmd->add_flag(
+        "--no-full-hessian", [opt](int64_t) { opt->full_hessian = false; },
+        "GPTQ: build H from the reservoir's search rows even when the statistics carry "
+        "the full XᵀX");
+    // Sequential calibration: calibrate's options, recorded here layer by layer.
+    cmd->add_flag("--sequential", opt->sequential,
+                  "Record each layer's statistics with the earlier layers already quantized "
+                  "(needs --prompts; --stats then serves lm_head and the ViT only)");
+    cmd->add_option("--prompts", opt->calib.prompts,
+                    "--sequential: calibration prompt files, as for calibrate");
+    cmd->add_option("--max-rows", opt->max_rows,
+                    "--sequential: residual-stream rows held (rows x hidden x 4 bytes); later "
+                    "sequences are left out")
+        ->capture_default_str();
+    cmd->add_option("--rows", opt->calib.rows, "--sequential: reservoir rows kept per linear")
+        ->capture_default_str();
+    cmd->add_option("--max-prompt-tokens", opt->calib.max_prompt_tokens,
+                    "--sequential: cut longer prompts")
+        ->capture_default_str();
+    cmd->add_option("--latent-size", opt->calib.latent_hw,
+                    "--sequential: side of the gen path's noisy latent block")
+        ->capture_default_str();
+    cmd->add_flag(
+        "--no-gen", [opt](int64_t) { opt->calib.gen = false; },
+        "--sequential: calibrate the und path only");
+    cmd->add_flag(
+        "--no-vit", [opt](int64_t) { opt->calib.vit = false; },
+        "--sequential: x2t example files as text only");
+    cmd->add_option("--seed", opt->calib.seed, "--sequential: seed for latents and reservoirs")
+        ->capture_default_str();
+    cmd->add_flag("--hessian", opt->calib.hessian,
+                  "--sequential: accumulate each layer's full XᵀX in memory for GPTQ");
     auto no_compare = std::make_shared<bool>(false);
     cmd->add_flag("--no-compare", *no_compare,
                   "gptq/awq-gptq: skip the other GPTQ variant the report compares against");

@@ -217,8 +217,7 @@ LanceWeights::LanceWeights(const LanceCheckpoint& ck, const DecoderOptions& opt)
     if (opt.logits_limit > cfg_.vocab_size)
         fail(ck.dir(), ": the tokenizer has ", opt.logits_limit,
              " tokens but llm_config.json's vocab_size is ", cfg_.vocab_size);
-    const size_t H = cfg_.hidden_size, hd = cfg_.head_dim(), qd = cfg_.q_dim(), kvd = cfg_.kv_dim(),
-                 I = cfg_.intermediate_size;
+    const size_t H = cfg_.hidden_size, hd = cfg_.head_dim();
     if (cfg_.num_attention_heads % cfg_.num_key_value_heads != 0)
         fail(ck.dir(), ": num_attention_heads is not a multiple of num_key_value_heads");
     const int msum = cfg_.mrope_section[0] + cfg_.mrope_section[1] + cfg_.mrope_section[2];
@@ -227,29 +226,15 @@ LanceWeights::LanceWeights(const LanceCheckpoint& ck, const DecoderOptions& opt)
     embed_ = ck.tensor(lance_names::kEmbedTokens);
     if (embed_.numel() != static_cast<int64_t>(cfg_.vocab_size) * cfg_.hidden_size)
         fail(ck.dir(), ": embed_tokens has the wrong size");
-    layers_.resize(cfg_.num_hidden_layers);
-    for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
-        for (int p = 0; p < 2; ++p) {
-            if (!(p == 0 ? opt.load_und : opt.load_gen)) continue;
-            const PathNames n = path_names(l, p == 1);
-            PathWeights& w = layers_[l].path[p];
-            w.ln = load_f32(ck, n.input_norm, H);
-            w.post = load_f32(ck, n.post_norm, H);
-            w.q_norm = load_f32(ck, n.q_norm, hd);
-            w.k_norm = load_f32(ck, n.k_norm, hd);
-            w.bq = load_f32(ck, n.bias(PathLinear::Q), qd);
-            w.bk = load_f32(ck, n.bias(PathLinear::K), kvd);
-            w.bv = load_f32(ck, n.bias(PathLinear::V), kvd);
-            w.q = load_linear(ck, n[PathLinear::Q], qd, H, bf16_weights_);
-            w.k = load_linear(ck, n[PathLinear::K], kvd, H, bf16_weights_);
-            w.v = load_linear(ck, n[PathLinear::V], kvd, H, bf16_weights_);
-            w.o = load_linear(ck, n[PathLinear::O], H, qd, bf16_weights_);
-            w.gate = load_linear(ck, n[PathLinear::Gate], I, H, bf16_weights_);
-            w.up = load_linear(ck, n[PathLinear::Up], I, H, bf16_weights_);
-            w.down = load_linear(ck, n[PathLinear::Down], H, I, bf16_weights_);
-        }
+    embeddings_only_ = opt.embeddings_only;
+    if (!embeddings_only_) {
+        layers_.resize(cfg_.num_hidden_layers);
+        for (int l = 0; l < cfg_.num_hidden_layers; ++l)
+            for (int p = 0; p < 2; ++p)
+                if (p == 0 ? opt.load_und : opt.load_gen)
+                    layers_[l].path[p] = load_layer_path(ck, l, p == 1, bf16_weights_);
     }
-    if (has_und_) {
+    if (has_und_ && !embeddings_only_) {
         norm_[0] = load_f32(ck, lance_names::kNorm, H);
         const std::string head = lance_names::kLmHead;
         if (opt.lm_head == DecoderOptions::LmHead::Int4 && ck.quant_meta() &&
@@ -265,6 +250,31 @@ LanceWeights::LanceWeights(const LanceCheckpoint& ck, const DecoderOptions& opt)
         }
     }
     if (has_gen_) load_gen_bridge(ck);
+}
+
+LayerPathWeights load_layer_path(const LanceCheckpoint& ck, int l, bool gen, bool bf16_weights) {
+    const LanceConfig& cfg = ck.config();
+    if (l < 0 || l >= cfg.num_hidden_layers)
+        fail(ck.dir(), ": layer ", l, " is outside 0..", cfg.num_hidden_layers - 1);
+    const size_t H = cfg.hidden_size, hd = cfg.head_dim(), qd = cfg.q_dim(), kvd = cfg.kv_dim(),
+                 I = cfg.intermediate_size;
+    const PathNames n = path_names(l, gen);
+    LayerPathWeights w;
+    w.ln = load_f32(ck, n.input_norm, H);
+    w.post = load_f32(ck, n.post_norm, H);
+    w.q_norm = load_f32(ck, n.q_norm, hd);
+    w.k_norm = load_f32(ck, n.k_norm, hd);
+    w.bq = load_f32(ck, n.bias(PathLinear::Q), qd);
+    w.bk = load_f32(ck, n.bias(PathLinear::K), kvd);
+    w.bv = load_f32(ck, n.bias(PathLinear::V), kvd);
+    w.q = load_linear(ck, n[PathLinear::Q], qd, H, bf16_weights);
+    w.k = load_linear(ck, n[PathLinear::K], kvd, H, bf16_weights);
+    w.v = load_linear(ck, n[PathLinear::V], kvd, H, bf16_weights);
+    w.o = load_linear(ck, n[PathLinear::O], H, qd, bf16_weights);
+    w.gate = load_linear(ck, n[PathLinear::Gate], I, H, bf16_weights);
+    w.up = load_linear(ck, n[PathLinear::Up], I, H, bf16_weights);
+    w.down = load_linear(ck, n[PathLinear::Down], H, I, bf16_weights);
+    return w;
 }
 
 DecoderSession::DecoderSession(const LanceWeights& weights)
@@ -415,13 +425,8 @@ void DecoderSession::check_batch(const Batch& b) const {
     if (!b.splits.empty()) check_splits(b.splits, n, "forward");
 }
 
-void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Outputs& out,
-                             const ForwardOptions& opt) {
-    check_batch(b);
-    const size_t n = b.size(), H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim();
-    KvCache& cache = cache_in ? *cache_in : s_.own_cache;
-    if (!cache.matches(w_.cfg_)) fail("forward: the KV cache was made for another model shape");
-    if (!cache_in) cache.clear();
+void DecoderSession::prepare(const Batch& b, KvCache& cache) {
+    const size_t n = b.size(), hd = w_.cfg_.head_dim();
     const size_t P = cache.size();
     // Geometric growth: decoding without a reservation must not copy the cache every token.
     if (P + n > cache.capacity()) cache.reserve(std::max(P + n, cache.capacity() * 3 / 2 + 64));
@@ -432,21 +437,9 @@ void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Out
     perm.clear();
     for (size_t i = 0; i < n; ++i)
         if (b.is_gen.empty() || !b.is_gen[i]) perm.push_back(static_cast<int32_t>(i));
-    const size_t n_und = perm.size(), n_gen = n - n_und;
+    const size_t n_gen = n - perm.size();
     for (size_t i = 0; i < n && n_gen; ++i)
         if (b.is_gen[i]) perm.push_back(static_cast<int32_t>(i));
-
-    grow(s_.x, n * H);
-    float* x = s_.x.data();
-    if (b.embeddings) {
-        for (size_t r = 0; r < n; ++r) std::copy_n(b.embeddings + perm[r] * H, H, x + r * H);
-    } else {
-        for (size_t r = 0; r < n_und; ++r) w_.embed_tokens(&b.token_ids[perm[r]], 1, x + r * H);
-        // embed_latents uses s_.tmp, s_.feat, s_.o and s_.h, never s_.x.
-        if (n_gen)
-            embed_latents(b.latents.data(), b.timesteps.data(), b.pe3d_index.data(), n_gen,
-                          x + n_und * H);
-    }
 
     s_.rope_pos.resize(n);
     for (size_t r = 0; r < n; ++r) s_.rope_pos[r] = b.positions[perm[r]];
@@ -472,13 +465,87 @@ void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Out
     }
     for (size_t i = 0; i < n; ++i)
         cache.hidden()[P + i] = s_.modes[s_.split_of[i]] == kernels::AttnSplit::Noise;
-    kernels::AttnMask mask;
+    kernels::AttnMask& mask = s_.mask;
+    mask = {};
     mask.kind = kernels::AttnMask::Kind::Splits;
     mask.n_cached = P;
     mask.cached_hidden = cache.hidden();
     mask.split_of = s_.split_of.data();
     mask.modes = s_.modes.data();
     mask.split_end = s_.split_end.data();
+}
+
+void DecoderSession::embed_rows(const Batch& b) {
+    const size_t n = b.size(), H = w_.cfg_.hidden_size;
+    const auto& perm = s_.perm;
+    size_t n_und = 0;
+    for (size_t r = 0; r < n; ++r) n_und += b.is_gen.empty() || !b.is_gen[perm[r]];
+    const size_t n_gen = n - n_und;
+    grow(s_.x, n * H);
+    float* x = s_.x.data();
+    if (b.embeddings) {
+        for (size_t r = 0; r < n; ++r) std::copy_n(b.embeddings + perm[r] * H, H, x + r * H);
+    } else {
+        for (size_t r = 0; r < n_und; ++r) w_.embed_tokens(&b.token_ids[perm[r]], 1, x + r * H);
+        // embed_latents uses s_.tmp, s_.feat, s_.o and s_.h, never s_.x.
+        if (n_gen)
+            embed_latents(b.latents.data(), b.timesteps.data(), b.pe3d_index.data(), n_gen,
+                          x + n_und * H);
+    }
+}
+
+void DecoderSession::embed_inputs(const Batch& b, float* out) {
+    check_batch(b);
+    const size_t n = b.size(), H = w_.cfg_.hidden_size;
+    KvCache& cache = s_.own_cache;
+    cache.clear();
+    prepare(b, cache);
+    embed_rows(b);
+    for (size_t r = 0; r < n; ++r) std::copy_n(&s_.x[r * H], H, out + s_.perm[r] * H);
+}
+
+void DecoderSession::forward_layer(const Batch& b, int l, const LayerPathWeights* und,
+                                   const LayerPathWeights* gen, float* x,
+                                   const ActivationObserver& observer) {
+    check_batch(b);
+    if (l < 0 || l >= w_.cfg_.num_hidden_layers)
+        fail("forward_layer: layer ", l, " is outside 0..", w_.cfg_.num_hidden_layers - 1);
+    const size_t n = b.size(), H = w_.cfg_.hidden_size;
+    KvCache& cache = s_.own_cache;
+    if (!cache.matches(w_.cfg_)) fail("forward_layer: the KV cache was made for another model");
+    cache.clear();
+    prepare(b, cache);
+    size_t n_und = 0;
+    for (size_t r = 0; r < n; ++r) n_und += b.is_gen.empty() || !b.is_gen[s_.perm[r]];
+    if ((n_und > 0 && !und) || (n_und < n && !gen))
+        fail("forward_layer: layer ", l, ": no weights for the batch's ",
+             n_und > 0 && !und ? "und" : "gen", " rows");
+    grow(s_.x, n * H);
+    for (size_t r = 0; r < n; ++r) std::copy_n(x + s_.perm[r] * H, H, &s_.x[r * H]);
+    const LayerPathWeights* paths[2] = {und, gen};
+    const AttnGroup group{0, n, &cache, s_.mask};
+    run_layer(l, n, n_und, std::span<const AttnGroup>(&group, 1), observer, paths);
+    for (size_t r = 0; r < n; ++r) std::copy_n(&s_.x[r * H], H, x + s_.perm[r] * H);
+}
+
+void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Outputs& out,
+                             const ForwardOptions& opt) {
+    check_batch(b);
+    if (w_.embeddings_only_)
+        fail("forward: the weights were loaded with embeddings only (layer-by-layer runs)");
+    const size_t n = b.size(), H = w_.cfg_.hidden_size;
+    KvCache& cache = cache_in ? *cache_in : s_.own_cache;
+    if (!cache.matches(w_.cfg_)) fail("forward: the KV cache was made for another model shape");
+    if (!cache_in) cache.clear();
+    const size_t P = cache.size();
+    prepare(b, cache);
+    embed_rows(b);
+    const auto& perm = s_.perm;
+    size_t n_und = 0;
+    for (size_t r = 0; r < n; ++r) n_und += b.is_gen.empty() || !b.is_gen[perm[r]];
+    const size_t n_gen = n - n_und;
+    float* x = s_.x.data();
+    const kernels::AttnMask& mask = s_.mask;
 
     const AttnGroup group{0, n, &cache, mask};
     if (opt.layer_out) out.layer_out.resize(w_.cfg_.num_hidden_layers);
@@ -525,6 +592,8 @@ void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Out
 void DecoderSession::decode_step(std::span<const DecodeItem> items, Outputs& out) {
     if (items.empty()) fail("decode_step: no sequences");
     if (!w_.has_und_) fail("decode_step: the decoder was loaded without the und path");
+    if (w_.embeddings_only_)
+        fail("decode_step: the weights were loaded with embeddings only (layer-by-layer runs)");
     const size_t H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim(), V = w_.cfg_.vocab_size;
     size_t n = 0, longest = 0;
     for (size_t i = 0; i < items.size(); ++i) {
@@ -598,7 +667,8 @@ void DecoderSession::decode_step(std::span<const DecodeItem> items, Outputs& out
 }
 
 void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const AttnGroup> groups,
-                               const ActivationObserver& observer) {
+                               const ActivationObserver& observer,
+                               const LayerPathWeights* const* paths) {
     const size_t H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim(), nh = w_.cfg_.num_attention_heads,
                  nkv = w_.cfg_.num_key_value_heads, qd = w_.cfg_.q_dim(), kvd = w_.cfg_.kv_dim(),
                  I = w_.cfg_.intermediate_size;
@@ -616,7 +686,7 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
     for (int p = 0; p < 2; ++p) {
         const size_t b = begin[p], m = end[p] - begin[p];
         if (!m) continue;
-        const auto& w = w_.layers_[l].path[p];
+        const auto& w = paths ? *paths[p] : w_.layers_[l].path[p];
         kernels::rms_norm(ctx, view(x + b * H, m, H), w.ln.data(), eps, view(&s_.h[b * H], m, H));
         if (observer) observer(l, p == 1, LinearInput::Qkv, &s_.h[b * H], m, H);
         const kernels::LinearOut qkv[3] = {{&w.q, w.bq.data(), &s_.q[b * qd]},
@@ -682,7 +752,7 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
     for (int p = 0; p < 2; ++p) {
         const size_t b = begin[p], m = end[p] - begin[p];
         if (!m) continue;
-        const auto& w = w_.layers_[l].path[p];
+        const auto& w = paths ? *paths[p] : w_.layers_[l].path[p];
         if (observer) observer(l, p == 1, LinearInput::O, &s_.att[b * qd], m, qd);
         lin(ctx_, &s_.att[b * qd], m, w.o, nullptr, s_.o.data());
         kernels::add(ctx, view(x + b * H, m, H), view(s_.o.data(), m, H), view(x + b * H, m, H));

@@ -166,7 +166,23 @@ struct DecoderOptions {
     // without INT4 linears, and an lm_head already stored quantized, are always run as stored.
     enum class LmHead { Stored, Int4 };
     LmHead lm_head = LmHead::Stored;
+    // Load the input embeddings (embed_tokens and the gen path's latent bridge) only, not the
+    // layers, final norms or lm_head: for layer-by-layer runs (DecoderSession::forward_layer),
+    // whose callers bring each layer's weights; forward() then fails.
+    bool embeddings_only = false;
 };
+
+// One decoder layer's weights of one path (und or gen) as the kernels run them: norms and biases
+// in f32, the seven linears repacked. LanceWeights holds one per layer and path; layer-by-layer
+// callers (sequential calibration) build their own with load_layer_path.
+struct LayerPathWeights {
+    std::vector<float> ln, post, q_norm, k_norm, bq, bk, bv;
+    kernels::LinearWeight q, k, v, o, gate, up, down;
+};
+
+// Loads layer `layer` of the und (gen = false) or gen path of `ck` (original or INT4), F32
+// linears held as BF16 when `bf16_weights`. The one loader LanceWeights uses too.
+LayerPathWeights load_layer_path(const LanceCheckpoint& ck, int layer, bool gen, bool bf16_weights);
 
 // The decoder's weights, converted and repacked once, immutable afterwards: any number of
 // DecoderSessions (requests, CFG's two caches, threads) run over one LanceWeights at the same
@@ -190,10 +206,7 @@ class LanceWeights {
 
   private:
     friend class DecoderSession;
-    struct PathWeights {
-        std::vector<float> ln, post, q_norm, k_norm, bq, bk, bv;
-        kernels::LinearWeight q, k, v, o, gate, up, down;
-    };
+    using PathWeights = LayerPathWeights;
     struct Layer {
         PathWeights path[2];  // und, gen
     };
@@ -203,6 +216,7 @@ class LanceWeights {
     int64_t logits_limit_;
     bool bf16_weights_ = false;
     bool has_und_ = true, has_gen_ = true;
+    bool embeddings_only_ = false;
     TensorView embed_;
     std::vector<Layer> layers_;
     std::vector<float> norm_[2];
@@ -259,18 +273,35 @@ class DecoderSession {
     // PE3D row pos_id (Error when outside the table).
     void pe3d(int64_t pos_id, float* out) const { w_.pe3d(pos_id, out); }
 
+    // Layer by layer (sequential calibration): the steps of forward() for one whole sequence
+    // (no prior cache), split so the caller keeps the residual stream between layers and brings
+    // each layer's weights. x [n, hidden] in sequence order: embed_inputs writes the input
+    // embeddings forward() starts from; forward_layer replaces layer `layer`'s input by its
+    // output, running the und rows with `und` and the gen rows with `gen` (either may be null
+    // when the batch has no rows of that path). Running every layer this way with the weights
+    // LanceWeights holds gives forward()'s layer_out bit for bit.
+    void embed_inputs(const Batch& batch, float* x);
+    void forward_layer(const Batch& batch, int layer, const LayerPathWeights* und,
+                       const LayerPathWeights* gen, float* x, const ActivationObserver& observer);
+
   private:
     void check_batch(const Batch& b) const;
     // Rows [row0, row0 + rows) of the chunk attend together against `cache` under `mask`; their
     // keys/values go to the cache slots n_cached + perm[r] (perm: the row's position in its own
-    // chunk). forward() has one group, decode_step() one per sequence.
+    // chunk). forward() and forward_layer() have one group, decode_step() one per sequence.
     struct AttnGroup {
         size_t row0 = 0, rows = 0;
         KvCache* cache = nullptr;
         kernels::AttnMask mask;
     };
+    // Row order, RoPE angles and the split mask of `b` after the `cache`'s tokens (s_.perm,
+    // s_.rope, s_.mask), then the input embeddings into s_.x in that row order.
+    void prepare(const Batch& b, KvCache& cache);
+    void embed_rows(const Batch& b);
+    // paths: the und and gen weights of layer l (null: LanceWeights' own).
     void run_layer(int l, size_t n, size_t n_und, std::span<const AttnGroup> groups,
-                   const ActivationObserver& observer);
+                   const ActivationObserver& observer,
+                   const LayerPathWeights* const* paths = nullptr);
 
     const LanceWeights& w_;
     kernels::OpContext ctx_;
@@ -280,6 +311,7 @@ class DecoderSession {
         std::vector<int32_t> perm, split_of, split_end;
         std::vector<AttnGroup> groups;
         std::vector<kernels::AttnSplit> modes;
+        kernels::AttnMask mask;
         std::vector<float> x, h, q, k, v, att, o, gate, up, feat, tmp;
         std::vector<RopePosition> rope_pos;
         kernels::RopeTable rope;

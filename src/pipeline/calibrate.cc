@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -340,7 +341,7 @@ std::string fingerprint(const CalibrateOptions& opt, const Plan& pl) {
 // first seen in (each rank sees its own items), so seeds and keys agree across ranks.
 class Recorder {
   public:
-    Recorder(int rows, uint64_t seed) : rows_(rows), seed_(seed) {}
+    Recorder(int rows, uint64_t seed, bool hessian) : rows_(rows), seed_(seed), hessian_(hessian) {}
 
     void begin_item(int64_t item) {
         item_ = item;
@@ -351,7 +352,7 @@ class Recorder {
         auto it = acc_.find(slot);
         if (it == acc_.end()) {
             Slot s{std::make_unique<quant::StatsAccumulator>(static_cast<int>(dim), rows_,
-                                                             name_hash(seed_, slot)),
+                                                             name_hash(seed_, slot), hessian_),
                    names};
             s.acc->begin_item(item_);
             it = acc_.emplace(slot, std::move(s)).first;
@@ -375,6 +376,7 @@ class Recorder {
     };
     int rows_;
     uint64_t seed_;
+    bool hessian_;
     int64_t item_ = 0;
     std::map<std::string, Slot> acc_;
 };
@@ -387,31 +389,17 @@ std::vector<std::string> decoder_linears(int layer, bool gen, LinearInput which)
     return v;
 }
 
-}  // namespace
-
-std::string calibrate_part_path(const std::string& out, int rank, int world) {
-    return (fs::path(out + ".parts") / rank_part_name(rank, world, ".safetensors")).string();
+// The Recorder slot of a decoder linear input: its seed (and so its reservoir) depends on the
+// position only, never on the order inputs are first seen in (ranks, layer-by-layer runs).
+std::string decoder_slot(int layer, bool gen, LinearInput which) {
+    char slot[48];
+    std::snprintf(slot, sizeof slot, "L%03d.%c.%d", layer, gen ? 'g' : 'u',
+                  static_cast<int>(which));
+    return slot;
 }
 
-void calibrate_merge(const std::string& out, std::vector<std::string> parts) {
-    if (parts.empty()) {
-        const fs::path dir(out + ".parts");
-        std::error_code ec;
-        if (!fs::is_directory(dir, ec))
-            fail("calibrate --merge: ", dir.string(), " does not exist (give the parts)");
-        for (const auto& e : fs::directory_iterator(dir, ec)) {
-            const std::string f = e.path().filename().string();
-            if (f.rfind("rank-", 0) == 0 && f.ends_with(".safetensors"))
-                parts.push_back(e.path().string());
-        }
-        std::sort(parts.begin(), parts.end());
-        if (parts.empty()) fail("calibrate --merge: no parts in ", dir.string());
-    }
-    check_not_source(out);
-    quant::reduce_partial_stats_files(parts, out);
-}
-
-void calibrate(const CalibrateOptions& opt) {
+// Checks shared by calibrate() and sequential calibration, before anything loads.
+void check_calibrate_options(const CalibrateOptions& opt) {
     if (opt.rows < 8) fail("calibrate: --rows must be at least 8");
     if (opt.max_prompt_tokens < 1) fail("calibrate: --max-prompt-tokens must be at least 1");
     if (opt.gen_steps < 0 || opt.gen_steps > 1000)
@@ -420,69 +408,28 @@ void calibrate(const CalibrateOptions& opt) {
         fail(
             "calibrate: --no-gen applies to --prompts calibration; leave generation tasks out "
             "of --tasks instead");
-    const RankInfo rank = launcher_rank(opt.world_size, "calibrate");
-    auto ck = LanceCheckpoint::open(opt.model);
-    check_not_source(opt.out);  // before the decoder runs, not after
-    if (ck->kind() != CheckpointKind::Original)
-        fail(opt.model, ": calibrate needs the original (unquantized) checkpoint");
-    const Qwen2Tokenizer tok = Qwen2Tokenizer::load(opt.model);
-    const LanceConfig& cfg = ck->config();
     if (!opt.vit_preset.empty()) stream_spec(opt.vit_preset, VisionStream::Vit);  // known preset
-    const Plan pl = make_plan(opt, *ck);
-    const std::string vae_path = pl.need_vae ? resolve_vae_path(opt.model) : std::string();
-    const bool tasks_mode = !opt.tasks.empty();
-    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
-    const int64_t cal_lt = std::min<int64_t>((opt.frames - 1) / 4 + 1, max_lt);
-    if (tasks_mode && pl.need_gen && cal_lt < (opt.frames - 1) / 4 + 1)
-        log_info("calibrate: --frames ", opt.frames, " makes ", (opt.frames - 1) / 4 + 1,
-                 " latent frames; the model's PE3D table holds ", max_lt, ", using ", cal_lt);
+}
 
-    std::vector<size_t> mine;
-    for (size_t i = 0; i < pl.items.size(); ++i)
-        if (static_cast<int>(i % static_cast<size_t>(rank.world)) == rank.rank) mine.push_back(i);
-    if (rank.world > 1)
-        log_info("calibrate: rank ", rank.rank, " of ", rank.world, " (from $", rank.source,
-                 "): ", mine.size(), " of ", pl.items.size(), " items");
+// Runs one calibration item: every decoder sequence it makes goes to `sequence` (x2t batches
+// carry their ViT rows in `embeddings`, valid during the call), every sampler trajectory runs
+// flow_sample on `decoder` with `observer`. calibrate() forwards each sequence; sequential
+// calibration keeps their input rows. Both see the same sequences in the same order.
+struct ItemRunner {
+    const CalibrateOptions& opt;
+    const Plan& pl;
+    const LanceConfig& cfg;
+    const Qwen2Tokenizer& tok;
+    DecoderSession& decoder;
+    VisionTower* tower;
+    std::string vae_path;
+    int64_t cal_lt;
+    std::function<void(const Batch&)> sequence;
+    ActivationObserver observer;  // trajectories
 
-    Recorder rec(opt.rows, opt.seed);
-    size_t rows_seen[2] = {0, 0}, vit_rows = 0;
-    std::unique_ptr<LanceWeights> weights;
-    std::unique_ptr<DecoderSession> decoder;
-    std::unique_ptr<VisionTower> tower;
-    ForwardOptions fo;
-    fo.logits = LogitRows::None;
-    fo.velocity = false;
-    fo.observer = [&](int layer, bool gen, LinearInput which, const float* x, size_t n,
-                      size_t dim) {
-        if (layer == 0 && which == LinearInput::Qkv) rows_seen[gen] += n;
-        char slot[48];
-        std::snprintf(slot, sizeof slot, "L%03d.%c.%d", layer, gen ? 'g' : 'u',
-                      static_cast<int>(which));
-        rec.add(slot, decoder_linears(layer, gen, which), x, n, dim);
-    };
-    if (!mine.empty()) {
-        DecoderOptions dopt;
-        // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
-        dopt.bf16_weights = true;
-        dopt.load_gen = pl.need_gen;
-        dopt.logits_limit = static_cast<int64_t>(tok.size());
-        weights = std::make_unique<LanceWeights>(*ck, dopt);
-        decoder = std::make_unique<DecoderSession>(*weights);
-        if (pl.need_vit) {
-            tower = std::make_unique<VisionTower>(*ck, /*bf16_weights=*/true);
-            tower->set_observer(
-                [&](int block, VitLinearInput which, const float* x, size_t n, size_t dim) {
-                    if (block == 0 && which == VitLinearInput::Qkv) vit_rows += n;
-                    char slot[48];
-                    std::snprintf(slot, sizeof slot, "V%03d.%d", block, static_cast<int>(which));
-                    rec.add(slot, vit_linears(block, which), x, n, dim);
-                });
-        }
-    }
+    bool tasks_mode() const { return !opt.tasks.empty(); }
 
-    Outputs outputs;
-    const auto t0 = std::chrono::steady_clock::now();
-    auto run_text = [&](const CalibrationPrompt& p) {
+    void run_text(const CalibrationPrompt& p) {
         std::vector<ChatMessage> msgs = {{"user", p.user}};
         if (!p.assistant.empty()) msgs.push_back({"assistant", p.assistant});
         const std::string text =
@@ -492,18 +439,19 @@ void calibrate(const CalibrateOptions& opt) {
             ids32.resize(opt.max_prompt_tokens);
         SequenceBuilder sb(cfg);
         sb.text(std::vector<int64_t>(ids32.begin(), ids32.end()));
-        decoder->forward(sb.build(), nullptr, false, outputs, fo);
-    };
+        sequence(sb.build());
+    }
     // x2t: the ViT (its linears observed), then the decoder on the x2t prompt with the reference
     // answer after it.
-    auto run_x2t = [&](const X2tExample& e) {
+    void run_x2t(const X2tExample& e) {
         const std::string preset =
-            tasks_mode ? pl.preset
-                       : (opt.vit_preset.empty() ? x2t_default_preset(e.is_video) : opt.vit_preset);
+            tasks_mode()
+                ? pl.preset
+                : (opt.vit_preset.empty() ? x2t_default_preset(e.is_video) : opt.vit_preset);
         const PreprocessResult px = load_x2t_media(e.media, e.is_video, preset);
         std::vector<float> emb;
         Batch b =
-            x2t_prompt_batch(*decoder, *tower, tok, px.pixels, e.instruction, e.question, 0, emb);
+            x2t_prompt_batch(decoder, *tower, tok, px.pixels, e.instruction, e.question, 0, emb);
         // The reference answer and <|im_end|> after the prompt, as text continuing the positions
         // (the rendered training sample), within --max-prompt-tokens.
         std::vector<int32_t> ans = tok.encode(e.answer + "<|im_end|>");
@@ -519,16 +467,17 @@ void calibrate(const CalibrateOptions& opt) {
             b.positions.push_back({next, next, next});
             ++next;
             emb.resize(emb.size() + H);
-            decoder->embed_tokens(&id64, 1, emb.data() + emb.size() - H);
+            decoder.embed_tokens(&id64, 1, emb.data() + emb.size() - H);
         }
         b.splits.back().len += static_cast<int64_t>(ans.size());
         b.embeddings = emb.data();
-        decoder->forward(b, nullptr, false, outputs, fo);
-    };
+        sequence(b);
+    }
     // A real trajectory: every forward of the sampler (prefix prefill into both caches, the noisy
     // block at every step and both CFG branches) passes the observer.
-    auto run_trajectory = [&](const GenTaskInput& in, size_t i, int steps, double shift,
-                              double cfg_scale) {
+    void run_trajectory(const GenTaskInput& in, size_t i, int steps, double shift,
+                        double cfg_scale) {
+        if (!observer) fail("calibrate: internal: a sampler trajectory without an observer");
         GenTaskInput g = in;
         g.noise =
             flow_noise(opt.seed + i, static_cast<size_t>(gen_task_rows(g)) * cfg.latent_channels);
@@ -537,10 +486,10 @@ void calibrate(const CalibrateOptions& opt) {
         so.steps = steps;
         so.shift = shift;
         so.cfg = cfg_scale;
-        so.observer = fo.observer;
-        flow_sample(*decoder, seq, so);
-    };
-    auto run_gen_item = [&](const CalItem& it, size_t i) {
+        so.observer = observer;
+        flow_sample(decoder, seq, so);
+    }
+    void run_gen_item(const CalItem& it, size_t i) {
         GenTaskInput in;
         in.task = it.gen_task;
         in.caption = it.gen.caption;
@@ -560,9 +509,9 @@ void calibrate(const CalibrateOptions& opt) {
             prepare_gen_media(it.gen_task, it.gen.media, cfg, mo, vit, in);
         }
         run_trajectory(in, i, pl.steps, opt.shift, opt.cfg);
-    };
+    }
     // The text recipe's gen path: a t2i-layout sequence of Gaussian latents at one flow time.
-    auto run_latent_proxy = [&](const CalibrationPrompt& p, size_t i) {
+    void run_latent_proxy(const CalibrationPrompt& p, size_t i) {
         const std::string head = "<|im_start|>system\n" + gen_system_prompt(GenTask::T2I) +
                                  "<|im_end|>\n<|im_start|>user\n" + p.user +
                                  "<|im_end|>\n<|im_start|>assistant\n";
@@ -580,19 +529,17 @@ void calibrate(const CalibrateOptions& opt) {
         SequenceBuilder g(cfg);
         g.text(std::vector<int64_t>(h32.begin(), h32.end()));
         g.latent_block(1, hw, hw, lat, t, SplitMode::Noise);
-        decoder->forward(g.build(), nullptr, false, outputs, fo);
-    };
-
-    for (size_t n = 0; n < mine.size(); ++n) {
-        const size_t i = mine[n];
+        sequence(g.build());
+    }
+    // Item i of the plan.
+    void run(size_t i) {
         const CalItem& it = pl.items[i];
-        rec.begin_item(static_cast<int64_t>(i));
         switch (it.kind) {
             case CalItem::Text:
                 run_text(it.prompt);
                 break;
             case CalItem::X2t:
-                if (tasks_mode) {
+                if (tasks_mode()) {
                     run_x2t(it.x2t);
                 } else {
                     // The text recipe: an item whose media cannot be loaded falls back to text.
@@ -622,6 +569,110 @@ void calibrate(const CalibrateOptions& opt) {
                 run_latent_proxy(it.prompt, i);
             }
         }
+    }
+};
+
+}  // namespace
+
+std::string calibrate_part_path(const std::string& out, int rank, int world) {
+    return (fs::path(out + ".parts") / rank_part_name(rank, world, ".safetensors")).string();
+}
+
+void calibrate_merge(const std::string& out, std::vector<std::string> parts) {
+    if (parts.empty()) {
+        const fs::path dir(out + ".parts");
+        std::error_code ec;
+        if (!fs::is_directory(dir, ec))
+            fail("calibrate --merge: ", dir.string(), " does not exist (give the parts)");
+        for (const auto& e : fs::directory_iterator(dir, ec)) {
+            const std::string f = e.path().filename().string();
+            if (f.rfind("rank-", 0) == 0 && f.ends_with(".safetensors"))
+                parts.push_back(e.path().string());
+        }
+        std::sort(parts.begin(), parts.end());
+        if (parts.empty()) fail("calibrate --merge: no parts in ", dir.string());
+    }
+    check_not_source(out);
+    quant::reduce_partial_stats_files(parts, out);
+}
+
+void calibrate(const CalibrateOptions& opt) {
+    check_calibrate_options(opt);
+    const RankInfo rank = launcher_rank(opt.world_size, "calibrate");
+    // H is summed in double in the order rows come, so partial Hessians would not add up to the
+    // same bits as one process's: no byte-identical reduction, so no sharding with it.
+    if (opt.hessian && rank.world > 1)
+        fail("calibrate: --hessian runs on one rank only (", rank.world,
+             " ranks given): the Hessian does not reduce byte-identically across shards");
+    auto ck = LanceCheckpoint::open(opt.model);
+    check_not_source(opt.out);  // before the decoder runs, not after
+    if (ck->kind() != CheckpointKind::Original)
+        fail(opt.model, ": calibrate needs the original (unquantized) checkpoint");
+    const Qwen2Tokenizer tok = Qwen2Tokenizer::load(opt.model);
+    const LanceConfig& cfg = ck->config();
+    const Plan pl = make_plan(opt, *ck);
+    const std::string vae_path = pl.need_vae ? resolve_vae_path(opt.model) : std::string();
+    const bool tasks_mode = !opt.tasks.empty();
+    const int64_t max_lt = cfg.max_num_frames / 4 + 1;
+    const int64_t cal_lt = std::min<int64_t>((opt.frames - 1) / 4 + 1, max_lt);
+    if (tasks_mode && pl.need_gen && cal_lt < (opt.frames - 1) / 4 + 1)
+        log_info("calibrate: --frames ", opt.frames, " makes ", (opt.frames - 1) / 4 + 1,
+                 " latent frames; the model's PE3D table holds ", max_lt, ", using ", cal_lt);
+
+    std::vector<size_t> mine;
+    for (size_t i = 0; i < pl.items.size(); ++i)
+        if (static_cast<int>(i % static_cast<size_t>(rank.world)) == rank.rank) mine.push_back(i);
+    if (rank.world > 1)
+        log_info("calibrate: rank ", rank.rank, " of ", rank.world, " (from $", rank.source,
+                 "): ", mine.size(), " of ", pl.items.size(), " items");
+
+    Recorder rec(opt.rows, opt.seed, opt.hessian);
+    size_t rows_seen[2] = {0, 0}, vit_rows = 0;
+    std::unique_ptr<LanceWeights> weights;
+    std::unique_ptr<DecoderSession> decoder;
+    std::unique_ptr<VisionTower> tower;
+    ForwardOptions fo;
+    fo.logits = LogitRows::None;
+    fo.velocity = false;
+    fo.observer = [&](int layer, bool gen, LinearInput which, const float* x, size_t n,
+                      size_t dim) {
+        if (layer == 0 && which == LinearInput::Qkv) rows_seen[gen] += n;
+        rec.add(decoder_slot(layer, gen, which), decoder_linears(layer, gen, which), x, n, dim);
+    };
+    if (!mine.empty()) {
+        DecoderOptions dopt;
+        // Lance runs in bf16; calibrating with the weights it runs with also halves an F32 model.
+        dopt.bf16_weights = true;
+        dopt.load_gen = pl.need_gen;
+        dopt.logits_limit = static_cast<int64_t>(tok.size());
+        weights = std::make_unique<LanceWeights>(*ck, dopt);
+        decoder = std::make_unique<DecoderSession>(*weights);
+        if (pl.need_vit) {
+            tower = std::make_unique<VisionTower>(*ck, /*bf16_weights=*/true);
+            tower->set_observer(
+                [&](int block, VitLinearInput which, const float* x, size_t n, size_t dim) {
+                    if (block == 0 && which == VitLinearInput::Qkv) vit_rows += n;
+                    char slot[48];
+                    std::snprintf(slot, sizeof slot, "V%03d.%d", block, static_cast<int>(which));
+                    rec.add(slot, vit_linears(block, which), x, n, dim);
+                });
+        }
+    }
+
+    Outputs outputs;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::unique_ptr<ItemRunner> runner;
+    if (decoder)
+        runner.reset(new ItemRunner{
+            opt, pl, cfg, tok, *decoder, tower.get(), vae_path, cal_lt,
+            [&](const Batch& b) { decoder->forward(b, nullptr, false, outputs, fo); },
+            fo.observer});
+
+    for (size_t n = 0; n < mine.size(); ++n) {
+        const size_t i = mine[n];
+        const CalItem& it = pl.items[i];
+        rec.begin_item(static_cast<int64_t>(i));
+        runner->run(i);
         const double s =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         log_info("calibrate: item ", n + 1, "/", mine.size(), " (", it.label,
@@ -668,6 +719,159 @@ void calibrate(const CalibrateOptions& opt) {
     }
     quant::reduce_partial_stats_files(parts, opt.out);
     log_info("calibrate: merged ", parts.size(), " parts into ", opt.out);
+}
+
+void write_decoder_stats(quant::StatsFileWriter& w, const LanceConfig& cfg,
+                         const DecoderStatsSlots& stats, const ExtraStats& extra) {
+    // Name order: what calibrate() writes (quant::write_stats_file), so the files compare.
+    std::map<std::string, const quant::StatsAccumulator*> order;
+    for (int l = 0; l < cfg.num_hidden_layers; ++l)
+        for (int gen = 0; gen < 2; ++gen)
+            for (int k = 0; k < kLinearInputs; ++k) {
+                const auto& a = stats[static_cast<size_t>(l) * 2 + gen][k];
+                if (!a) continue;
+                for (const std::string& n :
+                     decoder_linears(l, gen == 1, static_cast<LinearInput>(k)))
+                    order.emplace(n, a.get());
+            }
+    for (const auto& [base, acc] : extra) order.emplace(base, acc);
+    for (const auto& [base, acc] : order)
+        w.declare(base, acc->in(), acc->n_rows(), false, acc->hessian());
+    // q/k/v (and gate/up) share one accumulator: reuse its statistics while the name runs on.
+    const quant::StatsAccumulator* last = nullptr;
+    quant::LinearStats cur;
+    for (const auto& [base, acc] : order) {
+        if (acc != last) cur = acc->stats(), last = acc;
+        w.write(base, cur);
+    }
+    w.finish();
+}
+
+SequentialCalibration::SequentialCalibration(const CalibrateOptions& opt, const LanceCheckpoint& ck,
+                                             int64_t max_rows)
+    : opt_(opt), ck_(ck) {
+    if (max_rows < 1) fail("sequential calibration: --max-rows must be at least 1");
+    check_calibrate_options(opt_);
+    if (opt_.gen_steps > 0)
+        fail(
+            "sequential calibration does not take --gen-steps yet (the gen path is calibrated "
+            "from the noise-latent proxy); record trajectories with `calibrate --gen-steps` and "
+            "quantize from --stats instead");
+    if (ck_.kind() != CheckpointKind::Original)
+        fail(ck_.dir(), ": calibration needs the original (unquantized) checkpoint");
+    const Plan pl = make_plan(opt_, ck_);
+    for (const CalItem& it : pl.items)
+        if (it.kind == CalItem::Gen)
+            fail(
+                "sequential calibration does not take generation tasks yet (they run sampler "
+                "trajectories); record them with `calibrate --tasks` and quantize from --stats");
+    tasks_ = pl.tasks;
+    const Qwen2Tokenizer tok = Qwen2Tokenizer::load(ck_.dir());
+    DecoderOptions dopt;
+    dopt.bf16_weights = true;  // as calibrate() runs the original model
+    dopt.logits_limit = static_cast<int64_t>(tok.size());
+    dopt.embeddings_only = true;
+    dopt.load_gen = pl.need_gen;
+    weights_ = std::make_unique<LanceWeights>(ck_, dopt);
+    session_ = std::make_unique<DecoderSession>(*weights_);
+    std::unique_ptr<VisionTower> tower;
+    if (pl.need_vit) {
+        tower = std::make_unique<VisionTower>(ck_, /*bf16_weights=*/true);
+        tower->set_observer([&](int block, VitLinearInput which, const float*, size_t n, size_t) {
+            if (block == 0 && which == VitLinearInput::Qkv) counts_.vit_tokens += n;
+        });
+    }
+    const size_t H = ck_.config().hidden_size, cap = static_cast<size_t>(max_rows);
+    rows_.reserve(std::min<size_t>(cap, size_t{1} << 16) * H);
+    int64_t item = 0;
+    ItemRunner runner{opt_,
+                      pl,
+                      ck_.config(),
+                      tok,
+                      *session_,
+                      tower.get(),
+                      std::string(),
+                      1,
+                      [&](const Batch& b) {
+                          if (n_rows_ + b.size() > cap) {
+                              if (dropped_++ == 0)
+                                  log_warn("sequential calibration: --max-rows ", max_rows,
+                                           " reached: later calibration sequences are left out");
+                              return;
+                          }
+                          offset_.push_back(n_rows_);
+                          item_.push_back(item);
+                          n_rows_ += b.size();
+                          rows_.resize(n_rows_ * H);
+                          session_->embed_inputs(b, &rows_[offset_.back() * H]);
+                          Batch kept = b;
+                          kept.embeddings = nullptr;
+                          for (uint8_t g : kept.is_gen) {
+                              has_gen_rows_ |= g != 0;
+                              (g ? counts_.gen_tokens : counts_.und_tokens) += 1;
+                          }
+                          if (kept.is_gen.empty()) counts_.und_tokens += b.size();
+                          seqs_.push_back(std::move(kept));
+                      },
+                      {}};
+    for (size_t i = 0; i < pl.items.size(); ++i) {
+        item = static_cast<int64_t>(i);
+        runner.run(i);
+    }
+    if (seqs_.empty()) fail("sequential calibration: --max-rows ", max_rows, " holds no sequence");
+    if (has_gen_rows_ && !weights_->has_gen())
+        fail(ck_.dir(), ": the calibration has latent rows but the checkpoint no gen path");
+    log_info("sequential calibration: ", seqs_.size(), " sequences, ", n_rows_, " rows (",
+             n_rows_ * H * 4 / (1 << 20), " MiB of residual stream), ", dropped_,
+             " sequences left out");
+}
+
+SequentialCalibration::~SequentialCalibration() = default;
+
+DecoderStatsSlots SequentialCalibration::record(int layer, const LayerPathWeights& und,
+                                                const LayerPathWeights* gen) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const size_t H = ck_.config().hidden_size;
+    DecoderStatsSlots slots(2);
+    // Each row keyed by (item, its number in the item) exactly as calibrate()'s Recorder keys it,
+    // with the same per-slot seeds: the same rows in the same order give the same reservoir (and
+    // the same H).
+    int64_t item = seqs_.empty() ? 0 : item_.front();
+    const ActivationObserver observer = [&](int l, bool g, LinearInput which, const float* x,
+                                            size_t n, size_t dim) {
+        auto& slot = slots[g ? 1 : 0][static_cast<int>(which)];
+        if (!slot) {
+            slot = std::make_unique<quant::StatsAccumulator>(
+                static_cast<int>(dim), opt_.rows, name_hash(opt_.seed, decoder_slot(l, g, which)),
+                opt_.hessian);
+            slot->begin_item(item);
+        }
+        slot->add_rows(x, static_cast<int64_t>(n), static_cast<int>(dim));
+    };
+    std::vector<float> x;
+    for (size_t i = 0; i < seqs_.size(); ++i) {
+        if (item_[i] != item) {  // a new item (its sequences are adjacent)
+            item = item_[i];
+            for (auto& path : slots)
+                for (auto& a : path)
+                    if (a) a->begin_item(item);
+        }
+        const size_t n = seqs_[i].size();
+        x.assign(rows_.begin() + offset_[i] * H, rows_.begin() + (offset_[i] + n) * H);
+        session_->forward_layer(seqs_[i], layer, &und, gen, x.data(), observer);
+    }
+    seconds_record_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return slots;
+}
+
+void SequentialCalibration::advance(int layer, const LayerPathWeights& und,
+                                    const LayerPathWeights* gen) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const size_t H = ck_.config().hidden_size;
+    for (size_t i = 0; i < seqs_.size(); ++i)
+        session_->forward_layer(seqs_[i], layer, &und, gen, &rows_[offset_[i] * H], {});
+    seconds_advance_ +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace lancet

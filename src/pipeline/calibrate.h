@@ -2,11 +2,23 @@
 // targeted linear of both paths, the activation statistics the quantizer reads.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "model/decoder.h"
+#include "pipeline/understanding.h"
+#include "quant/act_stats.h"
+#include "quant/stats_file.h"
+
 namespace lancet {
+
+class Qwen2Tokenizer;
+class VisionTower;
 
 struct CalibrationPrompt {
     std::string system;  // empty: Lance's default system prompt
@@ -66,6 +78,12 @@ struct CalibrateOptions {
     // seconds (< 0: an hour under mpirun, else 0; `calibrate --merge` joins later).
     int world_size = 0;
     double merge_wait = -1;
+    // Also accumulate H = XᵀX over every input (packed upper triangle, `<linear>.hessian`), which
+    // GPTQ then uses instead of the reservoir rows' Gram matrix. One rank only: H is summed in
+    // an order-dependent way, so it does not reduce byte-identically across shards. Size per
+    // linear: in (in + 1) / 2 f32 values (small: 129 KB at in = 256, 0.99 MB at 704; 3b: 8.4 MB at
+    // 2048, 242 MB at 11008).
+    bool hessian = false;
 };
 
 void calibrate(const CalibrateOptions& opt);
@@ -76,5 +94,65 @@ std::string calibrate_part_path(const std::string& out, int rank, int world);
 // Joins partial statistics files into `out` (quant::reduce_partial_stats_files). No parts: every
 // <out>.parts/rank-*-of-*.safetensors.
 void calibrate_merge(const std::string& out, std::vector<std::string> parts);
+
+// ---- the pieces calibrate() is made of, shared with sequential calibration (quantize) ----
+
+struct CalibrationCounts {
+    size_t und_tokens = 0, gen_tokens = 0, vit_tokens = 0;
+};
+
+// [layer * 2 + gen][LinearInput]: null where nothing was observed.
+using DecoderStatsSlots =
+    std::vector<std::array<std::unique_ptr<quant::StatsAccumulator>, kLinearInputs>>;
+using ExtraStats = std::vector<std::pair<std::string, const quant::StatsAccumulator*>>;
+// Sequential calibration: calibrate's items (the plan calibrate() runs, item by item) embedded
+// once, their
+// residual rows held in one buffer of at most max_rows x hidden f32 (later sequences are left
+// out, with a warning), and pushed through the decoder one layer at a time with weights the
+// caller brings (DecoderSession::forward_layer). Layer l's statistics are recorded from its
+// inputs as they are now, so with every earlier layer advanced through its quantized weights
+// they are the quantized model's; advancing through the original weights instead reproduces
+// calibrate()'s statistics exactly. Memory: the rows, one sequence's scratch and the layer's
+// accumulators; the caller holds the layer weights.
+class SequentialCalibration {
+  public:
+    SequentialCalibration(const CalibrateOptions& opt, const LanceCheckpoint& ck, int64_t max_rows);
+    ~SequentialCalibration();
+    // Layer `layer` over the held rows with `und` / `gen` (gen may be null when no sequence has
+    // gen rows), recording [gen][LinearInput]; the rows are left unchanged.
+    DecoderStatsSlots record(int layer, const LayerPathWeights& und, const LayerPathWeights* gen);
+    // Replaces the held rows by layer `layer`'s outputs computed with `und` / `gen`.
+    void advance(int layer, const LayerPathWeights& und, const LayerPathWeights* gen);
+
+    const std::vector<std::string>& tasks() const { return tasks_; }
+    bool has_gen_rows() const { return has_gen_rows_; }
+    size_t n_sequences() const { return seqs_.size(); }
+    size_t n_rows() const { return n_rows_; }
+    size_t dropped() const { return dropped_; }
+    double seconds_record() const { return seconds_record_; }
+    double seconds_advance() const { return seconds_advance_; }
+    const CalibrationCounts& counts() const { return counts_; }
+
+  private:
+    CalibrateOptions opt_;
+    const LanceCheckpoint& ck_;
+    std::unique_ptr<LanceWeights> weights_;  // input embeddings only
+    std::unique_ptr<DecoderSession> session_;
+    std::vector<Batch> seqs_;     // without embeddings (x2t ViT rows are in rows_ already)
+    std::vector<size_t> offset_;  // first row of each sequence in rows_
+    std::vector<int64_t> item_;   // each sequence's calibration item: with the row's number in
+                                  // the item, the key of its reservoir priority (act_stats.h)
+    std::vector<float> rows_;     // [n_rows, hidden]
+    size_t n_rows_ = 0, dropped_ = 0;
+    bool has_gen_rows_ = false;
+    std::vector<std::string> tasks_;
+    CalibrationCounts counts_;
+    double seconds_record_ = 0, seconds_advance_ = 0;
+};
+
+// Declares and writes every decoder linear's statistics (q/k/v and gate/up from their shared
+// input) and `extra`, in name order (as calibrate() writes them), and finishes the file.
+void write_decoder_stats(quant::StatsFileWriter& w, const LanceConfig& cfg,
+                         const DecoderStatsSlots& stats, const ExtraStats& extra);
 
 }  // namespace lancet

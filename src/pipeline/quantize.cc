@@ -16,6 +16,7 @@
 #include "core/numeric.h"
 #include "io/output_dir.h"
 #include "io/safetensors.h"
+#include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "model/lance_tensors.h"
 #include "quant/awq.h"
@@ -113,6 +114,20 @@ class Pipeline {
     }
     ojson make_meta() const;
     ojson make_report(double seconds) const;
+    // Sequential calibration (opt_.sequential).
+    void begin_sequential();
+    void sequential_layer(int layer);
+    bool path_has_stats(int layer, bool gen) const;
+    LinearStats path_stats(int layer, bool gen, PathLinear which) const;
+    LayerPathWeights stored_path(int layer, bool gen) const;
+    std::vector<std::string> tasks() const {
+        if (seq_) {
+            std::vector<std::string> t = seq_->tasks();
+            t.push_back("sequential");
+            return t;
+        }
+        return stats_ ? stats_->tasks() : std::vector<std::string>{};
+    }
 
     const QuantizeOptions& opt_;
     bool awq_ = true;
@@ -130,6 +145,11 @@ class Pipeline {
     std::map<std::string, std::vector<uint8_t>> cache_;  // outputs of the current layer path
     std::map<std::string, ojson> linear_report_;
     std::vector<std::string> warnings_;
+
+    // Sequential calibration: the rows, and the statistics of the layer being quantized.
+    std::unique_ptr<SequentialCalibration> seq_;
+    DecoderStatsSlots layer_stats_;  // [gen][LinearInput]
+    int next_layer_ = 0;
 };
 
 void Pipeline::check_arguments() {
@@ -141,7 +161,14 @@ void Pipeline::check_arguments() {
         fail("quantize: --group-size must be 32, 64 or 128, got ", opt_.group_size);
     if (opt_.src.empty()) fail("quantize: no source checkpoint given (--src DIR)");
     if (opt_.out.empty()) fail("quantize: no output folder given (--out DIR)");
-    if (awq_ && opt_.stats.empty())
+    if (opt_.sequential && !awq_)
+        fail(
+            "quantize: --sequential needs --method awq, gptq or awq-gptq (rtn uses no "
+            "statistics)");
+    if (opt_.sequential && opt_.calib.prompts.empty())
+        fail("quantize: --sequential needs calibration prompts (--prompts FILE...)");
+    if (opt_.sequential && opt_.max_rows < 1) fail("quantize: --max-rows must be at least 1");
+    if (awq_ && opt_.stats.empty() && !opt_.sequential)
         fail("quantize: --method ", opt_.method,
              " needs activation statistics (--stats FILE; "
              "`lancet stats synth` makes synthetic ones)");
@@ -240,7 +267,8 @@ void Pipeline::check_stats() {
                  " input channels, but the checkpoint's linear has in = ", it->second);
     }
     // A layer path is calibrated as a whole or not at all (the seed's gen path can be missing).
-    const int L = ck_->config().num_hidden_layers;
+    // (With --sequential the decoder paths' statistics are recorded, not read.)
+    const int L = opt_.sequential ? 0 : ck_->config().num_hidden_layers;
     for (int i = 0; i < L; ++i) {
         for (int gen = 0; gen < 2; ++gen) {
             const PathNames n = path_names(i, gen == 1);
@@ -290,7 +318,7 @@ void Pipeline::check_stats() {
             std::fprintf(stderr, "lancet: warning: %s\n", warnings_.back().c_str());
         }
     }
-    if (awq_ && !no_stats_paths_.empty()) {
+    if (awq_ && !opt_.sequential && !no_stats_paths_.empty()) {
         std::string which;
         int shown = 0;
         for (const auto& [i, gen] : no_stats_paths_)
@@ -322,6 +350,7 @@ void Pipeline::record(const std::string& base, const std::string& scheme, int gs
         e["alpha"] = group->alpha;
         e["rtn_fallback"] = group->rtn_fallback;
         e["synthetic_rows"] = group->synthetic_rows;
+        e["full_hessian"] = group->full_hessian;
         e["rows"] = {{"search", group->n_search_rows}, {"heldout", group->n_heldout_rows}};
         // The group's totals: the search guarantees awq <= rtn on the search rows per group, not
         // per consumer.
@@ -356,6 +385,109 @@ void Pipeline::write_cached(const std::string& name) {
     if (it == cache_.end()) fail("quantize: internal: ", name, " was not produced");
     writer_->write(name, it->second.data(), it->second.size());
     cache_.erase(it);
+}
+
+bool Pipeline::path_has_stats(int layer, bool gen) const {
+    if (seq_) {
+        if (next_layer_ != layer + 1)
+            fail("quantize: internal: statistics of layer ", layer, " asked at ", next_layer_);
+        return layer_stats_[gen ? 1 : 0][0] != nullptr;
+    }
+    return stats_ && !no_stats_paths_.count({layer, gen});
+}
+
+LinearStats Pipeline::path_stats(int layer, bool gen, PathLinear which) const {
+    if (seq_) {
+        const auto& a = layer_stats_[gen ? 1 : 0][static_cast<int>(linear_input(which))];
+        if (!a) fail("quantize: internal: no sequential statistics for layer ", layer);
+        return a->stats();
+    }
+    const std::string base = path_names(layer, gen)[which];
+    LinearStats st = stats_->load(base);
+    stats_->release(base);
+    return st;
+}
+
+void Pipeline::begin_sequential() {
+    CalibrateOptions c = opt_.calib;
+    c.model = opt_.src;
+    seq_ = std::make_unique<SequentialCalibration>(c, *ck_, opt_.max_rows);
+}
+
+// The layer path as it was just stored: INT4 linears from the cached output bytes, norms and
+// biases as written (bf16), the pass-through q/k norms rounded to bf16 as the writer does.
+LayerPathWeights Pipeline::stored_path(int layer, bool gen) const {
+    const LanceConfig& c = ck_->config();
+    const PathNames n = path_names(layer, gen);
+    auto floats = [&](const std::string& name) {
+        std::vector<float> f;
+        auto it = cache_.find(name);
+        if (it != cache_.end()) {
+            f.resize(it->second.size() / 2);
+            for (size_t i = 0; i < f.size(); ++i) {
+                uint16_t h;
+                std::memcpy(&h, &it->second[2 * i], 2);
+                f[i] = bf16_to_f32(h);
+            }
+        } else {
+            const TensorView v = ck_->tensor(name);
+            f = to_f32(v);
+            ck_->release(v);
+            for (float& x : f) x = bf16_to_f32(f32_to_bf16(x));
+        }
+        return f;
+    };
+    auto linear = [&](PathLinear which) {
+        const std::string& base = n[which];
+        const Target& t = targets_.at(base + ".weight");
+        const std::vector<uint8_t>& qw = cache_.at(base + ".qweight");
+        const std::vector<uint8_t>& sb = cache_.at(base + ".scales");
+        std::vector<uint16_t> scales(sb.size() / 2);
+        std::memcpy(scales.data(), sb.data(), sb.size());
+        return kernels::LinearWeight::from_awq_int4(
+            qw.data(), scales.data(), cache_.at(base + ".zeros").data(), t.out, t.in, t.gs);
+    };
+    LayerPathWeights w;
+    w.ln = floats(n.input_norm);
+    w.post = floats(n.post_norm);
+    w.q_norm = floats(n.q_norm);
+    w.k_norm = floats(n.k_norm);
+    w.bq = floats(n.bias(PathLinear::Q));
+    w.bk = floats(n.bias(PathLinear::K));
+    w.bv = floats(n.bias(PathLinear::V));
+    if (w.ln.size() != static_cast<size_t>(c.hidden_size))
+        fail("quantize: internal: ", n.input_norm, " has ", w.ln.size(), " values");
+    w.q = linear(PathLinear::Q);
+    w.k = linear(PathLinear::K);
+    w.v = linear(PathLinear::V);
+    w.o = linear(PathLinear::O);
+    w.gate = linear(PathLinear::Gate);
+    w.up = linear(PathLinear::Up);
+    w.down = linear(PathLinear::Down);
+    return w;
+}
+
+void Pipeline::sequential_layer(int l) {
+    const bool gen = seq_->has_gen_rows();
+    // 1. Layer l with the original weights over its inputs (layers < l quantized), recording.
+    {
+        const LayerPathWeights und_w = load_layer_path(*ck_, l, false, true);
+        LayerPathWeights gen_w;
+        if (gen) gen_w = load_layer_path(*ck_, l, true, true);
+        layer_stats_ = seq_->record(l, und_w, gen ? &gen_w : nullptr);
+    }
+    next_layer_ = l + 1;
+    // 2. Both paths quantized from those statistics (into the output cache).
+    process_path(l, false);
+    if (ck_->has_tensor(path_names(l, true).input_norm)) process_path(l, true);
+    layer_stats_.clear();
+    // 3. The rows through the layer as stored: the next layer's inputs.
+    if (l + 1 < ck_->config().num_hidden_layers) {
+        const LayerPathWeights und_q = stored_path(l, false);
+        LayerPathWeights gen_q;
+        if (gen) gen_q = stored_path(l, true);
+        seq_->advance(l, und_q, gen ? &gen_q : nullptr);
+    }
 }
 
 void Pipeline::process_path(int layer, bool gen) {
@@ -405,17 +537,16 @@ void Pipeline::process_path(int layer, bool gen) {
         for (const TensorView& v : used) ck_->release(v);
         used.clear();
 
-        const bool have = stats_ && !no_stats_paths_.count({layer, gen});
+        const bool have = path_has_stats(layer, gen);
         LinearStats st_qkv, st_o, st_gu, st_down;
         LayerStats ls;
         if (have) {
             // q, k and v read the same input (as do gate and up): the first one's statistics
             // stand for the group.
-            st_qkv = stats_->load(names[0]);
-            st_o = stats_->load(names[3]);
-            st_gu = stats_->load(names[4]);
-            st_down = stats_->load(names[6]);
-            for (const std::string& b : names) stats_->release(b);
+            st_qkv = path_stats(layer, gen, PathLinear::Q);
+            st_o = path_stats(layer, gen, PathLinear::O);
+            st_gu = path_stats(layer, gen, PathLinear::Gate);
+            st_down = path_stats(layer, gen, PathLinear::Down);
             ls = {&st_qkv, &st_o, &st_gu, &st_down};
         }
         AwqOptions ao;  // group sizes: w.group_size
@@ -424,6 +555,7 @@ void Pipeline::process_path(int layer, bool gen) {
         ao.feedback = feedback();
         ao.gptq_damp = opt_.gptq_damp;
         ao.gptq_act_order = opt_.act_order;
+        ao.gptq_full_hessian = opt_.full_hessian;
         ao.compare = opt_.compare;
         const LayerResult r = quantize_layer(w, ls, ao, {opt_.fuse_ov, opt_.fuse_updown});
 
@@ -630,6 +762,7 @@ void Pipeline::quantize_single(const Target& t) {
                                                                : AwqOptions::Feedback::Gptq;
         ao.gptq_damp = opt_.gptq_damp;
         ao.gptq_act_order = opt_.act_order;
+        ao.gptq_full_hessian = opt_.full_hessian;
         ao.compare = false;
         const AwqResult r = awq_search({{t.base, w.data(), t.out}}, t.in, &st, ao);
         emit_quantized(t, r.consumers[0].q);
@@ -694,7 +827,7 @@ ojson Pipeline::make_meta() const {
     if (awq_) {
         j["awq_linears"] = n_awq;
         j["plain_linears"] = n_plain;
-        j["tasks_calibrated"] = stats_ ? stats_->tasks() : std::vector<std::string>{};
+        j["tasks_calibrated"] = tasks();
     } else {
         j["calibration_samples"] = 0;
     }
@@ -714,7 +847,15 @@ ojson Pipeline::make_report(double seconds) const {
     r["group_size"] = opt_.group_size;
     r["source"] = opt_.src;
     r["stats"] = opt_.stats;
-    r["tasks"] = stats_ ? stats_->tasks() : std::vector<std::string>{};
+    r["tasks"] = tasks();
+    if (seq_)
+        r["sequential"] = {{"sequences", seq_->n_sequences()},
+                           {"rows", seq_->n_rows()},
+                           {"sequences_dropped", seq_->dropped()},
+                           {"max_rows", opt_.max_rows},
+                           {"hessian", opt_.calib.hessian},
+                           {"seconds_record", seq_->seconds_record()},
+                           {"seconds_advance", seq_->seconds_advance()}};
     r["options"] = {{"search", opt_.search},
                     {"clip", opt_.clip},
                     {"fuse_ov", opt_.fuse_ov},
@@ -723,6 +864,8 @@ ojson Pipeline::make_report(double seconds) const {
                     {"include_vit", opt_.include_vit},
                     {"damp", opt_.gptq_damp},
                     {"act_order", opt_.act_order},
+                    {"full_hessian", opt_.full_hessian},
+                    {"sequential", opt_.sequential},
                     {"compare", opt_.compare}};
     r["warnings"] = warnings_;
     // Means over the linears whose errors were measured (those with statistics), per method:
@@ -807,6 +950,7 @@ ojson Pipeline::run() {
     check_stats();
 
     OutputDir out(opt_.out, opt_.force);
+    if (opt_.sequential) begin_sequential();
     writer_ = std::make_unique<SafetensorsWriter>(out.file("awq_state_dict.safetensors"));
     for (const OutTensor& o : outputs_) writer_->add(o.name, o.dtype, o.shape);
     writer_->set_metadata("format", "pt");
@@ -830,6 +974,20 @@ ojson Pipeline::run() {
         }
         if (in_decoder_path(s)) {
             const std::pair<int, bool> key{s.layer, s.component == Component::LlmGen};
+            // Sequentially, a layer's two paths are quantized together (both run on the same
+            // sequences), every earlier layer first.
+            while (seq_ && next_layer_ <= key.first) {
+                const int l = next_layer_;
+                sequential_layer(l);
+                for (int gen = 0; gen < 2; ++gen) done.insert({l, gen == 1});
+                ++layers_done;
+                const double secs =
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                if (opt_.progress)
+                    log_info("quantize: layer ", layers_done, "/", L, " (sequential)  ",
+                             static_cast<int>(secs), " s elapsed, ETA ",
+                             static_cast<int>(secs / layers_done * (L - layers_done)), " s");
+            }
             if (!done.count(key)) {
                 process_path(key.first, key.second);
                 done.insert(key);

@@ -3,8 +3,11 @@
 // one decoder-layer path at a time, with a quality report.
 #pragma once
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "pipeline/calibrate.h"
 
 namespace lancet {
 
@@ -25,6 +28,19 @@ struct QuantizeOptions {
     bool act_order = false;        // GPTQ columns by descending diag(H)
     // gptq / awq-gptq: also run the other GPTQ variant so the report compares all four methods.
     bool compare = true;
+    // GPTQ's H from the statistics' full XᵀX when they carry one (calibrate --hessian, or
+    // sequential with calib.hessian); false: from the reservoir's search rows.
+    bool full_hessian = true;
+    // Sequential calibration: the decoder paths' statistics are not read from --stats but
+    // recorded here, layer by layer, with every earlier layer already quantized: calib.prompts
+    // are built into sequences as `calibrate` builds them (calib: rows, latent size, seed, gen,
+    // vit, hessian; calib.model and calib.out are ignored), their residual rows are held in one
+    // buffer of at most max_rows rows x hidden f32, and each layer runs once with the original
+    // weights (recording) and once with the quantized ones (the next layer's inputs). --stats,
+    // if given, still serves lm_head and the ViT.
+    bool sequential = false;
+    CalibrateOptions calib;
+    int64_t max_rows = 131072;
 };
 
 // Runs the pipeline and commits the output folder: awq_state_dict.safetensors, awq_meta.json,

@@ -6,6 +6,8 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/gemm.h"
 
 namespace lancet::quant {
 
@@ -47,14 +49,51 @@ uint64_t row_priority(uint64_t seed, int64_t item, int64_t ordinal) {
     return mix64(mix64(mix64(seed) ^ static_cast<uint64_t>(item)) ^ static_cast<uint64_t>(ordinal));
 }
 
-StatsAccumulator::StatsAccumulator(int in, int capacity, uint64_t seed)
+std::vector<float> unpack_symmetric(const std::vector<double>& packed, int in) {
+    if (static_cast<int64_t>(packed.size()) != packed_size(in))
+        fail("packed symmetric matrix: ", packed.size(), " values for width ", in);
+    std::vector<float> h(static_cast<size_t>(in) * in);
+    for (int i = 0; i < in; ++i) {
+        const double* row = &packed[packed_index(in, i, i)];
+        for (int j = i; j < in; ++j)
+            h[static_cast<size_t>(i) * in + j] = h[static_cast<size_t>(j) * in + i] =
+                static_cast<float>(row[j - i]);
+    }
+    return h;
+}
+
+StatsAccumulator::StatsAccumulator(int in, int capacity, uint64_t seed, bool hessian)
     : in_(in),
       capacity_(capacity),
       seed_(seed),
+      hessian_on_(hessian),
       sum_q32_(in > 0 ? in : 0, 0),
       max_abs_(in > 0 ? in : 0, 0.0f) {
     if (in <= 0 || capacity < 0)
         fail("stats accumulator: bad width ", in, " or capacity ", capacity);
+    if (hessian_on_) hessian_.assign(static_cast<size_t>(packed_size(in)), 0.0);
+}
+
+void StatsAccumulator::flush_hessian() const {
+    const int64_t m = static_cast<int64_t>(pending_.size()) / in_;
+    if (m == 0) return;
+    // Xᵀ [in, m]; band [i0, i1) of H's rows gets Xᵀ[i0..i1) · Xᵀ[i0..in)ᵀ (its upper part only).
+    std::vector<float> xt(static_cast<size_t>(in_) * m);
+    for (int64_t t = 0; t < m; ++t)
+        for (int i = 0; i < in_; ++i) xt[static_cast<size_t>(i) * m + t] = pending_[t * in_ + i];
+    constexpr int64_t kBand = 32;
+    parallel_chunks(default_pool(), in_, kBand, [&](int64_t i0, int64_t i1) {
+        const int64_t w = in_ - i0;
+        std::vector<float> c(static_cast<size_t>((i1 - i0) * w));
+        kernels::gemm_nt(i1 - i0, w, m, &xt[static_cast<size_t>(i0) * m], m,
+                         &xt[static_cast<size_t>(i0) * m], m, c.data(), w, false);
+        for (int64_t i = i0; i < i1; ++i) {
+            double* dst = &hessian_[packed_index(in_, static_cast<int>(i), static_cast<int>(i))];
+            const float* src = &c[(i - i0) * w + (i - i0)];
+            for (int64_t j = 0; j < in_ - i; ++j) dst[j] += src[j];
+        }
+    });
+    pending_.clear();
 }
 
 void StatsAccumulator::begin_item(int64_t item) {
@@ -73,6 +112,11 @@ void StatsAccumulator::add_rows(const float* x, int64_t n, int in) {
             const float a = std::fabs(row[i]);
             sum_q32_[i] += q32(a);
             max_abs_[i] = std::max(max_abs_[i], a);
+        }
+        if (hessian_on_) {
+            pending_.insert(pending_.end(), row, row + in);
+            if (static_cast<int64_t>(pending_.size()) >= int64_t{kHessianBatch} * in_)
+                flush_hessian();
         }
         // Bottom-k: keep the row when its priority beats the worst kept one.
         Kept k{row_priority(seed_, item_, ordinal_), item_, ordinal_, 0};
@@ -123,6 +167,10 @@ LinearStats StatsAccumulator::stats(bool exact) const {
             s.row_keys[3 * r + 2] = kept[r].ordinal;
         }
     }
+    if (hessian_on_) {
+        flush_hessian();
+        s.hessian = hessian_;
+    }
     return s;
 }
 
@@ -139,6 +187,12 @@ LinearStats reduce_exact(const std::vector<const LinearStats*>& parts, int capac
     r.in = in;
     r.max_abs.assign(in, 0.0f);
     std::vector<Cand> cand;
+    // H's bits depend on the order rows were added in, so it cannot reduce byte-identically:
+    // only a single part may carry one (calibrate refuses --hessian over several ranks).
+    for (const LinearStats* p : parts)
+        if (p->has_hessian() && parts.size() != 1)
+            fail("stats reduce: a part holds a Hessian, which does not reduce across shards");
+    if (parts.size() == 1) r.hessian = parts.front()->hessian;
     for (const LinearStats* p : parts) {
         if (p->in != in) fail("stats reduce: widths ", in, " and ", p->in, " differ");
         if (p->sum_abs_q32.size() != static_cast<size_t>(in) * 2 ||
@@ -199,6 +253,13 @@ LinearStats merge(const LinearStats& a, const LinearStats& b, int capacity, uint
                                                 static_cast<double>(b.mean_abs[i]) * b.n_tokens) /
                                                static_cast<double>(r.n_tokens));
         r.max_abs[i] = std::max(a.max_abs[i], b.max_abs[i]);
+    }
+    if (a.has_hessian() && b.has_hessian()) {
+        if (a.hessian.size() != b.hessian.size())
+            fail("stats merge: Hessians of ", a.hessian.size(), " and ", b.hessian.size(),
+                 " values");
+        r.hessian.resize(a.hessian.size());
+        for (size_t i = 0; i < r.hessian.size(); ++i) r.hessian[i] = a.hessian[i] + b.hessian[i];
     }
     // Size of the merged sample: a truncated reservoir (fewer rows than tokens) caps it.
     int64_t k = std::min<int64_t>(capacity, r.n_tokens);

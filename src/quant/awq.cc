@@ -547,11 +547,37 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             }
             return r;
         };
+        const bool full_h = opt.gptq_full_hessian && stats && stats->has_hessian() &&
+                            !res.synthetic_rows && stats->n_tokens > 0;
+        if (full_h && static_cast<int64_t>(stats->hessian.size()) != packed_size(in))
+            fail("AWQ search (", consumers[0].name, "): Hessian of ", stats->hessian.size(),
+                 " values for width ", in);
+        res.full_hessian = full_h;
         // One GPTQ run of every consumer with scales s; fills the errors, returns the matrices.
         auto run = [&](const std::vector<float>& s, std::vector<RelErr>& errs, RelErr& total) {
             const std::vector<float> xs_s = divide_columns(xs, in, s);
             const std::vector<float> xh_s = divide_columns(xh, in, s);
-            const std::vector<float> h = gram_matrix(xs_s.data(), ns, in, &pool);
+            std::vector<float> h;
+            if (full_h) {
+                // Every input's XᵀX less the held-out rows' (they are inputs too, and must stay
+                // unseen by every choice), in double, then as the scaled weights see it:
+                // H_ij / (s_i s_j).
+                const std::vector<float> hh =
+                    nh > 0 ? gram_matrix(xh.data(), nh, in, &pool) : std::vector<float>();
+                h.resize(static_cast<size_t>(in) * in);
+                for (int i = 0; i < in; ++i) {
+                    const double* row = &stats->hessian[packed_index(in, i, i)];
+                    for (int j = i; j < in; ++j) {
+                        double v = row[j - i];
+                        if (nh > 0) v -= hh[static_cast<size_t>(i) * in + j];
+                        v /= static_cast<double>(s[i]) * static_cast<double>(s[j]);
+                        h[static_cast<size_t>(i) * in + j] = h[static_cast<size_t>(j) * in + i] =
+                            static_cast<float>(v);
+                    }
+                }
+            } else {
+                h = gram_matrix(xs_s.data(), ns, in, &pool);
+            }
             GptqOptions go;
             go.group_size = gs;
             go.damp = opt.gptq_damp;

@@ -61,6 +61,10 @@ struct AwqOptions {
     enum class Feedback { None, Gptq, AwqGptq } feedback = Feedback::None;
     double gptq_damp = 0.01;
     bool gptq_act_order = false;  // GptqOptions::act_order
+    // GPTQ's H from the statistics' full XᵀX (LinearStats::hessian, over every calibration input)
+    // when they carry one, less the held-out rows' share; otherwise (or false) from the search
+    // rows of the sample.
+    bool gptq_full_hessian = true;
     // With feedback on: also run the other GPTQ variant, so every result carries the RTN, AWQ,
     // GPTQ and AWQ+GPTQ errors (the report's comparison; one more GPTQ per consumer).
     bool compare = true;
@@ -100,6 +104,7 @@ struct AwqResult {
     std::string chosen = "awq";
     bool rtn_fallback = false;    // the search was worse than RTN on the search rows; RTN kept
     bool synthetic_rows = false;  // no recorded rows: Gaussian rows were used
+    bool full_hessian = false;    // GPTQ's H was the statistics' full XᵀX
     int n_search_rows = 0, n_heldout_rows = 0;
     std::vector<std::pair<float, double>> alpha_losses;  // (α, sampled search loss) evaluated
     double seconds = 0;

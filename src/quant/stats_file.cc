@@ -16,10 +16,11 @@ namespace lancet::quant {
 
 namespace {
 
-// The last two are optional: a partial statistics file's exact state (LinearStats::exact()).
-constexpr int kNumSuffixes = 6;
-const char* const kSuffixes[kNumSuffixes] = {".mean_abs", ".max_abs",     ".n_tokens",
-                                             ".rows",     ".sum_abs_q32", ".row_keys"};
+// .mean_abs .. .rows are required; the rest optional: a partial statistics file's exact state
+// (LinearStats::exact()) and the Hessian.
+constexpr int kNumSuffixes = 7;
+const char* const kSuffixes[kNumSuffixes] = {".mean_abs",    ".max_abs",  ".n_tokens", ".rows",
+                                             ".sum_abs_q32", ".row_keys", ".hessian"};
 
 std::vector<int64_t> read_i64(const TensorView& v) {
     std::vector<int64_t> r(static_cast<size_t>(v.numel()));
@@ -85,8 +86,8 @@ StatsFile::StatsFile(const std::string& path) {
             if (e.name.ends_with(kSuffixes[s])) k = s;
         if (k < 0)
             fail(path, ": tensor \"", e.name,
-                 "\" is not <linear>.mean_abs, .max_abs, .n_tokens, .rows, .sum_abs_q32 or "
-                 ".row_keys");
+                 "\" is not <linear>.mean_abs, .max_abs, .n_tokens, .rows, .sum_abs_q32, "
+                 ".row_keys or .hessian");
         const std::string base = e.name.substr(0, e.name.size() - std::strlen(kSuffixes[k]));
         parts[base][k] = &e;  // operator[] value-initializes: all null
     }
@@ -127,6 +128,13 @@ StatsFile::StatsFile(const std::string& path) {
                 fail(path, ": ", k->name, " must be I64 [", se.n_rows, ", 3], is ",
                      dtype_name(k->dtype), " ", shape_str(k->shape));
             se.exact = true;
+        }
+        if (const TensorEntry* h = p[6]) {
+            if (h->dtype != DType::F32 || h->shape != Shape{packed_size(in)})
+                fail(path, ": ", h->name, " must be F32 [", packed_size(in), "] (the upper ",
+                     "triangle of [", in, ", ", in, "]), is ", dtype_name(h->dtype), " ",
+                     shape_str(h->shape));
+            se.hessian = true;
         }
         entries_[base] = se;
     }
@@ -173,6 +181,20 @@ LinearStats StatsFile::load(const std::string& base) const {
         if (!std::isfinite(s.rows[i]))
             fail(path(), ": ", base, ".rows[", i / s.in, ", ", i % s.in, "] = ", s.rows[i],
                  " is not finite");
+    if (it->second.hessian) {
+        const std::vector<float> h = read_f32(view(".hessian"));
+        s.hessian.assign(h.begin(), h.end());
+        // A Gram matrix has a finite, non-negative diagonal.
+        for (int i = 0; i < s.in; ++i) {
+            const double d = s.hessian[packed_index(s.in, i, i)];
+            if (!std::isfinite(d) || d < 0)
+                fail(path(), ": ", base, ".hessian diagonal [", i, "] = ", d,
+                     " (must be finite and >= 0)");
+        }
+        for (size_t i = 0; i < s.hessian.size(); ++i)
+            if (!std::isfinite(s.hessian[i]))
+                fail(path(), ": ", base, ".hessian[", i, "] is not finite");
+    }
     return s;
 }
 
@@ -200,10 +222,11 @@ void StatsFileWriter::set_metadata(const std::string& key, const std::string& va
     w_.set_metadata(key, value);
 }
 
-void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows, bool exact) {
+void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows, bool exact,
+                              bool hessian) {
     if (begun_) fail("statistics writer: ", base, " declared after writing began");
     if (in <= 0 || n_rows < 0) fail("statistics writer: ", base, ": bad shape");
-    if (!declared_.emplace(base, StatsEntry{in, n_rows, exact}).second)
+    if (!declared_.emplace(base, StatsEntry{in, n_rows, exact, hessian}).second)
         fail("statistics writer: ", base, " declared twice");
     w_.add(base + ".mean_abs", DType::F32, {in});
     w_.add(base + ".max_abs", DType::F32, {in});
@@ -213,6 +236,7 @@ void StatsFileWriter::declare(const std::string& base, int in, int64_t n_rows, b
         w_.add(base + ".sum_abs_q32", DType::I64, {in, 2});
         w_.add(base + ".row_keys", DType::I64, {n_rows, 3});
     }
+    if (hessian) w_.add(base + ".hessian", DType::F32, {packed_size(in)});
 }
 
 void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
@@ -220,12 +244,14 @@ void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
     if (it == declared_.end()) fail("statistics writer: ", base, " was not declared");
     if (s.in != it->second.in || s.n_rows() != it->second.n_rows ||
         s.mean_abs.size() != static_cast<size_t>(s.in) ||
-        s.max_abs.size() != static_cast<size_t>(s.in) ||
+        s.max_abs.size() != static_cast<size_t>(s.in) || s.has_hessian() != it->second.hessian ||
+        (s.has_hessian() && static_cast<int64_t>(s.hessian.size()) != packed_size(s.in)) ||
         (it->second.exact && (s.sum_abs_q32.size() != static_cast<size_t>(s.in) * 2 ||
                               s.row_keys.size() != static_cast<size_t>(s.n_rows()) * 3)))
-        fail("statistics writer: ", base, " has width ", s.in, " and ", s.n_rows(),
-             " rows; declared ", it->second.in, " and ", it->second.n_rows,
-             it->second.exact ? " with exact sums and row keys" : "");
+        fail("statistics writer: ", base, " has width ", s.in, " and ", s.n_rows(), " rows",
+             s.has_hessian() ? " and a Hessian" : "", "; declared ", it->second.in, " and ",
+             it->second.n_rows, it->second.exact ? " with exact sums and row keys" : "",
+             it->second.hessian ? " and a Hessian" : "");
     begun_ = true;
     w_.write(base + ".mean_abs", s.mean_abs.data(), s.mean_abs.size() * 4);
     w_.write(base + ".max_abs", s.max_abs.data(), s.max_abs.size() * 4);
@@ -234,6 +260,19 @@ void StatsFileWriter::write(const std::string& base, const LinearStats& s) {
     if (it->second.exact) {
         w_.write(base + ".sum_abs_q32", s.sum_abs_q32.data(), s.sum_abs_q32.size() * 8);
         w_.write(base + ".row_keys", s.row_keys.data(), s.row_keys.size() * 8);
+    }
+    if (s.has_hessian()) {
+        // Rounded to f32 once, after the double accumulation; written in slices.
+        constexpr size_t kSlice = 1 << 20;
+        std::vector<float> f;
+        for (size_t i = 0; i < s.hessian.size(); i += kSlice) {
+            const size_t k = std::min(kSlice, s.hessian.size() - i);
+            f.assign(s.hessian.begin() + i, s.hessian.begin() + i + k);
+            if (w_.next_tensor() != base + ".hessian")
+                fail("statistics writer: internal: writing ", base, ".hessian, expected ",
+                     w_.next_tensor());
+            w_.append(f.data(), f.size() * 4);
+        }
     }
 }
 
@@ -250,7 +289,8 @@ void write_stats_file(const std::string& path, const std::vector<std::string>& t
                                        {"world", partial->world},
                                        {"fingerprint", partial->fingerprint}})
                            .dump());
-    for (const auto& [base, s] : stats) w.declare(base, s.in, s.n_rows(), partial != nullptr);
+    for (const auto& [base, s] : stats)
+        w.declare(base, s.in, s.n_rows(), partial != nullptr, s.has_hessian());
     for (const auto& [base, s] : stats) w.write(base, s);
     w.finish();
 }
@@ -294,8 +334,13 @@ void reduce_partial_stats_files(const std::vector<std::string>& parts, const std
         if (seen[info.rank] >= 0)
             fail(p, ": rank ", info.rank, " is also ", parts[seen[info.rank]]);
         seen[info.rank] = static_cast<int>(files.size() - 1);
-        for (const auto& [base, e] : f.entries())
+        for (const auto& [base, e] : f.entries()) {
             if (!e.exact) fail(p, ": ", base, " holds no exact sums (not a partial file)");
+            // H depends on the order rows were added in: it does not reduce byte-identically.
+            if (e.hessian && info.world > 1)
+                fail(p, ": ", base, " holds a Hessian, which does not reduce across ", info.world,
+                     " ranks");
+        }
     }
     for (int r = 0; r < first.world; ++r)
         if (seen[r] < 0)
@@ -303,8 +348,10 @@ void reduce_partial_stats_files(const std::vector<std::string>& parts, const std
 
     const int cap = files.front()->capacity();
     std::map<std::string, std::pair<int, int64_t>> plan;  // width, rows
+    std::map<std::string, bool> hessian;                  // (only in a world of one)
     for (const auto& f : files)
         for (const auto& [base, e] : f->entries()) {
+            hessian[base] = e.hessian;
             auto [it, fresh] = plan.try_emplace(base, e.in, 0);
             if (!fresh && it->second.first != e.in)
                 fail(f->path(), ": ", base, " has ", e.in, " channels, another part ",
@@ -313,7 +360,7 @@ void reduce_partial_stats_files(const std::vector<std::string>& parts, const std
             it->second.second = std::min<int64_t>(cap, it->second.second + e.n_rows);
         }
     StatsFileWriter w(output, files.front()->tasks(), cap);
-    for (const auto& [base, p] : plan) w.declare(base, p.first, p.second);
+    for (const auto& [base, p] : plan) w.declare(base, p.first, p.second, false, hessian[base]);
     for (const auto& [base, p] : plan) {
         std::vector<LinearStats> loaded;
         for (const auto& f : files)
@@ -348,12 +395,15 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
 
     // Union of the linears, with the merged row counts computed from the headers.
     std::map<std::string, std::pair<int, Count>> plan;
+    std::map<std::string, bool> all_hessian;
     for (const auto& f : files)
         for (const auto& [base, e] : f->entries()) {
             auto [it, fresh] = plan.try_emplace(base, e.in, Count{});
             if (!fresh && it->second.first != e.in)
                 fail(f->path(), ": ", base, " has ", e.in, " channels, ", inputs.front(),
                      " and the others before it ", it->second.first);
+            auto [h, first] = all_hessian.try_emplace(base, e.hessian);
+            if (!first) h->second = h->second && e.hessian;
         }
     StatsFileWriter w(output, tasks, cap);
     for (auto& [base, pc] : plan) {
@@ -367,7 +417,7 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
             first = false;
         }
         pc.second = c;
-        w.declare(base, pc.first, c.rows);
+        w.declare(base, pc.first, c.rows, false, all_hessian.at(base));
     }
     for (const auto& [base, pc] : plan) {
         LinearStats acc;
@@ -383,6 +433,7 @@ void merge_stats_files(const std::vector<std::string>& inputs, const std::string
                 acc = merge(acc, s, cap, 0x3e46eull ^ name_hash(0, base));
             }
         }
+        if (!all_hessian.at(base)) acc.hessian.clear();  // a lone file's H is not the union's
         w.write(base, acc);
     }
     w.finish();

@@ -1,5 +1,6 @@
 // The activation-statistics file (safetensors): per targeted linear `<base>.mean_abs` F32 [in],
-// `<base>.max_abs` F32 [in], `<base>.n_tokens` I64 [1] and `<base>.rows` F32 [r, in], plus the
+// `<base>.max_abs` F32 [in], `<base>.n_tokens` I64 [1] and `<base>.rows` F32 [r, in], optionally
+// `<base>.hessian` F32 [in (in + 1) / 2] (XᵀX over all inputs, packed upper triangle), plus the
 // format version, calibrated tasks and reservoir capacity in the metadata. A partial file (one
 // rank of a sharded calibration) adds `<base>.sum_abs_q32` I64 [in, 2] and `<base>.row_keys` I64
 // [r, 3], the exact state quant::reduce_exact joins, and `lancet.stats.partial` metadata. Reading,
@@ -22,8 +23,9 @@ inline constexpr int kStatsFormatVersion = 1;
 // One linear's entry as declared in the header (shapes only; the values are read on demand).
 struct StatsEntry {
     int in = 0;
-    int64_t n_rows = 0;  // 0 when the file records no rows for it
-    bool exact = false;  // .sum_abs_q32 and .row_keys present (a partial file, see act_stats.h)
+    int64_t n_rows = 0;    // 0 when the file records no rows for it
+    bool exact = false;    // .sum_abs_q32 and .row_keys present (a partial file, see act_stats.h)
+    bool hessian = false;  // <base>.hessian present
 };
 
 // A mapped statistics file, validated up front for names, dtypes and shapes; values are read and
@@ -61,7 +63,9 @@ class StatsFileWriter {
   public:
     StatsFileWriter(const std::string& path, const std::vector<std::string>& tasks, int capacity);
     // exact: also `<base>.sum_abs_q32` and `<base>.row_keys` (a partial file's exact state).
-    void declare(const std::string& base, int in, int64_t n_rows, bool exact = false);
+    // hessian: the linear's statistics carry H (written as F32, packed upper triangle).
+    void declare(const std::string& base, int in, int64_t n_rows, bool exact = false,
+                 bool hessian = false);
     // Extra metadata (before the first write).
     void set_metadata(const std::string& key, const std::string& value);
     // Must follow declaration order; checks the shapes against the declaration.
@@ -95,7 +99,8 @@ void write_stats_file(const std::string& path, const std::vector<std::string>& t
 void reduce_partial_stats_files(const std::vector<std::string>& parts, const std::string& output);
 
 // Merges several files linear by linear (quant::merge: token-weighted means, max of maxes, a
-// uniform reservoir of the union; linears present in only some files are carried over), the task
+// uniform reservoir of the union, Hessians summed where every file has one; linears present in
+// only some files are carried over), the task
 // lists concatenated. capacity <= 0: the largest capacity of the inputs.
 void merge_stats_files(const std::vector<std::string>& inputs, const std::string& output,
                        int capacity = 0);
