@@ -122,13 +122,36 @@ test('text to image shows the picture', async () => {
   await page.close();
 });
 
+// Steps (at most the sampler's 1000) that make a 32x32, 81-frame t2v job on the tiny model last about `seconds` on this machine
+// (timed with a 200-step job through the API), so the page's 300 ms polls see the bar between 0 and
+// 100 on a fast, idle machine as well as on a loaded one.
+async function stepsLasting(seconds) {
+  const calib = 200;
+  const t0 = Date.now();
+  const r = await fetch(`${url}v1/videos`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ task: 't2v', prompt: 'timing', size: '32x32', frames: 81, steps: calib }),
+  });
+  assert.equal(r.status, 200, await r.clone().text());
+  const { id } = await r.json();
+  for (;;) {
+    const st = await (await fetch(`${url}v1/videos/${id}`)).json();
+    if (st.status === 'succeeded') break;
+    assert.ok(st.status === 'queued' || st.status === 'running', JSON.stringify(st));
+    await new Promise((ok) => setTimeout(ok, 20));
+  }
+  const perStep = Math.max(1e-3, (Date.now() - t0) / 1000 / calib);
+  return Math.min(1000, Math.max(100, Math.ceil(seconds / perStep)));
+}
+
 test('a video job shows progress and plays the MP4', async () => {
+  const steps = await stepsLasting(3);
   const { page, errors } = await open();
   await page.click('#tab-video');
   await page.fill('#vp', 'Waves rolling onto a sandy beach');
   await page.fill('#vsize', '32x32');
-  await page.fill('#vframes', '5');
-  await page.fill('#vsteps', '1000');
+  await page.fill('#vframes', '81');
+  await page.fill('#vsteps', String(steps));
   // The statuses the page polls, to see the bar move through intermediate steps.
   const seen = [];
   page.on('response', async (r) => {
@@ -143,7 +166,7 @@ test('a video job shows progress and plays the MP4', async () => {
   }, null, { timeout: 20000, polling: 20 });
   await page.screenshot({ path: path.join(artifacts, 'video_progress.png'), fullPage: true });
   await page.waitForFunction(() => /^succeeded/.test(document.getElementById('vstatus').textContent),
-                             null, { timeout: 30000 });
+                             null, { timeout: 120000 });
   assert.equal(await page.locator('#vprog').evaluate((p) => p.value), 100);
   assert.ok(seen.some((p) => p > 0 && p < 100), `no intermediate progress in ${seen}`);
   // The MP4 (H.264) is decoded by the browser and plays.
