@@ -92,27 +92,21 @@ void run_bench_gen(const BenchGenOptions& o) {
     FlowSamplerOptions fo;
     fo.steps = 30;  // Lance's schedule; only the first o.steps steps are run
     fo.cfg = o.cfg;
-    int done = 0;
-    std::vector<double> step_s;
-    struct Stop {};  // thrown from on_step to end the run after o.steps steps
-    // The sampler reports cumulative seconds; keep them and difference afterwards.
-    SampleResult r;
-    double prefill_s = 0;
+    // The sampler reports cumulative seconds after each step; its cancel check (before every
+    // step) ends the run once o.steps steps are timed.
     std::vector<double> cumulative;
-    fo.on_step = [&](int k, int, double secs) {
-        cumulative.push_back(secs);
-        done = k + 1;
-        if (done >= o.steps) throw Stop{};
-    };
+    fo.on_step = [&](int, int, double secs) { cumulative.push_back(secs); };
+    fo.cancelled = [&] { return cumulative.size() >= static_cast<size_t>(o.steps); };
     const auto t0 = Clock::now();
     try {
-        r = flow_sample(dec, seq, fo);
-    } catch (const Stop&) {
+        flow_sample(dec, seq, fo);
+    } catch (const SampleCancelled&) {
     }
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::vector<double> step_s;
     for (size_t k = 0; k < cumulative.size(); ++k)
         step_s.push_back(cumulative[k] - (k ? cumulative[k - 1] : 0.0));
-    prefill_s = wall - (cumulative.empty() ? 0.0 : cumulative.back());
+    const double prefill_s = wall - cumulative.back();
     std::vector<double> sorted = step_s;
     std::sort(sorted.begin(), sorted.end());
     const double step = sorted[sorted.size() / 2];
