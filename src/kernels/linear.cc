@@ -87,6 +87,23 @@ inline unsigned file_nibble(const WeightView& w, size_t o, size_t i) {
     return (w.qweight[o * (w.in / 2) + i / 2] >> (4 * (i & 1))) & 0xfu;
 }
 
+// The per-group asymmetric formats (INT4, INT5): their tensors, a group size that is a multiple of
+// 8 dividing `in`, and every zero-point within the code range 0..max_zero.
+void check_grouped_codes(const WeightView& v, const char* kind, const char* zero_label,
+                         int max_zero) {
+    if (!v.qweight || !v.scales || !v.zeros) fail("linear weight: ", kind, " tensors missing");
+    const size_t gs = v.group_size;
+    if (gs == 0 || gs % 8 != 0 || v.in % gs != 0)
+        fail("linear weight: ", kind, " group size ", gs,
+             " must be a multiple of 8 dividing in=", v.in);
+    const size_t groups = v.in / gs;
+    for (size_t o = 0; o < v.out; ++o)
+        for (size_t g = 0; g < groups; ++g)
+            if (v.zeros[o * groups + g] > max_zero)
+                fail("linear weight: ", zero_label, " ", int(v.zeros[o * groups + g]), " at row ",
+                     o, ", group ", g, " is outside 0..", max_zero);
+}
+
 void check_view(const WeightView& v) {
     if (v.out == 0 || v.in == 0) fail("linear weight: empty shape [", v.out, ", ", v.in, "]");
     switch (v.type) {
@@ -96,34 +113,12 @@ void check_view(const WeightView& v) {
         case WeightType::BF16:
             if (!v.bf16) fail("linear weight: bf16 data missing");
             break;
-        case WeightType::Q4: {
-            if (!v.qweight || !v.scales || !v.zeros) fail("linear weight: int4 tensors missing");
-            const size_t gs = v.group_size;
-            if (gs == 0 || gs % 8 != 0 || v.in % gs != 0)
-                fail("linear weight: int4 group size ", gs,
-                     " must be a multiple of 8 dividing in=", v.in);
-            const size_t groups = v.in / gs;
-            for (size_t o = 0; o < v.out; ++o)
-                for (size_t g = 0; g < groups; ++g)
-                    if (v.zeros[o * groups + g] > 15)
-                        fail("linear weight: zero-point ", int(v.zeros[o * groups + g]), " at row ",
-                             o, ", group ", g, " is outside 0..15");
+        case WeightType::Q4:
+            check_grouped_codes(v, "int4", "zero-point", 15);
             break;
-        }
-        case WeightType::Int5: {
-            if (!v.qweight || !v.scales || !v.zeros) fail("linear weight: int5 tensors missing");
-            const size_t gs = v.group_size;
-            if (gs == 0 || gs % 8 != 0 || v.in % gs != 0)
-                fail("linear weight: int5 group size ", gs,
-                     " must be a multiple of 8 dividing in=", v.in);
-            const size_t groups = v.in / gs;
-            for (size_t o = 0; o < v.out; ++o)
-                for (size_t g = 0; g < groups; ++g)
-                    if (v.zeros[o * groups + g] > 31)
-                        fail("linear weight: int5 zero-point ", int(v.zeros[o * groups + g]),
-                             " at row ", o, ", group ", g, " is outside 0..31");
+        case WeightType::Int5:
+            check_grouped_codes(v, "int5", "int5 zero-point", 31);
             break;
-        }
         case WeightType::Nvfp4:
             if (!v.qweight || !v.scales) fail("linear weight: nvfp4 tensors missing");
             if (v.group_size != kNvfp4Block || v.in % kNvfp4Block != 0)
