@@ -4,7 +4,6 @@
 // times the ViT forward, split into linears and attention, against the GEMM rate of its weights;
 // `awq` times the AWQ search (scales, then clipping) on one decoder layer's linears at Lance's
 // sizes.
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "core/aligned_buffer.h"
 #include "core/error.h"
@@ -137,29 +137,6 @@ size_t cold_bytes() {
     return std::max<size_t>(size_t{192} << 20, llc > 0 ? 2 * size_t(llc) : 0);
 }
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const size_t m = v.size() / 2;
-    return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
-
-// Median seconds per call of f over `reps` samples; each sample repeats the call until it lasts
-// >= 2 ms so the tiny decode shapes are not dominated by clock resolution.
-template <typename F>
-double time_call(F&& f, int reps) {
-    auto t0 = Clock::now();
-    f();  // warm-up: page faults, caches, pool wake-up
-    const double once = std::chrono::duration<double>(Clock::now() - t0).count();
-    const int calls = std::clamp(int(2e-3 / std::max(once, 1e-7)), 1, 1000);
-    std::vector<double> samples;
-    for (int r = 0; r < reps; ++r) {
-        t0 = Clock::now();
-        for (int c = 0; c < calls; ++c) f();
-        samples.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / calls);
-    }
-    return median(samples);
-}
-
 // time_call for several functions at once, with the samples taken round-robin (rep 1 of each, then
 // rep 2, ...), so that a load change on a shared machine hits every column alike and the ratios
 // between them hold within one run.
@@ -207,33 +184,13 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
     return median(gbps);
 }
 
-// Peak throughput of one register-only probe (ops per call returned by `probe`), all pool
-// threads at once, one probe per thread: the median of 3 timed runs after a warm-up, in G ops/s.
-template <typename Probe>
-double measure_peak(ThreadPool& pool, Probe&& probe) {
-    const size_t iters = size_t{4} << 20;
-    std::vector<double> ops(pool.size());
-    pool.run([&](size_t t, size_t) { ops[t] = probe(iters / 8, t); });
-    std::vector<double> rates;
-    for (int r = 0; r < 3; ++r) {
-        const auto t0 = Clock::now();
-        pool.run([&](size_t t, size_t) { ops[t] = probe(iters, t); });
-        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-        double total = 0;
-        for (double f : ops) total += f;
-        rates.push_back(total / s / 1e9);
-    }
-    return median(rates);
-}
-
 struct Peaks {
     double fma_gflops, int8_gops, bf16_gflops;  // bf16: 0 when the ISA has no bf16 dot
 };
 
 Peaks measure_peaks(ThreadPool& pool) {
     Peaks p;
-    p.fma_gflops = measure_peak(
-        pool, [](size_t it, size_t t) { return kernels::probe_fma(it, 1.0f + float(t)); });
+    p.fma_gflops = fma_peak_gflops(pool);
     p.int8_gops =
         measure_peak(pool, [](size_t it, size_t t) { return kernels::probe_int8(it, 1 + int(t)); });
     p.bf16_gflops = measure_peak(
@@ -510,13 +467,6 @@ struct DecodeOptions {
     size_t bandwidth_mib = 1024;
     std::vector<size_t> streams;  // --streams: aggregate decode with these many sequences
 };
-
-// Peak resident set of this process so far, MiB (Linux reports ru_maxrss in KiB).
-double peak_rss_mib() {
-    rusage u{};
-    getrusage(RUSAGE_SELF, &u);
-    return static_cast<double>(u.ru_maxrss) / 1024.0;
-}
 
 void run_decode_bench(const DecodeOptions& opt) {
     ThreadPool& pool = default_pool();
@@ -880,13 +830,9 @@ void run_awq_bench(const AwqBenchOptions& opt) {
                       const quant::LinearStats& st, const std::vector<int>* tie) {
         int out = 0;
         for (const auto& c : cons) out += c.out;
-        rusage r0{}, r1{};
-        getrusage(RUSAGE_SELF, &r0);
+        const double cpu0 = cpu_seconds();
         const quant::AwqResult r = quant::awq_search(cons, in, &st, ao, tie);
-        getrusage(RUSAGE_SELF, &r1);
-        auto secs = [](const timeval& t) { return t.tv_sec + t.tv_usec * 1e-6; };
-        const double cpu =
-            secs(r1.ru_utime) - secs(r0.ru_utime) + secs(r1.ru_stime) - secs(r0.ru_stime);
+        const double cpu = cpu_seconds() - cpu0;
         std::printf("%-9s %6d %6d %6.2f %9.4f %9.4f %9.4f %9.4f %8.2f %8.2f\n", name, in, out,
                     r.alpha, r.rtn.search, r.rtn.heldout, r.awq.search, r.awq.heldout, r.seconds,
                     cpu);

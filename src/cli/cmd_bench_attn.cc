@@ -3,8 +3,6 @@
 // 80 (q, k, v strided views of the qkv rows, as the ViT passes them), and decoder prefill (n = 512
 // causal, 16 query / 2 kv heads × 128) plus one decode row against a 512-token cache — in GFLOP/s
 // against the f32 FMA probe of the same run.
-#include <time.h>
-
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -13,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -67,14 +66,6 @@ double attention_flops(const AttnShape& s) {
     return pairs * double(s.heads) * double(s.hd) * 4.0;
 }
 
-// CPU seconds of this process (all threads): on a shared, oversubscribed machine wall time
-// counts other processes' turns, CPU time only this one's.
-double cpu_seconds() {
-    timespec t{};
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
-
 // f32 FMA rate of one core per CPU second (the probe on the calling thread), GFLOP/s.
 double fma_per_cpu_second() {
     const size_t iters = size_t{4} << 20;
@@ -84,26 +75,7 @@ double fma_per_cpu_second() {
         const double flops = kernels::probe_fma(iters, 1.0f);
         rates.push_back(flops / (cpu_seconds() - c0) / 1e9);
     }
-    std::sort(rates.begin(), rates.end());
-    return rates[1];
-}
-
-// f32 FMA peak of all pool threads, one probe each (median of 3 runs after a warm-up), GFLOP/s.
-double fma_peak(ThreadPool& pool) {
-    const size_t iters = size_t{4} << 20;
-    std::vector<double> ops(pool.size());
-    pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_fma(iters / 8, 1.0f + float(t)); });
-    std::vector<double> rates;
-    for (int r = 0; r < 3; ++r) {
-        const auto t0 = Clock::now();
-        pool.run([&](size_t t, size_t) { ops[t] = kernels::probe_fma(iters, 1.0f + float(t)); });
-        const double sec = std::chrono::duration<double>(Clock::now() - t0).count();
-        double total = 0;
-        for (double f : ops) total += f;
-        rates.push_back(total / sec / 1e9);
-    }
-    std::sort(rates.begin(), rates.end());
-    return rates[1];
+    return median(rates);
 }
 
 void run_bench_attention(const BenchAttnOptions& o) {
@@ -124,7 +96,7 @@ void run_bench_attention(const BenchAttnOptions& o) {
     ThreadPool& pool = default_pool();
     const kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
     std::printf("%s\n", kernels::runtime_description(pool).c_str());
-    const double peak = fma_peak(pool);
+    const double peak = fma_peak_gflops(pool);
     const double core = fma_per_cpu_second();
     std::printf("f32 FMA probe: %.1f GFLOP/s (all threads, wall), %.1f GFLOP per CPU second\n\n",
                 peak, core);
@@ -191,10 +163,7 @@ void run_bench_attention(const BenchAttnOptions& o) {
             cpu.push_back((cpu_seconds() - c0) / calls);
             sec.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / calls);
         }
-        std::sort(sec.begin(), sec.end());
-        std::sort(cpu.begin(), cpu.end());
-        const double t = sec[sec.size() / 2], tc = cpu[cpu.size() / 2],
-                     gf = attention_flops(*s) / 1e9;
+        const double t = median(sec), tc = median(cpu), gf = attention_flops(*s) / 1e9;
         std::printf("%-15s %5zu %6zu %3zu/%-2zu %4zu %8.3f %9.3f %8.1f %7.2f %9.1f %8.2f\n",
                     s->name, s->n, s->n_cached, s->heads, s->kv_heads, s->hd, gf, t * 1e3, gf / t,
                     gf / t / peak, gf / tc, gf / tc / core);

@@ -4,8 +4,6 @@
 // FLOPs one such forward executes (linears of the gen path, attention over prefix + block, the
 // latent bridge) and sets its rate against linear() at n = 512 on the gen expert's own gate
 // weight measured in the same run: the GEMM rate `bench kernels` reports for that weight type.
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -41,12 +40,6 @@ struct BenchGenOptions {
     double cfg = 4.0;
     int reps = 3;  // GEMM reference samples
 };
-
-double peak_rss_mib() {
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return static_cast<double>(ru.ru_maxrss) / 1024.0;
-}
 
 // Multiply-adds of one noisy-block forward of n gen rows whose queries see `ctx_len` keys (the
 // cached prefix plus the block itself): the gen path's seven linears per layer, q·k and p·v per
@@ -107,9 +100,7 @@ void run_bench_gen(const BenchGenOptions& o) {
     for (size_t k = 0; k < cumulative.size(); ++k)
         step_s.push_back(cumulative[k] - (k ? cumulative[k - 1] : 0.0));
     const double prefill_s = wall - cumulative.back();
-    std::vector<double> sorted = step_s;
-    std::sort(sorted.begin(), sorted.end());
-    const double step = sorted[sorted.size() / 2];
+    const double step = median(step_s);
     const bool cfg_on = o.cfg != 1.0;  // the first steps (sigma near 1) are inside the interval
     const double forward_s = step / (cfg_on ? 2 : 1);
     const double macs = noisy_forward_macs(cfg, n_gen, prefix + n_gen);
@@ -130,15 +121,7 @@ void run_bench_gen(const BenchGenOptions& o) {
             ctx, kernels::TensorRef::contiguous(x.data(), {int64_t(n), int64_t(gw.in())}), gw,
             nullptr, kernels::TensorRef::contiguous(y.data(), {int64_t(n), int64_t(gw.out())}));
     };
-    gemm_once();
-    std::vector<double> g;
-    for (int i = 0; i < o.reps; ++i) {
-        const auto a = Clock::now();
-        gemm_once();
-        g.push_back(std::chrono::duration<double>(Clock::now() - a).count());
-    }
-    std::sort(g.begin(), g.end());
-    const double gemm = 2.0 * n * gw.out() * gw.in() / g[g.size() / 2] / 1e9;
+    const double gemm = 2.0 * n * gw.out() * gw.in() / time_call(gemm_once, o.reps) / 1e9;
 
     std::printf("model %s: %d layers, hidden %d, MLP %d; gen weights %s; load %.1f s\n",
                 o.model.c_str(), cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,

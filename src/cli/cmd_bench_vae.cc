@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -36,19 +37,6 @@ std::string fmt_double(const char* f, double v) {
     char b[64];
     std::snprintf(b, sizeof b, f, v);
     return b;
-}
-
-template <typename F>
-double median_seconds(int reps, F&& f) {
-    std::vector<double> s;
-    f();  // warm-up
-    for (int r = 0; r < reps; ++r) {
-        const auto t0 = Clock::now();
-        f();
-        s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-    }
-    std::sort(s.begin(), s.end());
-    return s[s.size() / 2];
 }
 
 void run_bench_vae(const BenchVaeOptions& o) {
@@ -129,12 +117,14 @@ void run_bench_vae(const BenchVaeOptions& o) {
             const wan_vae::Context& c = mode ? ctx16 : ctx;
             const wan_vae::Conv& conv = mode ? conv16 : conv32;
             wan_vae::Frames y;
-            const double conv_s = median_seconds(o.reps, [&] { conv.run(c, x, &cache, y); });
-            const double gemm_s = median_seconds(o.reps, [&] {
-                kernels::linear(c.ops, kernels::TensorRef::contiguous(a.data(), {n, K}),
-                                conv.w.w[0], conv.w.bias.data(),
-                                kernels::TensorRef::contiguous(b.data(), {n, conv.w.c_out}));
-            });
+            const double conv_s = time_call([&] { conv.run(c, x, &cache, y); }, o.reps);
+            const double gemm_s = time_call(
+                [&] {
+                    kernels::linear(c.ops, kernels::TensorRef::contiguous(a.data(), {n, K}),
+                                    conv.w.w[0], conv.w.bias.data(),
+                                    kernels::TensorRef::contiguous(b.data(), {n, conv.w.c_out}));
+                },
+                o.reps);
             if (mode == 0) {
                 conv32_s = conv_s;
                 y32 = y;
