@@ -231,7 +231,7 @@ std::shared_ptr<GenRunArgs> add_generation_options(CLI::App* cmd) {
 bool is_generation_task(const std::string& task) { return parse_gen_task(task, nullptr); }
 
 void run_generation(const GenRunArgs& a, const std::string& task_name, const std::string& model,
-                    const std::string& prompt, uint64_t seed, bool) {
+                    const std::string& prompt, uint64_t seed) {
     GenTask task;
     if (!parse_gen_task(task_name, &task)) fail("run: unknown task '", task_name, "'");
     check_settings(a);
@@ -414,13 +414,12 @@ void demo_generate(const std::string& model, const std::string& vae, const std::
     g.size = "64x64";
     g.steps = 10;
     g.out = out_png;
-    run_generation(g, "t2i", model, "A red fox sitting in fresh snow, soft morning light.", 42,
-                   false);
+    run_generation(g, "t2i", model, "A red fox sitting in fresh snow, soft morning light.", 42);
     if (!video_support_built()) return;
     g.size = "32x32";
     g.frames = 5;
     g.out = out_mp4;
-    run_generation(g, "t2v", model, "Waves rolling onto a sandy beach at sunset.", 42, false);
+    run_generation(g, "t2v", model, "Waves rolling onto a sandy beach at sunset.", 42);
 }
 
 }  // namespace lancet::cli

@@ -247,15 +247,15 @@ void add_run(CLI::App& app) {
     cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = all)")
         ->check(CLI::NonNegativeNumber)
         ->capture_default_str();
-    auto* seed = cmd->add_option("-s,--seed", a->seed, "Sampling seed")->capture_default_str();
+    cmd->add_option("-s,--seed", a->seed, "Sampling seed")->capture_default_str();
     cmd->add_flag("--special", a->special,
                   "Special-token strings such as <|im_start|> in the prompt become special tokens "
                   "(default: plain text)");
     // --image, --video, --examples and --preset serve understanding and generation alike.
     auto gen = add_generation_options(cmd);
-    cmd->callback([a, gen, seed] {
+    cmd->callback([a, gen] {
         if (is_generation_task(a->task))
-            return run_generation(*gen, a->task, a->model, a->prompt, a->seed, seed->count() > 0);
+            return run_generation(*gen, a->task, a->model, a->prompt, a->seed);
         const MediaArgs m = media_args(*gen);
         a->image = m.image;
         a->video = m.video;

@@ -36,7 +36,7 @@ struct MediaArgs {
 MediaArgs media_args(const GenRunArgs& g);
 bool is_generation_task(const std::string& task);
 void run_generation(const GenRunArgs& g, const std::string& task, const std::string& model,
-                    const std::string& prompt, uint64_t seed, bool seed_given);
+                    const std::string& prompt, uint64_t seed);
 void add_serve(CLI::App& app);
 void add_batch(CLI::App& app);
 // `bench vae`, added under the bench command by add_bench.
