@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "core/thread_pool.h"
 #include "quant/q4.h"
 
 namespace lancet::quant {
@@ -194,6 +195,67 @@ TEST(QuantQ4, ClipRatioOneIsIdentityAndClipShrinksRange) {
     const RefGroup r = reference_group(w);
     EXPECT_EQ(s1, f32_to_bf16(r.scale));
     EXPECT_NEAR(bf16_to_f32(s2), 0.5 * bf16_to_f32(s1), bf16_to_f32(s1) * 0.01);
+}
+
+// The clip-searching RTN (the INT4 lm_head): every (row, group) holds the candidate of least
+// squared error among clip ratios 1.0 ... 0.80, each candidate built here by quantize_group and its
+// error summed in double; the search must pick ratios below 1 on rows with outliers, and rows come
+// only through the callback.
+TEST(QuantQ4, ClipSearchKeepsTheLeastErrorRatioPerGroup) {
+    for (const int in : {192, 96}) {  // g64, and 96 -> choose_group_size(96, 64) = 32
+        const int out = 7, gs = in % 64 == 0 ? 64 : 32, ng = in / gs;
+        std::mt19937 rng(11 + in);
+        std::normal_distribution<float> nd(0.0f, 0.02f);
+        std::vector<float> w(static_cast<size_t>(out) * in);
+        for (auto& v : w) v = nd(rng);
+        for (int o = 0; o < out; ++o) w[static_cast<size_t>(o) * in + (5 * o) % in] = 0.2f;
+        std::vector<int> rows_seen(out, 0);
+        const QuantizedMatrix q = quantize_rtn_clip_search(
+            out, in,
+            [&](size_t o, float* dst) {
+                ++rows_seen[o];
+                std::copy_n(&w[o * in], in, dst);
+            },
+            default_pool());
+        for (int o = 0; o < out; ++o) EXPECT_EQ(rows_seen[o], 1) << o;
+        ASSERT_EQ(q.group_size, gs);
+        validate(q, "clip search");
+        const std::vector<float> d = dequantize(q);
+        int clipped = 0;
+        for (int o = 0; o < out; ++o)
+            for (int g = 0; g < ng; ++g) {
+                const float* src = &w[static_cast<size_t>(o) * in + g * gs];
+                double best = INFINITY;
+                int best_c = -1;
+                std::vector<uint8_t> codes(gs), best_codes;
+                std::vector<float> deq(gs);
+                uint16_t s, best_s = 0;
+                uint8_t z, best_z = 0;
+                for (int c = 0; c <= 4; ++c) {
+                    GroupQuantOptions go;
+                    go.clip_ratio = 1.0f - 0.05f * float(c);
+                    go.codes_from_stored_scale = true;
+                    quantize_group(src, gs, go, codes.data(), &s, &z, deq.data());
+                    double e = 0;
+                    for (int i = 0; i < gs; ++i) {
+                        const double diff = double(deq[i]) - double(src[i]);
+                        e += diff * diff;
+                    }
+                    if (e < best) best = e, best_c = c, best_codes = codes, best_s = s, best_z = z;
+                }
+                clipped += best_c > 0;
+                EXPECT_EQ(q.scales[o * ng + g], best_s) << o << "," << g;
+                EXPECT_EQ(q.zeros[o * ng + g], best_z) << o << "," << g;
+                double e = 0;
+                for (int i = 0; i < gs; ++i) {
+                    EXPECT_EQ(q.code(o, g * gs + i), best_codes[i]) << o << "," << g << "," << i;
+                    const double diff = double(d[o * in + g * gs + i]) - double(src[i]);
+                    e += diff * diff;
+                }
+                EXPECT_EQ(e, best) << o << "," << g;
+            }
+        EXPECT_GT(clipped, 0) << "no group preferred a clip ratio below 1";
+    }
 }
 
 TEST(QuantQ4, GroupSizeFallback) {

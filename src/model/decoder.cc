@@ -19,53 +19,22 @@ namespace {
 
 constexpr size_t kMlpRows = 256;  // MLP row block: bounds the [rows, intermediate] buffers
 
-// INT4 g64 form of a [out, in] weight for the kernels (DecoderOptions::LmHead::Int4): per group,
-// min-max RTN at clip ratios 1.0, 0.95, ..., 0.80 with codes chosen against the stored bf16 scale,
-// keeping the ratio of least squared weight error.
-// Rows are converted to f32 one at a time (per thread), so the load holds no f32 copy of the
-// whole [vocab, hidden] matrix.
+// The INT4 g64 form of the [out, in] lm_head for the kernels (DecoderOptions::LmHead::Int4, the
+// quantizer of quant::quantize_rtn_clip_search). Rows are converted to f32 one at a time (per
+// thread), so the load holds no f32 copy of the whole [vocab, hidden] matrix.
 kernels::LinearWeight quantize_lm_head_int4(const TensorView& t, size_t out, size_t in,
                                             ThreadPool& pool) {
-    constexpr size_t kGs = 64;
-    const size_t gs =
-        in % kGs == 0 ? kGs : static_cast<size_t>(quant::choose_group_size(int(in), 64));
-    const size_t ng = in / gs;
-    std::vector<uint8_t> qweight(out * in / 2), zeros(out * ng);
-    std::vector<uint16_t> scales(out * ng);
-    pool.parallel_for(out, [&](size_t o0, size_t o1) {
-        std::vector<uint8_t> codes(in), cand(gs);
-        std::vector<float> deq(gs), row(in);
-        const size_t es = dtype_size(t.dtype);
-        for (size_t o = o0; o < o1; ++o) {
+    const size_t es = dtype_size(t.dtype);
+    const quant::QuantizedMatrix q = quant::quantize_rtn_clip_search(
+        out, in,
+        [&](size_t o, float* row) {
             convert_to_f32(
                 TensorView{t.dtype, {static_cast<int64_t>(in)}, t.data + o * in * es, in * es},
-                row.data());
-            for (size_t g = 0; g < ng; ++g) {
-                const float* src = &row[g * gs];
-                double best = -1;
-                for (int c = 0; c <= 4; ++c) {
-                    quant::GroupQuantOptions go;
-                    go.clip_ratio = 1.0f - 0.05f * float(c);
-                    go.codes_from_stored_scale = true;
-                    uint16_t sc;
-                    uint8_t z;
-                    quant::quantize_group(src, int(gs), go, cand.data(), &sc, &z, deq.data());
-                    double err = 0;
-                    for (size_t i = 0; i < gs; ++i)
-                        err += double(deq[i] - src[i]) * double(deq[i] - src[i]);
-                    if (best < 0 || err < best) {
-                        best = err;
-                        std::copy(cand.begin(), cand.end(), codes.begin() + g * gs);
-                        scales[o * ng + g] = sc;
-                        zeros[o * ng + g] = z;
-                    }
-                }
-            }
-            quant::pack_int4(codes.data(), int64_t(in), &qweight[o * (in / 2)]);
-        }
-    });
-    return kernels::LinearWeight::from_awq_int4(qweight.data(), scales.data(), zeros.data(), out,
-                                                in, gs);
+                row);
+        },
+        pool);
+    return kernels::LinearWeight::from_awq_int4(q.qweight.data(), q.scales.data(), q.zeros.data(),
+                                                out, in, static_cast<size_t>(q.group_size));
 }
 
 static_assert(static_cast<int>(SplitMode::Causal) == static_cast<int>(kernels::AttnSplit::Causal) &&

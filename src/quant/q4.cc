@@ -217,6 +217,51 @@ QuantizedMatrix quantize_rtn(const float* w, int out, int in, const RtnOptions& 
     return q;
 }
 
+QuantizedMatrix quantize_rtn_clip_search(size_t out, size_t in,
+                                         const std::function<void(size_t, float*)>& row,
+                                         ThreadPool& pool) {
+    constexpr size_t kGs = 64;
+    const size_t gs = in % kGs == 0 ? kGs : static_cast<size_t>(choose_group_size(int(in), 64));
+    const size_t ng = in / gs;
+    QuantizedMatrix q;
+    q.out = static_cast<int>(out);
+    q.in = static_cast<int>(in);
+    q.group_size = static_cast<int>(gs);
+    q.qweight.resize(out * in / 2);
+    q.scales.resize(out * ng);
+    q.zeros.resize(out * ng);
+    pool.parallel_for(out, [&](size_t o0, size_t o1) {
+        std::vector<uint8_t> codes(in), cand(gs);
+        std::vector<float> deq(gs), w(in);
+        for (size_t o = o0; o < o1; ++o) {
+            row(o, w.data());
+            for (size_t g = 0; g < ng; ++g) {
+                const float* src = &w[g * gs];
+                double best = -1;
+                for (int c = 0; c <= 4; ++c) {
+                    GroupQuantOptions go;
+                    go.clip_ratio = 1.0f - 0.05f * float(c);
+                    go.codes_from_stored_scale = true;
+                    uint16_t sc;
+                    uint8_t z;
+                    quantize_group(src, int(gs), go, cand.data(), &sc, &z, deq.data());
+                    double err = 0;
+                    for (size_t i = 0; i < gs; ++i)
+                        err += double(deq[i] - src[i]) * double(deq[i] - src[i]);
+                    if (best < 0 || err < best) {
+                        best = err;
+                        std::copy(cand.begin(), cand.end(), codes.begin() + g * gs);
+                        q.scales[o * ng + g] = sc;
+                        q.zeros[o * ng + g] = z;
+                    }
+                }
+            }
+            pack_int4(codes.data(), int64_t(in), &q.qweight[o * (in / 2)]);
+        }
+    });
+    return q;
+}
+
 // ---- INT5 ----
 
 void validate(const Int5Matrix& q, const char* what) {

@@ -4,7 +4,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
+
+namespace lancet {
+class ThreadPool;
+}
 
 namespace lancet::quant {
 
@@ -81,6 +86,16 @@ struct RtnOptions {
 // Min-max RTN of a row-major [out, in] f32 matrix per spec §1.1. The chosen group size is in the
 // result (callers warn when it differs from the request). Throws on non-finite weights.
 QuantizedMatrix quantize_rtn(const float* w, int out, int in, const RtnOptions& opt);
+
+// Min-max RTN of an [out, in] matrix with a clip search per (row, group), the INT4 g64 form
+// DecoderOptions::LmHead::Int4 gives a bf16 lm_head: the group size is 64 when it divides `in`,
+// else choose_group_size(in, 64); per group, clip ratios 1.0, 0.95, ..., 0.80 with codes chosen
+// against the stored bf16 scale, keeping the ratio of least squared weight error. `row(o, dst)`
+// writes row o in f32 to dst [in]; it is called once per row from the pool's threads, so no f32
+// copy of the whole matrix is held.
+QuantizedMatrix quantize_rtn_clip_search(size_t out, size_t in,
+                                         const std::function<void(size_t, float*)>& row,
+                                         ThreadPool& pool);
 
 // ---- Decode-only formats of the seed's other quantizers ----
 
