@@ -244,26 +244,33 @@ Plan make_plan(const CalibrateOptions& opt, const LanceCheckpoint& ck) {
         const std::string file = (fs::path(opt.examples_dir) / (t + "_example.json")).string();
         if (!fs::is_regular_file(file, ec)) fail(file, ": no such examples file (task ", t, ")");
         size_t before = pl.items.size(), skipped = 0;
+        // An item whose media file is missing: an error, or a logged skip (--skip-missing-media).
+        auto skip_missing = [&](const std::string& key, const std::string& media) {
+            if (!opt.skip_missing_media)
+                fail(file, ": item ", key, ": ", media,
+                     " not found (--skip-missing-media skips such items)");
+            log_info("calibrate: ", t, " item ", key, ": ", media, " not found; skipped");
+            ++skipped;
+        };
+        // A new item of this task, labelled "task key".
+        auto add_item = [&](CalItem::Kind kind, const std::string& key) -> CalItem& {
+            CalItem& it = pl.items.emplace_back();
+            it.kind = kind;
+            it.label = t + " " + key;
+            return it;
+        };
         if (t.rfind("x2t_", 0) == 0) {
             if (!ck.has_vit()) fail(opt.model, ": ", t, " needs the ViT, and this model has none");
             pl.need_vit = true;
             for (const X2tExample& e : read_x2t_examples(file)) {
                 std::error_code ec2;
                 if (!fs::is_regular_file(e.media, ec2)) {
-                    if (!opt.skip_missing_media)
-                        fail(file, ": item ", e.key, ": ", e.media,
-                             " not found (--skip-missing-media skips such items)");
-                    log_info("calibrate: ", t, " item ", e.key, ": ", e.media,
-                             " not found; skipped");
-                    ++skipped;
+                    skip_missing(e.key, e.media);
                     continue;
                 }
-                CalItem it;
-                it.kind = CalItem::X2t;
-                it.label = t + " " + e.key;
+                CalItem& it = add_item(CalItem::X2t, e.key);
                 it.x2t = e;
                 it.prompt = {e.instruction, e.question, e.answer};
-                pl.items.push_back(it);
             }
         } else {
             GenTask task;
@@ -286,20 +293,12 @@ Plan make_plan(const CalibrateOptions& opt, const LanceCheckpoint& ck) {
                     fail(file, ": item ", e.key, " has no input ",
                          task == GenTask::VideoEdit ? "video" : "image");
                 if (media && e.media.empty()) {
-                    if (!opt.skip_missing_media)
-                        fail(file, ": item ", e.key, ": ", e.media_ref,
-                             " not found (--skip-missing-media skips such items)");
-                    log_info("calibrate: ", t, " item ", e.key, ": ", e.media_ref,
-                             " not found; skipped");
-                    ++skipped;
+                    skip_missing(e.key, e.media_ref);
                     continue;
                 }
-                CalItem it;
-                it.kind = CalItem::Gen;
-                it.label = t + " " + e.key;
+                CalItem& it = add_item(CalItem::Gen, e.key);
                 it.gen_task = task;
                 it.gen = e;
-                pl.items.push_back(it);
             }
         }
         if (pl.items.size() == before) fail(file, ": no item can run");
