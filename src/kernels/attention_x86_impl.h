@@ -19,8 +19,37 @@
 namespace lancet::kernels::detail {
 namespace {
 
-// VT provides: V, kLanes, zero, load, store, set1, fmadd(a, b, c) = a·b + c, mul, add, max,
-// exp_neg (exp of x <= 0, 0 for x < −87 or −inf), and zero_if_neg_inf.
+// VT provides: V, kLanes, zero, load, store, set1, fmadd(a, b, c) = a·b + c, fnmadd(a, b, c) =
+// c − a·b, mul, add, sub, max, round (to nearest even), pow2i(n) = 2^n for integral n in float
+// lanes, lt / eq (a lane mask: a < b, a == b) and zero_where(mask, v).
+
+// exp(x) for x <= 0: 2^n · poly(r), r = x − n ln2 in [−ln2/2, ln2/2] (ln2 in two parts, so the
+// reduction is exact); relative error ~2e-7; 0 below −87 (and for −inf). One polynomial for every
+// vector width, so the AVX2 and AVX-512 tables agree lane for lane.
+template <class VT>
+inline typename VT::V exp_neg(typename VT::V x) {
+    using V = typename VT::V;
+    const V lo = VT::set1(-87.0f);
+    const auto underflow = VT::lt(x, lo);
+    x = VT::max(x, lo);
+    const V n = VT::round(VT::mul(x, VT::set1(1.44269504088896341f)));
+    V r = VT::fnmadd(n, VT::set1(0.693359375f), x);
+    r = VT::fnmadd(n, VT::set1(-2.12194440e-4f), r);
+    V y = VT::set1(1.9875691500e-4f);
+    y = VT::fmadd(y, r, VT::set1(1.3981999507e-3f));
+    y = VT::fmadd(y, r, VT::set1(8.3334519073e-3f));
+    y = VT::fmadd(y, r, VT::set1(4.1665795894e-2f));
+    y = VT::fmadd(y, r, VT::set1(1.6666665459e-1f));
+    y = VT::fmadd(y, r, VT::set1(5.0000001201e-1f));
+    y = VT::fmadd(y, VT::mul(r, r), VT::add(r, VT::set1(1.0f)));
+    return VT::zero_where(underflow, VT::mul(y, VT::pow2i(n)));
+}
+
+// x with its −inf lanes set to 0.
+template <class VT>
+inline typename VT::V zero_if_neg_inf(typename VT::V x) {
+    return VT::zero_where(VT::eq(x, VT::set1(-std::numeric_limits<float>::infinity())), x);
+}
 
 // st[j*ld + r] = Σ_d q[d*ld + r] · k[j*ldk + d] for rows of RV vectors from r0 and KB keys.
 template <class VT, int RV, int KB>
@@ -85,11 +114,11 @@ void softmax_cols(float* st, size_t ld, size_t nr, size_t nk, float* m, float* s
         const V m_old = VT::load(m + o);
         V top = m_old;
         for (size_t j = 0; j < nk; ++j) top = VT::max(top, VT::load(st + j * ld + o));
-        const V base = VT::zero_if_neg_inf(top);
-        const V c = VT::exp_neg(VT::sub(m_old, base));
+        const V base = zero_if_neg_inf<VT>(top);
+        const V c = exp_neg<VT>(VT::sub(m_old, base));
         V s = VT::zero();
         for (size_t j = 0; j < nk; ++j) {
-            const V p = VT::exp_neg(VT::sub(VT::load(st + j * ld + o), base));
+            const V p = exp_neg<VT>(VT::sub(VT::load(st + j * ld + o), base));
             VT::store(st + j * ld + o, p);
             s = VT::add(s, p);
         }

@@ -214,43 +214,7 @@ void pv(const float* p, size_t nq, const float* v, size_t ldv, size_t nk, size_t
     }
 }
 
-// exp(x) for x <= 0: 2^n * poly(r), r = x - n ln2 in [-ln2/2, ln2/2]; relative error ~2e-7.
-inline __m256 exp_neg(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.0f);
-    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(x, lo);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    return _mm256_andnot_ps(underflow, y);
-}
-
-float exp_sum(float* p, size_t n, float m) {
-    const __m256 mv = _mm256_set1_ps(m);
-    __m256 acc = _mm256_setzero_ps();
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p + i), mv));
-        _mm256_storeu_ps(p + i, e);
-        acc = _mm256_add_ps(acc, e);
-    }
-    float s = hsum(acc);
-    for (; i < n; ++i) s += (p[i] = std::exp(p[i] - m));
-    return s;
-}
-
-// 256-bit vectors for attention_x86_impl.h's query-block tiles.
+// 256-bit vectors for attention_x86_impl.h's query-block tiles and exp_neg.
 struct Vec8 {
     using V = __m256;
     static constexpr size_t kLanes = 8;
@@ -259,16 +223,36 @@ struct Vec8 {
     static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
     static V set1(float x) { return _mm256_set1_ps(x); }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
     static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
     static V add(V a, V b) { return _mm256_add_ps(a, b); }
     static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
     static V max(V a, V b) { return _mm256_max_ps(a, b); }
-    static V exp_neg(V x) { return detail::exp_neg(x); }
-    static V zero_if_neg_inf(V x) {
-        const V ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-        return _mm256_andnot_ps(_mm256_cmp_ps(x, ninf, _CMP_EQ_OQ), x);
+    static V round(V x) {
+        return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
+    static V pow2i(V n) {
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+    }
+    static V lt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+    static V eq(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+    static V zero_where(V m, V v) { return _mm256_andnot_ps(m, v); }
 };
+
+float exp_sum(float* p, size_t n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 e = exp_neg<Vec8>(_mm256_sub_ps(_mm256_loadu_ps(p + i), mv));
+        _mm256_storeu_ps(p + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float s = hsum(acc);
+    for (; i < n; ++i) s += (p[i] = std::exp(p[i] - m));
+    return s;
+}
 
 // 16 registers: scores 2 row vectors × 6 keys (12 accumulators + 2 q + 1 broadcast), p·v
 // 2 row vectors × 6 dims.

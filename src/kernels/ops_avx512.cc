@@ -29,32 +29,18 @@ struct Vec16 {
     static V add(V a, V b) { return _mm512_add_ps(a, b); }
     static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
     static V max(V a, V b) { return _mm512_max_ps(a, b); }
-    // exp(x) for x <= 0 as the AVX2 path's exp_neg (same reduction and polynomial): 2^n ·
-    // poly(r), r = x − n ln2; 0 below −87 (and for −inf).
-    static V exp_neg(V x) {
-        const V lo = _mm512_set1_ps(-87.0f);
-        const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-        x = _mm512_max_ps(x, lo);
-        const V n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        V r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-        V y = _mm512_set1_ps(1.9875691500e-4f);
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-        y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-        const __m512i e =
-            _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-        y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-        return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), y);
+    static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+    static V round(V x) {
+        return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     }
-    static V zero_if_neg_inf(V x) {
-        const V ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-        return _mm512_maskz_mov_ps(static_cast<__mmask16>(~_mm512_cmp_ps_mask(x, ninf, _CMP_EQ_OQ)),
-                                   x);
+    static V pow2i(V n) {
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+    }
+    static __mmask16 lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+    static __mmask16 eq(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+    static V zero_where(__mmask16 m, V v) {
+        return _mm512_maskz_mov_ps(static_cast<__mmask16>(~m), v);
     }
 };
 
