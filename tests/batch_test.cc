@@ -9,7 +9,6 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "model/synth.h"
 #include "test_util.h"
 
 namespace lancet {
@@ -18,30 +17,12 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// Sets environment variables for a scope (the child processes inherit them).
-class ScopedEnv {
-  public:
-    ScopedEnv(std::initializer_list<std::pair<const char*, std::string>> vars) {
-        for (const auto& [k, v] : vars) {
-            names_.push_back(k);
-            setenv(k, v.c_str(), 1);
-        }
-    }
-    ~ScopedEnv() {
-        for (const char* k : names_) unsetenv(k);
-    }
-
-  private:
-    std::vector<const char*> names_;
-};
+using test::ScopedEnv;
 
 class Batch : public ::testing::Test {
   protected:
     void SetUp() override {
-        SynthOptions o;
-        o.out = (dir_ / "tiny").string();
-        synth_checkpoint(o);
-        model_ = o.out;
+        model_ = test::synth_tiny(dir_);
         json ex = json::array();
         for (int i = 0; i < 5; ++i)
             ex.push_back({{"id", "q" + std::to_string(i)},
@@ -186,8 +167,7 @@ TEST_F(Batch, MpirunTwoRanksMatchOneProcess) {
     if (std::system("command -v mpirun >/dev/null 2>&1") != 0)
         GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
     ASSERT_EQ(batch((dir_ / "one").string()).exit_code, 0);
-    const char* env_bin = std::getenv("LANCET_BIN");
-    const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
+    const std::string bin = test::lancet_bin();
     const fs::path out = dir_ / "mpi";
     const std::string cmd =
         "timeout -s KILL 120 mpirun -np 2 --oversubscribe --allow-run-as-root " + bin +

@@ -15,7 +15,6 @@
 #include "io/video.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
-#include "model/synth.h"
 #include "model/vit.h"
 #include "pipeline/calibrate.h"
 #include "pipeline/gen_tasks.h"
@@ -37,22 +36,7 @@ const std::string kQ0Gen = "language_model.model.layers.0.self_attn.q_proj_moe_g
 const std::string kDown1Gen = "language_model.model.layers.1.mlp_moe_gen.down_proj";
 const std::string kVitQkv0 = "vit_model.blocks.0.attn.qkv";
 
-// Sets environment variables for a scope (the child processes inherit them).
-class ScopedEnv {
-  public:
-    ScopedEnv(std::initializer_list<std::pair<const char*, std::string>> vars) {
-        for (const auto& [k, v] : vars) {
-            names_.push_back(k);
-            setenv(k, v.c_str(), 1);
-        }
-    }
-    ~ScopedEnv() {
-        for (const char* k : names_) unsetenv(k);
-    }
-
-  private:
-    std::vector<const char*> names_;
-};
+using test::ScopedEnv;
 
 json interleave(const std::string& a, const json& b, const char* ta, const char* tb) {
     return {{"interleave_array", {a, b}}, {"element_dtype_array", {ta, tb}}};
@@ -62,9 +46,7 @@ class CalibrateTasks : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
         dir_ = new test::TempDir();
-        SynthOptions so;
-        so.out = (*dir_ / "tiny").string();
-        synth_checkpoint(so);
+        test::synth_tiny(*dir_);
         const fs::path ex = *dir_ / "examples";
         fs::create_directories(ex / "images");
         fs::create_directories(ex / "videos");
@@ -383,8 +365,7 @@ TEST_F(CalibrateTasks, ShardedRunsReduceToTheSingleProcessBytes) {
 
     if (std::system("command -v mpirun >/dev/null 2>&1") != 0)
         GTEST_SKIP() << "mpirun not installed (openmpi-bin)";
-    const char* env_bin = std::getenv("LANCET_BIN");
-    const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
+    const std::string bin = test::lancet_bin();
     const fs::path out = *dir_ / "mpi.safetensors";
     const std::string cmd =
         "timeout -s KILL 300 mpirun -np 2 --oversubscribe --allow-run-as-root " + bin + " " +

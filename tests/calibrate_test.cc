@@ -12,7 +12,6 @@
 #include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
-#include "model/synth.h"
 #include "pipeline/perplexity.h"
 #include "pipeline/quantize.h"
 #include "quant/stats_file.h"
@@ -24,14 +23,8 @@ namespace lancet {
 namespace {
 
 namespace fs = std::filesystem;
+using test::synth_tiny;
 using test::TempDir;
-
-std::string synth_tiny(const TempDir& dir, const std::string& name = "tiny") {
-    SynthOptions o;
-    o.out = (dir / name).string();
-    synth_checkpoint(o);
-    return o.out;
-}
 
 TEST(Calibrate, ReadsEveryPromptFormat) {
     TempDir dir;

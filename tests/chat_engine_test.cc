@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "kernels/linear.h"
-#include "model/synth.h"
 #include "pipeline/text_generation.h"
 #include "test_util.h"
 #include "tokenizer/chat_template.h"
@@ -50,10 +49,7 @@ Reply direct(const std::string& model, const server::ChatRequest& req, const Qwe
 // request is cancelled after its first piece; the others finish as if it had never been there.
 TEST(ChatEngine, ConcurrentRequestsDecodeTogetherAndMatchRunsAlone) {
     test::TempDir dir;
-    SynthOptions o;
-    o.out = (dir / "tiny").string();
-    synth_checkpoint(o);
-    const std::string model = test::make_rtn_int4(o.out, dir / "int4", 32);
+    const std::string model = test::make_rtn_int4(test::synth_tiny(dir), dir / "int4", 32);
     const ScopedAct act(kernels::ActMode::Int8);
 
     server::ChatEngineOptions eo;
@@ -129,11 +125,9 @@ TEST(ChatEngine, ConcurrentRequestsDecodeTogetherAndMatchRunsAlone) {
 // An impossible request (prompt + max_tokens past the context) fails alone; the next one runs.
 TEST(ChatEngine, AFailingRequestAffectsNoOther) {
     test::TempDir dir;
-    SynthOptions o;
-    o.out = (dir / "tiny").string();
-    synth_checkpoint(o);
+    const std::string model = test::synth_tiny(dir);
     server::ChatEngineOptions eo;
-    eo.model = o.out;
+    eo.model = model;
     eo.parallel = 2;
     eo.threads = 1;
     server::ChatEngine engine(eo);

@@ -16,7 +16,6 @@
 #include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
-#include "model/synth.h"
 #include "pipeline/gen_tasks.h"
 #include "test_util.h"
 #include "tokenizer/qwen2_tokenizer.h"
@@ -181,10 +180,7 @@ class FlowModel : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
         dir_ = new test::TempDir();
-        SynthOptions o;
-        o.out = (dir_->path() / "tiny").string();
-        synth_checkpoint(o);
-        model_ = o.out;
+        model_ = test::synth_tiny(*dir_);
     }
     static void TearDownTestSuite() {
         delete dir_;

@@ -21,15 +21,11 @@ namespace lancet {
 namespace {
 
 namespace fs = std::filesystem;
+using test::lancet_bin;
 using test::run_lancet;
 using test::TempDir;
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
-
-std::string lancet_bin() {
-    const char* env_bin = std::getenv("LANCET_BIN");
-    return env_bin && *env_bin ? env_bin : LANCET_BIN;
-}
 
 // Starts `lancet args...` with stderr to `err_file`; returns its pid.
 pid_t start_lancet(const std::vector<std::string>& args, const fs::path& err_file) {

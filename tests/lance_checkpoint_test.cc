@@ -19,18 +19,8 @@ namespace lancet {
 namespace {
 
 namespace fs = std::filesystem;
+using test::synth_tiny;
 using test::TempDir;
-
-std::string synth_tiny(const TempDir& dir, const std::string& name = "tiny", uint64_t seed = 1,
-                       DType dt = DType::F32) {
-    SynthOptions o;
-    o.preset = "tiny";
-    o.seed = seed;
-    o.dtype = dt;
-    o.out = (dir / name).string();
-    synth_checkpoint(o);
-    return o.out;
-}
 
 // Copies `src` to `dst` through the writer, letting `edit` drop (return false), rename or reshape
 // tensors on the way.
@@ -373,11 +363,9 @@ namespace {
 
 TEST(Cli, OutOfRangeThreadsAndEmptyTensorNameAreOneLineErrors) {
     test::TempDir dir;
-    SynthOptions o;
-    o.out = (dir / "tiny").string();
-    synth_checkpoint(o);
-    for (const std::string& args : {"-t -1 inspect " + o.out, "-t 5000 inspect " + o.out,
-                                    "inspect " + o.out + " --tensor ''"}) {
+    const std::string model = synth_tiny(dir);
+    for (const std::string& args : {"-t -1 inspect " + model, "-t 5000 inspect " + model,
+                                    "inspect " + model + " --tensor ''"}) {
         const auto r = test::run_lancet(args);
         EXPECT_EQ(r.exit_code, 1) << args;
         EXPECT_EQ(r.err.rfind("lancet: error:", 0), 0u) << args << ": " << r.err;

@@ -905,18 +905,16 @@ namespace {
 // and runs.
 TEST(QuantizeSequential, WritesThePublishedFormatFromItsOwnStatistics) {
     TempDir dir;
-    SynthOptions so;
-    so.out = (dir / "src").string();
-    synth_checkpoint(so);
+    const std::string src = test::synth_tiny(dir, "src");
     test::write_file(dir / "p.txt", "one prompt\nanother prompt, longer than the first one\n");
     CalibrateOptions co;
-    co.model = so.out;
+    co.model = src;
     co.prompts = {(dir / "p.txt").string()};
     co.out = (dir / "stats.st").string();
     co.latent_hw = 4;
     calibrate(co);
     QuantizeOptions qo;
-    qo.src = so.out;
+    qo.src = src;
     qo.progress = false;
     qo.stats = co.out;
     qo.out = (dir / "plain").string();

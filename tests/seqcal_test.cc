@@ -13,7 +13,6 @@
 #include "io/safetensors.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
-#include "model/synth.h"
 #include "pipeline/calibrate.h"
 #include "quant/act_stats.h"
 #include "quant/awq.h"
@@ -24,6 +23,7 @@ namespace lancet {
 namespace {
 
 namespace fs = std::filesystem;
+using test::synth_tiny;
 using test::TempDir;
 
 std::vector<float> random_rows(int64_t n, int in, uint64_t seed) {
@@ -163,13 +163,6 @@ TEST(Hessian, GptqFromFullHessianMatchesTheRowsWhenTheyAreAll) {
     std::printf("codes that differ: %d of %zu\n", differ, 2 * a.size());
     EXPECT_LE(differ, static_cast<int>(2 * a.size() / 200));  // <= 0.5 %
     EXPECT_NEAR(full.result.heldout, rows.result.heldout, 0.02 * rows.result.heldout);
-}
-
-std::string synth_tiny(const TempDir& dir) {
-    SynthOptions o;
-    o.out = (dir / "tiny").string();
-    synth_checkpoint(o);
-    return o.out;
 }
 
 // embed_inputs + forward_layer over every layer with layers loaded by load_layer_path reproduce

@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "model/synth.h"
 #include "test_util.h"
 
 namespace lancet {
@@ -26,67 +25,14 @@ std::string shell(const std::string& cmd) {
     return out;
 }
 
-TEST(ServeCli, CurlAgainstTheBinary) {
-    if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "curl not installed";
-    test::TempDir dir;
-    SynthOptions o;
-    o.out = (dir / "tiny").string();
-    synth_checkpoint(o);
-    const char* env_bin = std::getenv("LANCET_BIN");
-    const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
-    const fs::path log = dir / "serve.log", pidfile = dir / "pid";
-    const std::string start = bin + " serve -m " + o.out + " --port 0 --api-key k1 2>" +
-                              log.string() + " & echo $! >" + pidfile.string();
-    ASSERT_EQ(std::system(start.c_str()), 0);
-    const int pid = std::stoi(test::read_file(pidfile));
-    // The port is in the start-up line once the server listens.
-    std::string port;
-    while (port.empty()) {
-        const std::string text = test::read_file(log);
-        const size_t p = text.find("serving http://127.0.0.1:");
-        if (p != std::string::npos && text.find("/ (", p) != std::string::npos)
-            port = text.substr(p + 25, text.find('/', p + 25) - (p + 25));
-        ASSERT_EQ(kill(pid, 0), 0) << "the server exited: " << text;
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    const std::string url = "http://127.0.0.1:" + port;
-    const std::string body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
-    const std::string ok = shell("curl -s -H 'Authorization: Bearer k1' " + url +
-                                 "/v1/chat/completions -d '" + body + "'");
-    const auto j = nlohmann::json::parse(ok);
-    EXPECT_EQ(j["object"], "chat.completion") << ok;
-    EXPECT_EQ(j["usage"]["completion_tokens"].get<int>() + j["usage"]["prompt_tokens"].get<int>(),
-              j["usage"]["total_tokens"].get<int>());
-    const std::string sse = shell(
-        "curl -s -N -H 'Authorization: Bearer k1' " + url + "/v1/chat/completions -d '" +
-        R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true})" + "'");
-    EXPECT_EQ(sse.rfind("data: {", 0), 0u) << sse;
-    EXPECT_NE(sse.find("data: [DONE]\n\n"), std::string::npos) << sse;
-    EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer k2' " + url +
-                    "/v1/models"),
-              "401");
-    EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' " + url + "/health"), "200");
-    kill(pid, SIGTERM);
-    // Gone, or a zombie that nobody reaps (the shell that started it has exited).
-    auto alive = [pid] {
-        if (kill(pid, 0) != 0) return false;
-        const std::string stat = test::read_file("/proc/" + std::to_string(pid) + "/stat");
-        const size_t p = stat.rfind(')');
-        return p == std::string::npos || p + 2 >= stat.size() || stat[p + 2] != 'Z';
-    };
-    while (alive()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-}
-
 // Starts `lancet serve ARGS` on a free port; returns the pid and fills the base URL.
 int start_server(const test::TempDir& dir, const std::string& args, std::string* url) {
-    const char* env_bin = std::getenv("LANCET_BIN");
-    const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
     // A log of its own per start: a second start must not read the first one's port.
     static int starts = 0;
     const std::string n = std::to_string(++starts);
     const fs::path log = dir / ("serve-" + n + ".log"), pidfile = dir / ("pid-" + n);
-    const std::string start =
-        bin + " serve " + args + " --port 0 2>" + log.string() + " & echo $! >" + pidfile.string();
+    const std::string start = test::lancet_bin() + " serve " + args + " --port 0 2>" +
+                              log.string() + " & echo $! >" + pidfile.string();
     EXPECT_EQ(std::system(start.c_str()), 0);
     const int pid = std::stoi(test::read_file(pidfile));
     std::string port;
@@ -116,17 +62,40 @@ void stop_server(int pid) {
     while (alive()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
 }
 
+TEST(ServeCli, CurlAgainstTheBinary) {
+    if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "curl not installed";
+    test::TempDir dir;
+    std::string url;
+    const int pid = start_server(dir, "-m " + test::synth_tiny(dir) + " --api-key k1", &url);
+    ASSERT_GT(pid, 0);
+    const std::string body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
+    const std::string ok = shell("curl -s -H 'Authorization: Bearer k1' " + url +
+                                 "/v1/chat/completions -d '" + body + "'");
+    const auto j = nlohmann::json::parse(ok);
+    EXPECT_EQ(j["object"], "chat.completion") << ok;
+    EXPECT_EQ(j["usage"]["completion_tokens"].get<int>() + j["usage"]["prompt_tokens"].get<int>(),
+              j["usage"]["total_tokens"].get<int>());
+    const std::string sse = shell(
+        "curl -s -N -H 'Authorization: Bearer k1' " + url + "/v1/chat/completions -d '" +
+        R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true})" + "'");
+    EXPECT_EQ(sse.rfind("data: {", 0), 0u) << sse;
+    EXPECT_NE(sse.find("data: [DONE]\n\n"), std::string::npos) << sse;
+    EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer k2' " + url +
+                    "/v1/models"),
+              "401");
+    EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}' " + url + "/health"), "200");
+    stop_server(pid);
+}
+
 // The generation routes through the binary: the VAE in the model folder turns them on, a PNG and
 // an MP4 come back, the temp folder under --tmp-dir is gone after SIGTERM; --no-generation: 501.
 TEST(ServeCli, GenerationThroughTheBinary) {
     if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "curl not installed";
     test::TempDir dir;
-    SynthOptions o;
-    o.out = (dir / "tiny").string();
-    synth_checkpoint(o);
+    const std::string model = test::synth_tiny(dir);
     fs::create_directories(dir / "tmp");
     std::string url;
-    int pid = start_server(dir, "-m " + o.out + " --tmp-dir " + (dir / "tmp").string(), &url);
+    int pid = start_server(dir, "-m " + model + " --tmp-dir " + (dir / "tmp").string(), &url);
     ASSERT_GT(pid, 0);
     const std::string json_h = " -H 'Content-Type: application/json' ";
     const fs::path png = dir / "out.png";
@@ -155,7 +124,7 @@ TEST(ServeCli, GenerationThroughTheBinary) {
     stop_server(pid);
     EXPECT_TRUE(fs::is_empty(dir / "tmp")) << "the temp folder outlived the server";
 
-    pid = start_server(dir, "-m " + o.out + " --no-generation", &url);
+    pid = start_server(dir, "-m " + model + " --no-generation", &url);
     ASSERT_GT(pid, 0);
     EXPECT_EQ(shell("curl -s -o /dev/null -w '%{http_code}'" + json_h + url +
                     "/v1/images/generations -d '{\"prompt\":\"a fox\"}'"),

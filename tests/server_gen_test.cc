@@ -13,7 +13,6 @@
 #include "core/error.h"
 #include "io/image.h"
 #include "io/video.h"
-#include "model/synth.h"
 #include "pipeline/understanding.h"
 #include "server/gen_service.h"
 #include "server/http_server.h"
@@ -32,16 +31,14 @@ class ServerGen : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
         dir_ = new test::TempDir();
-        SynthOptions o;
-        o.out = (*dir_ / "tiny").string();
-        synth_checkpoint(o);
+        const std::string model = test::synth_tiny(*dir_);
         server::ChatEngineOptions eo;
-        eo.model = o.out;
+        eo.model = model;
         eo.threads = 1;
         eo.load_gen = true;
         engine_ = new server::ChatEngine(eo);
         server::GenServiceOptions go;
-        go.model = o.out;
+        go.model = model;
         go.vae = (*dir_ / "tiny" / "Wan2.2_VAE.pth").string();
         go.max_pixels = 64 * 64;
         go.max_images = 2;
@@ -64,14 +61,9 @@ class ServerGen : public ::testing::Test {
             return gen_->image_job(b, up, edit);
         };
         so.video_jobs = [](const json& b) { return gen_->video_job(b); };
-        http_ = new server::HttpServer(*engine_, so);
-        port_ = http_->bind();
-        thread_ = new std::thread([] { http_->listen(); });
+        http_ = new test::LoopbackServer(*engine_, so);
     }
     static void TearDownTestSuite() {
-        http_->stop();
-        thread_->join();
-        delete thread_;
         delete http_;
         const std::string tmp = gen_->temp_dir();
         delete gen_;
@@ -80,7 +72,7 @@ class ServerGen : public ::testing::Test {
         delete dir_;
     }
     static httplib::Client client() {
-        httplib::Client c("127.0.0.1", port_);
+        httplib::Client c("127.0.0.1", http_->port());
         c.set_read_timeout(600, 0);
         return c;
     }
@@ -130,16 +122,12 @@ class ServerGen : public ::testing::Test {
     static test::TempDir* dir_;
     static server::ChatEngine* engine_;
     static server::GenService* gen_;
-    static server::HttpServer* http_;
-    static std::thread* thread_;
-    static int port_;
+    static test::LoopbackServer* http_;
 };
 test::TempDir* ServerGen::dir_ = nullptr;
 server::ChatEngine* ServerGen::engine_ = nullptr;
 server::GenService* ServerGen::gen_ = nullptr;
-server::HttpServer* ServerGen::http_ = nullptr;
-std::thread* ServerGen::thread_ = nullptr;
-int ServerGen::port_ = 0;
+test::LoopbackServer* ServerGen::http_ = nullptr;
 
 TEST_F(ServerGen, ImagesHaveTheRequestedSizeAndOneSeedPerImage) {
     const auto im = images(post(

@@ -7,7 +7,6 @@
 #include <thread>
 
 #include "core/error.h"
-#include "model/synth.h"
 #include "pipeline/text_generation.h"
 #include "server/http_server.h"
 #include "test_util.h"
@@ -24,11 +23,9 @@ class Server : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
         dir_ = new test::TempDir();
-        SynthOptions o;
-        o.out = (*dir_ / "tiny").string();
-        synth_checkpoint(o);
+        const std::string model = test::synth_tiny(*dir_);
         server::ChatEngineOptions eo;
-        eo.model = o.out;
+        eo.model = model;
         eo.parallel = 1;
         eo.max_queue = 0;  // one request at a time: a second one is answered 429
         eo.threads = 1;
@@ -57,20 +54,15 @@ class Server : public ::testing::Test {
                 return r;
             };
         };
-        http_ = new server::HttpServer(*engine_, so);
-        port_ = http_->bind();
-        thread_ = new std::thread([] { http_->listen(); });
+        http_ = new test::LoopbackServer(*engine_, so);
     }
     static void TearDownTestSuite() {
-        http_->stop();
-        thread_->join();
-        delete thread_;
         delete http_;
         delete engine_;
         delete dir_;
     }
     static httplib::Client client(const std::string& key = kKey) {
-        httplib::Client c("127.0.0.1", port_);
+        httplib::Client c("127.0.0.1", http_->port());
         if (!key.empty()) c.set_default_headers({{"Authorization", "Bearer " + key}});
         c.set_read_timeout(600, 0);
         return c;
@@ -142,15 +134,11 @@ class Server : public ::testing::Test {
 
     static test::TempDir* dir_;
     static server::ChatEngine* engine_;
-    static server::HttpServer* http_;
-    static std::thread* thread_;
-    static int port_;
+    static test::LoopbackServer* http_;
 };
 test::TempDir* Server::dir_ = nullptr;
 server::ChatEngine* Server::engine_ = nullptr;
-server::HttpServer* Server::http_ = nullptr;
-std::thread* Server::thread_ = nullptr;
-int Server::port_ = 0;
+test::LoopbackServer* Server::http_ = nullptr;
 
 TEST_F(Server, ChatMatchesADirectRun) {
     int status = 0;

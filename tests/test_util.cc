@@ -17,8 +17,10 @@
 #include "core/numeric.h"
 #include "io/safetensors.h"
 #include "model/lance_checkpoint.h"
+#include "model/synth.h"
 #include "pipeline/quantize.h"
 #include "quant/q4.h"
+#include "server/http_server.h"
 
 namespace lancet::test {
 
@@ -50,14 +52,47 @@ void write_file(const fs::path& p, const std::string& bytes) {
     if (!out) throw std::runtime_error("cannot write " + p.string());
 }
 
+std::string synth_tiny(const TempDir& dir, const std::string& name, uint64_t seed, DType dtype) {
+    SynthOptions o;
+    o.preset = "tiny";
+    o.seed = seed;
+    o.dtype = dtype;
+    o.out = (dir / name).string();
+    synth_checkpoint(o);
+    return o.out;
+}
+
+std::string lancet_bin() {
+    const char* env_bin = std::getenv("LANCET_BIN");
+    return env_bin && *env_bin ? env_bin : LANCET_BIN;
+}
+
+ScopedEnv::ScopedEnv(std::initializer_list<std::pair<const char*, std::string>> vars) {
+    for (const auto& [k, v] : vars) {
+        names_.push_back(k);
+        setenv(k, v.c_str(), 1);
+    }
+}
+
+ScopedEnv::~ScopedEnv() {
+    for (const char* k : names_) unsetenv(k);
+}
+
+LoopbackServer::LoopbackServer(server::ChatEngine& engine, const server::ServerOptions& opt)
+    : http_(std::make_unique<server::HttpServer>(engine, opt)),
+      port_(http_->bind()),
+      thread_([this] { http_->listen(); }) {}
+
+LoopbackServer::~LoopbackServer() {
+    http_->stop();
+    thread_.join();
+}
+
 RunResult run_lancet(const std::string& args) {
     TempDir tmp;
     const fs::path out = tmp / "stdout", err = tmp / "stderr";
-    // $LANCET_BIN overrides the built path (a copied build run elsewhere, e.g. on another machine).
-    const char* env_bin = std::getenv("LANCET_BIN");
-    const std::string bin = env_bin && *env_bin ? env_bin : LANCET_BIN;
-    const std::string cmd =
-        "timeout -s KILL 120 " + bin + " " + args + " >" + out.string() + " 2>" + err.string();
+    const std::string cmd = "timeout -s KILL 120 " + lancet_bin() + " " + args + " >" +
+                            out.string() + " 2>" + err.string();
     const int status = std::system(cmd.c_str());
     RunResult r;
     if (WIFEXITED(status)) {

@@ -1,11 +1,25 @@
-// Helpers shared by the tests: temporary folders, running the `lancet` binary, the shared/ data
-// path.
+// Helpers shared by the tests: temporary folders, the tiny synthetic checkpoint, running the
+// `lancet` binary, environment variables for a scope, the HTTP server on a loopback port, the
+// shared/ data path.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <initializer_list>
+#include <memory>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
+#include "core/dtype.h"
 #include "io/awq_meta.h"
+
+namespace lancet::server {
+class ChatEngine;
+class HttpServer;
+struct ServerOptions;
+}  // namespace lancet::server
 
 namespace lancet::test {
 
@@ -21,6 +35,43 @@ class TempDir {
 
   private:
     std::filesystem::path path_;
+};
+
+// The tiny synthetic checkpoint (`lancet synth --preset tiny`, by default f32 and seed 1) written
+// to dir/name; returns its folder.
+std::string synth_tiny(const TempDir& dir, const std::string& name = "tiny", uint64_t seed = 1,
+                       DType dtype = DType::F32);
+
+// The built `lancet` binary, or $LANCET_BIN when set (a copied build run elsewhere, e.g. on
+// another machine).
+std::string lancet_bin();
+
+// Sets environment variables for a scope (the child processes inherit them); unsets them after.
+class ScopedEnv {
+  public:
+    ScopedEnv(std::initializer_list<std::pair<const char*, std::string>> vars);
+    ~ScopedEnv();
+    ScopedEnv(const ScopedEnv&) = delete;
+    ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+  private:
+    std::vector<const char*> names_;
+};
+
+// The real HTTP server (server/http_server.h) bound to a free loopback port and listening on a
+// thread of its own until destruction (stop, then join).
+class LoopbackServer {
+  public:
+    LoopbackServer(server::ChatEngine& engine, const server::ServerOptions& opt);
+    ~LoopbackServer();
+    LoopbackServer(const LoopbackServer&) = delete;
+    LoopbackServer& operator=(const LoopbackServer&) = delete;
+    int port() const { return port_; }
+
+  private:
+    std::unique_ptr<server::HttpServer> http_;
+    int port_ = 0;
+    std::thread thread_;
 };
 
 struct RunResult {

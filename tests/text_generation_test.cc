@@ -11,7 +11,6 @@
 #include "core/numeric.h"
 #include "io/safetensors.h"
 #include "model/lance_checkpoint.h"
-#include "model/synth.h"
 #include "test_util.h"
 
 namespace lancet {
@@ -19,12 +18,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string synth_tiny(const test::TempDir& dir) {
-    SynthOptions o;
-    o.out = (dir / "tiny").string();
-    synth_checkpoint(o);
-    return o.out;
-}
+using test::synth_tiny;
 
 // Greedy continuation by re-running the full sequence for every new token (no cache reuse).
 std::vector<int32_t> greedy_by_full_forward(DecoderSession& dec, const LanceConfig& cfg,
@@ -115,17 +109,15 @@ namespace {
 // two must agree to f32 rounding (the kernels differ: BF16 vs F32), and differ from the F32 model.
 TEST(DecoderWeights, Bf16CastEqualsPreRoundedWeights) {
     test::TempDir dir;
-    SynthOptions o;
-    o.out = (dir / "f32").string();
-    synth_checkpoint(o);
+    const std::string f32_dir = synth_tiny(dir, "f32");
     const std::string rounded = (dir / "rounded").string();
     fs::create_directories(rounded);
-    for (const auto& e : fs::directory_iterator(o.out))
+    for (const auto& e : fs::directory_iterator(f32_dir))
         if (e.path().filename() != "model.safetensors")
             fs::copy(e.path(), fs::path(rounded) / e.path().filename(),
                      fs::copy_options::recursive);
     {
-        auto src = Checkpoint::open(o.out + "/model.safetensors");
+        auto src = Checkpoint::open(f32_dir + "/model.safetensors");
         SafetensorsWriter w(rounded + "/model.safetensors");
         for (const std::string& n : src->names()) w.add(n, DType::F32, src->view(n).shape);
         for (const std::string& n : src->names()) {
@@ -137,7 +129,7 @@ TEST(DecoderWeights, Bf16CastEqualsPreRoundedWeights) {
         }
         w.finish();
     }
-    auto f32 = LanceCheckpoint::open(o.out);
+    auto f32 = LanceCheckpoint::open(f32_dir);
     auto pre = LanceCheckpoint::open(rounded);
     DecoderOptions cast;
     cast.bf16_weights = true;

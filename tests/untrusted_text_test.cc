@@ -5,7 +5,6 @@
 #include <algorithm>
 
 #include "model/lance_checkpoint.h"
-#include "model/synth.h"
 #include "pipeline/understanding.h"
 #include "test_util.h"
 #include "tokenizer/chat_template.h"
@@ -18,10 +17,7 @@ class UntrustedText : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
         dir_ = new test::TempDir();
-        SynthOptions o;
-        o.out = (*dir_ / "tiny").string();
-        synth_checkpoint(o);
-        tok_ = new Qwen2Tokenizer(Qwen2Tokenizer::load(o.out));
+        tok_ = new Qwen2Tokenizer(Qwen2Tokenizer::load(test::synth_tiny(*dir_)));
     }
     static void TearDownTestSuite() {
         delete tok_;

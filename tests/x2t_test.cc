@@ -15,7 +15,6 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "io/video.h"
-#include "model/synth.h"
 #include "pipeline/understanding.h"
 #include "quant/stats_file.h"
 #include "test_util.h"
@@ -25,12 +24,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string synth_tiny(const test::TempDir& dir, const std::string& name = "tiny") {
-    SynthOptions o;
-    o.out = (dir / name).string();
-    synth_checkpoint(o);
-    return o.out;
-}
+using test::synth_tiny;
 
 PixelTensor random_pixels(int64_t T, int64_t H, int64_t W, uint64_t seed) {
     PixelTensor p;
