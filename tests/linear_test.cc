@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "kernels/dispatch.h"
+#include "kernels/linear_kernels.h"
 #include "kernels/ops.h"
 #include "quant/q4.h"
 
@@ -763,6 +764,66 @@ TEST(LinearSameInput, EachOutputMatchesItsOwnLinearBitExactly) {
     std::vector<float> x(256), y1(40), y2(8);
     const LinearOut bad[2] = {{&wq, nullptr, y1.data()}, {&wo, nullptr, y2.data()}};
     EXPECT_THROW(linear_same_input(OpContext::defaults(), x.data(), 1, bad, 2), Error);
+}
+
+// The AVX2 tier's W4A8 kernels with AVX-VNNI (vpdpbusd ymm) and without (vpmaddubsw + vpaddw +
+// vpmaddwd) compute the same exact int32 per block and the same f32 order, so they must agree to
+// the bit: GEMV (n <= 8, one weight and the fused several-weight job) and GEMM (ragged rows and
+// outputs, several K chunks), group sizes 32/64/128 (activation blocks of 32), and 16 (blocks of
+// 16: the i16 path's other chunk count), every code 15 with x8 = +-127 (the largest block sums).
+TEST(W4A8AvxVnni, MatchesPlainAvx2BitExactly) {
+    if (!cpu_supports(Isa::Avx2) || !detail::avx_vnni()) GTEST_SKIP() << "CPU lacks AVX-VNNI";
+    ThreadPool pool(2);
+    auto run = [&](bool vnni, const float* x, size_t n, const LinearWeight& w, const float* bias) {
+        std::vector<float> y(n * w.out(), NAN);
+        const detail::W4A8Scratch s = detail::w4a8_scratch(n, w.in(), w.group_size());
+        (vnni ? &detail::w4a8_avxvnni : &detail::w4a8_avx2)(x, n, w.packed(), bias, y.data(), s,
+                                                            pool);
+        return y;
+    };
+    size_t cases = 0;
+    for (size_t gs : {16, 32, 64, 128})
+        for (bool extreme : {false, true}) {
+            const size_t out = 43, in = gs == 16 ? 512 : 8448;
+            FileWeight fw = make_weight(WeightType::Q4, out, in, gs, 31 + gs);
+            if (extreme) std::fill(fw.qweight.begin(), fw.qweight.end(), uint8_t{0xff});
+            const LinearWeight w(fw.view);
+            const std::vector<float> bias = random_vector(out, 32);
+            for (size_t n : {1, 3, 8, 9, 20}) {
+                std::vector<float> x = random_vector(n * in, 33 + n);
+                if (extreme)
+                    for (float& v : x) v = v < 0 ? -0.75f : 0.75f;
+                const auto a = run(false, x.data(), n, w, bias.data());
+                const auto b = run(true, x.data(), n, w, bias.data());
+                EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0)
+                    << "gs " << gs << " n " << n << " extreme " << extreme;
+                ++cases;
+            }
+        }
+    // The fused GEMV of several weights sharing x (q/k/v at decode).
+    const FileWeight f1 = make_weight(WeightType::Q4, 24, 256, 64, 41),
+                     f2 = make_weight(WeightType::Q4, 17, 256, 64, 42);
+    const LinearWeight w1(f1.view), w2(f2.view);
+    for (size_t n : {1, 5}) {
+        const std::vector<float> x = random_vector(n * 256, 43 + n);
+        std::vector<float> y[2][2];
+        for (int v = 0; v < 2; ++v) {
+            y[v][0].assign(n * 24, NAN);
+            y[v][1].assign(n * 17, NAN);
+            const detail::W4A8Out outs[2] = {{w1.packed(), nullptr, y[v][0].data()},
+                                             {w2.packed(), nullptr, y[v][1].data()}};
+            const detail::W4A8Scratch s = detail::w4a8_scratch(n, 256, 64);
+            (v ? &detail::w4a8_gemv_many_avxvnni : &detail::w4a8_gemv_many_avx2)(x.data(), n, outs,
+                                                                                 2, s, pool);
+        }
+        for (int k = 0; k < 2; ++k)
+            EXPECT_EQ(std::memcmp(y[0][k].data(), y[1][k].data(), y[0][k].size() * 4), 0)
+                << "fused n " << n << " output " << k;
+    }
+    EXPECT_EQ(cases, 40u);
+    // And dispatch hands the AVX2 tier the AVX-VNNI kernels on this CPU.
+    EXPECT_EQ(detail::w4a8_kernel(Isa::Avx2), &detail::w4a8_avxvnni);
+    EXPECT_EQ(detail::w4a8_gemv_many_kernel(Isa::Avx2), &detail::w4a8_gemv_many_avxvnni);
 }
 
 }  // namespace

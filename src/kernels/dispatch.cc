@@ -153,6 +153,25 @@ void clear_forced_isa() {
     g_forced.reset();
 }
 
+namespace detail {
+// AVX-VNNI (CPUID.(7,1):EAX bit 4): VEX vpdpbusd on ymm. Only meaningful with the AVX2 tier (its
+// registers are the YMM state cpu_supports(Avx2) already checked), so it is an option of that
+// tier, read once, rather than an ISA of its own.
+bool avx_vnni() {
+#if defined(__x86_64__)
+    static const bool has = [] {
+        if (!cpu_supports(Isa::Avx2) || __get_cpuid_max(0, nullptr) < 7) return false;
+        unsigned a, b, c, d;
+        __cpuid_count(7, 1, a, b, c, d);
+        return (a & (1u << 4)) != 0;
+    }();
+    return has;
+#else
+    return false;
+#endif
+}
+}  // namespace detail
+
 const char* act_mode_name(ActMode m) { return m == ActMode::Int8 ? "int8" : "f32"; }
 
 ActMode activation_mode() {
@@ -199,7 +218,7 @@ std::string runtime_description(const ThreadPool& pool) {
             s += "scalar";
             break;
         case Isa::Avx2:
-            s += "avx2+fma";
+            s += detail::avx_vnni() ? "avx2+fma+avx-vnni" : "avx2+fma";
             break;
         case Isa::Avx512:
             s += "avx512 (f/bw/vl/dq/vnni/bf16)";
@@ -245,7 +264,7 @@ W4A8Fn w4a8_kernel(Isa isa) {
         case Isa::Avx512:
             return &w4a8_avx512;
         case Isa::Avx2:
-            return &w4a8_avx2;
+            return avx_vnni() ? &w4a8_avxvnni : &w4a8_avx2;
         case Isa::Scalar:
             break;
     }
@@ -263,7 +282,7 @@ W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
         case Isa::Avx512:
             return &w4a8_gemv_many_avx512;
         case Isa::Avx2:
-            return &w4a8_gemv_many_avx2;
+            return avx_vnni() ? &w4a8_gemv_many_avxvnni : &w4a8_gemv_many_avx2;
         case Isa::Scalar:
             break;
     }
@@ -337,7 +356,7 @@ const char* probe_int8_name() {
         case Isa::Avx512:
             return "vpdpbusd zmm";
         case Isa::Avx2:
-            return "2 vpmaddubsw + vpaddw ymm";
+            return detail::avx_vnni() ? "vpdpbusd ymm (AVX-VNNI)" : "2 vpmaddubsw + vpaddw ymm";
         case Isa::Scalar:
             break;
     }

@@ -50,6 +50,30 @@ inline void prefetch_lines(const void* p, size_t bytes) {
     for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
 }
 
+// One weight array of the repacked layout (codes, scales or zeros) as the GEMV walks it: a block's
+// bytes are contiguous (block_bytes), and a block pair (ba, bb = ba + 1) is read side by side, `at`
+// bytes into each block. prefetch() requests the lines `dist` bytes further on in each; past a
+// block's end it goes on at that offset in the next pair (blocks ba + 2, bb + 2), which is what
+// the thread reads next in its range, so a pair's first lines are in flight before it starts
+// (with blocks of 2048 columns, prefetching only within the pair left a quarter of the lines to
+// demand misses). Never past the weight's last block.
+struct PairStream {
+    const char* base;
+    size_t block_bytes, n_blocks;
+    void prefetch(size_t ba, size_t bb, size_t at, size_t dist, size_t bytes) const {
+        for (size_t k = 0; k < (bb != ba ? 2u : 1u); ++k) {
+            size_t blk = k ? bb : ba, o = at + dist;
+            while (o >= block_bytes) {
+                o -= block_bytes;
+                blk += 2;
+            }
+            if (blk >= n_blocks) continue;
+            const char* c = base + blk * block_bytes + o;
+            for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+        }
+    }
+};
+
 // See linear_x86_impl.h: column T of a Q4 tile, masked in place, so scaled by 2^(4T) (T < 7).
 template <int T>
 inline __m512 q4_column_scaled(__m512i v) {
@@ -269,16 +293,13 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
 #pragma GCC unroll 8
         for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
     constexpr size_t kEs = kBf16 ? 2 : 4;
-    const char* pa = kBf16 ? static_cast<const char*>(static_cast<const void*>(ha))
-                           : static_cast<const char*>(static_cast<const void*>(fa));
-    const char* pb = kBf16 ? static_cast<const char*>(static_cast<const void*>(hb))
-                           : static_cast<const char*>(static_cast<const void*>(fb));
+    const PairStream stream{static_cast<const char*>(p.data), in * kRowBlock * kEs, p.n_blocks};
     size_t k = 0;
     for (; k + NA <= in; k += NA) {
         // NA columns of a block are NA * 8 * kEs bytes: one line (bf16, NA = 4 at NR = 2) or
-        // more; prefetch every line of this step, kPrefetchBytes ahead.
-        prefetch_lines(pa + k * kRowBlock * kEs + kPrefetchBytes, NA * kRowBlock * kEs);
-        prefetch_lines(pb + k * kRowBlock * kEs + kPrefetchBytes, NA * kRowBlock * kEs);
+        // more; prefetch every line of this step, kPrefetchBytes ahead (into the next pair
+        // near the end of this one).
+        stream.prefetch(ba, bb, k * kRowBlock * kEs, kPrefetchBytes, NA * kRowBlock * kEs);
 #pragma GCC unroll 8
         for (int a = 0; a < NA; ++a) {
             const __m512 w = load(k + a);
@@ -295,6 +316,34 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
     }
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, sum_accumulators<NA>(acc[r]));
+}
+
+// The n <= kGemvMaxRows jobs stream the weight once from memory, so a thread left alone at the
+// end of a job has the memory system to itself but can use only one core's share of it. The job
+// is cut into kChunksPerThread * threads pieces of decreasing size (piece i of P weighs
+// ceil((P - i) / T): with 2 threads 4 4 3 3 2 2 1 1), claimed in order: the threads take the large
+// ones first and finish on pieces of 1/20 of the job instead of 1/8, so both stream until close
+// to the end. Boundaries depend only on `units` and the thread count (and never split a unit), so
+// results stay bit-identical. fn(u0, u1) gets a range of units.
+template <typename F>
+void guided_for(ThreadPool& pool, size_t units, F&& fn) {
+    const size_t T = pool.size(), P = std::min(units, ThreadPool::kChunksPerThread * T);
+    if (T == 1 || P <= 1) {
+        pool.parallel_for(units, fn);
+        return;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < P; ++i) total += (P - i + T - 1) / T;
+    pool.parallel_for(P, [&](size_t i0, size_t i1) {
+        for (size_t i = i0; i < i1; ++i) {
+            // Pieces before i weigh sum_{j < i} ceil((P - j) / T); units follow in proportion.
+            size_t before = 0;
+            for (size_t j = 0; j < i; ++j) before += (P - j + T - 1) / T;
+            const size_t w = (P - i + T - 1) / T;
+            const size_t u0 = units * before / total, u1 = units * (before + w) / total;
+            if (u0 < u1) fn(u0, u1);
+        }
+    });
 }
 
 template <int NR>
@@ -348,45 +397,42 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
         xs = s;
         xsum = sums;
     }
-    pool.parallel_for(
-        p.n_blocks,
-        [&](size_t b0, size_t b1) {
-            alignas(64) float out[4 * 16];
-            for (size_t b = b0; b < b1; b += 2) {
-                const size_t bb = b + 1 < b1 ? b + 1 : b;  // odd tail: compute b twice
-                for (size_t r0 = 0; r0 < n; r0 += 4) {
-                    const size_t nr = std::min<size_t>(4, n - r0);
-                    const float* xr = x + r0 * in;
-                    const float* xsr = xs ? xs + r0 * in : nullptr;
-                    const float* xsumr = xsum ? xsum + r0 * groups : nullptr;
-                    switch (nr) {
-                        case 1:
-                            gemv_pair<1>(p, b, bb, xr, xsr, xsumr, out);
-                            break;
-                        case 2:
-                            gemv_pair<2>(p, b, bb, xr, xsr, xsumr, out);
-                            break;
-                        case 3:
-                            gemv_pair<3>(p, b, bb, xr, xsr, xsumr, out);
-                            break;
-                        default:
-                            gemv_pair<4>(p, b, bb, xr, xsr, xsumr, out);
-                            break;
-                    }
-                    for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
-                        const size_t blk = b + half;
-                        const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
-                        for (size_t r = 0; r < nr; ++r) {
-                            float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
-                            const float* o = out + r * 16 + half * 8;
-                            for (size_t j = 0; j < rows; ++j)
-                                yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
-                        }
+    guided_for(pool, (p.n_blocks + 1) / 2, [&](size_t u0, size_t u1) {
+        alignas(64) float out[4 * 16];
+        for (size_t b = 2 * u0; b < 2 * u1; b += 2) {
+            const size_t bb = b + 1 < p.n_blocks ? b + 1 : b;  // odd tail: compute b twice
+            for (size_t r0 = 0; r0 < n; r0 += 4) {
+                const size_t nr = std::min<size_t>(4, n - r0);
+                const float* xr = x + r0 * in;
+                const float* xsr = xs ? xs + r0 * in : nullptr;
+                const float* xsumr = xsum ? xsum + r0 * groups : nullptr;
+                switch (nr) {
+                    case 1:
+                        gemv_pair<1>(p, b, bb, xr, xsr, xsumr, out);
+                        break;
+                    case 2:
+                        gemv_pair<2>(p, b, bb, xr, xsr, xsumr, out);
+                        break;
+                    case 3:
+                        gemv_pair<3>(p, b, bb, xr, xsr, xsumr, out);
+                        break;
+                    default:
+                        gemv_pair<4>(p, b, bb, xr, xsr, xsumr, out);
+                        break;
+                }
+                for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
+                    const size_t blk = b + half;
+                    const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
+                    for (size_t r = 0; r < nr; ++r) {
+                        float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
+                        const float* o = out + r * 16 + half * 8;
+                        for (size_t j = 0; j < rows; ++j)
+                            yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
                     }
                 }
             }
-        },
-        2);
+        }
+    });
 }
 
 // ---- GEMM: 32-output x kc panels (four blocks) in f32, 12x32 register tiles ------------------
@@ -590,16 +636,18 @@ void w4a8_gemv_pair(const PackedView& p, const w4a8::Layout& L, size_t ba, size_
     __m512 y[NR];
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) y[r] = _mm512_setzero_ps();
+    const size_t group_bytes = L.gs / 8 * 32;
+    const PairStream codes{static_cast<const char*>(p.data), L.in / 8 * 32, p.n_blocks},
+        scales{reinterpret_cast<const char*>(p.scales), L.groups * kRowBlock * 2, p.n_blocks},
+        zeros{reinterpret_cast<const char*>(p.zeros), L.groups * kRowBlock, p.n_blocks};
     for (size_t g = 0; g < L.groups; ++g) {
         const __m512 s = bf16_pair_to_f32(p.scales + (ba * L.groups + g) * kRowBlock,
                                           p.scales + (bb * L.groups + g) * kRowBlock);
-        {
-            const size_t group_bytes = L.gs / 8 * 32;
-            prefetch_lines(reinterpret_cast<const char*>(qa) + g * group_bytes + kPrefetchBytes,
-                           group_bytes);
-            prefetch_lines(reinterpret_cast<const char*>(qb) + g * group_bytes + kPrefetchBytes,
-                           group_bytes);
-        }
+        codes.prefetch(ba, bb, g * group_bytes, kPrefetchBytes, group_bytes);
+        // 16 bytes of scales and 8 of zeros per group and block: a new line every 4 and 8 groups,
+        // requested a little further ahead than the codes.
+        if (g % 4 == 0) scales.prefetch(ba, bb, g * 16, kPrefetchBytes / 16 + 64, 64);
+        if (g % 8 == 0) zeros.prefetch(ba, bb, g * 8, kPrefetchBytes / 32 + 64, 64);
         for (size_t bi = 0; bi < L.bpg; ++bi) {
             const size_t blk = g * L.bpg + bi;
             __m512i acc[NR];
@@ -689,14 +737,13 @@ void w4a8_gemv_pair_rows(size_t n, const PackedView& p, const w4a8::Layout& L, s
 
 void w4a8_gemv(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias, float* y,
                const W4A8Scratch& a, ThreadPool& pool) {
-    pool.parallel_for(
-        p.n_blocks,
-        [&](size_t b0, size_t b1) {
-            // Ranges start at even blocks (grain 2): pairs (b, b + 1), the odd tail alone.
-            for (size_t b = b0; b < b1; b += 2)
-                w4a8_gemv_pair_rows(n, p, L, b, b + 1 < b1 ? b + 1 : b, bias, y, a);
-        },
-        2);
+    // Units are block pairs (b, b + 1); the odd last block alone.
+    guided_for(pool, (p.n_blocks + 1) / 2, [&](size_t u0, size_t u1) {
+        for (size_t u = u0; u < u1; ++u) {
+            const size_t b = 2 * u;
+            w4a8_gemv_pair_rows(n, p, L, b, b + 1 < p.n_blocks ? b + 1 : b, bias, y, a);
+        }
+    });
 }
 
 // ---- W4A8 GEMM (n > kGemvMaxRows) with 512-bit vpdpbusd: panels of 4 blocks (32 outputs) ----
@@ -1018,7 +1065,7 @@ void w4a8_gemv_many_avx512(const float* x, size_t n, const W4A8Out* outs, size_t
     // start[k] + u. The same pairs as w4a8_gemv forms per weight, so each y is bit-identical.
     size_t start[kW4A8MaxOuts + 1] = {0};
     for (size_t k = 0; k < count; ++k) start[k + 1] = start[k] + (outs[k].w.n_blocks + 1) / 2;
-    pool.parallel_for(start[count], [&](size_t u0, size_t u1) {
+    guided_for(pool, start[count], [&](size_t u0, size_t u1) {
         size_t k = 0;
         for (size_t u = u0; u < u1; ++u) {
             while (u >= start[k + 1]) ++k;

@@ -78,6 +78,16 @@ void w4a8_gemv_many_avx2(const float* x, size_t n, const W4A8Out* outs, size_t c
                          const W4A8Scratch& s, ThreadPool& pool);
 void w4a8_gemv_many_avx512(const float* x, size_t n, const W4A8Out* outs, size_t count,
                            const W4A8Scratch& s, ThreadPool& pool);
+// The AVX2 tier's W4A8 kernels built with AVX-VNNI (linear_avxvnni.cc): what w4a8_kernel and
+// w4a8_gemv_many_kernel return for Isa::Avx2 when avx_vnni() is true, bit-identical to the
+// plain AVX2 ones (w4a8_avx2, w4a8_gemv_many_avx2), which tests call directly to compare.
+void w4a8_avxvnni(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                  const W4A8Scratch& s, ThreadPool& pool);
+void w4a8_gemv_many_avxvnni(const float* x, size_t n, const W4A8Out* outs, size_t count,
+                            const W4A8Scratch& s, ThreadPool& pool);
+// Whether this CPU (and OS) runs AVX-VNNI (CPUID.(7,1):EAX bit 4) on top of the AVX2 tier;
+// decided once (dispatch.cc).
+bool avx_vnni();
 
 }  // namespace lancet::kernels::detail
 

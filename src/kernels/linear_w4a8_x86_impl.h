@@ -1,8 +1,9 @@
 // 256-bit W4A8 kernels (int8 activations x u4 codes, integer dot products), included only by the
-// per-ISA .cc files. Compiled with AVX-512 VNNI (linear_avx512.cc) the block dot product is
-// vpdpbusd; otherwise (linear_avx2.cc) vpmaddubsw + i16 adds + vpmaddwd. Both give the same exact
-// integer per block, and the f32 part follows the one order stated in linear.h, so the results
-// are bit-identical to linear_scalar.cc's reference.
+// per-ISA .cc files. Compiled with AVX-512 VNNI (linear_avx512.cc) or AVX-VNNI
+// (linear_avxvnni.cc: the VEX encoding on ymm, for AVX2 machines that have it) the block dot
+// product is vpdpbusd; otherwise (linear_avx2.cc) vpmaddubsw + i16 adds + vpmaddwd. All give the
+// same exact integer per block, and the f32 part follows the one order stated in linear.h, so the
+// results are bit-identical to linear_scalar.cc's reference.
 #pragma once
 
 #include <immintrin.h>
@@ -48,6 +49,11 @@ inline __m256i hi_plane(__m256i v) {
 inline __m256i acc_step(__m256i acc, __m256i lo, __m256i hi, __m256i xe, __m256i xo) {
     // vpdpbusd: four u8 x s8 products summed into each i32 lane, no intermediate saturation.
     return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(acc, lo, xe), hi, xo);
+}
+inline __m256i acc_to_i32(__m256i acc) { return acc; }
+#elif defined(__AVXVNNI__)
+inline __m256i acc_step(__m256i acc, __m256i lo, __m256i hi, __m256i xe, __m256i xo) {
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(acc, lo, xe), hi, xo);
 }
 inline __m256i acc_to_i32(__m256i acc) { return acc; }
 #else

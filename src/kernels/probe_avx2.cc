@@ -36,7 +36,12 @@ double probe_fma_avx2(size_t iters, float seed) {
     return double(iters) * kChains * 16 + 0.0 * l[0];
 }
 
+bool avx_vnni();                                    // dispatch.cc
+double probe_int8_avxvnni(size_t iters, int seed);  // linear_avxvnni.cc
+
 double probe_int8_avx2(size_t iters, int seed) {
+    // With AVX-VNNI the tier's W4A8 kernels run vpdpbusd ymm (dispatch.cc), so that is the peak.
+    if (avx_vnni()) return probe_int8_avxvnni(iters, seed);
     // The W4A8 inner step: acc += maddubs(w1, b) + maddubs(w2, b), 2 x 64 ops counted (32 u8 x
     // s8 products and 16 pair adds into i16 each, as the GEMM's GOP/s count them) plus the two i16
     // adds. w1, w2 change every iteration so nothing can be hoisted, and the chains run through
