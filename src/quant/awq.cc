@@ -515,8 +515,9 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
 
     // ---- error feedback (GPTQ) on W·diag(s), H from the search rows as the weights see them ----
     if (opt.feedback != AwqOptions::Feedback::None) {
-        // Output error of q (quantized W·diag(s)) on the report rows, search and held-out.
-        auto measure = [&](const AwqConsumer& con, const QuantizedMatrix& q,
+        // Output error of q (quantized W·diag(s)) on the report rows, search and held-out; q
+        // holds either every row or (subset) the report rows only, in order.
+        auto measure = [&](const AwqConsumer& con, const QuantizedMatrix& q, bool subset,
                            const std::vector<float>& s, const std::vector<float>& xs_s,
                            const std::vector<float>& xh_s) {
             const std::vector<int64_t> rows = report_rows(con.out);
@@ -527,7 +528,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                 std::vector<float> dw(b * in), e(b * std::max(ns, nh));
                 for (int64_t r = 0; r < b; ++r) {
                     const int64_t o = rows[j0 + r];
-                    dequantize_row(q, static_cast<int>(o), &dw[r * in]);
+                    dequantize_row(q, static_cast<int>(subset ? j0 + r : o), &dw[r * in]);
                     for (int i = 0; i < in; ++i)
                         dw[r * in + i] = con.w[o * in + i] * s[i] - dw[r * in + i];
                 }
@@ -553,10 +554,22 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             fail("AWQ search (", consumers[0].name, "): Hessian of ", stats->hessian.size(),
                  " values for width ", in);
         res.full_hessian = full_h;
-        // One GPTQ run of every consumer with scales s; fills the errors, returns the matrices.
-        auto run = [&](const std::vector<float>& s, std::vector<RelErr>& errs, RelErr& total) {
-            const std::vector<float> xs_s = divide_columns(xs, in, s);
-            const std::vector<float> xh_s = divide_columns(xh, in, s);
+        const bool plain = opt.feedback == AwqOptions::Feedback::Gptq;
+        const std::vector<float> ones(in, 1.0f);
+        // The chosen variant's scales, and the other one's (the report's comparison).
+        const std::vector<float>& s_ch = plain ? ones : res.s;
+        const std::vector<float>& s_ot = plain ? res.s : ones;
+        GptqOptions go;
+        go.group_size = gs;
+        go.damp = opt.gptq_damp;
+        go.act_order = opt.gptq_act_order;
+        go.pool = &pool;
+        if (opt.clip) go.clip_ratios = ratios;
+        // H as the chosen variant's scaled weights see it, factored once for all consumers.
+        const std::vector<float> xs_ch = divide_columns(xs, in, s_ch);
+        const std::vector<float> xh_ch = divide_columns(xh, in, s_ch);
+        GptqHessian hf;
+        {
             std::vector<float> h;
             if (full_h) {
                 // Every input's XᵀX less the held-out rows' (they are inputs too, and must stay
@@ -570,52 +583,61 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                     for (int j = i; j < in; ++j) {
                         double v = row[j - i];
                         if (nh > 0) v -= hh[static_cast<size_t>(i) * in + j];
-                        v /= static_cast<double>(s[i]) * static_cast<double>(s[j]);
+                        v /= static_cast<double>(s_ch[i]) * static_cast<double>(s_ch[j]);
                         h[static_cast<size_t>(i) * in + j] = h[static_cast<size_t>(j) * in + i] =
                             static_cast<float>(v);
                     }
                 }
             } else {
-                h = gram_matrix(xs_s.data(), ns, in, &pool);
+                h = gram_matrix(xs_ch.data(), ns, in, &pool);
             }
-            GptqOptions go;
-            go.group_size = gs;
-            go.damp = opt.gptq_damp;
-            go.act_order = opt.gptq_act_order;
-            go.pool = &pool;
-            if (opt.clip) go.clip_ratios = ratios;
-            std::vector<QuantizedMatrix> qs;
-            errs.assign(consumers.size(), {});
-            total = {};
+            hf = gptq_prepare(std::move(h), in, go);
+        }
+        std::vector<RelErr> e_ch(consumers.size()), e_ot(consumers.size());
+        std::vector<QuantizedMatrix> q_ch;
+        RelErr t_ch, t_ot;
+        {
             for (size_t c = 0; c < consumers.size(); ++c) {
                 const AwqConsumer& con = consumers[c];
                 std::vector<float> ws(static_cast<size_t>(con.out) * in);
                 for (int64_t o = 0; o < con.out; ++o)
-                    for (int i = 0; i < in; ++i) ws[o * in + i] = con.w[o * in + i] * s[i];
-                qs.push_back(gptq_quantize(ws.data(), con.out, in, h.data(), go));
-                errs[c] = measure(con, qs.back(), s, xs_s, xh_s);
-                total.e2_search += errs[c].e2_search;
-                total.e2_heldout += errs[c].e2_heldout;
+                    for (int i = 0; i < in; ++i) ws[o * in + i] = con.w[o * in + i] * s_ch[i];
+                q_ch.push_back(gptq_quantize(ws.data(), con.out, in, hf, go));
+                e_ch[c] = measure(con, q_ch.back(), false, s_ch, xs_ch, xh_ch);
+                t_ch.e2_search += e_ch[c].e2_search;
+                t_ch.e2_heldout += e_ch[c].e2_heldout;
             }
-            return qs;
-        };
-        const bool want_plain = opt.feedback == AwqOptions::Feedback::Gptq || opt.compare;
-        const bool want_scaled = opt.feedback == AwqOptions::Feedback::AwqGptq || opt.compare;
-        const std::vector<float> ones(in, 1.0f);
-        std::vector<RelErr> e_plain, e_scaled;
-        std::vector<QuantizedMatrix> q_plain, q_scaled;
-        if (want_plain) q_plain = run(ones, e_plain, res.gptq);
-        if (want_scaled) q_scaled = run(res.s, e_scaled, res.awq_gptq);
-        for (size_t c = 0; c < consumers.size(); ++c) {
-            if (want_plain) res.consumers[c].gptq = e_plain[c];
-            if (want_scaled) res.consumers[c].awq_gptq = e_scaled[c];
         }
-        const bool plain = opt.feedback == AwqOptions::Feedback::Gptq;
-        const RelErr& got = plain ? res.gptq : res.awq_gptq;
+        if (opt.compare) {
+            // The other variant on the report rows only (all the report reads), from the same
+            // factor: its H is D H_ch D with D = diag(s_ch / s_ot).
+            std::vector<float> d(in);
+            for (int i = 0; i < in; ++i) d[i] = s_ch[i] / s_ot[i];
+            const std::vector<float> xs_s = divide_columns(xs, in, s_ot);
+            const std::vector<float> xh_s = divide_columns(xh, in, s_ot);
+            for (size_t c = 0; c < consumers.size(); ++c) {
+                const AwqConsumer& con = consumers[c];
+                const std::vector<int64_t> rows = report_rows(con.out);
+                std::vector<float> ws(rows.size() * in);
+                for (size_t j = 0; j < rows.size(); ++j)
+                    for (int i = 0; i < in; ++i) ws[j * in + i] = con.w[rows[j] * in + i] * s_ot[i];
+                const QuantizedMatrix q =
+                    gptq_quantize(ws.data(), static_cast<int>(rows.size()), in, hf, go, d.data());
+                e_ot[c] = measure(con, q, true, s_ot, xs_s, xh_s);
+                t_ot.e2_search += e_ot[c].e2_search;
+                t_ot.e2_heldout += e_ot[c].e2_heldout;
+            }
+        }
+        (plain ? res.gptq : res.awq_gptq) = t_ch;
+        if (opt.compare) (plain ? res.awq_gptq : res.gptq) = t_ot;
+        for (size_t c = 0; c < consumers.size(); ++c) {
+            (plain ? res.consumers[c].gptq : res.consumers[c].awq_gptq) = e_ch[c];
+            if (opt.compare) (plain ? res.consumers[c].awq_gptq : res.consumers[c].gptq) = e_ot[c];
+        }
         // Kept unless worse than RTN on the search rows (the rows it was fitted to).
-        if (got.e2_search <= res.rtn.e2_search) {
+        if (t_ch.e2_search <= res.rtn.e2_search) {
             res.chosen = plain ? "gptq" : "awq-gptq";
-            res.result = got;
+            res.result = t_ch;
             res.rtn_fallback = false;
             if (plain) {
                 res.alpha = 0;
@@ -623,8 +645,8 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                 res.s_free.assign(n_free, 1.0f);
             }
             for (size_t c = 0; c < consumers.size(); ++c) {
-                res.consumers[c].q = std::move(plain ? q_plain[c] : q_scaled[c]);
-                res.consumers[c].result = plain ? e_plain[c] : e_scaled[c];
+                res.consumers[c].q = std::move(q_ch[c]);
+                res.consumers[c].result = e_ch[c];
                 res.consumers[c].clip.assign(static_cast<size_t>(consumers[c].out) * ng, 1.0f);
             }
         }
