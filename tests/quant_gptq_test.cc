@@ -255,7 +255,9 @@ TEST(Gptq, BlockedFactorMatchesFloat64Reference) {
     EXPECT_THROW(gptq_factor(bad.data(), 2, 0.0), Error);
 }
 
-void expect_matches_reference(int in, int out, int n, int gs, int block, uint64_t seed) {
+// from_rows: H through gptq_prepare_rows (the low-rank form when 2n < in).
+void expect_matches_reference(int in, int out, int n, int gs, int block, uint64_t seed,
+                              bool from_rows = false) {
     Rng rng(seed);
     const std::vector<float> x = correlated_rows(rng, n, in, mixing(rng, in));
     const std::vector<float> w = gaussian(rng, static_cast<size_t>(out) * in, 0.02f);
@@ -263,7 +265,9 @@ void expect_matches_reference(int in, int out, int n, int gs, int block, uint64_
     GptqOptions go;
     go.group_size = gs;
     go.block = block;
-    const QuantizedMatrix q = gptq_quantize(w.data(), out, in, h.data(), go);
+    const QuantizedMatrix q =
+        from_rows ? gptq_quantize(w.data(), out, in, gptq_prepare_rows(x.data(), n, in, go), go)
+                  : gptq_quantize(w.data(), out, in, h.data(), go);
     const RefResult ref = reference_gptq(w, out, in, h, gs, go.damp);
     int64_t code_diff = 0, grid_diff = 0;
     std::vector<int> first_diff(out, -1);
@@ -282,10 +286,10 @@ void expect_matches_reference(int in, int out, int n, int gs, int block, uint64_
             std::printf("  row %d differs from column %d on\n", o, first_diff[o]);
         }
     std::printf(
-        "GPTQ in=%d block=%d vs f64 reference: %lld of %d codes (%d rows), %lld of %zu grids "
+        "GPTQ%s in=%d block=%d vs f64 reference: %lld of %d codes (%d rows), %lld of %zu grids "
         "differ\n",
-        in, block, static_cast<long long>(code_diff), out * in, rows_diff,
-        static_cast<long long>(grid_diff), ref.scales.size());
+        from_rows ? " (rows)" : "", in, block, static_cast<long long>(code_diff), out * in,
+        rows_diff, static_cast<long long>(grid_diff), ref.scales.size());
     // The reference's own codes as a matrix: its output error on held-out rows is not beaten.
     QuantizedMatrix qr = q;
     qr.scales = ref.scales;
@@ -308,6 +312,39 @@ TEST(Gptq, MatchesFloat64Reference) {
     expect_matches_reference(320, 17, 500, 32, 96, 14);   // 3 1/3 batches (one tie, row 0)
     expect_matches_reference(320, 17, 500, 32, 64, 16);   // odd row count
     expect_matches_reference(96, 9, 60, 32, 128, 15);     // fewer rows than inputs, one batch
+}
+
+// H kept as its rows (2n < in): the semiseparable factor R_kj = x_kᵀ g̃_j R_jj against the dense
+// blocked one, and the sweep against the float64 reference.
+TEST(Gptq, RowsFactorMatchesDense) {
+    for (const auto& [in, n] : std::vector<std::pair<int, int>>{{256, 60}, {517, 200}}) {
+        Rng rng(300 + in);
+        std::vector<float> x = correlated_rows(rng, n, in, mixing(rng, in));
+        for (int t = 0; t < n; ++t) x[t * in + 7] = 0.0f;  // a dead channel
+        GptqOptions go;
+        const GptqHessian lr = gptq_prepare_rows(x.data(), n, in, go);
+        ASSERT_EQ(lr.rank, n);
+        const GptqHessian dn = gptq_prepare(gram_matrix(x.data(), n, in), in, go);
+        ASSERT_EQ(dn.rank, 0);
+        EXPECT_NEAR(lr.lambda, dn.lambda, 1e-5 * dn.lambda);
+        double worst = 0;
+        for (int k = 0; k < in; ++k)
+            for (int j = k + 1; j < in; ++j) {
+                double v = 0;
+                for (int t = 0; t < n; ++t)
+                    v += static_cast<double>(lr.xt[k * n + t]) *
+                         lr.g[static_cast<size_t>(t) * in + j];
+                worst = std::max(worst, std::fabs(v - dn.r[static_cast<size_t>(k) * in + j]));
+            }
+        std::printf("rows factor in=%d rank=%d: worst |R̃ - R̃_dense| %.2e\n", in, n, worst);
+        EXPECT_LE(worst, 2e-3);
+    }
+}
+
+TEST(Gptq, RowsMatchFloat64Reference) {
+    expect_matches_reference(320, 17, 100, 32, 96, 31, true);
+    expect_matches_reference(256, 24, 64, 64, 128, 32, true);
+    expect_matches_reference(517 / 32 * 32, 9, 200, 32, 128, 33, true);
 }
 
 // row_scale quantizes against D (H + λI) D from H's own factor: the reference on that matrix.

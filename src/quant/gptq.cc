@@ -191,10 +191,84 @@ GptqHessian gptq_prepare(std::vector<float> h, int in, const GptqOptions& opt) {
     return f;
 }
 
+GptqHessian gptq_prepare_rows(const float* x, int64_t ns, int in, const GptqOptions& opt) {
+    if (in <= 0 || ns < 0) fail("GPTQ: rows of bad shape [", ns, ", ", in, "]");
+    ThreadPool& pool = opt.pool ? *opt.pool : default_pool();
+    if (ns == 0 || 2 * ns >= in) return gptq_prepare(gram_matrix(x, ns, in, &pool), in, opt);
+    const size_t n = static_cast<size_t>(in), r = static_cast<size_t>(ns);
+    for (size_t k = 0; k < r * n; ++k)
+        if (!std::isfinite(x[k])) fail("GPTQ: calibration row ", k / n, " is not finite");
+    GptqHessian f;
+    f.in = in;
+    f.rank = static_cast<int>(ns);
+    // diag(H) as the dense path computes it (an f32 sum), dead channels, λ.
+    f.hdiag.assign(n, 0.0f);
+    for (size_t t = 0; t < r; ++t)
+        for (size_t i = 0; i < n; ++i) f.hdiag[i] += x[t * n + i] * x[t * n + i];
+    double mean_diag = 0;
+    for (size_t i = 0; i < n; ++i) mean_diag += f.hdiag[i] > 0 ? f.hdiag[i] : 1.0;
+    mean_diag /= in;
+    f.lambda = opt.damp * mean_diag;
+    f.perm.resize(n);
+    for (int i = 0; i < in; ++i) f.perm[i] = i;
+    if (opt.act_order)
+        std::stable_sort(f.perm.begin(), f.perm.end(),
+                         [&](int a, int b) { return f.hdiag[a] > f.hdiag[b]; });
+    f.xt.resize(n * r);
+    for (size_t k = 0; k < n; ++k)
+        for (size_t t = 0; t < r; ++t) f.xt[k * r + t] = x[t * n + f.perm[k]];
+    f.g.assign(r * n, 0.0f);
+    // P = I - M over blocks from the last column down; gb: the block's g_j (unnormalised) rows.
+    std::vector<float> p(r * r, 0.0f), yt(static_cast<size_t>(kPanel) * r),
+        gb(static_cast<size_t>(kPanel) * r), gbt(r * kPanel);
+    for (size_t t = 0; t < r; ++t) p[t * r + t] = 1.0f;
+    for (int k1 = in, k0; k1 > 0; k1 = k0) {
+        k0 = std::max(0, k1 - kPanel);
+        const int m = k1 - k0;
+        // Y_J = X_J P (rows: x_j P, P symmetric).
+        parallel_chunks(pool, m, 16, [&](int64_t j0, int64_t j1) {
+            kernels::gemm_nn(j1 - j0, ns, ns, &f.xt[(k0 + j0) * r], ns, p.data(), ns, &yt[j0 * r],
+                             ns, false);
+        });
+        for (int jj = m - 1; jj >= 0; --jj) {
+            const float* xj = &f.xt[(k0 + jj) * r];
+            float* y = &yt[jj * r];
+            for (int l = jj + 1; l < m; ++l) {  // the block's later g_l, not yet in P
+                const float* gl = &gb[l * r];
+                double a = 0;
+                for (size_t t = 0; t < r; ++t) a += static_cast<double>(gl[t]) * xj[t];
+                const float af = static_cast<float>(a);
+                for (size_t t = 0; t < r; ++t) y[t] -= af * gl[t];
+            }
+            const size_t j = static_cast<size_t>(k0 + jj);
+            double r2 = f.lambda + (f.hdiag[f.perm[j]] > 0 ? 0.0 : 1.0);
+            for (size_t t = 0; t < r; ++t) r2 += static_cast<double>(xj[t]) * y[t];
+            if (!(r2 > 0) || !std::isfinite(r2))
+                fail("GPTQ: H is not positive definite even with damping (column ", j, ")");
+            const double rjj = std::sqrt(r2);
+            for (size_t t = 0; t < r; ++t) {
+                gb[jj * r + t] = static_cast<float>(y[t] / rjj);
+                f.g[t * n + j] = static_cast<float>(y[t] / r2);
+            }
+        }
+        // P -= G_J G_Jᵀ.
+        for (int l = 0; l < m; ++l)
+            for (size_t t = 0; t < r; ++t) gbt[t * m + l] = -gb[l * r + t];
+        parallel_chunks(pool, ns, 32, [&](int64_t t0, int64_t t1) {
+            kernels::gemm_nn(t1 - t0, ns, m, &gbt[t0 * m], m, gb.data(), ns, &p[t0 * r], ns, true);
+        });
+    }
+    return f;
+}
+
 QuantizedMatrix gptq_quantize(const float* w, int out, int in, const GptqHessian& f,
                               const GptqOptions& opt, const float* row_scale) {
     if (!w || out <= 0) fail("GPTQ: no weight");
-    if (f.in != in || f.r.size() != static_cast<size_t>(in) * in)
+    const bool lowrank = f.rank > 0;
+    const int64_t nr = f.rank;
+    if (f.in != in ||
+        (lowrank ? f.xt.size() != static_cast<size_t>(in) * nr || f.g.size() != f.xt.size()
+                 : f.r.size() != static_cast<size_t>(in) * in))
         fail("GPTQ: H prepared for width ", f.in, ", weight width ", in);
     const int gs = check_group_size(in, opt.group_size);
     const int ng = in / gs;
@@ -241,9 +315,12 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const GptqHessian
         });
     }
     const float* wq = opt.act_order ? wperm.data() : w;
-    // c: Σ_{k<j} d_k (W_k - Q_k) R̃_kj, the corrections gathered so far; e: d_k (W_k - Q_k) of
-    // the current batch [out, block].
-    std::vector<float> c(static_cast<size_t>(nw), 0.0f), e(static_cast<size_t>(out) * block);
+    // c: Σ_{k<j} d_k (W_k - Q_k) R̃_kj, the corrections gathered so far (dense: [out, in]; low
+    // rank: the batch's [out, block], from sx = Σ_{k<i1} d_k (W_k - Q_k) x_k [out, rank] at its
+    // start); e: d_k (W_k - Q_k) of the current batch [out, block].
+    const int64_t ldc = lowrank ? block : in;
+    std::vector<float> c(static_cast<size_t>(out) * ldc, 0.0f), e(static_cast<size_t>(out) * block);
+    std::vector<float> sx(lowrank ? static_cast<size_t>(out) * nr : 0, 0.0f);
     std::vector<uint8_t> codes(static_cast<size_t>(nw));
     // The grid of (row, group) [out, ng].
     std::vector<float> sc(static_cast<size_t>(out) * ng), zf(sc.size());
@@ -286,42 +363,56 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const GptqHessian
                 for (int g = 0; g < ng; ++g)
                     choose_grid(o, g, &w[o * in + g * gs], gcodes.data(), gdeq.data());
         });
-    const float* r = f.r.data();
-    // R̃_GG⁻¹ of every group (unit upper triangular [gs, gs], float64 then f32): the grid choice's
+    // The batch's diagonal block of R̃ (low rank: x_kᵀ g̃_j formed per batch) and the inverses
+    // R̃_GG⁻¹ of its groups (unit upper triangular [gs, gs], float64 then f32): the grid choice's
     // weights of a starting group are v_G = W_G + (c_G R̃_GG⁻¹) / d.
-    std::vector<float> ginv;
-    if (!opt.act_order) {
-        ginv.resize(static_cast<size_t>(ng) * gs * gs);
-        parallel_chunks(pool, ng, 8, [&](int64_t g0, int64_t g1) {
-            std::vector<double> col(gs);
-            for (int64_t g = g0; g < g1; ++g) {
-                const size_t c0 = static_cast<size_t>(g) * gs;
-                float* inv = &ginv[static_cast<size_t>(g) * gs * gs];
+    std::vector<float> dblk(lowrank ? static_cast<size_t>(block) * block : 0);
+    std::vector<float> ginv(static_cast<size_t>(block / gs) * gs * gs);
+    for (int i1 = 0; i1 < in; i1 += block) {
+        const int i2 = std::min(in, i1 + block), bw = i2 - i1;
+        // rb[(i - i1) * ldr + (j - i1)] = R̃_ij for i, j in the batch.
+        const float* rb = lowrank ? dblk.data() : &f.r[static_cast<size_t>(i1) * n + i1];
+        const int64_t ldr = lowrank ? block : in;
+        if (lowrank) {
+            kernels::gemm_nn(bw, bw, nr, &f.xt[static_cast<size_t>(i1) * nr], nr, &f.g[i1], in,
+                             dblk.data(), block, false);
+            for (int i = 0; i < bw; ++i) {
+                for (int j = 0; j < i; ++j) dblk[i * block + j] = 0.0f;
+                dblk[i * block + i] = 1.0f;
+            }
+        }
+        if (!opt.act_order)
+            parallel_chunks(pool, bw / gs, 1, [&](int64_t g0, int64_t) {
+                std::vector<double> col(gs);
+                const int64_t c0 = g0 * gs;
+                float* inv = &ginv[static_cast<size_t>(g0) * gs * gs];
                 for (int j = 0; j < gs; ++j) {  // column j: R̃_GG col = e_j, bottom-up
                     for (int i = j; i >= 0; --i) {
                         double acc = i == j ? 1.0 : 0.0;
-                        for (int l = i + 1; l <= j; ++l) acc -= r[(c0 + i) * n + c0 + l] * col[l];
+                        for (int l = i + 1; l <= j; ++l)
+                            acc -= rb[(c0 + i) * ldr + c0 + l] * col[l];
                         col[i] = acc;
                     }
                     for (int i = 0; i < gs; ++i)
                         inv[i * gs + j] = i <= j ? static_cast<float>(col[i]) : 0.0f;
                 }
-            }
-        });
-    }
-    for (int i1 = 0; i1 < in; i1 += block) {
-        const int i2 = std::min(in, i1 + block);
+            });
         parallel_chunks(pool, out, rows, [&](int64_t o0, int64_t o1) {
             const int64_t b = o1 - o0;
+            // cb[(o - o0) * ldc + (j - i1)]: row o's correction of column j in the batch.
+            float* cb = lowrank ? &c[o0 * ldc] : &c[o0 * ldc + i1];
+            if (lowrank)
+                kernels::gemm_nn(b, bw, nr, &sx[o0 * nr], nr, &f.g[i1], in, cb, ldc, false);
             std::vector<uint8_t> gcodes(gs);
             std::vector<float> gdeq(gs), u(b * gs);
             for (int i = i1; i < i2; ++i) {
+                const int ib = i - i1;
                 if (!opt.act_order && i % gs == 0) {
                     // The group's weights as GPTQ's inverse-factor form has them now (every
                     // earlier column's error applied, none of the group's own).
-                    kernels::gemm_nn(b, gs, gs, &c[o0 * in + i], in,
-                                     &ginv[static_cast<size_t>(i / gs) * gs * gs], gs, u.data(), gs,
-                                     false);
+                    kernels::gemm_nn(b, gs, gs, cb + ib, ldc,
+                                     &ginv[static_cast<size_t>(ib / gs) * gs * gs], gs, u.data(),
+                                     gs, false);
                     for (int64_t o = o0; o < o1; ++o) {
                         float* v = &u[(o - o0) * gs];
                         for (int k = 0; k < gs; ++k) v[k] = wq[o * in + i + k] + v[k] / d[i + k];
@@ -331,31 +422,34 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const GptqHessian
                 const int col = perm[i], g = col / gs;
                 for (int64_t o = o0; o < o1; ++o) {
                     const float s = sc[o * ng + g], z = zf[o * ng + g];
-                    const float wv = wq[o * in + i] + c[o * in + i] / d[i];
+                    const float wv = wq[o * in + i] + cb[(o - o0) * ldc + ib] / d[i];
                     // The same IEEE steps as quantize_group: divide, add the zero, round half to
                     // even, clamp; (code - zero) * stored scale is exact in f32.
                     const float t = std::clamp(std::nearbyint(wv / s + z), 0.0f, 15.0f);
                     codes[o * in + col] = static_cast<uint8_t>(t);
-                    e[o * block + (i - i1)] = (wq[o * in + i] - (t - z) * s) * d[i];
+                    e[o * block + ib] = (wq[o * in + i] - (t - z) * s) * d[i];
                 }
                 // This column's share reaches the rest of its sub-batch at once (row by row),
                 // the sub-batch's the rest of the batch through one GEMM.
-                const int s1 = i - (i - i1) % sub, s2 = std::min(i2, s1 + sub);
-                const float* ri = &r[static_cast<size_t>(i) * n];
+                const int s1 = ib - ib % sub, s2 = std::min(bw, s1 + sub);
+                const float* ri = rb + ib * ldr;
                 for (int64_t o = o0; o < o1; ++o) {
-                    const float ek = e[o * block + (i - i1)];
-                    float* crow = &c[o * in];
-                    for (int j = i + 1; j < s2; ++j) crow[j] += ek * ri[j];
+                    const float ek = e[o * block + ib];
+                    float* crow = cb + (o - o0) * ldc;
+                    for (int j = ib + 1; j < s2; ++j) crow[j] += ek * ri[j];
                 }
-                if (i + 1 == s2 && s2 < i2)
-                    kernels::gemm_nn(b, i2 - s2, s2 - s1, &e[o0 * block + (s1 - i1)], block,
-                                     &r[static_cast<size_t>(s1) * n + s2], in, &c[o0 * in + s2], in,
-                                     true);
+                if (ib + 1 == s2 && s2 < bw)
+                    kernels::gemm_nn(b, bw - s2, s2 - s1, &e[o0 * block + s1], block,
+                                     rb + s1 * ldr + s2, ldr, cb + s2, ldc, true);
             }
-            // The batch's errors reach the later columns at once: C[:, i2:] += E R̃[i1:i2, i2:].
-            if (i2 < in)
-                kernels::gemm_nn(b, in - i2, i2 - i1, &e[o0 * block], block,
-                                 &r[static_cast<size_t>(i1) * n + i2], in, &c[o0 * in + i2], in,
+            // The batch's errors reach the later columns at once: dense, C[:, i2:] += E
+            // R̃[i1:i2, i2:]; low rank, sx += E X[i1:i2].
+            if (lowrank)
+                kernels::gemm_nn(b, nr, bw, &e[o0 * block], block,
+                                 &f.xt[static_cast<size_t>(i1) * nr], nr, &sx[o0 * nr], nr, true);
+            else if (i2 < in)
+                kernels::gemm_nn(b, in - i2, bw, &e[o0 * block], block,
+                                 &f.r[static_cast<size_t>(i1) * n + i2], in, &c[o0 * in + i2], in,
                                  true);
         });
     }

@@ -51,10 +51,23 @@ struct GptqHessian {
     std::vector<float> hdiag;  // max(H_ii, 0) in original column order: the grid choice's weights
     std::vector<int> perm;     // perm[j]: the original column quantized j-th
     double lambda = 0;
+    // rank > 0: H = XᵀX of `rank` rows kept as the rows (r stays empty): R̃_kj = x_kᵀ g̃_j for
+    // k < j, with xt [in, rank] (row k = x_k, column perm[k] of X) and g [rank, in] (column j =
+    // g̃_j); see gptq_prepare_rows.
+    int rank = 0;
+    std::vector<float> xt, g;
 };
 // Consumes h [in, in] (its buffer becomes R̃). With opt.act_order the columns go by descending
 // diag(H), ties in original order.
 GptqHessian gptq_prepare(std::vector<float> h, int in, const GptqOptions& opt);
+
+// H = XᵀX of the n rows x [n, in], prepared without forming it when 2n < in: with dead channels
+// and dampening as diag(δ), the reverse Cholesky factor of δ + XᵀX is R_kj = x_kᵀ g_j (k < j)
+// with g_j = (I - M_j) x_j / R_jj, M_j = Σ_{l>j} g_l g_lᵀ and R_jj² = δ_j + x_jᵀ (I - M_j) x_j
+// (x_j column j of X): in·n² work instead of in³/3, no [in, in] buffer, and a sweep of 2·out·in·n
+// instead of out·in². Otherwise gptq_prepare(gram_matrix(x)). The same result up to f32
+// rounding.
+GptqHessian gptq_prepare_rows(const float* x, int64_t n, int in, const GptqOptions& opt);
 
 // Quantizes W [out, in] (row-major f32) given the prepared H. Scales are bf16, zero-points 0..15,
 // and the codes are chosen against the stored bf16 scale (spec §7.5), so dequantize() gives
