@@ -283,6 +283,7 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const GptqHessian
     const std::vector<int>& perm = f.perm;
     // d[j]: row_scale of the j-th quantized column; hd: the grid weights diag(D H D).
     std::vector<float> d(n, 1.0f), hd = f.hdiag;
+    const bool scaled = row_scale != nullptr;  // else d = 1: its divisions are left out (exact)
     if (row_scale)
         for (size_t j = 0; j < n; ++j) {
             const float s = row_scale[j];
@@ -405,40 +406,64 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const GptqHessian
                 kernels::gemm_nn(b, bw, nr, &sx[o0 * nr], nr, &f.g[i1], in, cb, ldc, false);
             std::vector<uint8_t> gcodes(gs);
             std::vector<float> gdeq(gs), u(b * gs);
-            for (int i = i1; i < i2; ++i) {
-                const int ib = i - i1;
+            // Sub-batches of `sub` columns; inside one, every row runs its columns on its own
+            // (contiguous reads), the sub-batch's errors then reach the rest of the batch
+            // through one GEMM.
+            for (int s1 = 0; s1 < bw; s1 += sub) {
+                const int s2 = std::min(bw, s1 + sub), i = i1 + s1;
                 if (!opt.act_order && i % gs == 0) {
                     // The group's weights as GPTQ's inverse-factor form has them now (every
                     // earlier column's error applied, none of the group's own).
-                    kernels::gemm_nn(b, gs, gs, cb + ib, ldc,
-                                     &ginv[static_cast<size_t>(ib / gs) * gs * gs], gs, u.data(),
+                    kernels::gemm_nn(b, gs, gs, cb + s1, ldc,
+                                     &ginv[static_cast<size_t>(s1 / gs) * gs * gs], gs, u.data(),
                                      gs, false);
+                    // (The rows' W segments are first read here: one pass with the loads
+                    // independent of each other, then the grids.)
                     for (int64_t o = o0; o < o1; ++o) {
                         float* v = &u[(o - o0) * gs];
-                        for (int k = 0; k < gs; ++k) v[k] = wq[o * in + i + k] + v[k] / d[i + k];
-                        choose_grid(o, i / gs, v, gcodes.data(), gdeq.data());
+                        const float* wo = &wq[o * in + i];
+                        if (o + 8 < o1)
+                            for (int k = 0; k < gs; k += 16) __builtin_prefetch(wo + 8 * in + k);
+                        if (scaled)
+                            for (int k = 0; k < gs; ++k) v[k] = wo[k] + v[k] / d[i + k];
+                        else
+                            for (int k = 0; k < gs; ++k) v[k] += wo[k];
+                    }
+                    for (int64_t o = o0; o < o1; ++o)
+                        choose_grid(o, i / gs, &u[(o - o0) * gs], gcodes.data(), gdeq.data());
+                }
+                // Eight rows side by side: their rounding chains (two divisions deep) overlap.
+                for (int64_t oa = o0; oa < o1; oa += 8) {
+                    const int nt = static_cast<int>(std::min<int64_t>(8, o1 - oa));
+                    for (int ib = s1; ib < s2; ++ib) {
+                        const int col = perm[i1 + ib], g = col / gs;
+                        const float dd = d[i1 + ib];
+                        float ek[8];
+                        for (int t8 = 0; t8 < nt; ++t8) {
+                            const int64_t o = oa + t8;
+                            const float wo = wq[o * in + i1 + ib];
+                            const float co = cb[(o - o0) * ldc + ib];
+                            const float s = sc[o * ng + g], z = zf[o * ng + g];
+                            const float wv = scaled ? wo + co / dd : wo + co;
+                            // The same IEEE steps as quantize_group: divide, add the zero, round
+                            // half to even (the 1.5 * 2^23 trick, which the clamp makes safe for
+                            // any magnitude), clamp; (code - zero) * stored scale is exact in f32.
+                            const float x = wv / s + z;
+                            const float t =
+                                std::clamp((x + 12582912.0f) - 12582912.0f, 0.0f, 15.0f);
+                            codes[o * in + col] = static_cast<uint8_t>(t);
+                            const float eo = wo - (t - z) * s;
+                            ek[t8] = scaled ? eo * dd : eo;
+                            e[o * block + ib] = ek[t8];
+                        }
+                        const float* ri = rb + ib * ldr;
+                        for (int t8 = 0; t8 < nt; ++t8) {
+                            float* crow = cb + (oa + t8 - o0) * ldc;
+                            for (int j = ib + 1; j < s2; ++j) crow[j] += ek[t8] * ri[j];
+                        }
                     }
                 }
-                const int col = perm[i], g = col / gs;
-                for (int64_t o = o0; o < o1; ++o) {
-                    const float s = sc[o * ng + g], z = zf[o * ng + g];
-                    const float wv = wq[o * in + i] + cb[(o - o0) * ldc + ib] / d[i];
-                    // The same IEEE steps as quantize_group: divide, add the zero, round half to
-                    // even, clamp; (code - zero) * stored scale is exact in f32.
-                    const float t = std::clamp(std::nearbyint(wv / s + z), 0.0f, 15.0f);
-                    codes[o * in + col] = static_cast<uint8_t>(t);
-                    e[o * block + ib] = (wq[o * in + i] - (t - z) * s) * d[i];
-                }
-                // This column's share reaches the rest of its sub-batch at once (row by row),
-                // the sub-batch's the rest of the batch through one GEMM.
-                const int s1 = ib - ib % sub, s2 = std::min(bw, s1 + sub);
-                const float* ri = rb + ib * ldr;
-                for (int64_t o = o0; o < o1; ++o) {
-                    const float ek = e[o * block + ib];
-                    float* crow = cb + (o - o0) * ldc;
-                    for (int j = ib + 1; j < s2; ++j) crow[j] += ek * ri[j];
-                }
-                if (ib + 1 == s2 && s2 < bw)
+                if (s2 < bw)
                     kernels::gemm_nn(b, bw - s2, s2 - s1, &e[o0 * block + s1], block,
                                      rb + s1 * ldr + s2, ldr, cb + s2, ldc, true);
             }
