@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/dispatch.h"
 #include "kernels/gemm.h"
 
 namespace lancet::kernels {
@@ -51,10 +52,15 @@ TEST(QuantGemm, MatchesDoubleReference) {
         check(fn, 100, 7, 64, false, 3);  // crosses the m block, short k
         check(fn, 1, 1, 3, true, 4);
     }
-    for (GemmFn fn : {&gemm_nn, &detail::gemm_nn_portable}) {
+    std::vector<GemmFn> nn = {&gemm_nn, &detail::gemm_nn_portable};
+    for (Isa isa : {Isa::Avx2, Isa::Avx512})
+        if (cpu_supports(isa)) nn.push_back(detail::gemm_nn_kernel(isa));
+    for (GemmFn fn : nn) {
         check(fn, 7, 64, 64, false, 5, true);
         check(fn, 9, 70, 33, true, 6, true);  // odd rows, a column tail past the 32-wide blocks
         check(fn, 2, 5, 1, false, 7, true);
+        check(fn, 19, 45, 300, true, 8, true);  // a row tail past the 8-row tiles, crosses k blocks
+        check(fn, 16, 16, 5, false, 9, true);   // one half-masked tile
     }
 }
 

@@ -312,7 +312,15 @@ GemmFn gemm_nt_kernel(Isa isa) {
 }
 
 GemmFn gemm_nn_kernel(Isa isa) {
-    return checked(isa) == Isa::Scalar ? &gemm_nn_portable : &gemm_nn_avx2;
+    switch (checked(isa)) {
+        case Isa::Avx512:
+            return &gemm_nn_avx512;
+        case Isa::Avx2:
+            return &gemm_nn_avx2;
+        case Isa::Scalar:
+            break;
+    }
+    return &gemm_nn_portable;
 }
 
 }  // namespace detail

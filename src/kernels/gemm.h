@@ -30,7 +30,10 @@ void gemm_nn_portable(int64_t m, int64_t n, int64_t k, const float* A, int64_t l
                       int64_t ldb, float* C, int64_t ldc, bool accumulate);
 void gemm_nn_avx2(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                   int64_t ldb, float* C, int64_t ldc, bool accumulate);
-// The kernels for an ISA (dispatch.cc): AVX2 for AVX2 and AVX-512, else portable.
+void gemm_nn_avx512(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                    int64_t ldb, float* C, int64_t ldc, bool accumulate);
+// The kernels for an ISA (dispatch.cc): gemm_nt AVX2 for AVX2 and AVX-512; gemm_nn AVX-512 or
+// AVX2; else portable.
 using GemmFn = void (*)(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda,
                         const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 GemmFn gemm_nt_kernel(Isa isa);

@@ -38,6 +38,12 @@ const char* const kSchemeAwq = "asym_int4_grouped_awq";
 const char* const kSchemeMinmax = "asym_int4_grouped_minmax";
 const char* const kSchemeNoAwq = "asym_int4_grouped_no_awq";
 
+std::string fixed1(double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f", v);
+    return b;
+}
+
 std::string strip(const std::string& s, const std::string& suffix) {
     return s.ends_with(suffix) ? s.substr(0, s.size() - suffix.size()) : s;
 }
@@ -558,6 +564,13 @@ void Pipeline::process_path(int layer, bool gen) {
         ao.gptq_full_hessian = opt_.full_hessian;
         ao.compare = opt_.compare;
         const LayerResult r = quantize_layer(w, ls, ao, {opt_.fuse_ov, opt_.fuse_updown});
+        if (opt_.progress)
+            log_info("quantize: layer ", layer, gen ? " gen" : " und",
+                     " seconds (of which GPTQ): qkv ", fixed1(r.qkv.seconds), " (",
+                     fixed1(r.qkv.seconds_gptq), "), o ", fixed1(r.o.seconds), " (",
+                     fixed1(r.o.seconds_gptq), "), gate/up ", fixed1(r.gate_up.seconds), " (",
+                     fixed1(r.gate_up.seconds_gptq), "), down ", fixed1(r.down.seconds), " (",
+                     fixed1(r.down.seconds_gptq), ")");
 
         // A norm or producer carries scales only where the search ran and they were kept.
         const bool scaled = opt_.search && opt_.method != "gptq";

@@ -342,141 +342,159 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
     }
 
     std::vector<AwqConsumerResult> awq(consumers.size());
-    for (size_t c = 0; c < consumers.size(); ++c) {
-        const AwqConsumer& con = consumers[c];
-        AwqConsumerResult& cr = awq[c];
-        cr.q.out = con.out;
-        cr.q.in = in;
-        cr.q.group_size = gs;
-        cr.q.qweight.resize(static_cast<size_t>(con.out) * (in / 2));
-        cr.q.scales.resize(static_cast<size_t>(con.out) * ng);
-        cr.q.zeros.resize(static_cast<size_t>(con.out) * ng);
-        cr.clip.assign(static_cast<size_t>(con.out) * ng, 1.0f);
-        const int64_t n_chunks = (con.out + kRowChunk - 1) / kRowChunk;
-        std::vector<Sq> parts(n_chunks);
-        parallel_chunks(pool, con.out, kRowChunk, [&](int64_t o0, int64_t o1) {
-            const int64_t b = o1 - o0;
-            std::vector<float> ws, deq;
-            std::vector<uint8_t> codes, zeros;
-            std::vector<uint16_t> scl;
-            quantize_rows(con.w, in, gs, res.s, o0, o1, opt.codes_from_stored_scale, ws, deq, codes,
-                          scl, zeros);
-            std::vector<float> delta(b * in);
-            for (int64_t k = 0; k < b * in; ++k) delta[k] = ws[k] - deq[k];
-            // E = Δ Xsᵀ: every row's output error on the search rows, kept current as groups
-            // change.
-            // Only the exact mode needs it during the search; otherwise it is computed at the end
-            // for the report rows.
-            const bool exact = opt.clip_exact;
-            std::vector<float> e(b * ns);
-            if (exact || K == 1)
-                kernels::gemm_nt(b, ns, in, delta.data(), in, xss.data(), in, e.data(), ns, false);
-            if (K > 1) {
-                const int kc = K - 1;
-                std::vector<float> gvec(b * gs), d(b * kc * gs), t(b * kc * gs),
-                    cand_deq(b * kc * gs), dbest(b * gs);
-                std::vector<uint8_t> cand_codes(b * kc * gs), cand_zero(b * kc);
-                std::vector<uint16_t> cand_scale(b * kc);
-                for (int g = 0; g < ng; ++g) {
-                    // Linear term: Xs_gᵀ e for each row (exact), or H_g Δ_g, the part of it
-                    // that comes from this group alone (block-diagonal: cross-group terms,
-                    // zero-mean for independent rounding errors, are dropped).
-                    if (exact)
-                        kernels::gemm_nt(b, gs, ns, e.data(), ns,
-                                         &xst[static_cast<size_t>(g) * gs * ns], ns, gvec.data(),
-                                         gs, false);
-                    else
-                        kernels::gemm_nn(b, gs, gs, delta.data() + g * gs, in,
-                                         &gram[static_cast<size_t>(g) * gs * gs], gs, gvec.data(),
-                                         gs, false);
-                    for (int64_t r = 0; r < b; ++r)
-                        for (int k = 0; k < kc; ++k) {
-                            GroupQuantOptions go;
-                            go.clip_ratio = ratios[k + 1];
-                            go.codes_from_stored_scale = opt.codes_from_stored_scale;
-                            const int64_t slot = r * kc + k;
-                            quantize_group(&ws[r * in + g * gs], gs, go, &cand_codes[slot * gs],
-                                           &cand_scale[slot], &cand_zero[slot],
-                                           &cand_deq[slot * gs]);
-                            // Change of Δ on this group when switching to candidate k.
-                            for (int i = 0; i < gs; ++i)
-                                d[slot * gs + i] =
-                                    deq[r * in + g * gs + i] - cand_deq[slot * gs + i];
-                        }
-                    // Quadratic term dᵀ H_g d.
-                    kernels::gemm_nn(b * kc, gs, gs, d.data(), gs,
-                                     &gram[static_cast<size_t>(g) * gs * gs], gs, t.data(), gs,
+    // With error feedback the clipped AWQ matrices are only measured (the report's AWQ column and
+    // the RTN check, both on the report rows) unless GPTQ's result is not kept: the search runs
+    // on those rows first, on every row only when its matrices are needed.
+    const bool clip_report_only = opt.feedback != AwqOptions::Feedback::None;
+    auto clip_search = [&](bool report_only) {
+        for (size_t c = 0; c < consumers.size(); ++c) {
+            const AwqConsumer& con = consumers[c];
+            AwqConsumerResult& cr = awq[c];
+            cr.q.out = con.out;
+            cr.q.in = in;
+            cr.q.group_size = gs;
+            cr.q.qweight.resize(static_cast<size_t>(con.out) * (in / 2));
+            cr.q.scales.resize(static_cast<size_t>(con.out) * ng);
+            cr.q.zeros.resize(static_cast<size_t>(con.out) * ng);
+            cr.clip.assign(static_cast<size_t>(con.out) * ng, 1.0f);
+            const std::vector<int64_t> rep = report_rows(con.out);
+            std::vector<Sq> parts(report_only ? rep.size() : (con.out + kRowChunk - 1) / kRowChunk);
+            auto rows_body = [&](int64_t o0, int64_t o1, Sq& p) {
+                const int64_t b = o1 - o0;
+                std::vector<float> ws, deq;
+                std::vector<uint8_t> codes, zeros;
+                std::vector<uint16_t> scl;
+                quantize_rows(con.w, in, gs, res.s, o0, o1, opt.codes_from_stored_scale, ws, deq,
+                              codes, scl, zeros);
+                std::vector<float> delta(b * in);
+                for (int64_t k = 0; k < b * in; ++k) delta[k] = ws[k] - deq[k];
+                // E = Δ Xsᵀ: every row's output error on the search rows, kept current as groups
+                // change.
+                // Only the exact mode needs it during the search; otherwise it is computed at the
+                // end for the report rows.
+                const bool exact = opt.clip_exact;
+                std::vector<float> e(b * ns);
+                if (exact || K == 1)
+                    kernels::gemm_nt(b, ns, in, delta.data(), in, xss.data(), in, e.data(), ns,
                                      false);
-                    bool any = false;
-                    std::fill(dbest.begin(), dbest.end(), 0.0f);
-                    for (int64_t r = 0; r < b; ++r) {
-                        int best = -1;
-                        double best_change = 0;  // keeping the current range changes nothing
-                        for (int k = 0; k < kc; ++k) {
-                            const float* dk = &d[(r * kc + k) * gs];
-                            const float* tk = &t[(r * kc + k) * gs];
-                            double lin = 0, quad = 0;
-                            for (int i = 0; i < gs; ++i) {
-                                lin += static_cast<double>(gvec[r * gs + i]) * dk[i];
-                                quad += static_cast<double>(tk[i]) * dk[i];
+                if (K > 1) {
+                    const int kc = K - 1;
+                    std::vector<float> gvec(b * gs), d(b * kc * gs), t(b * kc * gs),
+                        cand_deq(b * kc * gs), dbest(b * gs);
+                    std::vector<uint8_t> cand_codes(b * kc * gs), cand_zero(b * kc);
+                    std::vector<uint16_t> cand_scale(b * kc);
+                    for (int g = 0; g < ng; ++g) {
+                        // Linear term: Xs_gᵀ e for each row (exact), or H_g Δ_g, the part of it
+                        // that comes from this group alone (block-diagonal: cross-group terms,
+                        // zero-mean for independent rounding errors, are dropped).
+                        if (exact)
+                            kernels::gemm_nt(b, gs, ns, e.data(), ns,
+                                             &xst[static_cast<size_t>(g) * gs * ns], ns,
+                                             gvec.data(), gs, false);
+                        else
+                            kernels::gemm_nn(b, gs, gs, delta.data() + g * gs, in,
+                                             &gram[static_cast<size_t>(g) * gs * gs], gs,
+                                             gvec.data(), gs, false);
+                        for (int64_t r = 0; r < b; ++r)
+                            for (int k = 0; k < kc; ++k) {
+                                GroupQuantOptions go;
+                                go.clip_ratio = ratios[k + 1];
+                                go.codes_from_stored_scale = opt.codes_from_stored_scale;
+                                const int64_t slot = r * kc + k;
+                                quantize_group(&ws[r * in + g * gs], gs, go, &cand_codes[slot * gs],
+                                               &cand_scale[slot], &cand_zero[slot],
+                                               &cand_deq[slot * gs]);
+                                // Change of Δ on this group when switching to candidate k.
+                                for (int i = 0; i < gs; ++i)
+                                    d[slot * gs + i] =
+                                        deq[r * in + g * gs + i] - cand_deq[slot * gs + i];
                             }
-                            const double change = 2 * lin + quad;
-                            if (change < best_change) {
-                                best_change = change;
-                                best = k;
+                        // Quadratic term dᵀ H_g d.
+                        kernels::gemm_nn(b * kc, gs, gs, d.data(), gs,
+                                         &gram[static_cast<size_t>(g) * gs * gs], gs, t.data(), gs,
+                                         false);
+                        bool any = false;
+                        std::fill(dbest.begin(), dbest.end(), 0.0f);
+                        for (int64_t r = 0; r < b; ++r) {
+                            int best = -1;
+                            double best_change = 0;  // keeping the current range changes nothing
+                            for (int k = 0; k < kc; ++k) {
+                                const float* dk = &d[(r * kc + k) * gs];
+                                const float* tk = &t[(r * kc + k) * gs];
+                                double lin = 0, quad = 0;
+                                for (int i = 0; i < gs; ++i) {
+                                    lin += static_cast<double>(gvec[r * gs + i]) * dk[i];
+                                    quad += static_cast<double>(tk[i]) * dk[i];
+                                }
+                                const double change = 2 * lin + quad;
+                                if (change < best_change) {
+                                    best_change = change;
+                                    best = k;
+                                }
                             }
+                            if (best < 0) continue;
+                            any = true;
+                            const int64_t slot = r * kc + best;
+                            std::memcpy(&dbest[r * gs], &d[slot * gs], sizeof(float) * gs);
+                            std::memcpy(&codes[r * in + g * gs], &cand_codes[slot * gs], gs);
+                            std::memcpy(&deq[r * in + g * gs], &cand_deq[slot * gs],
+                                        sizeof(float) * gs);
+                            for (int i = 0; i < gs; ++i)
+                                delta[r * in + g * gs + i] =
+                                    ws[r * in + g * gs + i] - deq[r * in + g * gs + i];
+                            scl[r * ng + g] = cand_scale[slot];
+                            zeros[r * ng + g] = cand_zero[slot];
+                            cr.clip[(o0 + r) * ng + g] = ratios[best + 1];
                         }
-                        if (best < 0) continue;
-                        any = true;
-                        const int64_t slot = r * kc + best;
-                        std::memcpy(&dbest[r * gs], &d[slot * gs], sizeof(float) * gs);
-                        std::memcpy(&codes[r * in + g * gs], &cand_codes[slot * gs], gs);
-                        std::memcpy(&deq[r * in + g * gs], &cand_deq[slot * gs],
-                                    sizeof(float) * gs);
-                        for (int i = 0; i < gs; ++i)
-                            delta[r * in + g * gs + i] =
-                                ws[r * in + g * gs + i] - deq[r * in + g * gs + i];
-                        scl[r * ng + g] = cand_scale[slot];
-                        zeros[r * ng + g] = cand_zero[slot];
-                        cr.clip[(o0 + r) * ng + g] = ratios[best + 1];
+                        // e += Xs_g d for the rows that changed.
+                        if (any && exact)
+                            kernels::gemm_nt(b, ns, gs, dbest.data(), gs, xss.data() + g * gs, in,
+                                             e.data(), ns, true);
                     }
-                    // e += Xs_g d for the rows that changed.
-                    if (any && exact)
-                        kernels::gemm_nt(b, ns, gs, dbest.data(), gs, xss.data() + g * gs, in,
-                                         e.data(), ns, true);
                 }
-            }
-            Sq& p = parts[o0 / kRowChunk];
-            const int64_t stride = report_stride(con.out);
-            std::vector<float> drep;
-            for (int64_t r = 0; r < b; ++r)
-                if ((o0 + r) % stride == 0) {
-                    if (exact || K == 1) p.e2s += sum_squares(&e[r * ns], ns);
-                    drep.insert(drep.end(), delta.begin() + r * in, delta.begin() + (r + 1) * in);
+                const int64_t stride = report_stride(con.out);
+                std::vector<float> drep;
+                for (int64_t r = 0; r < b; ++r)
+                    if ((o0 + r) % stride == 0) {
+                        if (exact || K == 1) p.e2s += sum_squares(&e[r * ns], ns);
+                        drep.insert(drep.end(), delta.begin() + r * in,
+                                    delta.begin() + (r + 1) * in);
+                    }
+                const int64_t nrep = static_cast<int64_t>(drep.size()) / in;
+                if (!(exact || K == 1) && nrep > 0) {
+                    std::vector<float> es(nrep * ns);
+                    kernels::gemm_nt(nrep, ns, in, drep.data(), in, xss.data(), in, es.data(), ns,
+                                     false);
+                    p.e2s = sum_squares(es.data(), nrep * ns);
                 }
-            const int64_t nrep = static_cast<int64_t>(drep.size()) / in;
-            if (!(exact || K == 1) && nrep > 0) {
-                std::vector<float> es(nrep * ns);
-                kernels::gemm_nt(nrep, ns, in, drep.data(), in, xss.data(), in, es.data(), ns,
-                                 false);
-                p.e2s = sum_squares(es.data(), nrep * ns);
+                if (nh > 0 && nrep > 0) {
+                    std::vector<float> eh(nrep * nh);
+                    kernels::gemm_nt(nrep, nh, in, drep.data(), in, xhs.data(), in, eh.data(), nh,
+                                     false);
+                    p.e2h = sum_squares(eh.data(), nrep * nh);
+                }
+                for (int64_t r = 0; r < b; ++r)
+                    pack_int4(&codes[r * in], in, &cr.q.qweight[(o0 + r) * (in / 2)]);
+                std::memcpy(&cr.q.scales[o0 * ng], scl.data(), sizeof(uint16_t) * b * ng);
+                std::memcpy(&cr.q.zeros[o0 * ng], zeros.data(), b * ng);
+            };
+            if (report_only)
+                parallel_chunks(
+                    pool, static_cast<int64_t>(rep.size()), 1,
+                    [&](int64_t j0, int64_t) { rows_body(rep[j0], rep[j0] + 1, parts[j0]); });
+            else
+                parallel_chunks(pool, con.out, kRowChunk, [&](int64_t o0, int64_t o1) {
+                    rows_body(o0, o1, parts[o0 / kRowChunk]);
+                });
+            RelErr& e_awq = res.consumers[c].awq;
+            e_awq = {};
+            for (const Sq& p : parts) {
+                e_awq.e2_search += p.e2s;
+                e_awq.e2_heldout += p.e2h;
             }
-            if (nh > 0 && nrep > 0) {
-                std::vector<float> eh(nrep * nh);
-                kernels::gemm_nt(nrep, nh, in, drep.data(), in, xhs.data(), in, eh.data(), nh,
-                                 false);
-                p.e2h = sum_squares(eh.data(), nrep * nh);
-            }
-            for (int64_t r = 0; r < b; ++r)
-                pack_int4(&codes[r * in], in, &cr.q.qweight[(o0 + r) * (in / 2)]);
-            std::memcpy(&cr.q.scales[o0 * ng], scl.data(), sizeof(uint16_t) * b * ng);
-            std::memcpy(&cr.q.zeros[o0 * ng], zeros.data(), b * ng);
-        });
-        for (const Sq& p : parts) {
-            res.consumers[c].awq.e2_search += p.e2s;
-            res.consumers[c].awq.e2_heldout += p.e2h;
         }
-    }
+    };
+    clip_search(clip_report_only);
 
     // ---- totals, and the guarantee: never worse than RTN on the search rows ----
     double y2s = 0, y2h = 0;
@@ -515,8 +533,10 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
 
     // ---- error feedback (GPTQ) on W·diag(s), H from the search rows as the weights see them ----
     if (opt.feedback != AwqOptions::Feedback::None) {
-        // Output error of q (quantized W·diag(s)) on the report rows, search and held-out.
-        auto measure = [&](const AwqConsumer& con, const QuantizedMatrix& q,
+        const auto t_gptq = std::chrono::steady_clock::now();
+        // Output error of q (quantized W·diag(s)) on the report rows, search and held-out; q
+        // holds either every row or (subset) the report rows only, in order.
+        auto measure = [&](const AwqConsumer& con, const QuantizedMatrix& q, bool subset,
                            const std::vector<float>& s, const std::vector<float>& xs_s,
                            const std::vector<float>& xh_s) {
             const std::vector<int64_t> rows = report_rows(con.out);
@@ -527,7 +547,7 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                 std::vector<float> dw(b * in), e(b * std::max(ns, nh));
                 for (int64_t r = 0; r < b; ++r) {
                     const int64_t o = rows[j0 + r];
-                    dequantize_row(q, static_cast<int>(o), &dw[r * in]);
+                    dequantize_row(q, static_cast<int>(subset ? j0 + r : o), &dw[r * in]);
                     for (int i = 0; i < in; ++i)
                         dw[r * in + i] = con.w[o * in + i] * s[i] - dw[r * in + i];
                 }
@@ -553,10 +573,22 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
             fail("AWQ search (", consumers[0].name, "): Hessian of ", stats->hessian.size(),
                  " values for width ", in);
         res.full_hessian = full_h;
-        // One GPTQ run of every consumer with scales s; fills the errors, returns the matrices.
-        auto run = [&](const std::vector<float>& s, std::vector<RelErr>& errs, RelErr& total) {
-            const std::vector<float> xs_s = divide_columns(xs, in, s);
-            const std::vector<float> xh_s = divide_columns(xh, in, s);
+        const bool plain = opt.feedback == AwqOptions::Feedback::Gptq;
+        const std::vector<float> ones(in, 1.0f);
+        // The chosen variant's scales, and the other one's (the report's comparison).
+        const std::vector<float>& s_ch = plain ? ones : res.s;
+        const std::vector<float>& s_ot = plain ? res.s : ones;
+        GptqOptions go;
+        go.group_size = gs;
+        go.damp = opt.gptq_damp;
+        go.act_order = opt.gptq_act_order;
+        go.pool = &pool;
+        if (opt.clip) go.clip_ratios = ratios;
+        // H as the chosen variant's scaled weights see it, factored once for all consumers.
+        const std::vector<float> xs_ch = divide_columns(xs, in, s_ch);
+        const std::vector<float> xh_ch = divide_columns(xh, in, s_ch);
+        GptqHessian hf;
+        {
             std::vector<float> h;
             if (full_h) {
                 // Every input's XᵀX less the held-out rows' (they are inputs too, and must stay
@@ -570,52 +602,63 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                     for (int j = i; j < in; ++j) {
                         double v = row[j - i];
                         if (nh > 0) v -= hh[static_cast<size_t>(i) * in + j];
-                        v /= static_cast<double>(s[i]) * static_cast<double>(s[j]);
+                        v /= static_cast<double>(s_ch[i]) * static_cast<double>(s_ch[j]);
                         h[static_cast<size_t>(i) * in + j] = h[static_cast<size_t>(j) * in + i] =
                             static_cast<float>(v);
                     }
                 }
+                hf = gptq_prepare(std::move(h), in, go);
             } else {
-                h = gram_matrix(xs_s.data(), ns, in, &pool);
+                // H = XsᵀXs of the search rows, kept as the rows where they are fewer than half
+                // the inputs (down_proj: in·ns² work instead of in³/3).
+                hf = gptq_prepare_rows(xs_ch.data(), ns, in, go);
             }
-            GptqOptions go;
-            go.group_size = gs;
-            go.damp = opt.gptq_damp;
-            go.act_order = opt.gptq_act_order;
-            go.pool = &pool;
-            if (opt.clip) go.clip_ratios = ratios;
-            std::vector<QuantizedMatrix> qs;
-            errs.assign(consumers.size(), {});
-            total = {};
+        }
+        std::vector<RelErr> e_ch(consumers.size()), e_ot(consumers.size());
+        std::vector<QuantizedMatrix> q_ch;
+        RelErr t_ch, t_ot;
+        {
             for (size_t c = 0; c < consumers.size(); ++c) {
                 const AwqConsumer& con = consumers[c];
                 std::vector<float> ws(static_cast<size_t>(con.out) * in);
                 for (int64_t o = 0; o < con.out; ++o)
-                    for (int i = 0; i < in; ++i) ws[o * in + i] = con.w[o * in + i] * s[i];
-                qs.push_back(gptq_quantize(ws.data(), con.out, in, h.data(), go));
-                errs[c] = measure(con, qs.back(), s, xs_s, xh_s);
-                total.e2_search += errs[c].e2_search;
-                total.e2_heldout += errs[c].e2_heldout;
+                    for (int i = 0; i < in; ++i) ws[o * in + i] = con.w[o * in + i] * s_ch[i];
+                q_ch.push_back(gptq_quantize(ws.data(), con.out, in, hf, go));
+                e_ch[c] = measure(con, q_ch.back(), false, s_ch, xs_ch, xh_ch);
+                t_ch.e2_search += e_ch[c].e2_search;
+                t_ch.e2_heldout += e_ch[c].e2_heldout;
             }
-            return qs;
-        };
-        const bool want_plain = opt.feedback == AwqOptions::Feedback::Gptq || opt.compare;
-        const bool want_scaled = opt.feedback == AwqOptions::Feedback::AwqGptq || opt.compare;
-        const std::vector<float> ones(in, 1.0f);
-        std::vector<RelErr> e_plain, e_scaled;
-        std::vector<QuantizedMatrix> q_plain, q_scaled;
-        if (want_plain) q_plain = run(ones, e_plain, res.gptq);
-        if (want_scaled) q_scaled = run(res.s, e_scaled, res.awq_gptq);
-        for (size_t c = 0; c < consumers.size(); ++c) {
-            if (want_plain) res.consumers[c].gptq = e_plain[c];
-            if (want_scaled) res.consumers[c].awq_gptq = e_scaled[c];
         }
-        const bool plain = opt.feedback == AwqOptions::Feedback::Gptq;
-        const RelErr& got = plain ? res.gptq : res.awq_gptq;
+        if (opt.compare) {
+            // The other variant on the report rows only (all the report reads), from the same
+            // factor: its H is D H_ch D with D = diag(s_ch / s_ot).
+            std::vector<float> d(in);
+            for (int i = 0; i < in; ++i) d[i] = s_ch[i] / s_ot[i];
+            const std::vector<float> xs_s = divide_columns(xs, in, s_ot);
+            const std::vector<float> xh_s = divide_columns(xh, in, s_ot);
+            for (size_t c = 0; c < consumers.size(); ++c) {
+                const AwqConsumer& con = consumers[c];
+                const std::vector<int64_t> rows = report_rows(con.out);
+                std::vector<float> ws(rows.size() * in);
+                for (size_t j = 0; j < rows.size(); ++j)
+                    for (int i = 0; i < in; ++i) ws[j * in + i] = con.w[rows[j] * in + i] * s_ot[i];
+                const QuantizedMatrix q =
+                    gptq_quantize(ws.data(), static_cast<int>(rows.size()), in, hf, go, d.data());
+                e_ot[c] = measure(con, q, true, s_ot, xs_s, xh_s);
+                t_ot.e2_search += e_ot[c].e2_search;
+                t_ot.e2_heldout += e_ot[c].e2_heldout;
+            }
+        }
+        (plain ? res.gptq : res.awq_gptq) = t_ch;
+        if (opt.compare) (plain ? res.awq_gptq : res.gptq) = t_ot;
+        for (size_t c = 0; c < consumers.size(); ++c) {
+            (plain ? res.consumers[c].gptq : res.consumers[c].awq_gptq) = e_ch[c];
+            if (opt.compare) (plain ? res.consumers[c].awq_gptq : res.consumers[c].gptq) = e_ot[c];
+        }
         // Kept unless worse than RTN on the search rows (the rows it was fitted to).
-        if (got.e2_search <= res.rtn.e2_search) {
+        if (t_ch.e2_search <= res.rtn.e2_search) {
             res.chosen = plain ? "gptq" : "awq-gptq";
-            res.result = got;
+            res.result = t_ch;
             res.rtn_fallback = false;
             if (plain) {
                 res.alpha = 0;
@@ -623,11 +666,20 @@ AwqResult awq_search(const std::vector<AwqConsumer>& consumers, int in, const Li
                 res.s_free.assign(n_free, 1.0f);
             }
             for (size_t c = 0; c < consumers.size(); ++c) {
-                res.consumers[c].q = std::move(plain ? q_plain[c] : q_scaled[c]);
-                res.consumers[c].result = plain ? e_plain[c] : e_scaled[c];
+                res.consumers[c].q = std::move(q_ch[c]);
+                res.consumers[c].result = e_ch[c];
                 res.consumers[c].clip.assign(static_cast<size_t>(consumers[c].out) * ng, 1.0f);
             }
+        } else if (clip_report_only && !res.rtn_fallback) {
+            // Not kept: the AWQ matrices on every row after all.
+            clip_search(false);
+            for (size_t c = 0; c < consumers.size(); ++c) {
+                res.consumers[c].q = std::move(awq[c].q);
+                res.consumers[c].clip = std::move(awq[c].clip);
+            }
         }
+        res.seconds_gptq =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_gptq).count();
     }
 
     const bool have_h = nh > 0;

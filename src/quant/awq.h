@@ -108,6 +108,7 @@ struct AwqResult {
     int n_search_rows = 0, n_heldout_rows = 0;
     std::vector<std::pair<float, double>> alpha_losses;  // (α, sampled search loss) evaluated
     double seconds = 0;
+    double seconds_gptq = 0;  // of which the error feedback (H, factorisation, sweeps, report)
 };
 
 // Runs the search. All consumers read the same input of width `in`; `stats` gives mean|x| per
