@@ -127,15 +127,20 @@ void ResidualBlock::reset() {
     conv6_.reset();
 }
 
-Frames ResidualBlock::forward(const Context& ctx, const Frames& x) {
-    Frames h;
-    if (has_shortcut_)
+Frames ResidualBlock::forward(const Context& ctx, Frames x) {
+    // At most three activations alive at once (x or a, h, b): at 480p a 4-frame chunk of the
+    // last decoder stage is 0.4-0.8 GB per activation.
+    Frames h, a, b;
+    if (has_shortcut_) {
         shortcut_.run(ctx, x, nullptr, h);
-    else
-        h = x;
-    Frames a, b;
-    norm_silu(ctx, x, gamma0_, a);
+        norm_silu(ctx, x, gamma0_, x);  // x is not needed after this: normalised in place
+        a = std::move(x);
+    } else {
+        norm_silu(ctx, x, gamma0_, a);
+        h = std::move(x);
+    }
     conv2_.forward(ctx, a, b);
+    a = Frames();
     norm_silu(ctx, b, gamma3_, b);
     conv6_.forward(ctx, b, h, /*accumulate=*/true);
     return h;
@@ -430,13 +435,13 @@ Frames Encoder::chunk(const Context& ctx, const Frames& in) {
     conv1_.forward(ctx, in, x);
     for (auto& s : stages_) {
         const Frames x_copy = x;
-        for (auto& b : s.blocks) x = b.forward(ctx, x);
+        for (auto& b : s.blocks) x = b.forward(ctx, std::move(x));
         if (s.resample) x = s.resample->forward(ctx, x);
         add_into(ctx, avg_down3d(x_copy, s.out, s.ft, s.fs), x);
     }
-    x = mid0_->forward(ctx, x);
+    x = mid0_->forward(ctx, std::move(x));
     x = attn_->forward(ctx, x);
-    x = mid2_->forward(ctx, x);
+    x = mid2_->forward(ctx, std::move(x));
     norm_silu(ctx, x, head_gamma_, x);
     Frames h, out;
     head_.forward(ctx, x, h);
@@ -480,25 +485,44 @@ void Decoder::reset() {
     head_.reset();
 }
 
+void Decoder::stage(const Context& ctx, size_t i, Frames& x, bool first_chunk) {
+    Stage& s = stages_[i];
+    if (!s.resample) {
+        for (auto& b : s.blocks) x = b.forward(ctx, std::move(x));
+        return;
+    }
+    Frames m = x;  // x is DupUp3D's input
+    for (auto& b : s.blocks) m = b.forward(ctx, std::move(m));
+    m = s.resample->forward(ctx, m);
+    dup_up3d_add(x, s.ft, s.fs, first_chunk, m);
+    x = std::move(m);
+}
+
 Frames Decoder::chunk(const Context& ctx, const Frames& z, bool first_chunk) {
     Frames a, x;
     top_conv2_.run(ctx, z, nullptr, a);
     conv1_.forward(ctx, a, x);
-    x = mid0_->forward(ctx, x);
+    x = mid0_->forward(ctx, std::move(x));
     x = attn_->forward(ctx, x);
-    x = mid2_->forward(ctx, x);
-    for (auto& s : stages_) {
-        Frames m = x;
-        for (auto& b : s.blocks) m = b.forward(ctx, m);
-        if (s.resample) {
-            m = s.resample->forward(ctx, m);
-            dup_up3d_add(x, s.ft, s.fs, first_chunk, m);
-        }
-        x = std::move(m);
-    }
-    norm_silu(ctx, x, head_gamma_, x);
+    x = mid2_->forward(ctx, std::move(x));
+    // The stages after the last time upsampling hold plain causal convs, 2-D upsamples and
+    // DupUp3D without time factor: frame by frame through them is the same arithmetic (each
+    // conv's cache carries the frames before), with a quarter of the activation memory of the
+    // chunk's 4 frames at the largest sizes.
+    size_t tail = stages_.size();
+    while (tail > 0 && stages_[tail - 1].ft == 1) --tail;
+    for (size_t i = 0; i < tail; ++i) stage(ctx, i, x, first_chunk);
+    const int64_t T = x.T;
     Frames y;
-    head_.forward(ctx, x, y);
+    for (int64_t t = 0; t < T; ++t) {
+        Frames f = T == 1 ? std::move(x) : x.slice(t, t + 1);
+        for (size_t i = tail; i < stages_.size(); ++i) stage(ctx, i, f, first_chunk);
+        norm_silu(ctx, f, head_gamma_, f);
+        Frames yf;
+        head_.forward(ctx, f, yf);
+        if (t == 0) y = Frames(T, yf.H, yf.W, yf.C);
+        std::memcpy(y.frame(t), yf.frame(0), yf.d.size() * sizeof(float));
+    }
     return y;
 }
 

@@ -68,7 +68,7 @@ struct CachedConv {
 class ResidualBlock {
   public:
     ResidualBlock(const WanVaeFile& f, const std::string& prefix);
-    Frames forward(const Context& ctx, const Frames& x);
+    Frames forward(const Context& ctx, Frames x);
     void reset();
 
   private:
@@ -165,6 +165,8 @@ class Decoder {
     std::vector<Stage> stages_;
     std::vector<float> head_gamma_;
     CachedConv head_;
+    // Up stage i (residual blocks, resample, DupUp3D shortcut) on x, in place.
+    void stage(const Context& ctx, size_t i, Frames& x, bool first_chunk);
 };
 
 // Progress after each chunk: frames done, frames in all.
