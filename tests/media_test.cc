@@ -485,6 +485,45 @@ TEST(MediaVideo, Mp4RoundTripAndMetadata) {
     EXPECT_FALSE(fs::exists(tmp / "odd.mp4"));
 }
 
+// Mp4Writer takes the frames a few at a time (the VAE decoder's chunks: 1, then 4, 4 ...): the
+// file is byte for byte the one write_mp4 makes from the whole clip, and a writer dropped before
+// finish() (an error on the way) leaves no file behind.
+TEST(MediaVideo, Mp4WriterInChunksIsTheWholeClipsFile) {
+    test::TempDir tmp;
+    const int64_t T = 9, H = 32, W = 48;
+    const auto clip = make_clip(T, H, W);
+    const std::string whole = (tmp / "whole.mp4").string(), parts = (tmp / "parts.mp4").string();
+    write_mp4(whole, clip.data(), T, H, W);
+    {
+        Mp4Writer w(parts, H, W);
+        std::vector<float> chunk;
+        for (int64_t t0 = 0; t0 < T;) {
+            const int64_t n = t0 == 0 ? 1 : 4;
+            chunk.resize(static_cast<size_t>(3 * n * H * W));  // [3, n, H, W]
+            for (int64_t c = 0; c < 3; ++c)
+                std::memcpy(chunk.data() + c * n * H * W, clip.data() + (c * T + t0) * H * W,
+                            static_cast<size_t>(n * H * W) * sizeof(float));
+            w.write(chunk.data(), n);
+            t0 += n;
+        }
+        EXPECT_EQ(w.frames_written(), T);
+        w.finish();
+    }
+    EXPECT_EQ(test::read_file(parts), test::read_file(whole));
+    {
+        Mp4Writer w((tmp / "dropped.mp4").string(), H, W);
+        w.write(clip.data(), 1);
+    }
+    size_t files = 0;
+    for (const auto& e : fs::directory_iterator(tmp.path())) {
+        (void)e;
+        ++files;
+    }
+    EXPECT_EQ(files, 2u);  // whole.mp4 and parts.mp4: no dropped.mp4, no temporary file
+    expect_error([&] { Mp4Writer((tmp / "none.mp4").string(), H, W).finish(); },
+                 {"none.mp4", "no frames"});
+}
+
 TEST(MediaVideo, DecodesOnlyNeededFramesAndSeeksExactly) {
     test::TempDir tmp;
     const int64_t T = 240, H = 32, W = 48;

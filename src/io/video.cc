@@ -338,19 +338,19 @@ void VideoReader::read_frames(const std::vector<int64_t>& indices,
     }
 }
 
-namespace {
-
-struct Mp4Writer {
+struct Mp4Writer::Impl {
     std::string path, tmp;
+    int64_t H = 0, W = 0, written = 0;
     AVFormatContext* oc = nullptr;
     CodecCtx enc;
     AVStream* st = nullptr;
     Sws sws;
     Frame yuv;
     Packet pkt;
+    std::vector<uint8_t> padded;
     bool committed = false;
 
-    ~Mp4Writer() {
+    ~Impl() {
         if (oc) {
             if (oc->pb) avio_closep(&oc->pb);
             avformat_free_context(oc);
@@ -358,7 +358,7 @@ struct Mp4Writer {
         if (!committed && !tmp.empty()) ::unlink(tmp.c_str());
     }
 
-    void drain(bool flushing) {
+    void drain() {
         while (true) {
             int ret = avcodec_receive_packet(enc.p, pkt.p);
             if (ret == AVERROR(EAGAIN) || ret == AVERROR_EOF) return;
@@ -368,24 +368,23 @@ struct Mp4Writer {
             ret = av_interleaved_write_frame(oc, pkt.p);
             if (ret < 0) fail(path, ": write failed: ", av_error(ret));
         }
-        (void)flushing;
     }
 };
 
-}  // namespace
-
-void write_mp4(const std::string& path, const float* frames, int64_t T, int64_t H, int64_t W,
-               const VideoWriteOptions& opts) {
-    if (T <= 0 || H <= 0 || W <= 0 || H % 2 || W % 2 || H > 16384 || W > 16384)
-        fail(path, ": cannot encode frames of [3, ", T, ", ", H, ", ", W,
-             "] (H.264 4:2:0 needs a positive, even height and width)");
+Mp4Writer::Mp4Writer(const std::string& path, int64_t H, int64_t W, const VideoWriteOptions& opts)
+    : impl_(std::make_unique<Impl>()) {
+    if (H <= 0 || W <= 0 || H % 2 || W % 2 || H > 16384 || W > 16384)
+        fail(path, ": cannot encode frames of ", H, "x", W,
+             " (H.264 4:2:0 needs a positive, even height and width)");
     if (!(opts.fps > 0 && opts.fps <= 1000)) fail(path, ": frame rate ", opts.fps, " is invalid");
     check_not_source(path);
     std::error_code ec;
     if (fs::is_directory(path, ec)) fail(path, ": is a directory");
     av_log_set_level(AV_LOG_QUIET);
-    Mp4Writer w;
+    Impl& w = *impl_;
     w.path = path;
+    w.H = H;
+    w.W = W;
     w.tmp = path + ".tmp." + std::to_string(::getpid());
     int ret = avformat_alloc_output_context2(&w.oc, nullptr, "mp4", w.tmp.c_str());
     if (ret < 0 || !w.oc) fail(path, ": cannot set up the MP4 muxer: ", av_error(ret));
@@ -435,42 +434,67 @@ void write_mp4(const std::string& path, const float* frames, int64_t T, int64_t 
     w.yuv.p->height = static_cast<int>(H);
     ret = av_frame_get_buffer(w.yuv.p, 0);
     if (ret < 0) fail(path, ": out of memory for a frame");
-    std::vector<uint8_t> padded;
-    for (int64_t t = 0; t < T; ++t) {
-        const ImageRGB8 rgb = frame_to_rgb8(frames, T, H, W, t);
-        ret = av_frame_make_writable(w.yuv.p);
-        if (ret < 0) fail(path, ": out of memory for a frame");
+}
+
+Mp4Writer::~Mp4Writer() = default;
+
+int64_t Mp4Writer::frames_written() const { return impl_->written; }
+
+void Mp4Writer::write(const float* frames, int64_t n) {
+    Impl& w = *impl_;
+    if (w.committed) fail(w.path, ": frames written after finish()");
+    const int64_t H = w.H, W = w.W;
+    for (int64_t t = 0; t < n; ++t) {
+        const ImageRGB8 rgb = frame_to_rgb8(frames, n, H, W, t);
+        int ret = av_frame_make_writable(w.yuv.p);
+        if (ret < 0) fail(w.path, ": out of memory for a frame");
         // A padded, aligned copy: swscale's SIMD input readers may read past a line's end.
         const int stride = (static_cast<int>(W) * 3 + 63) / 64 * 64;
-        padded.resize(static_cast<size_t>(stride) * static_cast<size_t>(H) + 256);
+        w.padded.resize(static_cast<size_t>(stride) * static_cast<size_t>(H) + 256);
         for (int64_t y = 0; y < H; ++y)
-            std::memcpy(padded.data() + static_cast<size_t>(stride * y),
+            std::memcpy(w.padded.data() + static_cast<size_t>(stride * y),
                         rgb.row(static_cast<int>(y)), static_cast<size_t>(W) * 3);
-        const uint8_t* src[4] = {padded.data(), nullptr, nullptr, nullptr};
+        const uint8_t* src[4] = {w.padded.data(), nullptr, nullptr, nullptr};
         const int src_stride[4] = {stride, 0, 0, 0};
         sws_scale(w.sws.p, src, src_stride, 0, static_cast<int>(H), w.yuv.p->data,
                   w.yuv.p->linesize);
-        w.yuv.p->pts = t;
+        w.yuv.p->pts = w.written++;
         ret = avcodec_send_frame(w.enc.p, w.yuv.p);
-        if (ret < 0) fail(path, ": H.264 encoding failed: ", av_error(ret));
-        w.drain(false);
+        if (ret < 0) fail(w.path, ": H.264 encoding failed: ", av_error(ret));
+        w.drain();
     }
+}
+
+void Mp4Writer::finish() {
+    Impl& w = *impl_;
+    if (w.committed) return;
+    if (w.written == 0) fail(w.path, ": no frames to write");
     avcodec_send_frame(w.enc.p, nullptr);
-    w.drain(true);
-    ret = av_write_trailer(w.oc);
-    if (ret < 0) fail(path, ": cannot finish the MP4: ", av_error(ret));
-    if (w.oc->pb->error < 0) fail(path, ": write failed: ", av_error(w.oc->pb->error));
+    w.drain();
+    int ret = av_write_trailer(w.oc);
+    if (ret < 0) fail(w.path, ": cannot finish the MP4: ", av_error(ret));
+    if (w.oc->pb->error < 0) fail(w.path, ": write failed: ", av_error(w.oc->pb->error));
     ret = avio_closep(&w.oc->pb);
-    if (ret < 0) fail(path, ": write failed: ", av_error(ret));
+    if (ret < 0) fail(w.path, ": write failed: ", av_error(ret));
     const int fd = ::open(w.tmp.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0 || ::fsync(fd) != 0) {
         if (fd >= 0) ::close(fd);
-        fail(path, ": cannot flush ", w.tmp, ": ", std::strerror(errno));
+        fail(w.path, ": cannot flush ", w.tmp, ": ", std::strerror(errno));
     }
     ::close(fd);
-    if (::rename(w.tmp.c_str(), path.c_str()) != 0)
-        fail(path, ": cannot rename ", w.tmp, ": ", std::strerror(errno));
+    if (::rename(w.tmp.c_str(), w.path.c_str()) != 0)
+        fail(w.path, ": cannot rename ", w.tmp, ": ", std::strerror(errno));
     w.committed = true;
+}
+
+void write_mp4(const std::string& path, const float* frames, int64_t T, int64_t H, int64_t W,
+               const VideoWriteOptions& opts) {
+    if (T <= 0 || H <= 0 || W <= 0 || H % 2 || W % 2 || H > 16384 || W > 16384)
+        fail(path, ": cannot encode frames of [3, ", T, ", ", H, ", ", W,
+             "] (H.264 4:2:0 needs a positive, even height and width)");
+    Mp4Writer w(path, H, W, opts);
+    w.write(frames, T);
+    w.finish();
 }
 
 bool video_support_built() { return true; }
@@ -494,6 +518,14 @@ void write_mp4(const std::string& path, const float*, int64_t, int64_t, int64_t,
                const VideoWriteOptions&) {
     fail(path, ": MP4 output needs FFmpeg (this build has LANCET_WITH_FFMPEG=OFF)");
 }
+struct Mp4Writer::Impl {};
+Mp4Writer::Mp4Writer(const std::string& path, int64_t, int64_t, const VideoWriteOptions&) {
+    fail(path, ": MP4 output needs FFmpeg (this build has LANCET_WITH_FFMPEG=OFF)");
+}
+Mp4Writer::~Mp4Writer() = default;
+void Mp4Writer::write(const float*, int64_t) {}
+void Mp4Writer::finish() {}
+int64_t Mp4Writer::frames_written() const { return 0; }
 bool video_support_built() { return false; }
 
 #endif

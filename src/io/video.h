@@ -73,6 +73,26 @@ struct VideoWriteOptions {
 void write_mp4(const std::string& path, const float* frames, int64_t T, int64_t H, int64_t W,
                const VideoWriteOptions& opts = {});
 
+// The same MP4 written a few frames at a time, so a long video is never held whole (the VAE
+// decoder hands its frames out chunk by chunk): the constructor checks the size and opens the
+// encoder on a temporary name, write() encodes frames [3, n, H, W] in [-1, 1], finish() flushes
+// and renames. Destroyed without finish() (an error on the way), it removes the temporary file.
+class Mp4Writer {
+  public:
+    Mp4Writer(const std::string& path, int64_t H, int64_t W, const VideoWriteOptions& opts = {});
+    ~Mp4Writer();
+    Mp4Writer(const Mp4Writer&) = delete;
+    Mp4Writer& operator=(const Mp4Writer&) = delete;
+
+    void write(const float* frames, int64_t n);
+    void finish();
+    int64_t frames_written() const;
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
 // True when this build has FFmpeg (LANCET_WITH_FFMPEG).
 bool video_support_built();
 

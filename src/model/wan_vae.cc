@@ -1,8 +1,12 @@
 // The Wan2.2 VAE's fast path: blocks on the op layer, channels-last, streamed chunk by chunk.
 #include "model/wan_vae.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "core/error.h"
@@ -71,6 +75,7 @@ void Conv::run(const Context& ctx, const Frames& x, const Frames* cache, Frames&
             for (int64_t a = 0; a < w.kt; ++a) {
                 const int64_t ti = t * p.stride_t + a;  // index into [zeros..., cache, x]
                 ctx.flops->dense += per_tap;
+                ctx.flops->module += per_tap;
                 if (ti >= zeros) ctx.flops->executed += per_tap;
             }
     }
@@ -122,15 +127,20 @@ void ResidualBlock::reset() {
     conv6_.reset();
 }
 
-Frames ResidualBlock::forward(const Context& ctx, const Frames& x) {
-    Frames h;
-    if (has_shortcut_)
+Frames ResidualBlock::forward(const Context& ctx, Frames x) {
+    // At most three activations alive at once (x or a, h, b): at 480p a 4-frame chunk of the
+    // last decoder stage is 0.4-0.8 GB per activation.
+    Frames h, a, b;
+    if (has_shortcut_) {
         shortcut_.run(ctx, x, nullptr, h);
-    else
-        h = x;
-    Frames a, b;
-    norm_silu(ctx, x, gamma0_, a);
+        norm_silu(ctx, x, gamma0_, x);  // x is not needed after this: normalised in place
+        a = std::move(x);
+    } else {
+        norm_silu(ctx, x, gamma0_, a);
+        h = std::move(x);
+    }
     conv2_.forward(ctx, a, b);
+    a = Frames();
     norm_silu(ctx, b, gamma3_, b);
     conv6_.forward(ctx, b, h, /*accumulate=*/true);
     return h;
@@ -184,8 +194,54 @@ Frames AttentionBlock::forward(const Context& ctx, const Frames& x) const {
     return y;
 }
 
-Resample::Resample(const WanVaeFile& f, const std::string& p, ResampleMode mode)
-    : mode_(mode), conv_(load_conv(f, p + ".resample.1")) {
+Resample::Resample(const WanVaeFile& f, const std::string& p, ResampleMode mode) : mode_(mode) {
+    if (mode == ResampleMode::Upsample2d || mode == ResampleMode::Upsample3d) {
+        const std::string wn = p + ".resample.1.weight";
+        const Shape& s = f.view(wn).shape;
+        if (s.size() != 4 || s[2] != 3 || s[3] != 3)
+            fail(f.path(), ": ", wn, " is ", shape_str(s), ", expected [C_out, C_in, 3, 3]");
+        const int64_t co = s[0], ci = s[1];
+        std::vector<float> w = f.to_f32(wn);
+        const std::vector<float> bias = f.to_f32(p + ".resample.1.bias");
+        // With bf16 weights (--bf16-activations) the 3×3 taps are bf16 as Lance's autocast has
+        // them; their sums are rounded to bf16 once more for the vdpbf16ps kernel (a relative
+        // 2⁻⁹ per summed tap, the size of the activation rounding; bench vae reports the total).
+        // Otherwise the sums stay f32: exact for bf16 taps, one rounding for f32 ones.
+        const bool bf16 = f.bf16_weights();
+        if (bf16)
+            for (float& v : w) v = bf16_to_f32(f32_to_bf16(v));
+        // Taps of the 3×3 kernel summed into tap p of the 2-tap kernel of phase a.
+        const int taps[2][2][2] = {{{0, 0}, {1, 2}}, {{0, 1}, {2, 2}}};  // [a][p] = first, last
+        const size_t K = static_cast<size_t>(4 * ci);
+        for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b) {
+                std::vector<float> pw(static_cast<size_t>(co) * K, 0.0f);
+                for (int64_t o = 0; o < co; ++o)
+                    for (int py = 0; py < 2; ++py)
+                        for (int px = 0; px < 2; ++px)
+                            for (int64_t c = 0; c < ci; ++c) {
+                                float acc = 0;
+                                for (int dy = taps[a][py][0]; dy <= taps[a][py][1]; ++dy)
+                                    for (int dx = taps[b][px][0]; dx <= taps[b][px][1]; ++dx)
+                                        acc += w[static_cast<size_t>(((o * ci + c) * 3 + dy) * 3 +
+                                                                     dx)];
+                                pw[static_cast<size_t>(o) * K +
+                                   static_cast<size_t>((py * 2 + px) * ci + c)] = acc;
+                            }
+                std::vector<uint16_t> pb;
+                if (bf16) {
+                    pb.resize(pw.size());
+                    for (size_t i = 0; i < pw.size(); ++i) pb[i] = f32_to_bf16(pw[i]);
+                }
+                const kernels::WeightView v =
+                    bf16 ? kernels::WeightView::from_bf16(pb.data(), static_cast<size_t>(co), K)
+                         : kernels::WeightView::from_f32(pw.data(), static_cast<size_t>(co), K);
+                phase_.push_back(
+                    kernels::Conv3dWeight::from_tap_major(v, co, ci, 1, 2, 2, bias.data()));
+            }
+    } else {
+        conv_ = load_conv(f, p + ".resample.1");
+    }
     if (mode == ResampleMode::Downsample2d || mode == ResampleMode::Downsample3d) {
         // ZeroPad2d((0, 1, 0, 1)) then a 3×3 stride-2 conv.
         conv_.p.pad_top = conv_.p.pad_left = 0;
@@ -234,9 +290,7 @@ Frames Resample::forward(const Context& ctx, const Frames& x) {
                 src = &inter;
             }
         }
-        Frames up(src->T, src->H * 2, src->W * 2, src->C);
-        kernels::upsample_nearest2x(ctx.ops, src->ref(), up.ref());
-        conv_.run(ctx, up, nullptr, y);
+        upsample_conv(ctx, *src, y);
         return y;
     }
     conv_.run(ctx, x, nullptr, y);
@@ -252,6 +306,28 @@ Frames Resample::forward(const Context& ctx, const Frames& x) {
         }
     }
     return y;
+}
+
+void Resample::upsample_conv(const Context& ctx, const Frames& x, Frames& y) const {
+    const int64_t co = phase_[0].c_out;
+    y = Frames(x.T, 2 * x.H, 2 * x.W, co);
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+            kernels::Conv3dParams p;
+            p.pad_top = 1 - a, p.pad_bottom = a, p.pad_left = 1 - b, p.pad_right = b;
+            // Output pixels (2i + a, 2j + b) of y: a strided view [T, H, W, Co].
+            kernels::TensorRef yr =
+                TensorRef::contiguous(y.d.data() + (a * y.W + b) * co, {x.T, x.H, x.W, co});
+            yr.stride = {y.H * y.W * co, 2 * y.W * co, 2 * co, 1};
+            kernels::conv3d(ctx.ops, x.ref(), nullptr, phase_[static_cast<size_t>(2 * a + b)], p,
+                            yr);
+        }
+    if (ctx.flops) {
+        const double px = static_cast<double>(x.T * x.H * x.W), cc = static_cast<double>(co * x.C);
+        ctx.flops->executed += 16 * px * cc;
+        ctx.flops->dense += 16 * px * cc;
+        ctx.flops->module += 36 * px * cc;  // 9 taps at each of the 4 upsampled pixels
+    }
 }
 
 Frames avg_down3d(const Frames& x, int64_t out_channels, int ft, int fs) {
@@ -359,13 +435,13 @@ Frames Encoder::chunk(const Context& ctx, const Frames& in) {
     conv1_.forward(ctx, in, x);
     for (auto& s : stages_) {
         const Frames x_copy = x;
-        for (auto& b : s.blocks) x = b.forward(ctx, x);
+        for (auto& b : s.blocks) x = b.forward(ctx, std::move(x));
         if (s.resample) x = s.resample->forward(ctx, x);
         add_into(ctx, avg_down3d(x_copy, s.out, s.ft, s.fs), x);
     }
-    x = mid0_->forward(ctx, x);
+    x = mid0_->forward(ctx, std::move(x));
     x = attn_->forward(ctx, x);
-    x = mid2_->forward(ctx, x);
+    x = mid2_->forward(ctx, std::move(x));
     norm_silu(ctx, x, head_gamma_, x);
     Frames h, out;
     head_.forward(ctx, x, h);
@@ -409,25 +485,44 @@ void Decoder::reset() {
     head_.reset();
 }
 
+void Decoder::stage(const Context& ctx, size_t i, Frames& x, bool first_chunk) {
+    Stage& s = stages_[i];
+    if (!s.resample) {
+        for (auto& b : s.blocks) x = b.forward(ctx, std::move(x));
+        return;
+    }
+    Frames m = x;  // x is DupUp3D's input
+    for (auto& b : s.blocks) m = b.forward(ctx, std::move(m));
+    m = s.resample->forward(ctx, m);
+    dup_up3d_add(x, s.ft, s.fs, first_chunk, m);
+    x = std::move(m);
+}
+
 Frames Decoder::chunk(const Context& ctx, const Frames& z, bool first_chunk) {
     Frames a, x;
     top_conv2_.run(ctx, z, nullptr, a);
     conv1_.forward(ctx, a, x);
-    x = mid0_->forward(ctx, x);
+    x = mid0_->forward(ctx, std::move(x));
     x = attn_->forward(ctx, x);
-    x = mid2_->forward(ctx, x);
-    for (auto& s : stages_) {
-        Frames m = x;
-        for (auto& b : s.blocks) m = b.forward(ctx, m);
-        if (s.resample) {
-            m = s.resample->forward(ctx, m);
-            dup_up3d_add(x, s.ft, s.fs, first_chunk, m);
-        }
-        x = std::move(m);
-    }
-    norm_silu(ctx, x, head_gamma_, x);
+    x = mid2_->forward(ctx, std::move(x));
+    // The stages after the last time upsampling hold plain causal convs, 2-D upsamples and
+    // DupUp3D without time factor: frame by frame through them is the same arithmetic (each
+    // conv's cache carries the frames before), with a quarter of the activation memory of the
+    // chunk's 4 frames at the largest sizes.
+    size_t tail = stages_.size();
+    while (tail > 0 && stages_[tail - 1].ft == 1) --tail;
+    for (size_t i = 0; i < tail; ++i) stage(ctx, i, x, first_chunk);
+    const int64_t T = x.T;
     Frames y;
-    head_.forward(ctx, x, y);
+    for (int64_t t = 0; t < T; ++t) {
+        Frames f = T == 1 ? std::move(x) : x.slice(t, t + 1);
+        for (size_t i = tail; i < stages_.size(); ++i) stage(ctx, i, f, first_chunk);
+        norm_silu(ctx, f, head_gamma_, f);
+        Frames yf;
+        head_.forward(ctx, f, yf);
+        if (t == 0) y = Frames(T, yf.H, yf.W, yf.C);
+        std::memcpy(y.frame(t), yf.frame(0), yf.d.size() * sizeof(float));
+    }
     return y;
 }
 
@@ -563,50 +658,125 @@ std::vector<float> ramp(int64_t n, int64_t lo, int64_t hi) {
 
 }  // namespace
 
-std::vector<float> decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
-                                int64_t h, int64_t w, int64_t tile, int64_t overlap,
-                                const Progress& progress) {
+void decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t, int64_t h,
+                  int64_t w, int64_t tile, int64_t overlap, const FrameSink& sink,
+                  const Progress& progress) {
     const WanVaeConfig& cfg = dec.config();
     const auto hs = tile_spans(h, tile, overlap), ws = tile_spans(w, tile, overlap);
     const int64_t sf = cfg.space_factor(), T = 1 + cfg.time_factor() * (t - 1), H = h * sf,
                   W = w * sf, z = cfg.z_dim;
-    if (hs.size() == 1 && ws.size() == 1) return decode_all(ctx, dec, latent, t, h, w);
-    std::vector<float> acc(static_cast<size_t>(3 * T * H * W), 0.0f),
-        wsum(static_cast<size_t>(H * W), 0.0f);
-    const int64_t n_tiles = static_cast<int64_t>(hs.size() * ws.size());
-    int64_t done = 0;
+    if (hs.size() == 1 && ws.size() == 1) {
+        decode(ctx, dec, latent, t, h, w, sink, progress);
+        return;
+    }
+    // Ramps only where a tile meets a neighbour: over the overlap, in pixels. The blend weight of
+    // a pixel is m / Σm over the tiles covering it; Σm is known before any tile is decoded.
+    struct TileBox {
+        int64_t h0, h1, w0, w1;
+        std::vector<float> rh, rw;
+    };
+    std::vector<TileBox> boxes;
+    std::vector<float> wsum(static_cast<size_t>(H * W), 0.0f);
     for (size_t a = 0; a < hs.size(); ++a)
         for (size_t b = 0; b < ws.size(); ++b) {
-            const auto [h0, h1] = hs[a];
-            const auto [w0, w1] = ws[b];
-            const int64_t th = h1 - h0, tw = w1 - w0;
-            std::vector<float> sub(static_cast<size_t>(z * t * th * tw));
-            for (int64_t c = 0; c < z * t; ++c)
-                for (int64_t y = 0; y < th; ++y)
-                    std::memcpy(sub.data() + (c * th + y) * tw, latent + (c * h + h0 + y) * w + w0,
-                                static_cast<size_t>(tw) * sizeof(float));
-            const std::vector<float> v = decode_all(ctx, dec, sub.data(), t, th, tw);
-            // Ramps only where the tile meets a neighbour: over the overlap, in pixels.
-            const int64_t lo_h = a > 0 ? (hs[a - 1].second - h0) * sf : 0,
-                          hi_h = a + 1 < hs.size() ? (h1 - hs[a + 1].first) * sf : 0,
-                          lo_w = b > 0 ? (ws[b - 1].second - w0) * sf : 0,
-                          hi_w = b + 1 < ws.size() ? (w1 - ws[b + 1].first) * sf : 0;
-            const std::vector<float> rh = ramp(th * sf, lo_h, hi_h), rw = ramp(tw * sf, lo_w, hi_w);
-            const int64_t PH = th * sf, PW = tw * sf;
-            for (int64_t y = 0; y < PH; ++y)
-                for (int64_t x = 0; x < PW; ++x) {
-                    const float m = rh[static_cast<size_t>(y)] * rw[static_cast<size_t>(x)];
-                    wsum[static_cast<size_t>((h0 * sf + y) * W + w0 * sf + x)] += m;
-                    for (int64_t c = 0; c < 3 * T; ++c)
-                        acc[static_cast<size_t>((c * H + h0 * sf + y) * W + w0 * sf + x)] +=
-                            m * v[static_cast<size_t>((c * PH + y) * PW + x)];
-                }
-            if (progress) progress(++done, n_tiles);
+            TileBox bx{hs[a].first, hs[a].second, ws[b].first, ws[b].second, {}, {}};
+            const int64_t lo_h = a > 0 ? (hs[a - 1].second - bx.h0) * sf : 0,
+                          hi_h = a + 1 < hs.size() ? (bx.h1 - hs[a + 1].first) * sf : 0,
+                          lo_w = b > 0 ? (ws[b - 1].second - bx.w0) * sf : 0,
+                          hi_w = b + 1 < ws.size() ? (bx.w1 - ws[b + 1].first) * sf : 0;
+            bx.rh = ramp((bx.h1 - bx.h0) * sf, lo_h, hi_h);
+            bx.rw = ramp((bx.w1 - bx.w0) * sf, lo_w, hi_w);
+            for (int64_t y = 0; y < static_cast<int64_t>(bx.rh.size()); ++y)
+                for (int64_t x = 0; x < static_cast<int64_t>(bx.rw.size()); ++x)
+                    wsum[static_cast<size_t>((bx.h0 * sf + y) * W + bx.w0 * sf + x)] +=
+                        bx.rh[static_cast<size_t>(y)] * bx.rw[static_cast<size_t>(x)];
+            boxes.push_back(std::move(bx));
         }
-    for (int64_t c = 0; c < 3 * T; ++c)
-        for (int64_t p = 0; p < H * W; ++p)
-            acc[static_cast<size_t>(c * H * W + p)] /= wsum[static_cast<size_t>(p)];
-    return acc;
+    // Every tile runs the whole clip (its own caches), so the blended clip is summed in a
+    // temporary file of frames [T][3][H][W] (f32) instead of memory: RAM holds one band of rows,
+    // whatever the clip length. The file is deleted when closed.
+    struct Spill {
+        std::FILE* f = std::tmpfile();
+        ~Spill() {
+            if (f) std::fclose(f);
+        }
+    } spill;
+    if (!spill.f) fail("vae decode --tile: cannot create a temporary file: ", std::strerror(errno));
+    const int fd = ::fileno(spill.f);
+    const int64_t frame_floats = 3 * H * W;
+    if (::ftruncate(fd, static_cast<off_t>(T * frame_floats * 4)) != 0)
+        fail("vae decode --tile: temporary file of ", T * frame_floats * 4,
+             " bytes: ", std::strerror(errno));
+    auto io = [&](bool write, float* buf, int64_t floats, int64_t at) {
+        char* p = reinterpret_cast<char*>(buf);
+        size_t left = static_cast<size_t>(floats) * 4;
+        off_t off = static_cast<off_t>(at * 4);
+        while (left > 0) {
+            const ssize_t r = write ? ::pwrite(fd, p, left, off) : ::pread(fd, p, left, off);
+            if (r <= 0)
+                fail("vae decode --tile: temporary file: ",
+                     r == 0 ? "unexpected end" : std::strerror(errno));
+            p += r, left -= static_cast<size_t>(r), off += r;
+        }
+    };
+    std::vector<float> band;
+    int64_t done = 0;
+    for (const TileBox& bx : boxes) {
+        const int64_t th = bx.h1 - bx.h0, tw = bx.w1 - bx.w0, PH = th * sf, PW = tw * sf;
+        std::vector<float> sub(static_cast<size_t>(z * t * th * tw));
+        for (int64_t c = 0; c < z * t; ++c)
+            for (int64_t y = 0; y < th; ++y)
+                std::memcpy(sub.data() + (c * th + y) * tw,
+                            latent + (c * h + bx.h0 + y) * w + bx.w0,
+                            static_cast<size_t>(tw) * sizeof(float));
+        int64_t f0 = 0;
+        decode(ctx, dec, sub.data(), t, th, tw, [&](const float* v, int64_t n, int64_t, int64_t) {
+            // Rows [h0·sf, h0·sf + PH) of each channel of each frame: read, add, write.
+            band.resize(static_cast<size_t>(PH * W));
+            for (int64_t f = 0; f < n; ++f)
+                for (int64_t c = 0; c < 3; ++c) {
+                    const int64_t at = (f0 + f) * frame_floats + (c * H + bx.h0 * sf) * W;
+                    io(false, band.data(), PH * W, at);
+                    for (int64_t y = 0; y < PH; ++y)
+                        for (int64_t x = 0; x < PW; ++x) {
+                            const size_t px =
+                                static_cast<size_t>((bx.h0 * sf + y) * W + bx.w0 * sf + x);
+                            const float m = bx.rh[static_cast<size_t>(y)] *
+                                            bx.rw[static_cast<size_t>(x)] / wsum[px];
+                            band[static_cast<size_t>(y * W + bx.w0 * sf + x)] +=
+                                m * v[((c * n + f) * PH + y) * PW + x];
+                        }
+                    io(true, band.data(), PH * W, at);
+                }
+            f0 += n;
+        });
+        if (progress) progress(++done, static_cast<int64_t>(boxes.size()));
+    }
+    std::vector<float> frame(static_cast<size_t>(frame_floats));
+    for (int64_t f = 0; f < T; ++f) {
+        io(false, frame.data(), frame_floats, f * frame_floats);
+        sink(frame.data(), 1, H, W);
+    }
+}
+
+std::vector<float> decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
+                                int64_t h, int64_t w, int64_t tile, int64_t overlap,
+                                const Progress& progress) {
+    const WanVaeConfig& cfg = dec.config();
+    const int64_t sf = cfg.space_factor(), T = 1 + cfg.time_factor() * (t - 1), H = h * sf,
+                  W = w * sf;
+    std::vector<float> v(static_cast<size_t>(3 * T * H * W));
+    int64_t t0 = 0;
+    decode_tiled(
+        ctx, dec, latent, t, h, w, tile, overlap,
+        [&](const float* f, int64_t n, int64_t, int64_t) {
+            for (int64_t c = 0; c < 3; ++c)
+                std::memcpy(v.data() + (c * T + t0) * H * W, f + c * n * H * W,
+                            static_cast<size_t>(n * H * W) * sizeof(float));
+            t0 += n;
+        },
+        progress);
+    return v;
 }
 
 }  // namespace lancet::wan_vae

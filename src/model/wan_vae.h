@@ -33,8 +33,10 @@ struct Frames {
 
 // Multiply-accumulates of the convolutions run, and what they would have been had the causal zero
 // frames been multiplied (the ≥ 2.5× cut of the first chunk shows here).
+// `module` is what Lance's PyTorch module multiplies (zero frames, and each upsample's 3×3 conv at
+// the upsampled size: the spec's 2.915 GMAC per latent position for a first frame).
 struct FlopCount {
-    double executed = 0, dense = 0;
+    double executed = 0, dense = 0, module = 0;
 };
 
 struct Context {
@@ -66,7 +68,7 @@ struct CachedConv {
 class ResidualBlock {
   public:
     ResidualBlock(const WanVaeFile& f, const std::string& prefix);
-    Frames forward(const Context& ctx, const Frames& x);
+    Frames forward(const Context& ctx, Frames x);
     void reset();
 
   private:
@@ -97,7 +99,13 @@ class Resample {
 
   private:
     ResampleMode mode_;
-    Conv conv_;       // resample.1
+    Conv conv_;  // resample.1 (downsample modes)
+    // Upsample modes: nearest 2× then the 3×3 conv is, per output phase (a, b) = (row, column)
+    // parity, a 2×2 conv of the low-resolution input whose taps are sums of the 3×3 taps that land
+    // on the same input pixel (row a = 0: w0 on i−1, w1+w2 on i; a = 1: w0+w1 on i, w2 on i+1).
+    // Same products, 16 instead of 36 multiplies per input pixel, and no upsampled copy.
+    std::vector<kernels::Conv3dWeight> phase_;  // [4], index 2a + b
+    void upsample_conv(const Context& ctx, const Frames& x, Frames& y) const;
     Conv time_conv_;  // upsample3d: 3×1×1 C -> 2C; downsample3d: 3×1×1 stride 2
     enum class State { First, Second, Later } state_ = State::First;
     Frames cache_;
@@ -157,6 +165,8 @@ class Decoder {
     std::vector<Stage> stages_;
     std::vector<float> head_gamma_;
     CachedConv head_;
+    // Up stage i (residual blocks, resample, DupUp3D shortcut) on x, in place.
+    void stage(const Context& ctx, size_t i, Frames& x, bool first_chunk);
 };
 
 // Progress after each chunk: frames done, frames in all.
@@ -184,6 +194,13 @@ std::vector<float> decode_all(const Context& ctx, Decoder& dec, const float* lat
 // meet another tile (frame borders keep full weight). Peak activation memory follows the tile, not
 // the frame. The result differs from the untiled one near seams (tiles see less context); tile >=
 // both sides gives exactly decode_all.
+// Frames go to `sink` one at a time ([3, 1, H, W], clamped) after every tile is done: each tile
+// runs the whole clip, so the blended sums live in a temporary file, not in memory (RAM is bounded
+// by one tile's caches and one band of rows, whatever the clip length). `progress` counts tiles.
+void decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t, int64_t h,
+                  int64_t w, int64_t tile, int64_t overlap, const FrameSink& sink,
+                  const Progress& progress = nullptr);
+// Convenience: the whole blended video [3, T, H, W].
 std::vector<float> decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
                                 int64_t h, int64_t w, int64_t tile, int64_t overlap,
                                 const Progress& progress = nullptr);

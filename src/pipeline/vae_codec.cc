@@ -302,34 +302,48 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     const wan_vae::Context ctx = vae_context(*f);
     wan_vae::Decoder dec(*f);
     f.reset();  // the decoder holds its own repacked weights: unmap the file
+    // Frames go out as the decoder hands them over: an MP4 is encoded chunk by chunk (memory
+    // does not grow with the clip); a PNG or a 'video' tensor [3, T, H, W] is gathered first.
+    std::unique_ptr<Mp4Writer> mp4;
     std::vector<float> video;
-    if (opt.tile > 0) {
-        video = wan_vae::decode_tiled(
-            ctx, dec, z.data(), s[1], s[2], s[3], opt.tile, opt.overlap,
+    if (out_kind == Media::Mp4) {
+        VideoWriteOptions vo;
+        vo.fps = 12.0;
+        mp4 = std::make_unique<Mp4Writer>(out, H, W, vo);
+    } else {
+        video.resize(static_cast<size_t>(3 * T * H * W));
+    }
+    int64_t t0 = 0;
+    const wan_vae::FrameSink sink = [&](const float* fr, int64_t n, int64_t, int64_t) {
+        if (mp4) {
+            mp4->write(fr, n);
+        } else {
+            for (int64_t c = 0; c < 3; ++c)
+                std::memcpy(video.data() + (c * T + t0) * H * W, fr + c * n * H * W,
+                            static_cast<size_t>(n * H * W) * sizeof(float));
+        }
+        t0 += n;
+    };
+    if (opt.tile > 0)
+        wan_vae::decode_tiled(
+            ctx, dec, z.data(), s[1], s[2], s[3], opt.tile, opt.overlap, sink,
             [t0 = std::chrono::steady_clock::now()](int64_t d, int64_t n) {
                 const double sec =
                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                 log_info("vae decode: tile ", d, "/", n, ", ", static_cast<int>(sec * 10) / 10.0,
                          " s, ETA ", static_cast<int>(sec * (n - d) / d * 10) / 10.0, " s");
             });
+    else
+        wan_vae::decode(ctx, dec, z.data(), s[1], s[2], s[3], sink, progress_printer("vae decode"));
+    if (mp4)
+        mp4->finish();
+    else
         write_video(out, video, T, H, W);
+    if (opt.tile > 0)
         log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] in tiles of ", opt.tile,
                  " (overlap ", opt.overlap, ") -> ", out);
-        return;
-    }
-    video.resize(static_cast<size_t>(3 * T * H * W));
-    int64_t t0 = 0;
-    wan_vae::decode(
-        ctx, dec, z.data(), s[1], s[2], s[3],
-        [&](const float* fr, int64_t n, int64_t, int64_t) {
-            for (int64_t c = 0; c < 3; ++c)
-                std::memcpy(video.data() + (c * T + t0) * H * W, fr + c * n * H * W,
-                            static_cast<size_t>(n * H * W) * sizeof(float));
-            t0 += n;
-        },
-        progress_printer("vae decode"));
-    write_video(out, video, T, H, W);
-    log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] -> ", out);
+    else
+        log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] -> ", out);
 }
 
 std::vector<float> vae_encode_video(const std::string& vae_path, const float* video, int64_t T,
