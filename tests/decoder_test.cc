@@ -769,6 +769,27 @@ TEST_F(DecoderModel, NoiseBlockIsInvisibleToOtherSplits) {
 
 // ---- AWQ INT4 -------------------------------------------------------------------------------
 
+// The fast forward of m on a checkpoint (per-layer outputs kept) against the float64 reference.
+struct VsReference {
+    Outputs out;
+    ref::Output want;
+    double layers = 0, logits = 0, velocity = 0;  // relative L2: worst layer, logits, velocity
+};
+VsReference forward_vs_reference(const LanceCheckpoint& ck, const MixedSeq& m) {
+    const LanceWeights w(ck);
+    DecoderSession dec(w);
+    VsReference r;
+    ForwardOptions fo;
+    fo.layer_out = true;
+    dec.forward(m.batch, nullptr, false, r.out, fo);
+    r.want = ref::forward(ck, m.ref);
+    for (int l = 0; l < ck.config().num_hidden_layers; ++l)
+        r.layers = std::max(r.layers, rel_l2(r.out.layer_out[l], r.want.layer_out[l]));
+    r.logits = rel_l2(r.out.logits, r.want.logits);
+    r.velocity = rel_l2(r.out.velocity, r.want.velocity);
+    return r;
+}
+
 // The same decoder code on AWQ INT4 weights matches the reference on the dequantized weights
 // (<= 1e-4), and differs from the unquantized model (so the quantized weights are really used).
 TEST_F(DecoderModel, AwqInt4WeightsRunThroughTheSameCode) {
@@ -776,31 +797,20 @@ TEST_F(DecoderModel, AwqInt4WeightsRunThroughTheSameCode) {
         test::make_rtn_int4(models_.at("g2_hd32_f32"), dir_->path() / "awq", 32);
     const auto ck = LanceCheckpoint::open(awq);
     ASSERT_EQ(ck->kind(), CheckpointKind::Awq);
-    const LanceConfig& c = ck->config();
-    const LanceWeights dec_w(*ck);
-    DecoderSession dec(dec_w);
-    const MixedSeq m = mixed_sequence(c, 12);
-    Outputs out;
-    ForwardOptions fo;
-    fo.layer_out = true;
-    dec.forward(m.batch, nullptr, false, out, fo);
-    const ref::Output want = ref::forward(*ck, m.ref);
-    double worst = 0;
-    for (int l = 0; l < c.num_hidden_layers; ++l)
-        worst = std::max(worst, rel_l2(out.layer_out[l], want.layer_out[l]));
-    const double e_logits = rel_l2(out.logits, want.logits),
-                 e_vel = rel_l2(out.velocity, want.velocity);
-    std::printf("  awq g32     layers %.2e logits %.2e velocity %.2e\n", worst, e_logits, e_vel);
-    EXPECT_LT(worst, 1e-4);
-    EXPECT_LT(e_logits, 1e-4);
-    EXPECT_LT(e_vel, 1e-4);
+    const MixedSeq m = mixed_sequence(ck->config(), 12);
+    const VsReference r = forward_vs_reference(*ck, m);
+    std::printf("  awq g32     layers %.2e logits %.2e velocity %.2e\n", r.layers, r.logits,
+                r.velocity);
+    EXPECT_LT(r.layers, 1e-4);
+    EXPECT_LT(r.logits, 1e-4);
+    EXPECT_LT(r.velocity, 1e-4);
 
     const auto ck32 = LanceCheckpoint::open(models_.at("g2_hd32_f32"));
     const LanceWeights dec32_w(*ck32);
     DecoderSession dec32(dec32_w);
     Outputs plain;
     dec32.forward(m.batch, nullptr, false, plain);
-    EXPECT_GT(rel_l2(out.logits, to_f64(plain.logits)), 1e-3);
+    EXPECT_GT(rel_l2(r.out.logits, to_f64(plain.logits)), 1e-3);
 }
 
 // ---- lancet forward -------------------------------------------------------------------------
@@ -860,25 +870,13 @@ TEST_F(DecoderModel, Int5AndNvfp4WeightsRunThroughTheSameCode) {
         ASSERT_EQ(ck->kind(),
                   f == QuantFormat::Nvfp4 ? CheckpointKind::Nvfp4 : CheckpointKind::Awq);
         ASSERT_EQ(ck->quant_meta()->format, f);
-        const LanceConfig& c = ck->config();
-        const LanceWeights dec_w(*ck);
-        DecoderSession dec(dec_w);
-        Outputs out;
-        ForwardOptions fo;
-        fo.layer_out = true;
-        dec.forward(m.batch, nullptr, false, out, fo);
-        const ref::Output want = ref::forward(*ck, m.ref);
-        double worst = 0;
-        for (int l = 0; l < c.num_hidden_layers; ++l)
-            worst = std::max(worst, rel_l2(out.layer_out[l], want.layer_out[l]));
-        const double e_logits = rel_l2(out.logits, want.logits),
-                     e_vel = rel_l2(out.velocity, want.velocity);
-        const double vs_plain = rel_l2(out.logits, to_f64(plain.logits));
-        std::printf("  %-6s layers %.2e logits %.2e velocity %.2e\n", name.c_str(), worst, e_logits,
-                    e_vel);
-        EXPECT_LT(worst, 1e-4) << name;
-        EXPECT_LT(e_logits, 1e-4) << name;
-        EXPECT_LT(e_vel, 1e-4) << name;
+        const VsReference v = forward_vs_reference(*ck, m);
+        const double vs_plain = rel_l2(v.out.logits, to_f64(plain.logits));
+        std::printf("  %-6s layers %.2e logits %.2e velocity %.2e\n", name.c_str(), v.layers,
+                    v.logits, v.velocity);
+        EXPECT_LT(v.layers, 1e-4) << name;
+        EXPECT_LT(v.logits, 1e-4) << name;
+        EXPECT_LT(v.velocity, 1e-4) << name;
         EXPECT_GT(vs_plain, 1e-3) << name;
 
         // The CLI on the same folder: the library's logits.
@@ -891,7 +889,7 @@ TEST_F(DecoderModel, Int5AndNvfp4WeightsRunThroughTheSameCode) {
         SafetensorsFile fo_file((tmp / "out.safetensors").string());
         const TensorEntry* e = fo_file.find("velocity");
         ASSERT_NE(e, nullptr);
-        EXPECT_LT(rel_l2(to_f32(fo_file.view(*e)), want.velocity), 1e-4) << name;
+        EXPECT_LT(rel_l2(to_f32(fo_file.view(*e)), v.want.velocity), 1e-4) << name;
     }
 }
 

@@ -35,16 +35,7 @@ std::span<const uint8_t> span_of(const std::string& s) {
     return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
-// The message of the lancet::Error `f` throws; fails the test if it throws nothing.
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected a lancet::Error";
-    return "";
-}
+using test::error_of;
 
 // --- the value formulas of tools/make_pth_fixtures.py -----------------------------------------
 

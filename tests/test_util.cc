@@ -1,6 +1,7 @@
 // Implementation of the shared test helpers.
 #include "test_util.h"
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -86,6 +87,32 @@ LoopbackServer::LoopbackServer(server::ChatEngine& engine, const server::ServerO
 LoopbackServer::~LoopbackServer() {
     http_->stop();
     thread_.join();
+}
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    ADD_FAILURE() << "expected a lancet::Error";
+    return "";
+}
+
+std::string copy_without_vit(const std::string& src, const fs::path& dst) {
+    fs::create_directories(dst);
+    for (const char* f : {"llm_config.json", "vocab.json", "merges.txt", "tokenizer_config.json"})
+        fs::copy_file(fs::path(src) / f, dst / f);
+    auto ck = Checkpoint::open(src + "/model.safetensors");
+    SafetensorsWriter w((dst / "model.safetensors").string());
+    std::vector<std::string> keep;
+    for (const std::string& n : ck->names())
+        if (n.rfind("vit_model.", 0) != 0) keep.push_back(n);
+    for (const std::string& n : keep) w.add(n, ck->view(n).dtype, ck->view(n).shape);
+    w.begin();
+    for (const std::string& n : keep) w.write(n, ck->view(n).data, ck->view(n).nbytes);
+    w.finish();
+    return dst.string();
 }
 
 RunResult run_lancet(const std::string& args) {

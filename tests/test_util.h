@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -100,6 +101,13 @@ std::string make_rtn_int4(const std::string& src, const std::filesystem::path& d
 // `f` must be Int5 or Nvfp4. Returns the folder.
 std::string make_rtn_int5_or_nvfp4(const std::string& src, const std::filesystem::path& dst,
                                    QuantFormat f, int gs = 64);
+
+// The message of the lancet::Error `f` throws; fails the test if it throws nothing.
+std::string error_of(const std::function<void()>& f);
+
+// A copy of the model folder `src` at `dst` without the ViT: the configs and tokenizer files, and
+// model.safetensors without its vit_model.* tensors. Returns the folder.
+std::string copy_without_vit(const std::string& src, const std::filesystem::path& dst);
 
 // Writes bytes to a file, replacing it.
 void write_file(const std::filesystem::path& p, const std::string& bytes);

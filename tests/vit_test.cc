@@ -452,21 +452,7 @@ TEST(VisionTower, ForwardCli) {
         EXPECT_FALSE(fs::exists(out)) << b.name;
     }
     // A checkpoint without ViT weights: drop vit_model.* from a copy.
-    const fs::path nov = dir / "novit";
-    fs::create_directories(nov);
-    for (const char* f : {"llm_config.json", "vocab.json", "merges.txt", "tokenizer_config.json"})
-        fs::copy_file(fs::path(m) / f, nov / f);
-    {
-        auto src = Checkpoint::open(m + "/model.safetensors");
-        SafetensorsWriter w((nov / "model.safetensors").string());
-        std::vector<std::string> keep;
-        for (const std::string& n : src->names())
-            if (n.rfind("vit_model.", 0) != 0) keep.push_back(n);
-        for (const std::string& n : keep) w.add(n, src->view(n).dtype, src->view(n).shape);
-        w.begin();
-        for (const std::string& n : keep) w.write(n, src->view(n).data, src->view(n).nbytes);
-        w.finish();
-    }
+    const fs::path nov = test::copy_without_vit(m, dir / "novit");
     const auto rn = test::run_lancet("forward --component vit --model " + nov.string() +
                                      " --input " + (dir / "in.safetensors").string() + " --out " +
                                      (dir / "nv.safetensors").string());

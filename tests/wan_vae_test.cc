@@ -21,15 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    ADD_FAILURE() << "expected a lancet::Error";
-    return "";
-}
+using test::error_of;
 
 TEST(WanVaeInventory, RealDimsMatchTheSpecCounts) {
     const WanVaeConfig cfg;  // the defaults are Wan2.2_VAE.pth's

@@ -226,20 +226,7 @@ TEST(RunX2t, CliAnswersExamplesAndErrors) {
 
     // Bad input: one line, exit 1, nothing on stdout.
     test::write_file(dir / "bad.png", "\x89PNG\r\n\x1a\n garbage");
-    fs::create_directories(dir / "novit");
-    for (const char* f : {"llm_config.json", "vocab.json", "merges.txt", "tokenizer_config.json"})
-        fs::copy_file(fs::path(m) / f, dir / "novit" / f);
-    {
-        auto src = Checkpoint::open(m + "/model.safetensors");
-        SafetensorsWriter w((dir / "novit" / "model.safetensors").string());
-        std::vector<std::string> keep;
-        for (const std::string& n : src->names())
-            if (n.rfind("vit_model.", 0) != 0) keep.push_back(n);
-        for (const std::string& n : keep) w.add(n, src->view(n).dtype, src->view(n).shape);
-        w.begin();
-        for (const std::string& n : keep) w.write(n, src->view(n).data, src->view(n).nbytes);
-        w.finish();
-    }
+    test::copy_without_vit(m, dir / "novit");
     struct Bad {
         std::string args, fragment;
     };

@@ -195,6 +195,38 @@ wan_vae::Context vae_context(WanVaeFile& f) {
     return ctx;
 }
 
+// The encoder's latent [z_dim, t, h, w] of video [3, T, H, W]: its mean, or with opt.sample a
+// draw from the posterior (mean + exp(logvar / 2) · N(0, 1), seeded by opt.seed). `f` is
+// released once the encoder holds its own repacked weights.
+std::vector<float> encode_latent(std::unique_ptr<WanVaeFile> f, const float* video, int64_t T,
+                                 int64_t H, int64_t W, const VaeEncodeOptions& opt,
+                                 wan_vae::Progress progress) {
+    const wan_vae::Context ctx = vae_context(*f);
+    wan_vae::Encoder enc(*f);
+    f.reset();  // unmap the file
+    std::vector<float> logvar;
+    std::vector<float> z =
+        wan_vae::encode(ctx, enc, video, T, H, W, opt.sample ? &logvar : nullptr, progress);
+    if (opt.sample) {
+        Rng rng(opt.seed);
+        for (size_t i = 0; i < z.size(); ++i)
+            z[i] += static_cast<float>(std::exp(0.5 * logvar[i]) * rng.normal());
+    }
+    return z;
+}
+
+// The line a file-to-file encode or decode starts with: the VAE, its widths and weight type, and
+// the input ("video [...]" or "latent [...]").
+void log_codec_start(const char* what, const std::string& path, const WanVaeFile& f,
+                     const char* input, const Shape& s) {
+    const WanVaeConfig& cfg = f.config();
+    log_info(what, ": ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
+             dtype_name(f.dtype()), "), ", input, " ", shape_str(s),
+             kernels::bf16_activation_mode() == kernels::Bf16Act::Bf16
+                 ? ", bf16 weights and activations"
+                 : "");
+}
+
 }  // namespace
 
 void vae_encode_file(const std::string& vae, const std::string& in, const std::string& out,
@@ -249,23 +281,9 @@ void vae_encode_file(const std::string& vae, const std::string& in, const std::s
              "silently drop the last ",
              s[1] < 1 ? 0 : (s[1] - 1) % tf, " frame(s) (use the first ",
              s[1] < 1 ? 1 : s[1] - (s[1] - 1) % tf, "; --crop does that)");
-    log_info("vae encode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
-             dtype_name(f->dtype()), "), video ", shape_str(s),
-             kernels::bf16_activation_mode() == kernels::Bf16Act::Bf16
-                 ? ", bf16 weights and activations"
-                 : "");
-    const wan_vae::Context ctx = vae_context(*f);
-    wan_vae::Encoder enc(*f);
-    f.reset();  // the encoder holds its own repacked weights: unmap the file
-    std::vector<float> logvar;
-    std::vector<float> z =
-        wan_vae::encode(ctx, enc, video.data(), s[1], s[2], s[3], opt.sample ? &logvar : nullptr,
-                        progress_printer("vae encode"));
-    if (opt.sample) {
-        Rng rng(opt.seed);
-        for (size_t i = 0; i < z.size(); ++i)
-            z[i] += static_cast<float>(std::exp(0.5 * logvar[i]) * rng.normal());
-    }
+    log_codec_start("vae encode", path, *f, "video", s);
+    const std::vector<float> z = encode_latent(std::move(f), video.data(), s[1], s[2], s[3], opt,
+                                               progress_printer("vae encode"));
     const Shape zs = {cfg.z_dim, 1 + (s[1] - 1) / tf, s[2] / sf, s[3] / sf};
     write_output(out, "latent", zs, z);
     log_info("vae encode: latent ", shape_str(zs), " -> ", out);
@@ -294,11 +312,7 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     if (out_kind == Media::Png && T != 1)
         fail(out, ": a PNG holds one frame, the latent ", shape_str(s), " decodes to ", T,
              " (write .mp4 or .safetensors)");
-    log_info("vae decode: ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
-             dtype_name(f->dtype()), "), latent ", shape_str(s),
-             kernels::bf16_activation_mode() == kernels::Bf16Act::Bf16
-                 ? ", bf16 weights and activations"
-                 : "");
+    log_codec_start("vae decode", path, *f, "latent", s);
     const wan_vae::Context ctx = vae_context(*f);
     wan_vae::Decoder dec(*f);
     f.reset();  // the decoder holds its own repacked weights: unmap the file
@@ -354,18 +368,7 @@ std::vector<float> vae_encode_video(const std::string& vae_path, const float* vi
     if (T < 1 || (T - 1) % tf || H < sf || W < sf || H % sf || W % sf)
         fail("vae encode: video ", T, "x", H, "x", W, " is not ", tf, "k+1 frames of multiples of ",
              sf);
-    const wan_vae::Context ctx = vae_context(*f);
-    wan_vae::Encoder enc(*f);
-    f.reset();
-    std::vector<float> logvar;
-    std::vector<float> z =
-        wan_vae::encode(ctx, enc, video, T, H, W, opt.sample ? &logvar : nullptr, nullptr);
-    if (opt.sample) {
-        Rng rng(opt.seed);
-        for (size_t i = 0; i < z.size(); ++i)
-            z[i] += static_cast<float>(std::exp(0.5 * logvar[i]) * rng.normal());
-    }
-    return z;
+    return encode_latent(std::move(f), video, T, H, W, opt, nullptr);
 }
 
 std::vector<float> vae_decode_latent(const std::string& vae_path, const float* latent, int64_t t,
