@@ -767,6 +767,7 @@ void run_vision_bench(const VisionOptions& o) {
 
 struct AwqBenchOptions {
     int hidden = 2048, intermediate = 11008, heads = 16, kv_heads = 2;
+    std::string method = "awq";  // awq | awq-gptq | gptq: the search alone or with error feedback
     int tokens = 2048, rows = 512, group_size = 64;
     uint64_t seed = 99;
     std::vector<std::string> groups;  // empty: all
@@ -821,11 +822,16 @@ void run_awq_bench(const AwqBenchOptions& opt) {
         "lancet bench awq: hidden %d, intermediate %d, %d/%d heads, %d tokens, %d rows, "
         "group size %d, %zu threads\n",
         h, I, opt.heads, opt.kv_heads, opt.tokens, opt.rows, opt.group_size, pool.size());
-    std::printf("%-9s %6s %6s %6s %9s %9s %9s %9s %8s %8s\n", "group", "in", "out", "alpha",
+    const bool fb = opt.method != "awq";
+    std::printf("%-9s %6s %6s %6s %9s %9s %9s %9s %8s %8s", "group", "in", "out", "alpha",
                 "RTN srch", "RTN held", "AWQ srch", "AWQ held", "wall s", "cpu s");
+    if (fb) std::printf(" %9s %9s %8s", "res srch", "res held", "GPTQ s");
+    std::printf("\n");
     Rng rng(opt.seed);
     quant::AwqOptions ao;
     ao.group_size = opt.group_size;
+    if (opt.method == "gptq") ao.feedback = quant::AwqOptions::Feedback::Gptq;
+    if (opt.method == "awq-gptq") ao.feedback = quant::AwqOptions::Feedback::AwqGptq;
     auto report = [&](const char* name, const std::vector<quant::AwqConsumer>& cons, int in,
                       const quant::LinearStats& st, const std::vector<int>* tie) {
         int out = 0;
@@ -833,9 +839,12 @@ void run_awq_bench(const AwqBenchOptions& opt) {
         const double cpu0 = cpu_seconds();
         const quant::AwqResult r = quant::awq_search(cons, in, &st, ao, tie);
         const double cpu = cpu_seconds() - cpu0;
-        std::printf("%-9s %6d %6d %6.2f %9.4f %9.4f %9.4f %9.4f %8.2f %8.2f\n", name, in, out,
+        std::printf("%-9s %6d %6d %6.2f %9.4f %9.4f %9.4f %9.4f %8.2f %8.2f", name, in, out,
                     r.alpha, r.rtn.search, r.rtn.heldout, r.awq.search, r.awq.heldout, r.seconds,
                     cpu);
+        if (fb)
+            std::printf(" %9.4f %9.4f %8.2f", r.result.search, r.result.heldout, r.seconds_gptq);
+        std::printf("\n");
         std::fflush(stdout);
     };
     // Every group's weights and statistics are drawn (in a fixed order) whether it runs or not,
@@ -946,6 +955,10 @@ void add_bench(CLI::App& app) {
     CLI::App* a = bench->add_subcommand(
         "awq", "Time the AWQ search on one decoder layer's linears (synthetic, Lance 3b sizes)");
     a->fallthrough();
+    a->add_option("--method", aopt->method,
+                  "awq (the search alone), awq-gptq or gptq (then error feedback, as quantize)")
+        ->check(CLI::IsMember({"awq", "awq-gptq", "gptq"}))
+        ->capture_default_str();
     a->add_option("--groups", aopt->groups, "Groups: qkv, o, gateup, down (default all)")
         ->delimiter(',');
     a->add_option("--hidden", aopt->hidden, "Hidden size (default 2048)");

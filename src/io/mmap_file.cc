@@ -55,6 +55,14 @@ void MappedFile::advise_hot(size_t offset, size_t len) const {
     ::madvise(p, end - begin, MADV_WILLNEED);
 }
 
+void MappedFile::prefetch(size_t offset, size_t len) const {
+    if (!data_ || offset >= size_) return;
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    const size_t begin = offset / page * page;
+    const size_t end = std::min(size_, offset + len);
+    ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_WILLNEED);
+}
+
 void MappedFile::release(size_t offset, size_t len) const {
     if (!data_ || offset >= size_) return;
     const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));

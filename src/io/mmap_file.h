@@ -25,6 +25,9 @@ class MappedFile {
     // Drops this process's pages of [offset, offset+len) (they stay in the page cache and are
     // re-read on the next touch), so streaming through a file larger than RAM keeps RSS flat.
     void release(size_t offset, size_t len) const;
+    // Asks the kernel to read [offset, offset+len) into the page cache now (a hint; it does not
+    // map the pages, so RSS is unchanged), so a later pass over it does not wait for the disk.
+    void prefetch(size_t offset, size_t len) const;
 
   private:
     std::string path_;

@@ -226,17 +226,25 @@ TensorView LanceCheckpoint::tensor(const std::string& name) const {
     return main_->view(name);
 }
 
-void LanceCheckpoint::release(const TensorView& v) const {
+const MappedFile* LanceCheckpoint::mapping_of(const TensorView& v) const {
     for (const Checkpoint* c : {main_.get(), vit_.get()}) {
         if (!c) continue;
         for (const auto& f : c->files()) {
             const MappedFile& m = f->mapping();
-            if (v.data >= m.data() && v.data + v.nbytes <= m.data() + m.size()) {
-                m.release(static_cast<size_t>(v.data - m.data()), v.nbytes);
-                return;
-            }
+            if (v.data >= m.data() && v.data + v.nbytes <= m.data() + m.size()) return &m;
         }
     }
+    return nullptr;
+}
+
+void LanceCheckpoint::release(const TensorView& v) const {
+    if (const MappedFile* m = mapping_of(v))
+        m->release(static_cast<size_t>(v.data - m->data()), v.nbytes);
+}
+
+void LanceCheckpoint::prefetch(const TensorView& v) const {
+    if (const MappedFile* m = mapping_of(v))
+        m->prefetch(static_cast<size_t>(v.data - m->data()), v.nbytes);
 }
 
 bool LanceCheckpoint::is_quantized(const std::string& base) const {

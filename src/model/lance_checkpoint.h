@@ -62,12 +62,15 @@ class LanceCheckpoint {
     // Drops this process's mapped pages behind a view returned by tensor() or quantized() (a
     // streaming pass calls it after each tensor so RSS does not grow with the model).
     void release(const TensorView& v) const;
+    // Starts reading the file pages behind a view into the page cache (MappedFile::prefetch).
+    void prefetch(const TensorView& v) const;
     // Whether the linear `base` ("...q_proj") is stored quantized, and its quantized views.
     bool is_quantized(const std::string& base) const;
     QuantizedLinearView quantized(const std::string& base) const;
 
   private:
     void validate(bool strict);
+    const MappedFile* mapping_of(const TensorView& v) const;  // the file a view lies in, or null
 
     std::string dir_;
     LanceConfig config_;

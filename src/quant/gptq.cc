@@ -326,31 +326,51 @@ QuantizedMatrix gptq_quantize(const float* w, int out, int in, const GptqHessian
     // The grid of (row, group) [out, ng].
     std::vector<float> sc(static_cast<size_t>(out) * ng), zf(sc.size());
     // Fixes row o's grid for group g from the values v[0..gs) (original column g*gs + k).
-    auto choose_grid = [&](int64_t o, int g, const float* v, uint8_t* gcodes, float* gdeq) {
-        double best = INFINITY;
+    // The candidates' errors Σ_k hd_k (v_k - deq_k)² are summed in f32, four lanes (the grids
+    // themselves are quantize_group's, through group_grid).
+    auto choose_grid = [&](int64_t o, int g, const float* v, uint8_t*, float*) {
+        float mn = v[0], mx = v[0];
+        for (int k = 1; k < gs; ++k) {
+            mn = std::min(mn, v[k]);
+            mx = std::max(mx, v[k]);
+        }
+        const float* hg = &hd[static_cast<size_t>(g) * gs];
+        float best = INFINITY;
         uint16_t best_s = 0;
-        uint8_t best_z = 0;
+        float best_sc = 0, best_z = 0;
         for (float ratio : ratios) {
             GroupQuantOptions go;
             go.clip_ratio = ratio;
             go.codes_from_stored_scale = true;
             uint16_t s16;
-            uint8_t z;
-            quantize_group(v, gs, go, gcodes, &s16, &z, gdeq);
-            double err = 0;
-            for (int k = 0; k < gs; ++k) {
-                const double dv = v[k] - gdeq[k];
-                err += hd[g * gs + k] * dv * dv;
+            float sc_r, z;
+            group_grid(mn, mx, go, &s16, &sc_r, &z);
+            float lane[4] = {0, 0, 0, 0};
+            int k = 0;
+            for (; k + 4 <= gs; k += 4)
+                for (int l = 0; l < 4; ++l) {
+                    const float x = v[k + l] / sc_r + z;
+                    const float t = std::clamp((x + 12582912.0f) - 12582912.0f, 0.0f, 15.0f);
+                    const float dv = v[k + l] - (t - z) * sc_r;
+                    lane[l] += hg[k + l] * dv * dv;
+                }
+            for (; k < gs; ++k) {
+                const float x = v[k] / sc_r + z;
+                const float t = std::clamp((x + 12582912.0f) - 12582912.0f, 0.0f, 15.0f);
+                const float dv = v[k] - (t - z) * sc_r;
+                lane[0] += hg[k] * dv * dv;
             }
+            const float err = (lane[0] + lane[1]) + (lane[2] + lane[3]);
             if (err < best) {
                 best = err;
                 best_s = s16;
+                best_sc = sc_r;
                 best_z = z;
             }
         }
         q.scales[o * ng + g] = best_s;
-        q.zeros[o * ng + g] = best_z;
-        sc[o * ng + g] = bf16_to_f32(best_s);
+        q.zeros[o * ng + g] = static_cast<uint8_t>(best_z);
+        sc[o * ng + g] = best_sc;
         zf[o * ng + g] = best_z;
     };
     // Row chunks: each runs the batch's columns on its rows, then its share of the GEMM.

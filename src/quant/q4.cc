@@ -121,6 +121,21 @@ inline float round_half_even(float t) {
 
 }  // namespace
 
+void group_grid(float m, float mx, const GroupQuantOptions& opt, uint16_t* scale_bf16,
+                float* code_scale, float* zero) {
+    if (opt.clip_ratio != 1.0f) {
+        m *= opt.clip_ratio;
+        mx *= opt.clip_ratio;
+    }
+    // Same operation order as the seed's torch code: (M - m) / 15, floored at 1e-8.
+    const float scale = std::max((mx - m) / 15.0f, 1e-8f);
+    *scale_bf16 = f32_to_bf16(scale);
+    const float sc = opt.codes_from_stored_scale ? bf16_to_f32(*scale_bf16) : scale;
+    *code_scale = sc;
+    // Round half to even, like torch.round.
+    *zero = std::clamp(round_half_even(-m / sc), 0.0f, 15.0f);
+}
+
 void quantize_group(const float* w, int n, const GroupQuantOptions& opt, uint8_t* codes,
                     uint16_t* scale_bf16, uint8_t* zero, float* deq) {
     float m = w[0], mx = w[0];
@@ -144,17 +159,10 @@ void quantize_group(const float* w, int n, const GroupQuantOptions& opt, uint8_t
         m = std::min(m, w[i]);
         mx = std::max(mx, w[i]);
     }
-    if (opt.clip_ratio != 1.0f) {
-        m *= opt.clip_ratio;
-        mx *= opt.clip_ratio;
-    }
-    // Same operation order as the seed's torch code: (M - m) / 15, floored at 1e-8.
-    const float scale = std::max((mx - m) / 15.0f, 1e-8f);
-    const uint16_t stored = f32_to_bf16(scale);
+    uint16_t stored;
+    float sc, zf;
+    group_grid(m, mx, opt, &stored, &sc, &zf);
     const float stored_f = bf16_to_f32(stored);
-    const float sc = opt.codes_from_stored_scale ? stored_f : scale;
-    // Round half to even, like torch.round.
-    const float zf = std::clamp(round_half_even(-m / sc), 0.0f, 15.0f);
     const int z = static_cast<int>(zf);
     int i = 0;
 #if defined(__SSE2__)

@@ -68,6 +68,11 @@ struct GroupQuantOptions {
     bool codes_from_stored_scale = false;
 };
 
+// The grid quantize_group gives a group whose values span [mn, mx]: the stored bf16 scale, the
+// scale the codes are chosen against (*code_scale) and the zero-point as a float (0..15).
+void group_grid(float mn, float mx, const GroupQuantOptions& opt, uint16_t* scale_bf16,
+                float* code_scale, float* zero);
+
 // Quantizes one group of n values (already in f32). Writes n codes, the stored bf16 scale and the
 // zero; if deq is non-null also writes the dequantized values (exact f32, see dequantize).
 void quantize_group(const float* w, int n, const GroupQuantOptions& opt, uint8_t* codes,
