@@ -602,6 +602,7 @@ void decode(const Context& ctx, Decoder& dec, const float* latent, int64_t t, in
         done += y.T;
         if (progress) progress(done, total);
     }
+    dec.reset();  // the caches are not needed any more: free them (between tiles, before output)
 }
 
 std::vector<float> decode_all(const Context& ctx, Decoder& dec, const float* latent, int64_t t,
