@@ -1000,6 +1000,9 @@ const std::vector<CasePtr>& all_cases() {
             add_case(new Conv3dCase(1, 7, 5, 3, 9, 1, 3, 3, down, 0, t, true, false));
             add_case(new Conv3dCase(5, 3, 3, 4, 6, 3, 1, 1, time_down, 0, t, true, false));
             add_case(new Conv3dCase(2, 3, 17, 65, 7, 1, 1, 1, one, 0, t, true, true));
+            // More than 256 outputs: one pixel block at a time, its panels split between threads
+            // (narrower outputs take whole pixel blocks per thread, as in every case above).
+            add_case(new Conv3dCase(2, 3, 4, 6, 264, 3, 3, 3, same3, 1, t, true, true));
         }
         // BF16 weights with bf16 activations: cache, stride 2, accumulate, 1x1 with odd C_in.
         add_case(new Conv3dCase(3, 5, 7, 3, 17, 3, 3, 3, same3, 0, WT::BF16, true, false, 0,

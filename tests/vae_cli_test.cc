@@ -13,6 +13,7 @@
 #include "io/pth_writer.h"
 #include "io/safetensors.h"
 #include "io/video.h"
+#include "model/wan_vae.h"
 #include "model/wan_vae_synth.h"
 #include "test_util.h"
 
@@ -189,6 +190,38 @@ TEST_F(VaeCli, MediaBadInputIsOneLineAndWritesNothing) {
     fs::create_directories(dir / "taken.png" / "inside");
     expect_error(dec + q(z) + " -o " + q(dir / "taken.png"), "output is a folder",
                  dir / "taken.png" / "x");
+}
+
+// --tile through the command: the blended clip is summed in a temporary file and streamed out, to
+// a 'video' tensor equal to the library's decode_tiled and to an MP4 of every frame; a tile
+// covering the latent is the untiled decode.
+TEST_F(VaeCli, TiledDecodeStreamsToTensorAndMp4) {
+    write_tensor(dir / "z.safetensors", "latent", {48, 2, 4, 6}, 1.0);
+    const std::string base =
+        "-q vae decode --vae " + q(vae) + " --input " + q(dir / "z.safetensors");
+    auto r = run_lancet(base + " --tile 3 --tile-overlap 1 -o " + q(dir / "t.safetensors"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = run_lancet(base + " --tile 8 -o " + q(dir / "whole_tile.safetensors"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = run_lancet(base + " -o " + q(dir / "untiled.safetensors"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(test::read_file(dir / "whole_tile.safetensors"),
+              test::read_file(dir / "untiled.safetensors"));
+    WanVaeFile f(vae.string());
+    wan_vae::Context ctx;
+    ctx.ops = kernels::OpContext::defaults();
+    wan_vae::Decoder dec(f);
+    SafetensorsFile zf((dir / "z.safetensors").string());
+    const std::vector<float> z = to_f32(zf.view(*zf.find("latent")));
+    const std::vector<float> want = wan_vae::decode_tiled(ctx, dec, z.data(), 2, 4, 6, 3, 1);
+    SafetensorsFile tf((dir / "t.safetensors").string());
+    EXPECT_EQ(tf.find("video")->shape, (Shape{3, 5, 64, 96}));
+    EXPECT_EQ(to_f32(tf.view(*tf.find("video"))), want);
+    r = run_lancet(base + " --tile 3 --tile-overlap 1 -o " + q(dir / "t.mp4"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(VideoReader((dir / "t.mp4").string()).info().frame_count, 5);
+    for (const auto& e : fs::directory_iterator(dir.path()))
+        EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
 }
 
 TEST_F(VaeCli, BenchVaeOnTheTinyPreset) {

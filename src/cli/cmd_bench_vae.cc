@@ -32,6 +32,7 @@ struct BenchVaeOptions {
         16;  // conv bench activation side: one frame of conv_side × 2·conv_side = 512 px
     int reps = 3;
     int64_t tile = 0, overlap = 4;  // also time a tiled decode and its error vs the untiled one
+    bool convs_only = false;        // the conv3d vs GEMM table alone (seconds, not minutes)
 };
 
 std::string fmt_double(const char* f, double v) {
@@ -173,6 +174,8 @@ void run_bench_vae(const BenchVaeOptions& o) {
         }
     }
 
+    if (o.convs_only) return;
+
     // 2. decode of one latent frame of latent × latent, and the encode of that image.
     const int64_t lh = o.latent, lw = o.latent;
     std::vector<float> z(static_cast<size_t>(cfg.z_dim * lh * lw));
@@ -278,6 +281,8 @@ void add_bench_vae(CLI::App& bench) {
     v->add_option("--tile", o->tile, "Also decode in tiles of N latent positions (0: no)");
     v->add_option("--tile-overlap", o->overlap, "Overlap of --tile (default 4)");
     v->add_option("--reps", o->reps, "Timed samples per conv cell; median (default 3)");
+    v->add_flag("--convs-only", o->convs_only,
+                "Only the conv3d vs GEMM table (no decode or encode)");
     v->callback([o] { run_bench_vae(*o); });
 }
 

@@ -89,6 +89,13 @@ PthFile::PthFile(std::string label, std::span<const uint8_t> bytes)
 
 PthFile::~PthFile() = default;
 
+void PthFile::release(std::span<const uint8_t> bytes) const {
+    if (!file_ || bytes.empty()) return;
+    const uint8_t* base = file_->data();
+    if (bytes.data() < base || bytes.data() + bytes.size() > base + file_->size()) return;
+    file_->release(static_cast<size_t>(bytes.data() - base), bytes.size());
+}
+
 void PthFile::parse() {
     if (!starts_with(bytes_, "PK\x03\x04")) {
         // torch < 1.6 wrote a pickled magic number (LONG1 0x1950a86a20f9469cfc6c) or a tar.

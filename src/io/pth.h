@@ -67,6 +67,10 @@ class PthFile {
     std::vector<PthTensor> under(std::string_view prefix) const;
     // Recomputes every storage's CRC-32 (reads all tensor bytes): false on a mismatch.
     bool verify_crc() const;
+    // Drops the whole pages of `bytes` from this process's memory when they lie in the file's
+    // mapping (MappedFile::release; read again from the file if touched later); a no-op for
+    // other memory and for a PthFile over bytes in memory. For loaders that repack tensors.
+    void release(std::span<const uint8_t> bytes) const;
 
   private:
     void parse();

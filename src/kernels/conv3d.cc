@@ -136,69 +136,98 @@ void conv3d(const OpContext& ctx, const TensorRef& x, const TensorRef* cache, co
     const int64_t K = w.kh * w.kw * Ci, pixels = Ho * Wo;
     // Output pixels per panel: a few MB of gathered input, enough rows for the GEMM kernels.
     const int64_t R = std::clamp<int64_t>((int64_t{1} << 20) / K, 16, 1024);
-    std::vector<float> col(static_cast<size_t>(std::min(R, pixels) * K));
-    std::vector<float> acc(static_cast<size_t>(std::min(R, pixels) * Co)), tmp(acc.size());
+    const int64_t blocks_per_frame = (pixels + R - 1) / R, blocks = To * blocks_per_frame;
     const detail::OpKernels& kern = detail::op_kernels(ctx.isa);
     ThreadPool& pool = ctx.threads();
 
-    for (int64_t to = 0; to < To; ++to)
-        for (int64_t p0 = 0; p0 < pixels; p0 += R) {
-            const int64_t rows = std::min(R, pixels - p0);
-            bool first = true;
-            for (int64_t dt = 0; dt < w.kt; ++dt) {
-                const int64_t tf = to * p.stride_t - p.pad_t_front + dt;
-                const float* frame;
-                int64_t sh, sw;  // strides of the source frame
-                if (tf >= 0) {
-                    frame = x.f32() + tf * x.stride[0];
-                    sh = x.stride[1];
-                    sw = x.stride[2];
-                } else if (tf >= -Tc) {
-                    frame = cache->f32() + (Tc + tf) * cache->stride[0];
-                    sh = cache->stride[1];
-                    sw = cache->stride[2];
-                } else {
-                    continue;  // a causal zero frame: the tap contributes nothing
-                }
-                pool.parallel_for(static_cast<size_t>(rows), [&](size_t r0, size_t r1) {
-                    for (size_t r = r0; r < r1; ++r) {
-                        const int64_t pix = p0 + static_cast<int64_t>(r), oy = pix / Wo,
-                                      ox = pix % Wo;
-                        float* dst = &col[r * K];
-                        for (int64_t dy = 0; dy < w.kh; ++dy) {
-                            const int64_t iy = oy * p.stride_h - p.pad_top + dy;
-                            for (int64_t dx = 0; dx < w.kw; ++dx, dst += Ci) {
-                                const int64_t ix = ox * p.stride_w - p.pad_left + dx;
-                                if (iy < 0 || iy >= H || ix < 0 || ix >= W)
-                                    std::fill(dst, dst + Ci, 0.0f);
-                                else
-                                    std::memcpy(dst, frame + iy * sh + ix * sw, Ci * sizeof(float));
-                            }
+    // One block of output pixels [p0, p0 + rows) of output frame `to`: gather each real temporal
+    // tap's panel into col, multiply, sum the taps in dt order into acc, store into y. The
+    // arithmetic of a block does not depend on which thread runs it, or on the mode below.
+    auto run_block = [&](int64_t to, int64_t p0, float* col, float* acc, float* tmp,
+                         bool parallel_gather) {
+        const int64_t rows = std::min(R, pixels - p0);
+        bool first = true;
+        for (int64_t dt = 0; dt < w.kt; ++dt) {
+            const int64_t tf = to * p.stride_t - p.pad_t_front + dt;
+            const float* frame;
+            int64_t sh, sw;  // strides of the source frame
+            if (tf >= 0) {
+                frame = x.f32() + tf * x.stride[0];
+                sh = x.stride[1];
+                sw = x.stride[2];
+            } else if (tf >= -Tc) {
+                frame = cache->f32() + (Tc + tf) * cache->stride[0];
+                sh = cache->stride[1];
+                sw = cache->stride[2];
+            } else {
+                continue;  // a causal zero frame: the tap contributes nothing
+            }
+            auto gather = [&](size_t r0, size_t r1) {
+                for (size_t r = r0; r < r1; ++r) {
+                    const int64_t pix = p0 + static_cast<int64_t>(r), oy = pix / Wo, ox = pix % Wo;
+                    float* dst = col + r * K;
+                    for (int64_t dy = 0; dy < w.kh; ++dy) {
+                        const int64_t iy = oy * p.stride_h - p.pad_top + dy;
+                        for (int64_t dx = 0; dx < w.kw; ++dx, dst += Ci) {
+                            const int64_t ix = ox * p.stride_w - p.pad_left + dx;
+                            if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                                std::fill(dst, dst + Ci, 0.0f);
+                            else
+                                std::memcpy(dst, frame + iy * sh + ix * sw, Ci * sizeof(float));
                         }
                     }
-                });
-                const float* b = first && !w.bias.empty() ? w.bias.data() : nullptr;
-                detail::linear_rows(ctx, col.data(), static_cast<size_t>(rows), w.w[dt], b,
-                                    first ? acc.data() : tmp.data());
-                if (!first)
-                    kern.add(acc.data(), tmp.data(), static_cast<size_t>(rows * Co), acc.data());
-                first = false;
-            }
-            if (first) {  // every tap on zero frames: the bias alone
-                for (int64_t r = 0; r < rows; ++r)
-                    for (int64_t c = 0; c < Co; ++c)
-                        acc[r * Co + c] = w.bias.empty() ? 0.0f : w.bias[c];
-            }
-            for (int64_t r = 0; r < rows; ++r) {
-                const int64_t pix = p0 + r, oy = pix / Wo, ox = pix % Wo;
-                float* dst = y.f32() + to * y.stride[0] + oy * y.stride[1] + ox * y.stride[2];
-                const float* src = &acc[r * Co];
-                if (accumulate)
-                    kern.add(dst, src, static_cast<size_t>(Co), dst);
-                else
-                    std::memcpy(dst, src, Co * sizeof(float));
-            }
+                }
+            };
+            if (parallel_gather)
+                pool.parallel_for(static_cast<size_t>(rows), gather);
+            else
+                gather(0, static_cast<size_t>(rows));
+            const float* b = first && !w.bias.empty() ? w.bias.data() : nullptr;
+            detail::linear_rows(ctx, col, static_cast<size_t>(rows), w.w[dt], b, first ? acc : tmp);
+            if (!first) kern.add(acc, tmp, static_cast<size_t>(rows * Co), acc);
+            first = false;
         }
+        if (first) {  // every tap on zero frames: the bias alone
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t c = 0; c < Co; ++c)
+                    acc[r * Co + c] = w.bias.empty() ? 0.0f : w.bias[c];
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t pix = p0 + r, oy = pix / Wo, ox = pix % Wo;
+            float* dst = y.f32() + to * y.stride[0] + oy * y.stride[1] + ox * y.stride[2];
+            const float* src = acc + r * Co;
+            if (accumulate)
+                kern.add(dst, src, static_cast<size_t>(Co), dst);
+            else
+                std::memcpy(dst, src, Co * sizeof(float));
+        }
+    };
+
+    const size_t col_n = static_cast<size_t>(std::min(R, pixels) * K),
+                 acc_n = static_cast<size_t>(std::min(R, pixels) * Co);
+    // Narrow outputs (the VAE's 256 channels and below: at most 8 panels of 32) split the GEMM's
+    // output panels poorly between threads, and every thread would pack the same rows of x for
+    // its few panels; there each thread takes whole pixel blocks instead (its own panels, the
+    // linear kernels run serially inside the pool job), so both threads stay busy and each packs
+    // only its own rows. Wide outputs keep one block at a time, its panels split between the
+    // threads, so the weight streams through the cores once per block, not once per thread.
+    if (Co <= 256 && blocks >= 2 && pool.size() > 1) {
+        pool.parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
+            thread_local std::vector<float> col, acc, tmp;
+            if (col.size() < col_n) col.resize(col_n);
+            if (acc.size() < acc_n) acc.resize(acc_n), tmp.resize(acc_n);
+            for (size_t bi = b0; bi < b1; ++bi) {
+                const int64_t to = static_cast<int64_t>(bi) / blocks_per_frame,
+                              p0 = static_cast<int64_t>(bi) % blocks_per_frame * R;
+                run_block(to, p0, col.data(), acc.data(), tmp.data(), false);
+            }
+        });
+        return;
+    }
+    std::vector<float> col(col_n), acc(acc_n), tmp(acc_n);
+    for (int64_t to = 0; to < To; ++to)
+        for (int64_t p0 = 0; p0 < pixels; p0 += R)
+            run_block(to, p0, col.data(), acc.data(), tmp.data(), true);
 }
 
 }  // namespace lancet::kernels

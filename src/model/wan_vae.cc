@@ -103,6 +103,7 @@ Conv load_conv(const WanVaeFile& f, const std::string& prefix) {
     std::vector<uint16_t> keep;
     c.w = kernels::Conv3dWeight::from_checkpoint(weight_view(f, f.view(prefix + ".weight"), keep),
                                                  &bias);
+    f.release(prefix + ".weight");
     c.p.pad_t_front = static_cast<int>(2 * (c.w.kt / 2));
     c.p.pad_top = c.p.pad_bottom = c.p.pad_left = c.p.pad_right = static_cast<int>(c.w.kh / 2);
     return c;
@@ -155,10 +156,13 @@ AttentionBlock::AttentionBlock(const WanVaeFile& f, const std::string& p)
         std::vector<uint16_t> keep;
         const TensorView v = weight_view(f, f.view(n), keep);
         const size_t out = static_cast<size_t>(v.shape[0]), in = static_cast<size_t>(v.shape[1]);
-        return v.dtype == DType::BF16 ? kernels::LinearWeight::from_bf16(
-                                            reinterpret_cast<const uint16_t*>(v.data), out, in)
-                                      : kernels::LinearWeight::from_f32(
-                                            reinterpret_cast<const float*>(v.data), out, in);
+        kernels::LinearWeight lw =
+            v.dtype == DType::BF16
+                ? kernels::LinearWeight::from_bf16(reinterpret_cast<const uint16_t*>(v.data), out,
+                                                   in)
+                : kernels::LinearWeight::from_f32(reinterpret_cast<const float*>(v.data), out, in);
+        f.release(n);
+        return lw;
     };
     qkv_ = load(p + ".to_qkv.weight");
     proj_ = load(p + ".proj.weight");
@@ -203,6 +207,7 @@ Resample::Resample(const WanVaeFile& f, const std::string& p, ResampleMode mode)
         const int64_t co = s[0], ci = s[1];
         std::vector<float> w = f.to_f32(wn);
         const std::vector<float> bias = f.to_f32(p + ".resample.1.bias");
+        f.release(wn);
         // With bf16 weights (--bf16-activations) the 3×3 taps are bf16 as Lance's autocast has
         // them; their sums are rounded to bf16 once more for the vdpbf16ps kernel (a relative
         // 2⁻⁹ per summed tap, the size of the activation rounding; bench vae reports the total).
@@ -597,6 +602,7 @@ void decode(const Context& ctx, Decoder& dec, const float* latent, int64_t t, in
         done += y.T;
         if (progress) progress(done, total);
     }
+    dec.reset();  // the caches are not needed any more: free them (between tiles, before output)
 }
 
 std::vector<float> decode_all(const Context& ctx, Decoder& dec, const float* latent, int64_t t,

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "io/mmap_file.h"
 #include "io/pth.h"
 #include "io/safetensors.h"
 
@@ -278,6 +279,17 @@ const TensorView& WanVaeFile::view(const std::string& name) const {
     const auto it = views_.find(name);
     if (it == views_.end()) fail(path_, ": no tensor '", name, "'");
     return it->second;
+}
+
+void WanVaeFile::release(const std::string& name) const {
+    const TensorView& v = view(name);
+    const std::span<const uint8_t> bytes(v.data, v.nbytes);
+    if (pth_) pth_->release(bytes);
+    if (st_) {
+        const MappedFile& m = st_->mapping();
+        if (v.data >= m.data() && v.data + v.nbytes <= m.data() + m.size())
+            m.release(static_cast<size_t>(v.data - m.data()), v.nbytes);
+    }
 }
 
 std::vector<float> WanVaeFile::to_f32(const std::string& name) const {

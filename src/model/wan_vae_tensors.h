@@ -89,6 +89,10 @@ class WanVaeFile {
     const TensorView& view(const std::string& name) const;
     std::vector<float> to_f32(const std::string& name) const;
     std::vector<double> to_f64(const std::string& name) const;
+    // Drops the tensor's mapped pages from memory once a loader has repacked it (they are read
+    // from the file again if the view is used later): loading the 1.4 GB VAE then never holds
+    // the mapping and the repacked weights at once.
+    void release(const std::string& name) const;
     uint64_t params() const { return params_; }
     DType dtype() const { return dtype_; }  // of the first weight (files are not mixed in practice)
     // When set, the blocks built from this file (model/wan_vae.h) round F32 convolution and
