@@ -54,6 +54,11 @@ void w4a8_avx2(const float* x, size_t n, const PackedView& w, const float* bias,
                const W4A8Scratch& s, ThreadPool& pool);
 void w4a8_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
                  const W4A8Scratch& s, ThreadPool& pool);
+// AMX tiles (linear_amx.cc) for n >= kAmxMinRows and activation blocks of 32 (group sizes that are
+// multiples of 32); anything else runs w4a8_avx512. Bit-identical to it.
+constexpr size_t kAmxMinRows = 16;
+void w4a8_amx(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+              const W4A8Scratch& s, ThreadPool& pool);
 
 // BF16 weights x bf16-rounded activations (Bf16Act::Bf16, linear.h) with vdpbf16ps: rounds x
 // itself (n rows of in f32) and multiplies. AVX-512 BF16 only.

@@ -1,0 +1,259 @@
+// The AMX tier of the W4A8 linear (Isa::Amx): the integer dot product of each int8 activation
+// block with the 4-bit codes on AMX tiles (TDPBSUD: signed activations x unsigned codes), then the
+// same f32 epilogue as the AVX-512 W4A8 GEMM (linear.h's formula, in its order), so results are
+// bit-identical to w4a8_avx512 and to the scalar reference.
+//
+// One tile dot covers one activation block: K = 32 bytes (kb = 32, i.e. group sizes that are
+// multiples of 32; smaller blocks go to w4a8_avx512), because each block has its own scale d_k
+// and its int32 sum must stay separate. A tile row of A is one row of x8 at the block (row
+// stride `in`: straight from the quantized activations); B is 8 rows x 16 outputs x 4 bytes
+// (the VNNI layout), unpacked from the nibbles once per panel of 32 outputs into an L1/L2 buffer
+// and reused by every row tile. Per block, 2 A tiles (32 rows) x 2 B tiles (32 outputs) give 4 C
+// tiles; they are stored and folded into f32 accumulators with s_g * d_k; the next block's tile
+// dots are issued before that fold, so the tile unit and the vector units overlap.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/amx_tiles.h"
+#include "kernels/linear_kernels.h"
+#include "kernels/linear_w4a8_x86_impl.h"
+
+namespace lancet::kernels::detail {
+namespace {
+
+constexpr size_t kKb = 32;      // activation block = tile K (bytes)
+constexpr size_t kCols = 32;    // outputs per panel: 4 row blocks, 2 B tiles
+constexpr size_t kRows = 32;    // rows per row tile: 2 A tiles
+constexpr size_t kBTile = 512;  // bytes of one B tile (8 rows x 64)
+
+// Tiles: C 0..3 (16 x 16 int32: rows 0-15 x outputs 0-15, 0-15 x 16-31, 16-31 x 0-15, 16-31 x
+// 16-31), A 4, 5 (16 rows x 32 bytes), B 6, 7 (8 rows x 64 bytes).
+amx::TileConfig w4a8_config() {
+    amx::TileConfig c;
+    for (int t = 0; t < 4; ++t) {
+        c.rows[t] = 16;
+        c.colsb[t] = 64;
+    }
+    for (int t = 4; t < 6; ++t) {
+        c.rows[t] = 16;
+        c.colsb[t] = kKb;
+    }
+    for (int t = 6; t < 8; ++t) {
+        c.rows[t] = kKb / 4;
+        c.colsb[t] = 64;
+    }
+    return c;
+}
+
+// The panel of row blocks b .. b+3 over columns [k0, k0 + kc) (kc a multiple of the group size):
+//   bt[(lblk * 2 + t) * 512 + kk * 64 + h * 32 + 4 * r + i] = code of row r of block b + 2t + h
+//   at the column whose x8 sits at byte 4 kk + i of local block lblk in W4A8Scratch's order
+//   (within a chunk of 8 columns: even columns, then odd; so B row 2c holds chunk c's low-nibble
+//   plane and row 2c + 1 its high-nibble plane, exactly the planes the VNNI path unpacks);
+//   s[g * 32 + 8 j + r], zs[...] = f32 scale and zero * scale of row r of block b + j, local
+//   group g. Blocks past the weight's last are zero (their outputs are never stored).
+void unpack_panel(const PackedView& p, const w4a8::Layout& L, size_t b, size_t k0, size_t kc,
+                  uint8_t* bt, float* s, float* zs) {
+    const size_t c0 = k0 / 8, nc = kc / 8, g0 = k0 / L.gs, ng = kc / L.gs;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (size_t j = 0; j < 4; ++j) {
+        const size_t t = j / 2, h = j % 2;
+        if (b + j >= p.n_blocks) {
+            for (size_t c = 0; c < nc; ++c) {
+                uint8_t* dst = bt + ((c / 4) * 2 + t) * kBTile + (c % 4) * 128 + h * 32;
+                _mm256_store_si256(reinterpret_cast<__m256i*>(dst), _mm256_setzero_si256());
+                _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 64), _mm256_setzero_si256());
+            }
+            for (size_t g = 0; g < ng; ++g) {
+                _mm256_store_ps(s + g * 32 + j * 8, _mm256_setzero_ps());
+                _mm256_store_ps(zs + g * 32 + j * 8, _mm256_setzero_ps());
+            }
+            continue;
+        }
+        const __m256i* q = reinterpret_cast<const __m256i*>(static_cast<const uint8_t*>(p.data)) +
+                           (b + j) * (L.in / 8) + c0;
+        for (size_t c = 0; c < nc; ++c) {
+            const __m256i v = _mm256_load_si256(q + c);
+            uint8_t* dst = bt + ((c / 4) * 2 + t) * kBTile + (c % 4) * 128 + h * 32;
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst), _mm256_and_si256(v, m4));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 64),
+                               _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        }
+        for (size_t g = 0; g < ng; ++g) {
+            const size_t at = ((b + j) * L.groups + g0 + g) * kRowBlock;
+            const __m256 sv = w4a8::bf16x8_to_f32(p.scales + at);
+            _mm256_store_ps(s + g * 32 + j * 8, sv);
+            _mm256_store_ps(zs + g * 32 + j * 8,
+                            _mm256_mul_ps(w4a8::u8x8_to_f32(p.zeros + at), sv));
+        }
+    }
+}
+
+// acc[i][0..31] = fma(float(c[i][0..31]), s * d_i, acc[i]) for the rows of one block: the VNNI
+// path's per-block step (linear.h), one row of 32 outputs at a time. d: the block's scale of row
+// 0, rows `ld` floats apart.
+inline void fold_block(const int32_t* c, const float* s, const float* d, size_t ld, size_t rows,
+                       float* acc) {
+    const __m512 s0 = _mm512_load_ps(s), s1 = _mm512_load_ps(s + 16);
+    for (size_t i = 0; i < rows; ++i) {
+        const __m512 dv = _mm512_set1_ps(d[i * ld]);
+        float* a = acc + i * kCols;
+        const int32_t* ci = c + i * kCols;
+        _mm512_store_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci)),
+                                           _mm512_mul_ps(s0, dv), _mm512_load_ps(a)));
+        _mm512_store_ps(a + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci + 16)),
+                                                _mm512_mul_ps(s1, dv), _mm512_load_ps(a + 16)));
+    }
+}
+
+// acc[i] = fma(-(z * s), XS_i, acc[i]): the group's zero-point term, after its last block.
+inline void fold_zero(const float* zs, const float* xs, size_t ld, size_t rows, float* acc) {
+    const __m512 z0 = _mm512_load_ps(zs), z1 = _mm512_load_ps(zs + 16);
+    for (size_t i = 0; i < rows; ++i) {
+        const __m512 xv = _mm512_set1_ps(xs[i * ld]);
+        float* a = acc + i * kCols;
+        _mm512_store_ps(a, _mm512_fnmadd_ps(z0, xv, _mm512_load_ps(a)));
+        _mm512_store_ps(a + 16, _mm512_fnmadd_ps(z1, xv, _mm512_load_ps(a + 16)));
+    }
+}
+
+// The 4 C tiles of one block: rows 0..31 of A (a, rows `in` bytes apart) against the panel's two
+// B tiles of local block lblk, stored to c[32][32].
+inline void tile_block(const int8_t* a, size_t in, const uint8_t* bt, int32_t* c) {
+    LANCET_TILE_ZERO(0);
+    LANCET_TILE_ZERO(1);
+    LANCET_TILE_ZERO(2);
+    LANCET_TILE_ZERO(3);
+    LANCET_TILE_LOAD(4, a, in);
+    LANCET_TILE_LOAD(5, a + 16 * in, in);
+    LANCET_TILE_LOAD(6, bt, 64);
+    LANCET_TILE_LOAD(7, bt + kBTile, 64);
+    LANCET_TILE_DPBSUD(0, 4, 6);
+    LANCET_TILE_DPBSUD(1, 4, 7);
+    LANCET_TILE_DPBSUD(2, 5, 6);
+    LANCET_TILE_DPBSUD(3, 5, 7);
+    LANCET_TILE_STORE(0, c, kCols * 4);
+    LANCET_TILE_STORE(1, c + 16, kCols * 4);
+    LANCET_TILE_STORE(2, c + 16 * kCols, kCols * 4);
+    LANCET_TILE_STORE(3, c + 16 * kCols + 16, kCols * 4);
+}
+
+uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
+    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
+    return buf.data();
+}
+
+void w4a8_gemm_amx(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias,
+                   float* y, const W4A8Scratch& a, ThreadPool& pool) {
+    const size_t in = p.in, out = p.out;
+    // The last row tile, when n is not a multiple of 32, reads its x8 from a zero-padded copy
+    // (a tile load always reads 16 rows).
+    const size_t full = n / kRows * kRows, tail = n - full;
+    thread_local AlignedBuffer tail_buf;
+    int8_t* tq = nullptr;
+    if (tail) {
+        tq = reinterpret_cast<int8_t*>(thread_scratch(tail_buf, kRows * in));
+        std::memcpy(tq, a.q + full * in, tail * in);
+        std::memset(tq + tail * in, 0, (kRows - tail) * in);
+    }
+    // K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2);
+    // row chunk: 256 rows (x8 of one chunk: 1 MiB), so the activations a panel sweeps stay in
+    // L2 while the B panel is reused by 8 row tiles.
+    constexpr size_t kKc8 = 4096, kRc = 256;
+    const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
+    const size_t n_panels = (p.n_blocks + 3) / 4;
+    pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
+        thread_local AlignedBuffer panel_buf;
+        const size_t bt_bytes = kc_max / kKb * 2 * kBTile, sfloats = kc_max / L.gs * kCols;
+        const size_t cbytes = kRows * kCols * 4, accbytes = kRows * kCols * 4;
+        uint8_t* buf =
+            thread_scratch(panel_buf, bt_bytes + 2 * sfloats * 4 + 2 * cbytes + accbytes);
+        uint8_t* bt = buf;
+        float* s = reinterpret_cast<float*>(buf + bt_bytes);
+        float* zs = s + sfloats;
+        int32_t* cbuf[2] = {reinterpret_cast<int32_t*>(zs + sfloats),
+                            reinterpret_cast<int32_t*>(zs + sfloats) + kRows * kCols};
+        float* acc = reinterpret_cast<float*>(cbuf[1] + kRows * kCols);
+        amx::load_config(w4a8_config());
+        for (size_t rc0 = 0; rc0 < n; rc0 += kRc) {
+            const size_t rc1 = std::min(n, rc0 + kRc);
+            for (size_t k0 = 0; k0 < in; k0 += kc_max) {
+                const size_t kc = std::min(kc_max, in - k0);
+                const bool init = k0 == 0, last = k0 + kc == in;
+                const size_t blk0 = k0 / kKb, g0 = k0 / L.gs, nb = kc / kKb;
+                for (size_t pp = p0; pp < p1; ++pp) {
+                    const size_t o0 = kCols * pp, cols = std::min(kCols, out - o0);
+                    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<size_t>(cols, 16)) -
+                                                                1),
+                                    m1 = static_cast<__mmask16>(
+                                        (1u << (cols > 16 ? cols - 16 : 0)) - 1);
+                    unpack_panel(p, L, 4 * pp, k0, kc, bt, s, zs);
+                    for (size_t r = rc0; r < rc1; r += kRows) {
+                        const size_t rows = std::min(kRows, n - r);
+                        const int8_t* xq = (r < full ? a.q + r * in : tq) + k0;
+                        const float* d = a.d + r * L.nblk + blk0;
+                        const float* xs = a.xs + r * L.groups + g0;
+                        for (size_t i = 0; i < rows; ++i) {
+                            float* ai = acc + i * kCols;
+                            const float* yi = y + (r + i) * out + o0;
+                            _mm512_store_ps(
+                                ai, init ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, yi));
+                            _mm512_store_ps(ai + 16, init ? _mm512_setzero_ps()
+                                                          : _mm512_maskz_loadu_ps(m1, yi + 16));
+                        }
+                        // Block k's tile dots are issued before block k - 1's fold.
+                        tile_block(xq, in, bt, cbuf[0]);
+                        for (size_t k = 0; k < nb; ++k) {
+                            if (k + 1 < nb)
+                                tile_block(xq + (k + 1) * kKb, in, bt + (k + 1) * 2 * kBTile,
+                                           cbuf[(k + 1) % 2]);
+                            const size_t g = k / L.bpg;
+                            fold_block(cbuf[k % 2], s + g * kCols, d + k, L.nblk, rows, acc);
+                            if ((k + 1) % L.bpg == 0)
+                                fold_zero(zs + g * kCols, xs + g, L.groups, rows, acc);
+                        }
+                        for (size_t i = 0; i < rows; ++i) {
+                            __m512 v0 = _mm512_load_ps(acc + i * kCols),
+                                   v1 = _mm512_load_ps(acc + i * kCols + 16);
+                            if (last) {
+                                // y = acc + bias, with 0 for a null bias as the VNNI path adds
+                                // (so a -0 sum comes out as +0 there and here alike).
+                                v0 = _mm512_add_ps(v0, bias ? _mm512_maskz_loadu_ps(m0, bias + o0)
+                                                            : _mm512_setzero_ps());
+                                v1 = _mm512_add_ps(v1,
+                                                   bias ? _mm512_maskz_loadu_ps(m1, bias + o0 + 16)
+                                                        : _mm512_setzero_ps());
+                            }
+                            float* yi = y + (r + i) * out + o0;
+                            _mm512_mask_storeu_ps(yi, m0, v0);
+                            _mm512_mask_storeu_ps(yi + 16, m1, v1);
+                        }
+                    }
+                }
+            }
+        }
+        amx::release();
+    });
+}
+
+}  // namespace
+
+void w4a8_amx(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+              const W4A8Scratch& s, ThreadPool& pool) {
+    const w4a8::Layout L(p);
+    if (n < kAmxMinRows || L.kb != kKb) {
+        w4a8_avx512(x, n, p, bias, y, s, pool);
+        return;
+    }
+    w4a8::quantize(x, n, L, s, pool);
+    w4a8_gemm_amx(n, p, L, bias, y, s, pool);
+}
+
+}  // namespace lancet::kernels::detail
