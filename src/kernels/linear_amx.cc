@@ -124,15 +124,15 @@ inline void fold_zero(const float* zs, const float* xs, size_t ld, size_t rows, 
     }
 }
 
-// The 4 C tiles of one block: rows 0..31 of A (a, rows `in` bytes apart) against the panel's two
-// B tiles of local block lblk, stored to c[32][32].
-inline void tile_block(const int8_t* a, size_t in, const uint8_t* bt, int32_t* c) {
+// The 4 C tiles of one block: the 32 rows x 32 bytes of A at a (RowTiles' layout) against the
+// panel's two B tiles at bt, stored to c[32][32].
+inline void tile_block(const int8_t* a, const uint8_t* bt, int32_t* c) {
     LANCET_TILE_ZERO(0);
     LANCET_TILE_ZERO(1);
     LANCET_TILE_ZERO(2);
     LANCET_TILE_ZERO(3);
-    LANCET_TILE_LOAD(4, a, in);
-    LANCET_TILE_LOAD(5, a + 16 * in, in);
+    LANCET_TILE_LOAD(4, a, kKb);
+    LANCET_TILE_LOAD(5, a + 16 * kKb, kKb);
     LANCET_TILE_LOAD(6, bt, 64);
     LANCET_TILE_LOAD(7, bt + kBTile, 64);
     LANCET_TILE_DPBSUD(0, 4, 6);
@@ -145,6 +145,43 @@ inline void tile_block(const int8_t* a, size_t in, const uint8_t* bt, int32_t* c
     LANCET_TILE_STORE(3, c + 16 * kCols + 16, kCols * 4);
 }
 
+// The quantized activations repacked once per call into row tiles of 32 rows, so that a tile
+// load reads 1 KiB in one stream (rows `in` bytes apart would map 32 rows onto two L1 sets for
+// in = 2048) and the fold reads each block's scales contiguously:
+//   q[rt][blk][i][32] = x8 of block blk of row 32 rt + i (W4A8Scratch's column order),
+//   d[rt][blk][i], xs[rt][g][i] = its block scale and XS_g. Rows past n are zero.
+struct RowTiles {
+    int8_t* q;
+    float* d;
+    float* xs;
+};
+
+void pack_row_tiles(const W4A8Scratch& a, const w4a8::Layout& L, size_t n, size_t rt0, size_t rt1,
+                    const RowTiles& X) {
+    for (size_t rt = rt0; rt < rt1; ++rt) {
+        int8_t* q = X.q + rt * L.nblk * kRows * kKb;
+        float* d = X.d + rt * L.nblk * kRows;
+        float* xs = X.xs + rt * L.groups * kRows;
+        for (size_t i = 0; i < kRows; ++i) {
+            const size_t r = rt * kRows + i;
+            if (r >= n) {
+                for (size_t k = 0; k < L.nblk; ++k) {
+                    std::memset(q + (k * kRows + i) * kKb, 0, kKb);
+                    d[k * kRows + i] = 0.0f;
+                }
+                for (size_t g = 0; g < L.groups; ++g) xs[g * kRows + i] = 0.0f;
+                continue;
+            }
+            const int8_t* src = a.q + r * L.in;
+            for (size_t k = 0; k < L.nblk; ++k) {
+                std::memcpy(q + (k * kRows + i) * kKb, src + k * kKb, kKb);
+                d[k * kRows + i] = a.d[r * L.nblk + k];
+            }
+            for (size_t g = 0; g < L.groups; ++g) xs[g * kRows + i] = a.xs[r * L.groups + g];
+        }
+    }
+}
+
 uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
     if (buf.size() < bytes) buf = AlignedBuffer(bytes);
     return buf.data();
@@ -153,16 +190,17 @@ uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
 void w4a8_gemm_amx(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias,
                    float* y, const W4A8Scratch& a, ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
-    // The last row tile, when n is not a multiple of 32, reads its x8 from a zero-padded copy
-    // (a tile load always reads 16 rows).
-    const size_t full = n / kRows * kRows, tail = n - full;
-    thread_local AlignedBuffer tail_buf;
-    int8_t* tq = nullptr;
-    if (tail) {
-        tq = reinterpret_cast<int8_t*>(thread_scratch(tail_buf, kRows * in));
-        std::memcpy(tq, a.q + full * in, tail * in);
-        std::memset(tq + tail * in, 0, (kRows - tail) * in);
-    }
+    const size_t n_rt = (n + kRows - 1) / kRows;
+    thread_local AlignedBuffer pack_buf;
+    const size_t q_bytes = n_rt * kRows * in, d_floats = n_rt * kRows * L.nblk,
+                 xs_floats = n_rt * kRows * L.groups;
+    uint8_t* pb = thread_scratch(pack_buf, q_bytes + (d_floats + xs_floats) * sizeof(float));
+    const RowTiles X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
+                     reinterpret_cast<float*>(pb + q_bytes) + d_floats};
+    if (n * in < (size_t{1} << 16))
+        pack_row_tiles(a, L, n, 0, n_rt, X);
+    else
+        pool.parallel_for(n_rt, [&](size_t t0, size_t t1) { pack_row_tiles(a, L, n, t0, t1, X); });
     // K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2);
     // row chunk: 256 rows (x8 of one chunk: 1 MiB), so the activations a panel sweeps stay in
     // L2 while the B panel is reused by 8 row tiles.
@@ -197,9 +235,10 @@ void w4a8_gemm_amx(size_t n, const PackedView& p, const w4a8::Layout& L, const f
                     unpack_panel(p, L, 4 * pp, k0, kc, bt, s, zs);
                     for (size_t r = rc0; r < rc1; r += kRows) {
                         const size_t rows = std::min(kRows, n - r);
-                        const int8_t* xq = (r < full ? a.q + r * in : tq) + k0;
-                        const float* d = a.d + r * L.nblk + blk0;
-                        const float* xs = a.xs + r * L.groups + g0;
+                        const size_t rt = r / kRows;
+                        const int8_t* xq = X.q + (rt * L.nblk + blk0) * kRows * kKb;
+                        const float* d = X.d + (rt * L.nblk + blk0) * kRows;
+                        const float* xs = X.xs + (rt * L.groups + g0) * kRows;
                         for (size_t i = 0; i < rows; ++i) {
                             float* ai = acc + i * kCols;
                             const float* yi = y + (r + i) * out + o0;
@@ -209,15 +248,15 @@ void w4a8_gemm_amx(size_t n, const PackedView& p, const w4a8::Layout& L, const f
                                                           : _mm512_maskz_loadu_ps(m1, yi + 16));
                         }
                         // Block k's tile dots are issued before block k - 1's fold.
-                        tile_block(xq, in, bt, cbuf[0]);
+                        tile_block(xq, bt, cbuf[0]);
                         for (size_t k = 0; k < nb; ++k) {
                             if (k + 1 < nb)
-                                tile_block(xq + (k + 1) * kKb, in, bt + (k + 1) * 2 * kBTile,
+                                tile_block(xq + (k + 1) * kRows * kKb, bt + (k + 1) * 2 * kBTile,
                                            cbuf[(k + 1) % 2]);
                             const size_t g = k / L.bpg;
-                            fold_block(cbuf[k % 2], s + g * kCols, d + k, L.nblk, rows, acc);
+                            fold_block(cbuf[k % 2], s + g * kCols, d + k * kRows, 1, rows, acc);
                             if ((k + 1) % L.bpg == 0)
-                                fold_zero(zs + g * kCols, xs + g, L.groups, rows, acc);
+                                fold_zero(zs + g * kCols, xs + g * kRows, 1, rows, acc);
                         }
                         for (size_t i = 0; i < rows; ++i) {
                             __m512 v0 = _mm512_load_ps(acc + i * kCols),
