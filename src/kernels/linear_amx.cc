@@ -202,10 +202,11 @@ void w4a8_gemm_amx(size_t n, const PackedView& p, const w4a8::Layout& L, const f
     else
         pool.parallel_for(n_rt, [&](size_t t0, size_t t1) { pack_row_tiles(a, L, n, t0, t1, X); });
     // K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2);
-    // row chunk: 256 rows (x8 of one chunk: 1 MiB), so the activations a panel sweeps stay in
-    // L2 while the B panel is reused by 8 row tiles.
-    constexpr size_t kKc8 = 4096, kRc = 256;
+    // row chunk: as many 32-row tiles as keep the chunk's x8 within ~1.5 MiB of L2 (768 rows at
+    // in = 2048), so a panel's B is unpacked once per chunk and reused by all its row tiles.
+    constexpr size_t kKc8 = 4096, kChunkBytes = size_t{3} << 19;
     const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
+    const size_t kRc = std::max<size_t>(1, kChunkBytes / (std::min(kc_max, in) * kRows)) * kRows;
     const size_t n_panels = (p.n_blocks + 3) / 4;
     pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
         thread_local AlignedBuffer panel_buf;
