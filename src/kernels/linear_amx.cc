@@ -19,6 +19,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels/amx_tiles.h"
@@ -145,10 +146,11 @@ inline void tile_block(const int8_t* a, const uint8_t* bt, int32_t* c) {
     LANCET_TILE_STORE(3, c + 16 * kCols + 16, kCols * 4);
 }
 
-// The quantized activations repacked once per call into row tiles of 32 rows, so that a tile
+// The activations quantized once per call straight into row tiles of 32 rows, so that a tile
 // load reads 1 KiB in one stream (rows `in` bytes apart would map 32 rows onto two L1 sets for
 // in = 2048) and the fold reads each block's scales contiguously:
-//   q[rt][blk][i][32] = x8 of block blk of row 32 rt + i (W4A8Scratch's column order),
+//   q[rt][blk][i][32] = x8 of block blk of row 32 rt + i (W4A8Scratch's column order: within
+//   each 8-column chunk the even columns, then the odd ones),
 //   d[rt][blk][i], xs[rt][g][i] = its block scale and XS_g. Rows past n are zero.
 struct RowTiles {
     int8_t* q;
@@ -156,29 +158,55 @@ struct RowTiles {
     float* xs;
 };
 
-void pack_row_tiles(const W4A8Scratch& a, const w4a8::Layout& L, size_t n, size_t rt0, size_t rt1,
-                    const RowTiles& X) {
-    for (size_t rt = rt0; rt < rt1; ++rt) {
-        int8_t* q = X.q + rt * L.nblk * kRows * kKb;
-        float* d = X.d + rt * L.nblk * kRows;
-        float* xs = X.xs + rt * L.groups * kRows;
-        for (size_t i = 0; i < kRows; ++i) {
-            const size_t r = rt * kRows + i;
-            if (r >= n) {
-                for (size_t k = 0; k < L.nblk; ++k) {
-                    std::memset(q + (k * kRows + i) * kKb, 0, kKb);
-                    d[k * kRows + i] = 0.0f;
-                }
-                for (size_t g = 0; g < L.groups; ++g) xs[g * kRows + i] = 0.0f;
-                continue;
+// Rows [r0, r1) of x by linear.h's W4A8 formula for kb = 32, the operations of
+// w4a8::quantize_rows and of the AVX-512 path's quantizer, each rounded in f32 (d = amax / 127,
+// id = 127 / amax, x8 = rint(x * id) under the default MXCSR, XS_g by fma in block order), so
+// codes and scales are identical to theirs.
+void quantize_row_tiles(const float* x, size_t r0, size_t r1, const w4a8::Layout& L,
+                        const RowTiles& X) {
+    const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (size_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * L.in;
+        const size_t rt = r / kRows, i = r % kRows;
+        int8_t* q = X.q + rt * L.nblk * kRows * kKb + i * kKb;
+        float* d = X.d + rt * L.nblk * kRows + i;
+        float* xs = X.xs + rt * L.groups * kRows + i;
+        for (size_t g = 0; g < L.groups; ++g) {
+            float acc = 0.0f;
+            for (size_t bi = 0; bi < L.bpg; ++bi) {
+                const size_t blk = g * L.bpg + bi, k0 = blk * kKb;
+                const __m512 va = _mm512_loadu_ps(xr + k0), vb = _mm512_loadu_ps(xr + k0 + 16);
+                const float amax = _mm512_reduce_max_ps(
+                    _mm512_max_ps(_mm512_and_ps(va, abs_mask), _mm512_and_ps(vb, abs_mask)));
+                const float dd = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+                const __m512 vid = _mm512_set1_ps(id);
+                const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(va, vid)),
+                              ib = _mm512_cvtps_epi32(_mm512_mul_ps(vb, vid));
+                const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ia, ib));
+                // |x8| <= 127: the saturating narrow is exact.
+                int8_t* qb = q + blk * kRows * kKb;
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(qb),
+                                 _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, ia)));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16),
+                                 _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, ib)));
+                d[blk * kRows] = dd;
+                acc = std::fma(dd, float(sum), acc);
             }
-            const int8_t* src = a.q + r * L.in;
-            for (size_t k = 0; k < L.nblk; ++k) {
-                std::memcpy(q + (k * kRows + i) * kKb, src + k * kKb, kKb);
-                d[k * kRows + i] = a.d[r * L.nblk + k];
-            }
-            for (size_t g = 0; g < L.groups; ++g) xs[g * kRows + i] = a.xs[r * L.groups + g];
+            xs[g * kRows] = acc;
         }
+    }
+}
+
+// Zeroes rows [n, n_rt * 32) of the row tiles (their outputs are computed and never stored).
+void zero_pad_rows(const w4a8::Layout& L, size_t n, size_t n_rt, const RowTiles& X) {
+    for (size_t r = n; r < n_rt * kRows; ++r) {
+        const size_t rt = r / kRows, i = r % kRows;
+        for (size_t k = 0; k < L.nblk; ++k) {
+            std::memset(X.q + (rt * L.nblk + k) * kRows * kKb + i * kKb, 0, kKb);
+            X.d[(rt * L.nblk + k) * kRows + i] = 0.0f;
+        }
+        for (size_t g = 0; g < L.groups; ++g) X.xs[(rt * L.groups + g) * kRows + i] = 0.0f;
     }
 }
 
@@ -187,8 +215,9 @@ uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
     return buf.data();
 }
 
-void w4a8_gemm_amx(size_t n, const PackedView& p, const w4a8::Layout& L, const float* bias,
-                   float* y, const W4A8Scratch& a, ThreadPool& pool) {
+// x [n, in] quantized into the row tiles, then the tiles; y [n, out] = x . w^T + bias.
+void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+                   const float* bias, float* y, ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
     const size_t n_rt = (n + kRows - 1) / kRows;
     thread_local AlignedBuffer pack_buf;
@@ -198,9 +227,10 @@ void w4a8_gemm_amx(size_t n, const PackedView& p, const w4a8::Layout& L, const f
     const RowTiles X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
                      reinterpret_cast<float*>(pb + q_bytes) + d_floats};
     if (n * in < (size_t{1} << 16))
-        pack_row_tiles(a, L, n, 0, n_rt, X);
+        quantize_row_tiles(x, 0, n, L, X);
     else
-        pool.parallel_for(n_rt, [&](size_t t0, size_t t1) { pack_row_tiles(a, L, n, t0, t1, X); });
+        pool.parallel_for(n, [&](size_t r0, size_t r1) { quantize_row_tiles(x, r0, r1, L, X); });
+    zero_pad_rows(L, n, n_rt, X);
     // K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2);
     // row chunk: as many 32-row tiles as keep the chunk's x8 within ~1.5 MiB of L2 (768 rows at
     // in = 2048), so a panel's B is unpacked once per chunk and reused by all its row tiles.
@@ -292,8 +322,7 @@ void w4a8_amx(const float* x, size_t n, const PackedView& p, const float* bias, 
         w4a8_avx512(x, n, p, bias, y, s, pool);
         return;
     }
-    w4a8::quantize(x, n, L, s, pool);
-    w4a8_gemm_amx(n, p, L, bias, y, s, pool);
+    w4a8_gemm_amx(x, n, p, L, bias, y, pool);
 }
 
 }  // namespace lancet::kernels::detail
