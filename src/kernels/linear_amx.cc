@@ -97,31 +97,56 @@ void unpack_panel(const PackedView& p, const w4a8::Layout& L, size_t b, size_t k
     }
 }
 
-// acc[i][0..31] = fma(float(c[i][0..31]), s * d_i, acc[i]) for the rows of one block: the VNNI
-// path's per-block step (linear.h), one row of 32 outputs at a time. d: the block's scale of row
-// 0, rows `ld` floats apart.
-inline void fold_block(const int32_t* c, const float* s, const float* d, size_t ld, size_t rows,
-                       float* acc) {
+// Up to this many blocks are folded in one pass over the accumulators.
+constexpr size_t kMaxUnit = 4;
+
+// For the rows of `nu` consecutive blocks of one group (C tiles c[u], block scales d + u * 32):
+// acc[i][0..31] = fma(float(c[u][i][0..31]), s * d_u[i], acc[i]) for u = 0 .. nu-1 in order (the
+// VNNI path's per-block step, linear.h), then, when zs is non-null (the unit ends the group),
+// acc[i] = fma(-(z * s), XS_i, acc[i]). One load and store of each accumulator per unit.
+template <size_t NU>
+inline void fold_unit(int32_t* const* c, const float* s, const float* d, const float* zs,
+                      const float* xs, size_t rows, float* acc) {
     const __m512 s0 = _mm512_load_ps(s), s1 = _mm512_load_ps(s + 16);
+    const __m512 z0 = zs ? _mm512_load_ps(zs) : _mm512_setzero_ps(),
+                 z1 = zs ? _mm512_load_ps(zs + 16) : _mm512_setzero_ps();
     for (size_t i = 0; i < rows; ++i) {
-        const __m512 dv = _mm512_set1_ps(d[i * ld]);
         float* a = acc + i * kCols;
-        const int32_t* ci = c + i * kCols;
-        _mm512_store_ps(a, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci)),
-                                           _mm512_mul_ps(s0, dv), _mm512_load_ps(a)));
-        _mm512_store_ps(a + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci + 16)),
-                                                _mm512_mul_ps(s1, dv), _mm512_load_ps(a + 16)));
+        __m512 y0 = _mm512_load_ps(a), y1 = _mm512_load_ps(a + 16);
+#pragma GCC unroll 4
+        for (size_t u = 0; u < NU; ++u) {
+            const __m512 dv = _mm512_set1_ps(d[u * kRows + i]);
+            const int32_t* ci = c[u] + i * kCols;
+            y0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci)), _mm512_mul_ps(s0, dv),
+                                 y0);
+            y1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(ci + 16)),
+                                 _mm512_mul_ps(s1, dv), y1);
+        }
+        if (zs) {
+            const __m512 xv = _mm512_set1_ps(xs[i]);
+            y0 = _mm512_fnmadd_ps(z0, xv, y0);
+            y1 = _mm512_fnmadd_ps(z1, xv, y1);
+        }
+        _mm512_store_ps(a, y0);
+        _mm512_store_ps(a + 16, y1);
     }
 }
 
-// acc[i] = fma(-(z * s), XS_i, acc[i]): the group's zero-point term, after its last block.
-inline void fold_zero(const float* zs, const float* xs, size_t ld, size_t rows, float* acc) {
-    const __m512 z0 = _mm512_load_ps(zs), z1 = _mm512_load_ps(zs + 16);
-    for (size_t i = 0; i < rows; ++i) {
-        const __m512 xv = _mm512_set1_ps(xs[i * ld]);
-        float* a = acc + i * kCols;
-        _mm512_store_ps(a, _mm512_fnmadd_ps(z0, xv, _mm512_load_ps(a)));
-        _mm512_store_ps(a + 16, _mm512_fnmadd_ps(z1, xv, _mm512_load_ps(a + 16)));
+inline void fold_any(size_t nu, int32_t* const* c, const float* s, const float* d, const float* zs,
+                     const float* xs, size_t rows, float* acc) {
+    switch (nu) {
+        case 1:
+            fold_unit<1>(c, s, d, zs, xs, rows, acc);
+            break;
+        case 2:
+            fold_unit<2>(c, s, d, zs, xs, rows, acc);
+            break;
+        case 3:
+            fold_unit<3>(c, s, d, zs, xs, rows, acc);
+            break;
+        default:
+            fold_unit<4>(c, s, d, zs, xs, rows, acc);
+            break;
     }
 }
 
@@ -237,19 +262,23 @@ void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::La
     constexpr size_t kKc8 = 4096, kChunkBytes = size_t{3} << 19;
     const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
     const size_t kRc = std::max<size_t>(1, kChunkBytes / (std::min(kc_max, in) * kRows)) * kRows;
+    // Blocks per fold unit: the largest divisor of the blocks per group up to kMaxUnit.
+    size_t U = std::min(L.bpg, kMaxUnit);
+    while (L.bpg % U) --U;
     const size_t n_panels = (p.n_blocks + 3) / 4;
     pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
         thread_local AlignedBuffer panel_buf;
         const size_t bt_bytes = kc_max / kKb * 2 * kBTile, sfloats = kc_max / L.gs * kCols;
         const size_t cbytes = kRows * kCols * 4, accbytes = kRows * kCols * 4;
-        uint8_t* buf =
-            thread_scratch(panel_buf, bt_bytes + 2 * sfloats * 4 + 2 * cbytes + accbytes);
+        uint8_t* buf = thread_scratch(
+            panel_buf, bt_bytes + 2 * sfloats * 4 + 2 * kMaxUnit * cbytes + accbytes);
         uint8_t* bt = buf;
         float* s = reinterpret_cast<float*>(buf + bt_bytes);
         float* zs = s + sfloats;
-        int32_t* cbuf[2] = {reinterpret_cast<int32_t*>(zs + sfloats),
-                            reinterpret_cast<int32_t*>(zs + sfloats) + kRows * kCols};
-        float* acc = reinterpret_cast<float*>(cbuf[1] + kRows * kCols);
+        int32_t* cbuf[2 * kMaxUnit];
+        for (size_t j = 0; j < 2 * kMaxUnit; ++j)
+            cbuf[j] = reinterpret_cast<int32_t*>(zs + sfloats) + j * kRows * kCols;
+        float* acc = reinterpret_cast<float*>(cbuf[2 * kMaxUnit - 1] + kRows * kCols);
         amx::load_config(w4a8_config());
         for (size_t rc0 = 0; rc0 < n; rc0 += kRc) {
             const size_t rc1 = std::min(n, rc0 + kRc);
@@ -278,16 +307,23 @@ void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::La
                             _mm512_store_ps(ai + 16, init ? _mm512_setzero_ps()
                                                           : _mm512_maskz_loadu_ps(m1, yi + 16));
                         }
-                        // Block k's tile dots are issued before block k - 1's fold.
-                        tile_block(xq, bt, cbuf[0]);
-                        for (size_t k = 0; k < nb; ++k) {
-                            if (k + 1 < nb)
-                                tile_block(xq + (k + 1) * kRows * kKb, bt + (k + 1) * 2 * kBTile,
-                                           cbuf[(k + 1) % 2]);
-                            const size_t g = k / L.bpg;
-                            fold_block(cbuf[k % 2], s + g * kCols, d + k * kRows, 1, rows, acc);
-                            if ((k + 1) % L.bpg == 0)
-                                fold_zero(zs + g * kCols, xs + g * kRows, 1, rows, acc);
+                        // Units of U blocks of one group; unit u + 1's tile dots are issued
+                        // before unit u's fold.
+                        auto issue = [&](size_t u) {
+                            for (size_t j = 0; j < U; ++j) {
+                                const size_t k = u * U + j;
+                                tile_block(xq + k * kRows * kKb, bt + k * 2 * kBTile,
+                                           cbuf[(u % 2) * kMaxUnit + j]);
+                            }
+                        };
+                        const size_t n_units = nb / U;
+                        issue(0);
+                        for (size_t u = 0; u < n_units; ++u) {
+                            if (u + 1 < n_units) issue(u + 1);
+                            const size_t k = u * U, g = k / L.bpg;
+                            const bool ends = (k + U) % L.bpg == 0;
+                            fold_any(U, cbuf + (u % 2) * kMaxUnit, s + g * kCols, d + k * kRows,
+                                     ends ? zs + g * kCols : nullptr, xs + g * kRows, rows, acc);
                         }
                         for (size_t i = 0; i < rows; ++i) {
                             __m512 v0 = _mm512_load_ps(acc + i * kCols),
