@@ -93,8 +93,8 @@ TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
     for (const char* col : {"int4-f32 ms", "int4-w4a8 ms", "int4-w4a8 speedup vs bf16",
                             "int4-w4a8 GB/s / read", "naive / int4-w4a8", "int8 dot peak"})
         EXPECT_NE(r.out.find(col), std::string::npos) << col << " in " << r.out;
-    // On the amx ISA (LANCET_ISA=amx) the AVX-512 W4A8 kernel is timed beside
-    // the tiles, and both are set against the AMX peak too.
+    // On the amx ISA (the default where the CPU and OS have AMX) the AVX-512 W4A8 kernel is timed
+    // beside the tiles, and both are set against the AMX peak too.
     const bool amx = lancet::kernels::active_isa() == lancet::kernels::Isa::Amx;
     if (amx) {
         for (const char* col : {"int4-w4a8-vnni ms", "int4-w4a8 / amx peak",

@@ -488,10 +488,11 @@ TEST_P(W4A8Test, ExtremeCodesAndActivations) {
     }
 }
 
-// The AMX tier against the AVX-512 one, bit for bit, where the tiles run (n >= 16, group sizes
-// that are multiples of 32): row counts around the 16- and 32-row tiles (zero-padded last tile),
+// The AMX tier against the AVX-512 one, bit for bit, where the tiles run (n >= 64, group sizes
+// that are multiples of 32): row counts around the 64-row threshold and the 32-row tiles
+// (zero-padded last tile),
 // ragged panels of 32 outputs (out 8, 40, 257), three blocks per group (gs 96), K chunks (in 8448),
-// with and without bias, on 1 and 3 threads; n < 16 and gs 16 take the AVX-512 kernel itself.
+// with and without bias, on 1 and 3 threads; n < 64 and gs 16 take the AVX-512 kernel itself.
 TEST(W4A8Amx, BitIdenticalToAvx512) {
     if (!cpu_supports(Isa::Amx)) GTEST_SKIP() << "CPU or OS lacks AMX";
     struct Shape {
@@ -505,8 +506,8 @@ TEST(W4A8Amx, BitIdenticalToAvx512) {
         const FileWeight fw = make_weight(WeightType::Q4, s.out, s.in, s.gs, seed++);
         const LinearWeight w(fw.view);
         const std::vector<float> bias = random_vector(s.out, seed++);
-        for (size_t n : {8, 15, 16, 17, 31, 32, 33, 64, 77, 300}) {
-            if (s.in > 2048 && n > 64) continue;
+        for (size_t n : {8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 77, 96, 300}) {
+            if (s.in > 2048 && n > 65) continue;
             const std::vector<float> x = random_vector(n * s.in, seed++);
             for (const float* b : {bias.data(), static_cast<const float*>(nullptr)})
                 for (ThreadPool* pool : {&p1, &p3}) {

@@ -864,7 +864,7 @@ const std::vector<CasePtr>& all_cases() {
                                                                         {3, 128, 8, 64},
                                                                         {17, 64, 33, 32},
                                                                         {65, 96, 7, 32},
-                                                                        {40, 256, 40, 64}}) {
+                                                                        {70, 256, 40, 64}}) {
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::F32, false, true));
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::Int8, false, n == 1));
         }

@@ -526,7 +526,7 @@ void run_kernels_bench(Options opt) {
         "\nn = rows of x (tokens); GB/s = weight bytes in the published format / time; "
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
         "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8; on the amx "
-        "ISA the AMX tiles for n >= 16, "
+        "ISA the AMX tiles for n >= 64, "
         "with int4-w4a8-vnni = the same arithmetic on AVX-512 VNNI beside it); int5 "
         "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
         "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "

@@ -157,7 +157,7 @@ bool cpu_supports(Isa isa) {
 }
 
 Isa best_isa() {
-    // Amx stays opt-in (LANCET_ISA=amx) until its W4A8 GEMM beats the VNNI one.
+    if (cpu_supports(Isa::Amx)) return Isa::Amx;
     if (cpu_supports(Isa::Avx512)) return Isa::Avx512;
     if (cpu_supports(Isa::Avx2)) return Isa::Avx2;
     return Isa::Scalar;

@@ -7,7 +7,7 @@
 
 namespace lancet::kernels {
 
-// Amx is the Avx512 tier plus Intel AMX tiles (TDPBSUD) for the W4A8 GEMM (n >= 16 rows, int8
+// Amx is the Avx512 tier plus Intel AMX tiles (TDPBSUD) for the W4A8 GEMM (n >= 64 rows, int8
 // activation blocks of 32); every other kernel of the Amx tier is the Avx512 one.
 enum class Isa { Scalar, Avx2, Avx512, Amx };
 
