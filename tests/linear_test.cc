@@ -188,7 +188,7 @@ class ScopedIsa {
     ~ScopedIsa() { clear_forced_isa(); }
 };
 
-const Isa kAllIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512};
+const Isa kAllIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx};
 const WeightType kAllTypes[] = {WeightType::F32, WeightType::BF16, WeightType::Q4, WeightType::Int5,
                                 WeightType::Nvfp4};
 
@@ -486,6 +486,43 @@ TEST_P(W4A8Test, ExtremeCodesAndActivations) {
         EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * 4), 0) << "n " << n;
         const CheckResult res = check_w4a8(x.data(), n, fw.view, nullptr, want.data());
         EXPECT_TRUE(res.ok) << "n " << n << ": " << res.worst;
+    }
+}
+
+// The AMX tier against the AVX-512 one, bit for bit, where the tiles run (n >= 64, group sizes
+// that are multiples of 32): row counts around the 64-row threshold and the 32-row tiles
+// (zero-padded last tile),
+// ragged panels of 32 outputs (out 8, 40, 257), three blocks per group (gs 96), K chunks (in 8448),
+// with and without bias, on 1 and 3 threads; n < 64 and gs 16 take the AVX-512 kernel itself.
+TEST(W4A8Amx, BitIdenticalToAvx512) {
+    if (!cpu_supports(Isa::Amx)) GTEST_SKIP() << "CPU or OS lacks AMX";
+    struct Shape {
+        size_t out, in, gs;
+    };
+    const Shape shapes[] = {{40, 2048, 64},  {8, 512, 32},  {257, 256, 64}, {33, 192, 96},
+                            {72, 8448, 128}, {24, 128, 16}, {48, 1024, 512}};
+    ThreadPool p1(1), p3(3);
+    uint32_t seed = 300;
+    for (const Shape& s : shapes) {
+        const FileWeight fw = make_weight(WeightType::Q4, s.out, s.in, s.gs, seed++);
+        const LinearWeight w(fw.view);
+        const std::vector<float> bias = random_vector(s.out, seed++);
+        for (size_t n : {8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 77, 96, 300}) {
+            if (s.in > 2048 && n > 65) continue;
+            const std::vector<float> x = random_vector(n * s.in, seed++);
+            for (const float* b : {bias.data(), static_cast<const float*>(nullptr)})
+                for (ThreadPool* pool : {&p1, &p3}) {
+                    const auto got = run_w4a8(Isa::Amx, x.data(), n, w, b, *pool);
+                    const auto want = run_w4a8(Isa::Avx512, x.data(), n, w, b, *pool);
+                    size_t diff = 0;
+                    for (size_t i = 0; i < got.size(); ++i)
+                        diff += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+                    EXPECT_EQ(diff, 0u)
+                        << "out " << s.out << " in " << s.in << " gs " << s.gs << " n " << n
+                        << (b ? " bias" : "") << " threads " << pool->size() << ": " << diff
+                        << " of " << got.size() << " differ";
+                }
+        }
     }
 }
 

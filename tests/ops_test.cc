@@ -42,7 +42,7 @@ namespace lancet::kernels {
 namespace {
 
 constexpr double u = 0x1p-24;
-constexpr Isa kIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512};
+constexpr Isa kIsas[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx};
 
 ThreadPool& pool_of(size_t threads) {
     static ThreadPool p1(1), p2(2), p3(3);
@@ -860,8 +860,11 @@ const std::vector<CasePtr>& all_cases() {
         for (auto [n, in, out] : std::vector<std::array<size_t, 3>>{
                  {1, 64, 17}, {7, 65, 3}, {17, 96, 33}, {65, 40, 16}})
             add_case(new LinearCase(n, in, out, WT::BF16, 0, AM::F32, false, n % 2 == 1));
-        for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{
-                 {1, 64, 17, 32}, {3, 128, 8, 64}, {17, 64, 33, 32}, {65, 96, 7, 32}}) {
+        for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{{1, 64, 17, 32},
+                                                                        {3, 128, 8, 64},
+                                                                        {17, 64, 33, 32},
+                                                                        {65, 96, 7, 32},
+                                                                        {70, 256, 40, 64}}) {
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::F32, false, true));
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::Int8, false, n == 1));
         }

@@ -32,6 +32,7 @@
 #include "io/safetensors.h"
 #include "kernels/dispatch.h"
 #include "kernels/linear.h"
+#include "kernels/ops.h"
 #include "kernels/probe.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
@@ -186,6 +187,7 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
 
 struct Peaks {
     double fma_gflops, int8_gops, bf16_gflops;  // bf16: 0 when the ISA has no bf16 dot
+    double amx_int8_gops;                       // 0 unless the active ISA is amx
 };
 
 Peaks measure_peaks(ThreadPool& pool) {
@@ -195,6 +197,9 @@ Peaks measure_peaks(ThreadPool& pool) {
         measure_peak(pool, [](size_t it, size_t t) { return kernels::probe_int8(it, 1 + int(t)); });
     p.bf16_gflops = measure_peak(
         pool, [](size_t it, size_t t) { return kernels::probe_bf16(it, 1.0f + float(t)); });
+    // One TDPBSUD does 64x the work of one vpdpbusd: fewer iterations for the same duration.
+    p.amx_int8_gops = measure_peak(
+        pool, [](size_t it, size_t t) { return kernels::probe_amx_int8(it / 16, 1 + int(t)); });
     return p;
 }
 
@@ -221,7 +226,8 @@ struct Cell {
 struct Variant {
     WeightType type;
     bool w4a8;
-    std::string label;  // "int4-f32", "int4-w4a8", "bf16", "f32"
+    std::string label;  // "int4-f32", "int4-w4a8", "int4-w4a8-vnni", "bf16", "f32"
+    bool vnni = false;  // W4A8 on the AVX-512 tier although the active ISA is amx
 };
 
 std::string fmt(const char* f, double v) {
@@ -262,6 +268,9 @@ void run_kernels_bench(Options opt) {
         }
         variants.push_back({t, false, "int4-f32"});
         if (opt.act == "int8") variants.push_back({t, true, "int4-w4a8"});
+        // On the amx tier int4-w4a8 runs the tiles (n >= 16); the AVX-512 VNNI kernel beside it.
+        if (opt.act == "int8" && kernels::active_isa() == kernels::Isa::Amx)
+            variants.push_back({t, true, "int4-w4a8-vnni", true});
     }
     for (size_t n : opt.ns)
         // The upper bound keeps n x k (the activations) from wrapping for "-1" read as size_t.
@@ -281,13 +290,18 @@ void run_kernels_bench(Options opt) {
     const double read_gbps = measure_read_bandwidth(pool, opt.reps, opt.bandwidth_mib);
     const Peaks peaks = measure_peaks(pool);
     const double fma_gflops = peaks.fma_gflops, int8_gops = peaks.int8_gops;
+    const double amx_gops = peaks.amx_int8_gops;
     std::printf(
         "streaming read: %.1f GB/s (median of %d passes over %zu MiB on 2 MiB pages, %zu "
         "threads); FMA peak: %.1f GFLOP/s (f32); int8 dot peak: %.1f GOP/s (%s); bf16 dot "
-        "peak: %s GFLOP/s (vdpbf16ps)\n\n",
+        "peak: %s GFLOP/s (vdpbf16ps)%s\n\n",
         read_gbps, std::max(opt.reps, 5), opt.bandwidth_mib, pool.size(), fma_gflops, int8_gops,
         kernels::probe_int8_name(),
-        fmt("%.1f", peaks.bf16_gflops > 0 ? peaks.bf16_gflops : NAN).c_str());
+        fmt("%.1f", peaks.bf16_gflops > 0 ? peaks.bf16_gflops : NAN).c_str(),
+        amx_gops > 0 ? ("; AMX int8 peak: " + fmt("%.1f", amx_gops) +
+                        " GOP/s (tdpbsud, K = 64; the W4A8 tiles run K = 32 per int8 block)")
+                           .c_str()
+                     : "");
     nlohmann::json records = nlohmann::json::array();
     records.push_back(
         {{"kernel", "read_bandwidth"}, {"gbps", read_gbps}, {"threads", pool.size()}});
@@ -295,6 +309,9 @@ void run_kernels_bench(Options opt) {
     records.push_back({{"kernel", "int8_peak"}, {"gops", int8_gops}, {"threads", pool.size()}});
     records.push_back(
         {{"kernel", "bf16_peak"}, {"gflops", peaks.bf16_gflops}, {"threads", pool.size()}});
+    if (amx_gops > 0)
+        records.push_back(
+            {{"kernel", "amx_int8_peak"}, {"gops", amx_gops}, {"threads", pool.size()}});
 
     // Header.
     std::string head = "| shape | out x in | n |", sep = "|---|---|---:|";
@@ -330,6 +347,12 @@ void run_kernels_bench(Options opt) {
         head += " " + v.label + " / peak |";
         sep += "---:|";
     }
+    // The W4A8 variants against the AMX tile peak too, where the CPU has one.
+    for (const Variant& v : variants)
+        if (v.w4a8 && amx_gops > 0) {
+            head += " " + v.label + " / amx peak |";
+            sep += "---:|";
+        }
     std::printf("%s\n%s\n", head.c_str(), sep.c_str());
     std::fflush(stdout);
 
@@ -369,7 +392,12 @@ void run_kernels_bench(Options opt) {
             for (const Variant& v : variants)
                 fns.push_back([&, v] {
                     const LinearWeight& w = next(v.type);
-                    if (v.w4a8)
+                    if (v.vnni)
+                        kernels::linear(
+                            kernels::OpContext{&pool, kernels::Isa::Avx512, kernels::ActMode::Int8},
+                            kernels::TensorRef::matrix(xbuf.as<float>(), n, s->in), w, nullptr,
+                            kernels::TensorRef::matrix(ybuf.as<float>(), n, s->out));
+                    else if (v.w4a8)
                         kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
                                              pool);
                     else
@@ -394,6 +422,8 @@ void run_kernels_bench(Options opt) {
                                    {"shape", s->name},
                                    {"weight_type", kernels::weight_type_name(t)},
                                    {"activations", v.w4a8 ? "int8" : "f32"},
+                                   {"isa", kernels::isa_name(v.vnni ? kernels::Isa::Avx512
+                                                                    : kernels::active_isa())},
                                    {"cold", opt.cold},
                                    {"group_size", w0.group_size()},
                                    {"m", s->out},
@@ -442,6 +472,9 @@ void run_kernels_bench(Options opt) {
                 row += " " +
                        fmt("%.2f", cells[i].gflops / (variants[i].w4a8 ? int8_gops : fma_gflops)) +
                        " |";
+            for (size_t i = 0; i < variants.size(); ++i)
+                if (variants[i].w4a8 && amx_gops > 0)
+                    row += " " + fmt("%.2f", cells[i].gflops / amx_gops) + " |";
             std::printf("%s\n", row.c_str());
             std::fflush(stdout);
         }
@@ -449,7 +482,9 @@ void run_kernels_bench(Options opt) {
     std::printf(
         "\nn = rows of x (tokens); GB/s = weight bytes in the published format / time; "
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
-        "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8); int5 "
+        "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8; on the amx "
+        "ISA the AMX tiles for n >= 64, "
+        "with int4-w4a8-vnni = the same arithmetic on AVX-512 VNNI beside it); int5 "
         "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
         "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "
         "GFLOP/s counts 2*n*out*in for every kernel.%s\n",

@@ -3,6 +3,8 @@
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #include <atomic>
@@ -53,8 +55,10 @@ Isa parse_env() {
         isa = Isa::Avx2;
     else if (std::strcmp(v, "avx512") == 0)
         isa = Isa::Avx512;
+    else if (std::strcmp(v, "amx") == 0)
+        isa = Isa::Amx;
     else
-        fail("LANCET_ISA=", v, ": unknown ISA (expected scalar, avx2 or avx512)");
+        fail("LANCET_ISA=", v, ": unknown ISA (expected scalar, avx2, avx512 or amx)");
     if (!cpu_supports(isa)) fail("LANCET_ISA=", v, ": this CPU does not support ", v);
     return isa;
 }
@@ -69,6 +73,8 @@ const char* isa_name(Isa isa) {
             return "avx2";
         case Isa::Avx512:
             return "avx512";
+        case Isa::Amx:
+            return "amx";
     }
     return "?";
 }
@@ -82,7 +88,21 @@ namespace {
 struct X86Features {
     bool avx2_fma_f16c = false;
     bool avx512 = false;  // F, BW, VL, DQ, VNNI and BF16
+    bool amx = false;     // AMX-TILE, AMX-INT8 and AMX-BF16, OS state enabled and permitted
 };
+
+// Linux (5.16+) enables the 8 KiB tile data state only for processes that ask for it; without
+// the permission the first tile instruction raises SIGILL. The permission is per process, so
+// threads started before or after this call may use the tiles.
+bool request_amx_permission() {
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023;  // ARCH_REQ_XCOMP_PERM (asm/prctl.h)
+    constexpr long kXfeatureXtiledata = 18;     // XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+}
 
 X86Features detect_x86() {
     X86Features f;
@@ -104,6 +124,11 @@ X86Features detect_x86() {
     __cpuid_count(7, 1, a1, b1, c1, d1);
     const bool bf16 = a1 & (1u << 5);
     f.avx512 = f.avx2_fma_f16c && avx512 && bf16 && (xlo & 0xe0) == 0xe0;  // opmask, ZMM state
+    // CPUID.(7,0):EDX bit 22 AMX-BF16, 24 AMX-TILE, 25 AMX-INT8; XCR0 bits 17 (TILECFG) and 18
+    // (TILEDATA) say the OS manages the tile state.
+    const bool amx_cpu = (d & (1u << 22)) && (d & (1u << 24)) && (d & (1u << 25));
+    const bool amx_os = (xlo & (3u << 17)) == (3u << 17);
+    f.amx = f.avx512 && amx_cpu && amx_os && request_amx_permission();
     return f;
 }
 
@@ -122,6 +147,8 @@ bool cpu_supports(Isa isa) {
             // The avx512 file is compiled with F/BW/VL/DQ/VNNI/BF16 enabled; require them all so
             // the compiler may use any of them.
             return f.avx512;
+        case Isa::Amx:
+            return f.amx;
     }
     return false;
 #else
@@ -130,6 +157,7 @@ bool cpu_supports(Isa isa) {
 }
 
 Isa best_isa() {
+    if (cpu_supports(Isa::Amx)) return Isa::Amx;
     if (cpu_supports(Isa::Avx512)) return Isa::Avx512;
     if (cpu_supports(Isa::Avx2)) return Isa::Avx2;
     return Isa::Scalar;
@@ -223,6 +251,9 @@ std::string runtime_description(const ThreadPool& pool) {
         case Isa::Avx512:
             s += "avx512 (f/bw/vl/dq/vnni/bf16)";
             break;
+        case Isa::Amx:
+            s += "avx512 (f/bw/vl/dq/vnni/bf16) + amx (tile/int8/bf16)";
+            break;
     }
     s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
     if (activation_mode() == ActMode::Int8) s += ", int4 activations int8 (W4A8)";
@@ -238,6 +269,7 @@ float probe_read_avx512(const float* p, size_t n);
 double probe_fma_avx512(size_t iters, float seed);
 double probe_int8_avx512(size_t iters, int seed);
 double probe_bf16_avx512(size_t iters, float seed);
+double probe_int8_amx(size_t iters, int seed);
 
 namespace {
 // Ops take the ISA from their OpContext; running one this CPU lacks would fault.
@@ -245,15 +277,19 @@ Isa checked(Isa isa) {
     if (!cpu_supports(isa)) fail("ISA ", isa_name(isa), " is not supported by this CPU");
     return isa;
 }
+// The kernel family below the AMX tiles: the Amx tier runs the Avx512 kernels for everything
+// but the W4A8 GEMM.
+Isa vector_isa(Isa isa) { return isa == Isa::Amx ? Isa::Avx512 : isa; }
 }  // namespace
 
 LinearFn linear_kernel(Isa isa) {
-    switch (checked(isa)) {
+    switch (vector_isa(checked(isa))) {
         case Isa::Avx512:
             return &linear_avx512;
         case Isa::Avx2:
             return &linear_avx2;
         case Isa::Scalar:
+        case Isa::Amx:
             break;
     }
     return &linear_scalar;
@@ -261,6 +297,8 @@ LinearFn linear_kernel(Isa isa) {
 
 W4A8Fn w4a8_kernel(Isa isa) {
     switch (checked(isa)) {
+        case Isa::Amx:
+            return &w4a8_amx;
         case Isa::Avx512:
             return &w4a8_avx512;
         case Isa::Avx2:
@@ -274,16 +312,17 @@ W4A8Fn w4a8_kernel(Isa isa) {
 // vdpbf16ps for BF16 weights x bf16 activations: the AVX-512 path only (its file is built with
 // -mavx512bf16 and cpu_supports(Avx512) requires BF16); the others round x and use linear_kernel.
 Bf16DotFn bf16dot_kernel(Isa isa) {
-    return checked(isa) == Isa::Avx512 ? &bf16dot_avx512 : nullptr;
+    return vector_isa(checked(isa)) == Isa::Avx512 ? &bf16dot_avx512 : nullptr;
 }
 
 W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
-    switch (checked(isa)) {
+    switch (vector_isa(checked(isa))) {
         case Isa::Avx512:
             return &w4a8_gemv_many_avx512;
         case Isa::Avx2:
             return avx_vnni() ? &w4a8_gemv_many_avxvnni : &w4a8_gemv_many_avx2;
         case Isa::Scalar:
+        case Isa::Amx:
             break;
     }
     return nullptr;
@@ -296,12 +335,13 @@ DequantBf16Fn dequant_bf16_kernel(Isa isa) {
 // The op layer's row kernels. AVX-512 runs the AVX2 row ones (bound by memory, libm's exp/erf
 // or the sequential norm sums, not by vector width) with its own query-block attention tiles.
 const OpKernels& op_kernels(Isa isa) {
-    switch (checked(isa)) {
+    switch (vector_isa(checked(isa))) {
         case Isa::Avx512:
             return op_kernels_avx512();
         case Isa::Avx2:
             return op_kernels_avx2();
         case Isa::Scalar:
+        case Isa::Amx:
             break;
     }
     return op_kernels_scalar();
@@ -325,9 +365,14 @@ GemmFn gemm_nn_kernel(Isa isa) {
 
 }  // namespace detail
 
+namespace {
+// The vector probes run on the active ISA's vector family (Amx: the AVX-512 ones).
+Isa probe_isa() { return detail::vector_isa(active_isa()); }
+}  // namespace
+
 float probe_read(const float* p, size_t n) {
-    if (active_isa() == Isa::Avx512) return detail::probe_read_avx512(p, n);
-    if (active_isa() != Isa::Scalar) return detail::probe_read_avx2(p, n);
+    if (probe_isa() == Isa::Avx512) return detail::probe_read_avx512(p, n);
+    if (probe_isa() != Isa::Scalar) return detail::probe_read_avx2(p, n);
     float a[4] = {};
     for (size_t i = 0; i < n; i += 4)
         for (int j = 0; j < 4; ++j) a[j] += p[i + j];
@@ -335,8 +380,8 @@ float probe_read(const float* p, size_t n) {
 }
 
 double probe_fma(size_t iters, float seed) {
-    if (active_isa() == Isa::Avx512) return detail::probe_fma_avx512(iters, seed);
-    if (active_isa() != Isa::Scalar) return detail::probe_fma_avx2(iters, seed);
+    if (probe_isa() == Isa::Avx512) return detail::probe_fma_avx512(iters, seed);
+    if (probe_isa() != Isa::Scalar) return detail::probe_fma_avx2(iters, seed);
     float acc[8];
     for (int c = 0; c < 8; ++c) acc[c] = seed * float(c + 1);
     for (size_t i = 0; i < iters; ++i)
@@ -345,8 +390,8 @@ double probe_fma(size_t iters, float seed) {
 }
 
 double probe_int8(size_t iters, int seed) {
-    if (active_isa() == Isa::Avx512) return detail::probe_int8_avx512(iters, seed);
-    if (active_isa() != Isa::Scalar) return detail::probe_int8_avx2(iters, seed);
+    if (probe_isa() == Isa::Avx512) return detail::probe_int8_avx512(iters, seed);
+    if (probe_isa() != Isa::Scalar) return detail::probe_int8_avx2(iters, seed);
     int32_t acc[8];
     for (int c = 0; c < 8; ++c) acc[c] = seed + c;
     for (size_t i = 0; i < iters; ++i)
@@ -355,17 +400,23 @@ double probe_int8(size_t iters, int seed) {
 }
 
 double probe_bf16(size_t iters, float seed) {
-    if (active_isa() == Isa::Avx512) return detail::probe_bf16_avx512(iters, seed);
+    if (probe_isa() == Isa::Avx512) return detail::probe_bf16_avx512(iters, seed);
+    return 0.0 * double(iters) * double(seed);
+}
+
+double probe_amx_int8(size_t iters, int seed) {
+    if (active_isa() == Isa::Amx) return detail::probe_int8_amx(iters, seed);
     return 0.0 * double(iters) * double(seed);
 }
 
 const char* probe_int8_name() {
-    switch (active_isa()) {
+    switch (probe_isa()) {
         case Isa::Avx512:
             return "vpdpbusd zmm";
         case Isa::Avx2:
             return detail::avx_vnni() ? "vpdpbusd ymm (AVX-VNNI)" : "2 vpmaddubsw + vpaddw ymm";
         case Isa::Scalar:
+        case Isa::Amx:
             break;
     }
     return "scalar";

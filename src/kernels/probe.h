@@ -18,6 +18,10 @@ double probe_int8(size_t iters, int seed);
 // Runs `iters` iterations of register-only bf16 dot products (vdpbf16ps); returns the flops
 // (multiply + add per bf16 pair), or 0 when the active ISA has no bf16 dot instruction.
 double probe_bf16(size_t iters, float seed);
+// Runs `iters` iterations of AMX int8 tile dot products (TDPBSUD, 4 independent 16 x 16 int32
+// tiles, K = 64 bytes) when the active ISA is Amx; returns the integer ops (multiply + add per
+// byte pair, 2 x 16 x 16 x 64 per instruction), or 0 on other ISAs.
+double probe_amx_int8(size_t iters, int seed);
 // The instruction the int8 probe times on the active ISA ("vpdpbusd", "2 vpmaddubsw + vpaddw").
 const char* probe_int8_name();
 
