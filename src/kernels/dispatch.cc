@@ -352,12 +352,13 @@ GemmFn gemm_nt_kernel(Isa isa) {
 }
 
 GemmFn gemm_nn_kernel(Isa isa) {
-    switch (checked(isa)) {
+    switch (vector_isa(checked(isa))) {
         case Isa::Avx512:
             return &gemm_nn_avx512;
         case Isa::Avx2:
             return &gemm_nn_avx2;
         case Isa::Scalar:
+        case Isa::Amx:
             break;
     }
     return &gemm_nn_portable;
