@@ -44,6 +44,15 @@ struct BenchGenOptions {
     bool no_cfg_batch = false;  // two forwards per CFG step (`run` stacks the branches)
 };
 
+// User + system CPU seconds of the process so far: on a machine shared with other jobs a step's
+// CPU time moves less with the load than its wall time.
+double cpu_seconds() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
 double peak_rss_mib() {
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
@@ -101,9 +110,10 @@ void run_bench_gen(const BenchGenOptions& o) {
     fo.on_step = [&](int, int, double secs) { cumulative.push_back(secs); };
     // Seconds inside the linears, read before every step (and once after the last): a step's
     // share of them against the rest (attention, norms, RoPE, embeddings, copies).
-    std::vector<double> lin_marks;
+    std::vector<double> lin_marks, cpu_marks;
     fo.cancelled = [&] {
         lin_marks.push_back(kernels::linear_seconds());
+        cpu_marks.push_back(cpu_seconds());
         return cumulative.size() >= static_cast<size_t>(o.steps);
     };
     kernels::reset_linear_seconds();
@@ -126,6 +136,7 @@ void run_bench_gen(const BenchGenOptions& o) {
     const size_t median_k =
         static_cast<size_t>(std::find(step_s.begin(), step_s.end(), step) - step_s.begin());
     const double step_lin = lin_marks[median_k + 1] - lin_marks[median_k];
+    const double step_cpu = cpu_marks[median_k + 1] - cpu_marks[median_k];
     const bool cfg_on = o.cfg != 1.0;  // the first steps (sigma near 1) are inside the interval
     const double forward_s = step / (cfg_on ? 2 : 1);
     const double macs = noisy_forward_macs(cfg, n_gen, prefix + n_gen);
@@ -166,6 +177,8 @@ void run_bench_gen(const BenchGenOptions& o) {
                 !cfg_on           ? "one noisy-block forward"
                 : !o.no_cfg_batch ? "both branches' noisy blocks in one stacked forward"
                                   : "two noisy-block forwards");
+    std::printf("  CPU time            %8.2f s  (user + system, all threads; %.2f cores busy)\n",
+                step_cpu, step_cpu / step);
     std::printf(
         "  in the linears      %8.2f s  (%.0f %%); attention, norms, RoPE and the rest %.2f s\n",
         step_lin, 100 * step_lin / step, step - step_lin);
@@ -191,6 +204,7 @@ void run_bench_gen(const BenchGenOptions& o) {
                            {"prefill_s", prefill_s},
                            {"step_s", step},
                            {"step_linear_s", step_lin},
+                           {"step_cpu_s", step_cpu},
                            {"forward_s", forward_s},
                            {"forward_gflops", rate},
                            {"gemm_n512_gflops", gemm},
