@@ -185,6 +185,32 @@ TEST(BenchAwqCli, PrintsOneRowPerGroupNoWorseThanRtn) {
     EXPECT_EQ(one.out.find("qkv "), std::string::npos) << one.out;
 }
 
+// `bench gen` on the tiny synth: the stacked CFG step (default) and two forwards per step
+// (--no-cfg-batch), the step's split into linears and the rest, and the JSON record.
+TEST(BenchGenCli, StackedAndTwoForwardSteps) {
+    TempDir tmp;
+    const auto model = tmp / "tiny";
+    ASSERT_EQ(run_lancet("synth --preset tiny --out " + model.string()).exit_code, 0);
+    for (const bool stacked : {true, false}) {
+        const auto json = tmp / (stacked ? "a.json" : "b.json");
+        const RunResult r = run_lancet("-t 2 bench gen --model " + model.string() +
+                                       " --size 64 --steps 2 --reps 1 --json " + json.string() +
+                                       (stacked ? "" : " --no-cfg-batch"));
+        ASSERT_EQ(r.exit_code, 0) << r.err;
+        EXPECT_NE(r.out.find(stacked ? "one stacked forward" : "two noisy-block forwards"),
+                  std::string::npos)
+            << r.out;
+        EXPECT_NE(r.out.find("in the linears"), std::string::npos) << r.out;
+        const auto rec = nlohmann::json::parse(read_file(json));
+        EXPECT_EQ(rec.at("cfg_batch").get<bool>(), stacked);
+        EXPECT_EQ(rec.at("target_tokens").get<double>(), 16.0);
+        EXPECT_GT(rec.at("step_s").get<double>(), 0.0);
+        EXPECT_GE(rec.at("step_linear_s").get<double>(), 0.0);
+        EXPECT_LE(rec.at("step_linear_s").get<double>(), rec.at("step_s").get<double>());
+        EXPECT_GE(rec.at("step_cpu_s").get<double>(), 0.0);
+    }
+}
+
 TEST(BenchAwqCli, BadOptionsAreOneLineErrors) {
     for (const char* args : {"bench awq --groups qkv,mlp", "bench awq --hidden 100 --heads 16",
                              "bench awq --heads 16 --kv-heads 3", "bench awq --rows 2"}) {

@@ -262,5 +262,90 @@ TEST_F(DecodeStep, RejectsMalformedItems) {
     EXPECT_THROW(gdec.decode_step(text, out), Error);
 }
 
+// forward_chunks (CFG's stacked step): chunks of und and gen rows (text, a noise block, a clean
+// block) against caches of different lengths, appended, equal forward() of each chunk alone on its
+// own cache bit for bit with W4A8 on INT4 weights: the velocities, the cache sizes, and what a
+// later forward sees in the caches. Bad calls are one-line errors.
+TEST_F(DecodeStep, StackedChunksEqualEachChunkAlone) {
+    const auto ck = LanceCheckpoint::open(path("int4"));
+    const LanceConfig& c = ck->config();
+    const LanceWeights weights(*ck);
+    ThreadPool pool(2);
+    kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
+    ctx.act = kernels::ActMode::Int8;
+    DecoderSession dec(weights, ctx);
+    const size_t C = c.latent_channels;
+    std::mt19937 g(5);
+    auto latents = [&](size_t n) {
+        std::normal_distribution<float> nd;
+        std::vector<float> v(n * C);
+        for (float& x : v) x = nd(g);
+        return v;
+    };
+    auto ids = [&](size_t n) {
+        std::vector<int64_t> v(n);
+        for (auto& x : v) x = g() % 278;
+        return v;
+    };
+    // Three chunks: text + noise block 2x3; a clean 3x4 block; text only.
+    std::vector<Batch> chunks = {
+        SequenceBuilder(c)
+            .text(ids(2))
+            .latent_block(1, 2, 3, latents(6), 0.7f, SplitMode::Noise)
+            .build(),
+        SequenceBuilder(c).latent_block(1, 3, 4, latents(12), 0.0f, SplitMode::Full).build(),
+        SequenceBuilder(c).text(ids(5)).build()};
+    const size_t prompt_len[] = {20, 7, 70};
+    std::vector<KvCache> alone, stacked;
+    Outputs out;
+    ForwardOptions pre;
+    pre.logits = LogitRows::None;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+        Batch b;
+        b.token_ids = ids(prompt_len[i]);
+        b.positions = text_positions(0, b.token_ids.size());
+        alone.push_back(dec.make_cache());
+        dec.forward(b, &alone.back(), true, out, pre);
+        stacked.push_back(alone.back());
+    }
+    std::vector<float> want;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+        dec.forward(chunks[i], &alone[i], true, out, pre);
+        want.insert(want.end(), out.velocity.begin(), out.velocity.end());
+    }
+    std::vector<ChunkItem> items;
+    for (size_t i = 0; i < chunks.size(); ++i) items.push_back({&chunks[i], &stacked[i]});
+    Outputs got;
+    dec.forward_chunks(items, true, got, pre);
+    ASSERT_EQ(got.velocity.size(), want.size());
+    ASSERT_EQ(want.size(), 18 * C);
+    EXPECT_EQ(std::memcmp(got.velocity.data(), want.data(), want.size() * sizeof(float)), 0);
+    // The appended keys and values: a later text token on each cache gives the same logits.
+    ForwardOptions last;
+    last.logits = LogitRows::Last;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+        ASSERT_EQ(stacked[i].size(), alone[i].size());
+        Batch t;
+        t.token_ids = {9};
+        t.positions = text_positions(500, 1);
+        Outputs a, b;
+        dec.forward(t, &alone[i], false, a, last);
+        dec.forward(t, &stacked[i], false, b, last);
+        EXPECT_EQ(std::memcmp(a.logits.data(), b.logits.data(), c.vocab_size * sizeof(float)), 0)
+            << "chunk " << i;
+    }
+
+    const size_t before = stacked[0].size();
+    EXPECT_THROW(dec.forward_chunks({}, false, got), Error);
+    const ChunkItem shared[] = {{&chunks[0], &stacked[0]}, {&chunks[1], &stacked[0]}};
+    EXPECT_THROW(dec.forward_chunks(shared, false, got), Error);
+    const ChunkItem no_cache[] = {{&chunks[0], nullptr}};
+    EXPECT_THROW(dec.forward_chunks(no_cache, false, got), Error);
+    ForwardOptions logits;
+    logits.logits = LogitRows::Last;
+    EXPECT_THROW(dec.forward_chunks(items, false, got, logits), Error);
+    EXPECT_EQ(stacked[0].size(), before);
+}
+
 }  // namespace
 }  // namespace lancet

@@ -7,13 +7,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
 #include "core/numeric.h"
 #include "core/rng.h"
+#include "core/thread_pool.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "kernels/ops.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "pipeline/gen_tasks.h"
@@ -355,6 +358,78 @@ TEST_F(FlowModel, CachedPrefixEqualsFullSequence) {
         const SampleResult quirk = flow_sample(dec, s, o);
         EXPECT_GT(rel_l2(quirk.x, cached.x), 1e-6) << "the KV-path quirk changed nothing";
         for (float v : quirk.x) ASSERT_TRUE(std::isfinite(v));
+    }
+}
+
+// A CFG step as one stacked forward (both branches' noisy blocks through the linears together,
+// DecoderSession::forward_chunks) against two forwards, one per branch. With W4A8 on INT4 weights
+// every layer linear is row-independent (linear.h fixes its per-element arithmetic), the latent
+// bridge runs per chunk and every other op works row by row or per chunk: the trajectories are
+// bit-identical, for a block of 6 rows per branch (GEMV-sized alone, GEMM-sized stacked) and of
+// 20. With f32 activations the linears may sum in another order for another row count (more
+// accumulators below 9 rows): the first step's combined velocities, from identical inputs and
+// without bf16 rounding, agree within the bound DecodeStep derives per branch (1e-5 relative;
+// INT4 weights 4x: 4e-5) times the CFG combination's gain: v = v_u + g (v_c - v_u) carries
+// errors e_c, e_u as (1 + g) e_c + g e_u, at most (1 + 2g) times a branch's (9 at g = 4).
+TEST_F(FlowModel, StackedCfgStepEqualsTwoForwards) {
+    const std::string int4 = test::make_rtn_int4(model_, dir_->path() / "int4", 32);
+    ThreadPool pool(2);
+    struct Case {
+        std::string model;
+        kernels::ActMode act;
+        bool exact;
+        double bound;
+    };
+    const Case cases[] = {{model_, kernels::ActMode::F32, false, 1e-5},
+                          {int4, kernels::ActMode::F32, false, 4e-5},
+                          {int4, kernels::ActMode::Int8, true, 0}};
+    for (const Case& cs : cases) {
+        const auto ck = LanceCheckpoint::open(cs.model);
+        const LanceConfig& cfg = ck->config();
+        const Qwen2Tokenizer tok = Qwen2Tokenizer::load(cs.model);
+        const LanceWeights weights(*ck);
+        kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
+        ctx.act = cs.act;
+        DecoderSession dec(weights, ctx);
+        double worst = 0;
+        for (GenTask task : {GenTask::T2I, GenTask::I2V, GenTask::ImageEdit}) {
+            for (const int64_t lw : {3, 10}) {
+                SCOPED_TRACE(std::string(gen_task_name(task)) + " " + cs.model + " act " +
+                             kernels::act_mode_name(cs.act) + " block 2x" + std::to_string(lw));
+                const int64_t lt = task == GenTask::I2V ? 2 : 1;
+                const GenSequence s = build_gen_sequence(tok, cfg, input(task, cfg, lt, 2, lw));
+                FlowSamplerOptions o;
+                o.steps = 4;
+                o.keep_trajectory = true;
+                o.bf16_state = cs.exact;
+                const SampleResult stacked = flow_sample(dec, s, o);
+                o.cfg_batch = false;
+                const SampleResult apart = flow_sample(dec, s, o);
+                ASSERT_EQ(stacked.forwards, apart.forwards);
+                ASSERT_GT(stacked.cfg_steps, 0);
+                ASSERT_EQ(stacked.cfg_steps, apart.cfg_steps);
+                if (cs.exact) {
+                    for (int k = 0; k < o.steps; ++k) {
+                        size_t diff = 0;
+                        for (size_t i = 0; i < stacked.xs[k].size(); ++i)
+                            diff +=
+                                std::memcmp(&stacked.xs[k][i], &apart.xs[k][i], sizeof(float)) !=
+                                    0 ||
+                                std::memcmp(&stacked.vs[k][i], &apart.vs[k][i], sizeof(float)) != 0;
+                        EXPECT_EQ(diff, 0u) << "step " << k;
+                    }
+                } else {
+                    const double e = rel_l2(stacked.vs[0], apart.vs[0]);
+                    EXPECT_LT(e, (1 + 2 * o.cfg) * cs.bound) << "first step's combined velocity";
+                    EXPECT_TRUE(std::any_of(stacked.vs[0].begin(), stacked.vs[0].end(),
+                                            [](float v) { return v != 0; }));
+                    worst = std::max(worst, e);
+                }
+            }
+        }
+        if (!cs.exact)
+            std::printf("%s act %s: worst first-step rel-L2 %.3g (bound %.3g)\n", cs.model.c_str(),
+                        kernels::act_mode_name(cs.act), worst, 9 * cs.bound);
     }
 }
 

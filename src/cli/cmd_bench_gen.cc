@@ -1,6 +1,7 @@
 // `lancet bench gen`: the cost of generation on the decoder. Prefills a t2i condition prefix
 // into the two CFG caches, times the denoising steps of the size x size target block (each step:
-// one noisy-block forward per active CFG branch against the cached prefix, no append), counts the
+// the noisy block of every active CFG branch against its cached prefix, no append; both branches
+// in one stacked forward unless --no-cfg-batch), counts the
 // FLOPs one such forward executes (linears of the gen path, attention over prefix + block, the
 // latent bridge) and sets its rate against linear() at n = 512 on the gen expert's own gate
 // weight measured in the same run: the GEMM rate `bench kernels` reports for that weight type.
@@ -38,7 +39,8 @@ struct BenchGenOptions {
     int size = 512;  // target side in pixels (latent side size / 16)
     int steps = 3;   // timed denoising steps (all inside the CFG interval at the defaults)
     double cfg = 4.0;
-    int reps = 3;  // GEMM reference samples
+    int reps = 3;               // GEMM reference samples
+    bool no_cfg_batch = false;  // two forwards per CFG step (`run` stacks the branches)
 };
 
 // Multiply-adds of one noisy-block forward of n gen rows whose queries see `ctx_len` keys (the
@@ -85,22 +87,40 @@ void run_bench_gen(const BenchGenOptions& o) {
     FlowSamplerOptions fo;
     fo.steps = 30;  // Lance's schedule; only the first o.steps steps are run
     fo.cfg = o.cfg;
+    fo.cfg_batch = !o.no_cfg_batch;
     // The sampler reports cumulative seconds after each step; its cancel check (before every
     // step) ends the run once o.steps steps are timed.
     std::vector<double> cumulative;
     fo.on_step = [&](int, int, double secs) { cumulative.push_back(secs); };
-    fo.cancelled = [&] { return cumulative.size() >= static_cast<size_t>(o.steps); };
+    // Seconds inside the linears, read before every step (and once after the last): a step's
+    // share of them against the rest (attention, norms, RoPE, embeddings, copies).
+    std::vector<double> lin_marks, cpu_marks;
+    fo.cancelled = [&] {
+        lin_marks.push_back(kernels::linear_seconds());
+        cpu_marks.push_back(cpu_seconds());
+        return cumulative.size() >= static_cast<size_t>(o.steps);
+    };
+    kernels::reset_linear_seconds();
+    kernels::set_linear_timing(true);
     const auto t0 = Clock::now();
     try {
         flow_sample(dec, seq, fo);
     } catch (const SampleCancelled&) {
     }
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    kernels::set_linear_timing(false);
     std::vector<double> step_s;
     for (size_t k = 0; k < cumulative.size(); ++k)
         step_s.push_back(cumulative[k] - (k ? cumulative[k - 1] : 0.0));
     const double prefill_s = wall - cumulative.back();
-    const double step = median(step_s);
+    std::vector<double> sorted = step_s;
+    std::sort(sorted.begin(), sorted.end());
+    const double step = sorted[sorted.size() / 2];
+    // The linears' seconds of the median step.
+    const size_t median_k =
+        static_cast<size_t>(std::find(step_s.begin(), step_s.end(), step) - step_s.begin());
+    const double step_lin = lin_marks[median_k + 1] - lin_marks[median_k];
+    const double step_cpu = cpu_marks[median_k + 1] - cpu_marks[median_k];
     const bool cfg_on = o.cfg != 1.0;  // the first steps (sigma near 1) are inside the interval
     const double forward_s = step / (cfg_on ? 2 : 1);
     const double macs = noisy_forward_macs(cfg, n_gen, prefix + n_gen);
@@ -130,9 +150,16 @@ void run_bench_gen(const BenchGenOptions& o) {
                 o.size, n_gen, prefix, o.cfg);
     std::printf("prefill (both caches) %8.2f s\n", prefill_s);
     std::printf("denoising step        %8.2f s  (median of %zu; %s)\n", step, step_s.size(),
-                cfg_on ? "two noisy-block forwards" : "one noisy-block forward");
-    std::printf("noisy-block forward   %8.2f s  %.1f GFLOP, %.1f GFLOP/s\n", forward_s,
-                2 * macs / 1e9, rate);
+                !cfg_on           ? "one noisy-block forward"
+                : !o.no_cfg_batch ? "both branches' noisy blocks in one stacked forward"
+                                  : "two noisy-block forwards");
+    std::printf("  CPU time            %8.2f s  (user + system, all threads; %.2f cores busy)\n",
+                step_cpu, step_cpu / step);
+    std::printf(
+        "  in the linears      %8.2f s  (%.0f %%); attention, norms, RoPE and the rest %.2f s\n",
+        step_lin, 100 * step_lin / step, step - step_lin);
+    std::printf("noisy-block forward   %8.2f s  %.1f GFLOP, %.1f GFLOP/s%s\n", forward_s,
+                2 * macs / 1e9, rate, cfg_on && !o.no_cfg_batch ? " (half the stacked step)" : "");
     std::printf(
         "GEMM reference: linear() n=%zu on the [%zu, %zu] %s gen gate weight: %.1f GFLOP/s; "
         "the denoising forward reaches %.2f of it\n",
@@ -145,12 +172,15 @@ void run_bench_gen(const BenchGenOptions& o) {
         nlohmann::json rec{{"bench", "gen"},
                            {"model", o.model},
                            {"size", o.size},
+                           {"cfg_batch", !o.no_cfg_batch},
                            {"threads", pool.size()},
                            {"weights", kernels::weight_type_name(gw.type())},
                            {"prefix_tokens", prefix},
                            {"target_tokens", n_gen},
                            {"prefill_s", prefill_s},
                            {"step_s", step},
+                           {"step_linear_s", step_lin},
+                           {"step_cpu_s", step_cpu},
                            {"forward_s", forward_s},
                            {"forward_gflops", rate},
                            {"gemm_n512_gflops", gemm},
@@ -173,6 +203,8 @@ void add_bench_gen(CLI::App& bench) {
     g->add_option("--cfg", o->cfg, "CFG scale (default 4.0; 1 = one branch)");
     g->add_option("--reps", o->reps, "GEMM reference samples; median (default 3)");
     g->add_option("--json", o->json, "Also write one JSON record to this file");
+    g->add_flag("--no-cfg-batch", o->no_cfg_batch,
+                "Run the two CFG branches as two forwards instead of one stacked forward");
     g->callback([o] { run_bench_gen(*o); });
 }
 

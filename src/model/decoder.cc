@@ -394,72 +394,124 @@ void DecoderSession::check_batch(const Batch& b) const {
     if (!b.splits.empty()) check_splits(b.splits, n, "forward");
 }
 
-void DecoderSession::prepare(const Batch& b, KvCache& cache) {
-    const size_t n = b.size(), hd = w_.cfg_.head_dim();
-    const size_t P = cache.size();
-    // Geometric growth: decoding without a reservation must not copy the cache every token.
-    if (P + n > cache.capacity()) cache.reserve(std::max(P + n, cache.capacity() * 3 / 2 + 64));
+size_t DecoderSession::prepare(std::span<const ChunkItem> items) {
+    const size_t hd = w_.cfg_.head_dim();
+    size_t n = 0, n_und = 0;
+    for (const ChunkItem& it : items) {
+        const Batch& b = *it.batch;
+        KvCache& cache = *it.cache;
+        const size_t m = b.size(), P = cache.size();
+        // Geometric growth: decoding without a reservation must not copy the cache every token.
+        if (P + m > cache.capacity()) cache.reserve(std::max(P + m, cache.capacity() * 3 / 2 + 64));
+        n += m;
+        for (size_t i = 0; i < m; ++i) n_und += b.is_gen.empty() || !b.is_gen[i];
+    }
 
-    // Internal row order: und rows, then gen rows, each in sequence order, so every weight set
-    // sees one contiguous block of rows.
+    // Internal row order: the und rows of every chunk, then the gen rows of every chunk, each
+    // chunk's in sequence order, so every weight set sees one contiguous block of rows.
     auto& perm = s_.perm;
-    perm.clear();
-    for (size_t i = 0; i < n; ++i)
-        if (b.is_gen.empty() || !b.is_gen[i]) perm.push_back(static_cast<int32_t>(i));
-    const size_t n_gen = n - perm.size();
-    for (size_t i = 0; i < n && n_gen; ++i)
-        if (b.is_gen[i]) perm.push_back(static_cast<int32_t>(i));
-
+    perm.resize(n);
     s_.rope_pos.resize(n);
-    for (size_t r = 0; r < n; ++r) s_.rope_pos[r] = b.positions[perm[r]];
+    s_.groups.assign(items.size(), AttnGroup{});
+    size_t und_at = 0, gen_at = n_und, splits = 0;
+    for (size_t c = 0; c < items.size(); ++c) {
+        const Batch& b = *items[c].batch;
+        AttnGroup& g = s_.groups[c];
+        g.row0 = und_at;
+        for (size_t i = 0; i < b.size(); ++i)
+            if (b.is_gen.empty() || !b.is_gen[i]) {
+                perm[und_at] = static_cast<int32_t>(i);
+                s_.rope_pos[und_at++] = b.positions[i];
+            }
+        g.rows = und_at - g.row0;
+        g.row1 = gen_at;
+        for (size_t i = 0; i < b.size() && !b.is_gen.empty(); ++i)
+            if (b.is_gen[i]) {
+                perm[gen_at] = static_cast<int32_t>(i);
+                s_.rope_pos[gen_at++] = b.positions[i];
+            }
+        g.rows1 = gen_at - g.row1;
+        // One chunk (forward()), or a chunk of one path only: one contiguous range.
+        if (g.rows == 0) std::swap(g.row0, g.row1), std::swap(g.rows, g.rows1);
+        if (g.rows1 && g.row0 + g.rows == g.row1) g.rows += g.rows1, g.rows1 = 0;
+        splits += b.splits.empty() ? 1 : b.splits.size();
+    }
     kernels::rope_angles_mrope(s_.rope_pos.data(), n, hd, w_.cfg_.mrope_section, w_.cfg_.rope_theta,
                                s_.rope);
 
-    // Split bookkeeping in sequence order.
+    // Split bookkeeping in sequence order, chunk after chunk (sized first: the masks point in).
     s_.split_of.resize(n);
-    s_.modes.clear();
-    s_.split_end.clear();
-    if (b.splits.empty()) {
-        std::fill(s_.split_of.begin(), s_.split_of.end(), 0);
-        s_.modes.push_back(kernels::AttnSplit::Causal);
-        s_.split_end.push_back(static_cast<int32_t>(n));
-    } else {
-        size_t at = 0;
-        for (size_t sp = 0; sp < b.splits.size(); ++sp) {
-            for (int64_t i = 0; i < b.splits[sp].len; ++i)
-                s_.split_of[at++] = static_cast<int32_t>(sp);
-            s_.modes.push_back(static_cast<kernels::AttnSplit>(b.splits[sp].mode));
-            s_.split_end.push_back(static_cast<int32_t>(at));
+    s_.modes.resize(splits);
+    s_.split_end.resize(splits);
+    for (size_t c = 0, at0 = 0, sp0 = 0; c < items.size(); ++c) {
+        const Batch& b = *items[c].batch;
+        KvCache& cache = *items[c].cache;
+        const size_t m = b.size(), P = cache.size();
+        int32_t* split_of = &s_.split_of[at0];
+        kernels::AttnSplit* modes = &s_.modes[sp0];
+        int32_t* split_end = &s_.split_end[sp0];
+        if (b.splits.empty()) {
+            std::fill(split_of, split_of + m, 0);
+            modes[0] = kernels::AttnSplit::Causal;
+            split_end[0] = static_cast<int32_t>(m);
+            sp0 += 1;
+        } else {
+            size_t at = 0;
+            for (size_t sp = 0; sp < b.splits.size(); ++sp) {
+                for (int64_t i = 0; i < b.splits[sp].len; ++i)
+                    split_of[at++] = static_cast<int32_t>(sp);
+                modes[sp] = static_cast<kernels::AttnSplit>(b.splits[sp].mode);
+                split_end[sp] = static_cast<int32_t>(at);
+            }
+            sp0 += b.splits.size();
         }
+        for (size_t i = 0; i < m; ++i)
+            cache.hidden()[P + i] = modes[split_of[i]] == kernels::AttnSplit::Noise;
+        AttnGroup& g = s_.groups[c];
+        g.cache = &cache;
+        kernels::AttnMask& mask = g.mask;
+        mask = {};
+        mask.kind = kernels::AttnMask::Kind::Splits;
+        mask.n_cached = P;
+        mask.cached_hidden = cache.hidden();
+        mask.split_of = split_of;
+        mask.modes = modes;
+        mask.split_end = split_end;
+        at0 += m;
     }
-    for (size_t i = 0; i < n; ++i)
-        cache.hidden()[P + i] = s_.modes[s_.split_of[i]] == kernels::AttnSplit::Noise;
-    kernels::AttnMask& mask = s_.mask;
-    mask = {};
-    mask.kind = kernels::AttnMask::Kind::Splits;
-    mask.n_cached = P;
-    mask.cached_hidden = cache.hidden();
-    mask.split_of = s_.split_of.data();
-    mask.modes = s_.modes.data();
-    mask.split_end = s_.split_end.data();
+    return n_und;
 }
 
-void DecoderSession::embed_rows(const Batch& b) {
-    const size_t n = b.size(), H = w_.cfg_.hidden_size;
-    const auto& perm = s_.perm;
-    size_t n_und = 0;
-    for (size_t r = 0; r < n; ++r) n_und += b.is_gen.empty() || !b.is_gen[perm[r]];
-    const size_t n_gen = n - n_und;
+void DecoderSession::embed_rows(std::span<const ChunkItem> items) {
+    const size_t H = w_.cfg_.hidden_size;
+    size_t n = 0;
+    for (const ChunkItem& it : items) n += it.batch->size();
     grow(s_.x, n * H);
     float* x = s_.x.data();
-    if (b.embeddings) {
-        for (size_t r = 0; r < n; ++r) std::copy_n(b.embeddings + perm[r] * H, H, x + r * H);
-    } else {
-        for (size_t r = 0; r < n_und; ++r) w_.embed_tokens(&b.token_ids[perm[r]], 1, x + r * H);
+    const auto& perm = s_.perm;
+    for (size_t c = 0; c < items.size(); ++c) {
+        const Batch& b = *items[c].batch;
+        const AttnGroup& g = s_.groups[c];
+        // The chunk's rows: [row0, row0 + rows) then [row1, row1 + rows1).
+        const size_t seg[2][2] = {{g.row0, g.rows}, {g.row1, g.rows1}};
+        if (b.embeddings) {
+            for (const auto& sg : seg)
+                for (size_t r = sg[0]; r < sg[0] + sg[1]; ++r)
+                    std::copy_n(b.embeddings + perm[r] * H, H, x + r * H);
+            continue;
+        }
+        for (const auto& sg : seg)
+            for (size_t r = sg[0]; r < sg[0] + sg[1]; ++r)
+                if (b.is_gen.empty() || !b.is_gen[perm[r]])
+                    w_.embed_tokens(&b.token_ids[perm[r]], 1, x + r * H);
+        // The chunk's gen rows are one contiguous range in sequence order (the last segment);
         // embed_latents uses s_.tmp, s_.feat, s_.o and s_.h, never s_.x.
-        if (n_gen)
+        const size_t n_gen = b.timesteps.size();
+        if (n_gen) {
+            const size_t r0 = g.rows1 ? g.row1 : g.row0 + g.rows - n_gen;
             embed_latents(b.latents.data(), b.timesteps.data(), b.pe3d_index.data(), n_gen,
-                          x + n_und * H);
+                          x + r0 * H);
+        }
     }
 }
 
@@ -468,8 +520,9 @@ void DecoderSession::embed_inputs(const Batch& b, float* out) {
     const size_t n = b.size(), H = w_.cfg_.hidden_size;
     KvCache& cache = s_.own_cache;
     cache.clear();
-    prepare(b, cache);
-    embed_rows(b);
+    const ChunkItem item{&b, &cache};
+    prepare(std::span<const ChunkItem>(&item, 1));
+    embed_rows(std::span<const ChunkItem>(&item, 1));
     for (size_t r = 0; r < n; ++r) std::copy_n(&s_.x[r * H], H, out + s_.perm[r] * H);
 }
 
@@ -483,17 +536,15 @@ void DecoderSession::forward_layer(const Batch& b, int l, const LayerPathWeights
     KvCache& cache = s_.own_cache;
     if (!cache.matches(w_.cfg_)) fail("forward_layer: the KV cache was made for another model");
     cache.clear();
-    prepare(b, cache);
-    size_t n_und = 0;
-    for (size_t r = 0; r < n; ++r) n_und += b.is_gen.empty() || !b.is_gen[s_.perm[r]];
+    const ChunkItem item{&b, &cache};
+    const size_t n_und = prepare(std::span<const ChunkItem>(&item, 1));
     if ((n_und > 0 && !und) || (n_und < n && !gen))
         fail("forward_layer: layer ", l, ": no weights for the batch's ",
              n_und > 0 && !und ? "und" : "gen", " rows");
     grow(s_.x, n * H);
     for (size_t r = 0; r < n; ++r) std::copy_n(x + s_.perm[r] * H, H, &s_.x[r * H]);
     const LayerPathWeights* paths[2] = {und, gen};
-    const AttnGroup group{0, n, &cache, s_.mask};
-    run_layer(l, n, n_und, std::span<const AttnGroup>(&group, 1), observer, paths);
+    run_layer(l, n, n_und, s_.groups, observer, paths);
     for (size_t r = 0; r < n; ++r) std::copy_n(&s_.x[r * H], H, x + s_.perm[r] * H);
 }
 
@@ -507,19 +558,16 @@ void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Out
     if (!cache.matches(w_.cfg_)) fail("forward: the KV cache was made for another model shape");
     if (!cache_in) cache.clear();
     const size_t P = cache.size();
-    prepare(b, cache);
-    embed_rows(b);
+    const ChunkItem item{&b, &cache};
+    const size_t n_und = prepare(std::span<const ChunkItem>(&item, 1));
+    embed_rows(std::span<const ChunkItem>(&item, 1));
     const auto& perm = s_.perm;
-    size_t n_und = 0;
-    for (size_t r = 0; r < n; ++r) n_und += b.is_gen.empty() || !b.is_gen[perm[r]];
     const size_t n_gen = n - n_und;
     float* x = s_.x.data();
-    const kernels::AttnMask& mask = s_.mask;
 
-    const AttnGroup group{0, n, &cache, mask};
     if (opt.layer_out) out.layer_out.resize(w_.cfg_.num_hidden_layers);
     for (int l = 0; l < w_.cfg_.num_hidden_layers; ++l) {
-        run_layer(l, n, n_und, std::span<const AttnGroup>(&group, 1), opt.observer);
+        run_layer(l, n, n_und, s_.groups, opt.observer);
         if (opt.layer_out) {
             out.layer_out[l].resize(n * H);
             for (size_t r = 0; r < n; ++r)
@@ -555,6 +603,54 @@ void DecoderSession::forward(const Batch& b, KvCache* cache_in, bool append, Out
         if (n_gen)
             lin(ctx_, fin + n_und * H, n_gen, w_.llm2vae_, w_.llm2vae_b_.data(),
                 out.velocity.data());
+    }
+}
+
+void DecoderSession::forward_chunks(std::span<const ChunkItem> items, bool append, Outputs& out,
+                                    const ForwardOptions& opt) {
+    if (items.empty()) fail("forward_chunks: no chunks");
+    if (w_.embeddings_only_)
+        fail("forward_chunks: the weights were loaded with embeddings only (layer-by-layer runs)");
+    if (opt.logits != LogitRows::None || opt.final_hidden || opt.layer_out)
+        fail(
+            "forward_chunks: only the velocity is an output (logits None, no final_hidden or "
+            "layer_out)");
+    const size_t H = w_.cfg_.hidden_size, C = w_.cfg_.latent_channels;
+    size_t n = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+        const ChunkItem& it = items[i];
+        if (!it.batch || !it.cache || !it.cache->matches(w_.cfg_))
+            fail("forward_chunks: chunk ", i, " has no batch or no KV cache of this model's shape");
+        for (size_t j = 0; j < i; ++j)
+            if (items[j].cache == it.cache)
+                fail("forward_chunks: chunks ", j, " and ", i, " share one KV cache");
+        check_batch(*it.batch);
+        if (it.batch->embeddings) fail("forward_chunks: chunk ", i, " brings embeddings");
+        n += it.batch->size();
+    }
+    std::vector<size_t> P(items.size());
+    for (size_t i = 0; i < items.size(); ++i) P[i] = items[i].cache->size();
+    const size_t n_und = prepare(items);
+    embed_rows(items);
+    for (int l = 0; l < w_.cfg_.num_hidden_layers; ++l)
+        run_layer(l, n, n_und, s_.groups, opt.observer);
+    for (size_t i = 0; i < items.size(); ++i)
+        items[i].cache->set_size(append ? P[i] + items[i].batch->size() : P[i]);
+
+    // The gen rows' final norm, then llm2vae per chunk (the row count forward() gives it).
+    const size_t n_gen = n - n_und;
+    float* x = s_.x.data();
+    grow(s_.h, n_gen * H);
+    kernels::rms_norm(ctx_, view(x + n_und * H, n_gen, H), w_.norm_[1].data(),
+                      static_cast<float>(w_.cfg_.rms_norm_eps), view(s_.h.data(), n_gen, H));
+    out.logit_rows = 0;
+    if (!opt.velocity) return;
+    out.velocity.resize(n_gen * C);
+    for (size_t i = 0, at = 0; i < items.size(); ++i) {
+        const size_t m = items[i].batch->timesteps.size();
+        if (m)
+            lin(ctx_, &s_.h[at * H], m, w_.llm2vae_, w_.llm2vae_b_.data(), &out.velocity[at * C]);
+        at += m;
     }
 }
 
@@ -602,7 +698,8 @@ void DecoderSession::decode_step(std::span<const DecodeItem> items, Outputs& out
             cache.hidden()[P + j] = 0;
         }
         s_.split_end[i] = static_cast<int32_t>(m);
-        AttnGroup g{r, m, &cache, {}};
+        AttnGroup g;
+        g.row0 = r, g.rows = m, g.cache = &cache;
         g.mask.kind = kernels::AttnMask::Kind::Splits;
         g.mask.n_cached = P;
         g.mask.cached_hidden = cache.hidden();
@@ -614,7 +711,8 @@ void DecoderSession::decode_step(std::span<const DecodeItem> items, Outputs& out
     }
     kernels::rope_angles_mrope(s_.rope_pos.data(), n, hd, w_.cfg_.mrope_section, w_.cfg_.rope_theta,
                                s_.rope);
-    for (int l = 0; l < w_.cfg_.num_hidden_layers; ++l) run_layer(l, n, n, s_.groups, {});
+    for (int l = 0; l < w_.cfg_.num_hidden_layers; ++l)
+        run_layer(l, n, n, s_.groups, {}, nullptr, true);
     for (const AttnGroup& g : s_.groups) g.cache->set_size(g.mask.n_cached + g.rows);
 
     // Each item's last row: the und final norm, then lm_head on those rows together.
@@ -637,7 +735,7 @@ void DecoderSession::decode_step(std::span<const DecodeItem> items, Outputs& out
 
 void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const AttnGroup> groups,
                                const ActivationObserver& observer,
-                               const LayerPathWeights* const* paths) {
+                               const LayerPathWeights* const* paths, bool parallel_groups) {
     const size_t H = w_.cfg_.hidden_size, hd = w_.cfg_.head_dim(), nh = w_.cfg_.num_attention_heads,
                  nkv = w_.cfg_.num_key_value_heads, qd = w_.cfg_.q_dim(), kvd = w_.cfg_.kv_dim(),
                  I = w_.cfg_.intermediate_size;
@@ -676,17 +774,35 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
         s_.rope);
     auto attend = [&](const AttnGroup& grp, kernels::AttentionScratch& scratch) {
         KvCache& cache = *grp.cache;
-        const size_t P = grp.mask.n_cached, cap = cache.capacity(), r0 = grp.row0, rows = grp.rows;
+        const size_t P = grp.mask.n_cached, cap = cache.capacity(), rows = grp.rows + grp.rows1;
+        const size_t seg[2][2] = {{grp.row0, grp.rows}, {grp.row1, grp.rows1}};
         // Keys and values go to the cache slots of their sequence positions (a chunk run without
         // append still uses the slots past size(); the size is not advanced).
         float* kc = cache.k(l);
         float* vc = cache.v(l);
-        for (size_t r = r0; r < r0 + rows; ++r) {
-            const size_t a = P + s_.perm[r];
-            for (size_t g = 0; g < nkv; ++g) {
-                std::copy_n(&s_.k[r * kvd + g * hd], hd, kc + (g * cap + a) * hd);
-                std::copy_n(&s_.v[r * kvd + g * hd], hd, vc + (g * cap + a) * hd);
+        for (const auto& sg : seg)
+            for (size_t r = sg[0]; r < sg[0] + sg[1]; ++r) {
+                const size_t a = P + s_.perm[r];
+                for (size_t g = 0; g < nkv; ++g) {
+                    std::copy_n(&s_.k[r * kvd + g * hd], hd, kc + (g * cap + a) * hd);
+                    std::copy_n(&s_.v[r * kvd + g * hd], hd, vc + (g * cap + a) * hd);
+                }
             }
+        // A chunk in two row ranges (forward_chunks) attends as one block of rows in the order
+        // forward() gives them: its queries and row indices gathered, the output scattered back.
+        const float* q = &s_.q[grp.row0 * qd];
+        const int32_t* q_index = s_.perm.data() + grp.row0;
+        float* att = &s_.att[grp.row0 * qd];
+        if (grp.rows1) {
+            grow(s_.q_g, rows * qd);
+            grow(s_.att_g, rows * qd);
+            s_.perm_g.resize(rows);
+            for (size_t i = 0, j = 0; i < 2; ++i)
+                for (size_t r = seg[i][0]; r < seg[i][0] + seg[i][1]; ++r, ++j) {
+                    std::copy_n(&s_.q[r * qd], qd, &s_.q_g[j * qd]);
+                    s_.perm_g[j] = s_.perm[r];
+                }
+            q = s_.q_g.data(), q_index = s_.perm_g.data(), att = s_.att_g.data();
         }
         // The cache holds [kv_head][capacity][hd]; attention sees its first P + rows positions.
         const int64_t keys = static_cast<int64_t>(P + rows);
@@ -694,22 +810,24 @@ void DecoderSession::run_layer(int l, size_t n, size_t n_und, std::span<const At
             kernels::TensorRef::contiguous(kc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
         kernels::TensorRef vr =
             kernels::TensorRef::contiguous(vc, {int64_t(nkv), int64_t(cap), int64_t(hd)});
-        kernels::attention(ctx,
-                           kernels::TensorRef::contiguous(
-                               &s_.q[r0 * qd], {int64_t(rows), int64_t(nh), int64_t(hd)}),
-                           s_.perm.data() + r0, kr.slice(1, 0, keys), vr.slice(1, 0, keys),
-                           grp.mask, 0.0f,
-                           kernels::TensorRef::contiguous(
-                               &s_.att[r0 * qd], {int64_t(rows), int64_t(nh), int64_t(hd)}),
-                           scratch);
+        kernels::attention(
+            ctx, kernels::TensorRef::contiguous(q, {int64_t(rows), int64_t(nh), int64_t(hd)}),
+            q_index, kr.slice(1, 0, keys), vr.slice(1, 0, keys), grp.mask, 0.0f,
+            kernels::TensorRef::contiguous(att, {int64_t(rows), int64_t(nh), int64_t(hd)}),
+            scratch);
+        if (grp.rows1)
+            for (size_t i = 0, j = 0; i < 2; ++i)
+                for (size_t r = seg[i][0]; r < seg[i][0] + seg[i][1]; ++r, ++j)
+                    std::copy_n(&s_.att_g[j * qd], qd, &s_.att[r * qd]);
     };
-    if (groups.size() == 1) {
-        attend(groups[0], s_.attn);  // one sequence: attention splits its heads over the pool
+    if (!parallel_groups) {
+        // One sequence, or a few long ones: attention splits each one's heads over the pool.
+        for (const AttnGroup& g : groups) attend(g, s_.attn);
     } else {
-        // Several sequences (decode_step): one per pool share at a time, so a step of short
-        // attentions costs one pool dispatch instead of one per sequence. attention() called
-        // inside the job runs inline; its results do not depend on the thread count, so each
-        // sequence's output is the one it gets alone.
+        // Many short sequences (decode_step, one row range each): one per pool share at a time,
+        // so a step of short attentions costs one pool dispatch instead of one per sequence.
+        // attention() called inside the job runs inline; its results do not depend on the
+        // thread count, so each sequence's output is the one it gets alone.
         ThreadPool& pool = ctx.threads();
         if (s_.attn_shares.size() < pool.size()) s_.attn_shares.resize(pool.size());
         pool.run([&](size_t share, size_t n_shares) {

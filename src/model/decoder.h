@@ -149,6 +149,12 @@ struct DecodeItem {
     KvCache* cache = nullptr;                 // this sequence's own cache
 };
 
+// One chunk of DecoderSession::forward_chunks: a batch continuing the tokens of its own cache.
+struct ChunkItem {
+    const Batch* batch = nullptr;
+    KvCache* cache = nullptr;
+};
+
 struct DecoderOptions {
     // Logits at ids >= this are -inf (Lance uses len(tokenizer)); <= 0: vocab_size.
     int64_t logits_limit = 0;
@@ -262,6 +268,19 @@ class DecoderSession {
     // more accumulators for fewer rows and switch to the GEMM above 8 rows).
     void decode_step(std::span<const DecodeItem> items, Outputs& out);
 
+    // Several chunks in one pass, each continuing its own cache (CFG: the conditional and the
+    // unconditional noisy block of a denoising step): the linears of each path run once on the
+    // rows of all chunks stacked (each weight is read once for the step, at twice the rows);
+    // attention runs per chunk against its own cache, one chunk after the other over the whole
+    // pool. append as in forward(). out.velocity [sum of n_gen_i, latent_channels] holds the gen
+    // rows chunk after chunk, each chunk's in sequence order; the only outputs (opt.logits must
+    // be None, no final_hidden / layer_out; the observer sees each path's stacked rows). A
+    // chunk's velocity equals forward() of it alone on its cache under decode_step's condition
+    // (bit-identical when the layer linears are row-independent, e.g. W4A8 on INT4 weights; the
+    // embeddings and llm2vae run per chunk as forward() runs them). Chunks share no cache.
+    void forward_chunks(std::span<const ChunkItem> items, bool append, Outputs& out,
+                        const ForwardOptions& opt = {});
+
     // Input embeddings: embed_tokens rows; vae2llm(latent) + TimestepEmbedder(t) + PE3D[pos_id].
     void embed_tokens(const int64_t* ids, size_t n, float* out) const {
         w_.embed_tokens(ids, n, out);
@@ -286,33 +305,38 @@ class DecoderSession {
 
   private:
     void check_batch(const Batch& b) const;
-    // Rows [row0, row0 + rows) of the chunk attend together against `cache` under `mask`; their
-    // keys/values go to the cache slots n_cached + perm[r] (perm: the row's position in its own
-    // chunk). forward() and forward_layer() have one group, decode_step() one per sequence.
+    // One chunk's rows attend together against `cache` under `mask`: rows [row0, row0 + rows)
+    // and, when rows1 > 0, [row1, row1 + rows1) after them (a stacked chunk's und rows lie
+    // before every chunk's gen rows); their keys/values go to the cache slots n_cached + perm[r]
+    // (perm: the row's position in its own chunk). forward() and forward_layer() have one group,
+    // decode_step() and forward_chunks() one per sequence.
     struct AttnGroup {
         size_t row0 = 0, rows = 0;
+        size_t row1 = 0, rows1 = 0;
         KvCache* cache = nullptr;
         kernels::AttnMask mask;
     };
-    // Row order, RoPE angles and the split mask of `b` after the `cache`'s tokens (s_.perm,
-    // s_.rope, s_.mask), then the input embeddings into s_.x in that row order.
-    void prepare(const Batch& b, KvCache& cache);
-    void embed_rows(const Batch& b);
-    // paths: the und and gen weights of layer l (null: LanceWeights' own).
+    // Row order of the chunks stacked (every chunk's und rows, then every chunk's gen rows, each
+    // chunk's in sequence order: s_.perm), RoPE angles (s_.rope), each chunk's split mask after
+    // its cache's tokens (s_.groups); returns the number of und rows.
+    size_t prepare(std::span<const ChunkItem> items);
+    // The input embeddings into s_.x in that row order (each chunk's gen rows embedded alone).
+    void embed_rows(std::span<const ChunkItem> items);
+    // paths: the und and gen weights of layer l (null: LanceWeights' own). parallel_groups: one
+    // group per pool share at a time (many short sequences) instead of one after the other.
     void run_layer(int l, size_t n, size_t n_und, std::span<const AttnGroup> groups,
                    const ActivationObserver& observer,
-                   const LayerPathWeights* const* paths = nullptr);
+                   const LayerPathWeights* const* paths = nullptr, bool parallel_groups = false);
 
     const LanceWeights& w_;
     kernels::OpContext ctx_;
 
     // Scratch, grown on demand and reused.
     struct Scratch {
-        std::vector<int32_t> perm, split_of, split_end;
+        std::vector<int32_t> perm, split_of, split_end, perm_g;
         std::vector<AttnGroup> groups;
         std::vector<kernels::AttnSplit> modes;
-        kernels::AttnMask mask;
-        std::vector<float> x, h, q, k, v, att, o, gate, up, feat, tmp;
+        std::vector<float> x, h, q, k, v, att, o, gate, up, feat, tmp, q_g, att_g;
         std::vector<RopePosition> rope_pos;
         kernels::RopeTable rope;
         std::vector<float> t_unique;

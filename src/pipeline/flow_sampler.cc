@@ -340,11 +340,24 @@ SampleResult flow_sample(DecoderSession& dec, const GenSequence& seq, const Flow
             std::copy_n(out.velocity.begin() + off * C, nblk * C, dst.begin());
             ++r.forwards;
         };
-        branch(false, vc);
+        const bool stacked = use_cfg && o.kv_cache && o.cfg_batch;
+        if (stacked) {
+            // Both branches' noisy blocks in one forward, each against its own cache.
+            const Batch chunk_c = work.slice(nb, ne);
+            Batch chunk_u = chunk_c;
+            chunk_u.positions.assign(upos_full.begin() + nb, upos_full.begin() + ne);
+            const ChunkItem items[2] = {{&chunk_c, &cache_c}, {&chunk_u, &cache_u}};
+            dec.forward_chunks(items, false, out, fo);
+            std::copy_n(out.velocity.begin(), nblk * C, vc.begin());
+            std::copy_n(out.velocity.begin() + nblk * C, nblk * C, vu.begin());
+            r.forwards += 2;
+        } else {
+            branch(false, vc);
+        }
         std::fill(v.begin(), v.end(), 0.0f);
         float* vb = v.data() + g0 * C;
         if (use_cfg) {
-            branch(true, vu);
+            if (!stacked) branch(true, vu);
             cfg_combine(vc.data(), vu.data(), nblk * C, o.cfg, b16, vb);
             ++r.cfg_steps;
         } else {

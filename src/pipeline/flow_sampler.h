@@ -62,6 +62,10 @@ struct FlowSamplerOptions {
     // false: Lance's non-KV path, the whole sequence (conditional and unconditional) every step.
     // Needs uncond_cache_cond_positions = false to mean the same thing as the cached path.
     bool kv_cache = true;
+    // With the KV cache, a CFG step runs the conditional and the unconditional noisy block as
+    // one stacked forward (DecoderSession::forward_chunks: each weight read once for both);
+    // false: two forwards, one per branch (the same velocities; for checking and timing).
+    bool cfg_batch = true;
     bool keep_trajectory = false;  // fill SampleResult::xs / vs
     // Sees every linear input of every forward (prefill and steps, both branches): calibration
     // records gen-path statistics from real trajectories through it.
@@ -84,7 +88,7 @@ struct SampleResult {
     std::vector<std::vector<float>> vs;  // per step k: the combined velocity [N, C] (0 off-target)
     double prefill_seconds = 0;
     std::vector<double> step_seconds;
-    int forwards = 0;  // noisy-block (or full-sequence) forwards
+    int forwards = 0;  // noisy-block (or full-sequence) forwards; a stacked CFG pair counts 2
     int cfg_steps = 0;
 };
 
