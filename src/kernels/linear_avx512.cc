@@ -56,21 +56,21 @@ inline void prefetch_lines(const void* p, size_t bytes) {
 // block's end it goes on at that offset in the next pair (blocks ba + 2, bb + 2), which is what
 // the thread reads next in its range, so a pair's first lines are in flight before it starts
 // (with blocks of 2048 columns, prefetching only within the pair left a quarter of the lines to
-// demand misses). Never past the weight's last block.
+// demand misses). Nothing at or past `end` (the weight's last block) is requested.
 struct PairStream {
     const char* base;
-    size_t block_bytes, n_blocks;
+    size_t block_bytes;
+    const char* end;
+    PairStream(const void* p, size_t block, size_t n_blocks)
+        : base(static_cast<const char*>(p)), block_bytes(block), end(base + block * n_blocks) {}
     void prefetch(size_t ba, size_t bb, size_t at, size_t dist, size_t bytes) const {
-        for (size_t k = 0; k < (bb != ba ? 2u : 1u); ++k) {
-            size_t blk = k ? bb : ba, o = at + dist;
-            while (o >= block_bytes) {
-                o -= block_bytes;
-                blk += 2;
-            }
-            if (blk >= n_blocks) continue;
-            const char* c = base + blk * block_bytes + o;
-            for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
-        }
+        size_t o = at + dist;
+        if (o >= block_bytes) o += block_bytes;  // the same offset into block ba + 2 (bb + 2)
+        const char* a = base + ba * block_bytes + o;
+        for (size_t i = 0; i < bytes && a + i < end; i += 64) _mm_prefetch(a + i, _MM_HINT_T0);
+        if (bb == ba) return;
+        const char* b = a + block_bytes;
+        for (size_t i = 0; i < bytes && b + i < end; i += 64) _mm_prefetch(b + i, _MM_HINT_T0);
     }
 };
 
@@ -293,7 +293,7 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
 #pragma GCC unroll 8
         for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
     constexpr size_t kEs = kBf16 ? 2 : 4;
-    const PairStream stream{static_cast<const char*>(p.data), in * kRowBlock * kEs, p.n_blocks};
+    const PairStream stream(p.data, in * kRowBlock * kEs, p.n_blocks);
     size_t k = 0;
     for (; k + NA <= in; k += NA) {
         // NA columns of a block are NA * 8 * kEs bytes: one line (bf16, NA = 4 at NR = 2) or
