@@ -202,12 +202,11 @@ LinearWeight::LinearWeight(const WeightView& v)
         }
         case WeightType::Q4: {
             const size_t chunks = in / 8, groups = in / group_size_;
-            data_ = AlignedBuffer(nb * chunks * kRowBlock * 4);
-            scales_ = AlignedBuffer(nb * groups * kRowBlock * sizeof(uint16_t));
-            zeros_ = AlignedBuffer(nb * groups * kRowBlock);
+            allocate(nb * chunks * kRowBlock * 4, nb * groups * kRowBlock * sizeof(uint16_t),
+                     nb * groups * kRowBlock);
             uint32_t* d = data_.as<uint32_t>();
-            uint16_t* s = scales_.as<uint16_t>();
-            uint8_t* z = zeros_.as<uint8_t>();
+            uint16_t* s = reinterpret_cast<uint16_t*>(data_.data() + scales_at_);
+            uint8_t* z = data_.data() + zeros_at_;
             pool.parallel_for(nb, [&](size_t b0, size_t b1) {
                 for (size_t b = b0; b < b1; ++b)
                     for (size_t r = 0; r < kRowBlock && b * kRowBlock + r < out_; ++r) {
@@ -228,12 +227,11 @@ LinearWeight::LinearWeight(const WeightView& v)
         }
         case WeightType::Int5: {
             const size_t chunks = in / 4, groups = in / group_size_;
-            data_ = AlignedBuffer(nb * chunks * kRowBlock * 4);
-            scales_ = AlignedBuffer(nb * groups * kRowBlock * sizeof(uint16_t));
-            zeros_ = AlignedBuffer(nb * groups * kRowBlock);
+            allocate(nb * chunks * kRowBlock * 4, nb * groups * kRowBlock * sizeof(uint16_t),
+                     nb * groups * kRowBlock);
             uint32_t* d = data_.as<uint32_t>();
-            uint16_t* s = scales_.as<uint16_t>();
-            uint8_t* z = zeros_.as<uint8_t>();
+            uint16_t* s = reinterpret_cast<uint16_t*>(data_.data() + scales_at_);
+            uint8_t* z = data_.data() + zeros_at_;
             std::atomic<bool> bad{false};
             pool.parallel_for(nb, [&](size_t b0, size_t b1) {
                 uint8_t any = 0;  // OR of every code: > 31 iff some code is
@@ -261,10 +259,9 @@ LinearWeight::LinearWeight(const WeightView& v)
         }
         case WeightType::Nvfp4: {
             const size_t chunks = in / 8, blocks = in / kNvfp4Block;
-            data_ = AlignedBuffer(nb * chunks * kRowBlock * 4);
-            scales_ = AlignedBuffer(nb * blocks * kRowBlock * sizeof(uint16_t));
+            allocate(nb * chunks * kRowBlock * 4, nb * blocks * kRowBlock * sizeof(uint16_t), 0);
             uint32_t* d = data_.as<uint32_t>();
-            uint16_t* s = scales_.as<uint16_t>();
+            uint16_t* s = reinterpret_cast<uint16_t*>(data_.data() + scales_at_);
             pool.parallel_for(nb, [&](size_t b0, size_t b1) {
                 for (size_t b = b0; b < b1; ++b)
                     for (size_t r = 0; r < kRowBlock && b * kRowBlock + r < out_; ++r) {
@@ -318,12 +315,12 @@ void LinearWeight::dequantize_row(size_t o, float* dst) const {
             break;
         }
         case WeightType::Q4:
-            dequantize_zero_point_row(data_.as<uint32_t>(), scales_.as<uint16_t>(),
-                                      zeros_.as<uint8_t>(), b, r, in, group_size_, 4, dst);
+            dequantize_zero_point_row(data_.as<uint32_t>(), scales(), zeros(), b, r, in,
+                                      group_size_, 4, dst);
             break;
         case WeightType::Int5:
-            dequantize_zero_point_row(data_.as<uint32_t>(), scales_.as<uint16_t>(),
-                                      zeros_.as<uint8_t>(), b, r, in, group_size_, 8, dst);
+            dequantize_zero_point_row(data_.as<uint32_t>(), scales(), zeros(), b, r, in,
+                                      group_size_, 8, dst);
             break;
         case WeightType::Nvfp4: {
             const size_t chunks = in / 8, blocks = in / kNvfp4Block;
@@ -331,8 +328,8 @@ void LinearWeight::dequantize_row(size_t o, float* dst) const {
             for (size_t i = 0; i < in; ++i) {
                 const unsigned c =
                     (d[(b * chunks + i / 8) * kRowBlock + r] >> (4 * (i % 8))) & 0xfu;
-                const float s = bf16_to_f32(
-                    scales_.as<uint16_t>()[(b * blocks + i / kNvfp4Block) * kRowBlock + r]);
+                const float s =
+                    bf16_to_f32(scales()[(b * blocks + i / kNvfp4Block) * kRowBlock + r]);
                 const float m = kE2m1Magnitude[c & 7] * s;
                 dst[i] = c & 8 ? -m : m;
             }
@@ -359,14 +356,7 @@ size_t LinearWeight::file_bytes() const {
 }
 
 PackedView LinearWeight::packed() const {
-    return PackedView{type_,
-                      out_,
-                      in_,
-                      group_size_,
-                      n_blocks(),
-                      data_.data(),
-                      scales_.as<uint16_t>(),
-                      zeros_.as<uint8_t>()};
+    return PackedView{type_, out_, in_, group_size_, n_blocks(), data_.data(), scales(), zeros()};
 }
 
 LinearWeight LinearWeight::clone() const {
@@ -381,9 +371,16 @@ LinearWeight LinearWeight::clone() const {
         return dst;
     };
     c.data_ = copy(data_);
-    c.scales_ = copy(scales_);
-    c.zeros_ = copy(zeros_);
+    c.scales_at_ = scales_at_;
+    c.zeros_at_ = zeros_at_;
     return c;
+}
+
+void LinearWeight::allocate(size_t code_bytes, size_t scale_bytes, size_t zero_bytes) {
+    auto up64 = [](size_t b) { return (b + 63) / 64 * 64; };
+    scales_at_ = scale_bytes ? up64(code_bytes) : 0;
+    zeros_at_ = zero_bytes ? up64(code_bytes) + up64(scale_bytes) : 0;
+    data_ = AlignedBuffer(up64(code_bytes) + up64(scale_bytes) + zero_bytes);
 }
 
 namespace detail {
@@ -480,8 +477,8 @@ void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& po
     }
     const size_t in = w.in_, chunks = in / 8, groups = in / w.group_size_, gs = w.group_size_;
     const uint32_t* q = w.data_.as<uint32_t>();
-    const uint16_t* sc = w.scales_.as<uint16_t>();
-    const uint8_t* zr = w.zeros_.as<uint8_t>();
+    const uint16_t* sc = w.scales();
+    const uint8_t* zr = w.zeros();
     uint16_t* d = dst.data_.as<uint16_t>();
     pool.parallel_for(w.n_blocks(), [&](size_t b0, size_t b1) {
         for (size_t b = b0; b < b1; ++b)

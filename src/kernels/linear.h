@@ -127,7 +127,19 @@ class LinearWeight {
   private:
     WeightType type_ = WeightType::F32;
     size_t out_ = 0, in_ = 0, group_size_ = 0;
-    AlignedBuffer data_, scales_, zeros_;
+    // One buffer: the codes (or values), then, for the quantized types, the scales and zeros at
+    // 64-byte aligned offsets, so that all of a weight sits on the same 2 MiB pages (AlignedBuffer
+    // puts only buffers of 1 MiB and more there, and a layer's scales and zeros alone are far
+    // smaller: on 4 KiB pages they cost a page walk and a restarted hardware prefetch every 4 KiB
+    // of the n = 1 kernels' side streams).
+    AlignedBuffer data_;
+    size_t scales_at_ = 0, zeros_at_ = 0;  // byte offsets in data_ (0: none)
+    const uint16_t* scales() const {
+        return scales_at_ ? reinterpret_cast<const uint16_t*>(data_.data() + scales_at_) : nullptr;
+    }
+    const uint8_t* zeros() const { return zeros_at_ ? data_.data() + zeros_at_ : nullptr; }
+    // Allocates data_ for code bytes plus scale and zero bytes (either may be 0).
+    void allocate(size_t code_bytes, size_t scale_bytes, size_t zero_bytes);
     friend void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& pool);
     friend LinearWeight dequantize_to_bf16(const LinearWeight& w, ThreadPool& pool);
 };

@@ -50,27 +50,29 @@ inline void prefetch_lines(const void* p, size_t bytes) {
     for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
 }
 
-// One weight array of the repacked layout (codes, scales or zeros) as the GEMV walks it: a block's
-// bytes are contiguous (block_bytes), and a block pair (ba, bb = ba + 1) is read side by side, `at`
-// bytes into each block. prefetch() requests the lines `dist` bytes further on in each; past a
-// block's end it goes on at that offset in the next pair (blocks ba + 2, bb + 2), which is what
-// the thread reads next in its range, so a pair's first lines are in flight before it starts
-// (with blocks of 2048 columns, prefetching only within the pair left a quarter of the lines to
-// demand misses). Never past the weight's last block.
+// One weight array of the repacked layout as the f32/BF16 GEMV walks it: a block's bytes are
+// contiguous (block_bytes), and a block pair (ba, bb = ba + 1) is read side by side, `at` bytes
+// into each block. prefetch() requests the lines `dist` bytes further on in each; past a block's
+// end it goes on at that offset in the next pair (blocks ba + 2, bb + 2), which is what the
+// thread reads next in its range, so a pair's first lines are in flight before it starts.
+// Nothing at or past `end` (the weight's last block) is requested. Measured on cold n = 1 (one
+// and two threads, old and new kernel alternated in one process): BF16 1.00-1.05x; the W4A8 GEMV
+// lost 3-10 % with it (its per-group address work; one core streams its pair at the read
+// probe's per-core rate either way), so that one keeps prefetching within the pair.
 struct PairStream {
     const char* base;
-    size_t block_bytes, n_blocks;
+    size_t block_bytes;
+    const char* end;
+    PairStream(const void* p, size_t block, size_t n_blocks)
+        : base(static_cast<const char*>(p)), block_bytes(block), end(base + block * n_blocks) {}
     void prefetch(size_t ba, size_t bb, size_t at, size_t dist, size_t bytes) const {
-        for (size_t k = 0; k < (bb != ba ? 2u : 1u); ++k) {
-            size_t blk = k ? bb : ba, o = at + dist;
-            while (o >= block_bytes) {
-                o -= block_bytes;
-                blk += 2;
-            }
-            if (blk >= n_blocks) continue;
-            const char* c = base + blk * block_bytes + o;
-            for (size_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
-        }
+        size_t o = at + dist;
+        if (o >= block_bytes) o += block_bytes;  // the same offset into block ba + 2 (bb + 2)
+        const char* a = base + ba * block_bytes + o;
+        for (size_t i = 0; i < bytes && a + i < end; i += 64) _mm_prefetch(a + i, _MM_HINT_T0);
+        if (bb == ba) return;
+        const char* b = a + block_bytes;
+        for (size_t i = 0; i < bytes && b + i < end; i += 64) _mm_prefetch(b + i, _MM_HINT_T0);
     }
 };
 
@@ -293,7 +295,7 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
 #pragma GCC unroll 8
         for (int a = 0; a < NA; ++a) acc[r][a] = _mm512_setzero_ps();
     constexpr size_t kEs = kBf16 ? 2 : 4;
-    const PairStream stream{static_cast<const char*>(p.data), in * kRowBlock * kEs, p.n_blocks};
+    const PairStream stream(p.data, in * kRowBlock * kEs, p.n_blocks);
     size_t k = 0;
     for (; k + NA <= in; k += NA) {
         // NA columns of a block are NA * 8 * kEs bytes: one line (bf16, NA = 4 at NR = 2) or
@@ -328,7 +330,9 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
 template <typename F>
 void guided_for(ThreadPool& pool, size_t units, F&& fn) {
     const size_t T = pool.size(), P = std::min(units, ThreadPool::kChunksPerThread * T);
-    if (T == 1 || P <= 1) {
+    // Jobs of a few units per piece (k/v alone: 16 pairs) are over in tens of microseconds, where
+    // the first misses, not the end, cost most; they keep equal ranges.
+    if (T == 1 || P <= 1 || units < 8 * P) {
         pool.parallel_for(units, fn);
         return;
     }
@@ -637,17 +641,13 @@ void w4a8_gemv_pair(const PackedView& p, const w4a8::Layout& L, size_t ba, size_
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) y[r] = _mm512_setzero_ps();
     const size_t group_bytes = L.gs / 8 * 32;
-    const PairStream codes{static_cast<const char*>(p.data), L.in / 8 * 32, p.n_blocks},
-        scales{reinterpret_cast<const char*>(p.scales), L.groups * kRowBlock * 2, p.n_blocks},
-        zeros{reinterpret_cast<const char*>(p.zeros), L.groups * kRowBlock, p.n_blocks};
     for (size_t g = 0; g < L.groups; ++g) {
         const __m512 s = bf16_pair_to_f32(p.scales + (ba * L.groups + g) * kRowBlock,
                                           p.scales + (bb * L.groups + g) * kRowBlock);
-        codes.prefetch(ba, bb, g * group_bytes, kPrefetchBytes, group_bytes);
-        // 16 bytes of scales and 8 of zeros per group and block: a new line every 4 and 8 groups,
-        // requested a little further ahead than the codes.
-        if (g % 4 == 0) scales.prefetch(ba, bb, g * 16, kPrefetchBytes / 16 + 64, 64);
-        if (g % 8 == 0) zeros.prefetch(ba, bb, g * 8, kPrefetchBytes / 32 + 64, 64);
+        prefetch_lines(reinterpret_cast<const char*>(qa) + g * group_bytes + kPrefetchBytes,
+                       group_bytes);
+        prefetch_lines(reinterpret_cast<const char*>(qb) + g * group_bytes + kPrefetchBytes,
+                       group_bytes);
         for (size_t bi = 0; bi < L.bpg; ++bi) {
             const size_t blk = g * L.bpg + bi;
             __m512i acc[NR];
