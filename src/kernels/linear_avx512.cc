@@ -424,16 +424,7 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
                         gemv_pair<4>(p, b, bb, xr, xsr, xsumr, out);
                         break;
                 }
-                for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
-                    const size_t blk = b + half;
-                    const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
-                    for (size_t r = 0; r < nr; ++r) {
-                        float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
-                        const float* o = out + r * 16 + half * 8;
-                        for (size_t j = 0; j < rows; ++j)
-                            yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
-                    }
-                }
+                store_block_pair(out, nr, r0, b, bb, p.out, bias, y);
             }
         }
     });
@@ -722,16 +713,7 @@ void w4a8_gemv_pair_rows(size_t n, const PackedView& p, const w4a8::Layout& L, s
                 w4a8_gemv_rows<4>(nr, p, L, b, bb, a, r0, out);
                 break;
         }
-        for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
-            const size_t blk = b + half;
-            const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
-            for (size_t r = 0; r < nr; ++r) {
-                float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
-                const float* o = out + r * 16 + half * 8;
-                for (size_t j = 0; j < rows; ++j)
-                    yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
-            }
-        }
+        store_block_pair(out, nr, r0, b, bb, p.out, bias, y);
     }
 }
 

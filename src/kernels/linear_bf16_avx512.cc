@@ -160,16 +160,7 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
                             gemv_rows<4>(p, b, bb, xr, ldx, out);
                             break;
                     }
-                    for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
-                        const size_t blk = b + half;
-                        const size_t rows = std::min(kRowBlock, p.out - blk * kRowBlock);
-                        for (size_t r = 0; r < nr; ++r) {
-                            float* yr = y + (r0 + r) * p.out + blk * kRowBlock;
-                            const float* o = out + r * 16 + half * 8;
-                            for (size_t j = 0; j < rows; ++j)
-                                yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
-                        }
-                    }
+                    store_block_pair(out, nr, r0, b, bb, p.out, bias, y);
                 }
             }
         },

@@ -92,6 +92,23 @@ void w4a8_avxvnni(const float* x, size_t n, const PackedView& w, const float* bi
                   const W4A8Scratch& s, ThreadPool& pool);
 void w4a8_gemv_many_avxvnni(const float* x, size_t n, const W4A8Out* outs, size_t count,
                             const W4A8Scratch& s, ThreadPool& pool);
+// The GEMV kernels' output step: nr rows of a block pair's result tile out [nr][16] (block b in
+// columns 0-7, block bb in 8-15; bb == b for an odd tail, written once) stored to y [.., n_out]
+// from row r0 on, with the bias added and the zero padding of the last block dropped.
+inline void store_block_pair(const float* out, size_t nr, size_t r0, size_t b, size_t bb,
+                             size_t n_out, const float* bias, float* y) {
+    for (size_t half = 0; half < (bb != b ? 2u : 1u); ++half) {
+        const size_t blk = b + half;
+        const size_t cols =
+            n_out - blk * kRowBlock < kRowBlock ? n_out - blk * kRowBlock : kRowBlock;
+        for (size_t r = 0; r < nr; ++r) {
+            float* yr = y + (r0 + r) * n_out + blk * kRowBlock;
+            const float* o = out + r * 16 + half * 8;
+            for (size_t j = 0; j < cols; ++j)
+                yr[j] = o[j] + (bias ? bias[blk * kRowBlock + j] : 0.0f);
+        }
+    }
+}
 // Whether this CPU (and OS) runs AVX-VNNI (CPUID.(7,1):EAX bit 4) on top of the AVX2 tier;
 // decided once (dispatch.cc).
 bool avx_vnni();
