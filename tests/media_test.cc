@@ -35,7 +35,7 @@ namespace {
 namespace fs = std::filesystem;
 
 fs::path media_fixture(const std::string& name) {
-    return fs::path(__FILE__).parent_path() / "data" / "media" / name;
+    return fs::path(LANCET_TEST_DATA_DIR) / "media" / name;
 }
 
 nlohmann::json manifest() {

@@ -21,9 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::string_literals;  // "...\x00..."s keeps embedded NULs
 
-fs::path fixture(const std::string& name) {
-    return fs::path(__FILE__).parent_path() / "data" / "pth" / name;
-}
+fs::path fixture(const std::string& name) { return fs::path(LANCET_TEST_DATA_DIR) / "pth" / name; }
 
 std::vector<uint8_t> load(const std::string& name) {
     const std::string s = test::read_file(fixture(name));

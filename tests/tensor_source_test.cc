@@ -19,7 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string pth_fixture(const std::string& name) {
-    return (fs::path(__FILE__).parent_path() / "data" / "pth" / name).string();
+    return (fs::path(LANCET_TEST_DATA_DIR) / "pth" / name).string();
 }
 
 std::vector<uint8_t> bytes_of(const TensorView& v) { return {v.data, v.data + v.nbytes}; }

@@ -290,7 +290,7 @@ TEST_F(VaeCli, BadInputIsOneLineAndWritesNothing) {
                      q(dir / "ok.safetensors"),
                  "does not exist", nodir);
     // a forbidden pickle global, and a state dict missing one key
-    const fs::path evil = fs::path(__FILE__).parent_path() / "data" / "pth" / "evil_global.pth";
+    const fs::path evil = fs::path(LANCET_TEST_DATA_DIR) / "pth" / "evil_global.pth";
     expect_error(
         "vae encode --vae " + q(evil) + " -o " + q(out) + " --input " + q(dir / "ok.safetensors"),
         "os", out);

@@ -231,7 +231,7 @@ TEST(WanVaeFile, StrictErrorsNameTheKey) {
     e = error_of([&] { WanVaeFile f(write_variant(dir.path(), "encoder.conv1.weight", "", "")); });
     EXPECT_NE(e.find("no tensor 'encoder.conv1.weight'"), std::string::npos) << e;
     EXPECT_EQ(e.find('\n'), std::string::npos);
-    const fs::path evil = fs::path(__FILE__).parent_path() / "data" / "pth" / "evil_global.pth";
+    const fs::path evil = fs::path(LANCET_TEST_DATA_DIR) / "pth" / "evil_global.pth";
     e = error_of([&] { WanVaeFile f(evil.string()); });
     EXPECT_NE(e.find("os"), std::string::npos) << e;
 }

@@ -83,11 +83,7 @@ void run_sample(const SampleArgs& a) {
     fo.uncond_cache_cond_positions = !a.consistent_positions;
     fo.kv_cache = !a.no_kv_cache;
     fo.keep_trajectory = true;
-    if (a.steps < 1 || a.steps > 1000) fail("sample: --steps must be in 1..1000");
-    if (!std::isfinite(a.shift) || a.shift <= 0 || a.shift > 1000)
-        fail("sample: --shift must be in (0, 1000]");
-    if (!std::isfinite(a.cfg) || a.cfg < 0 || a.cfg > 100)
-        fail("sample: --cfg must be in [0, 100]");
+    check_sampler_settings(a.steps, a.shift, a.cfg, "sample", "--");
 
     if (ps.has_vit) {
         VisionTower tower(*ck, true);

@@ -226,10 +226,7 @@ Plan make_plan(const CalibrateOptions& opt, const LanceCheckpoint& ck) {
     pl.preset = opt.preset.empty() ? "image_256res" : opt.preset;
     stream_spec(pl.preset, VisionStream::Vae);  // refuses unknown names
     pl.steps = opt.gen_steps > 0 ? opt.gen_steps : 30;
-    if (!std::isfinite(opt.shift) || opt.shift <= 0 || opt.shift > 1000)
-        fail("calibrate: --shift must be a number in (0, 1000]");
-    if (!std::isfinite(opt.cfg) || opt.cfg < 0 || opt.cfg > 100)
-        fail("calibrate: --cfg must be a number in [0, 100]");
+    check_sampler_settings(pl.steps, opt.shift, opt.cfg, "calibrate", "--");
     if (opt.frames < 1) fail("calibrate: --frames must be at least 1");
     parse_wxh(opt.size, &pl.width, &pl.height);
     std::vector<std::string> seen;

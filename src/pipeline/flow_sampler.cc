@@ -215,14 +215,20 @@ void check_gen_sequence(const GenSequence& seq, const LanceConfig& cfg, const ch
     }
 }
 
+void check_sampler_settings(int steps, double shift, double cfg, const std::string& where,
+                            const char* flag) {
+    if (steps < 1 || steps > 1000)
+        fail(where, ": ", flag, "steps must be in 1..1000 (got ", steps, ")");
+    if (!std::isfinite(shift) || shift <= 0 || shift > 1000)
+        fail(where, ": ", flag, "shift must be a number in (0, 1000] (got ", shift, ")");
+    if (!std::isfinite(cfg) || cfg < 0 || cfg > 100)
+        fail(where, ": ", flag, "cfg must be a number in [0, 100] (got ", cfg, ")");
+}
+
 SampleResult flow_sample(DecoderSession& dec, const GenSequence& seq, const FlowSamplerOptions& o) {
     const LanceConfig& cfg = dec.config();
     check_gen_sequence(seq, cfg, "sample");
-    if (o.steps < 1 || o.steps > 1000) fail("sample: steps must be in 1..1000 (got ", o.steps, ")");
-    if (!(o.shift > 0) || !std::isfinite(o.shift) || o.shift > 1000)
-        fail("sample: shift must be a finite value in (0, 1000] (got ", o.shift, ")");
-    if (!std::isfinite(o.cfg) || o.cfg < 0 || o.cfg > 100)
-        fail("sample: CFG scale must be in [0, 100] (got ", o.cfg, ")");
+    check_sampler_settings(o.steps, o.shift, o.cfg, "sample");
     const bool b16 = o.bf16_state;
     const size_t C = cfg.latent_channels, L = seq.batch.size();
     const Batch& B = seq.batch;

@@ -116,6 +116,12 @@ SampleResult flow_sample(DecoderSession& dec, const GenSequence& seq, const Flow
 // nothing dropped inside it, one ViT row per und pad); Error naming `where`.
 void check_gen_sequence(const GenSequence& seq, const LanceConfig& cfg, const char* where);
 
+// The one range check of the sampler settings (every command that takes them calls it): steps
+// in 1..1000, shift a finite number in (0, 1000], cfg a finite number in [0, 100]. Errors read
+// "<where>: <flag>steps must be ..." (flag "--" for command-line options).
+void check_sampler_settings(int steps, double shift, double cfg, const std::string& where,
+                            const char* flag = "");
+
 namespace ref {
 // float64 references of the sampler arithmetic (plain loops from the spec's formulas).
 std::vector<double> flow_time_grid(int steps, double shift);

@@ -27,12 +27,7 @@ std::string fmt(double v) {
 }  // namespace
 
 void check_gen_settings(const GenSettings& s, const std::string& where, const char* flag) {
-    if (s.steps < 1 || s.steps > 1000)
-        fail(where, ": ", flag, "steps must be in 1..1000 (got ", s.steps, ")");
-    if (!std::isfinite(s.shift) || s.shift <= 0 || s.shift > 1000)
-        fail(where, ": ", flag, "shift must be a number in (0, 1000] (got ", s.shift, ")");
-    if (!std::isfinite(s.cfg) || s.cfg < 0 || s.cfg > 100)
-        fail(where, ": ", flag, "cfg must be a number in [0, 100] (got ", s.cfg, ")");
+    check_sampler_settings(s.steps, s.shift, s.cfg, where, flag);
 }
 
 std::string default_gen_preset(GenTask t) {
