@@ -22,6 +22,7 @@
 
 #include "cli/bench_util.h"
 #include "cli/commands.h"
+#include "cli/format.h"
 #include "core/aligned_buffer.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -229,13 +230,6 @@ struct Variant {
     std::string label;  // "int4-f32", "int4-w4a8", "int4-w4a8-vnni", "bf16", "f32"
     bool vnni = false;  // W4A8 on the AVX-512 tier although the active ISA is amx
 };
-
-std::string fmt(const char* f, double v) {
-    if (std::isnan(v)) return "-";
-    char b[64];
-    std::snprintf(b, sizeof b, f, v);
-    return b;
-}
 
 void write_json_atomically(const std::string& path, const nlohmann::json& records) {
     std::string text;

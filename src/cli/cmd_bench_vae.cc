@@ -12,6 +12,7 @@
 
 #include "cli/bench_util.h"
 #include "cli/commands.h"
+#include "cli/format.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/output_dir.h"
@@ -34,12 +35,6 @@ struct BenchVaeOptions {
     int64_t tile = 0, overlap = 4;  // also time a tiled decode and its error vs the untiled one
     bool convs_only = false;        // the conv3d vs GEMM table alone (seconds, not minutes)
 };
-
-std::string fmt_double(const char* f, double v) {
-    char b[64];
-    std::snprintf(b, sizeof b, f, v);
-    return b;
-}
 
 struct Timing {
     double wall = 0, cpu = 0;
@@ -169,8 +164,8 @@ void run_bench_vae(const BenchVaeOptions& o) {
                 mode ? "bf16" : "f32", conv_s * 1e3, flop / conv_s / 1e9, gemm_flop / gemm_s / 1e9,
                 (flop / conv_s) / (gemm_flop / gemm_s), flop / ct.cpu / 1e9,
                 gemm_flop / gt.cpu / 1e9, (flop / ct.cpu) / (gemm_flop / gt.cpu),
-                mode ? fmt_double("%.2fx", conv32_s / conv_s).c_str() : "",
-                mode ? fmt_double("%.2e", rel_l2(y.d, y32.d)).c_str() : "");
+                mode ? fmt("%.2fx", conv32_s / conv_s).c_str() : "",
+                mode ? fmt("%.2e", rel_l2(y.d, y32.d)).c_str() : "");
         }
     }
 

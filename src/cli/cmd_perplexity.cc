@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/format.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "io/output_dir.h"
@@ -42,13 +43,6 @@ std::string read_text_file(const std::string& path) {
     os << in.rdbuf();
     if (in.bad()) fail(path, ": read error");
     return os.str();
-}
-
-std::string num(const char* f, double v) {
-    if (std::isnan(v)) return "-";
-    char b[64];
-    std::snprintf(b, sizeof b, f, v);
-    return b;
 }
 
 void run_perplexity(const PerplexityArgs& a) {
@@ -125,9 +119,9 @@ void run_perplexity(const PerplexityArgs& a) {
         const ModelScore& s = r.models[i];
         const std::string& kind = kinds[i];
         std::printf("| %s | %s | %zu | %s ± %s | %s | %s | %s | %.1f |\n", labels[i].c_str(),
-                    kind.c_str(), s.tokens, num("%.4f", s.ppl).c_str(),
-                    num("%.4f", s.ppl_se).c_str(), num("%.6f", s.mean_kl).c_str(),
-                    num("%.6f", s.kl_p99).c_str(), num("%.4f", s.top1_agree).c_str(), s.seconds);
+                    kind.c_str(), s.tokens, fmt("%.4f", s.ppl).c_str(),
+                    fmt("%.4f", s.ppl_se).c_str(), fmt("%.6f", s.mean_kl).c_str(),
+                    fmt("%.6f", s.kl_p99).c_str(), fmt("%.4f", s.top1_agree).c_str(), s.seconds);
         nlohmann::json j = {{"model", labels[i]},     {"kind", kind},        {"tokens", s.tokens},
                             {"mean_nll", s.mean_nll}, {"nll_se", s.nll_se},  {"ppl", s.ppl},
                             {"ppl_se", s.ppl_se},     {"seconds", s.seconds}};
