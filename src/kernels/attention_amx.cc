@@ -47,7 +47,7 @@ size_t kchunks(size_t hd) { return (hd + 31) / 32; }  // 32-dim chunks of S's re
 size_t vchunks(size_t hd) { return ((hd + 15) / 16 + 1) & ~size_t{1}; }
 // Keys held in the packed layouts: every 64-key tile that starts at a multiple of 32 below the
 // last key lies inside.
-size_t padded_keys(size_t keys) { return (keys + 31) / 32 * 32 + 32; }
+size_t padded_keys(size_t keys) { return (keys + 31) / 32 * 32 + kKeys - 32; }
 
 size_t k_blocks(size_t keys) { return padded_keys(keys) / 16; }
 size_t v_blocks(size_t keys) { return padded_keys(keys) / 32; }
@@ -124,6 +124,27 @@ size_t scratch_floats(size_t hd) {
            kRowsMax * vchunks(hd) * 16 + 5 * kRowsMax;
 }
 
+// exp(x) for x <= 0 (and −inf): attention_x86_impl.h's exp_neg (the same reduction and
+// polynomial, the same results: 2^n is a normal number for n >= −126) with 2^n applied by
+// vscalefps and the underflow to 0 folded into its mask.
+inline __m512 exp_neg_fast(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.0f);
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);
+    x = _mm512_max_ps(x, lo);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_maskz_scalef_ps(keep, y, n);
+}
+
 amx::TileConfig attn_config() {
     amx::TileConfig c;
     for (int t = 0; t < 8; ++t) {
@@ -136,11 +157,11 @@ amx::TileConfig attn_config() {
 void begin() { amx::load_config(attn_config()); }
 void end() { amx::release(); }
 
-// st [RH·16][64] = Q·Kᵀ for the 64 keys of 16-key blocks kb0 .. kb0 + 3.
+// st [RH·16][kKeys] = Q·Kᵀ for the kKeys keys from 16-key block kb0 on.
 template <int RH>
 inline void scores_tile(const uint16_t* qb, size_t hc, const uint32_t* kp, size_t kb0, float* st) {
     const size_t qstride = hc * 64;  // bytes per qb row
-    for (size_t t = 0; t < 2; ++t) {
+    for (size_t t = 0; t < kKeys / 32; ++t) {
         const uint32_t* b0 = kp + (kb0 + 2 * t) * hc * kTileWords;
         const uint32_t* b1 = b0 + hc * kTileWords;
         LANCET_TILE_ZERO(0);
@@ -170,7 +191,7 @@ inline void scores_tile(const uint16_t* qb, size_t hc, const uint32_t* kp, size_
     }
 }
 
-// acc [RH·16][dc·16] += P (pb [RH·16][64] bf16) · V (32-key blocks vb0, vb0 + 1).
+// acc [RH·16][dc·16] += P (pb [RH·16][kKeys] bf16) · V (the kKeys / 32 blocks from vb0 on).
 template <int RH>
 inline void pv_tile(const uint16_t* pb, const uint32_t* vp, size_t vb0, size_t dc, float* acc) {
     const size_t ld = dc * 16, lds = ld * 4;
@@ -182,7 +203,7 @@ inline void pv_tile(const uint16_t* pb, const uint32_t* vp, size_t vb0, size_t d
             LANCET_TILE_LOAD(2, a0 + 16 * ld, lds);
             LANCET_TILE_LOAD(3, a0 + 16 * ld + 16, lds);
         }
-        for (size_t kc = 0; kc < 2; ++kc) {
+        for (size_t kc = 0; kc < kKeys / 32; ++kc) {
             LANCET_TILE_LOAD(4, pb + kc * 32, kKeys * 2);
             if constexpr (RH == 2) LANCET_TILE_LOAD(5, pb + 16 * kKeys + kc * 32, kKeys * 2);
             const uint32_t* b = vp + ((vb0 + kc) * dc + cp) * kTileWords;
@@ -243,19 +264,18 @@ void run_task(const AttnAmxTask& t) {
             const size_t qi = t.qi[r];
             if (a0 < t.lo[qi] || a0 + nk > t.dense[qi]) t.mask(t.env, st + r * kKeys, qi, a0, nk);
         }
-        __mmask16 valid[4];
-        for (size_t i = 0; i < 4; ++i) valid[i] = lanes_below(nk, 16 * i);
-        // Scaled, keys past the tile's end at −inf; each row's maximum.
+        constexpr size_t kVecs = kKeys / 16;
+        __mmask16 valid[kVecs];
+        for (size_t i = 0; i < kVecs; ++i) valid[i] = lanes_below(nk, 16 * i);
+        // Each row's maximum of the scaled scores, keys past the tile's end at −inf (the scale is
+        // positive, so the maximum of the rounded products is the rounded product of the
+        // maximum).
         for (size_t r = 0; r < rows; ++r) {
-            float* sr = st + r * kKeys;
+            const float* sr = st + r * kKeys;
             __m512 top = neg_inf;
-            for (size_t i = 0; i < 4; ++i) {
-                const __m512 s =
-                    _mm512_mask_mul_ps(neg_inf, valid[i], _mm512_load_ps(sr + 16 * i), scale);
-                _mm512_store_ps(sr + 16 * i, s);
-                top = _mm512_max_ps(top, s);
-            }
-            tmax[r] = _mm512_reduce_max_ps(top);
+            for (size_t i = 0; i < kVecs; ++i)
+                top = _mm512_max_ps(top, _mm512_mask_load_ps(neg_inf, valid[i], sr + 16 * i));
+            tmax[r] = _mm512_reduce_max_ps(top) * t.scale;
         }
         // The running maximum and the correction, 16 rows at a time (a row with nothing visible
         // yet keeps m = −inf, base 0, corr 0).
@@ -263,23 +283,25 @@ void run_task(const AttnAmxTask& t) {
             const __m512 mo = _mm512_load_ps(m + r);
             const __m512 top = _mm512_max_ps(mo, _mm512_load_ps(tmax + r));
             const __m512 b = zero_if_neg_inf<VT>(top);
-            _mm512_store_ps(corr + r, exp_neg<VT>(_mm512_sub_ps(mo, b)));
+            _mm512_store_ps(corr + r, exp_neg_fast(_mm512_sub_ps(mo, b)));
             _mm512_store_ps(m + r, top);
             _mm512_store_ps(base + r, b);
         }
-        // p = exp(s − m); l = l·corr + Σ p (unrounded); p rounded to bf16 for P·V.
+        // p = exp(scale·s − m); l = l·corr + Σ p (unrounded); p rounded to bf16 for P·V.
         for (size_t r = 0; r < rows; ++r) {
             const float* sr = st + r * kKeys;
             const __m512 b = _mm512_set1_ps(base[r]);
-            __m512 p[4];
-            for (size_t i = 0; i < 4; ++i)
-                p[i] = exp_neg<VT>(_mm512_sub_ps(_mm512_load_ps(sr + 16 * i), b));
-            const float s = _mm512_reduce_add_ps(
-                _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3])));
-            l[r] = l[r] * corr[r] + s;
+            __m512 sum = _mm512_setzero_ps();
             uint16_t* pr = pb + r * kKeys;
-            _mm512_store_si512(pr, (__m512i)_mm512_cvtne2ps_pbh(p[1], p[0]));
-            _mm512_store_si512(pr + 32, (__m512i)_mm512_cvtne2ps_pbh(p[3], p[2]));
+            for (size_t i = 0; i < kVecs; i += 2) {
+                const __m512 p0 = exp_neg_fast(
+                    _mm512_fmsub_ps(_mm512_mask_load_ps(neg_inf, valid[i], sr + 16 * i), scale, b));
+                const __m512 p1 = exp_neg_fast(_mm512_fmsub_ps(
+                    _mm512_mask_load_ps(neg_inf, valid[i + 1], sr + 16 * i + 16), scale, b));
+                sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
+                _mm512_store_si512(pr + 16 * i, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+            }
+            l[r] = l[r] * corr[r] + _mm512_reduce_add_ps(sum);
         }
         for (size_t r = 0; r < rows; ++r)
             if (corr[r] != 1.0f) {
