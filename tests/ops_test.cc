@@ -1053,6 +1053,11 @@ const std::vector<CasePtr>& all_cases() {
             add_case(new AttentionCase(windows_edge, 200, 4, 2, 64, false, 0.0f, 32));
             add_case(new AttentionCase(causal_cache70, 16, 4, 2, 128, false));
             add_case(new AttentionCase(causal_cache70, 15, 4, 2, 128, false));
+            // Long key ranges (the AMX path's 128-key tiles), one ending mid-tile per row.
+            const MaskSpec none_cache530{K::None, 530, {}, {}, {}, "none"};
+            const MaskSpec causal_cache520{K::Causal, 520, {}, {}, {}, "causal"};
+            add_case(new AttentionCase(none_cache530, 40, 4, 1, 64, false));
+            add_case(new AttentionCase(causal_cache520, 37, 4, 2, 80, true));
             for (size_t i = 0, end = c.size(); i < end; ++i)
                 if (auto* a = dynamic_cast<AttentionCase*>(c[i].get()))
                     for (auto check :

@@ -2,20 +2,20 @@
 // arithmetic and its error bound, ops_kernels.h the packed K and V layouts).
 //
 // One task is a block of up to 32 query rows of one head. Its rows are rounded to bf16 once
-// (qb [32][hc·32], zero past hd), then per key tile of 64 keys (starting at a multiple of 32, so
-// the packed blocks line up):
+// (qb [32][hc·32], zero past hd), then per key tile of 128 keys (64 for short key ranges; a tile
+// starts at a multiple of 32, so the packed blocks line up):
 //  - S = Q·Kᵀ on tiles: C 16 rows × 16 keys (f32) += A (16 rows × 32 dims, bf16 pairs) · B (the
 //    packed key block: 16 dim pairs × 16 keys). 2 row halves × 2 key blocks per pass (tiles 0-3),
-//    the Q chunks in tiles 4-5, the key blocks in 6-7; two passes cover the 64 keys. S is stored
-//    to st [32][64] f32.
+//    the Q chunks in tiles 4-5, the key blocks in 6-7; one pass per 32 keys. S is stored to
+//    st [32][keys of the tile] f32.
 //  - the mask (the driver's rule, only for rows whose visible run does not cover the tile), the
 //    scale, and the online softmax in AVX-512 (f32, attention_x86_impl.h's exp): per row the tile
 //    maximum, then per 16 rows at once the new running maximum and the correction, then per row
-//    p = exp(s − m), the row sum of the unrounded p, and p rounded to bf16 into pb [32][64] (the
-//    A operand of P·V: 32 keys of a row per tile row);
+//    p = exp(scale·s − m), the row sum of the unrounded p, and p rounded to bf16 into pb (the A
+//    operand of P·V: 32 keys of a row per tile row);
 //  - the accumulator rows whose maximum moved are scaled in memory, then O += P·V on tiles: C =
 //    acc (16 rows × 16 dims) loaded, += A (16 rows × 32 keys of P) · B (the packed V block: 16
-//    key pairs × 16 dims), over the tile's two 32-key halves, stored back.
+//    key pairs × 16 dims), over the tile's 32-key parts, stored back.
 // Rows past nr (a partial block) are zero queries: computed, never stored. Keys past the call's
 // last key are zero in the packed K and V and −inf in S, so they add exactly 0.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -38,7 +38,11 @@
 namespace lancet::kernels::detail {
 namespace {
 
-constexpr size_t kKeys = 64;        // keys per step of the online softmax
+// Keys per step of the online softmax: 128 for tasks that see many keys (half the accumulator
+// round trips of 64 per key; measured 1.12x on the generation block), 64 for short ranges (the
+// ViT's 64-key windows, the diagonal of causal blocks).
+constexpr size_t kKeys = 128;
+constexpr size_t kShortKeys = 64;
 constexpr size_t kRowsMax = 32;     // query rows per task: 2 A tiles
 constexpr size_t kTileWords = 256;  // u32 words of one 16 × 64-byte tile
 
@@ -157,11 +161,11 @@ amx::TileConfig attn_config() {
 void begin() { amx::load_config(attn_config()); }
 void end() { amx::release(); }
 
-// st [RH·16][kKeys] = Q·Kᵀ for the kKeys keys from 16-key block kb0 on.
-template <int RH>
+// st [RH·16][KT] = Q·Kᵀ for the KT keys from 16-key block kb0 on.
+template <int RH, size_t KT>
 inline void scores_tile(const uint16_t* qb, size_t hc, const uint32_t* kp, size_t kb0, float* st) {
     const size_t qstride = hc * 64;  // bytes per qb row
-    for (size_t t = 0; t < kKeys / 32; ++t) {
+    for (size_t t = 0; t < KT / 32; ++t) {
         const uint32_t* b0 = kp + (kb0 + 2 * t) * hc * kTileWords;
         const uint32_t* b1 = b0 + hc * kTileWords;
         LANCET_TILE_ZERO(0);
@@ -182,17 +186,17 @@ inline void scores_tile(const uint16_t* qb, size_t hc, const uint32_t* kp, size_
                 LANCET_TILE_DPBF16PS(3, 5, 7);
             }
         }
-        LANCET_TILE_STORE(0, st + 32 * t, kKeys * 4);
-        LANCET_TILE_STORE(1, st + 32 * t + 16, kKeys * 4);
+        LANCET_TILE_STORE(0, st + 32 * t, KT * 4);
+        LANCET_TILE_STORE(1, st + 32 * t + 16, KT * 4);
         if constexpr (RH == 2) {
-            LANCET_TILE_STORE(2, st + 16 * kKeys + 32 * t, kKeys * 4);
-            LANCET_TILE_STORE(3, st + 16 * kKeys + 32 * t + 16, kKeys * 4);
+            LANCET_TILE_STORE(2, st + 16 * KT + 32 * t, KT * 4);
+            LANCET_TILE_STORE(3, st + 16 * KT + 32 * t + 16, KT * 4);
         }
     }
 }
 
-// acc [RH·16][dc·16] += P (pb [RH·16][kKeys] bf16) · V (the kKeys / 32 blocks from vb0 on).
-template <int RH>
+// acc [RH·16][dc·16] += P (pb [RH·16][KT] bf16) · V (the KT / 32 blocks from vb0 on).
+template <int RH, size_t KT>
 inline void pv_tile(const uint16_t* pb, const uint32_t* vp, size_t vb0, size_t dc, float* acc) {
     const size_t ld = dc * 16, lds = ld * 4;
     for (size_t cp = 0; cp < dc; cp += 2) {
@@ -203,9 +207,9 @@ inline void pv_tile(const uint16_t* pb, const uint32_t* vp, size_t vb0, size_t d
             LANCET_TILE_LOAD(2, a0 + 16 * ld, lds);
             LANCET_TILE_LOAD(3, a0 + 16 * ld + 16, lds);
         }
-        for (size_t kc = 0; kc < kKeys / 32; ++kc) {
-            LANCET_TILE_LOAD(4, pb + kc * 32, kKeys * 2);
-            if constexpr (RH == 2) LANCET_TILE_LOAD(5, pb + 16 * kKeys + kc * 32, kKeys * 2);
+        for (size_t kc = 0; kc < KT / 32; ++kc) {
+            LANCET_TILE_LOAD(4, pb + kc * 32, KT * 2);
+            if constexpr (RH == 2) LANCET_TILE_LOAD(5, pb + 16 * KT + kc * 32, KT * 2);
             const uint32_t* b = vp + ((vb0 + kc) * dc + cp) * kTileWords;
             LANCET_TILE_LOAD(6, b, 64);
             LANCET_TILE_LOAD(7, b + kTileWords, 64);
@@ -225,7 +229,7 @@ inline void pv_tile(const uint16_t* pb, const uint32_t* vp, size_t vb0, size_t d
     }
 }
 
-template <int RH>
+template <int RH, size_t KT>
 void run_task(const AttnAmxTask& t) {
     using VT = Vec16;
     constexpr size_t rows = 16 * RH;
@@ -257,21 +261,21 @@ void run_task(const AttnAmxTask& t) {
     const __m512 scale = _mm512_set1_ps(t.scale);
     const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
 
-    for (size_t a0 = t.key_begin / 32 * 32; a0 < t.key_end; a0 += kKeys) {
-        const size_t nk = std::min(kKeys, t.key_end - a0);
-        scores_tile<RH>(qb, hc, t.kp, a0 / 16, st);
+    for (size_t a0 = t.key_begin / 32 * 32; a0 < t.key_end; a0 += KT) {
+        const size_t nk = std::min(KT, t.key_end - a0);
+        scores_tile<RH, KT>(qb, hc, t.kp, a0 / 16, st);
         for (size_t r = 0; r < t.nr; ++r) {
             const size_t qi = t.qi[r];
-            if (a0 < t.lo[qi] || a0 + nk > t.dense[qi]) t.mask(t.env, st + r * kKeys, qi, a0, nk);
+            if (a0 < t.lo[qi] || a0 + nk > t.dense[qi]) t.mask(t.env, st + r * KT, qi, a0, nk);
         }
-        constexpr size_t kVecs = kKeys / 16;
+        constexpr size_t kVecs = KT / 16;
         __mmask16 valid[kVecs];
         for (size_t i = 0; i < kVecs; ++i) valid[i] = lanes_below(nk, 16 * i);
         // Each row's maximum of the scaled scores, keys past the tile's end at −inf (the scale is
         // positive, so the maximum of the rounded products is the rounded product of the
         // maximum).
         for (size_t r = 0; r < rows; ++r) {
-            const float* sr = st + r * kKeys;
+            const float* sr = st + r * KT;
             __m512 top = neg_inf;
             for (size_t i = 0; i < kVecs; ++i)
                 top = _mm512_max_ps(top, _mm512_mask_load_ps(neg_inf, valid[i], sr + 16 * i));
@@ -289,10 +293,10 @@ void run_task(const AttnAmxTask& t) {
         }
         // p = exp(scale·s − m); l = l·corr + Σ p (unrounded); p rounded to bf16 for P·V.
         for (size_t r = 0; r < rows; ++r) {
-            const float* sr = st + r * kKeys;
+            const float* sr = st + r * KT;
             const __m512 b = _mm512_set1_ps(base[r]);
             __m512 sum = _mm512_setzero_ps();
-            uint16_t* pr = pb + r * kKeys;
+            uint16_t* pr = pb + r * KT;
             for (size_t i = 0; i < kVecs; i += 2) {
                 const __m512 p0 = exp_neg_fast(
                     _mm512_fmsub_ps(_mm512_mask_load_ps(neg_inf, valid[i], sr + 16 * i), scale, b));
@@ -310,7 +314,7 @@ void run_task(const AttnAmxTask& t) {
                 for (size_t d = 0; d < ld; d += 16)
                     _mm512_store_ps(ar + d, _mm512_mul_ps(_mm512_load_ps(ar + d), c));
             }
-        pv_tile<RH>(pb, t.vp, a0 / 32, dc, acc);
+        pv_tile<RH, KT>(pb, t.vp, a0 / 32, dc, acc);
     }
     for (size_t r = 0; r < t.nr; ++r) {
         const __m512 inv = _mm512_set1_ps(1.0f / l[r]);
@@ -323,10 +327,11 @@ void run_task(const AttnAmxTask& t) {
 }
 
 void task(const AttnAmxTask& t) {
+    const bool many = t.key_end - t.key_begin >= 4 * kKeys;
     if (t.nr > 16)
-        run_task<2>(t);
+        many ? run_task<2, kKeys>(t) : run_task<2, kShortKeys>(t);
     else
-        run_task<1>(t);
+        many ? run_task<1, kKeys>(t) : run_task<1, kShortKeys>(t);
 }
 
 }  // namespace
