@@ -33,6 +33,18 @@ inline bool split_allows(const AttnMask& m, size_t qi, size_t a) {
     return j < qi && m.modes[sj] != AttnSplit::Noise;
 }
 
+// n floats of x rounded to bf16 values into y (round_bf16 of core/numeric.h, the same bits for
+// every input), written without its branch so the compiler vectorizes the loop: decode's call
+// rounds its whole K/V cache, and the scalar form cost more than the attention itself.
+void round_bf16_n(const float* x, size_t n, float* y) {
+    for (size_t i = 0; i < n; ++i) {
+        const uint32_t u = f32_bits(x[i]);
+        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        const uint32_t quiet = (u | 0x00400000u) & 0xffff0000u;
+        y[i] = f32_from_bits((u & 0x7fffffffu) > 0x7f800000u ? quiet : r);
+    }
+}
+
 void check_attention(const TensorRef& q, const TensorRef& k, const TensorRef& v,
                      const AttnMask& mask, const TensorRef& out) {
     for (const TensorRef* t : {&q, &k, &v, &out})
@@ -200,10 +212,8 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 const size_t g = i / keys, a = i % keys;
                 const float* kr = ks + g * kg + a * kstride;
                 const float* vr = vs + g * vg + a * vstride;
-                for (size_t d = 0; d < hd; ++d) {
-                    kp[i * hd + d] = round_bf16(kr[d]);
-                    vp[i * hd + d] = round_bf16(vr[d]);
-                }
+                round_bf16_n(kr, hd, kp + i * hd);
+                round_bf16_n(vr, hd, vp + i * hd);
             }
         });
         kbase = kp;
@@ -275,8 +285,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
             for (size_t i = 0; i < count; ++i) sp[i] *= scale;
     };
     const auto round_p = [&](float* pp, size_t count) {
-        if (bf16)
-            for (size_t i = 0; i < count; ++i) pp[i] = round_bf16(pp[i]);
+        if (bf16) round_bf16_n(pp, count, pp);
     };
     // The AMX tasks' view of the mask rule above.
     const auto mask_env = [&](float* sr, size_t qi, size_t a0, size_t nk) {
