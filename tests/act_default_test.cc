@@ -1,7 +1,7 @@
 // The CLI's activation default for INT4 weights: int8 activations (W4A8) unless
 // --exact-activations (or $LANCET_ACT=f32) asks for exact f32 ones. Checked on `lancet forward`
 // of an INT4 model: the default's output is bit-identical to LANCET_ACT=int8's, the flag's to
-// LANCET_ACT=f32's, and the two differ.
+// LANCET_ACT=f32's, and the two differ. Likewise the attention precision switch.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -92,6 +92,47 @@ TEST(LmHeadDefault, Int4CheckpointsQuantizeTheHeadUnlessBf16) {
     const auto bad = run_lancet("--lm-head int3 forward --model " + q(int4));
     EXPECT_EQ(bad.exit_code, 1);
     EXPECT_EQ(bad.err.rfind("lancet: error: ", 0), 0u) << bad.err;
+}
+
+// --attention / $LANCET_ATTN: f32 by default; bf16 from either gives the same bytes and differs
+// from f32 (24 query rows: the AMX tiles where the CPU has them); a bad value of either is one
+// line and exit 1.
+TEST(AttentionPrecision, FlagAndEnvironmentSelectBf16) {
+    TempDir dir;
+    ASSERT_EQ(run_lancet("synth --preset tiny -o " + q(dir / "tiny")).exit_code, 0);
+    write_text_input(dir / "in.safetensors", 24);
+    auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
+        if (env.empty())
+            unsetenv("LANCET_ATTN");
+        else
+            setenv("LANCET_ATTN", env.c_str(), 1);
+        const auto r = run_lancet(flags + " forward --model " + q(dir / "tiny") + " --input " +
+                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
+        unsetenv("LANCET_ATTN");
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        return test::read_file(dir / out);
+    };
+    const std::string by_default = forward("", "", "default.safetensors");
+    const std::string f32 = forward("", "--attention f32", "f32.safetensors");
+    const std::string flag = forward("", "--attention bf16", "flag.safetensors");
+    const std::string env = forward("bf16", "", "env.safetensors");
+    ASSERT_FALSE(by_default.empty());
+    EXPECT_EQ(by_default, f32) << "the default is not f32 attention";
+    EXPECT_EQ(flag, env) << "--attention bf16 and LANCET_ATTN=bf16 differ";
+    EXPECT_NE(flag, f32) << "bf16 and f32 attention gave the same bytes";
+    EXPECT_EQ(forward("bf16", "--attention f32", "over.safetensors"), f32)
+        << "the flag must override the environment";
+    const auto bad_flag = run_lancet("--attention f16 forward --model " + q(dir / "tiny"));
+    EXPECT_EQ(bad_flag.exit_code, 1);
+    EXPECT_EQ(bad_flag.err.rfind("lancet: error: ", 0), 0u) << bad_flag.err;
+    setenv("LANCET_ATTN", "f16", 1);
+    const auto bad_env =
+        run_lancet("forward --model " + q(dir / "tiny") + " --input " + q(dir / "in.safetensors") +
+                   " --out " + q(dir / "bad.safetensors"));
+    unsetenv("LANCET_ATTN");
+    EXPECT_EQ(bad_env.exit_code, 1);
+    EXPECT_NE(bad_env.err.find("LANCET_ATTN=f16"), std::string::npos) << bad_env.err;
+    EXPECT_FALSE(fs::exists(dir / "bad.safetensors"));
 }
 
 }  // namespace

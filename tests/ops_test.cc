@@ -17,7 +17,12 @@
 //  - row/elementwise ops: a few u of the result for each rounded step (listed at each case);
 //  - attention: the score errors Δs perturb each probability by ≤ 2·max Δs (+ exp's error),
 //    which moves the output by at most that relative amount of Σ p·|v|, plus the rounding of
-//    the p·v sums ((L + hd + 16)·u·Σ p·|v|).
+//    the p·v sums ((L + hd + 16)·u·Σ p·|v|);
+//  - bf16 attention (ops.h, AttnPrecision::Bf16), ε = 2^-8 (8 significand bits): against the exact
+//  inputs, the
+//    documented bound (q̃k̃ within 2ε + ε² of qk in the scores, p̃ and ṽ within ε each); against
+//    the float64 attention of the bf16-rounded q̃, k̃, ṽ, the f32 bound with one more rounding in
+//    the scores (the scale) and ε for p̃ — tight enough that unrounded inputs would fail it.
 #include "kernels/ops.h"
 
 #include <gtest/gtest.h>
@@ -71,6 +76,9 @@ class OpCase {
     virtual std::string name() const = 0;
     virtual ActMode act() const { return ActMode::F32; }
     virtual Bf16Act bf16_act() const { return Bf16Act::F32; }
+    virtual AttnPrecision attn() const { return AttnPrecision::F32; }
+    // Whether the worst element's ratio to its bound is printed on success too.
+    virtual bool report_worst() const { return false; }
     // Runs the op under ctx on the case's (unchanged) inputs; returns the output.
     virtual std::vector<float> run(const OpContext& ctx) = 0;
     // The float64 result and the allowed |error| of each output element.
@@ -599,9 +607,20 @@ class AttentionCase : public OpCase {
   public:
     // kv_pad > 0: k/v rows kv_pad floats further apart than hd (the ViT's views of its qkv
     // rows), which attention() copies to dense rows for many query rows.
+    // How a Bf16 case is checked: the documented bound against the exact inputs, or the tight
+    // one against the bf16-rounded inputs.
+    enum class Check { F32, Bf16Exact, Bf16Rounded };
     AttentionCase(MaskSpec m, size_t n, size_t nh, size_t nkv, size_t hd, bool shuffle,
-                  float scale = 0.0f, size_t kv_pad = 0)
-        : m_(std::move(m)), n_(n), nh_(nh), nkv_(nkv), hd_(hd), row_(hd + kv_pad), scale_(scale) {
+                  float scale = 0.0f, size_t kv_pad = 0, Check check = Check::F32)
+        : m_(std::move(m)),
+          n_(n),
+          nh_(nh),
+          nkv_(nkv),
+          hd_(hd),
+          row_(hd + kv_pad),
+          scale_(scale),
+          check_(check),
+          shuffle_(shuffle) {
         const size_t L = m_.n_cached + n;
         q_ = rand_vec(n * nh * hd, 81 + n * hd, 1.5f);
         cap_ = L + 5;  // a cache with spare capacity: k/v rows are strided views
@@ -632,8 +651,19 @@ class AttentionCase : public OpCase {
         return "attention_" + m_.label + "_P" + std::to_string(m_.n_cached) + "_n" +
                std::to_string(n_) + "_h" + std::to_string(nh_) + "kv" + std::to_string(nkv_) +
                "_hd" + std::to_string(hd_) + (order_.size() && order_[0] != 0 ? "_qperm" : "") +
-               (row_ != hd_ ? "_kvrow" + std::to_string(row_) : "");
+               (row_ != hd_ ? "_kvrow" + std::to_string(row_) : "") +
+               (check_ == Check::Bf16Exact     ? "_bf16"
+                : check_ == Check::Bf16Rounded ? "_bf16rounded"
+                                               : "");
     }
+    // The same case (inputs, mask, shape) under another check.
+    AttentionCase* with_check(Check check) const {
+        return new AttentionCase(m_, n_, nh_, nkv_, hd_, shuffle_, scale_, row_ - hd_, check);
+    }
+    AttnPrecision attn() const override {
+        return check_ == Check::F32 ? AttnPrecision::F32 : AttnPrecision::Bf16;
+    }
+    bool report_worst() const override { return check_ != Check::F32; }
     std::vector<float> run(const OpContext& ctx) override {
         const int64_t L = I(m_.n_cached + n_);
         std::vector<float> out(n_ * nh_ * hd_);
@@ -654,13 +684,30 @@ class AttentionCase : public OpCase {
                 }
         const double scale =
             scale_ > 0 ? scale_ : double(1.0f / std::sqrt(static_cast<float>(hd_)));
-        const auto q = f64(q_);
+        const bool rounded = check_ == Check::Bf16Rounded;
+        auto q = f64(q_);
+        if (rounded) {
+            for (double& x : q) x = round_bf16(static_cast<float>(x));
+            for (double& x : k) x = round_bf16(static_cast<float>(x));
+            for (double& x : v) x = round_bf16(static_cast<float>(x));
+        }
         want.resize(n_ * nh_ * hd_);
         std::vector<double> p(n_ * nh_ * L);
         ref::attention(q.data(), order_.data(), k.data(), v.data(), n_, nh_, nkv_, hd_, mask_,
                        scale, want.data(), p.data());
         bound.resize(want.size());
         const size_t group = nh_ / nkv_;
+        // Relative score error per unit of scale·Σ|q·k| and the P·V term per unit of Σ p·|v|.
+        constexpr double e = 0x1p-8;
+        const double sums = (L + hd_ + 16) * u;
+        double score_rel = (hd_ + 3) * u, pv_rel = sums;
+        if (check_ == Check::Bf16Exact) {
+            score_rel = 2 * e + e * e + (hd_ + 3) * u * (1 + e) * (1 + e);
+            pv_rel = 2 * e + e * e + sums * (1 + e) * (1 + e);
+        } else if (rounded) {
+            score_rel = (hd_ + 4) * u;  // + the f32 multiply by the scale
+            pv_rel = e + sums * (1 + e);
+        }
         for (size_t r = 0; r < n_; ++r)
             for (size_t h = 0; h < nh_; ++h) {
                 const size_t g = h / group;
@@ -669,14 +716,14 @@ class AttentionCase : public OpCase {
                     double mag = 0;
                     for (size_t d = 0; d < hd_; ++d)
                         mag += std::fabs(q[(r * nh_ + h) * hd_ + d] * k[(g * L + a) * hd_ + d]);
-                    ds = std::max(ds, (hd_ + 3) * u * mag * scale);
+                    ds = std::max(ds, score_rel * mag * scale);
                 }
                 const double dp = 2 * ds + 8 * u;  // + exp's error (≤ 4u) and p's rounding
                 for (size_t d = 0; d < hd_; ++d) {
                     double pv = 0;
                     for (size_t a = 0; a < L; ++a)
                         pv += p[(r * nh_ + h) * L + a] * std::fabs(v[(g * L + a) * hd_ + d]);
-                    bound[(r * nh_ + h) * hd_ + d] = (2 * dp + (L + hd_ + 16) * u) * pv + 1e-30;
+                    bound[(r * nh_ + h) * hd_ + d] = (2 * dp + pv_rel) * pv + 1e-30;
                 }
             }
     }
@@ -692,6 +739,8 @@ class AttentionCase : public OpCase {
     MaskSpec m_;
     size_t n_, nh_, nkv_, hd_, row_, cap_ = 0;
     float scale_;
+    Check check_;
+    bool shuffle_;
     std::vector<float> q_, kc_, vc_;
     std::vector<int32_t> order_, split_of_, split_end_;
     std::vector<uint8_t> hidden_;
@@ -990,6 +1039,31 @@ const std::vector<CasePtr>& all_cases() {
         add_case(new AttentionCase(windows_edge, 200, 2, 2, 80, false, 0.0f, 160));  // ViT views
         add_case(new AttentionCase(causal_cache5, 40, 4, 2, 24, true, 0.0f, 3));
         add_case(new AttentionCase(splits_many, 140, 4, 2, 16, false, 0.0f, 48));
+        // Bf16 attention (AMX tiles for 16 or more query rows): every case above in both checks,
+        // and the generation shape in small: 8 query heads per kv head, a cached prefix, the
+        // noisy block's full split after it, head dims 64 / 80 / 128, rows and keys off 16/32/64.
+        {
+            const MaskSpec none_cache37{K::None, 37, {}, {}, {}, "none"};
+            const MaskSpec gen_splits{
+                K::Splits, 29, {}, {{20, S::Causal}, {9, S::Full}}, {{70, S::Noise}}, "splits"};
+            add_case(new AttentionCase(none_cache37, 70, 16, 2, 128, false));
+            add_case(new AttentionCase(gen_splits, 70, 16, 2, 128, true));
+            add_case(new AttentionCase(none_cache37, 33, 8, 1, 64, false));
+            add_case(new AttentionCase(causal, 97, 4, 2, 80, false));
+            add_case(new AttentionCase(windows_edge, 200, 4, 2, 64, false, 0.0f, 32));
+            add_case(new AttentionCase(causal_cache70, 16, 4, 2, 128, false));
+            add_case(new AttentionCase(causal_cache70, 15, 4, 2, 128, false));
+            // Long key ranges (the AMX path's 128-key tiles), one ending mid-tile per row.
+            const MaskSpec none_cache530{K::None, 530, {}, {}, {}, "none"};
+            const MaskSpec causal_cache520{K::Causal, 520, {}, {}, {}, "causal"};
+            add_case(new AttentionCase(none_cache530, 40, 4, 1, 64, false));
+            add_case(new AttentionCase(causal_cache520, 37, 4, 2, 80, true));
+            for (size_t i = 0, end = c.size(); i < end; ++i)
+                if (auto* a = dynamic_cast<AttentionCase*>(c[i].get()))
+                    for (auto check :
+                         {AttentionCase::Check::Bf16Exact, AttentionCase::Check::Bf16Rounded})
+                        add_case(a->with_check(check));
+        }
         // conv3d: causal time padding with and without cache, stride 2 (VAE downsample pads),
         // 1x1, odd channels, every weight type, accumulate.
         const Conv3dParams same3 = conv_params(1, 1, 1, 2, 1, 1, 1, 1);
@@ -1040,7 +1114,7 @@ TEST_P(Ops, MatchesReferenceAndIsThreadInvariant) {
     c.reference(want, bound);
     std::vector<float> first;
     for (size_t threads : {1, 2, 3}) {
-        const OpContext ctx{&pool_of(threads), isa, c.act(), c.bf16_act()};
+        const OpContext ctx{&pool_of(threads), isa, c.act(), c.bf16_act(), c.attn()};
         const std::vector<float> got = c.run(ctx);
         ASSERT_EQ(got.size(), want.size());
         if (threads == 1) {
@@ -1058,6 +1132,11 @@ TEST_P(Ops, MatchesReferenceAndIsThreadInvariant) {
                 << c.name() << " on " << isa_name(isa) << ": worst element " << worst << " got "
                 << got[worst] << " want " << want[worst] << " |err| "
                 << std::fabs(double(got[worst]) - want[worst]) << " bound " << bound[worst];
+            if (c.report_worst())
+                std::printf(
+                    "[  worst   ] %s on %s: element %zu |err| %.3g, bound %.3g (%.3f of it)\n",
+                    c.name().c_str(), isa_name(isa), worst,
+                    std::fabs(double(got[worst]) - want[worst]), bound[worst], worst_ratio);
             first = got;
         } else {
             EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * sizeof(float)), 0)

@@ -10,6 +10,7 @@
 #include "core/thread_pool.h"
 #include "io/temp_output.h"
 #include "kernels/linear.h"
+#include "kernels/ops.h"
 
 namespace lancet::cli {
 namespace {
@@ -55,6 +56,14 @@ int main(int argc, char** argv) {
                    "lm_head of an INT4 checkpoint: int4 (quantized at load, g64, default) or "
                    "bf16 (as stored)")
         ->check(CLI::IsMember({"int4", "bf16"}));
+    // f32 attention by default (exact to f32 rounding); bf16 is Lance's own SDPA arithmetic and
+    // runs on the AMX tiles where the CPU has them (README, "bf16 attention").
+    std::string attention;
+    app.add_option("--attention", attention,
+                   "Attention arithmetic: f32 (default) or bf16 (q, k, v and the probabilities "
+                   "rounded to bf16, f32 softmax and sums, as Lance's bf16 SDPA; AMX tiles where "
+                   "present). Default from $LANCET_ATTN, else f32")
+        ->check(CLI::IsMember({"f32", "bf16"}));
     app.parse_complete_callback([&] {
         lancet::cli::g_lm_head = lm_head == "bf16" ? lancet::DecoderOptions::LmHead::Stored
                                                    : lancet::DecoderOptions::LmHead::Int4;
@@ -76,6 +85,12 @@ int main(int argc, char** argv) {
             lancet::kernels::set_bf16_activation_mode(lancet::kernels::Bf16Act::Bf16);
         else
             (void)lancet::kernels::bf16_activation_mode();  // $LANCET_BF16_ACT; bad value fails
+        if (attention == "bf16")
+            lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::Bf16);
+        else if (attention == "f32")
+            lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::F32);
+        else
+            (void)lancet::kernels::attn_precision();  // $LANCET_ATTN decides; a bad value fails
     });
 
     lancet::cli::add_synth(app);

@@ -2,10 +2,12 @@
 // abstraction (None, Causal, Segments, Splits), online softmax over key tiles.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "core/aligned_buffer.h"
 #include "core/error.h"
+#include "core/numeric.h"
 #include "kernels/ops.h"
 #include "kernels/ops_kernels.h"
 
@@ -17,6 +19,9 @@ constexpr size_t kKeyTile = 64;    // keys per step of the online softmax
 // Query blocks of at least this many rows take the column-form tiles where the ISA has them
 // (a vector of query rows per register); fewer (decode's one row) stay row by row.
 constexpr size_t kMinColumnRows = 8;
+// Bf16 calls with at least this many query rows run on AMX tiles where the ISA has them (a tile
+// holds 16 rows); fewer (decode) take the vector path with the same roundings.
+constexpr size_t kMinAmxRows = 16;
 
 // Lance's split rule for cached key a (< n_cached) or chunk key a − n_cached, query chunk index
 // qi.
@@ -26,6 +31,18 @@ inline bool split_allows(const AttnMask& m, size_t qi, size_t a) {
     const int32_t sj = m.split_of[j], si = m.split_of[qi];
     if (sj == si) return m.modes[si] != AttnSplit::Causal || j <= qi;
     return j < qi && m.modes[sj] != AttnSplit::Noise;
+}
+
+// n floats of x rounded to bf16 values into y (round_bf16 of core/numeric.h, the same bits for
+// every input), written without its branch so the compiler vectorizes the loop: decode's call
+// rounds its whole K/V cache, and the scalar form cost more than the attention itself.
+void round_bf16_n(const float* x, size_t n, float* y) {
+    for (size_t i = 0; i < n; ++i) {
+        const uint32_t u = f32_bits(x[i]);
+        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        const uint32_t quiet = (u | 0x00400000u) & 0xffff0000u;
+        y[i] = f32_from_bits((u & 0x7fffffffu) > 0x7f800000u ? quiet : r);
+    }
 }
 
 void check_attention(const TensorRef& q, const TensorRef& k, const TensorRef& v,
@@ -73,6 +90,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                AttentionScratch& scratch) {
     check_attention(q, k, v, mask, out);
     const detail::OpKernels& kern = detail::op_kernels(ctx.isa);
+    const bool bf16 = ctx.attn == AttnPrecision::Bf16;
     ThreadPool& pool = ctx.threads();
     const size_t n = static_cast<size_t>(q.shape[0]), nh = static_cast<size_t>(q.shape[1]),
                  hd = static_cast<size_t>(q.shape[2]), nkv = static_cast<size_t>(k.shape[0]);
@@ -154,7 +172,55 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
     size_t ldk = static_cast<size_t>(k.stride[1]), ldv = static_cast<size_t>(v.stride[1]);
     size_t kgs = static_cast<size_t>(k.stride[0]), vgs = static_cast<size_t>(v.stride[0]);
     const size_t keys = P + n;
-    if (kern.attn_scores_cols && n >= kMinColumnRows && (ldk != hd || ldv != hd)) {
+    // Bf16 on AMX: K and V packed once into the tiles' bf16 layouts (ops_kernels.h), per kv head,
+    // shared by every query block and every head of the group.
+    const detail::AttnAmxKernels* amx =
+        bf16 && n >= kMinAmxRows ? detail::attn_amx_kernels(ctx.isa) : nullptr;
+    const uint32_t* kpk = nullptr;
+    const uint32_t* vpk = nullptr;
+    size_t kpk_head = 0, vpk_head = 0;
+    if (amx) {
+        kpk_head = amx->k_words(keys, hd);
+        vpk_head = amx->v_words(keys, hd);
+        const size_t bytes = nkv * (kpk_head + vpk_head) * sizeof(uint32_t);
+        if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
+        uint32_t* kp = scratch.kv_packed.as<uint32_t>();
+        uint32_t* vp = kp + nkv * kpk_head;
+        const size_t kb = amx->k_blocks(keys), vb = amx->v_blocks(keys);
+        // Units of 2 K blocks + 1 V block (32 keys each) per kv head.
+        pool.parallel_for(nkv * vb, [&](size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) {
+                const size_t g = i / vb, blk = i % vb;
+                amx->pack_k(kbase + g * kgs, ldk, keys, hd, 2 * blk, std::min(kb, 2 * blk + 2),
+                            kp + g * kpk_head);
+                amx->pack_v(vbase + g * vgs, ldv, keys, hd, blk, blk + 1, vp + g * vpk_head);
+            }
+        });
+        kpk = kp;
+        vpk = vp;
+    } else if (bf16) {
+        // The other paths: K and V rounded to bf16 values in dense f32 rows, then the f32 tiles.
+        const size_t bytes = 2 * nkv * keys * hd * sizeof(float);
+        if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
+        float* kp = scratch.kv_packed.as<float>();
+        float* vp = kp + nkv * keys * hd;
+        const float* ks = kbase;
+        const float* vs = vbase;
+        const size_t kstride = ldk, vstride = ldv, kg = kgs, vg = vgs;
+        pool.parallel_for(nkv * keys, [&](size_t b, size_t e) {
+            for (size_t i = b; i < e; ++i) {
+                const size_t g = i / keys, a = i % keys;
+                const float* kr = ks + g * kg + a * kstride;
+                const float* vr = vs + g * vg + a * vstride;
+                round_bf16_n(kr, hd, kp + i * hd);
+                round_bf16_n(vr, hd, vp + i * hd);
+            }
+        });
+        kbase = kp;
+        vbase = vp;
+        ldk = ldv = hd;
+        kgs = vgs = keys * hd;
+    } else if (kern.attn_scores_cols && n >= kMinColumnRows && (ldk != hd || ldv != hd)) {
         const size_t bytes = 2 * nkv * keys * hd * sizeof(float);
         if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
         float* kp = scratch.kv_packed.as<float>();
@@ -204,14 +270,39 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
         const size_t qs = static_cast<size_t>(q.stride[0]), os = static_cast<size_t>(out.stride[0]);
         prefetch_rows(q.f32() + r0 * qs + h * q.stride[1], nr, qs, hd, false);
         prefetch_rows(out.f32() + r0 * os + h * out.stride[1], nr, os, hd, true);
+        if (amx) return;  // the packed K and V blocks are read in order
         const size_t a0 = lo[q_index ? q_index[r0] : r0], nk = std::min(kKeyTile, P + n - a0);
         prefetch_rows(kbase + g * kgs + a0 * ldk, nk, ldk, hd, false);
         prefetch_rows(vbase + g * vgs + a0 * ldv, nk, ldv, hd, false);
     };
 
-    const float scale_q = scale;  // a local: the gathers below need not reload it per store
+    // F32 folds the scale into q; Bf16 rounds q itself and scales the f32 scores (ops.h).
+    const float scale_q = bf16 ? 1.0f : scale;
+    const auto q_val = [bf16](float x) { return bf16 ? round_bf16(x) : x; };
+    // Bf16: s = scale · (q̃·k̃) for the scores of a tile; p rounded to bf16 for P·V.
+    const auto scale_scores = [&](float* sp, size_t count) {
+        if (bf16)
+            for (size_t i = 0; i < count; ++i) sp[i] *= scale;
+    };
+    const auto round_p = [&](float* pp, size_t count) {
+        if (bf16) round_bf16_n(pp, count, pp);
+    };
+    // The AMX tasks' view of the mask rule above.
+    const auto mask_env = [&](float* sr, size_t qi, size_t a0, size_t nk) {
+        mask_row(sr, 1, qi, a0, nk);
+    };
+    using MaskEnv = decltype(mask_env);
+    const auto mask_cb = [](const void* env, float* sr, size_t qi, size_t a0, size_t nk) {
+        (*static_cast<const MaskEnv*>(env))(sr, qi, a0, nk);
+    };
+    if (amx) {
+        const size_t floats = amx->scratch_floats(hd) + 16;  // + 16: room to align to 64 bytes
+        for (size_t s = 0; s < pool.size(); ++s)
+            if (scratch.per_share[s].size() < floats) scratch.per_share[s].resize(floats);
+    }
     pool.run([&](size_t share, size_t n_shares) {
         float* base = scratch.per_share[share].data();
+        if (amx) amx->begin();
         // Round-robin over tasks: under a causal mask later query tiles cost more, and contiguous
         // ranges would leave the last thread with most of the work. Each output is still
         // computed by one task the same way, whatever the thread count. Head-major: the threads
@@ -237,6 +328,36 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
             };
             const auto row_qi = [&](size_t r) { return q_index ? q_index[r0 + r] : r0 + r; };
 
+            if (amx) {
+                const float* qrows[kQueryTile];
+                float* orows[kQueryTile];
+                size_t qis[kQueryTile];
+                for (size_t r = 0; r < nr; ++r) {
+                    qrows[r] = q_row(r);
+                    orows[r] = out_row(r);
+                    qis[r] = row_qi(r);
+                }
+                detail::AttnAmxTask t;
+                t.kp = kpk + g * kpk_head;
+                t.vp = vpk + g * vpk_head;
+                t.hd = hd;
+                t.nr = nr;
+                t.q = qrows;
+                t.out = orows;
+                t.qi = qis;
+                t.lo = lo.data();
+                t.dense = dense.data();
+                t.key_begin = key_begin;
+                t.key_end = key_end;
+                t.scale = scale;
+                t.mask = mask_cb;
+                t.env = &mask_env;
+                t.scratch = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(base) + 63) &
+                                                     ~uintptr_t{63});
+                amx->task(t);
+                continue;
+            }
+
             if (kern.attn_scores_cols && nr >= kMinColumnRows) {
                 // Column form: S = Q·Kᵀ, softmax and O += P·V as register-blocked outer
                 // products over the whole query block (attention_x86_impl.h).
@@ -254,7 +375,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 for (size_t r = 0; r < nr; ++r) src[r] = q_row(r);
                 for (size_t d = 0; d < hd; ++d) {
                     float* t = qt + d * ld;
-                    for (size_t r = 0; r < nr; ++r) t[r] = src[r][d] * scale_q;
+                    for (size_t r = 0; r < nr; ++r) t[r] = q_val(src[r][d]) * scale_q;
                     std::fill(t + nr, t + ld, 0.0f);
                 }
                 std::fill(acc, acc + hd * ld, 0.0f);
@@ -263,8 +384,10 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 for (size_t a0 = key_begin; a0 < key_end; a0 += kKeyTile) {
                     const size_t nk = std::min(kKeyTile, key_end - a0);
                     kern.attn_scores_cols(qt, ld, nr, kh + a0 * ldk, ldk, nk, hd, st);
+                    scale_scores(st, nk * ld);
                     for (size_t r = 0; r < nr; ++r) mask_row(st + r, ld, row_qi(r), a0, nk);
                     kern.attn_softmax_cols(st, ld, nr, nk, mx, sum, corr);
+                    round_p(st, nk * ld);
                     kern.attn_pv_cols(st, ld, nr, vh + a0 * ldv, ldv, nk, hd, corr, acc);
                 }
                 float* dst[kQueryTile];
@@ -287,7 +410,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
             float* sum = mx + kQueryTile;
             for (size_t r = 0; r < nr; ++r) {
                 const float* src = q_row(r);
-                for (size_t d = 0; d < hd; ++d) qb[r * hd + d] = src[d] * scale;
+                for (size_t d = 0; d < hd; ++d) qb[r * hd + d] = q_val(src[d]) * scale_q;
                 mx[r] = kNegInf;
                 sum[r] = 0;
             }
@@ -295,6 +418,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
             for (size_t a0 = key_begin; a0 < key_end; a0 += kKeyTile) {
                 const size_t nk = std::min(kKeyTile, key_end - a0);
                 kern.attn_scores(qb, nr, kh + a0 * ldk, ldk, nk, hd, s);
+                scale_scores(s, nr * nk);
                 for (size_t r = 0; r < nr; ++r) {
                     float* sr = s + r * nk;
                     mask_row(sr, 1, row_qi(r), a0, nk);
@@ -307,6 +431,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                     const float corr = std::exp(mx[r] - top);  // 0 on the first visible tile
                     mx[r] = top;
                     sum[r] = sum[r] * corr + kern.attn_exp_sum(sr, nk, top);
+                    round_p(sr, nk);
                     if (corr != 1.0f)
                         for (size_t d = 0; d < hd; ++d) acc[r * hd + d] *= corr;
                 }
@@ -318,6 +443,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 for (size_t d = 0; d < hd; ++d) dst[d] = acc[r * hd + d] * inv;
             }
         }
+        if (amx) amx->end();
     });
 }
 

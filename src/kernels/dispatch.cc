@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "kernels/gemm.h"
 #include "kernels/linear_kernels.h"
+#include "kernels/ops.h"
 #include "kernels/ops_kernels.h"
 #include "kernels/probe.h"
 
@@ -29,6 +30,15 @@ std::optional<ActMode> g_act_forced;
 std::optional<ActMode> g_act_env;  // resolved once from LANCET_ACT
 std::optional<Bf16Act> g_bf16_act_forced;
 std::optional<Bf16Act> g_bf16_act_env;  // resolved once from LANCET_BF16_ACT
+std::optional<AttnPrecision> g_attn_forced;
+std::optional<AttnPrecision> g_attn_env;  // resolved once from LANCET_ATTN
+
+AttnPrecision parse_attn_env() {
+    const char* v = std::getenv("LANCET_ATTN");
+    if (!v || !*v || std::strcmp(v, "f32") == 0) return AttnPrecision::F32;
+    if (std::strcmp(v, "bf16") == 0) return AttnPrecision::Bf16;
+    fail("LANCET_ATTN=", v, ": unknown attention precision (expected f32 or bf16)");
+}
 
 Bf16Act parse_bf16_act_env() {
     const char* v = std::getenv("LANCET_BF16_ACT");
@@ -238,6 +248,27 @@ void clear_bf16_activation_mode() {
     g_bf16_act_forced.reset();
 }
 
+const char* attn_precision_name(AttnPrecision p) {
+    return p == AttnPrecision::Bf16 ? "bf16" : "f32";
+}
+
+AttnPrecision attn_precision() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_attn_forced) return *g_attn_forced;
+    if (!g_attn_env) g_attn_env = parse_attn_env();
+    return *g_attn_env;
+}
+
+void set_attn_precision(AttnPrecision p) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_attn_forced = p;
+}
+
+void clear_attn_precision() {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_attn_forced.reset();
+}
+
 std::string runtime_description(const ThreadPool& pool) {
     const Isa isa = active_isa();
     std::string s = "ISA ";
@@ -258,6 +289,8 @@ std::string runtime_description(const ThreadPool& pool) {
     s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
     if (activation_mode() == ActMode::Int8) s += ", int4 activations int8 (W4A8)";
     if (bf16_activation_mode() == Bf16Act::Bf16) s += ", bf16 activations for bf16 weights";
+    if (attn_precision() == AttnPrecision::Bf16)
+        s += isa == Isa::Amx ? ", bf16 attention (amx tiles)" : ", bf16 attention";
     return s;
 }
 
@@ -345,6 +378,10 @@ const OpKernels& op_kernels(Isa isa) {
             break;
     }
     return op_kernels_scalar();
+}
+
+const AttnAmxKernels* attn_amx_kernels(Isa isa) {
+    return checked(isa) == Isa::Amx ? &attn_amx_kernels_amx() : nullptr;
 }
 
 GemmFn gemm_nt_kernel(Isa isa) {

@@ -90,6 +90,7 @@ OpContext OpContext::defaults(ThreadPool* pool) {
     c.isa = active_isa();
     c.act = activation_mode();
     c.bf16_act = bf16_activation_mode();
+    c.attn = attn_precision();
     return c;
 }
 

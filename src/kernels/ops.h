@@ -64,16 +64,29 @@ struct TensorRef {
     std::string describe() const;
 };
 
+// The arithmetic of attention() (below, "Precision"). F32: f32 inputs, f32 dot products and
+// sums (the accurate default). Bf16: q, k and v rounded to bf16, as Lance's bf16 SDPA / flash
+// attention sees them, f32 scores and softmax, the probabilities rounded to bf16 for P·V.
+enum class AttnPrecision : uint8_t { F32, Bf16 };
+const char* attn_precision_name(AttnPrecision p);  // "f32", "bf16"
+// The precision attention() uses by default: set_attn_precision()'s, else $LANCET_ATTN (f32|bf16;
+// lancet::Error if anything else), else F32. (dispatch.cc, with the ISA choice.)
+AttnPrecision attn_precision();
+void set_attn_precision(AttnPrecision p);
+void clear_attn_precision();  // back to $LANCET_ATTN / F32
+
 // Where and how an op runs. Built once per run (or per session) by the caller; cheap to copy.
 struct OpContext {
     ThreadPool* pool = nullptr;
     Isa isa = Isa::Scalar;
-    ActMode act = ActMode::F32;       // how linear/conv3d treat activations of INT4 weights
-    Bf16Act bf16_act = Bf16Act::F32;  // how linear/conv3d treat activations of BF16 weights
+    ActMode act = ActMode::F32;               // how linear/conv3d treat activations of INT4 weights
+    Bf16Act bf16_act = Bf16Act::F32;          // how linear/conv3d treat activations of BF16 weights
+    AttnPrecision attn = AttnPrecision::F32;  // attention()'s arithmetic
 
     ThreadPool& threads() const { return pool ? *pool : default_pool(); }
     // The process defaults at the edge of a program (CLI, tests): active_isa(),
-    // activation_mode(), bf16_activation_mode(), and the given pool (nullptr: default_pool()).
+    // activation_mode(), bf16_activation_mode(), attn_precision(), and the given pool (nullptr:
+    // default_pool()).
     static OpContext defaults(ThreadPool* pool = nullptr);
 };
 
@@ -178,7 +191,8 @@ struct AttentionScratch {
     // Per chunk token: keys [key_begin, dense_end) are all visible, none outside
     // [key_begin, key_end).
     std::vector<size_t> key_begin, dense_end, key_end;
-    // Strided K and V copied to dense [nkv][keys][hd] rows for many-query calls.
+    // Strided K and V copied to dense [nkv][keys][hd] rows for many-query calls (Bf16: rounded
+    // to bf16 values, or on AMX packed into the tiles' bf16 layouts).
     AlignedBuffer kv_packed;
 };
 
@@ -187,6 +201,30 @@ struct AttentionScratch {
 // h / (nh / nkv); scale 1/√hd unless `scale` > 0. out [n, nh, hd]. q_index (nullable) maps q row
 // r to its chunk position (the decoder permutes rows by path). Tiled with an online softmax: no
 // n × n score matrix.
+//
+// Precision (ctx.attn). Per output o = Σ_a p_a v_a / Σ_a p_a over the visible keys a, with
+// p_a = exp(s_a − m) and m the running maximum of the online softmax:
+//  - F32: s_a = Σ_d (scale·q_d)·k_ad in f32 (any order), exp by a polynomial (relative error
+//    ~2e-7), p·v and the row sum in f32. Error vs exact: the score error Δs <= (hd + 3)·u·S_a,
+//    S_a = scale·Σ_d |q_d k_ad|, u = 2^-24, moves each normalised probability by at most
+//    2·max_a Δs + 8u relative; the output is off by at most twice that plus (L + hd + 16)·u,
+//    times Σ_a p_a |v_ad| (L = visible keys).
+//  - Bf16: q̃, k̃, ṽ = bf16(q, k, v) (round to nearest even, core/numeric.h); s_a = scale ·
+//    Σ_d q̃_d k̃_ad (products exact in f32, f32 sums in any order, then one f32 multiply);
+//    the softmax in f32 as above (the online maximum and the row sum l = Σ_a p_a of the
+//    UNROUNDED p, as flash attention keeps it); p̃_a = bf16(p_a) for the P·Ṽ product, summed in
+//    f32; o = (Σ_a p̃_a ṽ_a) / l. With ε = 2^-8 (the bf16 unit roundoff: 8 significand bits), per
+//    output element:
+//      Δs_a <= (2ε + ε² + (hd + 3)·u·(1 + ε)²)·S_a,   δ = 2·max_a Δs_a + 8u,
+//      |o − o_exact| <= (2δ + 2ε + ε² + (L + hd + 16)·u·(1 + ε)²) · Σ_a p_a |v_ad|
+//    (2ε + ε²: p̃ and ṽ each within ε relative; the normaliser l is unrounded, so the p rounding
+//    is not divided out). Denormal inputs (|x| < 2^-126) may count as 0 (the AMX tiles and
+//    vcvtne2ps2bf16 flush them), adding at most 2^-126·Σ|other factor| per dot product.
+//    Isa::Amx runs calls of 16 or more query rows on AMX tiles (TDPBF16PS, attention_amx.cc;
+//    a partial block padded with zero rows); fewer rows (decode) and the other ISAs round q, k,
+//    v and p the same way and run their f32 kernels,
+//    so the ISAs agree to f32 summation order only (the tiles sum pairs of products), not to the
+//    bit. Results stay bit-identical across thread counts in both modes.
 void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index, const TensorRef& k,
                const TensorRef& v, const AttnMask& mask, float scale, const TensorRef& out,
                AttentionScratch& scratch);

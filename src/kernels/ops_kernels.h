@@ -51,6 +51,51 @@ struct OpKernels {
                          size_t nk, size_t hd, const float* corr, float* acc);
 };
 
+// Bf16 attention on AMX tiles (AttnPrecision::Bf16 on Isa::Amx; attention_amx.cc). K and V are
+// packed once per call, per kv head, into the tiles' bf16 layouts (zero past the last key and
+// past hd), for 16-key blocks of K and 32-key blocks of V:
+//   K: kp[kb][c][r][j] (u32) = the pair (k[16 kb + j][32 c + 2r], k[16 kb + j][32 c + 2r + 1]),
+//      c < kchunks(hd): the B operand of S = Q·Kᵀ (a 32-bit 16 × 16 transpose of the key block);
+//   V: vp[kb][c][r][n] (u32) = the pair (v[32 kb + 2r][16 c + n], v[32 kb + 2r + 1][16 c + n]),
+//      c < vchunks(hd): the B operand of O += P·V.
+// One task is a block of up to 32 query rows of one head against that head's packed K and V.
+struct AttnAmxTask {
+    const uint32_t* kp;  // this kv head's packed K
+    const uint32_t* vp;  // this kv head's packed V
+    size_t hd;
+    size_t nr;                  // query rows, 1..32
+    const float* const* q;      // [nr] rows of hd floats
+    float* const* out;          // [nr] rows of hd floats
+    const size_t* qi;           // [nr] chunk position of each row (for the mask)
+    const size_t* lo;           // per chunk position: first visible key
+    const size_t* dense;        // per chunk position: keys [lo, dense) all visible
+    size_t key_begin, key_end;  // the keys any row may see
+    float scale;
+    // Sets the keys a0 + j (j < nk) that chunk position qi may not see to −inf in s[j].
+    void (*mask)(const void* env, float* s, size_t qi, size_t a0, size_t nk);
+    const void* env;
+    float* scratch;  // attn_amx_scratch_floats(hd) floats, 64-byte aligned
+};
+struct AttnAmxKernels {
+    size_t (*k_words)(size_t keys, size_t hd);  // u32 words of one kv head's packed K
+    size_t (*v_words)(size_t keys, size_t hd);
+    // Key blocks [b0, b1) of one kv head (k rows ldk apart, `keys` keys): 16-key blocks for K,
+    // 32-key blocks for V; the block counts are k_blocks / v_blocks.
+    size_t (*k_blocks)(size_t keys);
+    size_t (*v_blocks)(size_t keys);
+    void (*pack_k)(const float* k, size_t ldk, size_t keys, size_t hd, size_t b0, size_t b1,
+                   uint32_t* kp);
+    void (*pack_v)(const float* v, size_t ldv, size_t keys, size_t hd, size_t b0, size_t b1,
+                   uint32_t* vp);
+    size_t (*scratch_floats)(size_t hd);
+    void (*begin)();  // loads the tile configuration on the calling thread
+    void (*end)();    // releases the tiles
+    void (*task)(const AttnAmxTask& t);
+};
+const AttnAmxKernels& attn_amx_kernels_amx();
+// The AMX attention kernels for an ISA: non-null only for Isa::Amx (dispatch.cc).
+const AttnAmxKernels* attn_amx_kernels(Isa isa);
+
 const OpKernels& op_kernels_scalar();
 const OpKernels& op_kernels_avx2();
 const OpKernels& op_kernels_avx512();
