@@ -52,7 +52,8 @@ ActMode parse_act_env() {
     const char* v = std::getenv("LANCET_ACT");
     if (!v || !*v || std::strcmp(v, "f32") == 0) return ActMode::F32;
     if (std::strcmp(v, "int8") == 0) return ActMode::Int8;
-    fail("LANCET_ACT=", v, ": unknown activation mode (expected f32 or int8)");
+    if (std::strcmp(v, "bf16") == 0) return ActMode::Bf16;
+    fail("LANCET_ACT=", v, ": unknown activation mode (expected f32, int8 or bf16)");
 }
 
 Isa parse_env() {
@@ -210,7 +211,17 @@ bool avx_vnni() {
 }
 }  // namespace detail
 
-const char* act_mode_name(ActMode m) { return m == ActMode::Int8 ? "int8" : "f32"; }
+const char* act_mode_name(ActMode m) {
+    switch (m) {
+        case ActMode::Int8:
+            return "int8";
+        case ActMode::Bf16:
+            return "bf16";
+        case ActMode::F32:
+            break;
+    }
+    return "f32";
+}
 
 ActMode activation_mode() {
     std::lock_guard<std::mutex> lock(g_mutex);
@@ -288,6 +299,8 @@ std::string runtime_description(const ThreadPool& pool) {
     }
     s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
     if (activation_mode() == ActMode::Int8) s += ", int4 activations int8 (W4A8)";
+    if (activation_mode() == ActMode::Bf16)
+        s += ", int4 activations bf16 (weights dequantized to bf16)";
     if (bf16_activation_mode() == Bf16Act::Bf16) s += ", bf16 activations for bf16 weights";
     if (attn_precision() == AttnPrecision::Bf16)
         s += isa == Isa::Amx ? ", bf16 attention (amx tiles)" : ", bf16 attention";
@@ -303,6 +316,7 @@ double probe_fma_avx512(size_t iters, float seed);
 double probe_int8_avx512(size_t iters, int seed);
 double probe_bf16_avx512(size_t iters, float seed);
 double probe_int8_amx(size_t iters, int seed);
+double probe_bf16_amx(size_t iters, float seed);
 
 namespace {
 // Ops take the ISA from their OpContext; running one this CPU lacks would fault.
@@ -342,11 +356,26 @@ W4A8Fn w4a8_kernel(Isa isa) {
     return &w4a8_scalar;
 }
 
-// vdpbf16ps for BF16 weights x bf16 activations: the AVX-512 path only (its file is built with
-// -mavx512bf16 and cpu_supports(Avx512) requires BF16); the others round x and use linear_kernel.
+// BF16 weights x bf16 activations: vdpbf16ps on AVX-512 (its file is built with -mavx512bf16 and
+// cpu_supports(Avx512) requires BF16), TDPBF16PS tiles above kAmxBf16MinRows on Amx; the others
+// round x and use linear_kernel.
 Bf16DotFn bf16dot_kernel(Isa isa) {
-    return vector_isa(checked(isa)) == Isa::Avx512 ? &bf16dot_avx512 : nullptr;
+    switch (checked(isa)) {
+        case Isa::Amx:
+            return &bf16dot_amx;
+        case Isa::Avx512:
+            return &bf16dot_avx512;
+        case Isa::Avx2:
+        case Isa::Scalar:
+            break;
+    }
+    return nullptr;
 }
+
+// INT4 x bf16 activations (ActMode::Bf16) above the GEMV sizes: AMX tiles on Amx; elsewhere
+// nullptr (q4_bf16_rows dequantizes blocks of outputs to bf16 for bf16dot_kernel or, without
+// one, for linear_kernel).
+Q4Bf16Fn q4bf16_kernel(Isa isa) { return checked(isa) == Isa::Amx ? &q4bf16_amx : nullptr; }
 
 W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
     switch (vector_isa(checked(isa))) {
@@ -444,6 +473,11 @@ double probe_bf16(size_t iters, float seed) {
 
 double probe_amx_int8(size_t iters, int seed) {
     if (active_isa() == Isa::Amx) return detail::probe_int8_amx(iters, seed);
+    return 0.0 * double(iters) * double(seed);
+}
+
+double probe_amx_bf16(size_t iters, float seed) {
+    if (active_isa() == Isa::Amx) return detail::probe_bf16_amx(iters, seed);
     return 0.0 * double(iters) * double(seed);
 }
 

@@ -156,9 +156,22 @@ class LinearWeight {
 // order. Every ISA evaluates exactly this, so W4A8 results are bit-identical across ISAs and
 // thread counts. Error vs exact: |x - d*x8| <= d/2 per element (plus the f32 roundings). x must
 // be finite.
-enum class ActMode { F32, Int8 };
-const char* act_mode_name(ActMode m);  // "f32", "int8"
-// The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8;
+// Bf16 ("bf16"): what Lance's PyTorch AWQ recipe computes (it dequantizes the INT4 weight into
+// bf16 and runs F.linear in bf16): w̃ = bf16(w), w = (q - z)·s exact in f32 and rounded to
+// nearest even; x̃ = bf16(x) (as Bf16Act::Bf16 below); y = Σ w̃·x̃ summed in f32, + bias. The
+// products w̃·x̃ are exact in f32. On AMX (n >= kAmxQ4Bf16MinRows, linear_kernels.h) each panel of
+// 32 outputs is dequantized straight into the TDPBF16PS pair layout; on AVX-512 (and AMX below
+// that) blocks of outputs are dequantized to bf16 and run on vdpbf16ps; on AVX2 and scalar the
+// bf16 values go through that ISA's f32 kernel. Batches of n <= kGemvMaxRows rows (decode) keep
+// w unrounded (x̃ with the f32 INT4 GEMV: the weight streams as 4-bit codes, and |w - w̃| is only
+// smaller). So ISAs and batch sizes agree to f32 summation order and w's rounding, not to the
+// bit; every path is bit-identical across thread counts. Error vs exact: |w̃ - w| <= 2^-9 |w|
+// and |x̃ - x| <= 2^-9 |x| per element, so at most (2^-8 + 2^-18) Σ|w·x| per output, plus the
+// f32 sum's (K + 2)·2^-24 Σ|w̃·x̃| and, from the tiles' and vdpbf16ps' flush of denormal inputs,
+// 2^-126 (Σ|w| + Σ|x|). More accurate per element than Int8 (2^-9 relative vs d/2 absolute).
+enum class ActMode { F32, Int8, Bf16 };
+const char* act_mode_name(ActMode m);  // "f32", "int8", "bf16"
+// The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8|bf16;
 // lancet::Error if anything else), else F32. (Implemented in dispatch.cc, with the ISA choice.)
 ActMode activation_mode();
 void set_activation_mode(ActMode m);

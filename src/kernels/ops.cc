@@ -192,6 +192,10 @@ void linear_rows_untimed(const OpContext& ctx, const float* x, size_t n, const L
         w4a8_rows(ctx.isa, x, n, w, bias, y, pool);
         return;
     }
+    if (w.type() == WeightType::Q4 && ctx.act == ActMode::Bf16) {
+        q4_bf16_rows(ctx.isa, x, n, w, bias, y, pool);
+        return;
+    }
     if (w.type() == WeightType::BF16 && ctx.bf16_act == Bf16Act::Bf16) {
         bf16_rows(ctx.isa, x, n, w, bias, y, pool);
         return;
