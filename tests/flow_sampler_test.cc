@@ -90,7 +90,8 @@ TEST(FlowSampler, CfgCombineMatchesReference) {
         worst = 0;
         size_t at = 0;
         for (size_t i = 0; i < n; ++i) {
-            // Inputs, difference, product, sum, scale and final product: 2^-9 relative each.
+            // Inputs, difference, product, sum, scale and final product: 2^-8 relative each
+            // (the bf16 unit roundoff).
             const double u = 0x1p-8;
             const double bound = u * (3 * g * (std::abs(dc[i]) + std::abs(du[i])) +
                                       3 * std::abs(du[i]) + 8 * std::abs(want[i])) +

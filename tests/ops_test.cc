@@ -10,9 +10,9 @@
 //  - dot products of length K (linear, conv3d, attention scores): (K + 2)·u·Σ|a·b| (any
 //    summation order, fma or not; Higham's γ_K) plus u·|y| for the final rounding;
 //  - W4A8 linear additionally Σ_i |w_i|·(d_i/2 + 4u|x_i|), d_i = max|x| / 127 of i's block;
-//  - bf16 activations (linear, conv3d on BF16 weights): x̃ = bf16(x) has |x̃ - x| <= 2^-9|x|
-//    (round to nearest with 8 significand bits), so Σ w·x̃ is off by at most 2^-9·Σ|w·x|; the
-//    f32 sum of the products w·x̃ adds (K + 2)·u·Σ|w·x̃| <= (K + 2)·u·(1 + 2^-9)·Σ|w·x|; and
+//  - bf16 activations (linear, conv3d on BF16 weights): x̃ = bf16(x) has |x̃ - x| <= 2^-8|x|
+//    (round to nearest with 8 significand bits), so Σ w·x̃ is off by at most 2^-8·Σ|w·x|; the
+//    f32 sum of the products w·x̃ adds (K + 2)·u·Σ|w·x̃| <= (K + 2)·u·(1 + 2^-8)·Σ|w·x|; and
 //    vdpbf16ps' flush of denormal inputs drops at most 2^-126·Σ|w|;
 //  - row/elementwise ops: a few u of the result for each rounded step (listed at each case);
 //  - attention: the score errors Δs perturb each probability by ≤ 2·max Δs (+ exp's error),
@@ -206,12 +206,12 @@ class LinearCase : public OpCase {
                     const double wi = std::fabs(weight_ref(w_, o, i)), xi = x[r * in_ + i];
                     mag += std::fabs(xi) * factored_magnitude(o, i, wi);
                     if (bf16_act_ == Bf16Act::Bf16)
-                        quant += wi * (0x1p-9 * std::fabs(xi) * (1 + (in_ + 2) * u) + 0x1p-126);
-                    // INT4 with bf16 activations: w̃ and x̃ each within 2^-9 relative, so
-                    // |w̃x̃ - wx| <= (2^-8 + 2^-18)|wx|; the f32 sum's γ_K acts on |w̃x̃| (the
+                        quant += wi * (0x1p-8 * std::fabs(xi) * (1 + (in_ + 2) * u) + 0x1p-126);
+                    // INT4 with bf16 activations: w̃ and x̃ each within 2^-8 relative, so
+                    // |w̃x̃ - wx| <= (2^-7 + 2^-16)|wx|; the f32 sum's γ_K acts on |w̃x̃| (the
                     // part beyond |wx| added here); denormal w̃ or x̃ flushed to zero.
                     if (act_ == ActMode::Bf16)
-                        quant += wi * std::fabs(xi) * (0x1p-8 + 0x1p-17) * (1 + (in_ + 2) * u) +
+                        quant += wi * std::fabs(xi) * (0x1p-7 + 0x1p-16) * (1 + (in_ + 2) * u) +
                                  0x1p-126 * (wi + std::fabs(xi));
                     if (act_ == ActMode::Int8) {
                         double amax = 0;
@@ -859,7 +859,7 @@ class Conv3dCase : public OpCase {
                     mag.data());
         const size_t K = static_cast<size_t>(kt_ * kh_ * kw_) * ci_;
         bound.resize(want.size());
-        // bf16 activations: 2^-9 of Σ|w·x| (mag less |bias|), the sums' u on a 2^-9 larger
+        // bf16 activations: 2^-8 of Σ|w·x| (mag less |bias|), the sums' u on a 2^-8 larger
         // magnitude, and the flush term with Σ|w| <= K·max|w| per output.
         double wmax = 0;
         for (double a : aw) wmax = std::max(wmax, a);
@@ -869,7 +869,7 @@ class Conv3dCase : public OpCase {
                        u * std::fabs(want[i]) + 1e-30;
             if (bf16_act_ == Bf16Act::Bf16) {
                 const double wx = mag[i] - (bias_on_ ? ab[i % co_] : 0.0);
-                bound[i] += 0x1p-9 * wx * (1 + (K + kt_ + 3) * u) + 0x1p-126 * K * wmax;
+                bound[i] += 0x1p-8 * wx * (1 + (K + kt_ + 3) * u) + 0x1p-126 * K * wmax;
             }
         }
     }

@@ -165,10 +165,11 @@ class LinearWeight {
 // bf16 values go through that ISA's f32 kernel. Batches of n <= kGemvMaxRows rows (decode) keep
 // w unrounded (x̃ with the f32 INT4 GEMV: the weight streams as 4-bit codes, and |w - w̃| is only
 // smaller). So ISAs and batch sizes agree to f32 summation order and w's rounding, not to the
-// bit; every path is bit-identical across thread counts. Error vs exact: |w̃ - w| <= 2^-9 |w|
-// and |x̃ - x| <= 2^-9 |x| per element, so at most (2^-8 + 2^-18) Σ|w·x| per output, plus the
+// bit; every path is bit-identical across thread counts. Error vs exact: |w̃ - w| <= 2^-8 |w|
+// and |x̃ - x| <= 2^-8 |x| per element (2^-8: the unit roundoff of bf16's 8 significand bits),
+// so at most (2^-7 + 2^-16) Σ|w·x| per output, plus the
 // f32 sum's (K + 2)·2^-24 Σ|w̃·x̃| and, from the tiles' and vdpbf16ps' flush of denormal inputs,
-// 2^-126 (Σ|w| + Σ|x|). More accurate per element than Int8 (2^-9 relative vs d/2 absolute).
+// 2^-126 (Σ|w| + Σ|x|). More accurate per element than Int8 (2^-8 relative vs d/2 absolute).
 enum class ActMode { F32, Int8, Bf16 };
 const char* act_mode_name(ActMode m);  // "f32", "int8", "bf16"
 // The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8|bf16;
@@ -184,8 +185,8 @@ void clear_activation_mode();  // back to $LANCET_ACT / F32
 // significands) are summed in f32. On AVX-512 BF16 the sums run on vdpbf16ps, which adds the two
 // products of each column pair (k, k+1) to an f32 accumulator and flushes denormal inputs and
 // results to zero; on scalar and AVX2 the same x̃ goes through that ISA's f32 kernel, so the
-// paths agree to f32 summation order, not to the bit. Error vs exact: |x̃ - x| <= 2^-9 |x| per
-// element (the bf16 unit roundoff), i.e. at most 2^-9 Σ|w·x| per output, plus the f32 sum's
+// paths agree to f32 summation order, not to the bit. Error vs exact: |x̃ - x| <= 2^-8 |x| per
+// element (the bf16 unit roundoff), i.e. at most 2^-8 Σ|w·x| per output, plus the f32 sum's
 // (K + 2)·2^-24 Σ|w·x̃| and, from the flush, 2^-126 Σ|w|. Bit-identical across thread counts.
 enum class Bf16Act : uint8_t { F32, Bf16 };
 const char* bf16_act_name(Bf16Act m);  // "f32", "bf16"

@@ -210,7 +210,7 @@ Resample::Resample(const WanVaeFile& f, const std::string& p, ResampleMode mode)
         f.release(wn);
         // With bf16 weights (--bf16-activations) the 3×3 taps are bf16 as Lance's autocast has
         // them; their sums are rounded to bf16 once more for the vdpbf16ps kernel (a relative
-        // 2⁻⁹ per summed tap, the size of the activation rounding; bench vae reports the total).
+        // 2⁻⁸ per summed tap, the size of the activation rounding; bench vae reports the total).
         // Otherwise the sums stay f32: exact for bf16 taps, one rounding for f32 ones.
         const bool bf16 = f.bf16_weights();
         if (bf16)
