@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
                    "Attention arithmetic: f32 (default) or bf16 (q, k, v and the probabilities "
                    "rounded to bf16, f32 softmax and sums, as Lance's bf16 SDPA; AMX tiles where "
                    "present). Default from $LANCET_ATTN, else f32")
-        ->check(CLI::IsMember({"f32", "bf16"}));
+        ->check(CLI::IsMember({"f32", "bf16", "auto"}));
     app.parse_complete_callback([&] {
         lancet::cli::g_lm_head = lm_head == "bf16" ? lancet::DecoderOptions::LmHead::Stored
                                                    : lancet::DecoderOptions::LmHead::Int4;
@@ -110,6 +110,8 @@ int main(int argc, char** argv) {
             (void)lancet::kernels::bf16_activation_mode();  // $LANCET_BF16_ACT; bad value fails
         if (attention == "bf16")
             lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::Bf16);
+        else if (attention == "auto")
+            lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::Auto);
         else if (attention == "f32")
             lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::F32);
         else

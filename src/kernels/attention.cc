@@ -90,10 +90,11 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                AttentionScratch& scratch) {
     check_attention(q, k, v, mask, out);
     const detail::OpKernels& kern = detail::op_kernels(ctx.isa);
-    const bool bf16 = ctx.attn == AttnPrecision::Bf16;
     ThreadPool& pool = ctx.threads();
     const size_t n = static_cast<size_t>(q.shape[0]), nh = static_cast<size_t>(q.shape[1]),
                  hd = static_cast<size_t>(q.shape[2]), nkv = static_cast<size_t>(k.shape[0]);
+    const bool bf16 = ctx.attn == AttnPrecision::Bf16 ||
+                      (ctx.attn == AttnPrecision::Auto && ctx.isa == Isa::Amx && n >= kMinAmxRows);
     if (n == 0) return;
     const size_t group = nh / nkv, P = mask.n_cached;
     if (!(scale > 0.0f)) scale = 1.0f / std::sqrt(static_cast<float>(hd));

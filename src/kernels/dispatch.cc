@@ -37,7 +37,8 @@ AttnPrecision parse_attn_env() {
     const char* v = std::getenv("LANCET_ATTN");
     if (!v || !*v || std::strcmp(v, "f32") == 0) return AttnPrecision::F32;
     if (std::strcmp(v, "bf16") == 0) return AttnPrecision::Bf16;
-    fail("LANCET_ATTN=", v, ": unknown attention precision (expected f32 or bf16)");
+    if (std::strcmp(v, "auto") == 0) return AttnPrecision::Auto;
+    fail("LANCET_ATTN=", v, ": unknown attention precision (expected f32, bf16 or auto)");
 }
 
 Bf16Act parse_bf16_act_env() {
@@ -260,7 +261,15 @@ void clear_bf16_activation_mode() {
 }
 
 const char* attn_precision_name(AttnPrecision p) {
-    return p == AttnPrecision::Bf16 ? "bf16" : "f32";
+    switch (p) {
+        case AttnPrecision::Bf16:
+            return "bf16";
+        case AttnPrecision::Auto:
+            return "auto";
+        case AttnPrecision::F32:
+            break;
+    }
+    return "f32";
 }
 
 AttnPrecision attn_precision() {
@@ -304,6 +313,8 @@ std::string runtime_description(const ThreadPool& pool) {
     if (bf16_activation_mode() == Bf16Act::Bf16) s += ", bf16 activations for bf16 weights";
     if (attn_precision() == AttnPrecision::Bf16)
         s += isa == Isa::Amx ? ", bf16 attention (amx tiles)" : ", bf16 attention";
+    if (attn_precision() == AttnPrecision::Auto && isa == Isa::Amx)
+        s += ", bf16 attention on amx tiles for >= 16 query rows";
     return s;
 }
 

@@ -67,10 +67,13 @@ struct TensorRef {
 // The arithmetic of attention() (below, "Precision"). F32: f32 inputs, f32 dot products and
 // sums (the accurate default). Bf16: q, k and v rounded to bf16, as Lance's bf16 SDPA / flash
 // attention sees them, f32 scores and softmax, the probabilities rounded to bf16 for P·V.
-enum class AttnPrecision : uint8_t { F32, Bf16 };
-const char* attn_precision_name(AttnPrecision p);  // "f32", "bf16"
-// The precision attention() uses by default: set_attn_precision()'s, else $LANCET_ATTN (f32|bf16;
-// lancet::Error if anything else), else F32. (dispatch.cc, with the ISA choice.)
+// Auto: per call, Bf16 where it runs on the AMX tiles (Isa::Amx and at least 16 query rows:
+// prefill, denoising blocks, the ViT) and F32 otherwise (decode rows, other ISAs), so it is never
+// slower than F32 (README, "bf16 attention").
+enum class AttnPrecision : uint8_t { F32, Bf16, Auto };
+const char* attn_precision_name(AttnPrecision p);  // "f32", "bf16", "auto"
+// The precision attention() uses by default: set_attn_precision()'s, else $LANCET_ATTN
+// (f32|bf16|auto; lancet::Error if anything else), else F32. (dispatch.cc, with the ISA choice.)
 AttnPrecision attn_precision();
 void set_attn_precision(AttnPrecision p);
 void clear_attn_precision();  // back to $LANCET_ATTN / F32
