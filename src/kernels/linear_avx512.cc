@@ -320,15 +320,47 @@ void gemv_dense_pair(const PackedView& p, size_t ba, size_t bb, const float* x, 
     for (int r = 0; r < NR; ++r) _mm512_storeu_ps(out + r * 16, sum_accumulators<NA>(acc[r]));
 }
 
-// The n <= kGemvMaxRows jobs stream the weight once from memory in a few hundred microseconds or
-// less, so their split decides how close to the read bandwidth they come. Each thread walks one
-// contiguous range of units and, when done, takes over the back half of what is left of
-// another's (ThreadPool::parallel_ranges): every extra range start is a new stream for the
+// The f32-activation GEMV's split (the W4A8 GEMVs use gemv_for below). A thread left alone at
+// the end of a job has the memory system to itself but can use only one core's share of it. The
+// job is cut into kChunksPerThread * threads pieces of decreasing size (piece i of P weighs
+// ceil((P - i) / T): with 2 threads 4 4 3 3 2 2 1 1), claimed in order: the threads take the large
+// ones first and finish on pieces of 1/20 of the job instead of 1/8, so both stream until close
+// to the end. Boundaries depend only on `units` and the thread count (and never split a unit), so
+// results stay bit-identical. fn(u0, u1) gets a range of units.
+template <typename F>
+void guided_for(ThreadPool& pool, size_t units, F&& fn) {
+    const size_t T = pool.size(), P = std::min(units, ThreadPool::kChunksPerThread * T);
+    // Jobs of a few units per piece (k/v alone: 16 pairs) are over in tens of microseconds, where
+    // the first misses, not the end, cost most; they keep equal ranges.
+    if (T == 1 || P <= 1 || units < 8 * P) {
+        pool.parallel_for(units, fn);
+        return;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < P; ++i) total += (P - i + T - 1) / T;
+    pool.parallel_for(P, [&](size_t i0, size_t i1) {
+        for (size_t i = i0; i < i1; ++i) {
+            // Pieces before i weigh sum_{j < i} ceil((P - j) / T); units follow in proportion.
+            size_t before = 0;
+            for (size_t j = 0; j < i; ++j) before += (P - j + T - 1) / T;
+            const size_t w = (P - i + T - 1) / T;
+            const size_t u0 = units * before / total, u1 = units * (before + w) / total;
+            if (u0 < u1) fn(u0, u1);
+        }
+    });
+}
+
+// The W4A8 GEMVs (n <= kGemvMaxRows) stream the weight once from memory in a few hundred
+// microseconds or less, so their split decides how close to the read bandwidth they come. Each
+// thread walks one contiguous range of units and, when done, takes over the back half of what is
+// left of another's (ThreadPool::parallel_ranges): every extra range start is a new stream for the
 // hardware prefetcher to ramp up on. Measured cold at n = 1 (W4A8, both threads on a core under
 // SCHED_FIFO, medians of 150-400 calls) against the earlier split into kChunksPerThread * T
 // pieces of decreasing size: k/v 19.9 -> 17.6 us, q/o 108.4 -> 101.7 us, gate/up 523 -> 510 us,
 // and the threads still end within ~1 us of each other. A unit is computed alike whichever thread
-// runs it, so results stay bit-identical. fn(u0, u1) gets one unit.
+// runs it, so results stay bit-identical. fn(u0, u1) gets one unit. The f32-activation GEMV
+// keeps guided_for: its BF16 weights ran 2-8 % slower this way (gate/up 1.75-1.79 -> 1.80-1.88
+// ms, q/o 334-346 -> 346-352 us, cold, same alternation), its per-byte work being heavier.
 template <typename F>
 void gemv_for(ThreadPool& pool, size_t units, F&& fn) {
     pool.parallel_ranges(units, [&](size_t u) { fn(u, u + 1); });
@@ -385,7 +417,7 @@ void gemv(const float* x, size_t n, const PackedView& p, const float* bias, floa
         xs = s;
         xsum = sums;
     }
-    gemv_for(pool, (p.n_blocks + 1) / 2, [&](size_t u0, size_t u1) {
+    guided_for(pool, (p.n_blocks + 1) / 2, [&](size_t u0, size_t u1) {
         alignas(64) float out[4 * 16];
         for (size_t b = 2 * u0; b < 2 * u1; b += 2) {
             const size_t bb = b + 1 < p.n_blocks ? b + 1 : b;  // odd tail: compute b twice
