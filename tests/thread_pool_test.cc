@@ -115,6 +115,17 @@ TEST(ThreadPool, StalledWorkerChunksAreTakenOver) {
 }
 
 TEST(ThreadPool, ParallelRangesRunEveryItemOnceInForwardRuns) {
+    {  // more threads than range words: parallel_for's chunks, still every item once
+        ThreadPool pool(ThreadPool::kMaxRangeShares + 3);
+        std::vector<std::atomic<int>> hits(1001);
+        std::atomic<int> calls{0};
+        pool.parallel_ranges(hits.size(), [&](size_t i) {
+            hits[i]++;
+            calls++;
+        });
+        for (const auto& h : hits) ASSERT_EQ(h.load(), 1);
+        EXPECT_EQ(calls.load(), 1001);
+    }
     for (size_t threads : {1, 2, 3, 5})
         for (int rep = 0; rep < 20; ++rep) {
             ThreadPool pool(threads);

@@ -81,8 +81,15 @@ class ThreadPool {
     template <typename F>
     void parallel_ranges(size_t n_items, F&& fn) {
         const size_t T = std::min(n_threads_, n_items);
-        if (T <= 1 || n_items >= (uint64_t{1} << 32) || T > kMaxRangeShares) {
+        if (T <= 1) {
             for (size_t i = 0; i < n_items; ++i) fn(i);
+            return;
+        }
+        if (n_items >= (uint64_t{1} << 32) || T > kMaxRangeShares) {
+            // Beyond the range words' reach: parallel_for's claimed chunks instead.
+            parallel_for(n_items, [&](size_t b, size_t e) {
+                for (size_t i = b; i < e; ++i) fn(i);
+            });
             return;
         }
         // Range s: [front, back) in one word (front << 32 | back), taken at the front by the
@@ -127,7 +134,7 @@ class ThreadPool {
             }
         });
     }
-    // parallel_ranges runs item by item above this many threads.
+    // parallel_ranges falls back to parallel_for's chunks above this many threads.
     static constexpr size_t kMaxRangeShares = 64;
 
   private:
