@@ -116,6 +116,40 @@ TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
     EXPECT_EQ(amx_peak, amx ? 1 : 0);
 }
 
+// The decoder's fused q/k/v call as a row of its own: all parts' bytes, every variant (BF16 parts
+// one by one), no naive column for it; n = 1 takes the fused W4A8 GEMV, n = 9 the per-weight path.
+TEST(BenchKernelsCli, FusedQkvRowTimesTheDecodersCall) {
+    TempDir tmp;
+    const auto json = tmp / "bench.jsonl";
+    const RunResult r = run_lancet(
+        "-t 2 bench kernels --quick --shapes qkv --n 1,9 --reps 1 --cold --cold-mib 16 "
+        "--bandwidth-mib 64 --json " +
+        json.string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("| q+k+v fused | 2560x2048 | 1 |"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("| q+k+v fused | 2560x2048 | 9 |"), std::string::npos) << r.out;
+    std::istringstream lines(read_file(json));
+    std::string line;
+    int rows = 0;
+    while (std::getline(lines, line)) {
+        const auto rec = nlohmann::json::parse(line);
+        EXPECT_NE(rec.at("kernel"), "naive_dequant_bf16") << line;
+        if (rec.at("kernel") != "linear") continue;
+        ++rows;
+        EXPECT_EQ(rec.at("fused_parts").get<int>(), 3) << line;
+        EXPECT_EQ(rec.at("m").get<int>(), 2560) << line;
+        // GB/s over the three weights' published bytes (INT4 g64: out * in / 2 codes plus 3
+        // bytes of scale and zero per group; BF16: 2 per weight), so GB/s x ms = MB of all parts.
+        const double ms = rec.at("median_ms").get<double>();
+        EXPECT_GT(ms, 0.0) << line;
+        const double mb = rec.at("weight_type") == "int4"
+                              ? (2560.0 * 2048 / 2 + 2560.0 * 32 * 3) / 1e6
+                              : 2560.0 * 2048 * 2 / 1e6;
+        EXPECT_NEAR(rec.at("weight_gbps").get<double>() * ms, mb, 1e-6 * mb) << line;
+    }
+    EXPECT_GE(rows, 6);  // int4-f32, int4-w4a8 and bf16 at n = 1 and 9 (amx: and vnni)
+}
+
 TEST(BenchKernelsCli, BadInputIsOneLineAndExit1) {
     for (const char* args : {"bench kernels --shapes nope", "bench kernels --types int3",
                              "bench kernels --group-size 48 --shapes kv", "bench kernels --n 0",

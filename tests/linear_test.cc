@@ -444,6 +444,44 @@ TEST_P(W4A8Test, BitIdenticalAcrossThreadCounts) {
     }
 }
 
+// The GEMV's split (ThreadPool::parallel_ranges over block pairs: a contiguous range per thread,
+// take-overs of what is left) with fewer, as many and more pairs than threads, and its
+// activation quantization (512-bit steps for 32-column blocks, gs 64; gs 16 keeps the 256-bit
+// ones): bit-identical to the scalar path on 1, 2, 3 and 5 threads, single and fused.
+TEST_P(W4A8Test, GemvSplitBitIdenticalForAnyThreadCount) {
+    const Isa isa = GetParam();
+    if (!cpu_supports(isa)) GTEST_SKIP() << "CPU lacks " << isa_name(isa);
+    ThreadPool p1(1), p2(2), p3(3), p5(5);
+    uint32_t seed = 300;
+    for (size_t gs : {16, 64})
+        for (size_t out : {8, 16, 24, 40, 257}) {
+            const FileWeight fw = make_weight(WeightType::Q4, out, 256, gs, seed++);
+            const LinearWeight w(fw.view);
+            const std::vector<float> bias = random_vector(out, seed++);
+            for (size_t n : {1, 3, 8}) {
+                const std::vector<float> x = random_vector(n * 256, seed++);
+                const auto want = run_w4a8(Isa::Scalar, x.data(), n, w, bias.data(), p1);
+                for (ThreadPool* pool : {&p1, &p2, &p3, &p5}) {
+                    const auto y = run_w4a8(isa, x.data(), n, w, bias.data(), *pool);
+                    EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * 4), 0)
+                        << "gs " << gs << " out " << out << " n " << n << " threads "
+                        << pool->size();
+                    // The same weight twice in one fused call (q/k/v's path): each output as alone.
+                    std::vector<float> y2(2 * n * out, NAN);
+                    const LinearOut outs[2] = {{&w, bias.data(), y2.data()},
+                                               {&w, nullptr, y2.data() + n * out}};
+                    ScopedIsa scoped(isa);
+                    linear_same_input(OpContext{pool, isa, ActMode::Int8}, x.data(), n, outs, 2);
+                    EXPECT_EQ(std::memcmp(y2.data(), want.data(), y.size() * 4), 0)
+                        << "fused gs " << gs << " out " << out << " n " << n;
+                    const auto nb = run_w4a8(Isa::Scalar, x.data(), n, w, nullptr, p1);
+                    EXPECT_EQ(std::memcmp(y2.data() + n * out, nb.data(), nb.size() * 4), 0)
+                        << "fused, no bias, gs " << gs << " out " << out << " n " << n;
+                }
+            }
+        }
+}
+
 // A K long enough for the GEMMs to split it into several chunks (the AVX-512 one takes about 4096
 // columns per chunk and carries y between them), with ragged rows and outputs: bit-identical to
 // the scalar path (the double reference would take seconds at this K).

@@ -54,23 +54,33 @@ using Clock = std::chrono::steady_clock;
 
 struct BenchShape {
     const char* name;  // the Lance linears that have this shape
-    size_t out, in;
+    size_t out, in;    // out: all parts together
+    // Fused rows: the outputs of the weights one call runs together, as the decoder calls
+    // linear_same_input (q/k/v of one x); empty for a single weight.
+    std::vector<size_t> parts = {};
 };
 
-// Lance's decoder linears (both experts share them) and the lm_head, as [out, in].
+// Lance's decoder linears (both experts share them) and the lm_head, as [out, in]; then the
+// decoder's fused calls (a row per call as decode runs it, labelled "fused").
 const BenchShape kShapes[] = {
-    {"q_proj/o_proj", 2048, 2048}, {"k_proj/v_proj", 256, 2048}, {"gate_proj/up_proj", 11008, 2048},
-    {"down_proj", 2048, 11008},    {"lm_head", 151936, 2048},
+    {"q_proj/o_proj", 2048, 2048},
+    {"k_proj/v_proj", 256, 2048},
+    {"gate_proj/up_proj", 11008, 2048},
+    {"down_proj", 2048, 11008},
+    {"lm_head", 151936, 2048},
+    {"q+k+v fused", 2560, 2048, {2048, 256, 256}},
+    {"gate+up fused", 22016, 2048, {11008, 11008}},
 };
 
 const BenchShape& shape_by_key(const std::string& key) {
     static const std::map<std::string, int> keys = {
-        {"qo", 0},      {"q_proj", 0}, {"o_proj", 0},    {"kv", 1},
-        {"k_proj", 1},  {"v_proj", 1}, {"gateup", 2},    {"gate_proj", 2},
-        {"up_proj", 2}, {"down", 3},   {"down_proj", 3}, {"lm_head", 4}};
+        {"qo", 0},        {"q_proj", 0},  {"o_proj", 0},    {"kv", 1},          {"k_proj", 1},
+        {"v_proj", 1},    {"gateup", 2},  {"gate_proj", 2}, {"up_proj", 2},     {"down", 3},
+        {"down_proj", 3}, {"lm_head", 4}, {"qkv", 5},       {"gateup-fused", 6}};
     auto it = keys.find(key);
     if (it == keys.end())
-        fail("bench kernels: unknown shape '", key, "' (expected qo, kv, gateup, down or lm_head)");
+        fail("bench kernels: unknown shape '", key,
+             "' (expected qo, kv, gateup, down, lm_head, qkv or gateup-fused)");
     return kShapes[it->second];
 }
 
@@ -388,22 +398,29 @@ void run_kernels_bench(Options opt) {
         // pass over them is cold_bytes (2x the last-level cache, at least 192 MiB), so
         // consecutive calls never find the weight in cache, as in a real forward pass over many
         // layers.
+        // A fused row's copy is its parts side by side: weights[t][c * P + j] is part j of copy c.
         const size_t kColdBytes = opt.cold_mib ? opt.cold_mib << 20 : cold_bytes();
+        const std::vector<size_t> parts = s->parts.empty() ? std::vector<size_t>{s->out} : s->parts;
+        const size_t P = parts.size();
         std::map<WeightType, std::vector<LinearWeight>> weights;
+        std::map<WeightType, size_t> copy_bytes;  // published bytes of one copy (all parts)
         for (WeightType t : types) {
             auto& v = weights[t];
-            v.push_back(random_weight(t, s->out, s->in, opt.group_size, seed++));
+            for (size_t o : parts) v.push_back(random_weight(t, o, s->in, opt.group_size, seed++));
+            size_t& bytes = copy_bytes[t];
+            for (const auto& w : v) bytes += w.file_bytes();
             const size_t copies =
-                opt.cold ? std::clamp<size_t>(kColdBytes / v[0].file_bytes() + 1, 1, 1024) : 1;
-            while (v.size() < copies) v.push_back(v[0].clone());
+                opt.cold ? std::clamp<size_t>(kColdBytes / bytes + 1, 1, 1024) : 1;
+            while (v.size() < copies * P) v.push_back(v[v.size() - P].clone());
         }
         size_t turn = 0;  // which copy the next call uses
-        auto next = [&](WeightType t) -> const LinearWeight& {
+        auto next = [&](WeightType t) -> const LinearWeight* {
             const auto& v = weights[t];
-            return v[turn++ % v.size()];
+            return &v[(turn++ % (v.size() / P)) * P];
         };
+        const bool row_naive = naive && P == 1;  // the naive baseline times single weights
         LinearWeight naive_dst;
-        if (naive) naive_dst = kernels::dequantize_to_bf16(weights[WeightType::Q4][0], pool);
+        if (row_naive) naive_dst = kernels::dequantize_to_bf16(weights[WeightType::Q4][0], pool);
         const size_t max_n = *std::max_element(opt.ns.begin(), opt.ns.end());
         AlignedBuffer xbuf(max_n * s->in * sizeof(float)), ybuf(max_n * s->out * sizeof(float));
         {
@@ -417,20 +434,29 @@ void run_kernels_bench(Options opt) {
             std::vector<std::function<void()>> fns;
             for (const Variant& v : variants)
                 fns.push_back([&, v] {
-                    const LinearWeight& w = next(v.type);
+                    const LinearWeight* ws = next(v.type);
                     const kernels::OpContext ctx{
                         &pool, v.vnni ? kernels::Isa::Avx512 : kernels::active_isa(),
                         v.w4a8   ? kernels::ActMode::Int8
                         : v.bf16 ? kernels::ActMode::Bf16
                                  : kernels::ActMode::F32,
                         v.bf16 ? kernels::Bf16Act::Bf16 : kernels::Bf16Act::F32};
-                    kernels::linear(ctx, kernels::TensorRef::matrix(xbuf.as<float>(), n, s->in), w,
-                                    nullptr,
+                    if (P > 1) {
+                        // The decoder's call: linear_same_input with the variant's activations
+                        // (W4A8 at n <= 8: x quantized once, all parts in one pool job).
+                        kernels::LinearOut outs[8];
+                        for (size_t j = 0, o = 0; j < P; o += parts[j], ++j)
+                            outs[j] = {&ws[j], nullptr, ybuf.as<float>() + n * o};
+                        kernels::linear_same_input(ctx, xbuf.as<float>(), n, outs, P);
+                        return;
+                    }
+                    kernels::linear(ctx, kernels::TensorRef::matrix(xbuf.as<float>(), n, s->in),
+                                    *ws, nullptr,
                                     kernels::TensorRef::matrix(ybuf.as<float>(), n, s->out));
                 });
-            if (naive)
+            if (row_naive)
                 fns.push_back([&] {
-                    kernels::dequantize_to_bf16(next(WeightType::Q4), naive_dst, pool);
+                    kernels::dequantize_to_bf16(*next(WeightType::Q4), naive_dst, pool);
                     kernels::linear(xbuf.as<float>(), n, naive_dst, nullptr, ybuf.as<float>(),
                                     pool);
                 });
@@ -441,7 +467,7 @@ void run_kernels_bench(Options opt) {
                 const WeightType t = v.type;
                 const LinearWeight& w0 = weights[t][0];
                 const double sec = secs[vi];
-                Cell c{sec * 1e3, flops / sec / 1e9, double(w0.file_bytes()) / sec / 1e9};
+                Cell c{sec * 1e3, flops / sec / 1e9, double(copy_bytes[t]) / sec / 1e9};
                 cells.push_back(c);
                 records.push_back({{"kernel", "linear"},
                                    {"shape", s->name},
@@ -452,6 +478,7 @@ void run_kernels_bench(Options opt) {
                                    {"isa", kernels::isa_name(v.vnni ? kernels::Isa::Avx512
                                                                     : kernels::active_isa())},
                                    {"cold", opt.cold},
+                                   {"fused_parts", parts.size()},
                                    {"group_size", w0.group_size()},
                                    {"m", s->out},
                                    {"k", s->in},
@@ -462,7 +489,7 @@ void run_kernels_bench(Options opt) {
                                    {"weight_gbps", c.gbps}});
             }
             Cell nv;
-            if (naive) {
+            if (row_naive) {
                 const LinearWeight& q = weights[WeightType::Q4][0];
                 const double sec = secs.back();
                 nv = Cell{sec * 1e3, flops / sec / 1e9, double(q.file_bytes()) / sec / 1e9};
@@ -487,13 +514,13 @@ void run_kernels_bench(Options opt) {
                 row += " " + fmt("%.3f", c.ms) + " | " + fmt("%.1f", c.gflops) + " | " +
                        fmt("%.1f", c.gbps) + " |";
             }
-            if (naive) row += " " + fmt("%.3f", nv.ms) + " |";
+            if (naive) row += " " + fmt("%.3f", row_naive ? nv.ms : NAN) + " |";
             for (size_t i = 0; i < variants.size(); ++i) {
                 if (!quantized(variants[i].type)) continue;
                 if (has_bf16) row += " " + fmt("%.2fx", bf16_ms / cells[i].ms) + " |";
                 row += " " + fmt("%.2f", cells[i].gbps / read_gbps) + " |";
                 if (naive && variants[i].type == WeightType::Q4)
-                    row += " " + fmt("%.2fx", nv.ms / cells[i].ms) + " |";
+                    row += " " + fmt("%.2fx", row_naive ? nv.ms / cells[i].ms : NAN) + " |";
             }
             for (size_t i = 0; i < variants.size(); ++i)
                 row += " " +
@@ -522,7 +549,9 @@ void run_kernels_bench(Options opt) {
         "int4-bf16-vdp = blocks dequantized to bf16 on vdpbf16ps beside it); int5 "
         "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
         "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "
-        "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
+        "GFLOP/s counts 2*n*out*in for every kernel; fused rows (--shapes qkv, gateup-fused: "
+        "not in the default set) time the decoder's own call, linear_same_input over the parts "
+        "(W4A8 at n <= 8: x quantized once, one pool job), GB/s over all parts' bytes.%s\n",
         opt.cold ? " --cold: each call reads a different copy of the weight (2x the LLC in all), "
                    "so weights come from memory, not cache."
                  : " Weights that fit the last-level cache are timed from it (see --cold).");
@@ -960,7 +989,8 @@ void add_bench(CLI::App& app) {
         "kernels", "Time the linear kernels on Lance's shapes vs read bandwidth and naive dequant");
     k->fallthrough();
     k->add_option("--shapes", opt->shapes,
-                  "Shapes: qo, kv, gateup, down, lm_head (default all; --quick drops lm_head)")
+                  "Shapes: qo, kv, gateup, down, lm_head (default all; --quick drops lm_head); "
+                  "qkv, gateup-fused: the decoder's fused calls of those weights")
         ->delimiter(',');
     k->add_option("--n", opt->ns, "Rows of x (tokens), default 1,4,16,128,512")->delimiter(',');
     k->add_option("--types", opt->types,

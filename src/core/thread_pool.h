@@ -70,6 +70,73 @@ class ThreadPool {
         });
     }
 
+    // Calls fn(item) once for every item of [0, n_items). Each thread (a share of run()) walks
+    // one contiguous range of about n_items / size() items from its front, so each thread reads
+    // one sequential stream; a thread whose range is done takes the back half of what is left of
+    // another's range as its own and goes on there (so a late, slow or descheduled thread delays
+    // the job by at most the item it is running, and a thread left alone still walks long forward
+    // runs). For jobs of a few hundred microseconds that stream from memory (the n = 1 GEMVs),
+    // where every extra range start costs a hardware-prefetcher ramp. Which thread runs an item
+    // depends on timing, what it computes does not; fn must not throw.
+    template <typename F>
+    void parallel_ranges(size_t n_items, F&& fn) {
+        const size_t T = std::min(n_threads_, n_items);
+        if (T <= 1) {
+            for (size_t i = 0; i < n_items; ++i) fn(i);
+            return;
+        }
+        if (n_items >= (uint64_t{1} << 32) || T > kMaxRangeShares) {
+            // Beyond the range words' reach: parallel_for's claimed chunks instead.
+            parallel_for(n_items, [&](size_t b, size_t e) {
+                for (size_t i = b; i < e; ++i) fn(i);
+            });
+            return;
+        }
+        // Range s: [front, back) in one word (front << 32 | back), taken at the front by the
+        // thread that owns it and cut at the back by the others; one cache line each.
+        struct alignas(64) Range {
+            std::atomic<uint64_t> fb;
+        };
+        Range ranges[kMaxRangeShares];
+        for (size_t s = 0; s < T; ++s)
+            ranges[s].fb.store((uint64_t(n_items * s / T) << 32) | (n_items * (s + 1) / T),
+                               std::memory_order_relaxed);
+        run([&](size_t share, size_t) {
+            if (share >= T) return;
+            Range& mine = ranges[share];
+            for (;;) {
+                for (;;) {  // the own range, front to back
+                    uint64_t w = mine.fb.load(std::memory_order_relaxed);
+                    const uint64_t f = w >> 32, b = w & 0xffffffffu;
+                    if (f >= b) break;
+                    if (mine.fb.compare_exchange_weak(w, ((f + 1) << 32) | b,
+                                                      std::memory_order_relaxed))
+                        fn(size_t(f));
+                }
+                bool took = false;  // the back half of the first range with items left
+                for (size_t k = 1; k < T && !took; ++k) {
+                    Range& r = ranges[(share + k) % T];
+                    for (;;) {
+                        uint64_t w = r.fb.load(std::memory_order_relaxed);
+                        const uint64_t f = w >> 32, b = w & 0xffffffffu;
+                        if (f >= b) break;
+                        const uint64_t mid = f + (b - f) / 2;
+                        if (r.fb.compare_exchange_weak(w, (f << 32) | mid,
+                                                       std::memory_order_relaxed)) {
+                            // Nobody else writes an empty range: others only cut non-empty ones.
+                            mine.fb.store((mid << 32) | b, std::memory_order_relaxed);
+                            took = true;
+                            break;
+                        }
+                    }
+                }
+                if (!took) return;
+            }
+        });
+    }
+    // parallel_ranges falls back to parallel_for's chunks above this many threads.
+    static constexpr size_t kMaxRangeShares = 64;
+
   private:
     using Thunk = void (*)(void* ctx, size_t chunk, size_t n_chunks);
     template <typename F>
