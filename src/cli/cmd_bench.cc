@@ -608,8 +608,11 @@ void run_decode_bench(const DecodeOptions& opt) {
         Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0, {}};
         if (ck.quant_meta()) {
             // What the INT4 linears and the lm_head actually run as (the global flags).
-            row.label +=
-                kernels::activation_mode() == kernels::ActMode::Int8 ? ", W4A8" : ", f32 act";
+            const kernels::ActMode am = kernels::activation_mode();
+            row.label += am == kernels::ActMode::Int8 ? ", W4A8"
+                         : am == kernels::ActMode::F32
+                             ? ", f32 act"
+                             : std::string(", ") + kernels::act_mode_name(am) + " act";
             if (dopt.lm_head == DecoderOptions::LmHead::Int4 &&
                 !ck.is_quantized("language_model.lm_head")) {
                 // Quantized at load to INT4 g64: codes, bf16 scales and u8 zeros per row group.

@@ -113,6 +113,8 @@ void run_perplexity(const PerplexityArgs& a) {
             mode = kernels::ActMode::Int8;
         else if (m == "bf16")
             mode = kernels::ActMode::Bf16;
+        else if (m == "auto")
+            mode = kernels::ActMode::Auto;
         else if (m != "f32")
             fail("perplexity: --also-activations ", m,
                  ": unknown mode (expected f32, int8 or bf16)");

@@ -57,8 +57,9 @@ int main(int argc, char** argv) {
     app.add_option("--activations", activations,
                    "Activations of INT4 (and BF16) weights: f32 (as --exact-activations), int8 "
                    "(W4A8, the default) or bf16 (INT4 dequantized to bf16 x bf16 activations, "
-                   "f32 sums; BF16 weights and the VAE as --bf16-activations)")
-        ->check(CLI::IsMember({"f32", "int8", "bf16"}));
+                   "f32 sums; BF16 weights and the VAE as --bf16-activations) or auto (INT4: "
+                   "bf16 on AMX above 8 rows, int8 otherwise)")
+        ->check(CLI::IsMember({"f32", "int8", "bf16", "auto"}));
     // The lm_head an INT4 checkpoint stores in BF16 runs as INT4 g64 by measurement (README,
     // "Defaults from measurement": +0.2% KL with W4A8 on the small synth's AWQ form).
     std::string lm_head = "int4";
@@ -94,6 +95,8 @@ int main(int argc, char** argv) {
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Bf16);
         else if (activations == "int8")
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Int8);
+        else if (activations == "auto")
+            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Auto);
         else if (exact_activations)
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::F32);
         else if (!env_act || !*env_act)

@@ -54,7 +54,8 @@ ActMode parse_act_env() {
     if (!v || !*v || std::strcmp(v, "f32") == 0) return ActMode::F32;
     if (std::strcmp(v, "int8") == 0) return ActMode::Int8;
     if (std::strcmp(v, "bf16") == 0) return ActMode::Bf16;
-    fail("LANCET_ACT=", v, ": unknown activation mode (expected f32, int8 or bf16)");
+    if (std::strcmp(v, "auto") == 0) return ActMode::Auto;
+    fail("LANCET_ACT=", v, ": unknown activation mode (expected f32, int8, bf16 or auto)");
 }
 
 Isa parse_env() {
@@ -218,10 +219,17 @@ const char* act_mode_name(ActMode m) {
             return "int8";
         case ActMode::Bf16:
             return "bf16";
+        case ActMode::Auto:
+            return "auto";
         case ActMode::F32:
             break;
     }
     return "f32";
+}
+
+ActMode resolve_act_mode(ActMode m, Isa isa, size_t n) {
+    if (m != ActMode::Auto) return m;
+    return isa == Isa::Amx && n > detail::kGemvMaxRows ? ActMode::Bf16 : ActMode::Int8;
 }
 
 ActMode activation_mode() {
@@ -308,6 +316,9 @@ std::string runtime_description(const ThreadPool& pool) {
     }
     s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
     if (activation_mode() == ActMode::Int8) s += ", int4 activations int8 (W4A8)";
+    if (activation_mode() == ActMode::Auto)
+        s += isa == Isa::Amx ? ", int4 activations auto (bf16 tiles above 8 rows, int8 below)"
+                             : ", int4 activations auto (int8: no AMX)";
     if (activation_mode() == ActMode::Bf16)
         s += ", int4 activations bf16 (weights dequantized to bf16)";
     if (bf16_activation_mode() == Bf16Act::Bf16) s += ", bf16 activations for bf16 weights";

@@ -6,6 +6,7 @@
 
 #include "core/aligned_buffer.h"
 #include "core/thread_pool.h"
+#include "kernels/dispatch.h"
 
 namespace lancet::kernels {
 
@@ -170,9 +171,15 @@ class LinearWeight {
 // so at most (2^-7 + 2^-16) Σ|w·x| per output, plus the
 // f32 sum's (K + 2)·2^-24 Σ|w̃·x̃| and, from the tiles' and vdpbf16ps' flush of denormal inputs,
 // 2^-126 (Σ|w| + Σ|x|). More accurate per element than Int8 (2^-8 relative vs d/2 absolute).
-enum class ActMode { F32, Int8, Bf16 };
-const char* act_mode_name(ActMode m);  // "f32", "int8", "bf16"
-// The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8|bf16;
+// Auto ("auto"): per call the faster of the two, by measurement (README, "INT4 with bf16
+// activations"): Bf16 on the Amx ISA for n > kGemvMaxRows (the AMX bf16 tiles run 1.6-1.8x the
+// W4A8 GEMM), Int8 otherwise (the decode GEMVs, and every n on ISAs without AMX, where vdpbf16ps
+// is slower than the int8 dot). Each call's arithmetic is exactly that mode's.
+enum class ActMode { F32, Int8, Bf16, Auto };
+const char* act_mode_name(ActMode m);  // "f32", "int8", "bf16", "auto"
+// The mode a call of n rows on `isa` runs for Auto (Int8 or Bf16); any other mode unchanged.
+ActMode resolve_act_mode(ActMode m, Isa isa, size_t n);
+// The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8|bf16|auto;
 // lancet::Error if anything else), else F32. (Implemented in dispatch.cc, with the ISA choice.)
 ActMode activation_mode();
 void set_activation_mode(ActMode m);
