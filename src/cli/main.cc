@@ -58,7 +58,8 @@ int main(int argc, char** argv) {
                    "Activations of INT4 (and BF16) weights: f32 (as --exact-activations), int8 "
                    "(W4A8, the default) or bf16 (INT4 dequantized to bf16 x bf16 activations, "
                    "f32 sums; BF16 weights and the VAE as --bf16-activations) or auto (INT4: "
-                   "bf16 on AMX above 8 rows, int8 otherwise)")
+                   "bf16 on AMX above 8 rows, int8 otherwise). Default from $LANCET_ACT, else "
+                   "int8")
         ->check(CLI::IsMember({"f32", "int8", "bf16", "auto"}));
     // The lm_head an INT4 checkpoint stores in BF16 runs as INT4 g64 by measurement (README,
     // "Defaults from measurement": +0.2% KL with W4A8 on the small synth's AWQ form).
@@ -71,9 +72,10 @@ int main(int argc, char** argv) {
     // runs on the AMX tiles where the CPU has them (README, "bf16 attention").
     std::string attention;
     app.add_option("--attention", attention,
-                   "Attention arithmetic: f32 (default) or bf16 (q, k, v and the probabilities "
+                   "Attention arithmetic: f32 (default), bf16 (q, k, v and the probabilities "
                    "rounded to bf16, f32 softmax and sums, as Lance's bf16 SDPA; AMX tiles where "
-                   "present). Default from $LANCET_ATTN, else f32")
+                   "present) or auto (bf16 where it runs on AMX tiles, >= 16 query rows; f32 "
+                   "otherwise). Default from $LANCET_ATTN, else f32")
         ->check(CLI::IsMember({"f32", "bf16", "auto"}));
     app.parse_complete_callback([&] {
         lancet::cli::g_lm_head = lm_head == "bf16" ? lancet::DecoderOptions::LmHead::Stored
