@@ -191,10 +191,11 @@ void clear_activation_mode();  // back to $LANCET_ACT / F32
 // .to(bfloat16); core/numeric.h), then the products w·x̃ (exact in f32: 8-bit by 8-bit
 // significands) are summed in f32. On AVX-512 BF16 the sums run on vdpbf16ps, which adds the two
 // products of each column pair (k, k+1) to an f32 accumulator and flushes denormal inputs and
-// results to zero; on scalar and AVX2 the same x̃ goes through that ISA's f32 kernel, so the
-// paths agree to f32 summation order, not to the bit. Error vs exact: |x̃ - x| <= 2^-8 |x| per
-// element (the bf16 unit roundoff), i.e. at most 2^-8 Σ|w·x| per output, plus the f32 sum's
-// (K + 2)·2^-24 Σ|w·x̃| and, from the flush, 2^-126 Σ|w|. Bit-identical across thread counts.
+// results to zero (on AMX, n > 8: TDPBF16PS tiles, the same per-pair steps); on scalar and
+// AVX2 the same x̃ goes through that ISA's f32 kernel, so the paths agree to f32 summation order,
+// not to the bit. Error vs exact: |x̃ - x| <= 2^-8 |x| per element (the bf16 unit roundoff), i.e. at
+// most 2^-8 Σ|w·x| per output, plus the f32 sum's (K + 2)·2^-24 Σ|w·x̃| and, from the flush, 2^-126
+// Σ|w|. Bit-identical across thread counts.
 enum class Bf16Act : uint8_t { F32, Bf16 };
 const char* bf16_act_name(Bf16Act m);  // "f32", "bf16"
 // The mode linear() uses now: set_bf16_activation_mode()'s, else $LANCET_BF16_ACT (f32|bf16;
