@@ -881,6 +881,14 @@ const std::vector<CasePtr>& all_cases() {
             add_case(
                 new LinearCase(n, in, out, WT::BF16, 0, AM::F32, false, n % 2 == 1, Bf16Act::Bf16));
         add_case(new LinearCase(13, 65, 17, WT::BF16, 0, AM::F32, true, true, Bf16Act::Bf16));
+        // The AMX tiles (n >= 32 on the amx ISA): exact tiles, tail rows and outputs (n, out not
+        // multiples of 32 or 16), K tails (in not a multiple of 32 or of 4), more than one K
+        // chunk (in > 4096), strided rows.
+        for (auto [n, in, out] : std::vector<std::array<size_t, 3>>{
+                 {32, 64, 32}, {33, 97, 17}, {64, 32, 48}, {95, 130, 70}, {40, 4133, 9}})
+            add_case(
+                new LinearCase(n, in, out, WT::BF16, 0, AM::F32, false, n % 2 == 1, Bf16Act::Bf16));
+        add_case(new LinearCase(45, 66, 33, WT::BF16, 0, AM::F32, true, true, Bf16Act::Bf16));
         // INT5 and NVFP4 (spec §1.2, §1.3): f32 activations only.
         for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{
                  {1, 64, 17, 32}, {3, 128, 8, 64}, {17, 64, 33, 32}, {65, 96, 7, 32}})

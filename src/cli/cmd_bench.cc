@@ -187,7 +187,7 @@ double measure_read_bandwidth(ThreadPool& pool, int reps, size_t mib) {
 
 struct Peaks {
     double fma_gflops, int8_gops, bf16_gflops;  // bf16: 0 when the ISA has no bf16 dot
-    double amx_int8_gops;                       // 0 unless the active ISA is amx
+    double amx_int8_gops, amx_bf16_gflops;      // 0 unless the active ISA is amx
 };
 
 Peaks measure_peaks(ThreadPool& pool) {
@@ -200,6 +200,9 @@ Peaks measure_peaks(ThreadPool& pool) {
     // One TDPBSUD does 64x the work of one vpdpbusd: fewer iterations for the same duration.
     p.amx_int8_gops = measure_peak(
         pool, [](size_t it, size_t t) { return kernels::probe_amx_int8(it / 16, 1 + int(t)); });
+    p.amx_bf16_gflops = measure_peak(pool, [](size_t it, size_t t) {
+        return kernels::probe_amx_bf16(it / 16, 1.0f + float(t));
+    });
     return p;
 }
 
@@ -207,7 +210,9 @@ struct Options {
     std::vector<std::string> shapes;
     std::vector<size_t> ns = {1, 4, 16, 128, 512};
     std::vector<std::string> types = {"int4", "bf16"};
-    std::string act = "int8";  // int8: also time int4 weights with int8 activations (W4A8)
+    // int8: also time int4 weights with int8 activations (W4A8); bf16: bf16 weights with bf16
+    // activations (and on the amx ISA the AVX-512 vdpbf16ps kernel beside the tiles).
+    std::vector<std::string> act = {"int8"};
     size_t group_size = 64;
     int reps = 5;
     bool quick = false;
@@ -222,12 +227,13 @@ struct Cell {
     double ms = NAN, gflops = NAN, gbps = NAN;
 };
 
-// One timed column group: a weight type, and for int4 the activation mode.
+// One timed column group: a weight type, its activations, and the ISA it runs on.
 struct Variant {
     WeightType type;
     bool w4a8;
-    std::string label;  // "int4-f32", "int4-w4a8", "int4-w4a8-vnni", "bf16", "f32"
-    bool vnni = false;  // W4A8 on the AVX-512 tier although the active ISA is amx
+    std::string label;  // "int4-f32", "int4-w4a8", "int4-w4a8-vnni", "bf16", "bf16-bf16act", "f32"
+    bool vnni = false;  // on the AVX-512 tier although the active ISA is amx
+    bool bf16 = false;  // bf16 activations (Bf16Act::Bf16 for BF16 weights)
 };
 
 std::string fmt(const char* f, double v) {
@@ -258,19 +264,33 @@ void run_kernels_bench(Options opt) {
     for (const auto& s : opt.shapes) shapes.push_back(&shape_by_key(s));
     std::vector<WeightType> types;
     for (const auto& t : opt.types) types.push_back(type_by_key(t));
-    if (opt.act != "f32" && opt.act != "int8")
-        fail("bench kernels: unknown --act '", opt.act, "' (expected f32 or int8)");
+    bool act_int8 = false, act_bf16 = false;
+    for (const std::string& a : opt.act) {
+        if (a == "int8")
+            act_int8 = true;
+        else if (a == "bf16")
+            act_bf16 = true;
+        else if (a != "f32")
+            fail("bench kernels: unknown --act '", a, "' (expected f32, int8 or bf16)");
+    }
+    const bool amx = kernels::active_isa() == kernels::Isa::Amx;
     std::vector<Variant> variants;
     for (WeightType t : types) {
+        if (t == WeightType::BF16) {
+            variants.push_back({t, false, "bf16"});
+            if (act_bf16) variants.push_back({t, false, "bf16-bf16act", false, true});
+            // On the amx tier bf16-bf16act runs the tiles (n >= 32); vdpbf16ps beside it.
+            if (act_bf16 && amx) variants.push_back({t, false, "bf16-bf16act-vdp", true, true});
+            continue;
+        }
         if (t != WeightType::Q4) {
             variants.push_back({t, false, kernels::weight_type_name(t)});
             continue;
         }
         variants.push_back({t, false, "int4-f32"});
-        if (opt.act == "int8") variants.push_back({t, true, "int4-w4a8"});
-        // On the amx tier int4-w4a8 runs the tiles (n >= 16); the AVX-512 VNNI kernel beside it.
-        if (opt.act == "int8" && kernels::active_isa() == kernels::Isa::Amx)
-            variants.push_back({t, true, "int4-w4a8-vnni", true});
+        if (act_int8) variants.push_back({t, true, "int4-w4a8"});
+        // On the amx tier int4-w4a8 runs the tiles (n >= 64); the AVX-512 VNNI kernel beside it.
+        if (act_int8 && amx) variants.push_back({t, true, "int4-w4a8-vnni", true});
     }
     for (size_t n : opt.ns)
         // The upper bound keeps n x k (the activations) from wrapping for "-1" read as size_t.
@@ -290,7 +310,9 @@ void run_kernels_bench(Options opt) {
     const double read_gbps = measure_read_bandwidth(pool, opt.reps, opt.bandwidth_mib);
     const Peaks peaks = measure_peaks(pool);
     const double fma_gflops = peaks.fma_gflops, int8_gops = peaks.int8_gops;
-    const double amx_gops = peaks.amx_int8_gops;
+    const double amx_gops = peaks.amx_int8_gops, amx_bf16 = peaks.amx_bf16_gflops;
+    // bf16-activation variants against the vdpbf16ps peak (f32 FMA where the ISA has none).
+    const double bf16_gflops = peaks.bf16_gflops > 0 ? peaks.bf16_gflops : fma_gflops;
     std::printf(
         "streaming read: %.1f GB/s (median of %d passes over %zu MiB on 2 MiB pages, %zu "
         "threads); FMA peak: %.1f GFLOP/s (f32); int8 dot peak: %.1f GOP/s (%s); bf16 dot "
@@ -299,7 +321,9 @@ void run_kernels_bench(Options opt) {
         kernels::probe_int8_name(),
         fmt("%.1f", peaks.bf16_gflops > 0 ? peaks.bf16_gflops : NAN).c_str(),
         amx_gops > 0 ? ("; AMX int8 peak: " + fmt("%.1f", amx_gops) +
-                        " GOP/s (tdpbsud, K = 64; the W4A8 tiles run K = 32 per int8 block)")
+                        " GOP/s (tdpbsud, K = 64; the W4A8 tiles run K = 32 per int8 block); AMX "
+                        "bf16 peak: " +
+                        fmt("%.1f", amx_bf16) + " GFLOP/s (tdpbf16ps, K = 32 pairs)")
                            .c_str()
                      : "");
     nlohmann::json records = nlohmann::json::array();
@@ -309,9 +333,12 @@ void run_kernels_bench(Options opt) {
     records.push_back({{"kernel", "int8_peak"}, {"gops", int8_gops}, {"threads", pool.size()}});
     records.push_back(
         {{"kernel", "bf16_peak"}, {"gflops", peaks.bf16_gflops}, {"threads", pool.size()}});
-    if (amx_gops > 0)
+    if (amx_gops > 0) {
         records.push_back(
             {{"kernel", "amx_int8_peak"}, {"gops", amx_gops}, {"threads", pool.size()}});
+        records.push_back(
+            {{"kernel", "amx_bf16_peak"}, {"gflops", amx_bf16}, {"threads", pool.size()}});
+    }
 
     // Header.
     std::string head = "| shape | out x in | n |", sep = "|---|---|---:|";
@@ -342,14 +369,15 @@ void run_kernels_bench(Options opt) {
         }
     }
     // Compute ratio, once per variant: GFLOP/s over the peak of the instruction its inner loop
-    // uses (int8 dot for W4A8, f32 FMA otherwise).
+    // uses (int8 dot for W4A8, bf16 dot for bf16 activations, f32 FMA otherwise).
     for (const Variant& v : variants) {
         head += " " + v.label + " / peak |";
         sep += "---:|";
     }
-    // The W4A8 variants against the AMX tile peak too, where the CPU has one.
+    // The W4A8 and bf16-activation variants against the AMX tile peaks too, where the CPU has
+    // them (int8 for W4A8, bf16 for bf16 activations).
     for (const Variant& v : variants)
-        if (v.w4a8 && amx_gops > 0) {
+        if ((v.w4a8 || v.bf16) && amx_gops > 0) {
             head += " " + v.label + " / amx peak |";
             sep += "---:|";
         }
@@ -392,16 +420,13 @@ void run_kernels_bench(Options opt) {
             for (const Variant& v : variants)
                 fns.push_back([&, v] {
                     const LinearWeight& w = next(v.type);
-                    if (v.vnni)
-                        kernels::linear(
-                            kernels::OpContext{&pool, kernels::Isa::Avx512, kernels::ActMode::Int8},
-                            kernels::TensorRef::matrix(xbuf.as<float>(), n, s->in), w, nullptr,
-                            kernels::TensorRef::matrix(ybuf.as<float>(), n, s->out));
-                    else if (v.w4a8)
-                        kernels::linear_w4a8(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(),
-                                             pool);
-                    else
-                        kernels::linear(xbuf.as<float>(), n, w, nullptr, ybuf.as<float>(), pool);
+                    const kernels::OpContext ctx{
+                        &pool, v.vnni ? kernels::Isa::Avx512 : kernels::active_isa(),
+                        v.w4a8 ? kernels::ActMode::Int8 : kernels::ActMode::F32,
+                        v.bf16 ? kernels::Bf16Act::Bf16 : kernels::Bf16Act::F32};
+                    kernels::linear(ctx, kernels::TensorRef::matrix(xbuf.as<float>(), n, s->in), w,
+                                    nullptr,
+                                    kernels::TensorRef::matrix(ybuf.as<float>(), n, s->out));
                 });
             if (naive)
                 fns.push_back([&] {
@@ -421,7 +446,9 @@ void run_kernels_bench(Options opt) {
                 records.push_back({{"kernel", "linear"},
                                    {"shape", s->name},
                                    {"weight_type", kernels::weight_type_name(t)},
-                                   {"activations", v.w4a8 ? "int8" : "f32"},
+                                   {"activations", v.w4a8   ? "int8"
+                                                   : v.bf16 ? "bf16"
+                                                            : "f32"},
                                    {"isa", kernels::isa_name(v.vnni ? kernels::Isa::Avx512
                                                                     : kernels::active_isa())},
                                    {"cold", opt.cold},
@@ -470,11 +497,15 @@ void run_kernels_bench(Options opt) {
             }
             for (size_t i = 0; i < variants.size(); ++i)
                 row += " " +
-                       fmt("%.2f", cells[i].gflops / (variants[i].w4a8 ? int8_gops : fma_gflops)) +
+                       fmt("%.2f", cells[i].gflops / (variants[i].w4a8   ? int8_gops
+                                                      : variants[i].bf16 ? bf16_gflops
+                                                                         : fma_gflops)) +
                        " |";
             for (size_t i = 0; i < variants.size(); ++i)
-                if (variants[i].w4a8 && amx_gops > 0)
-                    row += " " + fmt("%.2f", cells[i].gflops / amx_gops) + " |";
+                if ((variants[i].w4a8 || variants[i].bf16) && amx_gops > 0)
+                    row += " " +
+                           fmt("%.2f", cells[i].gflops / (variants[i].w4a8 ? amx_gops : amx_bf16)) +
+                           " |";
             std::printf("%s\n", row.c_str());
             std::fflush(stdout);
         }
@@ -484,7 +515,9 @@ void run_kernels_bench(Options opt) {
         "naive = dequantize int4 to bf16 (into a preallocated buffer), then the bf16 "
         "kernel; int4-f32 = f32 activations, int4-w4a8 = int8 activations (--act int8; on the amx "
         "ISA the AMX tiles for n >= 64, "
-        "with int4-w4a8-vnni = the same arithmetic on AVX-512 VNNI beside it); int5 "
+        "with int4-w4a8-vnni = the same arithmetic on AVX-512 VNNI beside it); bf16 = bf16 weights "
+        "with f32 activations, bf16-bf16act = with bf16 activations (--act bf16; on the amx ISA "
+        "the AMX tiles for n >= 32, with bf16-bf16act-vdp = vdpbf16ps beside it); int5 "
         "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
         "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "
         "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
@@ -934,8 +967,10 @@ void add_bench(CLI::App& app) {
     k->add_option("--group-size", opt->group_size,
                   "INT4 and INT5 group size (default 64; NVFP4 blocks are 16)");
     k->add_option("--act", opt->act,
-                  "int8: also time INT4 weights with int8 activations (W4A8) next to f32 "
-                  "(default int8; f32: f32 activations only)");
+                  "Activation modes besides f32, comma-separated: int8 (INT4 weights with int8 "
+                  "activations, W4A8), bf16 (BF16 weights with bf16 activations) (default int8; "
+                  "f32: f32 activations only)")
+        ->delimiter(',');
     k->add_option("--reps", opt->reps,
                   "Timed samples per cell; the median is reported (default 5)");
     k->add_flag("--quick", opt->quick, "At most 3 reps, no lm_head unless --shapes names it");

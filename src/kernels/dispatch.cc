@@ -270,6 +270,7 @@ double probe_fma_avx512(size_t iters, float seed);
 double probe_int8_avx512(size_t iters, int seed);
 double probe_bf16_avx512(size_t iters, float seed);
 double probe_int8_amx(size_t iters, int seed);
+double probe_bf16_amx(size_t iters, float seed);
 
 namespace {
 // Ops take the ISA from their OpContext; running one this CPU lacks would fault.
@@ -309,10 +310,20 @@ W4A8Fn w4a8_kernel(Isa isa) {
     return &w4a8_scalar;
 }
 
-// vdpbf16ps for BF16 weights x bf16 activations: the AVX-512 path only (its file is built with
-// -mavx512bf16 and cpu_supports(Avx512) requires BF16); the others round x and use linear_kernel.
+// BF16 weights x bf16 activations: vdpbf16ps on AVX-512 (its file is built with -mavx512bf16 and
+// cpu_supports(Avx512) requires BF16), TDPBF16PS tiles above kAmxBf16MinRows on Amx; the others
+// round x and use linear_kernel.
 Bf16DotFn bf16dot_kernel(Isa isa) {
-    return vector_isa(checked(isa)) == Isa::Avx512 ? &bf16dot_avx512 : nullptr;
+    switch (checked(isa)) {
+        case Isa::Amx:
+            return &bf16dot_amx;
+        case Isa::Avx512:
+            return &bf16dot_avx512;
+        case Isa::Avx2:
+        case Isa::Scalar:
+            break;
+    }
+    return nullptr;
 }
 
 W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
@@ -407,6 +418,11 @@ double probe_bf16(size_t iters, float seed) {
 
 double probe_amx_int8(size_t iters, int seed) {
     if (active_isa() == Isa::Amx) return detail::probe_int8_amx(iters, seed);
+    return 0.0 * double(iters) * double(seed);
+}
+
+double probe_amx_bf16(size_t iters, float seed) {
+    if (active_isa() == Isa::Amx) return detail::probe_bf16_amx(iters, seed);
     return 0.0 * double(iters) * double(seed);
 }
 

@@ -68,6 +68,11 @@ using Bf16DotFn = void (*)(const float* x, size_t n, const PackedView& w, const 
                            float* y, ThreadPool& pool);
 void bf16dot_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
                     ThreadPool& pool);
+// The AMX tier of the same (linear_bf16_amx.cc): TDPBF16PS tiles for n >= kAmxBf16MinRows,
+// bf16dot_avx512 below. Same arithmetic (exact products, f32 sums), another summation order.
+constexpr size_t kAmxBf16MinRows = 32;
+void bf16dot_amx(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                 ThreadPool& pool);
 
 constexpr size_t kW4A8MaxOuts = 8;
 // One weight of a fused W4A8 GEMV: y [n, w.out] = x · wᵀ + bias (bias nullable).

@@ -22,6 +22,9 @@ double probe_bf16(size_t iters, float seed);
 // tiles, K = 64 bytes) when the active ISA is Amx; returns the integer ops (multiply + add per
 // byte pair, 2 x 16 x 16 x 64 per instruction), or 0 on other ISAs.
 double probe_amx_int8(size_t iters, int seed);
+// The same with TDPBF16PS (bf16 pairs, f32 C tiles, K = 32 pairs): flops (multiply + add per
+// bf16 pair, 2 x 16 x 16 x 32 per instruction), or 0 on other ISAs.
+double probe_amx_bf16(size_t iters, float seed);
 // The instruction the int8 probe times on the active ISA ("vpdpbusd", "2 vpmaddubsw + vpaddw").
 const char* probe_int8_name();
 

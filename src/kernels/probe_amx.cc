@@ -1,6 +1,7 @@
-// AMX version of the bench's int8 peak probe: TDPBSUD on full tiles (16 rows x 64 bytes of A, 16
-// rows x 64 bytes of B in the 4-byte VNNI layout, 16 x 16 int32 C), four independent C tiles fed
-// by two A and two B tiles, so consecutive instructions never wait on each other's result.
+// AMX versions of the bench's int8 and bf16 peak probes: TDPBSUD / TDPBF16PS on full tiles (16
+// rows x 64 bytes of A, 16 rows x 64 bytes of B in the VNNI layout, 16 x 16 int32 or f32 C), four
+// independent C tiles fed by two A and two B tiles, so consecutive instructions never wait on
+// each other's result.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -38,6 +39,37 @@ double probe_int8_amx(size_t iters, int seed) {
     // 16 x 16 outputs x 64 byte pairs x (multiply + add) per instruction, 4 per iteration; the
     // result is folded in with zero weight so the loop is not dead code.
     return double(iters) * 4 * 16 * 16 * 64 * 2 + 0.0 * double(c[0]);
+}
+
+double probe_bf16_amx(size_t iters, float seed) {
+    amx::TileConfig cfg;
+    for (int t = 0; t < 8; ++t) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    // Small normal bf16 values (0x3c00 + seed bits ~ 2^-7): the sums stay finite and normal.
+    alignas(64) uint16_t a[16 * 32];
+    alignas(64) float c[16 * 16];
+    for (auto& v : a) v = static_cast<uint16_t>(0x3c00 + (static_cast<int>(seed) & 0x7f));
+    amx::load_config(cfg);
+    LANCET_TILE_LOAD(4, a, 64);
+    LANCET_TILE_LOAD(5, a, 64);
+    LANCET_TILE_LOAD(6, a, 64);
+    LANCET_TILE_LOAD(7, a, 64);
+    LANCET_TILE_ZERO(0);
+    LANCET_TILE_ZERO(1);
+    LANCET_TILE_ZERO(2);
+    LANCET_TILE_ZERO(3);
+    for (size_t i = 0; i < iters; ++i) {
+        LANCET_TILE_DPBF16PS(0, 4, 6);
+        LANCET_TILE_DPBF16PS(1, 4, 7);
+        LANCET_TILE_DPBF16PS(2, 5, 6);
+        LANCET_TILE_DPBF16PS(3, 5, 7);
+    }
+    LANCET_TILE_STORE(0, c, 64);
+    amx::release();
+    // 16 x 16 outputs x 32 bf16 pairs x (multiply + add) per instruction, 4 per iteration.
+    return double(iters) * 4 * 16 * 16 * 32 * 2 + 0.0 * double(c[0]);
 }
 
 }  // namespace lancet::kernels::detail
