@@ -67,6 +67,47 @@ TEST(ActivationDefault, Int4UsesW4A8UnlessExactActivations) {
     EXPECT_NE(by_default, exact) << "W4A8 and exact activations gave the same bytes";
 }
 
+// --activations f32|int8|bf16: f32 is --exact-activations, int8 the default, bf16 the INT4
+// weights dequantized to bf16 with bf16 activations plus BF16 weights with bf16 activations
+// (LANCET_ACT=bf16 with LANCET_BF16_ACT=bf16, bit for bit); it differs from both others;
+// contradicting flags are a one-line error.
+TEST(ActivationDefault, ActivationsFlagPicksTheMode) {
+    TempDir dir;
+    ASSERT_EQ(run_lancet("synth --preset tiny -o " + q(dir / "tiny")).exit_code, 0);
+    const std::string int4 = test::make_rtn_int4((dir / "tiny").string(), dir / "tiny-int4", 32);
+    write_text_input(dir / "in.safetensors", 40);  // 40 rows: the bf16 GEMM paths, not the GEMV
+    auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
+        unsetenv("LANCET_ACT");
+        unsetenv("LANCET_BF16_ACT");
+        if (!env.empty()) {
+            setenv("LANCET_ACT", env.c_str(), 1);
+            setenv("LANCET_BF16_ACT", env == "bf16" ? "bf16" : "f32", 1);
+        }
+        const auto r = run_lancet(flags + " forward --model " + q(int4) + " --input " +
+                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
+        unsetenv("LANCET_ACT");
+        unsetenv("LANCET_BF16_ACT");
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        return test::read_file(dir / out);
+    };
+    const std::string a_f32 = forward("", "--activations f32", "a_f32.safetensors");
+    const std::string a_int8 = forward("", "--activations int8", "a_int8.safetensors");
+    const std::string a_bf16 = forward("", "--activations bf16", "a_bf16.safetensors");
+    ASSERT_FALSE(a_bf16.empty());
+    EXPECT_EQ(a_f32, forward("", "--exact-activations", "exact.safetensors"));
+    EXPECT_EQ(a_int8, forward("", "", "default.safetensors"));
+    EXPECT_EQ(a_bf16, forward("bf16", "", "env_bf16.safetensors"));
+    EXPECT_NE(a_bf16, a_f32);
+    EXPECT_NE(a_bf16, a_int8);
+    for (const char* bad : {"--exact-activations --activations bf16",
+                            "--bf16-activations --activations f32", "--activations int4"}) {
+        const auto r = run_lancet(std::string(bad) + " forward --model " + q(int4));
+        EXPECT_EQ(r.exit_code, 1) << bad;
+        EXPECT_EQ(r.err.rfind("lancet: error: ", 0), 0u) << r.err;
+        EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
+    }
+}
+
 // --lm-head: an INT4 checkpoint's BF16 lm_head runs as INT4 g64 by default and as stored with
 // --lm-head bf16 (the outputs differ); a BF16 checkpoint's runs as stored either way (identical
 // bytes); a bad value is a one-line usage error.

@@ -526,6 +526,44 @@ TEST(W4A8Amx, BitIdenticalToAvx512) {
     }
 }
 
+// ActMode::Auto is, call by call, exactly one of the two modes: Bf16 (the AMX bf16 tiles) on the
+// amx ISA above the GEMV sizes, Int8 (W4A8) for n <= 8 and on every other ISA; bit for bit, with
+// linear_same_input (the fused W4A8 GEMV at n <= 8) agreeing with linear() too.
+TEST(ActModeAuto, PicksBf16TilesOnAmxAboveTheGemvAndInt8Otherwise) {
+    const FileWeight fw = make_weight(WeightType::Q4, 40, 256, 64, 901);
+    const LinearWeight w(fw.view);
+    const std::vector<float> bias = random_vector(40, 902);
+    ThreadPool pool(2);
+    for (Isa isa : kAllIsas) {
+        if (!cpu_supports(isa)) continue;
+        for (size_t n : {1, 8, 9, 40}) {
+            const std::vector<float> x = random_vector(n * 256, 903 + n);
+            auto run = [&](ActMode m) {
+                std::vector<float> y(n * 40);
+                linear(OpContext{&pool, isa, m, Bf16Act::F32}, TensorRef::matrix(x.data(), n, 256),
+                       w, bias.data(),
+                       TensorRef::contiguous(y.data(), {static_cast<int64_t>(n), 40}));
+                return y;
+            };
+            const ActMode want_mode =
+                isa == Isa::Amx && n > detail::kGemvMaxRows ? ActMode::Bf16 : ActMode::Int8;
+            EXPECT_EQ(resolve_act_mode(ActMode::Auto, isa, n), want_mode);
+            const auto got = run(ActMode::Auto), want = run(want_mode),
+                       other = run(want_mode == ActMode::Bf16 ? ActMode::Int8 : ActMode::Bf16);
+            EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                << isa_name(isa) << " n " << n;
+            EXPECT_NE(std::memcmp(got.data(), other.data(), got.size() * 4), 0)
+                << isa_name(isa) << " n " << n << ": the two modes agree, the test cannot tell";
+            std::vector<float> ys(n * 40);
+            const LinearOut o{&w, bias.data(), ys.data()};
+            linear_same_input(OpContext{&pool, isa, ActMode::Auto, Bf16Act::F32}, x.data(), n, &o,
+                              1);
+            EXPECT_EQ(std::memcmp(ys.data(), want.data(), ys.size() * 4), 0)
+                << isa_name(isa) << " n " << n << " (linear_same_input)";
+        }
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, W4A8Test, ::testing::ValuesIn(kAllIsas),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 

@@ -160,7 +160,9 @@ class LinearCase : public OpCase {
         const bool grouped = wd_.type == WeightType::Q4 || wd_.type == WeightType::Int5;
         s << "linear_" << weight_type_name(wd_.type) << (grouped ? "g" : "")
           << (grouped ? std::to_string(gs_) : "") << "_n" << n_ << "_in" << in_ << "_out" << out_
-          << (act_ == ActMode::Int8 ? "_w4a8" : "")
+          << (act_ == ActMode::Int8   ? "_w4a8"
+              : act_ == ActMode::Bf16 ? "_a16"
+                                      : "")
           << (bf16_act_ == Bf16Act::Bf16 ? "_bf16act" : "") << (strided_ ? "_strided" : "")
           << (has_bias_ ? "_bias" : "");
         return s.str();
@@ -197,6 +199,12 @@ class LinearCase : public OpCase {
                     mag += std::fabs(xi) * factored_magnitude(o, i, wi);
                     if (bf16_act_ == Bf16Act::Bf16)
                         quant += wi * (0x1p-9 * std::fabs(xi) * (1 + (in_ + 2) * u) + 0x1p-126);
+                    // INT4 with bf16 activations: w̃ and x̃ each within 2^-9 relative, so
+                    // |w̃x̃ - wx| <= (2^-8 + 2^-18)|wx|; the f32 sum's γ_K acts on |w̃x̃| (the
+                    // part beyond |wx| added here); denormal w̃ or x̃ flushed to zero.
+                    if (act_ == ActMode::Bf16)
+                        quant += wi * std::fabs(xi) * (0x1p-8 + 0x1p-17) * (1 + (in_ + 2) * u) +
+                                 0x1p-126 * (wi + std::fabs(xi));
                     if (act_ == ActMode::Int8) {
                         double amax = 0;
                         for (size_t k = i / kb * kb; k < (i / kb + 1) * kb; ++k)
@@ -889,6 +897,21 @@ const std::vector<CasePtr>& all_cases() {
             add_case(
                 new LinearCase(n, in, out, WT::BF16, 0, AM::F32, false, n % 2 == 1, Bf16Act::Bf16));
         add_case(new LinearCase(45, 66, 33, WT::BF16, 0, AM::F32, true, true, Bf16Act::Bf16));
+        // INT4 with bf16 activations (ActMode::Bf16): the GEMV (n <= 8, x̃ and exact w), the
+        // dequantize-to-bf16 blocks (scalar, AVX2, AVX-512, AMX below 32 rows), the AMX tiles
+        // (n >= 32): tail rows and outputs, several K chunks (in > 1024), group sizes 32-128;
+        // and several output blocks of the dequantized path (out > its 4 MiB of w̃ at in 4160).
+        for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{{1, 64, 17, 32},
+                                                                        {3, 128, 8, 64},
+                                                                        {17, 64, 33, 32},
+                                                                        {32, 64, 32, 64},
+                                                                        {65, 96, 7, 32},
+                                                                        {70, 256, 40, 64},
+                                                                        {33, 128, 70, 128},
+                                                                        {40, 2112, 9, 64},
+                                                                        {12, 4160, 530, 64}})
+            add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::Bf16, false, n % 2 == 1));
+        add_case(new LinearCase(35, 64, 9, WT::Q4, 32, AM::Bf16, true, true));
         // INT5 and NVFP4 (spec §1.2, §1.3): f32 activations only.
         for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{
                  {1, 64, 17, 32}, {3, 128, 8, 64}, {17, 64, 33, 32}, {65, 96, 7, 32}})

@@ -291,6 +291,10 @@ void run_kernels_bench(Options opt) {
         if (act_int8) variants.push_back({t, true, "int4-w4a8"});
         // On the amx tier int4-w4a8 runs the tiles (n >= 64); the AVX-512 VNNI kernel beside it.
         if (act_int8 && amx) variants.push_back({t, true, "int4-w4a8-vnni", true});
+        // INT4 dequantized to bf16 x bf16 activations (ActMode::Bf16): the tiles on amx (n >= 32),
+        // the dequantize-to-bf16 blocks on vdpbf16ps beside them.
+        if (act_bf16) variants.push_back({t, false, "int4-bf16", false, true});
+        if (act_bf16 && amx) variants.push_back({t, false, "int4-bf16-vdp", true, true});
     }
     for (size_t n : opt.ns)
         // The upper bound keeps n x k (the activations) from wrapping for "-1" read as size_t.
@@ -422,7 +426,9 @@ void run_kernels_bench(Options opt) {
                     const LinearWeight& w = next(v.type);
                     const kernels::OpContext ctx{
                         &pool, v.vnni ? kernels::Isa::Avx512 : kernels::active_isa(),
-                        v.w4a8 ? kernels::ActMode::Int8 : kernels::ActMode::F32,
+                        v.w4a8   ? kernels::ActMode::Int8
+                        : v.bf16 ? kernels::ActMode::Bf16
+                                 : kernels::ActMode::F32,
                         v.bf16 ? kernels::Bf16Act::Bf16 : kernels::Bf16Act::F32};
                     kernels::linear(ctx, kernels::TensorRef::matrix(xbuf.as<float>(), n, s->in), w,
                                     nullptr,
@@ -517,7 +523,9 @@ void run_kernels_bench(Options opt) {
         "ISA the AMX tiles for n >= 64, "
         "with int4-w4a8-vnni = the same arithmetic on AVX-512 VNNI beside it); bf16 = bf16 weights "
         "with f32 activations, bf16-bf16act = with bf16 activations (--act bf16; on the amx ISA "
-        "the AMX tiles for n >= 32, with bf16-bf16act-vdp = vdpbf16ps beside it); int5 "
+        "the AMX tiles for n >= 32, with bf16-bf16act-vdp = vdpbf16ps beside it); int4-bf16 = int4 "
+        "dequantized to bf16 x bf16 activations (--act bf16; amx: tiles for n >= 32, "
+        "int4-bf16-vdp = blocks dequantized to bf16 on vdpbf16ps beside it); int5 "
         "and nvfp4 (spec 1.2, 1.3) always take f32 activations, and nvfp4's published bytes "
         "include both copies of its block scales (5.5 bits/weight; the kernel reads 5); "
         "GFLOP/s counts 2*n*out*in for every kernel.%s\n",
@@ -577,8 +585,11 @@ void run_decode_bench(const DecodeOptions& opt) {
         Row row{weight_format_label(ck), decode_weight_bytes(ck), {}, 0, {}};
         if (ck.quant_meta()) {
             // What the INT4 linears and the lm_head actually run as (the global flags).
-            row.label +=
-                kernels::activation_mode() == kernels::ActMode::Int8 ? ", W4A8" : ", f32 act";
+            const kernels::ActMode am = kernels::activation_mode();
+            row.label += am == kernels::ActMode::Int8 ? ", W4A8"
+                         : am == kernels::ActMode::F32
+                             ? ", f32 act"
+                             : std::string(", ") + kernels::act_mode_name(am) + " act";
             if (dopt.lm_head == DecoderOptions::LmHead::Int4 &&
                 !ck.is_quantized("language_model.lm_head")) {
                 // Quantized at load to INT4 g64: codes, bf16 scales and u8 zeros per row group.
@@ -968,7 +979,8 @@ void add_bench(CLI::App& app) {
                   "INT4 and INT5 group size (default 64; NVFP4 blocks are 16)");
     k->add_option("--act", opt->act,
                   "Activation modes besides f32, comma-separated: int8 (INT4 weights with int8 "
-                  "activations, W4A8), bf16 (BF16 weights with bf16 activations) (default int8; "
+                  "activations, W4A8), bf16 (BF16 and INT4 weights with bf16 activations) "
+                  "(default int8; "
                   "f32: f32 activations only)")
         ->delimiter(',');
     k->add_option("--reps", opt->reps,

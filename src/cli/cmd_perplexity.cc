@@ -31,6 +31,7 @@ struct PerplexityArgs {
     std::string text, json;
     size_t ctx = 512, stride = 0, max_tokens = 0;
     bool also_bf16_act = false;
+    std::vector<std::string> also_act;  // --also-activations: f32, int8, bf16 for INT4 weights
 };
 
 std::string read_text_file(const std::string& path) {
@@ -110,6 +111,29 @@ void run_perplexity(const PerplexityArgs& a) {
             labels.push_back(a.models[i] + " (bf16 act)");
             kinds.push_back(kinds[i]);
         }
+    // --also-activations: a session per INT4 model and listed mode over the same weights, its INT4
+    // weights with that activation mode (kernels/linear.h), BF16 weights as the flags left them.
+    for (const std::string& m : a.also_act) {
+        kernels::ActMode mode = kernels::ActMode::F32;
+        if (m == "int8")
+            mode = kernels::ActMode::Int8;
+        else if (m == "bf16")
+            mode = kernels::ActMode::Bf16;
+        else if (m == "auto")
+            mode = kernels::ActMode::Auto;
+        else if (m != "f32")
+            fail("perplexity: --also-activations ", m,
+                 ": unknown mode (expected f32, int8 or bf16)");
+        for (size_t i = 0; i < cks.size(); ++i) {
+            if (kinds[i].rfind("int4", 0) != 0) continue;  // the mode only changes INT4 weights
+            kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
+            ctx.act = mode;
+            decs.push_back(std::make_unique<DecoderSession>(*weights[i], ctx));
+            ptrs.push_back(decs.back().get());
+            labels.push_back(a.models[i] + " (int4 act " + m + ")");
+            kinds.push_back(kinds[i]);
+        }
+    }
     PerplexityOptions po;
     po.ctx = a.ctx;
     po.stride = stride;
@@ -179,6 +203,11 @@ void add_perplexity(CLI::App& app) {
     cmd->add_flag("--also-bf16-activations", args->also_bf16_act,
                   "Also score every model with bf16 activations for its BF16 weights (same "
                   "weights, a second session), against the first model as run");
+    cmd->add_option("--also-activations", args->also_act,
+                    "Also score every INT4 model with these activation modes for its INT4 "
+                    "weights, comma-separated (f32, int8, bf16; same weights, one more session "
+                    "each), against the first model as run")
+        ->delimiter(',');
     cmd->callback([args] { run_perplexity(*args); });
 }
 

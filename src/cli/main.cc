@@ -48,6 +48,17 @@ int main(int argc, char** argv) {
     app.add_flag("--bf16-activations", bf16_activations,
                  "BF16 weights (and the VAE, its weights rounded to bf16) with activations "
                  "rounded to bf16: bf16 x bf16 dot products, f32 sums (default: exact f32)");
+    // One flag for the whole activation policy: f32 (= --exact-activations), int8 (the default
+    // for INT4) or bf16 (INT4 weights dequantized to bf16 x bf16 activations, as Lance's PyTorch
+    // AWQ recipe runs, and BF16 weights and the VAE as --bf16-activations: Lance's bf16 runtime;
+    // README, "INT4 with bf16 activations").
+    std::string activations;
+    app.add_option("--activations", activations,
+                   "Activations of INT4 (and BF16) weights: f32 (as --exact-activations), int8 "
+                   "(W4A8, the default) or bf16 (INT4 dequantized to bf16 x bf16 activations, "
+                   "f32 sums; BF16 weights and the VAE as --bf16-activations) or auto (INT4: "
+                   "bf16 on AMX above 8 rows, int8 otherwise)")
+        ->check(CLI::IsMember({"f32", "int8", "bf16", "auto"}));
     // The lm_head an INT4 checkpoint stores in BF16 runs as INT4 g64 by measurement (README,
     // "Defaults from measurement": +0.2% KL with W4A8 on the small synth's AWQ form).
     std::string lm_head = "int4";
@@ -61,8 +72,23 @@ int main(int argc, char** argv) {
         if (verbose) lancet::log_level() = lancet::LogLevel::Debug;
         if (quiet) lancet::log_level() = lancet::LogLevel::Quiet;
         lancet::set_default_threads(static_cast<size_t>(threads));
+        if (!activations.empty()) {
+            if (exact_activations && activations != "f32")
+                lancet::fail("--exact-activations and --activations ", activations,
+                             " contradict each other");
+            if (bf16_activations && activations == "f32")
+                lancet::fail("--bf16-activations and --activations f32 contradict each other");
+            exact_activations = activations == "f32";
+            if (activations == "bf16") bf16_activations = true;
+        }
         const char* env_act = std::getenv("LANCET_ACT");
-        if (exact_activations)
+        if (activations == "bf16")
+            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Bf16);
+        else if (activations == "int8")
+            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Int8);
+        else if (activations == "auto")
+            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Auto);
+        else if (exact_activations)
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::F32);
         else if (!env_act || !*env_act)
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Int8);

@@ -42,7 +42,9 @@ ActMode parse_act_env() {
     const char* v = std::getenv("LANCET_ACT");
     if (!v || !*v || std::strcmp(v, "f32") == 0) return ActMode::F32;
     if (std::strcmp(v, "int8") == 0) return ActMode::Int8;
-    fail("LANCET_ACT=", v, ": unknown activation mode (expected f32 or int8)");
+    if (std::strcmp(v, "bf16") == 0) return ActMode::Bf16;
+    if (std::strcmp(v, "auto") == 0) return ActMode::Auto;
+    fail("LANCET_ACT=", v, ": unknown activation mode (expected f32, int8, bf16 or auto)");
 }
 
 Isa parse_env() {
@@ -200,7 +202,24 @@ bool avx_vnni() {
 }
 }  // namespace detail
 
-const char* act_mode_name(ActMode m) { return m == ActMode::Int8 ? "int8" : "f32"; }
+const char* act_mode_name(ActMode m) {
+    switch (m) {
+        case ActMode::Int8:
+            return "int8";
+        case ActMode::Bf16:
+            return "bf16";
+        case ActMode::Auto:
+            return "auto";
+        case ActMode::F32:
+            break;
+    }
+    return "f32";
+}
+
+ActMode resolve_act_mode(ActMode m, Isa isa, size_t n) {
+    if (m != ActMode::Auto) return m;
+    return isa == Isa::Amx && n > detail::kGemvMaxRows ? ActMode::Bf16 : ActMode::Int8;
+}
 
 ActMode activation_mode() {
     std::lock_guard<std::mutex> lock(g_mutex);
@@ -257,6 +276,11 @@ std::string runtime_description(const ThreadPool& pool) {
     }
     s += ", " + std::to_string(pool.size()) + (pool.size() == 1 ? " thread" : " threads");
     if (activation_mode() == ActMode::Int8) s += ", int4 activations int8 (W4A8)";
+    if (activation_mode() == ActMode::Auto)
+        s += isa == Isa::Amx ? ", int4 activations auto (bf16 tiles above 8 rows, int8 below)"
+                             : ", int4 activations auto (int8: no AMX)";
+    if (activation_mode() == ActMode::Bf16)
+        s += ", int4 activations bf16 (weights dequantized to bf16)";
     if (bf16_activation_mode() == Bf16Act::Bf16) s += ", bf16 activations for bf16 weights";
     return s;
 }
@@ -325,6 +349,11 @@ Bf16DotFn bf16dot_kernel(Isa isa) {
     }
     return nullptr;
 }
+
+// INT4 x bf16 activations (ActMode::Bf16) above the GEMV sizes: AMX tiles on Amx; elsewhere
+// nullptr (q4_bf16_rows dequantizes blocks of outputs to bf16 for bf16dot_kernel or, without
+// one, for linear_kernel).
+Q4Bf16Fn q4bf16_kernel(Isa isa) { return checked(isa) == Isa::Amx ? &q4bf16_amx : nullptr; }
 
 W4A8ManyFn w4a8_gemv_many_kernel(Isa isa) {
     switch (vector_isa(checked(isa))) {

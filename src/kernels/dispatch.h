@@ -8,8 +8,9 @@
 namespace lancet::kernels {
 
 // Amx is the Avx512 tier plus Intel AMX tiles: TDPBSUD for the W4A8 GEMM (n >= 64 rows, int8
-// activation blocks of 32) and TDPBF16PS for the bf16-activation GEMM (BF16 weights with
-// Bf16Act::Bf16, n >= 32 rows); every other kernel of the Amx tier is the Avx512 one.
+// activation blocks of 32) and TDPBF16PS for the bf16-activation GEMMs (BF16 weights with
+// Bf16Act::Bf16, INT4 with ActMode::Bf16; n > 8 rows); every other kernel of the Amx tier is the
+// Avx512 one.
 enum class Isa { Scalar, Avx2, Avx512, Amx };
 
 const char* isa_name(Isa isa);  // "scalar", "avx2", "avx512", "amx"

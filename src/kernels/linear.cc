@@ -1,6 +1,7 @@
 // LinearWeight repacking, the linear() entry point, the double-precision reference, naive dequant.
 #include "kernels/linear.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <numeric>
@@ -433,6 +434,110 @@ void bf16_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
 }
 }  // namespace detail
 
+namespace detail {
+namespace {
+// Q4 -> bf16 in the BF16 repacked layout, w̃ = f32_to_bf16((q - z) * s) (the product exact in
+// f32): the portable form of DequantBf16Fn.
+void dequant_bf16_portable(const PackedView& p, uint16_t* d, ThreadPool& pool) {
+    const size_t in = p.in, chunks = in / 8, groups = in / p.group_size, gs = p.group_size;
+    const uint32_t* q = static_cast<const uint32_t*>(p.data);
+    pool.parallel_for(p.n_blocks, [&](size_t b0, size_t b1) {
+        for (size_t b = b0; b < b1; ++b)
+            for (size_t c = 0; c < chunks; ++c) {
+                const size_t g = 8 * c / gs;
+                for (size_t r = 0; r < kRowBlock; ++r) {
+                    const uint32_t word = q[(b * chunks + c) * kRowBlock + r];
+                    // As torch: (q - z) in bf16 (exact), times the bf16 scale, rounded to bf16.
+                    const float s = bf16_to_f32(p.scales[(b * groups + g) * kRowBlock + r]);
+                    const float z = p.zeros[(b * groups + g) * kRowBlock + r];
+                    for (size_t t = 0; t < 8; ++t)
+                        d[(b * in + 8 * c + t) * kRowBlock + r] =
+                            f32_to_bf16((float((word >> (4 * t)) & 0xfu) - z) * s);
+                }
+            }
+    });
+}
+
+uint8_t* grown(AlignedBuffer& buf, size_t bytes) {
+    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
+    return buf.data();
+}
+}  // namespace
+
+void q4bf16_chunked(Isa isa, const float* x, size_t n, const PackedView& p, const float* bias,
+                    float* y, ThreadPool& pool) {
+    const size_t in = p.in, out = p.out, chunks = in / 8, groups = in / p.group_size;
+    // Row blocks per pass: their w̃ within ~4 MiB (at least 4 blocks, 32 outputs), so the buffer
+    // is bounded whatever the weight's size.
+    const size_t nbc = std::max<size_t>(4, (size_t{4} << 20) / (in * kRowBlock * 2));
+    const DequantBf16Fn dq = dequant_bf16_kernel(isa);
+    const Bf16DotFn dot = bf16dot_kernel(isa);
+    thread_local AlignedBuffer wbuf, wfbuf, ybuf, xbuf;
+    const float* xr = x;
+    if (!dot) {  // the f32 kernel on x̃ = bf16(x), rounded once
+        float* xb = reinterpret_cast<float*>(grown(xbuf, n * in * sizeof(float)));
+        for (size_t i = 0; i < n * in; ++i) xb[i] = round_bf16(x[i]);
+        xr = xb;
+    }
+    for (size_t b0 = 0; b0 < p.n_blocks; b0 += nbc) {
+        const size_t b1 = std::min(p.n_blocks, b0 + nbc), nb = b1 - b0;
+        const size_t o0 = b0 * kRowBlock, oc = std::min(out - o0, nb * kRowBlock);
+        const PackedView q{WeightType::Q4,
+                           oc,
+                           in,
+                           p.group_size,
+                           nb,
+                           static_cast<const uint32_t*>(p.data) + b0 * chunks * kRowBlock,
+                           p.scales + b0 * groups * kRowBlock,
+                           p.zeros + b0 * groups * kRowBlock};
+        uint16_t* wb = reinterpret_cast<uint16_t*>(grown(wbuf, nb * in * kRowBlock * 2));
+        if (dq)
+            dq(q, wb, pool);
+        else
+            dequant_bf16_portable(q, wb, pool);
+        const bool whole = nb == p.n_blocks;
+        float* yc = whole ? y : reinterpret_cast<float*>(grown(ybuf, n * oc * sizeof(float)));
+        const float* bc = bias ? bias + o0 : nullptr;
+        if (dot) {
+            dot(x, n, PackedView{WeightType::BF16, oc, in, 0, nb, wb, nullptr, nullptr}, bc, yc,
+                pool);
+        } else {
+            float* wf = reinterpret_cast<float*>(grown(wfbuf, nb * in * kRowBlock * 4));
+            for (size_t i = 0; i < nb * in * kRowBlock; ++i) wf[i] = bf16_to_f32(wb[i]);
+            linear_kernel(isa)(xr, n,
+                               PackedView{WeightType::F32, oc, in, 0, nb, wf, nullptr, nullptr}, bc,
+                               yc, nullptr, pool);
+        }
+        if (!whole)
+            for (size_t r = 0; r < n; ++r)
+                std::memcpy(y + r * out + o0, yc + r * oc, oc * sizeof(float));
+    }
+}
+
+void q4_bf16_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const float* bias,
+                  float* y, ThreadPool& pool) {
+    if (w.type() != WeightType::Q4)
+        fail("bf16 activations for int4: weight is ", weight_type_name(w.type()), ", not int4");
+    if (n == 0) return;
+    const PackedView p = w.packed();
+    if (n <= kGemvMaxRows) {
+        // Decode: x̃ through the f32 INT4 GEMV, w unrounded (linear.h: within the same bound).
+        thread_local std::vector<float> xr, scratch;
+        if (xr.size() < n * w.in()) xr.resize(n * w.in());
+        for (size_t i = 0; i < n * w.in(); ++i) xr[i] = round_bf16(x[i]);
+        const size_t need = scratch_floats(n, p);
+        if (scratch.size() < need) scratch.resize(need);
+        linear_kernel(isa)(xr.data(), n, p, bias, y, scratch.data(), pool);
+        return;
+    }
+    if (const Q4Bf16Fn fn = q4bf16_kernel(isa)) {
+        fn(x, n, p, bias, y, pool);
+        return;
+    }
+    q4bf16_chunked(isa, x, n, p, bias, y, pool);
+}
+}  // namespace detail
+
 void linear_bf16act(const float* x, size_t n, const LinearWeight& w, const float* bias, float* y,
                     ThreadPool& pool) {
     detail::bf16_rows(active_isa(), x, n, w, bias, y, pool);
@@ -475,26 +580,7 @@ void dequantize_to_bf16(const LinearWeight& w, LinearWeight& dst, ThreadPool& po
         fn(w.packed(), dst.data_.as<uint16_t>(), pool);
         return;
     }
-    const size_t in = w.in_, chunks = in / 8, groups = in / w.group_size_, gs = w.group_size_;
-    const uint32_t* q = w.data_.as<uint32_t>();
-    const uint16_t* sc = w.scales();
-    const uint8_t* zr = w.zeros();
-    uint16_t* d = dst.data_.as<uint16_t>();
-    pool.parallel_for(w.n_blocks(), [&](size_t b0, size_t b1) {
-        for (size_t b = b0; b < b1; ++b)
-            for (size_t c = 0; c < chunks; ++c) {
-                const size_t g = 8 * c / gs;
-                for (size_t r = 0; r < kRowBlock; ++r) {
-                    const uint32_t word = q[(b * chunks + c) * kRowBlock + r];
-                    // As torch: (q - z) in bf16 (exact), times the bf16 scale, rounded to bf16.
-                    const float s = bf16_to_f32(sc[(b * groups + g) * kRowBlock + r]);
-                    const float z = zr[(b * groups + g) * kRowBlock + r];
-                    for (size_t t = 0; t < 8; ++t)
-                        d[(b * in + 8 * c + t) * kRowBlock + r] =
-                            f32_to_bf16((float((word >> (4 * t)) & 0xfu) - z) * s);
-                }
-            }
-    });
+    detail::dequant_bf16_portable(w.packed(), dst.data_.as<uint16_t>(), pool);
 }
 
 LinearWeight dequantize_to_bf16(const LinearWeight& w, ThreadPool& pool) {

@@ -6,6 +6,7 @@
 
 #include "core/aligned_buffer.h"
 #include "core/thread_pool.h"
+#include "kernels/dispatch.h"
 
 namespace lancet::kernels {
 
@@ -156,9 +157,28 @@ class LinearWeight {
 // order. Every ISA evaluates exactly this, so W4A8 results are bit-identical across ISAs and
 // thread counts. Error vs exact: |x - d*x8| <= d/2 per element (plus the f32 roundings). x must
 // be finite.
-enum class ActMode { F32, Int8 };
-const char* act_mode_name(ActMode m);  // "f32", "int8"
-// The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8;
+// Bf16 ("bf16"): what Lance's PyTorch AWQ recipe computes (it dequantizes the INT4 weight into
+// bf16 and runs F.linear in bf16): w̃ = bf16(w), w = (q - z)·s exact in f32 and rounded to
+// nearest even; x̃ = bf16(x) (as Bf16Act::Bf16 below); y = Σ w̃·x̃ summed in f32, + bias. The
+// products w̃·x̃ are exact in f32. On AMX (n >= kAmxQ4Bf16MinRows, linear_kernels.h) each panel of
+// 32 outputs is dequantized straight into the TDPBF16PS pair layout; on AVX-512 (and AMX below
+// that) blocks of outputs are dequantized to bf16 and run on vdpbf16ps; on AVX2 and scalar the
+// bf16 values go through that ISA's f32 kernel. Batches of n <= kGemvMaxRows rows (decode) keep
+// w unrounded (x̃ with the f32 INT4 GEMV: the weight streams as 4-bit codes, and |w - w̃| is only
+// smaller). So ISAs and batch sizes agree to f32 summation order and w's rounding, not to the
+// bit; every path is bit-identical across thread counts. Error vs exact: |w̃ - w| <= 2^-9 |w|
+// and |x̃ - x| <= 2^-9 |x| per element, so at most (2^-8 + 2^-18) Σ|w·x| per output, plus the
+// f32 sum's (K + 2)·2^-24 Σ|w̃·x̃| and, from the tiles' and vdpbf16ps' flush of denormal inputs,
+// 2^-126 (Σ|w| + Σ|x|). More accurate per element than Int8 (2^-9 relative vs d/2 absolute).
+// Auto ("auto"): per call the faster of the two, by measurement (README, "INT4 with bf16
+// activations"): Bf16 on the Amx ISA for n > kGemvMaxRows (the AMX bf16 tiles run 1.6-1.8x the
+// W4A8 GEMM), Int8 otherwise (the decode GEMVs, and every n on ISAs without AMX, where vdpbf16ps
+// is slower than the int8 dot). Each call's arithmetic is exactly that mode's.
+enum class ActMode { F32, Int8, Bf16, Auto };
+const char* act_mode_name(ActMode m);  // "f32", "int8", "bf16", "auto"
+// The mode a call of n rows on `isa` runs for Auto (Int8 or Bf16); any other mode unchanged.
+ActMode resolve_act_mode(ActMode m, Isa isa, size_t n);
+// The mode linear() uses now: set_activation_mode()'s, else $LANCET_ACT (f32|int8|bf16|auto;
 // lancet::Error if anything else), else F32. (Implemented in dispatch.cc, with the ISA choice.)
 ActMode activation_mode();
 void set_activation_mode(ActMode m);
@@ -170,10 +190,11 @@ void clear_activation_mode();  // back to $LANCET_ACT / F32
 // .to(bfloat16); core/numeric.h), then the products w·x̃ (exact in f32: 8-bit by 8-bit
 // significands) are summed in f32. On AVX-512 BF16 the sums run on vdpbf16ps, which adds the two
 // products of each column pair (k, k+1) to an f32 accumulator and flushes denormal inputs and
-// results to zero; on scalar and AVX2 the same x̃ goes through that ISA's f32 kernel, so the
-// paths agree to f32 summation order, not to the bit. Error vs exact: |x̃ - x| <= 2^-9 |x| per
-// element (the bf16 unit roundoff), i.e. at most 2^-9 Σ|w·x| per output, plus the f32 sum's
-// (K + 2)·2^-24 Σ|w·x̃| and, from the flush, 2^-126 Σ|w|. Bit-identical across thread counts.
+// results to zero (on AMX, n > 8: TDPBF16PS tiles, the same per-pair steps); on scalar and
+// AVX2 the same x̃ goes through that ISA's f32 kernel, so the paths agree to f32 summation order,
+// not to the bit. Error vs exact: |x̃ - x| <= 2^-9 |x| per element (the bf16 unit roundoff), i.e. at
+// most 2^-9 Σ|w·x| per output, plus the f32 sum's (K + 2)·2^-24 Σ|w·x̃| and, from the flush, 2^-126
+// Σ|w|. Bit-identical across thread counts.
 enum class Bf16Act : uint8_t { F32, Bf16 };
 const char* bf16_act_name(Bf16Act m);  // "f32", "bf16"
 // The mode linear() uses now: set_bf16_activation_mode()'s, else $LANCET_BF16_ACT (f32|bf16;

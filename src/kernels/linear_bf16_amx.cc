@@ -2,8 +2,10 @@
 // sums (TDPBF16PS: C[16 x 16 f32] += A[16 x 32 bf16] . B[16 pairs x 16 outputs x 2 bf16]).
 //
 // Unlike the W4A8 tiles (linear_amx.cc) nothing is folded per block: the weight is bf16 before it
-// reaches a tile (BF16 weights as stored; INT4 dequantized to bf16 per panel), so the C tiles
-// accumulate over the whole K chunk and are stored once. x is rounded to bf16 once per call into
+// reaches a tile (BF16 weights as stored: Bf16Act::Bf16; INT4 dequantized to bf16 per panel
+// straight from the nibbles: ActMode::Bf16), so the C tiles accumulate over the whole K chunk and
+// are stored once. Used for every n above the GEMV sizes (n > 8; fewer than 32 rows run on
+// zero-padded tiles, still 2-5x the vdpbf16ps kernels). x is rounded to bf16 once per call into
 // a row-major copy (rows zero-padded to a multiple of 32, columns to a multiple of 32; the row
 // stride is 64 bytes more than the row so that the 16 rows of an A tile do not all map onto the
 // same L1 set), and A tiles load straight from it. B panels of 32 outputs x a K chunk are written
@@ -34,13 +36,19 @@
 namespace lancet::kernels::detail {
 namespace {
 
-constexpr size_t kStep = 32;     // K per tile dot (bf16 elements)
-constexpr size_t kCols = 32;     // outputs per panel: 4 row blocks, 2 B tiles
-constexpr size_t kRows = 32;     // rows per row tile: 2 A tiles
-constexpr size_t kBTile = 512;   // u16 of one B tile: 16 pairs x 16 outputs x 2
-constexpr size_t kKcMax = 4096;  // K chunk: a B panel of 32 x 4096 bf16 = 256 KiB, in L2
-// Row chunk: as many 32-row tiles as keep the chunk's bf16 rows within ~1 MiB of L2.
-constexpr size_t kChunkBytes = size_t{1} << 20;
+constexpr size_t kStep = 32;    // K per tile dot (bf16 elements)
+constexpr size_t kCols = 32;    // outputs per panel: 4 row blocks, 2 B tiles
+constexpr size_t kRows = 32;    // rows per row tile: 2 A tiles
+constexpr size_t kBTile = 512;  // u16 of one B tile: 16 pairs x 16 outputs x 2
+// Blocking (measured, README "BF16 activations on AMX"): a work item is a row chunk of kRt 32-row
+// tiles x a group of kGroup panels; over each K chunk of kKc columns the chunk's bf16 rows (kRt x
+// 32 x kKc x 2 bytes = 512 KiB) stay in L2 while the group's panels are built and run over them,
+// and the group's C tiles wait in a per-thread buffer (kGroup x kRt x 4 KiB = 256 KiB) between
+// K chunks. From memory, each weight byte is read once per row chunk and each bf16 row byte once
+// per panel group: 256 flops per byte of either.
+constexpr size_t kKc = 1024;
+constexpr size_t kRt = 8;
+constexpr size_t kGroup = 8;
 
 // All eight tiles 16 rows x 64 bytes: C 0-3 (rows 0-15 x outputs 0-15, 0-15 x 16-31, 16-31 x
 // 0-15, 16-31 x 16-31), A 4, 5 (rows 0-15, 16-31 x 32 bf16), B 6, 7 (outputs 0-15, 16-31).
@@ -106,6 +114,23 @@ void fill_bf16_panel(const PackedView& p, size_t pp, size_t k0, size_t kc, uint1
     }
 }
 
+// The same panel of a Q4 weight, dequantized on the way (bf16x::q4_pairs: w̃ = bf16((q - z)·s)).
+// in is a multiple of 8 (LinearWeight's Q4 limits), so 8-column chunks are whole or past in.
+void fill_q4_panel(const PackedView& p, size_t pp, size_t k0, size_t kc, uint16_t* bt) {
+    for (size_t t = 0; t < 2; ++t) {
+        const size_t ba = 4 * pp + 2 * t;
+        const bool has_a = ba < p.n_blocks, has_b = ba + 1 < p.n_blocks;
+        for (size_t k = 0; k < kc; k += 8) {
+            uint16_t* d = bt + ((k / kStep) * 2 + t) * kBTile + (k % kStep) / 2 * 32;
+            if (has_a && k0 + k < p.in) {
+                bf16x::q4_pairs(p, ba, has_b, (k0 + k) / 8, d, 32);
+            } else {
+                for (int u = 0; u < 4; ++u) _mm512_store_si512(d + 32 * u, _mm512_setzero_si512());
+            }
+        }
+    }
+}
+
 // The 4 C tiles of one 32-row tile over `steps` K steps: A rows at a (ldx bf16 apart), B tiles
 // at bt (fill_bf16_panel's layout). C starts at zero (first) or from acc [32][32] f32 and is
 // stored back to acc.
@@ -147,46 +172,62 @@ template <class Fill>
 void gemm_tiles(const uint16_t* xt, size_t ldx, size_t n, size_t kp, const PackedView& p,
                 const float* bias, float* y, ThreadPool& pool, const Fill& fill) {
     const size_t out = p.out, n_rt = (n + kRows - 1) / kRows, n_panels = (out + kCols - 1) / kCols;
-    const size_t kc_max = std::min(kp, kKcMax);
-    // Row tiles per chunk (the chunking never changes an output's arithmetic, only which B
-    // panels are rebuilt how often): within kChunkBytes, and small enough that every thread gets
-    // a few work items on narrow layers (the VAE's 32- to 128-channel convolutions).
-    size_t rc_tiles = std::max<size_t>(1, kChunkBytes / (kc_max * 2 * kRows));
-    while (rc_tiles > 1 && (n_rt + rc_tiles - 1) / rc_tiles * n_panels < 4 * pool.size())
-        rc_tiles = (rc_tiles + 1) / 2;
-    const size_t n_rc = (n_rt + rc_tiles - 1) / rc_tiles;
-    pool.parallel_for(n_rc * n_panels, [&](size_t t0, size_t t1) {
+    const size_t kc_max = std::min(kp, kKc);
+    // Row tiles per chunk and panels per group (neither changes an output's arithmetic, only
+    // how often B panels are rebuilt and bf16 rows reread): kRt and kGroup, smaller where that
+    // gives every thread a few work items (narrow layers: the VAE's 32- to 128-channel convs).
+    size_t rc_tiles = std::min(kRt, n_rt), group = std::min(kGroup, n_panels);
+    auto items = [&] {
+        return (n_rt + rc_tiles - 1) / rc_tiles * ((n_panels + group - 1) / group);
+    };
+    while (items() < 4 * pool.size() && (rc_tiles > 1 || group > 1)) {
+        if (group > 1)
+            group = (group + 1) / 2;
+        else
+            rc_tiles = (rc_tiles + 1) / 2;
+    }
+    const size_t n_rc = (n_rt + rc_tiles - 1) / rc_tiles, n_groups = (n_panels + group - 1) / group;
+    pool.parallel_for(n_rc * n_groups, [&](size_t t0, size_t t1) {
         thread_local AlignedBuffer scratch;
         const size_t bt_bytes = kc_max / kStep * 2 * kBTile * sizeof(uint16_t);
-        uint8_t* buf = thread_scratch(scratch, bt_bytes + rc_tiles * kRows * kCols * sizeof(float));
+        uint8_t* buf =
+            thread_scratch(scratch, bt_bytes + group * rc_tiles * kRows * kCols * sizeof(float));
         uint16_t* bt = reinterpret_cast<uint16_t*>(buf);
         float* acc = reinterpret_cast<float*>(buf + bt_bytes);
         amx::load_config(bf16_config());
         for (size_t t = t0; t < t1; ++t) {
-            const size_t rc = t / n_panels, pp = t % n_panels;
+            const size_t rc = t / n_groups, g = t % n_groups;
             const size_t rt0 = rc * rc_tiles, rt1 = std::min(n_rt, rt0 + rc_tiles);
-            const size_t o0 = kCols * pp, cols = std::min(kCols, out - o0);
-            const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<size_t>(cols, 16)) - 1),
-                            m1 = static_cast<__mmask16>((1u << (cols > 16 ? cols - 16 : 0)) - 1);
-            const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias + o0) : _mm512_setzero_ps(),
-                         b1 =
-                             bias ? _mm512_maskz_loadu_ps(m1, bias + o0 + 16) : _mm512_setzero_ps();
+            const size_t pp0 = g * group, pp1 = std::min(n_panels, pp0 + group);
             for (size_t k0 = 0; k0 < kp; k0 += kc_max) {
                 const size_t kc = std::min(kc_max, kp - k0);
-                fill(pp, k0, kc, bt);
-                for (size_t rt = rt0; rt < rt1; ++rt) {
-                    float* at = acc + (rt - rt0) * kRows * kCols;
-                    tile_rows(xt + rt * kRows * ldx + k0, ldx, bt, kc / kStep, k0 == 0, at);
-                    if (k0 + kc < kp) continue;
-                    // y = acc + bias (+0 for a null bias, as the vdpbf16ps kernels start from a
-                    // zero bias row).
-                    const size_t rows = std::min(kRows, n - rt * kRows);
-                    for (size_t i = 0; i < rows; ++i) {
-                        float* yi = y + (rt * kRows + i) * out + o0;
-                        _mm512_mask_storeu_ps(yi, m0,
-                                              _mm512_add_ps(_mm512_load_ps(at + i * kCols), b0));
-                        _mm512_mask_storeu_ps(
-                            yi + 16, m1, _mm512_add_ps(_mm512_load_ps(at + i * kCols + 16), b1));
+                const bool last = k0 + kc == kp;
+                for (size_t pp = pp0; pp < pp1; ++pp) {
+                    fill(pp, k0, kc, bt);
+                    const size_t o0 = kCols * pp, cols = std::min(kCols, out - o0);
+                    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<size_t>(cols, 16)) -
+                                                                1),
+                                    m1 = static_cast<__mmask16>(
+                                        (1u << (cols > 16 ? cols - 16 : 0)) - 1);
+                    const __m512 b0 = bias && last ? _mm512_maskz_loadu_ps(m0, bias + o0)
+                                                   : _mm512_setzero_ps(),
+                                 b1 = bias && last ? _mm512_maskz_loadu_ps(m1, bias + o0 + 16)
+                                                   : _mm512_setzero_ps();
+                    for (size_t rt = rt0; rt < rt1; ++rt) {
+                        float* at = acc + ((pp - pp0) * rc_tiles + rt - rt0) * kRows * kCols;
+                        tile_rows(xt + rt * kRows * ldx + k0, ldx, bt, kc / kStep, k0 == 0, at);
+                        if (!last) continue;
+                        // y = acc + bias (+0 for a null bias, as the vdpbf16ps kernels start
+                        // from a zero bias row).
+                        const size_t rows = std::min(kRows, n - rt * kRows);
+                        for (size_t i = 0; i < rows; ++i) {
+                            float* yi = y + (rt * kRows + i) * out + o0;
+                            _mm512_mask_storeu_ps(
+                                yi, m0, _mm512_add_ps(_mm512_load_ps(at + i * kCols), b0));
+                            _mm512_mask_storeu_ps(
+                                yi + 16, m1,
+                                _mm512_add_ps(_mm512_load_ps(at + i * kCols + 16), b1));
+                        }
                     }
                 }
             }
@@ -231,6 +272,19 @@ void bf16dot_amx(const float* x, size_t n, const PackedView& p, const float* bia
     gemm_tiles(
         xt, ldx, n, kp, p, bias, y, pool,
         [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) { fill_bf16_panel(p, pp, k0, kc, bt); });
+}
+
+void q4bf16_amx(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+                ThreadPool& pool) {
+    if (n < kAmxQ4Bf16MinRows) {
+        q4bf16_chunked(Isa::Avx512, x, n, p, bias, y, pool);
+        return;
+    }
+    const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
+    const uint16_t* xt = round_rows(x, n, p.in, kp, ldx, pool);
+    gemm_tiles(
+        xt, ldx, n, kp, p, bias, y, pool,
+        [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) { fill_q4_panel(p, pp, k0, kc, bt); });
 }
 
 }  // namespace lancet::kernels::detail

@@ -68,11 +68,25 @@ using Bf16DotFn = void (*)(const float* x, size_t n, const PackedView& w, const 
                            float* y, ThreadPool& pool);
 void bf16dot_avx512(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
                     ThreadPool& pool);
-// The AMX tier of the same (linear_bf16_amx.cc): TDPBF16PS tiles for n >= kAmxBf16MinRows,
-// bf16dot_avx512 below. Same arithmetic (exact products, f32 sums), another summation order.
-constexpr size_t kAmxBf16MinRows = 32;
+// The AMX tier of the same (linear_bf16_amx.cc): TDPBF16PS tiles for n >= kAmxBf16MinRows (every
+// GEMM size; measured 2-5x vdpbf16ps at n = 9-32), bf16dot_avx512 below. Same arithmetic (exact
+// products, f32 sums), another summation order.
+constexpr size_t kAmxBf16MinRows = kGemvMaxRows + 1;
 void bf16dot_amx(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
                  ThreadPool& pool);
+
+// INT4 (Q4) weights x bf16 activations (ActMode::Bf16, linear.h), n > kGemvMaxRows. AMX
+// (linear_bf16_amx.cc): each 32-output panel dequantized into the TDPBF16PS pair layout, then the
+// tiles of bf16dot_amx, for n >= kAmxQ4Bf16MinRows; below that q4bf16_chunked(Isa::Avx512).
+using Q4Bf16Fn = Bf16DotFn;
+constexpr size_t kAmxQ4Bf16MinRows = kGemvMaxRows + 1;
+void q4bf16_amx(const float* x, size_t n, const PackedView& w, const float* bias, float* y,
+                ThreadPool& pool);
+// The portable form on the kernels of `isa` (linear.cc): blocks of outputs dequantized to bf16
+// (w̃), then bf16dot_kernel(isa) on them or, where there is none, x and w̃ as f32 through
+// linear_kernel(isa); the results are scattered into y.
+void q4bf16_chunked(Isa isa, const float* x, size_t n, const PackedView& w, const float* bias,
+                    float* y, ThreadPool& pool);
 
 constexpr size_t kW4A8MaxOuts = 8;
 // One weight of a fused W4A8 GEMV: y [n, w.out] = x · wᵀ + bias (bias nullable).
@@ -130,6 +144,11 @@ void bf16_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
 
 // The kernel for an ISA (dispatch.cc; lancet::Error if this CPU lacks it).
 LinearFn linear_kernel(Isa isa);
+// INT4 x bf16 activations for n > kGemvMaxRows, or nullptr (then q4bf16_chunked).
+Q4Bf16Fn q4bf16_kernel(Isa isa);
+// ActMode::Bf16 on dense rows of a Q4 weight with the kernels of `isa`.
+void q4_bf16_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const float* bias,
+                  float* y, ThreadPool& pool);
 W4A8Fn w4a8_kernel(Isa isa);
 // The fused W4A8 GEMV of an ISA, or nullptr where it has none (callers then run the linears one
 // by one).

@@ -187,8 +187,13 @@ std::atomic<int64_t> g_linear_ns{0};
 void linear_rows_untimed(const OpContext& ctx, const float* x, size_t n, const LinearWeight& w,
                          const float* bias, float* y) {
     ThreadPool& pool = ctx.threads();
-    if (w.type() == WeightType::Q4 && ctx.act == ActMode::Int8) {
+    const ActMode act = resolve_act_mode(ctx.act, ctx.isa, n);
+    if (w.type() == WeightType::Q4 && act == ActMode::Int8) {
         w4a8_rows(ctx.isa, x, n, w, bias, y, pool);
+        return;
+    }
+    if (w.type() == WeightType::Q4 && act == ActMode::Bf16) {
+        q4_bf16_rows(ctx.isa, x, n, w, bias, y, pool);
         return;
     }
     if (w.type() == WeightType::BF16 && ctx.bf16_act == Bf16Act::Bf16) {
@@ -261,8 +266,9 @@ void linear_same_input(const OpContext& ctx, const float* x, size_t n, const Lin
                        size_t count) {
     if (n == 0 || count == 0) return;
     const size_t in = outs[0].w->in();
-    bool fused = ctx.act == ActMode::Int8 && n <= detail::kGemvMaxRows &&
-                 count <= detail::kW4A8MaxOuts && detail::w4a8_gemv_many_kernel(ctx.isa);
+    bool fused = resolve_act_mode(ctx.act, ctx.isa, n) == ActMode::Int8 &&
+                 n <= detail::kGemvMaxRows && count <= detail::kW4A8MaxOuts &&
+                 detail::w4a8_gemv_many_kernel(ctx.isa);
     for (size_t k = 0; k < count; ++k) {
         const LinearWeight& w = *outs[k].w;
         if (w.in() != in)
