@@ -16,10 +16,13 @@
 #include "core/thread_pool.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "io/video.h"
 #include "kernels/ops.h"
 #include "model/decoder.h"
 #include "model/lance_checkpoint.h"
 #include "pipeline/gen_tasks.h"
+#include "pipeline/generation.h"
+#include "pipeline/vae_codec.h"
 #include "test_util.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
@@ -592,6 +595,60 @@ TEST_F(FlowModel, SampleCommand) {
 
 // --examples: one file per item in a folder built under a temporary name; compare: a model
 // against itself gives zero latent difference and identical pixels, and a sheet of items x models.
+// A video's frames handed out chunk by chunk (the MP4 writer's path) equal the gathered
+// [3, T, H, W] frames of the same request, and the output then holds no frames; `run --task t2v`
+// writes the streamed MP4 with every frame.
+TEST_F(FlowModel, VideoFramesStreamChunkByChunk) {
+    const auto ck = LanceCheckpoint::open(model_);
+    const Qwen2Tokenizer tok = Qwen2Tokenizer::load(model_);
+    const LanceWeights weights(*ck);
+    DecoderSession dec(weights);
+    Generator gen(*ck, tok, resolve_vae_path(model_));
+    GenItem it;
+    it.task = GenTask::T2V;
+    it.caption = "a red fox";
+    it.width = 32, it.height = 48;
+    it.lt = 3;
+    GenSettings s;
+    s.steps = 2;
+    const GenOutput whole = gen.generate(dec, it, s, 5);
+    ASSERT_EQ(whole.T, 9);
+    std::vector<std::vector<float>> chunks;
+    std::vector<int64_t> counts;
+    GenCallbacks cb;
+    cb.on_frames = [&](const float* f, int64_t n, int64_t H, int64_t W) {
+        EXPECT_EQ(H, 48);
+        EXPECT_EQ(W, 32);
+        chunks.emplace_back(f, f + 3 * n * H * W);
+        counts.push_back(n);
+    };
+    const GenOutput streamed = gen.generate(dec, it, s, 5, cb);
+    EXPECT_TRUE(streamed.frames.empty());
+    EXPECT_EQ(streamed.latent, whole.latent);
+    ASSERT_EQ(counts, (std::vector<int64_t>{1, 4, 4}));
+    const int64_t T = 9, HW = 48 * 32;
+    int64_t t0 = 0;
+    for (size_t k = 0; k < chunks.size(); ++k) {
+        for (int64_t c = 0; c < 3; ++c)
+            for (int64_t i = 0; i < counts[k] * HW; ++i)
+                ASSERT_EQ(chunks[k][static_cast<size_t>(c * counts[k] * HW + i)],
+                          whole.frames[static_cast<size_t>((c * T + t0) * HW + i)])
+                    << "chunk " << k << " channel " << c;
+        t0 += counts[k];
+    }
+    test::TempDir d;
+    const auto r = test::run_lancet("-q run --task t2v -m " + q(model_) +
+                                    " -p 'a red fox' --size 32x48 --frames 9 --steps 2 -o " +
+                                    q(d / "fox.mp4"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const VideoInfo info = VideoReader((d / "fox.mp4").string()).info();
+    EXPECT_EQ(info.frame_count, 9);
+    EXPECT_EQ(info.width, 32);
+    EXPECT_EQ(info.height, 48);
+    for (const auto& e : fs::directory_iterator(d.path()))
+        EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+}
+
 TEST_F(FlowModel, ExamplesAndCompare) {
     test::TempDir d;
     test::write_file(d / "ex.json", "{\"a.png\": \"a red fox\", \"b.png\": \"a blue bird\"}");

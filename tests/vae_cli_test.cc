@@ -12,9 +12,11 @@
 #include "io/image.h"
 #include "io/pth_writer.h"
 #include "io/safetensors.h"
+#include "io/temp_output.h"
 #include "io/video.h"
 #include "model/wan_vae.h"
 #include "model/wan_vae_synth.h"
+#include "pipeline/vae_codec.h"
 #include "test_util.h"
 
 namespace lancet {
@@ -213,6 +215,10 @@ TEST_F(VaeCli, TiledDecodeStreamsToTensorAndMp4) {
     wan_vae::Decoder dec(f);
     SafetensorsFile zf((dir / "z.safetensors").string());
     const std::vector<float> z = to_f32(zf.view(*zf.find("latent")));
+    // The untiled tensor went through the scratch file channels-first: equal to the gathered
+    // decode.
+    SafetensorsFile uf((dir / "untiled.safetensors").string());
+    EXPECT_EQ(to_f32(uf.view(*uf.find("video"))), wan_vae::decode_all(ctx, dec, z.data(), 2, 4, 6));
     const std::vector<float> want = wan_vae::decode_tiled(ctx, dec, z.data(), 2, 4, 6, 3, 1);
     SafetensorsFile tf((dir / "t.safetensors").string());
     EXPECT_EQ(tf.find("video")->shape, (Shape{3, 5, 64, 96}));
@@ -222,6 +228,58 @@ TEST_F(VaeCli, TiledDecodeStreamsToTensorAndMp4) {
     EXPECT_EQ(VideoReader((dir / "t.mp4").string()).info().frame_count, 5);
     for (const auto& e : fs::directory_iterator(dir.path()))
         EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+}
+
+// The scratch file behind the streamed outputs: reads what was written where it was written,
+// zeros elsewhere, refuses access past its end; VideoTensorSpill turns time-ordered chunks
+// [3, n, H, W] into [3, T, H, W] and refuses to write an incomplete video.
+TEST(VideoTensorSpill, GathersChunksChannelsFirst) {
+    ScratchFile sf(64, "test scratch");
+    const float v[3] = {1.5f, -2.0f, 3.25f};
+    sf.write(v, sizeof v, 20);
+    float back[5] = {};
+    sf.read(back, sizeof back, 16);
+    EXPECT_EQ(back[0], 0.0f);
+    EXPECT_EQ(back[1], 1.5f);
+    EXPECT_EQ(back[3], 3.25f);
+    EXPECT_EQ(back[4], 0.0f);
+    EXPECT_NE(test::error_of([&] { sf.write(v, sizeof v, 56); }).find("test scratch"),
+              std::string::npos);
+
+    const int64_t T = 5, H = 2, W = 3, HW = H * W;
+    std::vector<float> want(static_cast<size_t>(3 * T * HW));
+    Rng r(4);
+    for (float& e : want) e = static_cast<float>(r.normal());
+    VideoTensorSpill spill(T, H, W);
+    test::TempDir d;
+    {
+        SafetensorsWriter w((d / "early.safetensors").string());
+        w.add("video", DType::F32, {3, T, H, W});
+        w.begin();
+        EXPECT_NE(test::error_of([&] { spill.append_to(w); }).find("0 of 5 frames"),
+                  std::string::npos);
+    }
+    EXPECT_FALSE(fs::exists(d / "early.safetensors"));
+    int64_t t0 = 0;
+    for (int64_t n : {1, 4}) {
+        std::vector<float> chunk(static_cast<size_t>(3 * n * HW));
+        for (int64_t c = 0; c < 3; ++c)
+            for (int64_t i = 0; i < n * HW; ++i)
+                chunk[static_cast<size_t>(c * n * HW + i)] =
+                    want[static_cast<size_t>((c * T + t0) * HW + i)];
+        spill.add(chunk.data(), n);
+        t0 += n;
+    }
+    EXPECT_EQ(spill.frames(), 5);
+    SafetensorsWriter w((d / "v.safetensors").string());
+    w.add("video", DType::F32, {3, T, H, W});
+    w.begin();
+    spill.append_to(w);
+    w.finish();
+    SafetensorsFile f((d / "v.safetensors").string());
+    EXPECT_EQ(to_f32(f.view(*f.find("video"))), want);
+    EXPECT_NE(test::error_of([&] { spill.add(want.data(), 1); }).find("6 frames"),
+              std::string::npos);
 }
 
 TEST_F(VaeCli, BenchVaeOnTheTinyPreset) {

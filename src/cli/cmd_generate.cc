@@ -100,8 +100,7 @@ class GenHost {
         dec_ = std::make_unique<DecoderSession>(*weights_);
     }
 
-    GenOutput generate(const GenItem& it, uint64_t seed) {
-        GenCallbacks cb;
+    GenOutput generate(const GenItem& it, uint64_t seed, GenCallbacks cb = {}) {
         cb.on_step = [](int k, int n, double secs) {
             if (log_level() < LogLevel::Info) return;
             const int done = k + 1, width = 24, fill = done * width / n;
@@ -120,15 +119,25 @@ class GenHost {
 
     // Runs one item, writing `path` (a temporary name the caller renames, or the final one).
     void run(const GenItem& it, const std::string& path, uint64_t seed) {
-        const GenOutput o = generate(it, seed);
         const ImageMetadata meta = gen_metadata(it, settings(a_), seed, model_, it.media);
-        if (gen_task_is_video(it.task)) {
-            VideoWriteOptions vo;
-            vo.metadata = meta;
-            write_mp4(path, o.frames.data(), o.T, o.H, o.W, vo);
-        } else {
+        // A video goes to the MP4 encoder chunk by chunk as the VAE decodes it (the size is
+        // known at the first chunk: i2v and editing take it from the input).
+        GenCallbacks cb;
+        std::unique_ptr<Mp4Writer> mp4;
+        if (gen_task_is_video(it.task))
+            cb.on_frames = [&](const float* fr, int64_t n, int64_t H, int64_t W) {
+                if (!mp4) {
+                    VideoWriteOptions vo;
+                    vo.metadata = meta;
+                    mp4 = std::make_unique<Mp4Writer>(path, H, W, vo);
+                }
+                mp4->write(fr, n);
+            };
+        const GenOutput o = generate(it, seed, cb);
+        if (mp4)
+            mp4->finish();
+        else
             write_png(path, frame_to_rgb8(o.frames.data(), o.T, o.H, o.W, 0), meta);
-        }
         char buf[200];
         std::snprintf(buf, sizeof buf,
                       "prefill %.2f s, %.2f s/step (%d steps, %d with CFG), VAE decode %.2f s",

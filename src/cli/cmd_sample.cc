@@ -97,7 +97,7 @@ void run_sample(const SampleArgs& a) {
     const SampleResult r = flow_sample(dec, seq, fo);
 
     // The target block for --decode: the gen rows of the noise split.
-    std::vector<float> frames;
+    std::unique_ptr<VideoTensorSpill> frames;  // [3, T, H, W] in a scratch file, not memory
     int64_t T = 0, Hp = 0, Wp = 0;
     if (a.decode) {
         const int64_t t = ps.latent_grid[0], h = ps.latent_grid[1], w = ps.latent_grid[2];
@@ -112,9 +112,14 @@ void run_sample(const SampleArgs& a) {
         std::vector<float> z(static_cast<size_t>(n * C));
         for (int64_t r0 = 0; r0 < n; ++r0)
             for (int64_t c = 0; c < C; ++c) z[c * n + r0] = r.x[(g0 + r0) * C + c];
-        frames = vae_decode_latent(vae_path, z.data(), t, h, w);
-        T = static_cast<int64_t>(frames.size()) / (3 * 16 * h * 16 * w);
-        Hp = 16 * h, Wp = 16 * w;
+        vae_decode_latent(vae_path, z.data(), t, h, w,
+                          [&](const float* fr, int64_t k, int64_t H, int64_t W) {
+                              if (!frames) {
+                                  T = 1 + 4 * (t - 1), Hp = H, Wp = W;
+                                  frames = std::make_unique<VideoTensorSpill>(T, H, W);
+                              }
+                              frames->add(fr, k);
+                          });
     }
 
     SafetensorsWriter w(a.out);
@@ -131,7 +136,7 @@ void run_sample(const SampleArgs& a) {
         w.write("v." + std::to_string(k), r.vs[k].data(), N * C * 4);
     }
     w.write("latent", r.x.data(), N * C * 4);
-    if (a.decode) w.write("frames", frames.data(), frames.size() * 4);
+    if (a.decode) frames->append_to(w);
     w.finish();
     double steps_s = 0;
     for (double s : r.step_seconds) steps_s += s;

@@ -192,6 +192,42 @@ void TempFile::pwrite_all(const void* data, size_t n, uint64_t offset) {
     }
 }
 
+ScratchFile::ScratchFile(uint64_t bytes, std::string what)
+    : f_(std::tmpfile()), bytes_(bytes), what_(std::move(what)) {
+    if (!f_) fail(what_, ": cannot create a temporary file: ", std::strerror(errno));
+    fd_ = ::fileno(f_);
+    if (::ftruncate(fd_, static_cast<off_t>(bytes)) != 0) {
+        const int e = errno;
+        std::fclose(f_);
+        fail(what_, ": temporary file of ", bytes, " bytes: ", std::strerror(e));
+    }
+}
+
+ScratchFile::~ScratchFile() { std::fclose(f_); }
+
+void ScratchFile::read(void* data, size_t n, uint64_t offset) const {
+    if (offset + n > bytes_) fail(what_, ": read past the end of the temporary file");
+    auto* p = static_cast<uint8_t*>(data);
+    while (n > 0) {
+        const ssize_t r = ::pread(fd_, p, n, static_cast<off_t>(offset));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            fail(what_, ": temporary file: ", r == 0 ? "unexpected end" : std::strerror(errno));
+        p += r, n -= static_cast<size_t>(r), offset += static_cast<uint64_t>(r);
+    }
+}
+
+void ScratchFile::write(const void* data, size_t n, uint64_t offset) {
+    if (offset + n > bytes_) fail(what_, ": write past the end of the temporary file");
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (n > 0) {
+        const ssize_t w = ::pwrite(fd_, p, n, static_cast<off_t>(offset));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) fail(what_, ": temporary file: ", w == 0 ? "no space" : std::strerror(errno));
+        p += w, n -= static_cast<size_t>(w), offset += static_cast<uint64_t>(w);
+    }
+}
+
 void TempFile::commit() {
     if (committed_) return;
     if (::fsync(fd_) != 0) fail(path_, ": fsync failed: ", std::strerror(errno));

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <string>
 
@@ -70,6 +71,29 @@ class TempFile {
     TempRegistration reg_;
     int fd_ = -1;
     bool committed_ = false;
+};
+
+// An anonymous scratch file (tmpfile(3) in $TMPDIR: unlinked at once, so it vanishes with the
+// process however it ends) of `bytes` bytes, zero-filled, read and written at offsets. For data
+// that grows with the input and is needed later in another order (a decoded video gathered
+// channels-first, blended tiles): the page cache holds it, not the process's memory. Errors
+// name `what`.
+class ScratchFile {
+  public:
+    ScratchFile(uint64_t bytes, std::string what);
+    ~ScratchFile();
+    ScratchFile(const ScratchFile&) = delete;
+    ScratchFile& operator=(const ScratchFile&) = delete;
+
+    void read(void* data, size_t n, uint64_t offset) const;
+    void write(const void* data, size_t n, uint64_t offset);
+    uint64_t size() const { return bytes_; }
+
+  private:
+    std::FILE* f_ = nullptr;
+    int fd_ = -1;
+    uint64_t bytes_ = 0;
+    std::string what_;
 };
 
 // Removes the temporaries `<final_path>.tmp.<pid>` (and `.old.<pid>`, the replaced output a forced

@@ -134,17 +134,23 @@ void conv3d(const OpContext& ctx, const TensorRef& x, const TensorRef* cache, co
         fail("conv3d: y ", y.describe(), " should be [", To, ", ", Ho, ", ", Wo, ", ", Co, "]");
 
     const int64_t K = w.kh * w.kw * Ci, pixels = Ho * Wo;
-    // Output pixels per panel: a few MB of gathered input, enough rows for the GEMM kernels.
-    const int64_t R = std::clamp<int64_t>((int64_t{1} << 20) / K, 16, 1024);
+    // Output pixels per panel: a few MB of gathered input, enough rows for the GEMM kernels. The
+    // blocks of a frame are made equal (so the threads of the narrow mode below finish together)
+    // and whole 32-row tiles (the AMX kernels pad a call's rows to 32: 113 rows would run 128).
+    const int64_t R0 = std::clamp<int64_t>((int64_t{1} << 20) / K, 16, 1024);
+    const int64_t n_blocks = (pixels + R0 - 1) / R0, even = (pixels + n_blocks - 1) / n_blocks;
+    const int64_t R = std::max<int64_t>(16, even >= 32 ? (even + 31) / 32 * 32 : even);
     const int64_t blocks_per_frame = (pixels + R - 1) / R, blocks = To * blocks_per_frame;
     const detail::OpKernels& kern = detail::op_kernels(ctx.isa);
     ThreadPool& pool = ctx.threads();
 
     // One block of output pixels [p0, p0 + rows) of output frame `to`: gather each real temporal
     // tap's panel into col, multiply, sum the taps in dt order into acc, store into y. The
-    // arithmetic of a block does not depend on which thread runs it, or on the mode below.
+    // arithmetic of a block does not depend on which thread runs it, or on the mode below;
+    // `parallel` (one block at a time) splits the gather, the tap sums and the store over the
+    // threads.
     auto run_block = [&](int64_t to, int64_t p0, float* col, float* acc, float* tmp,
-                         bool parallel_gather) {
+                         bool parallel) {
         const int64_t rows = std::min(R, pixels - p0);
         bool first = true;
         for (int64_t dt = 0; dt < w.kt; ++dt) {
@@ -178,13 +184,22 @@ void conv3d(const OpContext& ctx, const TensorRef& x, const TensorRef* cache, co
                     }
                 }
             };
-            if (parallel_gather)
+            if (parallel)
                 pool.parallel_for(static_cast<size_t>(rows), gather);
             else
                 gather(0, static_cast<size_t>(rows));
             const float* b = first && !w.bias.empty() ? w.bias.data() : nullptr;
             detail::linear_rows(ctx, col, static_cast<size_t>(rows), w.w[dt], b, first ? acc : tmp);
-            if (!first) kern.add(acc, tmp, static_cast<size_t>(rows * Co), acc);
+            if (!first) {
+                // Elementwise, so splitting it over the threads changes no result.
+                auto add = [&](size_t r0, size_t r1) {
+                    kern.add(acc + r0 * Co, tmp + r0 * Co, (r1 - r0) * Co, acc + r0 * Co);
+                };
+                if (parallel)
+                    pool.parallel_for(static_cast<size_t>(rows), add);
+                else
+                    add(0, static_cast<size_t>(rows));
+            }
             first = false;
         }
         if (first) {  // every tap on zero frames: the bias alone
@@ -192,15 +207,21 @@ void conv3d(const OpContext& ctx, const TensorRef& x, const TensorRef* cache, co
                 for (int64_t c = 0; c < Co; ++c)
                     acc[r * Co + c] = w.bias.empty() ? 0.0f : w.bias[c];
         }
-        for (int64_t r = 0; r < rows; ++r) {
-            const int64_t pix = p0 + r, oy = pix / Wo, ox = pix % Wo;
-            float* dst = y.f32() + to * y.stride[0] + oy * y.stride[1] + ox * y.stride[2];
-            const float* src = acc + r * Co;
-            if (accumulate)
-                kern.add(dst, src, static_cast<size_t>(Co), dst);
-            else
-                std::memcpy(dst, src, Co * sizeof(float));
-        }
+        auto store = [&](size_t r0, size_t r1) {
+            for (size_t r = r0; r < r1; ++r) {
+                const int64_t pix = p0 + static_cast<int64_t>(r), oy = pix / Wo, ox = pix % Wo;
+                float* dst = y.f32() + to * y.stride[0] + oy * y.stride[1] + ox * y.stride[2];
+                const float* src = acc + r * Co;
+                if (accumulate)
+                    kern.add(dst, src, static_cast<size_t>(Co), dst);
+                else
+                    std::memcpy(dst, src, Co * sizeof(float));
+            }
+        };
+        if (parallel)
+            pool.parallel_for(static_cast<size_t>(rows), store);
+        else
+            store(0, static_cast<size_t>(rows));
     };
 
     const size_t col_n = static_cast<size_t>(std::min(R, pixels) * K),

@@ -1,16 +1,14 @@
 // The Wan2.2 VAE's fast path: blocks on the op layer, channels-last, streamed chunk by chunk.
 #include "model/wan_vae.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "io/temp_output.h"
 
 namespace lancet::wan_vae {
 
@@ -701,29 +699,13 @@ void decode_tiled(const Context& ctx, Decoder& dec, const float* latent, int64_t
     // Every tile runs the whole clip (its own caches), so the blended clip is summed in a
     // temporary file of frames [T][3][H][W] (f32) instead of memory: RAM holds one band of rows,
     // whatever the clip length. The file is deleted when closed.
-    struct Spill {
-        std::FILE* f = std::tmpfile();
-        ~Spill() {
-            if (f) std::fclose(f);
-        }
-    } spill;
-    if (!spill.f) fail("vae decode --tile: cannot create a temporary file: ", std::strerror(errno));
-    const int fd = ::fileno(spill.f);
     const int64_t frame_floats = 3 * H * W;
-    if (::ftruncate(fd, static_cast<off_t>(T * frame_floats * 4)) != 0)
-        fail("vae decode --tile: temporary file of ", T * frame_floats * 4,
-             " bytes: ", std::strerror(errno));
+    ScratchFile spill(static_cast<uint64_t>(T * frame_floats) * 4, "vae decode --tile");
     auto io = [&](bool write, float* buf, int64_t floats, int64_t at) {
-        char* p = reinterpret_cast<char*>(buf);
-        size_t left = static_cast<size_t>(floats) * 4;
-        off_t off = static_cast<off_t>(at * 4);
-        while (left > 0) {
-            const ssize_t r = write ? ::pwrite(fd, p, left, off) : ::pread(fd, p, left, off);
-            if (r <= 0)
-                fail("vae decode --tile: temporary file: ",
-                     r == 0 ? "unexpected end" : std::strerror(errno));
-            p += r, left -= static_cast<size_t>(r), off += r;
-        }
+        if (write)
+            spill.write(buf, static_cast<size_t>(floats) * 4, static_cast<uint64_t>(at) * 4);
+        else
+            spill.read(buf, static_cast<size_t>(floats) * 4, static_cast<uint64_t>(at) * 4);
     };
     std::vector<float> band;
     int64_t done = 0;

@@ -117,8 +117,12 @@ GenOutput Generator::generate(DecoderSession& dec, const GenItem& it, const GenS
     o.cfg_steps = r.cfg_steps;
     const auto t0 = std::chrono::steady_clock::now();
     o.latent = target_latent(in, r.x, C);
-    o.frames = vae_decode_latent(vae_path_, o.latent.data(), in.lt, in.lh, in.lw,
-                                 gen_task_is_video(it.task));
+    if (cb.on_frames)
+        vae_decode_latent(vae_path_, o.latent.data(), in.lt, in.lh, in.lw, cb.on_frames,
+                          gen_task_is_video(it.task));
+    else
+        o.frames = vae_decode_latent(vae_path_, o.latent.data(), in.lt, in.lh, in.lw,
+                                     gen_task_is_video(it.task));
     o.vae_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     o.T = 1 + 4 * (in.lt - 1), o.H = in.lh * 16, o.W = in.lw * 16;
     return o;

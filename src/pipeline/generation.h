@@ -64,7 +64,7 @@ ImageMetadata gen_metadata(const GenItem& it, const GenSettings& s, uint64_t see
 // What one item produced.
 struct GenOutput {
     std::vector<float> latent;  // [C, lt, lh, lw] the target's final latent
-    std::vector<float> frames;  // [3, T, H, W] in [-1, 1]
+    std::vector<float> frames;  // [3, T, H, W] in [-1, 1] (empty with GenCallbacks::on_frames)
     int64_t T = 0, H = 0, W = 0;
     double prefill_s = 0, step_s = 0, vae_s = 0;
     int cfg_steps = 0;
@@ -75,6 +75,10 @@ struct GenOutput {
 struct GenCallbacks {
     std::function<void(int, int, double)> on_step;
     std::function<bool()> cancelled;
+    // When set, the decoded frames are handed here chunk by chunk ([3, n, H, W] in [-1, 1], in
+    // time order: an MP4 writer) and GenOutput::frames stays empty, so a long video is never
+    // held whole.
+    std::function<void(const float* frames, int64_t n, int64_t H, int64_t W)> on_frames;
 };
 
 // The per-model part of generation: the checkpoint, tokenizer and VAE path, and the ViT (loaded on

@@ -141,10 +141,6 @@ void check_output(const std::string& out, const std::string& in) {
     check_not_source(out);
 }
 
-// The decoded video [3, T, H, W] to `out` by its extension (checked by output_media earlier).
-void write_video(const std::string& out, const std::vector<float>& video, int64_t T, int64_t H,
-                 int64_t W);
-
 void write_output(const std::string& out, const std::string& name, const Shape& shape,
                   const std::vector<float>& v) {
     SafetensorsWriter w(out);
@@ -153,24 +149,6 @@ void write_output(const std::string& out, const std::string& name, const Shape& 
     w.begin();
     w.write(name, v.data(), v.size() * 4);
     w.finish();
-}
-
-void write_video(const std::string& out, const std::vector<float>& video, int64_t T, int64_t H,
-                 int64_t W) {
-    switch (output_media(out, true)) {
-        case Media::Png:
-            write_png(out, frame_to_rgb8(video.data(), T, H, W, 0));
-            break;
-        case Media::Mp4: {
-            VideoWriteOptions o;
-            o.fps = 12.0;
-            write_mp4(out, video.data(), T, H, W, o);
-            break;
-        }
-        default:
-            write_output(out, "video", {3, T, H, W}, video);
-            break;
-    }
 }
 
 // "encode: 5/9 frames, 2.1 s, ETA 1.7 s" on stderr.
@@ -316,27 +294,28 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
     const wan_vae::Context ctx = vae_context(*f);
     wan_vae::Decoder dec(*f);
     f.reset();  // the decoder holds its own repacked weights: unmap the file
-    // Frames go out as the decoder hands them over: an MP4 is encoded chunk by chunk (memory
-    // does not grow with the clip); a PNG or a 'video' tensor [3, T, H, W] is gathered first.
+    // Frames go out as the decoder hands them over, so memory does not grow with the clip: an
+    // MP4 is encoded chunk by chunk, a 'video' tensor [3, T, H, W] is gathered channels-first in
+    // a scratch file and copied into the safetensors file at the end; a PNG is one frame.
     std::unique_ptr<Mp4Writer> mp4;
-    std::vector<float> video;
+    std::unique_ptr<VideoTensorSpill> spill;
+    std::vector<float> image;
     if (out_kind == Media::Mp4) {
         VideoWriteOptions vo;
         vo.fps = 12.0;
         mp4 = std::make_unique<Mp4Writer>(out, H, W, vo);
+    } else if (out_kind == Media::Png) {
+        image.resize(static_cast<size_t>(3 * H * W));
     } else {
-        video.resize(static_cast<size_t>(3 * T * H * W));
+        spill = std::make_unique<VideoTensorSpill>(T, H, W);
     }
-    int64_t t0 = 0;
     const wan_vae::FrameSink sink = [&](const float* fr, int64_t n, int64_t, int64_t) {
-        if (mp4) {
+        if (mp4)
             mp4->write(fr, n);
-        } else {
-            for (int64_t c = 0; c < 3; ++c)
-                std::memcpy(video.data() + (c * T + t0) * H * W, fr + c * n * H * W,
-                            static_cast<size_t>(n * H * W) * sizeof(float));
-        }
-        t0 += n;
+        else if (spill)
+            spill->add(fr, n);
+        else
+            std::memcpy(image.data(), fr, image.size() * sizeof(float));  // T = 1
     };
     if (opt.tile > 0)
         wan_vae::decode_tiled(
@@ -349,10 +328,18 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
             });
     else
         wan_vae::decode(ctx, dec, z.data(), s[1], s[2], s[3], sink, progress_printer("vae decode"));
-    if (mp4)
+    if (mp4) {
         mp4->finish();
-    else
-        write_video(out, video, T, H, W);
+    } else if (spill) {
+        SafetensorsWriter sw(out);
+        sw.add("video", DType::F32, {3, T, H, W});
+        sw.set_metadata("format", "pt");
+        sw.begin();
+        spill->append_to(sw);
+        sw.finish();
+    } else {
+        write_png(out, frame_to_rgb8(image.data(), 1, H, W, 0));
+    }
     if (opt.tile > 0)
         log_info("vae decode: video [3, ", T, ", ", H, ", ", W, "] in tiles of ", opt.tile,
                  " (overlap ", opt.overlap, ") -> ", out);
@@ -371,27 +358,66 @@ std::vector<float> vae_encode_video(const std::string& vae_path, const float* vi
     return encode_latent(std::move(f), video, T, H, W, opt, nullptr);
 }
 
+namespace {
+
+// `f`'s decoder on latent [z, t, h, w], chunks to `sink`; `f` is released once the decoder holds
+// its own repacked weights.
+void decode_latent(std::unique_ptr<WanVaeFile> f, const float* latent, int64_t t, int64_t h,
+                   int64_t w, const VideoChunkSink& sink, bool progress) {
+    const wan_vae::Context ctx = vae_context(*f);
+    wan_vae::Decoder dec(*f);
+    f.reset();  // unmap the file
+    wan_vae::decode(ctx, dec, latent, t, h, w, sink,
+                    progress ? progress_printer("vae decode") : wan_vae::Progress());
+}
+
+}  // namespace
+
+void vae_decode_latent(const std::string& vae_path, const float* latent, int64_t t, int64_t h,
+                       int64_t w, const VideoChunkSink& sink, bool progress) {
+    decode_latent(std::make_unique<WanVaeFile>(vae_path), latent, t, h, w, sink, progress);
+}
+
 std::vector<float> vae_decode_latent(const std::string& vae_path, const float* latent, int64_t t,
                                      int64_t h, int64_t w, bool progress) {
     auto f = std::make_unique<WanVaeFile>(vae_path);
     const WanVaeConfig cfg = f->config();
     const int64_t T = 1 + cfg.time_factor() * (t - 1), H = h * cfg.space_factor(),
                   W = w * cfg.space_factor();
-    const wan_vae::Context ctx = vae_context(*f);
-    wan_vae::Decoder dec(*f);
-    f.reset();
     std::vector<float> video(static_cast<size_t>(3 * T * H * W));
     int64_t t0 = 0;
-    wan_vae::decode(
-        ctx, dec, latent, t, h, w,
+    decode_latent(
+        std::move(f), latent, t, h, w,
         [&](const float* fr, int64_t n, int64_t, int64_t) {
             for (int64_t c = 0; c < 3; ++c)
                 std::memcpy(video.data() + (c * T + t0) * H * W, fr + c * n * H * W,
                             static_cast<size_t>(n * H * W) * sizeof(float));
             t0 += n;
         },
-        progress ? progress_printer("vae decode") : wan_vae::Progress());
+        progress);
     return video;
+}
+
+VideoTensorSpill::VideoTensorSpill(int64_t T, int64_t H, int64_t W)
+    : T_(T), H_(H), W_(W), file_(static_cast<uint64_t>(3 * T * H * W) * 4, "decoded video") {}
+
+void VideoTensorSpill::add(const float* frames, int64_t n) {
+    if (t0_ + n > T_) fail("decoded video: ", t0_ + n, " frames for a tensor of ", T_);
+    const int64_t plane = H_ * W_;
+    for (int64_t c = 0; c < 3; ++c)
+        file_.write(frames + c * n * plane, static_cast<size_t>(n * plane) * 4,
+                    static_cast<uint64_t>((c * T_ + t0_) * plane) * 4);
+    t0_ += n;
+}
+
+void VideoTensorSpill::append_to(SafetensorsWriter& w) const {
+    if (t0_ != T_) fail("decoded video: ", t0_, " of ", T_, " frames decoded");
+    const size_t plane = static_cast<size_t>(H_ * W_);
+    std::vector<float> buf(plane);
+    for (int64_t k = 0; k < 3 * T_; ++k) {
+        file_.read(buf.data(), plane * 4, static_cast<uint64_t>(k) * plane * 4);
+        w.append(buf.data(), plane * 4);
+    }
 }
 
 }  // namespace lancet

@@ -3,8 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "io/safetensors.h"
+#include "io/temp_output.h"
 
 namespace lancet {
 
@@ -48,9 +52,32 @@ void vae_decode_file(const std::string& vae, const std::string& in, const std::s
 // 16) -> latent [z, 1+(T-1)/4, H/16, W/16], the normalised mean (or a sample with opt.sample).
 std::vector<float> vae_encode_video(const std::string& vae_path, const float* video, int64_t T,
                                     int64_t H, int64_t W, const VaeEncodeOptions& opt = {});
-// latent [z, t, h, w] -> frames [3, 1+4(t-1), 16h, 16w] in [-1, 1]; progress on stderr when
-// `progress`.
+// Decoded frames handed over as they are produced: a chunk [3, n, H, W] (channels-first, in
+// [-1, 1]; the first chunk 1 frame, later ones 4).
+using VideoChunkSink = std::function<void(const float* frames, int64_t n, int64_t H, int64_t W)>;
+// latent [z, t, h, w] -> frames [3, 1+4(t-1), 16h, 16w] in [-1, 1], streamed to `sink` chunk by
+// chunk (memory does not grow with the clip); progress on stderr when `progress`.
+void vae_decode_latent(const std::string& vae_path, const float* latent, int64_t t, int64_t h,
+                       int64_t w, const VideoChunkSink& sink, bool progress = true);
+// The same gathered into one [3, T, H, W] vector (images, comparisons of short clips).
 std::vector<float> vae_decode_latent(const std::string& vae_path, const float* latent, int64_t t,
                                      int64_t h, int64_t w, bool progress = true);
+
+// A video tensor [3, T, H, W] F32 written to a safetensors file without holding it: chunks of
+// frames [3, n, H, W] arrive in time order and go channels-first into a scratch file (the page
+// cache, not the process), then append_to() streams it into the writer's current tensor one
+// frame-plane at a time.
+class VideoTensorSpill {
+  public:
+    VideoTensorSpill(int64_t T, int64_t H, int64_t W);
+    void add(const float* frames, int64_t n);
+    int64_t frames() const { return t0_; }
+    // All T frames must have been added; appends 3·T·H·W floats to w's next tensor.
+    void append_to(SafetensorsWriter& w) const;
+
+  private:
+    int64_t T_, H_, W_, t0_ = 0;
+    ScratchFile file_;
+};
 
 }  // namespace lancet

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -251,7 +252,6 @@ JobRunner GenService::video_job(const json& body) {
             GenCallbacks cb;
             cb.on_step = [&c](int k, int steps, double) { c.progress(k + 1, steps); };
             cb.cancelled = [&c] { return c.cancelled(); };
-            const GenOutput o = gen_.generate(*ses.dec, it, s, seed, cb);
             uint64_t n;
             {
                 std::lock_guard<std::mutex> lock(mu_);
@@ -259,10 +259,20 @@ JobRunner GenService::video_job(const json& body) {
             }
             const std::string path =
                 (fs::path(dir_) / ("video-" + std::to_string(n) + ".mp4")).string();
-            VideoWriteOptions vo;
-            vo.metadata = gen_metadata(it, s, seed, opt_.model, media ? "upload" : "");
             r.file = std::make_shared<OwnedFile>(path);  // removed with the result, or on failure
-            write_mp4(path, o.frames.data(), o.T, o.H, o.W, vo);
+            // Frames go to the encoder as the VAE decodes them (never the whole clip in memory).
+            std::unique_ptr<Mp4Writer> mp4;
+            cb.on_frames = [&](const float* fr, int64_t k, int64_t H, int64_t W) {
+                if (!mp4) {
+                    VideoWriteOptions vo;
+                    vo.metadata = gen_metadata(it, s, seed, opt_.model, media ? "upload" : "");
+                    mp4 = std::make_unique<Mp4Writer>(path, H, W, vo);
+                }
+                mp4->write(fr, k);
+            };
+            gen_.generate(*ses.dec, it, s, seed, cb);
+            if (!mp4) fail("video job: the VAE produced no frames");
+            mp4->finish();
             std::error_code ec;
             r.file_bytes = fs::file_size(path, ec);
         } catch (...) {
