@@ -56,6 +56,10 @@ double measure_peak(ThreadPool& pool, Probe&& probe) {
 // The f32 FMA probe's peak over all pool threads (measure_peak of kernels::probe_fma), GFLOP/s.
 double fma_peak_gflops(ThreadPool& pool);
 
+// The AMX bf16 tiles' peak over all pool threads (measure_peak of kernels::probe_amx_bf16:
+// TDPBF16PS on register tiles), GFLOP/s; call only where the active ISA is amx.
+double amx_bf16_peak_gflops(ThreadPool& pool);
+
 // CPU seconds of this process (all threads): on a shared, oversubscribed machine wall time
 // counts other processes' turns, CPU time only this one's.
 double cpu_seconds();

@@ -211,9 +211,7 @@ Peaks measure_peaks(ThreadPool& pool) {
     // One TDPBSUD does 64x the work of one vpdpbusd: fewer iterations for the same duration.
     p.amx_int8_gops = measure_peak(
         pool, [](size_t it, size_t t) { return kernels::probe_amx_int8(it / 16, 1 + int(t)); });
-    p.amx_bf16_gflops = measure_peak(pool, [](size_t it, size_t t) {
-        return kernels::probe_amx_bf16(it / 16, 1.0f + float(t));
-    });
+    p.amx_bf16_gflops = amx_bf16_peak_gflops(pool);
     return p;
 }
 

@@ -109,21 +109,12 @@ void run_bench_attention(const BenchAttnOptions& o) {
     std::printf("%s\n", kernels::runtime_description(pool).c_str());
     const double peak = fma_peak_gflops(pool);
     const double core = fma_per_cpu_second();
-    // TDPBF16PS runs at TDPBSUD's rate with half the pairs (16 x 16 x 32 bf16 vs 64 bytes): the
-    // AMX bf16 peak is half the int8 probe's ops.
     const bool amx = ctx0.isa == kernels::Isa::Amx;
-    const double amx_bf16 =
-        amx ? measure_peak(pool,
-                           [](size_t it, size_t t) {
-                               return kernels::probe_amx_int8(it / 16, 1 + int(t));
-                           }) /
-                  2
-            : 0.0;
+    const double amx_bf16 = amx ? amx_bf16_peak_gflops(pool) : 0.0;
     std::printf("f32 FMA probe: %.1f GFLOP/s (all threads, wall), %.1f GFLOP per CPU second\n",
                 peak, core);
     if (amx)
-        std::printf("AMX bf16 peak: %.1f GFLOP/s (all threads; half the TDPBSUD probe's ops)\n",
-                    amx_bf16);
+        std::printf("AMX bf16 peak: %.1f GFLOP/s (all threads, the TDPBF16PS probe)\n", amx_bf16);
     std::printf("\n%-15s %4s %5s %6s %6s %4s %8s %9s %8s %7s %9s %8s%s\n", "shape", "prec", "n",
                 "cache", "heads", "hd", "GFLOP", "ms", "GFLOP/s", "of FMA", "GF/cpu-s", "of core",
                 amx ? "  of AMX" : "");
