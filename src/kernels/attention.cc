@@ -199,8 +199,9 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
         });
         kpk = kp;
         vpk = vp;
-    } else if (bf16) {
-        // The other paths: K and V rounded to bf16 values in dense f32 rows, then the f32 tiles.
+    } else if (bf16 || (kern.attn_scores_cols && n >= kMinColumnRows && (ldk != hd || ldv != hd))) {
+        // Dense [nkv][keys][hd] f32 rows for the f32 tiles: K and V rounded to bf16 values
+        // (bf16 on the paths without tiles), or copied out of strided rows for the column form.
         const size_t bytes = 2 * nkv * keys * hd * sizeof(float);
         if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
         float* kp = scratch.kv_packed.as<float>();
@@ -213,27 +214,13 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
                 const size_t g = i / keys, a = i % keys;
                 const float* kr = ks + g * kg + a * kstride;
                 const float* vr = vs + g * vg + a * vstride;
-                round_bf16_n(kr, hd, kp + i * hd);
-                round_bf16_n(vr, hd, vp + i * hd);
-            }
-        });
-        kbase = kp;
-        vbase = vp;
-        ldk = ldv = hd;
-        kgs = vgs = keys * hd;
-    } else if (kern.attn_scores_cols && n >= kMinColumnRows && (ldk != hd || ldv != hd)) {
-        const size_t bytes = 2 * nkv * keys * hd * sizeof(float);
-        if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
-        float* kp = scratch.kv_packed.as<float>();
-        float* vp = kp + nkv * keys * hd;
-        const float* ks = kbase;
-        const float* vs = vbase;
-        const size_t kstride = ldk, vstride = ldv, kg = kgs, vg = vgs;
-        pool.parallel_for(nkv * keys, [&](size_t b, size_t e) {
-            for (size_t i = b; i < e; ++i) {
-                const size_t g = i / keys, a = i % keys;
-                std::copy(ks + g * kg + a * kstride, ks + g * kg + a * kstride + hd, kp + i * hd);
-                std::copy(vs + g * vg + a * vstride, vs + g * vg + a * vstride + hd, vp + i * hd);
+                if (bf16) {
+                    round_bf16_n(kr, hd, kp + i * hd);
+                    round_bf16_n(vr, hd, vp + i * hd);
+                } else {
+                    std::copy(kr, kr + hd, kp + i * hd);
+                    std::copy(vr, vr + hd, vp + i * hd);
+                }
             }
         });
         kbase = kp;
