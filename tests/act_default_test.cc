@@ -1,7 +1,7 @@
-// The CLI's activation default for INT4 weights: int8 activations (W4A8) unless
-// --exact-activations (or $LANCET_ACT=f32) asks for exact f32 ones. Checked on `lancet forward`
-// of an INT4 model: the default's output is bit-identical to LANCET_ACT=int8's, the flag's to
-// LANCET_ACT=f32's, and the two differ. Likewise the attention precision switch.
+// The CLI's activation default for INT4 weights: auto (W4A8 for GEMVs; bf16 tiles above 8 rows on
+// AMX) unless --exact-activations (or $LANCET_ACT=f32) asks for exact f32 ones. Checked on
+// `lancet forward` of an INT4 model: the default's output is bit-identical to LANCET_ACT=auto's,
+// the flag's to LANCET_ACT=f32's, and the two differ. Likewise the attention precision switch.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -41,7 +41,7 @@ void write_text_input(const fs::path& path, int64_t L) {
     w.finish();
 }
 
-TEST(ActivationDefault, Int4UsesW4A8UnlessExactActivations) {
+TEST(ActivationDefault, Int4UsesAutoUnlessExactActivations) {
     TempDir dir;
     ASSERT_EQ(run_lancet("synth --preset tiny -o " + q(dir / "tiny")).exit_code, 0);
     const std::string int4 = test::make_rtn_int4((dir / "tiny").string(), dir / "tiny-int4", 32);
@@ -58,16 +58,16 @@ TEST(ActivationDefault, Int4UsesW4A8UnlessExactActivations) {
         return test::read_file(dir / out);
     };
     const std::string by_default = forward("", "", "default.safetensors");
-    const std::string int8 = forward("int8", "", "int8.safetensors");
+    const std::string automatic = forward("auto", "", "auto.safetensors");
     const std::string exact = forward("", "--exact-activations", "exact.safetensors");
     const std::string f32 = forward("f32", "", "f32.safetensors");
     ASSERT_FALSE(by_default.empty());
-    EXPECT_EQ(by_default, int8) << "the default is not W4A8";
+    EXPECT_EQ(by_default, automatic) << "the default is not auto";
     EXPECT_EQ(exact, f32) << "--exact-activations is not the f32 path";
     EXPECT_NE(by_default, exact) << "W4A8 and exact activations gave the same bytes";
 }
 
-// --activations f32|int8|bf16: f32 is --exact-activations, int8 the default, bf16 the INT4
+// --activations f32|int8|bf16|auto: f32 is --exact-activations, auto the default, bf16 the INT4
 // weights dequantized to bf16 with bf16 activations plus BF16 weights with bf16 activations
 // (LANCET_ACT=bf16 with LANCET_BF16_ACT=bf16, bit for bit); it differs from both others;
 // contradicting flags are a one-line error.
@@ -95,7 +95,8 @@ TEST(ActivationDefault, ActivationsFlagPicksTheMode) {
     const std::string a_bf16 = forward("", "--activations bf16", "a_bf16.safetensors");
     ASSERT_FALSE(a_bf16.empty());
     EXPECT_EQ(a_f32, forward("", "--exact-activations", "exact.safetensors"));
-    EXPECT_EQ(a_int8, forward("", "", "default.safetensors"));
+    EXPECT_EQ(forward("", "--activations auto", "a_auto.safetensors"),
+              forward("", "", "default.safetensors"));
     EXPECT_EQ(a_bf16, forward("bf16", "", "env_bf16.safetensors"));
     EXPECT_NE(a_bf16, a_f32);
     EXPECT_NE(a_bf16, a_int8);
@@ -135,9 +136,9 @@ TEST(LmHeadDefault, Int4CheckpointsQuantizeTheHeadUnlessBf16) {
     EXPECT_EQ(bad.err.rfind("lancet: error: ", 0), 0u) << bad.err;
 }
 
-// --attention / $LANCET_ATTN: f32 by default; bf16 from either gives the same bytes and differs
-// from f32 (24 query rows: the AMX tiles where the CPU has them); a bad value of either is one
-// line and exit 1.
+// --attention / $LANCET_ATTN: auto by default (f32 with exact activations); bf16 from either gives
+// the same bytes and differs from f32 (24 query rows: the AMX tiles where the CPU has them); a bad
+// value of either is one line and exit 1.
 TEST(AttentionPrecision, FlagAndEnvironmentSelectBf16) {
     TempDir dir;
     ASSERT_EQ(run_lancet("synth --preset tiny -o " + q(dir / "tiny")).exit_code, 0);
@@ -158,7 +159,14 @@ TEST(AttentionPrecision, FlagAndEnvironmentSelectBf16) {
     const std::string flag = forward("", "--attention bf16", "flag.safetensors");
     const std::string env = forward("bf16", "", "env.safetensors");
     ASSERT_FALSE(by_default.empty());
-    EXPECT_EQ(by_default, f32) << "the default is not f32 attention";
+    EXPECT_EQ(by_default, forward("", "--attention auto", "auto.safetensors"))
+        << "the default is not auto attention";
+    EXPECT_EQ(forward("", "--exact-activations", "exact.safetensors"),
+              forward("", "--exact-activations --attention f32", "exact_f32.safetensors"))
+        << "exact activations do not imply f32 attention";
+    EXPECT_NE(forward("", "--exact-activations --attention bf16", "exact_bf16.safetensors"),
+              forward("", "--exact-activations", "exact2.safetensors"))
+        << "--attention bf16 must override the exact-activations default";
     EXPECT_EQ(flag, env) << "--attention bf16 and LANCET_ATTN=bf16 differ";
     EXPECT_NE(flag, f32) << "bf16 and f32 attention gave the same bytes";
     EXPECT_EQ(forward("bf16", "--attention f32", "over.safetensors"), f32)

@@ -882,7 +882,8 @@ TEST_F(DecoderModel, Int5AndNvfp4WeightsRunThroughTheSameCode) {
         // The CLI on the same folder: the library's logits.
         TempDir tmp;
         write_input(tmp / "in.safetensors", cli_input(m));
-        const auto r = test::run_lancet("forward --model " + dir + " --input " +
+        // Exact arithmetic, as the reference (the CLI's default rounds to bf16 on AMX).
+        const auto r = test::run_lancet("--exact-activations forward --model " + dir + " --input " +
                                         (tmp / "in.safetensors").string() + " --out " +
                                         (tmp / "out.safetensors").string());
         ASSERT_EQ(r.exit_code, 0) << name << ": " << r.err;
@@ -925,7 +926,8 @@ TEST_F(DecoderModel, ForwardCliRoundTrip) {
     const MixedSeq m = mixed_sequence(ck->config(), 8);
     TempDir tmp;
     write_input(tmp / "in.safetensors", cli_input(m));
-    const auto r = test::run_lancet("forward --model " + model + " --input " +
+    // Exact arithmetic, as the reference (the CLI's default attention is bf16 on AMX).
+    const auto r = test::run_lancet("--exact-activations forward --model " + model + " --input " +
                                     (tmp / "in.safetensors").string() + " --out " +
                                     (tmp / "out.safetensors").string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -952,7 +954,7 @@ TEST_F(DecoderModel, ForwardCliRoundTrip) {
     in["positions"] = tensor_of(DType::I64, {3, L}, pos);
     in["pe3d_index"] = tensor_of(DType::I64, {12}, m.batch.pe3d_index);
     write_input(tmp / "in2.safetensors", in);
-    const auto r2 = test::run_lancet("forward --model " + model + " --input " +
+    const auto r2 = test::run_lancet("--exact-activations forward --model " + model + " --input " +
                                      (tmp / "in2.safetensors").string() + " --out " +
                                      (tmp / "out2.safetensors").string());
     ASSERT_EQ(r2.exit_code, 0) << r2.err;

@@ -155,10 +155,12 @@ TEST_F(ServerGen, ImageEqualsRunTaskT2i) {
                                                            {"cfg", 3.0}}));
     ASSERT_EQ(im.size(), 1u);
     const fs::path out = *dir_ / "run.png";
-    const auto r = test::run_lancet("run --model '" + (*dir_ / "tiny").string() +
-                                    "' --task t2i -p 'a lighthouse at dusk' --size 64x48 -s 11 "
-                                    "--steps 4 --cfg 3 -o '" +
-                                    out.string() + "'");
+    // The in-process server runs the library's default arithmetic (exact): the CLI too.
+    const auto r =
+        test::run_lancet("--exact-activations run --model '" + (*dir_ / "tiny").string() +
+                         "' --task t2i -p 'a lighthouse at dusk' --size 64x48 -s 11 "
+                         "--steps 4 --cfg 3 -o '" +
+                         out.string() + "'");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const ImageRGB8 ref = read_image(out.string());
     EXPECT_EQ(ref.width, im[0].width);

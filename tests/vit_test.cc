@@ -412,8 +412,9 @@ TEST(VisionTower, ForwardCli) {
         w.finish();
     };
     write_video(dir / "in.safetensors", {3, T, H, W}, video);
-    const auto r = test::run_lancet("forward --component vit --model " + m + " --input " +
-                                    (dir / "in.safetensors").string() + " --out " +
+    // Exact arithmetic on the CLI side too: the library's default, which the reference checks.
+    const auto r = test::run_lancet("--exact-activations forward --component vit --model " + m +
+                                    " --input " + (dir / "in.safetensors").string() + " --out " +
                                     (dir / "out.safetensors").string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     SafetensorsFile f((dir / "out.safetensors").string());
@@ -498,9 +499,10 @@ TEST(VisionTower, DecoderForwardTakesVitVideo) {
         w.finish();
     };
     write_in(dir / "in.safetensors", true, T);
-    const auto r =
-        test::run_lancet("forward --model " + m + " --input " + (dir / "in.safetensors").string() +
-                         " --out " + (dir / "out.safetensors").string());
+    // Exact arithmetic on the CLI side: the in-process library's default.
+    const auto r = test::run_lancet("--exact-activations forward --model " + m + " --input " +
+                                    (dir / "in.safetensors").string() + " --out " +
+                                    (dir / "out.safetensors").string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     SafetensorsFile f((dir / "out.safetensors").string());
     const TensorView got = f.view(*f.find("final_hidden"));

@@ -131,9 +131,10 @@ TEST(X2tRunner, PrefillEqualsForwardAndDecodingEqualsRecompute) {
         w.write("vit_video", px.data.data(), px.data.size() * 4);
         w.finish();
     }
-    const auto r =
-        test::run_lancet("forward --model " + m + " --input " + (dir / "in.safetensors").string() +
-                         " --out " + (dir / "out.safetensors").string());
+    // Exact arithmetic on the CLI side: the in-process library's default.
+    const auto r = test::run_lancet("--exact-activations forward --model " + m + " --input " +
+                                    (dir / "in.safetensors").string() + " --out " +
+                                    (dir / "out.safetensors").string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     SafetensorsFile f((dir / "out.safetensors").string());
     const TensorView got = f.view(*f.find("logits"));

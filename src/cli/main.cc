@@ -37,11 +37,12 @@ int main(int argc, char** argv) {
     int threads = 0;
     app.add_option("-t,--threads", threads, "Worker threads, caller included (default: all cores)")
         ->check(CLI::Range(0, 1024));
-    // W4A8 by measurement (README, "INT4 with int8 activations"): on the small synth's AWQ form
-    // it added 0.1% to the KL to the original, far under the 5% bar, and decodes 1.6x faster.
+    // The default is `auto` by measurement (README, "Defaults from measurement"): W4A8 for the
+    // GEMVs of decode (1.6x the f32 GEMV, +0.1% KL on the small synth's AWQ form) and, on CPUs with
+    // AMX, bf16 tiles for prefill (1.4x W4A8 at pp512, 5x less KL); without AMX auto is W4A8.
     bool exact_activations = false;
     app.add_flag("--exact-activations", exact_activations,
-                 "INT4 weights with exact f32 activations (default: int8 activations, W4A8)");
+                 "Exact f32 activations for INT4 weights and f32 attention (default: auto)");
     // bf16 activations for BF16 weights (vdpbf16ps on AVX-512 BF16): opt-in by measurement
     // (README, "BF16 weights with bf16 activations"). The VAE then also rounds its F32 weights to
     // bf16 at load, as Lance's bf16 autocast does.
@@ -56,10 +57,10 @@ int main(int argc, char** argv) {
     std::string activations;
     app.add_option("--activations", activations,
                    "Activations of INT4 (and BF16) weights: f32 (as --exact-activations), int8 "
-                   "(W4A8, the default) or bf16 (INT4 dequantized to bf16 x bf16 activations, "
+                   "(W4A8) or bf16 (INT4 dequantized to bf16 x bf16 activations, "
                    "f32 sums; BF16 weights and the VAE as --bf16-activations) or auto (INT4: "
                    "bf16 on AMX above 8 rows, int8 otherwise). Default from $LANCET_ACT, else "
-                   "int8")
+                   "auto")
         ->check(CLI::IsMember({"f32", "int8", "bf16", "auto"}));
     // The lm_head an INT4 checkpoint stores in BF16 runs as INT4 g64 by measurement (README,
     // "Defaults from measurement": +0.2% KL with W4A8 on the small synth's AWQ form).
@@ -68,14 +69,16 @@ int main(int argc, char** argv) {
                    "lm_head of an INT4 checkpoint: int4 (quantized at load, g64, default) or "
                    "bf16 (as stored)")
         ->check(CLI::IsMember({"int4", "bf16"}));
-    // f32 attention by default (exact to f32 rounding); bf16 is Lance's own SDPA arithmetic and
-    // runs on the AMX tiles where the CPU has them (README, "bf16 attention").
+    // auto by default: bf16 (Lance's own SDPA arithmetic) where it runs on the AMX tiles, f32
+    // elsewhere, where bf16 would only be slower (README, "bf16 attention"). Exact activations
+    // (--exact-activations, --activations f32) ask for exact arithmetic: f32 attention with them
+    // unless --attention says otherwise.
     std::string attention;
     app.add_option("--attention", attention,
-                   "Attention arithmetic: f32 (default), bf16 (q, k, v and the probabilities "
-                   "rounded to bf16, f32 softmax and sums, as Lance's bf16 SDPA; AMX tiles where "
-                   "present) or auto (bf16 where it runs on AMX tiles, >= 16 query rows; f32 "
-                   "otherwise). Default from $LANCET_ATTN, else f32")
+                   "Attention arithmetic: f32, bf16 (q, k, v and the probabilities rounded to "
+                   "bf16, f32 softmax and sums, as Lance's bf16 SDPA; AMX tiles where present) or "
+                   "auto (bf16 where it runs on AMX tiles, >= 16 query rows; f32 otherwise). "
+                   "Default from $LANCET_ATTN, else auto (f32 with exact activations)")
         ->check(CLI::IsMember({"f32", "bf16", "auto"}));
     app.parse_complete_callback([&] {
         lancet::cli::g_lm_head = lm_head == "bf16" ? lancet::DecoderOptions::LmHead::Stored
@@ -102,7 +105,7 @@ int main(int argc, char** argv) {
         else if (exact_activations)
             lancet::kernels::set_activation_mode(lancet::kernels::ActMode::F32);
         else if (!env_act || !*env_act)
-            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Int8);
+            lancet::kernels::set_activation_mode(lancet::kernels::ActMode::Auto);
         else
             (void)lancet::kernels::activation_mode();  // $LANCET_ACT decides; a bad value fails
         if (exact_activations && bf16_activations)
@@ -119,8 +122,13 @@ int main(int argc, char** argv) {
             lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::Auto);
         else if (attention == "f32")
             lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::F32);
-        else
+        else if (const char* env_attn = std::getenv("LANCET_ATTN"); env_attn && *env_attn)
             (void)lancet::kernels::attn_precision();  // $LANCET_ATTN decides; a bad value fails
+        else
+            lancet::kernels::set_attn_precision(lancet::kernels::activation_mode() ==
+                                                        lancet::kernels::ActMode::F32
+                                                    ? lancet::kernels::AttnPrecision::F32
+                                                    : lancet::kernels::AttnPrecision::Auto);
     });
 
     lancet::cli::add_synth(app);
