@@ -109,6 +109,33 @@ TEST(ActivationDefault, ActivationsFlagPicksTheMode) {
     }
 }
 
+// BF16 weights: auto by default (bf16 activations where they run on the AMX tiles, f32 otherwise),
+// bit for bit LANCET_BF16_ACT=auto; --exact-activations is LANCET_BF16_ACT=f32 (with f32
+// attention on both sides); --bf16-activations differs from it.
+TEST(ActivationDefault, Bf16WeightsUseAutoUnlessExactActivations) {
+    TempDir dir;
+    ASSERT_EQ(run_lancet("synth --preset tiny --dtype bf16 -o " + q(dir / "tiny")).exit_code, 0);
+    write_text_input(dir / "in.safetensors", 40);
+    auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
+        if (env.empty())
+            unsetenv("LANCET_BF16_ACT");
+        else
+            setenv("LANCET_BF16_ACT", env.c_str(), 1);
+        const auto r = run_lancet(flags + " forward --model " + q(dir / "tiny") + " --input " +
+                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
+        unsetenv("LANCET_BF16_ACT");
+        EXPECT_EQ(r.exit_code, 0) << r.err;
+        return test::read_file(dir / out);
+    };
+    const std::string by_default = forward("", "", "default.safetensors");
+    ASSERT_FALSE(by_default.empty());
+    EXPECT_EQ(by_default, forward("auto", "", "auto.safetensors")) << "the default is not auto";
+    const std::string exact = forward("", "--exact-activations", "exact.safetensors");
+    EXPECT_EQ(exact, forward("f32", "--attention f32", "f32.safetensors"));
+    EXPECT_NE(forward("", "--attention f32 --bf16-activations", "b.safetensors"), exact)
+        << "bf16 and f32 activations gave the same bytes";
+}
+
 // --lm-head: an INT4 checkpoint's BF16 lm_head runs as INT4 g64 by default and as stored with
 // --lm-head bf16 (the outputs differ); a BF16 checkpoint's runs as stored either way (identical
 // bytes); a bad value is a one-line usage error.

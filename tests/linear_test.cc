@@ -602,6 +602,65 @@ TEST(ActModeAuto, PicksBf16TilesOnAmxAboveTheGemvAndInt8Otherwise) {
     }
 }
 
+// Bf16Act::Auto for BF16 weights is, call by call, exactly one of the two modes: Bf16 (the AMX
+// bf16 tiles) on the amx ISA above the GEMV sizes, F32 for n <= 8 and on every other ISA.
+TEST(Bf16ActAuto, PicksBf16TilesOnAmxAboveTheGemvAndF32Otherwise) {
+    const FileWeight fw = make_weight(WeightType::BF16, 40, 256, 0, 911);
+    const LinearWeight w(fw.view);
+    const std::vector<float> bias = random_vector(40, 912);
+    ThreadPool pool(2);
+    for (Isa isa : kAllIsas) {
+        if (!cpu_supports(isa)) continue;
+        for (size_t n : {1, 8, 9, 40}) {
+            const std::vector<float> x = random_vector(n * 256, 913 + n);
+            auto run = [&](Bf16Act m) {
+                std::vector<float> y(n * 40);
+                linear(OpContext{&pool, isa, ActMode::F32, m}, TensorRef::matrix(x.data(), n, 256),
+                       w, bias.data(),
+                       TensorRef::contiguous(y.data(), {static_cast<int64_t>(n), 40}));
+                return y;
+            };
+            const Bf16Act want_mode =
+                isa == Isa::Amx && n > detail::kGemvMaxRows ? Bf16Act::Bf16 : Bf16Act::F32;
+            EXPECT_EQ(resolve_bf16_act(Bf16Act::Auto, isa, n), want_mode);
+            const auto got = run(Bf16Act::Auto), want = run(want_mode),
+                       other = run(want_mode == Bf16Act::Bf16 ? Bf16Act::F32 : Bf16Act::Bf16);
+            EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                << isa_name(isa) << " n " << n;
+            EXPECT_NE(std::memcmp(got.data(), other.data(), got.size() * 4), 0)
+                << isa_name(isa) << " n " << n << ": the two modes agree, the test cannot tell";
+        }
+    }
+    EXPECT_EQ(resolve_bf16_act(Bf16Act::F32, Isa::Amx, 1000), Bf16Act::F32);
+    EXPECT_EQ(resolve_bf16_act(Bf16Act::Bf16, Isa::Scalar, 1), Bf16Act::Bf16);
+
+    // A convolution decides once, as a GEMM: a frame of 5 pixels (a 5-row call, below the GEMV
+    // bound) still runs bf16 on the tiles, like the VAE whose weights were rounded for it.
+    const std::vector<float> wf = random_vector(6 * 7, 915);
+    std::vector<uint16_t> wb;
+    for (float f : wf) wb.push_back(f32_to_bf16(f));
+    TensorView tv;
+    tv.dtype = DType::BF16;
+    tv.shape = {6, 7, 1, 1, 1};
+    tv.data = reinterpret_cast<const uint8_t*>(wb.data());
+    tv.nbytes = wb.size() * 2;
+    const Conv3dWeight cw = Conv3dWeight::from_checkpoint(tv, nullptr);
+    const std::vector<float> cx = random_vector(5 * 7, 916);
+    for (Isa isa : kAllIsas) {
+        if (!cpu_supports(isa)) continue;
+        auto conv = [&](Bf16Act m) {
+            std::vector<float> y(5 * 6);
+            conv3d(OpContext{&pool, isa, ActMode::F32, m},
+                   TensorRef::contiguous(cx.data(), {1, 1, 5, 7}), nullptr, cw, Conv3dParams{},
+                   TensorRef::contiguous(y.data(), {1, 1, 5, 6}), false);
+            return y;
+        };
+        const Bf16Act want = isa == Isa::Amx ? Bf16Act::Bf16 : Bf16Act::F32;
+        EXPECT_EQ(conv(Bf16Act::Auto), conv(want)) << isa_name(isa);
+        EXPECT_NE(conv(Bf16Act::Bf16), conv(Bf16Act::F32)) << isa_name(isa);
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, W4A8Test, ::testing::ValuesIn(kAllIsas),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
 

@@ -359,12 +359,20 @@ TEST_F(PerplexityModels, CliPrintsTableAndWritesJson) {
     TempDir tmp;
     test::write_file(tmp / "t.txt", sample_text());
     const auto json = tmp / "ppl.json";
-    const auto r = test::run_lancet("-t 2 perplexity --model " + model("a_f32") + " --model " +
-                                    model("a_bf16") + " --model " + model("a_f32") + " --text " +
-                                    (tmp / "t.txt").string() + " --ctx 64 --json " + json.string());
+    // Exact arithmetic for every session, so the third (the first model again) has KL 0.
+    const std::string models = " perplexity --model " + model("a_f32") + " --model " +
+                               model("a_bf16") + " --model " + model("a_f32") + " --text " +
+                               (tmp / "t.txt").string() + " --ctx 64 --json ";
+    const auto r = test::run_lancet("-t 2 --exact-activations" + models + json.string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("| model | kind | tokens | PPL ± se | mean KL |"), std::string::npos)
         << r.out;
+    // The first model is the reference: exact whatever the flags (bf16 ones here).
+    const auto json16 = tmp / "ppl16.json";
+    const auto r16 =
+        test::run_lancet("-t 2 --activations bf16 --attention bf16" + models + json16.string());
+    ASSERT_EQ(r16.exit_code, 0) << r16.err;
+    const auto j16 = nlohmann::json::parse(test::read_file(json16));
     const auto j = nlohmann::json::parse(test::read_file(json));
     EXPECT_FALSE(fs::exists(json.string() + ".tmp"));
     const size_t n = sample_text().size();
@@ -380,6 +388,10 @@ TEST_F(PerplexityModels, CliPrintsTableAndWritesJson) {
     EXPECT_EQ(m[2].at("mean_kl").get<double>(), 0.0);
     EXPECT_EQ(m[2].at("top1_agree").get<double>(), 1.0);
     EXPECT_EQ(m[2].at("ppl").get<double>(), m[0].at("ppl").get<double>());
+    const auto& m16 = j16.at("models");
+    ASSERT_EQ(m16.size(), 3u);
+    EXPECT_EQ(m16[0].at("ppl").get<double>(), m[0].at("ppl").get<double>());
+    EXPECT_GT(m16[2].at("mean_kl").get<double>(), 0.0);  // the same model in bf16 is not exact
 }
 
 // INT5 and NVFP4 folders (spec §1.2, §1.3) through the CLI: `perplexity` scores them against the

@@ -92,8 +92,8 @@ void run_perplexity(const PerplexityArgs& a) {
         ptrs.push_back(decs.back().get());
     }
     // Labels and kinds per session; --also-bf16-activations adds a session per model over the
-    // same weights with bf16 activations for its BF16 weights (scored against the first model as
-    // the flags left it: exact f32 unless --bf16-activations).
+    // same weights with bf16 activations for its BF16 weights (scored against the first model,
+    // which then runs exact: below).
     std::vector<std::string> labels = a.models, kinds;
     for (const auto& ck : cks) kinds.push_back(weight_format_label(*ck));
     if (a.also_bf16_act)
@@ -117,7 +117,7 @@ void run_perplexity(const PerplexityArgs& a) {
             mode = kernels::ActMode::Auto;
         else if (m != "f32")
             fail("perplexity: --also-activations ", m,
-                 ": unknown mode (expected f32, int8 or bf16)");
+                 ": unknown mode (expected f32, int8, bf16 or auto)");
         for (size_t i = 0; i < cks.size(); ++i) {
             if (kinds[i].rfind("int4", 0) != 0) continue;  // the mode only changes INT4 weights
             kernels::OpContext ctx = kernels::OpContext::defaults(&pool);
@@ -127,6 +127,17 @@ void run_perplexity(const PerplexityArgs& a) {
             labels.push_back(a.models[i] + " (int4 act " + m + ")");
             kinds.push_back(kinds[i]);
         }
+    }
+    // The first model is the reference the others are scored against: with other sessions it
+    // runs exact arithmetic (f32 activations and attention) whatever the flags, so the defaults'
+    // bf16 rounding on AMX is charged to the models measured, not hidden in the reference.
+    if (ptrs.size() > 1) {
+        kernels::OpContext exact = kernels::OpContext::defaults(&pool);
+        exact.act = kernels::ActMode::F32;
+        exact.bf16_act = kernels::Bf16Act::F32;
+        exact.attn = kernels::AttnPrecision::F32;
+        decs[0] = std::make_unique<DecoderSession>(*weights[0], exact);
+        ptrs[0] = decs[0].get();
     }
     PerplexityOptions po;
     po.ctx = a.ctx;

@@ -43,13 +43,15 @@ int main(int argc, char** argv) {
     bool exact_activations = false;
     app.add_flag("--exact-activations", exact_activations,
                  "Exact f32 activations for INT4 weights and f32 attention (default: auto)");
-    // bf16 activations for BF16 weights (vdpbf16ps on AVX-512 BF16): opt-in by measurement
-    // (README, "BF16 weights with bf16 activations"). The VAE then also rounds its F32 weights to
-    // bf16 at load, as Lance's bf16 autocast does.
+    // bf16 activations for BF16 weights (and the VAE, its F32 weights then rounded to bf16 at
+    // load, as Lance's bf16 autocast does). By default where they run on the AMX tiles (6-7.5x
+    // vdpbf16ps; README, "BF16 weights with bf16 activations"), everywhere with this flag.
     bool bf16_activations = false;
     app.add_flag("--bf16-activations", bf16_activations,
                  "BF16 weights (and the VAE, its weights rounded to bf16) with activations "
-                 "rounded to bf16: bf16 x bf16 dot products, f32 sums (default: exact f32)");
+                 "rounded to bf16: bf16 x bf16 dot products, f32 sums (default: auto, bf16 on "
+                 "AMX tiles above 8 rows, f32 otherwise; $LANCET_BF16_ACT; exact f32 with "
+                 "--exact-activations)");
     // One flag for the whole activation policy: f32 (= --exact-activations), int8 (the default
     // for INT4) or bf16 (INT4 weights dequantized to bf16 x bf16 activations, as Lance's PyTorch
     // AWQ recipe runs, and BF16 weights and the VAE as --bf16-activations: Lance's bf16 runtime;
@@ -114,8 +116,12 @@ int main(int argc, char** argv) {
             lancet::kernels::set_bf16_activation_mode(lancet::kernels::Bf16Act::F32);
         else if (bf16_activations)
             lancet::kernels::set_bf16_activation_mode(lancet::kernels::Bf16Act::Bf16);
-        else
+        else if (const char* env = std::getenv("LANCET_BF16_ACT"); env && *env)
             (void)lancet::kernels::bf16_activation_mode();  // $LANCET_BF16_ACT; bad value fails
+        else if (lancet::kernels::activation_mode() == lancet::kernels::ActMode::F32)
+            lancet::kernels::set_bf16_activation_mode(lancet::kernels::Bf16Act::F32);
+        else
+            lancet::kernels::set_bf16_activation_mode(lancet::kernels::Bf16Act::Auto);
         if (attention == "bf16")
             lancet::kernels::set_attn_precision(lancet::kernels::AttnPrecision::Bf16);
         else if (attention == "auto")

@@ -4,6 +4,7 @@
 // order. Temporal taps on causal zero frames are left out (no multiply), so memory is bounded by
 // one panel whatever the input size.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "core/error.h"
@@ -105,8 +106,12 @@ Conv3dWeight Conv3dWeight::from_checkpoint(const TensorView& weight, const Tenso
     return from_tap_major(v, co, ci, kt, kh, kw, bias ? b.data() : nullptr);
 }
 
-void conv3d(const OpContext& ctx, const TensorRef& x, const TensorRef* cache, const Conv3dWeight& w,
-            const Conv3dParams& p, const TensorRef& y, bool accumulate) {
+void conv3d(const OpContext& ctx_in, const TensorRef& x, const TensorRef* cache,
+            const Conv3dWeight& w, const Conv3dParams& p, const TensorRef& y, bool accumulate) {
+    // One activation mode for the whole convolution: Bf16Act::Auto decides as for a GEMM, so a
+    // frame's last block of a few pixels rounds its activations like the others.
+    OpContext ctx = ctx_in;
+    ctx.bf16_act = resolve_bf16_act(ctx.bf16_act, ctx.isa, SIZE_MAX);
     for (const TensorRef* t : {&x, &y})
         if (t->dtype != DType::F32 || !t->data || t->ndim != 4 || t->stride[3] != 1)
             fail("conv3d: ", t->describe(), " must be a [T, H, W, C] f32 tensor, unit C stride");

@@ -45,8 +45,9 @@ Bf16Act parse_bf16_act_env() {
     const char* v = std::getenv("LANCET_BF16_ACT");
     if (!v || !*v || std::strcmp(v, "f32") == 0) return Bf16Act::F32;
     if (std::strcmp(v, "bf16") == 0) return Bf16Act::Bf16;
+    if (std::strcmp(v, "auto") == 0) return Bf16Act::Auto;
     fail("LANCET_BF16_ACT=", v,
-         ": unknown activation mode for bf16 weights (expected f32 or bf16)");
+         ": unknown activation mode for bf16 weights (expected f32, bf16 or auto)");
 }
 
 ActMode parse_act_env() {
@@ -249,7 +250,22 @@ void clear_activation_mode() {
     g_act_forced.reset();
 }
 
-const char* bf16_act_name(Bf16Act m) { return m == Bf16Act::Bf16 ? "bf16" : "f32"; }
+const char* bf16_act_name(Bf16Act m) {
+    switch (m) {
+        case Bf16Act::Bf16:
+            return "bf16";
+        case Bf16Act::Auto:
+            return "auto";
+        case Bf16Act::F32:
+            break;
+    }
+    return "f32";
+}
+
+Bf16Act resolve_bf16_act(Bf16Act m, Isa isa, size_t n) {
+    if (m != Bf16Act::Auto) return m;
+    return isa == Isa::Amx && n > detail::kGemvMaxRows ? Bf16Act::Bf16 : Bf16Act::F32;
+}
 
 Bf16Act bf16_activation_mode() {
     std::lock_guard<std::mutex> lock(g_mutex);
@@ -322,6 +338,8 @@ std::string runtime_description(const ThreadPool& pool) {
     if (activation_mode() == ActMode::Bf16)
         s += ", int4 activations bf16 (weights dequantized to bf16)";
     if (bf16_activation_mode() == Bf16Act::Bf16) s += ", bf16 activations for bf16 weights";
+    if (bf16_activation_mode() == Bf16Act::Auto && isa == Isa::Amx)
+        s += ", bf16 activations for bf16 weights on amx tiles above 8 rows";
     if (attn_precision() == AttnPrecision::Bf16)
         s += isa == Isa::Amx ? ", bf16 attention (amx tiles)" : ", bf16 attention";
     if (attn_precision() == AttnPrecision::Auto && isa == Isa::Amx)

@@ -196,10 +196,16 @@ void clear_activation_mode();  // back to $LANCET_ACT / F32
 // not to the bit. Error vs exact: |x̃ - x| <= 2^-8 |x| per element (the bf16 unit roundoff), i.e. at
 // most 2^-8 Σ|w·x| per output, plus the f32 sum's (K + 2)·2^-24 Σ|w·x̃| and, from the flush, 2^-126
 // Σ|w|. Bit-identical across thread counts.
-enum class Bf16Act : uint8_t { F32, Bf16 };
-const char* bf16_act_name(Bf16Act m);  // "f32", "bf16"
-// The mode linear() uses now: set_bf16_activation_mode()'s, else $LANCET_BF16_ACT (f32|bf16;
-// lancet::Error if anything else), else F32. (dispatch.cc.)
+// Auto ("auto"): Bf16 where it runs on the AMX tiles (the Amx ISA, n > kGemvMaxRows: 6-7.5x
+// vdpbf16ps and several times the f32 kernels), F32 otherwise (the GEMVs, where bf16 rounding
+// saves no bytes, and every n without AMX). Each call's arithmetic is exactly that mode's.
+enum class Bf16Act : uint8_t { F32, Bf16, Auto };
+const char* bf16_act_name(Bf16Act m);  // "f32", "bf16", "auto"
+// The mode a call of n rows on `isa` runs for Auto (F32 or Bf16); any other mode unchanged. A
+// convolution (thousands of pixel rows) asks with n = SIZE_MAX.
+Bf16Act resolve_bf16_act(Bf16Act m, Isa isa, size_t n);
+// The mode linear() uses now: set_bf16_activation_mode()'s, else $LANCET_BF16_ACT
+// (f32|bf16|auto; lancet::Error if anything else), else F32. (dispatch.cc.)
 Bf16Act bf16_activation_mode();
 void set_bf16_activation_mode(Bf16Act m);
 void clear_bf16_activation_mode();  // back to $LANCET_BF16_ACT / F32

@@ -197,7 +197,8 @@ void linear_rows_untimed(const OpContext& ctx, const float* x, size_t n, const L
         q4_bf16_rows(ctx.isa, x, n, w, bias, y, pool);
         return;
     }
-    if (w.type() == WeightType::BF16 && ctx.bf16_act == Bf16Act::Bf16) {
+    if (w.type() == WeightType::BF16 &&
+        resolve_bf16_act(ctx.bf16_act, ctx.isa, n) == Bf16Act::Bf16) {
         bf16_rows(ctx.isa, x, n, w, bias, y, pool);
         return;
     }

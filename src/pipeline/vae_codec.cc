@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -163,13 +164,20 @@ wan_vae::Progress progress_printer(const char* what) {
     };
 }
 
+// Whether the convolutions of a VAE run with `ops` take bf16 activations: Bf16, or Auto on the
+// AMX tiles (a convolution's pixel rows are always a GEMM, never a GEMV).
+bool vae_runs_bf16(const kernels::OpContext& ops) {
+    return kernels::resolve_bf16_act(ops.bf16_act, ops.isa, SIZE_MAX) == kernels::Bf16Act::Bf16;
+}
+
 // The process's op context for a VAE run; with bf16 activations for BF16 weights (the top-level
-// --bf16-activations / $LANCET_BF16_ACT), `f` also rounds its F32 weights to bf16 as they load,
-// as Lance's bf16 autocast does, so every convolution runs bf16 x bf16 with f32 sums.
+// --bf16-activations / $LANCET_BF16_ACT, or the default auto on AMX), `f` also rounds its F32
+// weights to bf16 as they load, as Lance's bf16 autocast does, so every convolution runs bf16 x
+// bf16 with f32 sums.
 wan_vae::Context vae_context(WanVaeFile& f) {
     wan_vae::Context ctx;
     ctx.ops = kernels::OpContext::defaults();
-    f.set_bf16_weights(ctx.ops.bf16_act == kernels::Bf16Act::Bf16);
+    f.set_bf16_weights(vae_runs_bf16(ctx.ops));
     return ctx;
 }
 
@@ -200,9 +208,7 @@ void log_codec_start(const char* what, const std::string& path, const WanVaeFile
     const WanVaeConfig& cfg = f.config();
     log_info(what, ": ", path, " (base widths ", cfg.dim, "/", cfg.dec_dim, ", ",
              dtype_name(f.dtype()), "), ", input, " ", shape_str(s),
-             kernels::bf16_activation_mode() == kernels::Bf16Act::Bf16
-                 ? ", bf16 weights and activations"
-                 : "");
+             vae_runs_bf16(kernels::OpContext::defaults()) ? ", bf16 weights and activations" : "");
 }
 
 }  // namespace
