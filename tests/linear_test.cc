@@ -564,6 +564,52 @@ TEST(W4A8Amx, BitIdenticalToAvx512) {
     }
 }
 
+// The AMX kernels run the rows in passes of a few hundred rows (a pass's copy of x is bounded by
+// the layer's width, not by n): in 8192 gives 256-row passes for the bf16 tiles, in 11008 384-row
+// passes for the W4A8 tiles. An odd n spanning three passes gives, row for row, bit-identical
+// results to calls of 96 rows at a time (each within one pass; the 25-row tail of the bf16
+// kernels still on tiles), and W4A8 stays bit-identical to AVX-512; the op tests hold in 8192
+// across a pass boundary against the double reference.
+TEST(AmxPasses, RowsAcrossPassBoundariesMatchOnePassCalls) {
+    if (!cpu_supports(Isa::Amx)) GTEST_SKIP() << "CPU or OS lacks AMX";
+    ThreadPool pool(2);
+    struct Case {
+        WeightType type;
+        size_t n, in;
+        ActMode act;
+        Bf16Act bf16_act;
+    };
+    const Case cases[] = {{WeightType::BF16, 601, 8192, ActMode::F32, Bf16Act::Bf16},
+                          {WeightType::Q4, 601, 8192, ActMode::Bf16, Bf16Act::F32},
+                          {WeightType::Q4, 801, 11008, ActMode::Int8, Bf16Act::F32}};
+    constexpr size_t out = 40, piece = 96;
+    uint32_t seed = 1200;
+    for (const Case& c : cases) {
+        const FileWeight fw = make_weight(c.type, out, c.in, 64, seed++);
+        const LinearWeight w(fw.view);
+        const std::vector<float> bias = random_vector(out, seed++);
+        const std::vector<float> x = random_vector(c.n * c.in, seed++);
+        auto run = [&](Isa isa, size_t r0, size_t m, float* y) {
+            linear(OpContext{&pool, isa, c.act, c.bf16_act},
+                   TensorRef::matrix(x.data() + r0 * c.in, m, c.in), w, bias.data(),
+                   TensorRef::contiguous(y, {static_cast<int64_t>(m), static_cast<int64_t>(out)}));
+        };
+        std::vector<float> whole(c.n * out, NAN), pieces(c.n * out, NAN);
+        run(Isa::Amx, 0, c.n, whole.data());
+        for (size_t r0 = 0; r0 < c.n; r0 += piece)
+            run(Isa::Amx, r0, std::min(piece, c.n - r0), pieces.data() + r0 * out);
+        const std::string what = std::string(weight_type_name(c.type)) + " in " +
+                                 std::to_string(c.in) + " n " + std::to_string(c.n);
+        EXPECT_EQ(std::memcmp(whole.data(), pieces.data(), whole.size() * 4), 0) << what;
+        if (c.act == ActMode::Int8) {
+            std::vector<float> vnni(c.n * out, NAN);
+            run(Isa::Avx512, 0, c.n, vnni.data());
+            EXPECT_EQ(std::memcmp(whole.data(), vnni.data(), whole.size() * 4), 0)
+                << what << " vs AVX-512";
+        }
+    }
+}
+
 // ActMode::Auto is, call by call, exactly one of the two modes: Bf16 (the AMX bf16 tiles) on the
 // amx ISA above the GEMV sizes, Int8 (W4A8) for n <= 8 and on every other ISA; bit for bit, with
 // linear_same_input (the fused W4A8 GEMV at n <= 8) agreeing with linear() too.

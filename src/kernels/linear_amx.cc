@@ -242,28 +242,28 @@ uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
     return buf.data();
 }
 
-// x [n, in] quantized into the row tiles, then the tiles; y [n, out] = x . w^T + bias.
-void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
-                   const float* bias, float* y, ThreadPool& pool) {
+// K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2); row
+// chunk: as many 32-row tiles as keep the chunk's x8 within ~1.5 MiB of L2 (768 rows at in =
+// 2048), so a panel's B is unpacked once per chunk and reused by all its row tiles.
+constexpr size_t kKc8 = 4096, kChunkBytes = size_t{3} << 19;
+// The row tiles hold one pass of rows: as many row chunks as fit this many bytes, at least one
+// (384 rows, 4.8 MiB at in = 11008; 3072 rows at in = 2048), so they are bounded by the layer's
+// width, not by n. A pass boundary falls on a row chunk boundary: B is still unpacked once per
+// row chunk.
+constexpr size_t kPassBytes = size_t{8} << 20;
+
+// Rows [0, n) of one pass: x [n, in] quantized into the row tiles at X, then the tiles; y [n,
+// out] = x . w^T + bias. kc_max, rc_rows: the K chunk (columns) and the row chunk (rows).
+void w4a8_pass(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+               const float* bias, float* y, const RowTiles& X, size_t kc_max, size_t rc_rows,
+               ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
     const size_t n_rt = (n + kRows - 1) / kRows;
-    thread_local AlignedBuffer pack_buf;
-    const size_t q_bytes = n_rt * kRows * in, d_floats = n_rt * kRows * L.nblk,
-                 xs_floats = n_rt * kRows * L.groups;
-    uint8_t* pb = thread_scratch(pack_buf, q_bytes + (d_floats + xs_floats) * sizeof(float));
-    const RowTiles X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
-                     reinterpret_cast<float*>(pb + q_bytes) + d_floats};
     if (n * in < (size_t{1} << 16))
         quantize_row_tiles(x, 0, n, L, X);
     else
         pool.parallel_for(n, [&](size_t r0, size_t r1) { quantize_row_tiles(x, r0, r1, L, X); });
     zero_pad_rows(L, n, n_rt, X);
-    // K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2);
-    // row chunk: as many 32-row tiles as keep the chunk's x8 within ~1.5 MiB of L2 (768 rows at
-    // in = 2048), so a panel's B is unpacked once per chunk and reused by all its row tiles.
-    constexpr size_t kKc8 = 4096, kChunkBytes = size_t{3} << 19;
-    const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
-    const size_t kRc = std::max<size_t>(1, kChunkBytes / (std::min(kc_max, in) * kRows)) * kRows;
     // Blocks per fold unit: the largest divisor of the blocks per group up to kMaxUnit.
     size_t U = std::min(L.bpg, kMaxUnit);
     while (L.bpg % U) --U;
@@ -282,8 +282,8 @@ void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::La
             cbuf[j] = reinterpret_cast<int32_t*>(zs + sfloats) + j * kRows * kCols;
         float* acc = reinterpret_cast<float*>(cbuf[2 * kMaxUnit - 1] + kRows * kCols);
         amx::load_config(w4a8_config());
-        for (size_t rc0 = 0; rc0 < n; rc0 += kRc) {
-            const size_t rc1 = std::min(n, rc0 + kRc);
+        for (size_t rc0 = 0; rc0 < n; rc0 += rc_rows) {
+            const size_t rc1 = std::min(n, rc0 + rc_rows);
             for (size_t k0 = 0; k0 < in; k0 += kc_max) {
                 const size_t kc = std::min(kc_max, in - k0);
                 const bool init = k0 == 0, last = k0 + kc == in;
@@ -349,6 +349,28 @@ void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::La
         }
         amx::release();
     });
+}
+
+// y [n, out] = x . w^T + bias, pass by pass (kPassBytes) through one thread_local set of row
+// tiles.
+void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+                   const float* bias, float* y, ThreadPool& pool) {
+    const size_t in = p.in;
+    const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
+    const size_t rc_rows =
+        std::max<size_t>(1, kChunkBytes / (std::min(kc_max, in) * kRows)) * kRows;
+    // Bytes per row: its x8, block scales and group sums.
+    const size_t row_bytes = in + (L.nblk + L.groups) * sizeof(float);
+    const size_t pass = std::max<size_t>(1, kPassBytes / (rc_rows * row_bytes)) * rc_rows;
+    const size_t rows = (std::min(n, pass) + kRows - 1) / kRows * kRows;
+    thread_local AlignedBuffer pack_buf;
+    const size_t q_bytes = rows * in, d_floats = rows * L.nblk;
+    uint8_t* pb = thread_scratch(pack_buf, rows * row_bytes);
+    const RowTiles X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
+                     reinterpret_cast<float*>(pb + q_bytes) + d_floats};
+    for (size_t r0 = 0; r0 < n; r0 += pass)
+        w4a8_pass(x + r0 * in, std::min(pass, n - r0), p, L, bias, y + r0 * p.out, X, kc_max,
+                  rc_rows, pool);
 }
 
 }  // namespace

@@ -5,10 +5,11 @@
 // reaches a tile (BF16 weights as stored: Bf16Act::Bf16; INT4 dequantized to bf16 per panel
 // straight from the nibbles: ActMode::Bf16), so the C tiles accumulate over the whole K chunk and
 // are stored once. Used for every n above the GEMV sizes (n > 8; fewer than 32 rows run on
-// zero-padded tiles, still 2-5x the vdpbf16ps kernels). x is rounded to bf16 once per call into
-// a row-major copy (rows zero-padded to a multiple of 32, columns to a multiple of 32; the row
-// stride is 64 bytes more than the row so that the 16 rows of an A tile do not all map onto the
-// same L1 set), and A tiles load straight from it. B panels of 32 outputs x a K chunk are written
+// zero-padded tiles, still 2-5x the vdpbf16ps kernels). The rows run in passes of whole row
+// chunks (kPassBytes below); each pass's x is rounded to bf16 once into a row-major copy (rows
+// zero-padded to a multiple of 32, columns to a multiple of 32; the row stride is 64 bytes more
+// than the row so that the 16 rows of an A tile do not all map onto the same L1 set), and A
+// tiles load straight from it. B panels of 32 outputs x a K chunk are written
 // once per (row chunk, panel) in the pair layout TDPBF16PS reads, into a per-thread buffer that
 // stays in L2, and every 32-row tile of the chunk reuses them: 2 A tiles x 2 B tiles -> 4 C tiles
 // (32 rows x 32 outputs) per 32 columns of K.
@@ -49,6 +50,11 @@ constexpr size_t kBTile = 512;  // u16 of one B tile: 16 pairs x 16 outputs x 2
 constexpr size_t kKc = 1024;
 constexpr size_t kRt = 8;
 constexpr size_t kGroup = 8;
+// The bf16 copy of x holds one pass of rows: as many row chunks (kRt tiles) as fit this many
+// bytes, at least one (5.4 MiB of 256 rows at in = 11008; 1792 rows at in = 2048), so it is
+// bounded by the layer's width, not by n. A pass boundary falls on a row chunk boundary, so
+// every B panel is still built once per row chunk.
+constexpr size_t kPassBytes = size_t{8} << 20;
 
 // All eight tiles 16 rows x 64 bytes: C 0-3 (rows 0-15 x outputs 0-15, 0-15 x 16-31, 16-31 x
 // 0-15, 16-31 x 16-31), A 4, 5 (rows 0-15, 16-31 x 32 bf16), B 6, 7 (outputs 0-15, 16-31).
@@ -237,7 +243,8 @@ void gemm_tiles(const uint16_t* xt, size_t ldx, size_t n, size_t kp, const Packe
 }
 
 // x [n, in] rounded to bf16 (bf16x::round_row, the rounding of every bf16-activation path) into
-// a thread_local buffer of rows ldx apart, n rounded up to 32 rows and in to kp columns, zeros.
+// a thread_local buffer of rows ldx apart, n rounded up to 32 rows and in to kp columns, zeros
+// (n at most one pass: the buffer stays within kPassBytes, or one row chunk where that is more).
 const uint16_t* round_rows(const float* x, size_t n, size_t in, size_t kp, size_t ldx,
                            ThreadPool& pool) {
     thread_local AlignedBuffer xbuf;
@@ -259,6 +266,20 @@ const uint16_t* round_rows(const float* x, size_t n, size_t in, size_t kp, size_
     return xt;
 }
 
+// y [n, out] = bf16(x) · Bᵀ + bias, pass by pass (kPassBytes). fill as for gemm_tiles.
+template <class Fill>
+void gemm_passes(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+                 ThreadPool& pool, const Fill& fill) {
+    const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
+    const size_t chunk_rows = kRt * kRows, chunk_bytes = chunk_rows * ldx * sizeof(uint16_t);
+    const size_t pass = std::max<size_t>(1, kPassBytes / chunk_bytes) * chunk_rows;
+    for (size_t r0 = 0; r0 < n; r0 += pass) {
+        const size_t nr = std::min(pass, n - r0);
+        const uint16_t* xt = round_rows(x + r0 * p.in, nr, p.in, kp, ldx, pool);
+        gemm_tiles(xt, ldx, nr, kp, p, bias, y + r0 * p.out, pool, fill);
+    }
+}
+
 }  // namespace
 
 void bf16dot_amx(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
@@ -267,11 +288,9 @@ void bf16dot_amx(const float* x, size_t n, const PackedView& p, const float* bia
         bf16dot_avx512(x, n, p, bias, y, pool);
         return;
     }
-    const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
-    const uint16_t* xt = round_rows(x, n, p.in, kp, ldx, pool);
-    gemm_tiles(
-        xt, ldx, n, kp, p, bias, y, pool,
-        [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) { fill_bf16_panel(p, pp, k0, kc, bt); });
+    gemm_passes(x, n, p, bias, y, pool, [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) {
+        fill_bf16_panel(p, pp, k0, kc, bt);
+    });
 }
 
 void q4bf16_amx(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
@@ -280,11 +299,9 @@ void q4bf16_amx(const float* x, size_t n, const PackedView& p, const float* bias
         q4bf16_chunked(Isa::Avx512, x, n, p, bias, y, pool);
         return;
     }
-    const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
-    const uint16_t* xt = round_rows(x, n, p.in, kp, ldx, pool);
-    gemm_tiles(
-        xt, ldx, n, kp, p, bias, y, pool,
-        [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) { fill_q4_panel(p, pp, k0, kc, bt); });
+    gemm_passes(x, n, p, bias, y, pool, [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) {
+        fill_q4_panel(p, pp, k0, kc, bt);
+    });
 }
 
 }  // namespace lancet::kernels::detail
