@@ -997,13 +997,6 @@ void zero_pad_rows(const w4a8::Layout& L, size_t n, size_t n_rb, const RowPack& 
     }
 }
 
-// Grows a thread's scratch buffer to at least `bytes` (kept between calls: no per-call
-// allocation once warm).
-uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
-    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
-    return buf.data();
-}
-
 // x quantized (into `a`, or straight into the row blocks when kb = 32), then the tiles.
 void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
                   const float* bias, float* y, const W4A8Scratch& a, ThreadPool& pool) {
@@ -1013,7 +1006,7 @@ void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Lay
     thread_local AlignedBuffer pack_buf;
     const size_t q_bytes = n_rb * kMR512 * in, d_floats = n_rb * kMR512 * L.nblk,
                  xs_floats = n_rb * kMR512 * L.groups;
-    uint8_t* pb = thread_scratch(pack_buf, q_bytes + (d_floats + xs_floats) * sizeof(float) + 64);
+    uint8_t* pb = pack_buf.grow(q_bytes + (d_floats + xs_floats) * sizeof(float) + 64);
     const RowPack X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
                     reinterpret_cast<float*>(pb + q_bytes) + d_floats};
     if (L.kb == 32) {
@@ -1036,7 +1029,7 @@ void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Lay
     pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
         thread_local AlignedBuffer panel_buf;
         const size_t plane_bytes = kc_max / 8 * 256, sfloats = kc_max / L.gs * 32;
-        uint8_t* buf = thread_scratch(panel_buf, plane_bytes + 2 * sfloats * sizeof(float));
+        uint8_t* buf = panel_buf.grow(plane_bytes + 2 * sfloats * sizeof(float));
         const Panel512 P{buf, reinterpret_cast<float*>(buf + plane_bytes),
                          reinterpret_cast<float*>(buf + plane_bytes) + sfloats};
         alignas(64) float bias32[32];
