@@ -3,12 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/dispatch.h"
@@ -157,20 +157,15 @@ TEST(BenchKernelsCli, BadInputIsOneLineAndExit1) {
     }
 }
 
-TEST(BenchKernelsCli, UnknownIsaInEnvironmentIsAnError) {
-    setenv("LANCET_ISA", "sse9", 1);
-    const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
-    unsetenv("LANCET_ISA");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_NE(r.err.find("LANCET_ISA=sse9"), std::string::npos) << r.err;
-}
-
-TEST(BenchKernelsCli, UnknownActivationModeInEnvironmentIsAnError) {
-    setenv("LANCET_ACT", "int3", 1);
-    const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
-    unsetenv("LANCET_ACT");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_NE(r.err.find("LANCET_ACT=int3"), std::string::npos) << r.err;
+// An unknown LANCET_ISA or LANCET_ACT is an error that names the variable and its value.
+TEST(BenchKernelsCli, UnknownIsaOrActivationModeInEnvironmentIsAnError) {
+    for (const auto& [var, value] :
+         {std::pair<const char*, const char*>{"LANCET_ISA", "sse9"}, {"LANCET_ACT", "int3"}}) {
+        const ScopedEnv env({{var, value}});
+        const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
+        EXPECT_EQ(r.exit_code, 1) << var;
+        EXPECT_NE(r.err.find(std::string(var) + "=" + value), std::string::npos) << r.err;
+    }
 }
 
 TEST(BenchAwqCli, PrintsOneRowPerGroupNoWorseThanRtn) {
