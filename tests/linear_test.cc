@@ -564,28 +564,34 @@ TEST(W4A8Amx, BitIdenticalToAvx512) {
     }
 }
 
-// The AMX kernels run the rows in passes of a few hundred rows (a pass's copy of x is bounded by
-// the layer's width, not by n): in 8192 gives 256-row passes for the bf16 tiles, in 11008 384-row
-// passes for the W4A8 tiles. An odd n spanning three passes gives, row for row, bit-identical
-// results to calls of 96 rows at a time (each within one pass; the 25-row tail of the bf16
-// kernels still on tiles), and W4A8 stays bit-identical to AVX-512; the op tests hold in 8192
+// The GEMMs that copy x (AMX bf16 and W4A8 tiles, AVX-512 W4A8) run the rows in passes of a few
+// hundred rows, so the copy is bounded by the layer's width, not by n: 256-row passes for the bf16
+// tiles at in 8192; at in 11008, 384 rows for the W4A8 tiles, 576 (g64) and 384 (g16: 16-column
+// blocks, quantized through the caller's scratch) for AVX-512. An odd n spanning two or three
+// passes gives, row for row, bit-identical results to calls of 96 rows at a time (each within one
+// pass; the 33-row tail on the same kernel, but for W4A8 on AMX: the bit-identical AVX-512 one),
+// and W4A8 on AMX stays bit-identical to AVX-512; the op tests hold the bf16 tiles at in 8192
 // across a pass boundary against the double reference.
-TEST(AmxPasses, RowsAcrossPassBoundariesMatchOnePassCalls) {
-    if (!cpu_supports(Isa::Amx)) GTEST_SKIP() << "CPU or OS lacks AMX";
+TEST(GemmPasses, RowsAcrossPassBoundariesMatchOnePassCalls) {
     ThreadPool pool(2);
     struct Case {
         WeightType type;
-        size_t n, in;
+        size_t n, in, gs;
         ActMode act;
         Bf16Act bf16_act;
+        Isa isa;
     };
-    const Case cases[] = {{WeightType::BF16, 601, 8192, ActMode::F32, Bf16Act::Bf16},
-                          {WeightType::Q4, 601, 8192, ActMode::Bf16, Bf16Act::F32},
-                          {WeightType::Q4, 801, 11008, ActMode::Int8, Bf16Act::F32}};
+    const Case cases[] = {
+        {WeightType::BF16, 609, 8192, 0, ActMode::F32, Bf16Act::Bf16, Isa::Amx},
+        {WeightType::Q4, 609, 8192, 64, ActMode::Bf16, Bf16Act::F32, Isa::Amx},
+        {WeightType::Q4, 801, 11008, 64, ActMode::Int8, Bf16Act::F32, Isa::Amx},
+        {WeightType::Q4, 801, 11008, 64, ActMode::Int8, Bf16Act::F32, Isa::Avx512},
+        {WeightType::Q4, 801, 11008, 16, ActMode::Int8, Bf16Act::F32, Isa::Avx512}};
     constexpr size_t out = 40, piece = 96;
     uint32_t seed = 1200;
     for (const Case& c : cases) {
-        const FileWeight fw = make_weight(c.type, out, c.in, 64, seed++);
+        if (!cpu_supports(c.isa)) continue;
+        const FileWeight fw = make_weight(c.type, out, c.in, c.gs, seed++);
         const LinearWeight w(fw.view);
         const std::vector<float> bias = random_vector(out, seed++);
         const std::vector<float> x = random_vector(c.n * c.in, seed++);
@@ -595,13 +601,14 @@ TEST(AmxPasses, RowsAcrossPassBoundariesMatchOnePassCalls) {
                    TensorRef::contiguous(y, {static_cast<int64_t>(m), static_cast<int64_t>(out)}));
         };
         std::vector<float> whole(c.n * out, NAN), pieces(c.n * out, NAN);
-        run(Isa::Amx, 0, c.n, whole.data());
+        run(c.isa, 0, c.n, whole.data());
         for (size_t r0 = 0; r0 < c.n; r0 += piece)
-            run(Isa::Amx, r0, std::min(piece, c.n - r0), pieces.data() + r0 * out);
-        const std::string what = std::string(weight_type_name(c.type)) + " in " +
-                                 std::to_string(c.in) + " n " + std::to_string(c.n);
+            run(c.isa, r0, std::min(piece, c.n - r0), pieces.data() + r0 * out);
+        const std::string what = std::string(isa_name(c.isa)) + " " + weight_type_name(c.type) +
+                                 " g" + std::to_string(c.gs) + " in " + std::to_string(c.in) +
+                                 " n " + std::to_string(c.n);
         EXPECT_EQ(std::memcmp(whole.data(), pieces.data(), whole.size() * 4), 0) << what;
-        if (c.act == ActMode::Int8) {
+        if (c.isa == Isa::Amx && c.act == ActMode::Int8) {
             std::vector<float> vnni(c.n * out, NAN);
             run(Isa::Avx512, 0, c.n, vnni.data());
             EXPECT_EQ(std::memcmp(whole.data(), vnni.data(), whole.size() * 4), 0)

@@ -407,11 +407,12 @@ void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
 W4A8Scratch w4a8_scratch(size_t n, size_t in, size_t gs) {
     const size_t q_floats = (n * in + 63) / 64 * 16;
     const size_t d_floats = n * (in / w4a8_block(gs)), xs_floats = n * (in / gs);
-    thread_local std::vector<float> scratch;
-    const size_t need = q_floats + d_floats + xs_floats;
-    if (scratch.size() < need) scratch.resize(need);
-    return W4A8Scratch{reinterpret_cast<int8_t*>(scratch.data()), scratch.data() + q_floats,
-                       scratch.data() + q_floats + d_floats};
+    // An AlignedBuffer, not a vector: its large buffers are mmap'ed, so pages that a kernel never
+    // writes (the AMX and AVX-512 GEMMs with 32-column blocks quantize into their own bounded row
+    // tiles; the AVX-512 one uses only its first pass's rows for other blocks) stay unallocated.
+    thread_local AlignedBuffer scratch;
+    float* f = reinterpret_cast<float*>(scratch.grow((q_floats + d_floats + xs_floats) * 4));
+    return W4A8Scratch{reinterpret_cast<int8_t*>(f), f + q_floats, f + q_floats + d_floats};
 }
 }  // namespace detail
 

@@ -1,7 +1,6 @@
 // What the two AMX linear kernels share (linear_amx.cc: W4A8 on TDPBSUD; linear_bf16_amx.cc:
 // bf16 on TDPBF16PS), included by those two files only: their warning set and includes,
-// the 32-row x 32-output block of C tiles, the masks of a ragged panel, and the passes of rows
-// that bound their copy of x.
+// the 32-row x 32-output block of C tiles and the masks of a ragged panel.
 #pragma once
 
 // GCC 12 takes the undefined-vector temporaries inside the AVX-512 intrinsics for uninitialized
@@ -33,16 +32,6 @@ struct PanelMasks {
 inline PanelMasks panel_masks(size_t cols) {
     return {static_cast<__mmask16>((1u << std::min<size_t>(cols, 16)) - 1),
             static_cast<__mmask16>((1u << (cols > 16 ? cols - 16 : 0)) - 1)};
-}
-
-// The kernels' copy of x (rounded to bf16 or quantized to int8 row tiles) holds one pass of rows:
-// as many row chunks (the rows that share each B panel) as fit kPassBytes, at least one, so the
-// copy is bounded by the layer's width, not by n. A pass boundary falls on a row chunk boundary,
-// so every B panel is still built once per row chunk, and each output's arithmetic is the same
-// whichever pass its row falls in.
-constexpr size_t kPassBytes = size_t{8} << 20;
-inline size_t pass_rows(size_t chunk_rows, size_t row_bytes) {
-    return std::max<size_t>(1, kPassBytes / (chunk_rows * row_bytes)) * chunk_rows;
 }
 
 }  // namespace lancet::kernels::detail::amx_linear

@@ -6,13 +6,13 @@
 // straight from the nibbles: ActMode::Bf16), so the C tiles accumulate over the whole K chunk and
 // are stored once. Used for every n above the GEMV sizes (n > 8; fewer than 32 rows run on
 // zero-padded tiles, still 2-5x the vdpbf16ps kernels). The rows run in passes of whole row
-// chunks (linear_amx_impl.h: 256 rows, 5.4 MiB at in = 11008; 1792 rows at in = 2048); each pass's
-// x is rounded to bf16 once into a row-major copy (rows zero-padded to a multiple of 32, columns to
-// a multiple of 32; the row stride is 64 bytes more than the row so that the 16 rows of an A tile
-// do not all map onto the same L1 set), and A tiles load straight from it. B panels of 32 outputs x
-// a K chunk are written once per (row chunk, panel) in the pair layout TDPBF16PS reads, into a
-// per-thread buffer that stays in L2, and every 32-row tile of the chunk reuses them: 2 A tiles x 2
-// B tiles -> 4 C tiles (32 rows x 32 outputs) per 32 columns of K.
+// chunks (linear_kernels.h's pass_rows: 256 rows, 5.4 MiB at in = 11008; 1792 rows at in = 2048);
+// each pass's x is rounded to bf16 once into a row-major copy (rows zero-padded to a multiple of
+// 32, columns to a multiple of 32; the row stride is 64 bytes more than the row so that the 16 rows
+// of an A tile do not all map onto the same L1 set), and A tiles load straight from it. B panels of
+// 32 outputs x a K chunk are written once per (row chunk, panel) in the pair layout TDPBF16PS
+// reads, into a per-thread buffer that stays in L2, and every 32-row tile of the chunk reuses them:
+// 2 A tiles x 2 B tiles -> 4 C tiles (32 rows x 32 outputs) per 32 columns of K.
 //
 // Arithmetic (linear.h): each TDPBF16PS step adds the two exact products of a column pair to the
 // f32 accumulator (RNE, denormal inputs and results flushed to zero, as vdpbf16ps). Every output
@@ -201,7 +201,7 @@ void gemm_tiles(const uint16_t* xt, size_t ldx, size_t n, size_t kp, const Packe
 
 // x [n, in] rounded to bf16 (bf16x::round_row, the rounding of every bf16-activation path) into
 // a thread_local buffer of rows ldx apart, n rounded up to 32 rows and in to kp columns, zeros
-// (n at most one pass, so the buffer is bounded: linear_amx_impl.h's pass_rows).
+// (n at most one pass, so the buffer is bounded: linear_kernels.h's pass_rows).
 const uint16_t* round_rows(const float* x, size_t n, size_t in, size_t kp, size_t ldx,
                            ThreadPool& pool) {
     thread_local AlignedBuffer xbuf;
