@@ -51,6 +51,7 @@ inline void release() { __asm__ volatile("tilerelease" ::: "memory"); }
 // c += a . b over bf16 pairs, f32 sums (TDPBF16PS).
 #define LANCET_TILE_DPBF16PS(c, a, b) \
     __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
 namespace lancet::kernels::detail::amx {
 
 // C tiles 0-3 as the blocks of RH·16 rows x 32 columns of 4-byte sums at c, rows ld elements
@@ -75,6 +76,17 @@ inline void load_c(const T* c, size_t ld) {
         LANCET_TILE_LOAD(3, c + 16 * ld + 16, ld * 4);
     }
 }
+template <int RH = 2, class T>
+inline void store_c(T* c, size_t ld) {
+    static_assert(sizeof(T) == 4);
+    LANCET_TILE_STORE(0, c, ld * 4);
+    LANCET_TILE_STORE(1, c + 16, ld * 4);
+    if constexpr (RH == 2) {
+        LANCET_TILE_STORE(2, c + 16 * ld, ld * 4);
+        LANCET_TILE_STORE(3, c + 16 * ld + 16, ld * 4);
+    }
+}
+
 // The block step: C tiles 0-3 += A tiles 4, 5 x B tiles 6, 7 (C 0 = A 4 x B 6, 1 = 4 x 7, 2 = 5 x
 // 6, 3 = 5 x 7; RH = 1: C 0 and 1 from A 4 only), by TDPBSUD or TDPBF16PS.
 template <int RH = 2>
@@ -93,16 +105,6 @@ inline void dpbf16ps_c() {
     if constexpr (RH == 2) {
         LANCET_TILE_DPBF16PS(2, 5, 6);
         LANCET_TILE_DPBF16PS(3, 5, 7);
-    }
-}
-template <int RH = 2, class T>
-inline void store_c(T* c, size_t ld) {
-    static_assert(sizeof(T) == 4);
-    LANCET_TILE_STORE(0, c, ld * 4);
-    LANCET_TILE_STORE(1, c + 16, ld * 4);
-    if constexpr (RH == 2) {
-        LANCET_TILE_STORE(2, c + 16 * ld, ld * 4);
-        LANCET_TILE_STORE(3, c + 16 * ld + 16, ld * 4);
     }
 }
 

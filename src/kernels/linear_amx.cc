@@ -154,7 +154,7 @@ inline void tile_block(const int8_t* a, const uint8_t* bt, int32_t* c) {
     amx::store_c(c, kCols);
 }
 
-// The activations quantized once per call straight into row tiles of 32 rows, so that a tile
+// The activations quantized once per pass straight into row tiles of 32 rows, so that a tile
 // load reads 1 KiB in one stream (rows `in` bytes apart would map 32 rows onto two L1 sets for
 // in = 2048) and the fold reads each block's scales contiguously:
 //   q[rt][blk][i][32] = x8 of block blk of row 32 rt + i (W4A8Scratch's column order: within

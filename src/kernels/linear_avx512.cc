@@ -795,7 +795,7 @@ void unpack_panel512(const PackedView& p, const w4a8::Layout& L, size_t b, size_
     }
 }
 
-// Activations of the GEMM repacked once per call into row blocks of kMR512 rows, so that a tile
+// Activations of the GEMM repacked once per pass into row blocks of kMR512 rows, so that a tile
 // reads one contiguous stream instead of kMR512 rows `in` bytes apart:
 //   q[rb][c][i][8] = x8 of chunk c (8 columns, W4A8Scratch's even/odd order) of row 6 rb + i,
 //   d[rb][blk][i], xs[rb][g][i] = its block scales and XS_g.
