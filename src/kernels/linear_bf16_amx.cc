@@ -227,6 +227,9 @@ template <class Fill>
 void gemm_passes(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
                  ThreadPool& pool, const Fill& fill) {
     const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
+    // A pass of one row chunk (in > 8160) gives gemm_tiles n_groups work items; where that is
+    // under 4 per thread (many threads, few outputs) it splits the panel groups, so each bf16 row
+    // chunk is reread by fewer panels. Not measured beyond this machine's 2 threads.
     const size_t pass = pass_rows(kRt * kRows, ldx * sizeof(uint16_t));
     for (size_t r0 = 0; r0 < n; r0 += pass) {
         const size_t nr = std::min(pass, n - r0);
