@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/dispatch.h"
 #include "test_util.h"
@@ -15,23 +17,35 @@
 namespace lancet::test {
 namespace {
 
-TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
+// `lancet -t 2 bench kernels ARGS --bandwidth-mib 64 --json FILE`: the run and the JSON records it
+// wrote, one per line (none when it failed); no temporary file is left beside FILE.
+struct BenchRun {
+    RunResult r;
+    std::vector<nlohmann::json> records;
+};
+BenchRun bench_kernels(const std::string& args) {
     TempDir tmp;
     const auto json = tmp / "bench.jsonl";
-    const RunResult r = run_lancet(
-        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 --act f32 "
-        "--bandwidth-mib 64 --json " +
-        json.string());
+    BenchRun b{
+        run_lancet("-t 2 bench kernels " + args + " --bandwidth-mib 64 --json " + json.string()),
+        {}};
+    if (b.r.exit_code != 0) return b;
+    EXPECT_FALSE(std::filesystem::exists(json.string() + ".tmp"));
+    std::istringstream lines(read_file(json));
+    for (std::string line; std::getline(lines, line);)
+        b.records.push_back(nlohmann::json::parse(line));
+    return b;
+}
+
+TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
+    const auto [r, records] = bench_kernels("--quick --shapes kv --n 1,9 --reps 1 --act f32");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("ISA "), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(", 2 threads"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("| k_proj/v_proj | 256x2048 | 1 |"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("| k_proj/v_proj | 256x2048 | 9 |"), std::string::npos) << r.out;
-    std::istringstream lines(read_file(json));
-    std::string line;
     int linear = 0, naive = 0, bandwidth = 0;
-    while (std::getline(lines, line)) {
-        const auto rec = nlohmann::json::parse(line);
+    for (const auto& rec : records) {
         const std::string kernel = rec.at("kernel");
         if (kernel == "read_bandwidth") {
             ++bandwidth;
@@ -40,7 +54,7 @@ TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
             (kernel == "linear" ? linear : naive)++;
             for (const char* f :
                  {"weight_type", "m", "k", "n", "threads", "median_ms", "gflops", "weight_gbps"})
-                EXPECT_TRUE(rec.contains(f)) << f << " missing in " << line;
+                EXPECT_TRUE(rec.contains(f)) << f << " missing in " << rec.dump();
             EXPECT_EQ(rec.at("m").get<int>(), 256);
             EXPECT_EQ(rec.at("k").get<int>(), 2048);
             EXPECT_EQ(rec.at("threads").get<int>(), 2);
@@ -50,26 +64,17 @@ TEST(BenchKernelsCli, PrintsTableAndWritesJson) {
     EXPECT_EQ(bandwidth, 1);
     EXPECT_EQ(linear, 4);  // int4 and bf16, n = 1 and 9
     EXPECT_EQ(naive, 2);
-    EXPECT_FALSE(std::filesystem::exists(json.string() + ".tmp"));
 }
 
 // --types int5,nvfp4 time the spec §1.2/§1.3 weights next to BF16, with their ratio columns.
 TEST(BenchKernelsCli, Int5AndNvfp4Columns) {
-    TempDir tmp;
-    const auto json = tmp / "bench.jsonl";
-    const RunResult r = run_lancet(
-        "-t 2 bench kernels --shapes kv --n 1,9 --reps 1 --types int5,nvfp4,bf16 "
-        "--bandwidth-mib 64 --json " +
-        json.string());
+    const auto [r, records] = bench_kernels("--shapes kv --n 1,9 --reps 1 --types int5,nvfp4,bf16");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     for (const char* col : {"| int5 ms |", "| nvfp4 ms |", "| int5 speedup vs bf16 |",
                             "| nvfp4 speedup vs bf16 |", "| nvfp4 GB/s / read |"})
         EXPECT_NE(r.out.find(col), std::string::npos) << col << " in " << r.out;
-    std::istringstream lines(read_file(json));
-    std::string line;
     std::map<std::string, int> linear;
-    while (std::getline(lines, line)) {
-        const auto rec = nlohmann::json::parse(line);
+    for (const auto& rec : records) {
         if (rec.at("kernel") != "linear") continue;
         const std::string t = rec.at("weight_type");
         ++linear[t];
@@ -83,12 +88,8 @@ TEST(BenchKernelsCli, Int5AndNvfp4Columns) {
 }
 
 TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
-    TempDir tmp;
-    const auto json = tmp / "bench.jsonl";
-    const RunResult r = run_lancet(
-        "-t 2 bench kernels --quick --shapes kv --n 1,9 --reps 1 --act int8 --cold --cold-mib 32 "
-        "--bandwidth-mib 64 --json " +
-        json.string());
+    const auto [r, records] =
+        bench_kernels("--quick --shapes kv --n 1,9 --reps 1 --act int8 --cold --cold-mib 32");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     for (const char* col : {"int4-f32 ms", "int4-w4a8 ms", "int4-w4a8 speedup vs bf16",
                             "int4-w4a8 GB/s / read", "naive / int4-w4a8", "int8 dot peak"})
@@ -101,14 +102,11 @@ TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
                                 "int4-w4a8-vnni / amx peak", "AMX int8 peak"})
             EXPECT_NE(r.out.find(col), std::string::npos) << col << " in " << r.out;
     }
-    std::istringstream lines(read_file(json));
-    std::string line;
     int int8 = 0, f32 = 0, amx_peak = 0;
-    while (std::getline(lines, line)) {
-        const auto rec = nlohmann::json::parse(line);
+    for (const auto& rec : records) {
         amx_peak += rec.at("kernel") == "amx_int8_peak";
         if (rec.at("kernel") != "linear") continue;
-        EXPECT_TRUE(rec.at("cold").get<bool>()) << line;
+        EXPECT_TRUE(rec.at("cold").get<bool>()) << rec.dump();
         (rec.at("activations") == "int8" ? int8 : f32)++;
     }
     EXPECT_EQ(int8, amx ? 4 : 2);  // int4 with int8 activations, n = 1 and 9 (amx: and vnni)
@@ -119,20 +117,14 @@ TEST(BenchKernelsCli, ActInt8AddsW4A8Columns) {
 // The decoder's fused q/k/v call as a row of its own: all parts' bytes, every variant (BF16 parts
 // one by one), no naive column for it; n = 1 takes the fused W4A8 GEMV, n = 9 the per-weight path.
 TEST(BenchKernelsCli, FusedQkvRowTimesTheDecodersCall) {
-    TempDir tmp;
-    const auto json = tmp / "bench.jsonl";
-    const RunResult r = run_lancet(
-        "-t 2 bench kernels --quick --shapes qkv --n 1,9 --reps 1 --cold --cold-mib 16 "
-        "--bandwidth-mib 64 --json " +
-        json.string());
+    const auto [r, records] =
+        bench_kernels("--quick --shapes qkv --n 1,9 --reps 1 --cold --cold-mib 16");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("| q+k+v fused | 2560x2048 | 1 |"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("| q+k+v fused | 2560x2048 | 9 |"), std::string::npos) << r.out;
-    std::istringstream lines(read_file(json));
-    std::string line;
     int rows = 0;
-    while (std::getline(lines, line)) {
-        const auto rec = nlohmann::json::parse(line);
+    for (const auto& rec : records) {
+        const std::string line = rec.dump();
         EXPECT_NE(rec.at("kernel"), "naive_dequant_bf16") << line;
         if (rec.at("kernel") != "linear") continue;
         ++rows;
@@ -165,20 +157,15 @@ TEST(BenchKernelsCli, BadInputIsOneLineAndExit1) {
     }
 }
 
-TEST(BenchKernelsCli, UnknownIsaInEnvironmentIsAnError) {
-    setenv("LANCET_ISA", "sse9", 1);
-    const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
-    unsetenv("LANCET_ISA");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_NE(r.err.find("LANCET_ISA=sse9"), std::string::npos) << r.err;
-}
-
-TEST(BenchKernelsCli, UnknownActivationModeInEnvironmentIsAnError) {
-    setenv("LANCET_ACT", "int3", 1);
-    const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
-    unsetenv("LANCET_ACT");
-    EXPECT_EQ(r.exit_code, 1);
-    EXPECT_NE(r.err.find("LANCET_ACT=int3"), std::string::npos) << r.err;
+// An unknown LANCET_ISA or LANCET_ACT is an error that names the variable and its value.
+TEST(BenchKernelsCli, UnknownIsaOrActivationModeInEnvironmentIsAnError) {
+    for (const auto& [var, value] :
+         {std::pair<const char*, const char*>{"LANCET_ISA", "sse9"}, {"LANCET_ACT", "int3"}}) {
+        const ScopedEnv env({{var, value}});
+        const RunResult r = run_lancet("bench kernels --quick --shapes kv --n 1 --bandwidth-mib 8");
+        EXPECT_EQ(r.exit_code, 1) << var;
+        EXPECT_NE(r.err.find(std::string(var) + "=" + value), std::string::npos) << r.err;
+    }
 }
 
 TEST(BenchAwqCli, PrintsOneRowPerGroupNoWorseThanRtn) {

@@ -564,6 +564,59 @@ TEST(W4A8Amx, BitIdenticalToAvx512) {
     }
 }
 
+// The GEMMs that copy x (AMX bf16 and W4A8 tiles, AVX-512 W4A8) run the rows in passes of a few
+// hundred rows, so the copy is bounded by the layer's width, not by n: 256-row passes for the bf16
+// tiles at in 8192; at in 11008, 384 rows for the W4A8 tiles, 576 (g64) and 384 (g16: 16-column
+// blocks, quantized through the caller's scratch) for AVX-512. An odd n spanning two or three
+// passes gives, row for row, bit-identical results to calls of 96 rows at a time (each within one
+// pass; the 33-row tail on the same kernel, but for W4A8 on AMX: the bit-identical AVX-512 one),
+// and W4A8 on AMX stays bit-identical to AVX-512; the op tests hold the bf16 tiles at in 8192
+// across a pass boundary against the double reference.
+TEST(GemmPasses, RowsAcrossPassBoundariesMatchOnePassCalls) {
+    ThreadPool pool(2);
+    struct Case {
+        WeightType type;
+        size_t n, in, gs;
+        ActMode act;
+        Bf16Act bf16_act;
+        Isa isa;
+    };
+    const Case cases[] = {
+        {WeightType::BF16, 609, 8192, 0, ActMode::F32, Bf16Act::Bf16, Isa::Amx},
+        {WeightType::Q4, 609, 8192, 64, ActMode::Bf16, Bf16Act::F32, Isa::Amx},
+        {WeightType::Q4, 801, 11008, 64, ActMode::Int8, Bf16Act::F32, Isa::Amx},
+        {WeightType::Q4, 801, 11008, 64, ActMode::Int8, Bf16Act::F32, Isa::Avx512},
+        {WeightType::Q4, 801, 11008, 16, ActMode::Int8, Bf16Act::F32, Isa::Avx512}};
+    constexpr size_t out = 40, piece = 96;
+    uint32_t seed = 1200;
+    for (const Case& c : cases) {
+        if (!cpu_supports(c.isa)) continue;
+        const FileWeight fw = make_weight(c.type, out, c.in, c.gs, seed++);
+        const LinearWeight w(fw.view);
+        const std::vector<float> bias = random_vector(out, seed++);
+        const std::vector<float> x = random_vector(c.n * c.in, seed++);
+        auto run = [&](Isa isa, size_t r0, size_t m, float* y) {
+            linear(OpContext{&pool, isa, c.act, c.bf16_act},
+                   TensorRef::matrix(x.data() + r0 * c.in, m, c.in), w, bias.data(),
+                   TensorRef::contiguous(y, {static_cast<int64_t>(m), static_cast<int64_t>(out)}));
+        };
+        std::vector<float> whole(c.n * out, NAN), pieces(c.n * out, NAN);
+        run(c.isa, 0, c.n, whole.data());
+        for (size_t r0 = 0; r0 < c.n; r0 += piece)
+            run(c.isa, r0, std::min(piece, c.n - r0), pieces.data() + r0 * out);
+        const std::string what = std::string(isa_name(c.isa)) + " " + weight_type_name(c.type) +
+                                 " g" + std::to_string(c.gs) + " in " + std::to_string(c.in) +
+                                 " n " + std::to_string(c.n);
+        EXPECT_EQ(std::memcmp(whole.data(), pieces.data(), whole.size() * 4), 0) << what;
+        if (c.isa == Isa::Amx && c.act == ActMode::Int8) {
+            std::vector<float> vnni(c.n * out, NAN);
+            run(Isa::Avx512, 0, c.n, vnni.data());
+            EXPECT_EQ(std::memcmp(whole.data(), vnni.data(), whole.size() * 4), 0)
+                << what << " vs AVX-512";
+        }
+    }
+}
+
 // ActMode::Auto is, call by call, exactly one of the two modes: Bf16 (the AMX bf16 tiles) on the
 // amx ISA above the GEMV sizes, Int8 (W4A8) for n <= 8 and on every other ISA; bit for bit, with
 // linear_same_input (the fused W4A8 GEMV at n <= 8) agreeing with linear() too.

@@ -940,16 +940,21 @@ const std::vector<CasePtr>& all_cases() {
         add_case(new LinearCase(13, 65, 17, WT::BF16, 0, AM::F32, true, true, Bf16Act::Bf16));
         // The AMX tiles (n >= 32 on the amx ISA): exact tiles, tail rows and outputs (n, out not
         // multiples of 32 or 16), K tails (in not a multiple of 32 or of 4), more than one K
-        // chunk (in > 4096), strided rows.
-        for (auto [n, in, out] : std::vector<std::array<size_t, 3>>{
-                 {32, 64, 32}, {33, 97, 17}, {64, 32, 48}, {95, 130, 70}, {40, 4133, 9}})
+        // chunk (in > 4096), two passes of rows (256 rows each at in 8192), strided rows.
+        for (auto [n, in, out] : std::vector<std::array<size_t, 3>>{{32, 64, 32},
+                                                                    {33, 97, 17},
+                                                                    {64, 32, 48},
+                                                                    {95, 130, 70},
+                                                                    {40, 4133, 9},
+                                                                    {301, 8192, 9}})
             add_case(
                 new LinearCase(n, in, out, WT::BF16, 0, AM::F32, false, n % 2 == 1, Bf16Act::Bf16));
         add_case(new LinearCase(45, 66, 33, WT::BF16, 0, AM::F32, true, true, Bf16Act::Bf16));
         // INT4 with bf16 activations (ActMode::Bf16): the GEMV (n <= 8, x̃ and exact w), the
         // dequantize-to-bf16 blocks (scalar, AVX2, AVX-512, AMX below 32 rows), the AMX tiles
-        // (n >= 32): tail rows and outputs, several K chunks (in > 1024), group sizes 32-128;
-        // and several output blocks of the dequantized path (out > its 4 MiB of w̃ at in 4160).
+        // (n >= 32): tail rows and outputs, several K chunks (in > 1024), group sizes 32-128,
+        // two passes of rows (256 rows each at in 8192); and several output blocks of the
+        // dequantized path (out > its 4 MiB of w̃ at in 4160).
         for (auto [n, in, out, gs] : std::vector<std::array<size_t, 4>>{{1, 64, 17, 32},
                                                                         {3, 128, 8, 64},
                                                                         {17, 64, 33, 32},
@@ -958,7 +963,8 @@ const std::vector<CasePtr>& all_cases() {
                                                                         {70, 256, 40, 64},
                                                                         {33, 128, 70, 128},
                                                                         {40, 2112, 9, 64},
-                                                                        {12, 4160, 530, 64}})
+                                                                        {12, 4160, 530, 64},
+                                                                        {301, 8192, 9, 64}})
             add_case(new LinearCase(n, in, out, WT::Q4, gs, AM::Bf16, false, n % 2 == 1));
         add_case(new LinearCase(35, 64, 9, WT::Q4, 32, AM::Bf16, true, true));
         // INT5 and NVFP4 (spec §1.2, §1.3): f32 activations only.

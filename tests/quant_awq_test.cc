@@ -11,38 +11,11 @@
 #include "core/thread_pool.h"
 #include "quant/awq.h"
 #include "quant/awq_layer.h"
+#include "quant/awq_synth.h"
 #include "quant/fusion.h"
 
 namespace lancet::quant {
 namespace {
-
-// N(0, sd) weights where ~5% of rows have 2% of their entries blown up 8x (heavy tails).
-std::vector<float> weights(Rng& rng, int out, int in, float sd = 0.02f) {
-    std::vector<float> w(static_cast<size_t>(out) * in);
-    for (auto& v : w) v = sd * static_cast<float>(rng.normal());
-    for (int o = 0; o < out; ++o)
-        if (rng.uniform() < 0.05)
-            for (int i = 0; i < in; ++i)
-                if (rng.uniform() < 0.02) w[static_cast<size_t>(o) * in + i] *= 8.0f;
-    return w;
-}
-
-// Activation statistics of `tokens` rows where ~1.5% of the channels (at least 2) are 20-100x
-// larger than the rest; every token also gets its own magnitude.
-LinearStats activations(Rng& rng, int in, int tokens, int capacity) {
-    std::vector<float> chan(in, 1.0f);
-    const int n_out = std::max(2, in * 3 / 200);
-    for (int k = 0; k < n_out; ++k)
-        chan[rng.below(in)] = static_cast<float>(20 + 80 * rng.uniform());
-    StatsAccumulator acc(in, capacity, rng.next_u64());
-    std::vector<float> x(in);
-    for (int t = 0; t < tokens; ++t) {
-        const double tok = 0.5 + rng.uniform();
-        for (int i = 0; i < in; ++i) x[i] = static_cast<float>(rng.normal() * chan[i] * tok);
-        acc.add_rows(x.data(), 1, in);
-    }
-    return acc.stats();
-}
 
 AwqOptions exact_options() {
     AwqOptions o;
@@ -64,19 +37,19 @@ TEST(QuantAwq, LayerWithOutliersBeatsRtn) {
     w.post_norm.assign(256, 1.0f);
     for (auto& v : w.input_norm) v = static_cast<float>(0.5 + rng.uniform());
     for (auto& v : w.post_norm) v = static_cast<float>(0.5 + rng.uniform());
-    w.q = weights(rng, qd, 256);
-    w.k = weights(rng, kvd, 256);
-    w.v = weights(rng, kvd, 256);
+    w.q = heavy_tailed_weights(rng, qd, 256);
+    w.k = heavy_tailed_weights(rng, kvd, 256);
+    w.v = heavy_tailed_weights(rng, kvd, 256);
     w.v_bias.resize(kvd);
     for (auto& v : w.v_bias) v = 0.1f * static_cast<float>(rng.normal());
-    w.o = weights(rng, 256, qd);
-    w.gate = weights(rng, 512, 256);
-    w.up = weights(rng, 512, 256);
-    w.down = weights(rng, 256, 512);
-    const LinearStats s_qkv = activations(rng, 256, 1024, 256),
-                      s_o = activations(rng, qd, 1024, 256),
-                      s_gu = activations(rng, 256, 1024, 256),
-                      s_d = activations(rng, 512, 1024, 256);
+    w.o = heavy_tailed_weights(rng, 256, qd);
+    w.gate = heavy_tailed_weights(rng, 512, 256);
+    w.up = heavy_tailed_weights(rng, 512, 256);
+    w.down = heavy_tailed_weights(rng, 256, 512);
+    const LinearStats s_qkv = outlier_activations(rng, 256, 1024, 256),
+                      s_o = outlier_activations(rng, qd, 1024, 256),
+                      s_gu = outlier_activations(rng, 256, 1024, 256),
+                      s_d = outlier_activations(rng, 512, 1024, 256);
     const std::vector<float> v_before = w.v, norm_before = w.input_norm;
     const LayerResult r = quantize_layer(w, {&s_qkv, &s_o, &s_gu, &s_d}, exact_options());
 
@@ -114,8 +87,8 @@ TEST(QuantAwq, LayerWithOutliersBeatsRtn) {
 TEST(QuantAwq, ReportedErrorMatchesIndependentRecomputation) {
     Rng rng(7);
     const int out = 96, in = 192;
-    const std::vector<float> w = weights(rng, out, in);
-    const LinearStats st = activations(rng, in, 600, 128);
+    const std::vector<float> w = heavy_tailed_weights(rng, out, in);
+    const LinearStats st = outlier_activations(rng, in, 600, 128);
     const AwqResult r = awq_search({{"lin", w.data(), out}}, in, &st, exact_options());
     ASSERT_FALSE(r.rtn_fallback);
     const std::vector<float> deq = dequantize(r.consumers[0].q);
@@ -140,9 +113,9 @@ TEST(QuantAwq, ReportedErrorMatchesIndependentRecomputation) {
 TEST(QuantAwq, NoSearchNoClipIsSeedRtn) {
     Rng rng(9);
     const int out = 40, in = 128;
-    std::vector<float> w = weights(rng, out, in);
+    std::vector<float> w = heavy_tailed_weights(rng, out, in);
     for (auto& v : w) v = round_bf16(v);
-    const LinearStats st = activations(rng, in, 300, 64);
+    const LinearStats st = outlier_activations(rng, in, 300, 64);
     AwqOptions o = exact_options();
     o.search_scales = false;
     o.clip = false;
@@ -161,8 +134,8 @@ TEST(QuantAwq, NoSearchNoClipIsSeedRtn) {
 TEST(QuantAwq, ClippingNeverHurtsOnSearchRows) {
     Rng rng(11);
     const int out = 64, in = 256;
-    const std::vector<float> w = weights(rng, out, in);
-    const LinearStats st = activations(rng, in, 500, 128);
+    const std::vector<float> w = heavy_tailed_weights(rng, out, in);
+    const LinearStats st = outlier_activations(rng, in, 500, 128);
     AwqOptions o = exact_options();
     o.search_scales = false;
     o.clip_exact = true;  // coordinate descent on the exact row error: monotone by construction
@@ -185,8 +158,9 @@ TEST(QuantAwq, ClippingNeverHurtsOnSearchRows) {
 TEST(QuantAwq, DeterministicAcrossThreadCounts) {
     Rng rng(13);
     const int out = 70, in = 128;
-    const std::vector<float> w1 = weights(rng, out, in), w2 = weights(rng, 30, in);
-    const LinearStats st = activations(rng, in, 400, 128);
+    const std::vector<float> w1 = heavy_tailed_weights(rng, out, in),
+                             w2 = heavy_tailed_weights(rng, 30, in);
+    const LinearStats st = outlier_activations(rng, in, 400, 128);
     AwqOptions o;
     ThreadPool one(1), three(3);
     o.pool = &one;
@@ -205,8 +179,8 @@ TEST(QuantAwq, DeterministicAcrossThreadCounts) {
 TEST(QuantAwq, WithoutRowsUsesSyntheticRowsAndWithoutStatsKeepsIdentity) {
     Rng rng(17);
     const int out = 32, in = 64;
-    const std::vector<float> w = weights(rng, out, in);
-    LinearStats st = activations(rng, in, 200, 64);
+    const std::vector<float> w = heavy_tailed_weights(rng, out, in);
+    LinearStats st = outlier_activations(rng, in, 200, 64);
     st.rows.clear();  // only mean |x| recorded: the seed's Gaussian fallback
     const AwqResult r = awq_search({{"lin", w.data(), out}}, in, &st, AwqOptions{});
     EXPECT_TRUE(r.synthetic_rows);

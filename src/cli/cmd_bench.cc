@@ -42,6 +42,7 @@
 #include "pipeline/understanding.h"
 #include "quant/act_stats.h"
 #include "quant/awq.h"
+#include "quant/awq_synth.h"
 #include "quant/fusion.h"
 #include "tokenizer/qwen2_tokenizer.h"
 
@@ -873,35 +874,6 @@ struct AwqBenchOptions {
     std::vector<std::string> groups;  // empty: all
 };
 
-// N(0, sd) weights where ~5% of rows have 2% of their entries blown up 8x (the heavy tails of
-// trained linears).
-std::vector<float> awq_bench_weights(Rng& rng, int out, int in, float sd = 0.02f) {
-    std::vector<float> w(static_cast<size_t>(out) * in);
-    for (auto& v : w) v = sd * static_cast<float>(rng.normal());
-    for (int o = 0; o < out; ++o)
-        if (rng.uniform() < 0.05)
-            for (int i = 0; i < in; ++i)
-                if (rng.uniform() < 0.02) w[static_cast<size_t>(o) * in + i] *= 8.0f;
-    return w;
-}
-
-// Statistics of `tokens` input rows where ~1.5% of the channels (at least 2) are 20-100x larger
-// than the rest (the outlier channels AWQ protects); every token also gets its own magnitude.
-quant::LinearStats awq_bench_activations(Rng& rng, int in, int tokens, int capacity) {
-    std::vector<float> chan(in, 1.0f);
-    const int n_out = std::max(2, in * 3 / 200);
-    for (int k = 0; k < n_out; ++k)
-        chan[rng.below(in)] = static_cast<float>(20 + 80 * rng.uniform());
-    quant::StatsAccumulator acc(in, capacity, rng.next_u64());
-    std::vector<float> x(in);
-    for (int t = 0; t < tokens; ++t) {
-        const double tok = 0.5 + rng.uniform();
-        for (int i = 0; i < in; ++i) x[i] = static_cast<float>(rng.normal() * chan[i] * tok);
-        acc.add_rows(x.data(), 1, in);
-    }
-    return acc.stats();
-}
-
 void run_awq_bench(const AwqBenchOptions& opt) {
     ThreadPool& pool = default_pool();
     if (opt.hidden < 1 || opt.intermediate < 1 || opt.heads < 1 || opt.kv_heads < 1 ||
@@ -949,27 +921,28 @@ void run_awq_bench(const AwqBenchOptions& opt) {
     };
     // Every group's weights and statistics are drawn (in a fixed order) whether it runs or not,
     // so a group's numbers do not depend on which others were selected.
-    const std::vector<float> q = awq_bench_weights(rng, h, h), k = awq_bench_weights(rng, kv, h),
-                             v = awq_bench_weights(rng, kv, h);
-    const quant::LinearStats s_h = awq_bench_activations(rng, h, opt.tokens, opt.rows);
+    const std::vector<float> q = quant::heavy_tailed_weights(rng, h, h),
+                             k = quant::heavy_tailed_weights(rng, kv, h),
+                             v = quant::heavy_tailed_weights(rng, kv, h);
+    const quant::LinearStats s_h = quant::outlier_activations(rng, h, opt.tokens, opt.rows);
     if (wanted("qkv"))
         report("qkv", {{"q", q.data(), h}, {"k", k.data(), kv}, {"v", v.data(), kv}}, h, s_h,
                nullptr);
     {
-        const std::vector<float> o = awq_bench_weights(rng, h, h);
-        const quant::LinearStats s_o = awq_bench_activations(rng, h, opt.tokens, opt.rows);
+        const std::vector<float> o = quant::heavy_tailed_weights(rng, h, h);
+        const quant::LinearStats s_o = quant::outlier_activations(rng, h, opt.tokens, opt.rows);
         const std::vector<int> tie = quant::gqa_tie_map(opt.heads, opt.kv_heads, hd);
         if (wanted("o")) report("o(v)", {{"o", o.data(), h}}, h, s_o, &tie);
     }
     {
-        const std::vector<float> gate = awq_bench_weights(rng, I, h),
-                                 up = awq_bench_weights(rng, I, h);
+        const std::vector<float> gate = quant::heavy_tailed_weights(rng, I, h),
+                                 up = quant::heavy_tailed_weights(rng, I, h);
         if (wanted("gateup"))
             report("gate_up", {{"gate", gate.data(), I}, {"up", up.data(), I}}, h, s_h, nullptr);
     }
     {
-        const std::vector<float> down = awq_bench_weights(rng, h, I);
-        const quant::LinearStats s_d = awq_bench_activations(rng, I, opt.tokens, opt.rows);
+        const std::vector<float> down = quant::heavy_tailed_weights(rng, h, I);
+        const quant::LinearStats s_d = quant::outlier_activations(rng, I, opt.tokens, opt.rows);
         if (wanted("down")) report("down(up)", {{"down", down.data(), h}}, I, s_d, nullptr);
     }
     std::printf(

@@ -23,6 +23,12 @@ class AlignedBuffer {
     AlignedBuffer(const AlignedBuffer&) = delete;
     AlignedBuffer& operator=(const AlignedBuffer&) = delete;
 
+    // Grows to at least `bytes` (a new zero-filled buffer; the old contents are dropped) and
+    // returns data(): the scratch buffers kept between calls, no allocation once warm.
+    uint8_t* grow(size_t bytes) {
+        if (size_ < bytes) *this = AlignedBuffer(bytes);
+        return data_;
+    }
     uint8_t* data() { return data_; }
     const uint8_t* data() const { return data_; }
     size_t size() const { return size_; }

@@ -194,8 +194,12 @@ void ThreadPool::worker() {
             while (job_seq_.load(std::memory_order_seq_cst) == seen) futex_wait(job_seq_, seen);
             sleepers_.fetch_sub(1, std::memory_order_relaxed);
         }
-        if (stop_.load(std::memory_order_acquire)) return;
+        // seen first, then stop_: the destructor stores stop_ before it bumps job_seq_, so a
+        // worker that reads the bumped value also sees stop_. In the other order a worker woken
+        // late for the pool's last job could pass the stop_ check, then take the destructor's
+        // bump as a job and sleep on it, never to be woken (the destructor's join hung).
         seen = job_seq_.load(std::memory_order_acquire);
+        if (stop_.load(std::memory_order_acquire)) return;
         uint32_t n = 0;
         const uint32_t ran = claim_and_run(seen, n);
         misses = ran != 0 ? 0 : misses + 1;

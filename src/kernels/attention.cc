@@ -184,7 +184,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
         kpk_head = amx->k_words(keys, hd);
         vpk_head = amx->v_words(keys, hd);
         const size_t bytes = nkv * (kpk_head + vpk_head) * sizeof(uint32_t);
-        if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
+        scratch.kv_packed.grow(bytes);
         uint32_t* kp = scratch.kv_packed.as<uint32_t>();
         uint32_t* vp = kp + nkv * kpk_head;
         const size_t kb = amx->k_blocks(keys), vb = amx->v_blocks(keys);
@@ -203,7 +203,7 @@ void attention(const OpContext& ctx, const TensorRef& q, const int32_t* q_index,
         // Dense [nkv][keys][hd] f32 rows for the f32 tiles: K and V rounded to bf16 values
         // (bf16 on the paths without tiles), or copied out of strided rows for the column form.
         const size_t bytes = 2 * nkv * keys * hd * sizeof(float);
-        if (scratch.kv_packed.size() < bytes) scratch.kv_packed = AlignedBuffer(bytes);
+        scratch.kv_packed.grow(bytes);
         float* kp = scratch.kv_packed.as<float>();
         float* vp = kp + nkv * keys * hd;
         const float* ks = kbase;

@@ -75,18 +75,24 @@ inline void row_to_bf16(const float* x, size_t n, size_t n_pad, uint16_t* y) {
     }
 }
 
+// Key rows a0 .. a0 + count − 1 of x (ld floats apart, hd dims) rounded by row_to_bf16 into y
+// (rows `width` bf16 apart); rows of keys at or past `keys` are zero.
+inline void keys_to_bf16(const float* x, size_t ld, size_t keys, size_t hd, size_t a0, size_t count,
+                         size_t width, uint16_t* y) {
+    for (size_t j = 0; j < count; ++j) {
+        if (a0 + j < keys)
+            row_to_bf16(x + (a0 + j) * ld, hd, width, y + j * width);
+        else
+            std::fill_n(y + j * width, width, uint16_t{0});
+    }
+}
+
 void pack_k(const float* k, size_t ldk, size_t keys, size_t hd, size_t b0, size_t b1,
             uint32_t* kp) {
     const size_t hc = kchunks(hd), hcp = hc * 32;
     std::vector<uint16_t> rows(16 * hcp);
     for (size_t kb = b0; kb < b1; ++kb) {
-        for (size_t j = 0; j < 16; ++j) {
-            const size_t a = kb * 16 + j;
-            if (a < keys)
-                row_to_bf16(k + a * ldk, hd, hcp, &rows[j * hcp]);
-            else
-                std::fill_n(&rows[j * hcp], hcp, uint16_t{0});
-        }
+        keys_to_bf16(k, ldk, keys, hd, kb * 16, 16, hcp, rows.data());
         // A 32-bit transpose per chunk: tile row r holds dim pair r of the 16 keys.
         uint32_t* dst = kp + kb * hc * kTileWords;
         for (size_t c = 0; c < hc; ++c)
@@ -104,13 +110,7 @@ void pack_v(const float* v, size_t ldv, size_t keys, size_t hd, size_t b0, size_
     const size_t dc = vchunks(hd), dcp = dc * 16, rp = (dcp + 31) / 32 * 32;
     std::vector<uint16_t> rows(32 * rp);
     for (size_t kb = b0; kb < b1; ++kb) {
-        for (size_t j = 0; j < 32; ++j) {
-            const size_t a = kb * 32 + j;
-            if (a < keys)
-                row_to_bf16(v + a * ldv, hd, rp, &rows[j * rp]);
-            else
-                std::fill_n(&rows[j * rp], rp, uint16_t{0});
-        }
+        keys_to_bf16(v, ldv, keys, hd, kb * 32, 32, rp, rows.data());
         // Tile row r interleaves keys 2r and 2r + 1 per output column.
         uint32_t* dst = vp + kb * dc * kTileWords;
         for (size_t c = 0; c < dc; ++c)
@@ -149,16 +149,7 @@ inline __m512 exp_neg_fast(__m512 x) {
     return _mm512_maskz_scalef_ps(keep, y, n);
 }
 
-amx::TileConfig attn_config() {
-    amx::TileConfig c;
-    for (int t = 0; t < 8; ++t) {
-        c.rows[t] = 16;
-        c.colsb[t] = 64;
-    }
-    return c;
-}
-
-void begin() { amx::load_config(attn_config()); }
+void begin() { amx::load_config(amx::full_tiles()); }
 void end() { amx::release(); }
 
 // st [RH·16][KT] = Q·Kᵀ for the KT keys from 16-key block kb0 on.
@@ -168,64 +159,34 @@ inline void scores_tile(const uint16_t* qb, size_t hc, const uint32_t* kp, size_
     for (size_t t = 0; t < KT / 32; ++t) {
         const uint32_t* b0 = kp + (kb0 + 2 * t) * hc * kTileWords;
         const uint32_t* b1 = b0 + hc * kTileWords;
-        LANCET_TILE_ZERO(0);
-        LANCET_TILE_ZERO(1);
-        if constexpr (RH == 2) {
-            LANCET_TILE_ZERO(2);
-            LANCET_TILE_ZERO(3);
-        }
+        amx::zero_c<RH>();
         for (size_t c = 0; c < hc; ++c) {
             LANCET_TILE_LOAD(4, qb + c * 32, qstride);
             if constexpr (RH == 2) LANCET_TILE_LOAD(5, qb + 16 * hc * 32 + c * 32, qstride);
             LANCET_TILE_LOAD(6, b0 + c * kTileWords, 64);
             LANCET_TILE_LOAD(7, b1 + c * kTileWords, 64);
-            LANCET_TILE_DPBF16PS(0, 4, 6);
-            LANCET_TILE_DPBF16PS(1, 4, 7);
-            if constexpr (RH == 2) {
-                LANCET_TILE_DPBF16PS(2, 5, 6);
-                LANCET_TILE_DPBF16PS(3, 5, 7);
-            }
+            amx::dpbf16ps_c<RH>();
         }
-        LANCET_TILE_STORE(0, st + 32 * t, KT * 4);
-        LANCET_TILE_STORE(1, st + 32 * t + 16, KT * 4);
-        if constexpr (RH == 2) {
-            LANCET_TILE_STORE(2, st + 16 * KT + 32 * t, KT * 4);
-            LANCET_TILE_STORE(3, st + 16 * KT + 32 * t + 16, KT * 4);
-        }
+        amx::store_c<RH>(st + 32 * t, KT);
     }
 }
 
 // acc [RH·16][dc·16] += P (pb [RH·16][KT] bf16) · V (the KT / 32 blocks from vb0 on).
 template <int RH, size_t KT>
 inline void pv_tile(const uint16_t* pb, const uint32_t* vp, size_t vb0, size_t dc, float* acc) {
-    const size_t ld = dc * 16, lds = ld * 4;
+    const size_t ld = dc * 16;
     for (size_t cp = 0; cp < dc; cp += 2) {
         float* a0 = acc + cp * 16;
-        LANCET_TILE_LOAD(0, a0, lds);
-        LANCET_TILE_LOAD(1, a0 + 16, lds);
-        if constexpr (RH == 2) {
-            LANCET_TILE_LOAD(2, a0 + 16 * ld, lds);
-            LANCET_TILE_LOAD(3, a0 + 16 * ld + 16, lds);
-        }
+        amx::load_c<RH>(a0, ld);
         for (size_t kc = 0; kc < KT / 32; ++kc) {
             LANCET_TILE_LOAD(4, pb + kc * 32, KT * 2);
             if constexpr (RH == 2) LANCET_TILE_LOAD(5, pb + 16 * KT + kc * 32, KT * 2);
             const uint32_t* b = vp + ((vb0 + kc) * dc + cp) * kTileWords;
             LANCET_TILE_LOAD(6, b, 64);
             LANCET_TILE_LOAD(7, b + kTileWords, 64);
-            LANCET_TILE_DPBF16PS(0, 4, 6);
-            LANCET_TILE_DPBF16PS(1, 4, 7);
-            if constexpr (RH == 2) {
-                LANCET_TILE_DPBF16PS(2, 5, 6);
-                LANCET_TILE_DPBF16PS(3, 5, 7);
-            }
+            amx::dpbf16ps_c<RH>();
         }
-        LANCET_TILE_STORE(0, a0, lds);
-        LANCET_TILE_STORE(1, a0 + 16, lds);
-        if constexpr (RH == 2) {
-            LANCET_TILE_STORE(2, a0 + 16 * ld, lds);
-            LANCET_TILE_STORE(3, a0 + 16 * ld + 16, lds);
-        }
+        amx::store_c<RH>(a0, ld);
     }
 }
 

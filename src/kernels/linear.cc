@@ -407,11 +407,12 @@ void w4a8_rows(Isa isa, const float* x, size_t n, const LinearWeight& w, const f
 W4A8Scratch w4a8_scratch(size_t n, size_t in, size_t gs) {
     const size_t q_floats = (n * in + 63) / 64 * 16;
     const size_t d_floats = n * (in / w4a8_block(gs)), xs_floats = n * (in / gs);
-    thread_local std::vector<float> scratch;
-    const size_t need = q_floats + d_floats + xs_floats;
-    if (scratch.size() < need) scratch.resize(need);
-    return W4A8Scratch{reinterpret_cast<int8_t*>(scratch.data()), scratch.data() + q_floats,
-                       scratch.data() + q_floats + d_floats};
+    // An AlignedBuffer, not a vector: its large buffers are mmap'ed, so pages that a kernel never
+    // writes (the AMX and AVX-512 GEMMs with 32-column blocks quantize into their own bounded row
+    // tiles; the AVX-512 one uses only its first pass's rows for other blocks) stay unallocated.
+    thread_local AlignedBuffer scratch;
+    float* f = reinterpret_cast<float*>(scratch.grow((q_floats + d_floats + xs_floats) * 4));
+    return W4A8Scratch{reinterpret_cast<int8_t*>(f), f + q_floats, f + q_floats + d_floats};
 }
 }  // namespace detail
 
@@ -458,10 +459,6 @@ void dequant_bf16_portable(const PackedView& p, uint16_t* d, ThreadPool& pool) {
     });
 }
 
-uint8_t* grown(AlignedBuffer& buf, size_t bytes) {
-    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
-    return buf.data();
-}
 }  // namespace
 
 void q4bf16_chunked(Isa isa, const float* x, size_t n, const PackedView& p, const float* bias,
@@ -475,7 +472,7 @@ void q4bf16_chunked(Isa isa, const float* x, size_t n, const PackedView& p, cons
     thread_local AlignedBuffer wbuf, wfbuf, ybuf, xbuf;
     const float* xr = x;
     if (!dot) {  // the f32 kernel on x̃ = bf16(x), rounded once
-        float* xb = reinterpret_cast<float*>(grown(xbuf, n * in * sizeof(float)));
+        float* xb = reinterpret_cast<float*>(xbuf.grow(n * in * sizeof(float)));
         for (size_t i = 0; i < n * in; ++i) xb[i] = round_bf16(x[i]);
         xr = xb;
     }
@@ -490,19 +487,19 @@ void q4bf16_chunked(Isa isa, const float* x, size_t n, const PackedView& p, cons
                            static_cast<const uint32_t*>(p.data) + b0 * chunks * kRowBlock,
                            p.scales + b0 * groups * kRowBlock,
                            p.zeros + b0 * groups * kRowBlock};
-        uint16_t* wb = reinterpret_cast<uint16_t*>(grown(wbuf, nb * in * kRowBlock * 2));
+        uint16_t* wb = reinterpret_cast<uint16_t*>(wbuf.grow(nb * in * kRowBlock * 2));
         if (dq)
             dq(q, wb, pool);
         else
             dequant_bf16_portable(q, wb, pool);
         const bool whole = nb == p.n_blocks;
-        float* yc = whole ? y : reinterpret_cast<float*>(grown(ybuf, n * oc * sizeof(float)));
+        float* yc = whole ? y : reinterpret_cast<float*>(ybuf.grow(n * oc * sizeof(float)));
         const float* bc = bias ? bias + o0 : nullptr;
         if (dot) {
             dot(x, n, PackedView{WeightType::BF16, oc, in, 0, nb, wb, nullptr, nullptr}, bc, yc,
                 pool);
         } else {
-            float* wf = reinterpret_cast<float*>(grown(wfbuf, nb * in * kRowBlock * 4));
+            float* wf = reinterpret_cast<float*>(wfbuf.grow(nb * in * kRowBlock * 4));
             for (size_t i = 0; i < nb * in * kRowBlock; ++i) wf[i] = bf16_to_f32(wb[i]);
             linear_kernel(isa)(xr, n,
                                PackedView{WeightType::F32, oc, in, 0, nb, wf, nullptr, nullptr}, bc,

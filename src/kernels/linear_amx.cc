@@ -13,27 +13,17 @@
 // are folded in one pass, after the next unit's tile dots have been issued. Measured on this
 // machine the tile unit and the vector fold barely overlap and the fold plus the C tile stores
 // cost more than the dots (README, "The AMX tier"), so this runs at 1.04-1.21x the VNNI GEMM.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-#include <immintrin.h>
-
-#include <algorithm>
 #include <cmath>
-#include <cstring>
 
-#include "kernels/amx_tiles.h"
-#include "kernels/linear_kernels.h"
+#include "kernels/linear_amx_impl.h"
 #include "kernels/linear_w4a8_x86_impl.h"
 
 namespace lancet::kernels::detail {
 namespace {
 
+using namespace amx_linear;
+
 constexpr size_t kKb = 32;      // activation block = tile K (bytes)
-constexpr size_t kCols = 32;    // outputs per panel: 4 row blocks, 2 B tiles
-constexpr size_t kRows = 32;    // rows per row tile: 2 A tiles
 constexpr size_t kBTile = 512;  // bytes of one B tile (8 rows x 64)
 
 // Tiles: C 0..3 (16 x 16 int32: rows 0-15 x outputs 0-15, 0-15 x 16-31, 16-31 x 0-15, 16-31 x
@@ -155,25 +145,16 @@ inline void fold_any(size_t nu, int32_t* const* c, const float* s, const float* 
 // The 4 C tiles of one block: the 32 rows x 32 bytes of A at a (RowTiles' layout) against the
 // panel's two B tiles at bt, stored to c[32][32].
 inline void tile_block(const int8_t* a, const uint8_t* bt, int32_t* c) {
-    LANCET_TILE_ZERO(0);
-    LANCET_TILE_ZERO(1);
-    LANCET_TILE_ZERO(2);
-    LANCET_TILE_ZERO(3);
+    amx::zero_c();
     LANCET_TILE_LOAD(4, a, kKb);
     LANCET_TILE_LOAD(5, a + 16 * kKb, kKb);
     LANCET_TILE_LOAD(6, bt, 64);
     LANCET_TILE_LOAD(7, bt + kBTile, 64);
-    LANCET_TILE_DPBSUD(0, 4, 6);
-    LANCET_TILE_DPBSUD(1, 4, 7);
-    LANCET_TILE_DPBSUD(2, 5, 6);
-    LANCET_TILE_DPBSUD(3, 5, 7);
-    LANCET_TILE_STORE(0, c, kCols * 4);
-    LANCET_TILE_STORE(1, c + 16, kCols * 4);
-    LANCET_TILE_STORE(2, c + 16 * kCols, kCols * 4);
-    LANCET_TILE_STORE(3, c + 16 * kCols + 16, kCols * 4);
+    amx::dpbsud_c();
+    amx::store_c(c, kCols);
 }
 
-// The activations quantized once per call straight into row tiles of 32 rows, so that a tile
+// The activations quantized once per pass straight into row tiles of 32 rows, so that a tile
 // load reads 1 KiB in one stream (rows `in` bytes apart would map 32 rows onto two L1 sets for
 // in = 2048) and the fold reads each block's scales contiguously:
 //   q[rt][blk][i][32] = x8 of block blk of row 32 rt + i (W4A8Scratch's column order: within
@@ -237,33 +218,23 @@ void zero_pad_rows(const w4a8::Layout& L, size_t n, size_t n_rt, const RowTiles&
     }
 }
 
-uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
-    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
-    return buf.data();
-}
+// K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2); row
+// chunk: as many 32-row tiles as keep the chunk's x8 within ~1.5 MiB of L2 (768 rows at in =
+// 2048), so a panel's B is unpacked once per chunk and reused by all its row tiles.
+constexpr size_t kKc8 = 4096, kChunkBytes = size_t{3} << 19;
 
-// x [n, in] quantized into the row tiles, then the tiles; y [n, out] = x . w^T + bias.
-void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
-                   const float* bias, float* y, ThreadPool& pool) {
+// Rows [0, n) of one pass: x [n, in] quantized into the row tiles at X, then the tiles; y [n,
+// out] = x . w^T + bias. kc_max, rc_rows: the K chunk (columns) and the row chunk (rows).
+void w4a8_pass(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+               const float* bias, float* y, const RowTiles& X, size_t kc_max, size_t rc_rows,
+               ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
     const size_t n_rt = (n + kRows - 1) / kRows;
-    thread_local AlignedBuffer pack_buf;
-    const size_t q_bytes = n_rt * kRows * in, d_floats = n_rt * kRows * L.nblk,
-                 xs_floats = n_rt * kRows * L.groups;
-    uint8_t* pb = thread_scratch(pack_buf, q_bytes + (d_floats + xs_floats) * sizeof(float));
-    const RowTiles X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
-                     reinterpret_cast<float*>(pb + q_bytes) + d_floats};
     if (n * in < (size_t{1} << 16))
         quantize_row_tiles(x, 0, n, L, X);
     else
         pool.parallel_for(n, [&](size_t r0, size_t r1) { quantize_row_tiles(x, r0, r1, L, X); });
     zero_pad_rows(L, n, n_rt, X);
-    // K chunk: whole groups, about 4096 columns (the B panel, kc * 32 bytes = 128 KiB, in L2);
-    // row chunk: as many 32-row tiles as keep the chunk's x8 within ~1.5 MiB of L2 (768 rows at
-    // in = 2048), so a panel's B is unpacked once per chunk and reused by all its row tiles.
-    constexpr size_t kKc8 = 4096, kChunkBytes = size_t{3} << 19;
-    const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
-    const size_t kRc = std::max<size_t>(1, kChunkBytes / (std::min(kc_max, in) * kRows)) * kRows;
     // Blocks per fold unit: the largest divisor of the blocks per group up to kMaxUnit.
     size_t U = std::min(L.bpg, kMaxUnit);
     while (L.bpg % U) --U;
@@ -272,8 +243,8 @@ void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::La
         thread_local AlignedBuffer panel_buf;
         const size_t bt_bytes = kc_max / kKb * 2 * kBTile, sfloats = kc_max / L.gs * kCols;
         const size_t cbytes = kRows * kCols * 4, accbytes = kRows * kCols * 4;
-        uint8_t* buf = thread_scratch(
-            panel_buf, bt_bytes + 2 * sfloats * 4 + 2 * kMaxUnit * cbytes + accbytes);
+        uint8_t* buf =
+            panel_buf.grow(bt_bytes + 2 * sfloats * 4 + 2 * kMaxUnit * cbytes + accbytes);
         uint8_t* bt = buf;
         float* s = reinterpret_cast<float*>(buf + bt_bytes);
         float* zs = s + sfloats;
@@ -282,18 +253,15 @@ void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::La
             cbuf[j] = reinterpret_cast<int32_t*>(zs + sfloats) + j * kRows * kCols;
         float* acc = reinterpret_cast<float*>(cbuf[2 * kMaxUnit - 1] + kRows * kCols);
         amx::load_config(w4a8_config());
-        for (size_t rc0 = 0; rc0 < n; rc0 += kRc) {
-            const size_t rc1 = std::min(n, rc0 + kRc);
+        for (size_t rc0 = 0; rc0 < n; rc0 += rc_rows) {
+            const size_t rc1 = std::min(n, rc0 + rc_rows);
             for (size_t k0 = 0; k0 < in; k0 += kc_max) {
                 const size_t kc = std::min(kc_max, in - k0);
                 const bool init = k0 == 0, last = k0 + kc == in;
                 const size_t blk0 = k0 / kKb, g0 = k0 / L.gs, nb = kc / kKb;
                 for (size_t pp = p0; pp < p1; ++pp) {
                     const size_t o0 = kCols * pp, cols = std::min(kCols, out - o0);
-                    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<size_t>(cols, 16)) -
-                                                                1),
-                                    m1 = static_cast<__mmask16>(
-                                        (1u << (cols > 16 ? cols - 16 : 0)) - 1);
+                    const auto [m0, m1] = panel_masks(cols);
                     unpack_panel(p, L, 4 * pp, k0, kc, bt, s, zs);
                     for (size_t r = rc0; r < rc1; r += kRows) {
                         const size_t rows = std::min(kRows, n - r);
@@ -349,6 +317,29 @@ void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::La
         }
         amx::release();
     });
+}
+
+// y [n, out] = x . w^T + bias, pass by pass (pass_rows) through one thread_local set of row
+// tiles.
+void w4a8_gemm_amx(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+                   const float* bias, float* y, ThreadPool& pool) {
+    const size_t in = p.in;
+    const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
+    const size_t rc_rows =
+        std::max<size_t>(1, kChunkBytes / (std::min(kc_max, in) * kRows)) * kRows;
+    // Bytes per row: its x8, block scales and group sums.
+    const size_t row_bytes = in + (L.nblk + L.groups) * sizeof(float);
+    // One pass: 384 rows, 4.8 MiB at in = 11008; 3072 rows at in = 2048.
+    const size_t pass = pass_rows(rc_rows, row_bytes);
+    const size_t rows = (std::min(n, pass) + kRows - 1) / kRows * kRows;
+    thread_local AlignedBuffer pack_buf;
+    const size_t q_bytes = rows * in, d_floats = rows * L.nblk;
+    uint8_t* pb = pack_buf.grow(rows * row_bytes);
+    const RowTiles X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
+                     reinterpret_cast<float*>(pb + q_bytes) + d_floats};
+    for (size_t r0 = 0; r0 < n; r0 += pass)
+        w4a8_pass(x + r0 * in, std::min(pass, n - r0), p, L, bias, y + r0 * p.out, X, kc_max,
+                  rc_rows, pool);
 }
 
 }  // namespace

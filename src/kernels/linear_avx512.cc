@@ -795,7 +795,7 @@ void unpack_panel512(const PackedView& p, const w4a8::Layout& L, size_t b, size_
     }
 }
 
-// Activations of the GEMM repacked once per call into row blocks of kMR512 rows, so that a tile
+// Activations of the GEMM repacked once per pass into row blocks of kMR512 rows, so that a tile
 // reads one contiguous stream instead of kMR512 rows `in` bytes apart:
 //   q[rb][c][i][8] = x8 of chunk c (8 columns, W4A8Scratch's even/odd order) of row 6 rb + i,
 //   d[rb][blk][i], xs[rb][g][i] = its block scales and XS_g.
@@ -997,25 +997,18 @@ void zero_pad_rows(const w4a8::Layout& L, size_t n, size_t n_rb, const RowPack& 
     }
 }
 
-// Grows a thread's scratch buffer to at least `bytes` (kept between calls: no per-call
-// allocation once warm).
-uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
-    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
-    return buf.data();
-}
+// K chunk: whole groups, about 4096 columns, so that y is loaded and stored once per chunk for
+// in <= 4096 (its misses, not the panel's, cost most: measured here). The panel (kc / 8 * 256
+// bytes = 128 KiB) and the row blocks of one row chunk (kRb * 6 * kc bytes = 768 KiB) share L2.
+constexpr size_t kKc8 = 4096, kRb = 32;
 
-// x quantized (into `a`, or straight into the row blocks when kb = 32), then the tiles.
-void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
-                  const float* bias, float* y, const W4A8Scratch& a, ThreadPool& pool) {
+// Rows [0, n) of one pass (pass_rows): x quantized (into `a`, or straight into the row blocks X
+// when kb = 32), then the tiles; y [n, out] = x . w^T + bias.
+void w4a8_pass512(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+                  const float* bias, float* y, const W4A8Scratch& a, const RowPack& X,
+                  ThreadPool& pool) {
     const size_t in = p.in, out = p.out;
     const size_t n_rb = (n + kMR512 - 1) / kMR512;
-    // The row-block copy of the activations, kept per calling thread.
-    thread_local AlignedBuffer pack_buf;
-    const size_t q_bytes = n_rb * kMR512 * in, d_floats = n_rb * kMR512 * L.nblk,
-                 xs_floats = n_rb * kMR512 * L.groups;
-    uint8_t* pb = thread_scratch(pack_buf, q_bytes + (d_floats + xs_floats) * sizeof(float) + 64);
-    const RowPack X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
-                    reinterpret_cast<float*>(pb + q_bytes) + d_floats};
     if (L.kb == 32) {
         if (n * L.in < (size_t{1} << 16))
             quantize_packed(x, 0, n, L, X);
@@ -1026,17 +1019,12 @@ void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Lay
         w4a8::quantize(x, n, L, a, pool);
         pool.parallel_for(n_rb, [&](size_t b0, size_t b1) { pack_row_blocks(a, L, n, b0, b1, X); });
     }
-
-    // K chunk: whole groups, about 4096 columns, so that y is loaded and stored once per chunk
-    // for in <= 4096 (its misses, not the panel's, cost most: measured here). The panel (kc / 8 *
-    // 256 bytes = 128 KiB) and the row blocks of one pass (kRb * 6 * kc bytes = 768 KiB) share L2.
-    constexpr size_t kKc8 = 4096, kRb = 32;
     const size_t kc_max = L.gs * std::max<size_t>(1, kKc8 / L.gs);
     const size_t n_panels = (p.n_blocks + 3) / 4;
     pool.parallel_for(n_panels, [&](size_t p0, size_t p1) {
         thread_local AlignedBuffer panel_buf;
         const size_t plane_bytes = kc_max / 8 * 256, sfloats = kc_max / L.gs * 32;
-        uint8_t* buf = thread_scratch(panel_buf, plane_bytes + 2 * sfloats * sizeof(float));
+        uint8_t* buf = panel_buf.grow(plane_bytes + 2 * sfloats * sizeof(float));
         const Panel512 P{buf, reinterpret_cast<float*>(buf + plane_bytes),
                          reinterpret_cast<float*>(buf + plane_bytes) + sfloats};
         alignas(64) float bias32[32];
@@ -1083,6 +1071,25 @@ void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Lay
             }
         }
     });
+}
+
+// y [n, out] = x . w^T + bias, pass by pass (pass_rows) through one thread_local row-block copy
+// of the activations (a: the caller's scratch, used from row 0 for kb != 32).
+void w4a8_gemm512(const float* x, size_t n, const PackedView& p, const w4a8::Layout& L,
+                  const float* bias, float* y, const W4A8Scratch& a, ThreadPool& pool) {
+    const size_t in = p.in;
+    // Bytes per row: its x8, block scales and group sums. One pass: 576 rows, 7.2 MiB at in =
+    // 11008; 3264 rows at in = 2048.
+    const size_t row_bytes = in + (L.nblk + L.groups) * sizeof(float);
+    const size_t pass = pass_rows(kRb * kMR512, row_bytes);
+    const size_t rows = (std::min(n, pass) + kMR512 - 1) / kMR512 * kMR512;
+    thread_local AlignedBuffer pack_buf;
+    const size_t q_bytes = rows * in, d_floats = rows * L.nblk;
+    uint8_t* pb = pack_buf.grow(rows * row_bytes + 64);
+    const RowPack X{reinterpret_cast<int8_t*>(pb), reinterpret_cast<float*>(pb + q_bytes),
+                    reinterpret_cast<float*>(pb + q_bytes) + d_floats};
+    for (size_t r0 = 0; r0 < n; r0 += pass)
+        w4a8_pass512(x + r0 * in, std::min(pass, n - r0), p, L, bias, y + r0 * p.out, a, X, pool);
 }
 
 }  // namespace

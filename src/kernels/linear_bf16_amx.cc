@@ -5,40 +5,29 @@
 // reaches a tile (BF16 weights as stored: Bf16Act::Bf16; INT4 dequantized to bf16 per panel
 // straight from the nibbles: ActMode::Bf16), so the C tiles accumulate over the whole K chunk and
 // are stored once. Used for every n above the GEMV sizes (n > 8; fewer than 32 rows run on
-// zero-padded tiles, still 2-5x the vdpbf16ps kernels). x is rounded to bf16 once per call into
-// a row-major copy (rows zero-padded to a multiple of 32, columns to a multiple of 32; the row
-// stride is 64 bytes more than the row so that the 16 rows of an A tile do not all map onto the
-// same L1 set), and A tiles load straight from it. B panels of 32 outputs x a K chunk are written
-// once per (row chunk, panel) in the pair layout TDPBF16PS reads, into a per-thread buffer that
-// stays in L2, and every 32-row tile of the chunk reuses them: 2 A tiles x 2 B tiles -> 4 C tiles
-// (32 rows x 32 outputs) per 32 columns of K.
+// zero-padded tiles, still 2-5x the vdpbf16ps kernels). The rows run in passes of whole row
+// chunks (linear_kernels.h's pass_rows: 256 rows, 5.4 MiB at in = 11008; 1792 rows at in = 2048);
+// each pass's x is rounded to bf16 once into a row-major copy (rows zero-padded to a multiple of
+// 32, columns to a multiple of 32; the row stride is 64 bytes more than the row so that the 16 rows
+// of an A tile do not all map onto the same L1 set), and A tiles load straight from it. B panels of
+// 32 outputs x a K chunk are written once per (row chunk, panel) in the pair layout TDPBF16PS
+// reads, into a per-thread buffer that stays in L2, and every 32-row tile of the chunk reuses them:
+// 2 A tiles x 2 B tiles -> 4 C tiles (32 rows x 32 outputs) per 32 columns of K.
 //
 // Arithmetic (linear.h): each TDPBF16PS step adds the two exact products of a column pair to the
 // f32 accumulator (RNE, denormal inputs and results flushed to zero, as vdpbf16ps). Every output
 // is produced by one thread, its K order fixed by the chunking (which depends only on the shape),
 // so results do not depend on the thread count; they agree with the vdpbf16ps kernels to f32
 // summation order, not to the bit.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
-#include <immintrin.h>
-
-#include <algorithm>
-#include <cstring>
-
-#include "core/aligned_buffer.h"
-#include "kernels/amx_tiles.h"
+#include "kernels/linear_amx_impl.h"
 #include "kernels/linear_bf16_x86_impl.h"
-#include "kernels/linear_kernels.h"
 
 namespace lancet::kernels::detail {
 namespace {
 
+using namespace amx_linear;
+
 constexpr size_t kStep = 32;    // K per tile dot (bf16 elements)
-constexpr size_t kCols = 32;    // outputs per panel: 4 row blocks, 2 B tiles
-constexpr size_t kRows = 32;    // rows per row tile: 2 A tiles
 constexpr size_t kBTile = 512;  // u16 of one B tile: 16 pairs x 16 outputs x 2
 // Blocking (measured, README "BF16 activations on AMX"): a work item is a row chunk of kRt 32-row
 // tiles x a group of kGroup panels; over each K chunk of kKc columns the chunk's bf16 rows (kRt x
@@ -50,21 +39,9 @@ constexpr size_t kKc = 1024;
 constexpr size_t kRt = 8;
 constexpr size_t kGroup = 8;
 
-// All eight tiles 16 rows x 64 bytes: C 0-3 (rows 0-15 x outputs 0-15, 0-15 x 16-31, 16-31 x
-// 0-15, 16-31 x 16-31), A 4, 5 (rows 0-15, 16-31 x 32 bf16), B 6, 7 (outputs 0-15, 16-31).
-amx::TileConfig bf16_config() {
-    amx::TileConfig c;
-    for (int t = 0; t < 8; ++t) {
-        c.rows[t] = 16;
-        c.colsb[t] = 64;
-    }
-    return c;
-}
-
-uint8_t* thread_scratch(AlignedBuffer& buf, size_t bytes) {
-    if (buf.size() < bytes) buf = AlignedBuffer(bytes);
-    return buf.data();
-}
+// Tiles (amx::full_tiles: all 16 rows x 64 bytes): C 0-3 (rows 0-15 x outputs 0-15, 0-15 x
+// 16-31, 16-31 x 0-15, 16-31 x 16-31), A 4, 5 (rows 0-15, 16-31 x 32 bf16), B 6, 7 (outputs
+// 0-15, 16-31).
 
 // The B panel of outputs 32 pp .. 32 pp + 31 over columns [k0, k0 + kc) (kc a multiple of 32) of
 // a BF16 weight, from PackedView's [block][in][8] layout:
@@ -137,17 +114,10 @@ void fill_q4_panel(const PackedView& p, size_t pp, size_t k0, size_t kc, uint16_
 inline void tile_rows(const uint16_t* a, size_t ldx, const uint16_t* bt, size_t steps, bool first,
                       float* acc) {
     const size_t sa = ldx * sizeof(uint16_t);
-    if (first) {
-        LANCET_TILE_ZERO(0);
-        LANCET_TILE_ZERO(1);
-        LANCET_TILE_ZERO(2);
-        LANCET_TILE_ZERO(3);
-    } else {
-        LANCET_TILE_LOAD(0, acc, kCols * 4);
-        LANCET_TILE_LOAD(1, acc + 16, kCols * 4);
-        LANCET_TILE_LOAD(2, acc + 16 * kCols, kCols * 4);
-        LANCET_TILE_LOAD(3, acc + 16 * kCols + 16, kCols * 4);
-    }
+    if (first)
+        amx::zero_c();
+    else
+        amx::load_c(acc, kCols);
     const uint16_t* a1 = a + 16 * ldx;
     for (size_t s = 0; s < steps; ++s) {
         LANCET_TILE_LOAD(4, a + s * kStep, sa);
@@ -159,10 +129,7 @@ inline void tile_rows(const uint16_t* a, size_t ldx, const uint16_t* bt, size_t 
         LANCET_TILE_DPBF16PS(2, 5, 6);
         LANCET_TILE_DPBF16PS(3, 5, 7);
     }
-    LANCET_TILE_STORE(0, acc, kCols * 4);
-    LANCET_TILE_STORE(1, acc + 16, kCols * 4);
-    LANCET_TILE_STORE(2, acc + 16 * kCols, kCols * 4);
-    LANCET_TILE_STORE(3, acc + 16 * kCols + 16, kCols * 4);
+    amx::store_c(acc, kCols);
 }
 
 // y [n, out] = xt · Bᵀ + bias over the tiles. xt: bf16 rows of ldx elements, n rounded up to 32
@@ -190,11 +157,10 @@ void gemm_tiles(const uint16_t* xt, size_t ldx, size_t n, size_t kp, const Packe
     pool.parallel_for(n_rc * n_groups, [&](size_t t0, size_t t1) {
         thread_local AlignedBuffer scratch;
         const size_t bt_bytes = kc_max / kStep * 2 * kBTile * sizeof(uint16_t);
-        uint8_t* buf =
-            thread_scratch(scratch, bt_bytes + group * rc_tiles * kRows * kCols * sizeof(float));
+        uint8_t* buf = scratch.grow(bt_bytes + group * rc_tiles * kRows * kCols * sizeof(float));
         uint16_t* bt = reinterpret_cast<uint16_t*>(buf);
         float* acc = reinterpret_cast<float*>(buf + bt_bytes);
-        amx::load_config(bf16_config());
+        amx::load_config(amx::full_tiles());
         for (size_t t = t0; t < t1; ++t) {
             const size_t rc = t / n_groups, g = t % n_groups;
             const size_t rt0 = rc * rc_tiles, rt1 = std::min(n_rt, rt0 + rc_tiles);
@@ -205,10 +171,7 @@ void gemm_tiles(const uint16_t* xt, size_t ldx, size_t n, size_t kp, const Packe
                 for (size_t pp = pp0; pp < pp1; ++pp) {
                     fill(pp, k0, kc, bt);
                     const size_t o0 = kCols * pp, cols = std::min(kCols, out - o0);
-                    const __mmask16 m0 = static_cast<__mmask16>((1u << std::min<size_t>(cols, 16)) -
-                                                                1),
-                                    m1 = static_cast<__mmask16>(
-                                        (1u << (cols > 16 ? cols - 16 : 0)) - 1);
+                    const auto [m0, m1] = panel_masks(cols);
                     const __m512 b0 = bias && last ? _mm512_maskz_loadu_ps(m0, bias + o0)
                                                    : _mm512_setzero_ps(),
                                  b1 = bias && last ? _mm512_maskz_loadu_ps(m1, bias + o0 + 16)
@@ -237,13 +200,13 @@ void gemm_tiles(const uint16_t* xt, size_t ldx, size_t n, size_t kp, const Packe
 }
 
 // x [n, in] rounded to bf16 (bf16x::round_row, the rounding of every bf16-activation path) into
-// a thread_local buffer of rows ldx apart, n rounded up to 32 rows and in to kp columns, zeros.
+// a thread_local buffer of rows ldx apart, n rounded up to 32 rows and in to kp columns, zeros
+// (n at most one pass, so the buffer is bounded: linear_kernels.h's pass_rows).
 const uint16_t* round_rows(const float* x, size_t n, size_t in, size_t kp, size_t ldx,
                            ThreadPool& pool) {
     thread_local AlignedBuffer xbuf;
     const size_t n_pad = (n + kRows - 1) / kRows * kRows;
-    uint16_t* xt =
-        reinterpret_cast<uint16_t*>(thread_scratch(xbuf, n_pad * ldx * sizeof(uint16_t)));
+    uint16_t* xt = reinterpret_cast<uint16_t*>(xbuf.grow(n_pad * ldx * sizeof(uint16_t)));
     auto rows = [&](size_t r0, size_t r1) {
         for (size_t r = r0; r < r1; ++r) {
             if (r < n)
@@ -259,6 +222,22 @@ const uint16_t* round_rows(const float* x, size_t n, size_t in, size_t kp, size_
     return xt;
 }
 
+// y [n, out] = bf16(x) · Bᵀ + bias, pass by pass (pass_rows). fill as for gemm_tiles.
+template <class Fill>
+void gemm_passes(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
+                 ThreadPool& pool, const Fill& fill) {
+    const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
+    // A pass of one row chunk (in > 8160) gives gemm_tiles n_groups work items; where that is
+    // under 4 per thread (many threads, few outputs) it splits the panel groups, so each bf16 row
+    // chunk is reread by fewer panels. Not measured beyond this machine's 2 threads.
+    const size_t pass = pass_rows(kRt * kRows, ldx * sizeof(uint16_t));
+    for (size_t r0 = 0; r0 < n; r0 += pass) {
+        const size_t nr = std::min(pass, n - r0);
+        const uint16_t* xt = round_rows(x + r0 * p.in, nr, p.in, kp, ldx, pool);
+        gemm_tiles(xt, ldx, nr, kp, p, bias, y + r0 * p.out, pool, fill);
+    }
+}
+
 }  // namespace
 
 void bf16dot_amx(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
@@ -267,11 +246,9 @@ void bf16dot_amx(const float* x, size_t n, const PackedView& p, const float* bia
         bf16dot_avx512(x, n, p, bias, y, pool);
         return;
     }
-    const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
-    const uint16_t* xt = round_rows(x, n, p.in, kp, ldx, pool);
-    gemm_tiles(
-        xt, ldx, n, kp, p, bias, y, pool,
-        [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) { fill_bf16_panel(p, pp, k0, kc, bt); });
+    gemm_passes(x, n, p, bias, y, pool, [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) {
+        fill_bf16_panel(p, pp, k0, kc, bt);
+    });
 }
 
 void q4bf16_amx(const float* x, size_t n, const PackedView& p, const float* bias, float* y,
@@ -280,11 +257,9 @@ void q4bf16_amx(const float* x, size_t n, const PackedView& p, const float* bias
         q4bf16_chunked(Isa::Avx512, x, n, p, bias, y, pool);
         return;
     }
-    const size_t kp = (p.in + kStep - 1) / kStep * kStep, ldx = kp + kStep;
-    const uint16_t* xt = round_rows(x, n, p.in, kp, ldx, pool);
-    gemm_tiles(
-        xt, ldx, n, kp, p, bias, y, pool,
-        [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) { fill_q4_panel(p, pp, k0, kc, bt); });
+    gemm_passes(x, n, p, bias, y, pool, [&](size_t pp, size_t k0, size_t kc, uint16_t* bt) {
+        fill_q4_panel(p, pp, k0, kc, bt);
+    });
 }
 
 }  // namespace lancet::kernels::detail

@@ -1,6 +1,7 @@
 // The per-ISA linear kernels behind dispatch (internal to src/kernels).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -21,6 +22,15 @@ constexpr size_t kGemvMaxRows = 8;
 // GEMM blocking: K chunk (panel depth) and rows of x per pass (x chunk kKc*kNc*4 bytes in L2).
 constexpr size_t kKc = 256;
 constexpr size_t kNc = 256;
+// The GEMM kernels that copy x into their own layout (bf16-rounded rows, int8 row blocks; AMX and
+// AVX-512 W4A8) run the rows in passes: as many of their row chunks (the rows that share one
+// weight panel) as fit kPassBytes of copy, at least one, so the copy is bounded by the layer's
+// width, not by n. A pass boundary falls on a row chunk boundary, so each panel is still built
+// once per row chunk, and each output's arithmetic is the same whichever pass its row is in.
+constexpr size_t kPassBytes = size_t{8} << 20;
+inline size_t pass_rows(size_t chunk_rows, size_t row_bytes) {
+    return std::max<size_t>(1, kPassBytes / (chunk_rows * row_bytes)) * chunk_rows;
+}
 
 // Scratch floats linear() must pass for this call (Q4, Int5 and Nvfp4 GEMV: scaled x and
 // per-group sums of x).

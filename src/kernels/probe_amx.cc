@@ -9,65 +9,42 @@
 #include "kernels/amx_tiles.h"
 
 namespace lancet::kernels::detail {
+namespace {
 
-double probe_int8_amx(size_t iters, int seed) {
-    amx::TileConfig cfg;
-    for (int t = 0; t < 8; ++t) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    alignas(64) int8_t a[16 * 64];
-    alignas(64) int32_t c[16 * 16];
-    std::memset(a, static_cast<int8_t>(seed), sizeof a);
-    amx::load_config(cfg);
+// The probes' loop: a (16 rows x 64 bytes) in the A tiles 4, 5 and the B tiles 6, 7, the C tiles
+// 0-3 zeroed, `dots` (one iteration's four tile dots, C 0-3 from A 4, 5 x B 6, 7) run `iters`
+// times, C tile 0 stored to c (16 x 16 4-byte sums).
+template <class Dots>
+void run_tiles(const void* a, void* c, size_t iters, const Dots& dots) {
+    amx::load_config(amx::full_tiles());
     LANCET_TILE_LOAD(4, a, 64);
     LANCET_TILE_LOAD(5, a, 64);
     LANCET_TILE_LOAD(6, a, 64);
     LANCET_TILE_LOAD(7, a, 64);
-    LANCET_TILE_ZERO(0);
-    LANCET_TILE_ZERO(1);
-    LANCET_TILE_ZERO(2);
-    LANCET_TILE_ZERO(3);
-    for (size_t i = 0; i < iters; ++i) {
-        LANCET_TILE_DPBSUD(0, 4, 6);
-        LANCET_TILE_DPBSUD(1, 4, 7);
-        LANCET_TILE_DPBSUD(2, 5, 6);
-        LANCET_TILE_DPBSUD(3, 5, 7);
-    }
+    amx::zero_c();
+    for (size_t i = 0; i < iters; ++i) dots();
     LANCET_TILE_STORE(0, c, 64);
     amx::release();
+}
+
+}  // namespace
+
+double probe_int8_amx(size_t iters, int seed) {
+    alignas(64) int8_t a[16 * 64];
+    alignas(64) int32_t c[16 * 16];
+    std::memset(a, static_cast<int8_t>(seed), sizeof a);
+    run_tiles(a, c, iters, [] { amx::dpbsud_c(); });
     // 16 x 16 outputs x 64 byte pairs x (multiply + add) per instruction, 4 per iteration; the
     // result is folded in with zero weight so the loop is not dead code.
     return double(iters) * 4 * 16 * 16 * 64 * 2 + 0.0 * double(c[0]);
 }
 
 double probe_bf16_amx(size_t iters, float seed) {
-    amx::TileConfig cfg;
-    for (int t = 0; t < 8; ++t) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
     // Small normal bf16 values (0x3c00 + seed bits ~ 2^-7): the sums stay finite and normal.
     alignas(64) uint16_t a[16 * 32];
     alignas(64) float c[16 * 16];
     for (auto& v : a) v = static_cast<uint16_t>(0x3c00 + (static_cast<int>(seed) & 0x7f));
-    amx::load_config(cfg);
-    LANCET_TILE_LOAD(4, a, 64);
-    LANCET_TILE_LOAD(5, a, 64);
-    LANCET_TILE_LOAD(6, a, 64);
-    LANCET_TILE_LOAD(7, a, 64);
-    LANCET_TILE_ZERO(0);
-    LANCET_TILE_ZERO(1);
-    LANCET_TILE_ZERO(2);
-    LANCET_TILE_ZERO(3);
-    for (size_t i = 0; i < iters; ++i) {
-        LANCET_TILE_DPBF16PS(0, 4, 6);
-        LANCET_TILE_DPBF16PS(1, 4, 7);
-        LANCET_TILE_DPBF16PS(2, 5, 6);
-        LANCET_TILE_DPBF16PS(3, 5, 7);
-    }
-    LANCET_TILE_STORE(0, c, 64);
-    amx::release();
+    run_tiles(a, c, iters, [] { amx::dpbf16ps_c(); });
     // 16 x 16 outputs x 32 bf16 pairs x (multiply + add) per instruction, 4 per iteration.
     return double(iters) * 4 * 16 * 16 * 32 * 2 + 0.0 * double(c[0]);
 }
