@@ -6,7 +6,9 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -41,21 +43,25 @@ void write_text_input(const fs::path& path, int64_t L) {
     w.finish();
 }
 
+// The bytes `lancet FLAGS forward --model MODEL` writes for dir/in.safetensors into dir/out, with
+// `env` set for this run only (an empty value is as unset to lancet).
+std::string forward_bytes(const fs::path& dir, const std::string& model, const std::string& flags,
+                          const std::string& out,
+                          std::initializer_list<std::pair<const char*, std::string>> env = {}) {
+    const test::ScopedEnv scoped(env);
+    const auto r = run_lancet(flags + " forward --model " + q(model) + " --input " +
+                              q(dir / "in.safetensors") + " --out " + q(dir / out));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return test::read_file(dir / out);
+}
+
 TEST(ActivationDefault, Int4UsesAutoUnlessExactActivations) {
     TempDir dir;
     ASSERT_EQ(run_lancet("synth --preset tiny -o " + q(dir / "tiny")).exit_code, 0);
     const std::string int4 = test::make_rtn_int4((dir / "tiny").string(), dir / "tiny-int4", 32);
     write_text_input(dir / "in.safetensors", 24);
     auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
-        if (env.empty())
-            unsetenv("LANCET_ACT");
-        else
-            setenv("LANCET_ACT", env.c_str(), 1);
-        const auto r = run_lancet(flags + " forward --model " + q(int4) + " --input " +
-                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
-        unsetenv("LANCET_ACT");
-        EXPECT_EQ(r.exit_code, 0) << r.err;
-        return test::read_file(dir / out);
+        return forward_bytes(dir.path(), int4, flags, out, {{"LANCET_ACT", env}});
     };
     const std::string by_default = forward("", "", "default.safetensors");
     const std::string automatic = forward("auto", "", "auto.safetensors");
@@ -77,18 +83,9 @@ TEST(ActivationDefault, ActivationsFlagPicksTheMode) {
     const std::string int4 = test::make_rtn_int4((dir / "tiny").string(), dir / "tiny-int4", 32);
     write_text_input(dir / "in.safetensors", 40);  // 40 rows: the bf16 GEMM paths, not the GEMV
     auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
-        unsetenv("LANCET_ACT");
-        unsetenv("LANCET_BF16_ACT");
-        if (!env.empty()) {
-            setenv("LANCET_ACT", env.c_str(), 1);
-            setenv("LANCET_BF16_ACT", env == "bf16" ? "bf16" : "f32", 1);
-        }
-        const auto r = run_lancet(flags + " forward --model " + q(int4) + " --input " +
-                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
-        unsetenv("LANCET_ACT");
-        unsetenv("LANCET_BF16_ACT");
-        EXPECT_EQ(r.exit_code, 0) << r.err;
-        return test::read_file(dir / out);
+        const std::string bf16_env = env.empty() ? "" : env == "bf16" ? "bf16" : "f32";
+        return forward_bytes(dir.path(), int4, flags, out,
+                             {{"LANCET_ACT", env}, {"LANCET_BF16_ACT", bf16_env}});
     };
     const std::string a_f32 = forward("", "--activations f32", "a_f32.safetensors");
     const std::string a_int8 = forward("", "--activations int8", "a_int8.safetensors");
@@ -117,15 +114,8 @@ TEST(ActivationDefault, Bf16WeightsUseAutoUnlessExactActivations) {
     ASSERT_EQ(run_lancet("synth --preset tiny --dtype bf16 -o " + q(dir / "tiny")).exit_code, 0);
     write_text_input(dir / "in.safetensors", 40);
     auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
-        if (env.empty())
-            unsetenv("LANCET_BF16_ACT");
-        else
-            setenv("LANCET_BF16_ACT", env.c_str(), 1);
-        const auto r = run_lancet(flags + " forward --model " + q(dir / "tiny") + " --input " +
-                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
-        unsetenv("LANCET_BF16_ACT");
-        EXPECT_EQ(r.exit_code, 0) << r.err;
-        return test::read_file(dir / out);
+        return forward_bytes(dir.path(), (dir / "tiny").string(), flags, out,
+                             {{"LANCET_BF16_ACT", env}});
     };
     const std::string by_default = forward("", "", "default.safetensors");
     ASSERT_FALSE(by_default.empty());
@@ -145,10 +135,7 @@ TEST(LmHeadDefault, Int4CheckpointsQuantizeTheHeadUnlessBf16) {
     const std::string int4 = test::make_rtn_int4((dir / "tiny").string(), dir / "tiny-int4", 32);
     write_text_input(dir / "in.safetensors", 16);
     auto forward = [&](const std::string& model, const std::string& flags, const std::string& out) {
-        const auto r = run_lancet(flags + " forward --model " + q(model) + " --input " +
-                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
-        EXPECT_EQ(r.exit_code, 0) << r.err;
-        return test::read_file(dir / out);
+        return forward_bytes(dir.path(), model, flags, out);
     };
     const std::string q_int4 = forward(int4, "", "q_int4.safetensors");
     const std::string q_bf16 = forward(int4, "--lm-head bf16", "q_bf16.safetensors");
@@ -171,15 +158,8 @@ TEST(AttentionPrecision, FlagAndEnvironmentSelectBf16) {
     ASSERT_EQ(run_lancet("synth --preset tiny -o " + q(dir / "tiny")).exit_code, 0);
     write_text_input(dir / "in.safetensors", 24);
     auto forward = [&](const std::string& env, const std::string& flags, const std::string& out) {
-        if (env.empty())
-            unsetenv("LANCET_ATTN");
-        else
-            setenv("LANCET_ATTN", env.c_str(), 1);
-        const auto r = run_lancet(flags + " forward --model " + q(dir / "tiny") + " --input " +
-                                  q(dir / "in.safetensors") + " --out " + q(dir / out));
-        unsetenv("LANCET_ATTN");
-        EXPECT_EQ(r.exit_code, 0) << r.err;
-        return test::read_file(dir / out);
+        return forward_bytes(dir.path(), (dir / "tiny").string(), flags, out,
+                             {{"LANCET_ATTN", env}});
     };
     const std::string by_default = forward("", "", "default.safetensors");
     const std::string f32 = forward("", "--attention f32", "f32.safetensors");
@@ -201,11 +181,12 @@ TEST(AttentionPrecision, FlagAndEnvironmentSelectBf16) {
     const auto bad_flag = run_lancet("--attention f16 forward --model " + q(dir / "tiny"));
     EXPECT_EQ(bad_flag.exit_code, 1);
     EXPECT_EQ(bad_flag.err.rfind("lancet: error: ", 0), 0u) << bad_flag.err;
-    setenv("LANCET_ATTN", "f16", 1);
-    const auto bad_env =
-        run_lancet("forward --model " + q(dir / "tiny") + " --input " + q(dir / "in.safetensors") +
-                   " --out " + q(dir / "bad.safetensors"));
-    unsetenv("LANCET_ATTN");
+    test::RunResult bad_env;
+    {
+        const test::ScopedEnv f16{{"LANCET_ATTN", "f16"}};
+        bad_env = run_lancet("forward --model " + q(dir / "tiny") + " --input " +
+                             q(dir / "in.safetensors") + " --out " + q(dir / "bad.safetensors"));
+    }
     EXPECT_EQ(bad_env.exit_code, 1);
     EXPECT_NE(bad_env.err.find("LANCET_ATTN=f16"), std::string::npos) << bad_env.err;
     EXPECT_FALSE(fs::exists(dir / "bad.safetensors"));
