@@ -172,8 +172,6 @@ struct RowTiles {
 // codes and scales are identical to theirs.
 void quantize_row_tiles(const float* x, size_t r0, size_t r1, const w4a8::Layout& L,
                         const RowTiles& X) {
-    const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (size_t r = r0; r < r1; ++r) {
         const float* xr = x + r * L.in;
         const size_t rt = r / kRows, i = r % kRows;
@@ -184,22 +182,12 @@ void quantize_row_tiles(const float* x, size_t r0, size_t r1, const w4a8::Layout
             float acc = 0.0f;
             for (size_t bi = 0; bi < L.bpg; ++bi) {
                 const size_t blk = g * L.bpg + bi, k0 = blk * kKb;
-                const __m512 va = _mm512_loadu_ps(xr + k0), vb = _mm512_loadu_ps(xr + k0 + 16);
-                const float amax = _mm512_reduce_max_ps(
-                    _mm512_max_ps(_mm512_and_ps(va, abs_mask), _mm512_and_ps(vb, abs_mask)));
-                const float dd = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-                const __m512 vid = _mm512_set1_ps(id);
-                const __m512i ia = _mm512_cvtps_epi32(_mm512_mul_ps(va, vid)),
-                              ib = _mm512_cvtps_epi32(_mm512_mul_ps(vb, vid));
-                const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(ia, ib));
-                // |x8| <= 127: the saturating narrow is exact.
+                const w4a8::Block32 b = w4a8::quantize_block32(xr + k0);
                 int8_t* qb = q + blk * kRows * kKb;
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(qb),
-                                 _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, ia)));
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16),
-                                 _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, ib)));
-                d[blk * kRows] = dd;
-                acc = std::fma(dd, float(sum), acc);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), b.lo);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), b.hi);
+                d[blk * kRows] = b.d;
+                acc = std::fma(b.d, float(b.sum), acc);
             }
             xs[g * kRows] = acc;
         }

@@ -906,9 +906,6 @@ template <int CPB>
 // MXCSR, XS_g by fma in block order), so the codes and scales are identical to it.
 void quantize_packed(const float* x, size_t r0, size_t r1, const w4a8::Layout& L,
                      const RowPack& X) {
-    // Within each 8-column chunk: even columns, then odd (W4A8Scratch's order).
-    const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (size_t r = r0; r < r1; ++r) {
         const float* xr = x + r * L.in;
         const size_t rb = r / kMR512, i = r % kMR512;
@@ -919,26 +916,16 @@ void quantize_packed(const float* x, size_t r0, size_t r1, const w4a8::Layout& L
             float acc = 0.0f;
             for (size_t bi = 0; bi < L.bpg; ++bi) {
                 const size_t blk = g * L.bpg + bi, k0 = blk * 32;
-                const __m512 a = _mm512_loadu_ps(xr + k0), b = _mm512_loadu_ps(xr + k0 + 16);
-                const float amax = _mm512_reduce_max_ps(
-                    _mm512_max_ps(_mm512_and_ps(a, abs_mask), _mm512_and_ps(b, abs_mask)));
-                const float dd = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-                const __m512 vid = _mm512_set1_ps(id);
-                const __m512i va = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid)),
-                              vb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vid));
-                const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(va, vb));
-                // |x8| <= 127: the saturating narrow is exact.
-                const __m128i qa = _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, va)),
-                              qb = _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, vb));
+                const w4a8::Block32 b = w4a8::quantize_block32(xr + k0);
                 int8_t* qc = q + (k0 / 8) * kMR512 * 8;
-                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc), qa);
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc), b.lo);
                 _mm_storel_epi64(reinterpret_cast<__m128i*>(qc + kMR512 * 8),
-                                 _mm_unpackhi_epi64(qa, qa));
-                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc + 2 * kMR512 * 8), qb);
+                                 _mm_unpackhi_epi64(b.lo, b.lo));
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(qc + 2 * kMR512 * 8), b.hi);
                 _mm_storel_epi64(reinterpret_cast<__m128i*>(qc + 3 * kMR512 * 8),
-                                 _mm_unpackhi_epi64(qb, qb));
-                d[blk * kMR512] = dd;
-                acc = std::fma(dd, float(sum), acc);
+                                 _mm_unpackhi_epi64(b.hi, b.hi));
+                d[blk * kMR512] = b.d;
+                acc = std::fma(b.d, float(b.sum), acc);
             }
             xs[g * kMR512] = acc;
         }
@@ -956,8 +943,6 @@ void quantize_gemv(const float* x, size_t n, const w4a8::Layout& L, const W4A8Sc
         w4a8::quantize(x, n, L, s, pool);
         return;
     }
-    const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (size_t r = 0; r < n; ++r) {
         const float* xr = x + r * L.in;
         int8_t* q = s.q + r * L.in;
@@ -966,20 +951,11 @@ void quantize_gemv(const float* x, size_t n, const w4a8::Layout& L, const W4A8Sc
             float acc = 0.0f;
             for (size_t bi = 0; bi < L.bpg; ++bi) {
                 const size_t blk = g * L.bpg + bi, k0 = blk * 32;
-                const __m512 a = _mm512_loadu_ps(xr + k0), b = _mm512_loadu_ps(xr + k0 + 16);
-                const float amax = _mm512_reduce_max_ps(
-                    _mm512_max_ps(_mm512_and_ps(a, abs_mask), _mm512_and_ps(b, abs_mask)));
-                const float dd = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-                const __m512 vid = _mm512_set1_ps(id);
-                const __m512i va = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid)),
-                              vb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vid));
-                const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(va, vb));
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0),
-                                 _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, va)));
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0 + 16),
-                                 _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, vb)));
-                d[blk] = dd;
-                acc = std::fma(dd, float(sum), acc);
+                const w4a8::Block32 b = w4a8::quantize_block32(xr + k0);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0), b.lo);
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0 + 16), b.hi);
+                d[blk] = b.d;
+                acc = std::fma(b.d, float(b.sum), acc);
             }
             s.xs[r * L.groups + g] = acc;
         }

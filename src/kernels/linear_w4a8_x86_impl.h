@@ -132,6 +132,34 @@ void quantize(const float* x, size_t n, const Layout& L, const W4A8Scratch& s, T
     pool.parallel_for(n, [&](size_t r0, size_t r1) { quantize_rows(x, r0, r1, L, s); });
 }
 
+#if defined(__AVX512F__)
+// One 32-column block x[0, 32) quantized with 512-bit steps, the operations of quantize_rows
+// (d = amax / 127, id = 127 / amax, x8 = rint(x * id) under the default MXCSR), so the codes and
+// scale are identical to it: the codes of columns 0-15 (lo) and 16-31 (hi) as 16 bytes each in
+// W4A8Scratch's order (within each 8-column chunk even columns, then odd), d, and the exact sum
+// of the codes. The AVX-512 and AMX quantizers store them in their own layouts.
+struct Block32 {
+    __m128i lo, hi;
+    float d;
+    int sum;
+};
+inline Block32 quantize_block32(const float* x) {
+    const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const float amax =
+        _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(a, abs_mask), _mm512_and_ps(b, abs_mask)));
+    const float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i va = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid)),
+                  vb = _mm512_cvtps_epi32(_mm512_mul_ps(b, vid));
+    // |x8| <= 127: the saturating narrow is exact.
+    return Block32{_mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, va)),
+                   _mm512_cvtsepi32_epi8(_mm512_permutexvar_epi32(perm, vb)), d,
+                   _mm512_reduce_add_epi32(_mm512_add_epi32(va, vb))};
+}
+#endif
+
 // ---- GEMV (n <= kGemvMaxRows): the weight streams once; NR rows of x against each tile -----
 
 template <int NR, int CPB>
